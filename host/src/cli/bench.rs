@@ -1,0 +1,198 @@
+//! `runcell bench runtime`: figures for the runtime's own costs, printed, never asserted.
+//! Per-run overhead is instantiate + call + teardown of a no-op job with every limit on;
+//! load time is bytes-to-runnable for a compiled and for a cached module.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+
+use super::ExitStatus;
+use crate::domain::Limits;
+use crate::runtime::{
+    EngineSettings, HostServices, LoadedModule, RunRequest, Runtime, RuntimeConfig,
+};
+
+#[derive(Debug, Args)]
+pub(super) struct BenchArgs {
+    /// A module with a `noop` job [default: the built `hello` example].
+    #[arg(long)]
+    noop_module: Option<PathBuf>,
+    /// The module whose load time is measured [default: the built `data-sync` example].
+    #[arg(long)]
+    load_module: Option<PathBuf>,
+    /// Runs per measurement.
+    #[arg(long, default_value_t = 20_000)]
+    runs: u32,
+}
+
+fn guest(path: Option<PathBuf>, file: &str) -> PathBuf {
+    path.unwrap_or_else(|| {
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("target"));
+        target.join("guests/wasm32-wasip2/guest").join(file)
+    })
+}
+
+pub(super) fn run(args: BenchArgs) -> ExitStatus {
+    let noop_path = guest(args.noop_module, "hello.wasm");
+    let load_path = guest(args.load_module, "data_sync.wasm");
+    let (noop, data_sync) = match (std::fs::read(&noop_path), std::fs::read(&load_path)) {
+        (Ok(a), Ok(b)) => (a, b),
+        (Err(err), _) | (_, Err(err)) => {
+            eprintln!(
+                "error: cannot read the bench modules ({}, {}): {err}; build them with `./dev build`",
+                noop_path.display(),
+                load_path.display()
+            );
+            return ExitStatus::Environment;
+        }
+    };
+    let cache_dir = std::env::temp_dir().join(format!("runcell-bench-{}", std::process::id()));
+    let status = bench_all(&noop, &data_sync, &cache_dir, args.runs);
+    let _ = std::fs::remove_dir_all(&cache_dir);
+    status
+}
+
+fn new_runtime(cache_dir: &Path) -> Runtime {
+    let config = RuntimeConfig {
+        engine: EngineSettings {
+            max_concurrent_instances: 16,
+            ..Default::default()
+        },
+        cache_dir: Some(cache_dir.to_path_buf()),
+    };
+    Runtime::new(config, HostServices::in_memory()).expect("the runtime starts")
+}
+
+fn bench_all(noop: &[u8], data_sync: &[u8], cache_dir: &Path, runs: u32) -> ExitStatus {
+    println!(
+        "runcell bench — wasmtime 48, {} cores",
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+
+    // Load times: first compile, then cached loads by fresh runtimes (as a restart sees).
+    let single = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio");
+    let (compile_time, cached) = single.block_on(async {
+        let runtime = new_runtime(cache_dir);
+        let module = runtime
+            .load(Arc::from(data_sync))
+            .await
+            .expect("data-sync loads");
+        let compile_time = module.load_time;
+        let mut cached = Vec::new();
+        for _ in 0..20 {
+            let runtime = new_runtime(cache_dir);
+            let module = runtime
+                .load(Arc::from(data_sync))
+                .await
+                .expect("data-sync loads");
+            assert_eq!(runtime.compilations(), 0, "a cached module was recompiled");
+            cached.push(module.load_time);
+        }
+        (compile_time, cached)
+    });
+    println!(
+        "data-sync ({} KiB): first compile {:.1} ms; cached load median {:.2} ms, max {:.2} ms (20 fresh runtimes, 0 recompiles)",
+        data_sync.len() / 1024,
+        ms(compile_time),
+        ms(percentile(&cached, 0.5)),
+        ms(percentile(&cached, 1.0))
+    );
+
+    // Per-run overhead on one thread.
+    let runtime = new_runtime(cache_dir);
+    let module = single
+        .block_on(runtime.load(Arc::from(noop)))
+        .expect("noop module loads");
+    let request = RunRequest::new("noop", "null", Limits::default());
+    let durations = single.block_on(async {
+        for _ in 0..1_000 {
+            runtime.run(&module, request.clone()).await;
+        }
+        let mut durations = Vec::with_capacity(runs as usize);
+        for _ in 0..runs {
+            let started = Instant::now();
+            let report = runtime.run(&module, request.clone()).await;
+            durations.push(started.elapsed());
+            debug_assert!(matches!(
+                report.outcome,
+                crate::domain::Outcome::Completed { .. }
+            ));
+        }
+        durations
+    });
+    let one_thread_rate = runs as f64 / durations.iter().sum::<Duration>().as_secs_f64();
+    println!(
+        "no-op run overhead, 1 thread, {runs} runs, all limits on: median {:.1} µs, p99 {:.1} µs, {:.0} runs/s",
+        us(percentile(&durations, 0.5)),
+        us(percentile(&durations, 0.99)),
+        one_thread_rate
+    );
+    let fuel = single
+        .block_on(runtime.run(&module, request.clone()))
+        .usage
+        .fuel_consumed;
+    println!("no-op run fuel: {fuel} units");
+
+    // Two workers sharing the runtime, as a server's worker pool does.
+    let workers = 2;
+    let multi = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+        .expect("tokio");
+    let elapsed = multi.block_on(two_workers(&runtime, &module, &request, workers, runs));
+    let two_rate = (runs as usize * workers) as f64 / elapsed.as_secs_f64();
+    println!(
+        "no-op runs on {workers} tokio workers: {two_rate:.0} runs/s ({:.2}× one thread)",
+        two_rate / one_thread_rate
+    );
+    ExitStatus::Success
+}
+
+async fn two_workers(
+    runtime: &Runtime,
+    module: &Arc<LoadedModule>,
+    request: &RunRequest,
+    workers: usize,
+    runs: u32,
+) -> Duration {
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..workers)
+        .map(|_| {
+            let runtime = runtime.clone();
+            let module = module.clone();
+            let request = request.clone();
+            tokio::spawn(async move {
+                for _ in 0..runs {
+                    runtime.run(&module, request.clone()).await;
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("bench task");
+    }
+    started.elapsed()
+}
+
+fn percentile(samples: &[Duration], q: f64) -> Duration {
+    let mut sorted = samples.to_vec();
+    sorted.sort();
+    let index = ((sorted.len() as f64 - 1.0) * q).round() as usize;
+    sorted[index]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1_000_000.0
+}

@@ -1,0 +1,284 @@
+//! `runcell inspect` and `runcell run`: a module author's loop, with no server involved.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+
+use super::ExitStatus;
+use crate::domain::{FailureKind, Grants, Limits, LogEntry, Outcome, RunReport, parse_byte_size};
+use crate::runtime::host::{MemoryEventSink, MemoryKeyValue, MemoryMetricsSink};
+use crate::runtime::{HostServices, LoadError, LoadedModule, RunRequest, Runtime, RuntimeConfig};
+
+#[derive(Debug, Args)]
+pub(super) struct InspectArgs {
+    /// The module: a `.wasm` component.
+    module: PathBuf,
+    #[command(flatten)]
+    cache: CacheArgs,
+}
+
+#[derive(Debug, Args)]
+pub(super) struct CacheArgs {
+    /// Where compiled modules are cached [default: $XDG_CACHE_HOME/runcell/artifacts].
+    #[arg(long, env = "RUNCELL_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Compile every time instead of using the cache.
+    #[arg(long)]
+    no_cache: bool,
+}
+
+impl CacheArgs {
+    fn dir(&self) -> Option<PathBuf> {
+        if self.no_cache {
+            return None;
+        }
+        self.cache_dir.clone().or_else(super::default_cache_dir)
+    }
+}
+
+#[derive(Debug, Args)]
+pub(super) struct RunArgs {
+    /// The module: a `.wasm` component.
+    module: PathBuf,
+    /// The job to run, as named in the module's manifest (see `runcell inspect`).
+    job: String,
+    /// The job's input as JSON text.
+    #[arg(long, conflicts_with = "input_file")]
+    input: Option<String>,
+    /// Read the job's input from a JSON file (`-` for stdin).
+    #[arg(long)]
+    input_file: Option<PathBuf>,
+    /// Fuel the run may burn (about 8 million units per millisecond of CPU)
+    /// [default: the job's hint, else 8000000000].
+    #[arg(long)]
+    fuel: Option<u64>,
+    /// Wall-clock limit, e.g. 500ms, 2s, 1m [default: the job's hint, else 30s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    timeout: Option<Duration>,
+    /// Memory limit, e.g. 64MiB [default: 64MiB].
+    #[arg(long, value_parser = parse_byte_size)]
+    memory: Option<u64>,
+    /// A setting the job reads through `config`, as KEY=VALUE (repeatable).
+    #[arg(long = "config", value_name = "KEY=VALUE", value_parser = parse_setting)]
+    settings: Vec<(String, String)>,
+    #[command(flatten)]
+    cache: CacheArgs,
+}
+
+fn parse_setting(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .filter(|(k, _)| !k.is_empty())
+        .ok_or_else(|| format!("`{text}` is not KEY=VALUE"))
+}
+
+struct LocalRuntime {
+    runtime: Runtime,
+    events: Arc<MemoryEventSink>,
+    metrics: Arc<MemoryMetricsSink>,
+}
+
+fn local_runtime(cache: &CacheArgs) -> Result<LocalRuntime, ExitStatus> {
+    let events = Arc::new(MemoryEventSink::default());
+    let metrics = Arc::new(MemoryMetricsSink::default());
+    let services = HostServices {
+        kv: Arc::new(MemoryKeyValue::default()),
+        events: events.clone(),
+        metrics: metrics.clone(),
+    };
+    let config = RuntimeConfig {
+        engine: crate::runtime::EngineSettings {
+            max_concurrent_instances: 4,
+            ..Default::default()
+        },
+        cache_dir: cache.dir(),
+    };
+    let runtime = Runtime::new(config, services).map_err(|err| {
+        eprintln!("error: {err}");
+        ExitStatus::Environment
+    })?;
+    Ok(LocalRuntime {
+        runtime,
+        events,
+        metrics,
+    })
+}
+
+async fn load(runtime: &Runtime, path: &PathBuf) -> Result<Arc<LoadedModule>, ExitStatus> {
+    let bytes = tokio::fs::read(path).await.map_err(|err| {
+        eprintln!("error: cannot read {}: {err}", path.display());
+        ExitStatus::Environment
+    })?;
+    runtime.load(Arc::from(bytes)).await.map_err(|err| {
+        eprintln!("error: {}: {}", path.display(), describe_load_error(&err));
+        ExitStatus::InvalidModule
+    })
+}
+
+fn describe_load_error(err: &LoadError) -> String {
+    err.to_string()
+}
+
+pub(super) fn inspect(args: InspectArgs) -> ExitStatus {
+    super::tokio_runtime().block_on(async {
+        let local = match local_runtime(&args.cache) {
+            Ok(local) => local,
+            Err(status) => return status,
+        };
+        let module = match load(&local.runtime, &args.module).await {
+            Ok(module) => module,
+            Err(status) => return status,
+        };
+        let json =
+            serde_json::to_string_pretty(&module.manifest).expect("a manifest always serializes");
+        println!("{json}");
+        ExitStatus::Success
+    })
+}
+
+pub(super) fn run(args: RunArgs) -> ExitStatus {
+    let input = match read_input(&args) {
+        Ok(input) => input,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return ExitStatus::Usage;
+        }
+    };
+    super::tokio_runtime().block_on(async {
+        let local = match local_runtime(&args.cache) {
+            Ok(local) => local,
+            Err(status) => return status,
+        };
+        let module = match load(&local.runtime, &args.module).await {
+            Ok(module) => module,
+            Err(status) => return status,
+        };
+        let hint = module.manifest.job(&args.job);
+        let defaults = Limits::default();
+        let limits = Limits {
+            fuel: args
+                .fuel
+                .or(hint.and_then(|j| j.fuel))
+                .unwrap_or(defaults.fuel),
+            timeout: args
+                .timeout
+                .or(hint
+                    .and_then(|j| j.timeout_ms)
+                    .map(|ms| Duration::from_millis(ms.into())))
+                .unwrap_or(defaults.timeout),
+            memory_bytes: args.memory.unwrap_or(defaults.memory_bytes),
+            ..defaults
+        };
+        if let Err(err) = limits.check_within(&Limits::default_ceiling()) {
+            eprintln!("error: {err}");
+            return ExitStatus::Usage;
+        }
+        // A local run is the author running their own module: grant what it asks for.
+        let caps = &module.manifest.capabilities;
+        let mut request = RunRequest::new(&args.job, input, limits);
+        request.grants = Arc::new(Grants {
+            key_value: caps.key_value,
+            publishes: caps.publishes.clone(),
+            outbound_hosts: caps.outbound_hosts.clone(),
+        });
+        request.config = Arc::new(args.settings.iter().cloned().collect::<BTreeMap<_, _>>());
+        request.context.execution_id = "local".into();
+        request.log_observer = Some(Arc::new(|entry: &LogEntry| {
+            eprintln!("{}", format_log_line(entry));
+        }));
+        let report = local.runtime.run(&module, request).await;
+        for event in local.events.take() {
+            eprintln!("event  {} {}", event.topic, event.payload);
+        }
+        for (_, sample) in local.metrics.take() {
+            let labels: Vec<String> = sample
+                .labels
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            eprintln!(
+                "metric {} {} {}",
+                sample.name,
+                sample.value,
+                labels.join(" ")
+            );
+        }
+        finish(&report)
+    })
+}
+
+fn read_input(args: &RunArgs) -> Result<String, String> {
+    let text = match (&args.input, &args.input_file) {
+        (Some(text), _) => text.clone(),
+        (None, Some(path)) if path.as_os_str() == "-" => {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+                .map_err(|err| format!("cannot read input from stdin: {err}"))?;
+            text
+        }
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .map_err(|err| format!("cannot read {}: {err}", path.display()))?,
+        (None, None) => "null".into(),
+    };
+    serde_json::from_str::<serde::de::IgnoredAny>(&text)
+        .map_err(|err| format!("--input is not JSON: {err}"))?;
+    Ok(text)
+}
+
+/// `INFO  message key=value ...`, one line per entry.
+fn format_log_line(entry: &LogEntry) -> String {
+    let mut line = format!(
+        "{:<5} {}",
+        entry.level.as_str().to_uppercase(),
+        entry.message
+    );
+    for (key, value) in &entry.fields {
+        match value {
+            serde_json::Value::String(s) => line.push_str(&format!(" {key}={s}")),
+            other => line.push_str(&format!(" {key}={other}")),
+        }
+    }
+    line
+}
+
+fn finish(report: &RunReport) -> ExitStatus {
+    let usage = &report.usage;
+    let summary = format!(
+        "{:.2} ms wall · {} fuel · {} peak memory",
+        usage.wall_time.as_secs_f64() * 1000.0,
+        usage.fuel_consumed,
+        bytesize::ByteSize(usage.memory_peak_bytes).display().iec(),
+    );
+    match &report.outcome {
+        Outcome::Completed { output } => {
+            let mut stdout = std::io::stdout().lock();
+            let _ = writeln!(stdout, "{output}");
+            eprintln!("completed: {summary}");
+            ExitStatus::Success
+        }
+        outcome => {
+            eprintln!("error: {}", outcome.summary());
+            eprintln!("usage: {summary}");
+            match outcome {
+                Outcome::Failed { kind, .. } => match kind {
+                    FailureKind::InvalidInput | FailureKind::Transient | FailureKind::Permanent => {
+                        ExitStatus::JobFailed
+                    }
+                    FailureKind::OutOfFuel
+                    | FailureKind::MemoryLimitExceeded
+                    | FailureKind::OutputTooLarge => ExitStatus::LimitExceeded,
+                    FailureKind::Trap | FailureKind::InvalidOutput | FailureKind::HostError => {
+                        ExitStatus::Trapped
+                    }
+                    FailureKind::UnknownJob => ExitStatus::Usage,
+                },
+                Outcome::TimedOut { .. } => ExitStatus::LimitExceeded,
+                Outcome::Cancelled | Outcome::Completed { .. } => ExitStatus::JobFailed,
+            }
+        }
+    }
+}

@@ -1,0 +1,12 @@
+//! Pure types every layer shares: what a module offers, what a run may use, what a run
+//! produced. Imports nothing from the rest of the crate and does no I/O.
+
+mod limits;
+mod manifest;
+mod run;
+
+pub use limits::{FUEL_PER_CPU_MS, Limits, LimitsError, parse_byte_size};
+pub use manifest::{Capabilities, JobSpec, Manifest, ManifestError, RouteAccess};
+pub use run::{
+    FailureKind, Grants, LogEntry, LogLevel, Outcome, RunContext, RunReport, Trigger, Usage,
+};

@@ -1,0 +1,110 @@
+//! Compiled components on disk, keyed by the component's content hash and the engine's
+//! compatibility hash, so a component is compiled once per engine configuration and every
+//! later load is a map of the artifact, not a compilation.
+//!
+//! Only this module turns bytes into code without compiling them; it reads artifacts it
+//! wrote itself, under a directory the operator owns.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use wasmtime::Engine;
+use wasmtime::component::Component;
+
+/// How a component came to be in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LoadSource {
+    /// Compiled from the wasm bytes (first time for this hash and engine).
+    Compiled,
+    /// Mapped from a precompiled artifact.
+    Cached,
+}
+
+#[derive(Debug)]
+pub(crate) struct ArtifactCache {
+    dir: Option<PathBuf>,
+    engine_key: String,
+    compilations: AtomicU64,
+}
+
+impl ArtifactCache {
+    /// `dir` of `None` keeps nothing on disk: every load compiles.
+    pub(crate) fn new(dir: Option<PathBuf>, engine_key: String) -> Self {
+        Self {
+            dir,
+            engine_key,
+            compilations: AtomicU64::new(0),
+        }
+    }
+
+    /// Compilations this process performed; cached loads do not count.
+    pub(crate) fn compilations(&self) -> u64 {
+        self.compilations.load(Ordering::Relaxed)
+    }
+
+    fn artifact_path(&self, content_hash: &str) -> Option<PathBuf> {
+        self.dir
+            .as_ref()
+            .map(|dir| dir.join(format!("{content_hash}-{}.cwasm", self.engine_key)))
+    }
+
+    /// Loads `wasm` (already known to be a component) as compiled code.
+    pub(crate) fn load(
+        &self,
+        engine: &Engine,
+        wasm: &[u8],
+        content_hash: &str,
+    ) -> wasmtime::Result<(Component, LoadSource)> {
+        let path = self.artifact_path(content_hash);
+        if let Some(path) = path.as_deref().filter(|p| p.exists()) {
+            match deserialize(engine, path) {
+                Ok(component) => return Ok((component, LoadSource::Cached)),
+                Err(err) => {
+                    // An artifact from another wasmtime build or a damaged file: compile
+                    // again and replace it.
+                    tracing::warn!(path = %path.display(), error = %err, "discarding unusable compiled artifact");
+                    let _ = std::fs::remove_file(path);
+                }
+            }
+        }
+        self.compilations.fetch_add(1, Ordering::Relaxed);
+        let component = Component::new(engine, wasm)?;
+        if let Some(path) = path
+            && let Err(err) = store(&component, &path)
+        {
+            tracing::warn!(path = %path.display(), error = %err, "could not cache compiled artifact");
+        }
+        Ok((component, LoadSource::Compiled))
+    }
+}
+
+fn store(component: &Component, path: &Path) -> wasmtime::Result<()> {
+    let bytes = component.serialize()?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    // Written aside and renamed, so a reader never maps a half-written artifact.
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+#[expect(
+    unsafe_code,
+    reason = "mapping precompiled code is inherently unchecked; the artifact was written by \
+              `store` above into the operator's cache directory, and wasmtime still rejects \
+              artifacts from an incompatible engine"
+)]
+fn deserialize(engine: &Engine, path: &Path) -> wasmtime::Result<Component> {
+    // SAFETY: the file was produced by `Component::serialize` in `store`, renamed into
+    // place atomically, and lives in a directory only the operator controls.
+    unsafe { Component::deserialize_file(engine, path) }
+}
+
+/// Hex SHA-256 of a component's bytes: its identity everywhere in Runcell.
+pub fn content_hash(wasm: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(wasm))
+}

@@ -1,0 +1,466 @@
+//! One execution: a fresh store with its limits and deadline, one instance, one call, and
+//! the translation of whatever happened into an [`Outcome`]. The store is dropped at the
+//! end; nothing of a run survives into the next.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use wasmtime::component::ResourceTable;
+use wasmtime::{Store, Trap, UpdateDeadline};
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+use super::bindings::{JobModulePre, types};
+use super::host::{HostCallTimedOut, HostContext, HostServices, http::OutboundHttp};
+use super::limiter::MemoryLimiter;
+use super::logs::{LogCollector, LogObserver, Stream};
+use super::stdio::CapturedStream;
+use crate::domain::{
+    FUEL_PER_CPU_MS, FailureKind, Grants, Limits, LogEntry, LogLevel, Outcome, RunContext,
+    RunReport, Trigger, Usage,
+};
+
+/// How long past its deadline a run stuck in a host call (a WASI sleep, a slow backend)
+/// may take before its future is dropped. Epoch ticks stop guest code on time; this
+/// bounds the time spent where epochs cannot fire.
+const HOST_CALL_GRACE: Duration = Duration::from_millis(20);
+
+/// Everything a run needs besides the module.
+#[derive(Clone)]
+pub struct RunRequest {
+    pub job: String,
+    /// JSON text.
+    pub input: String,
+    pub context: RunContext,
+    pub limits: Limits,
+    pub grants: Arc<Grants>,
+    /// The job's settings, secrets already decrypted.
+    pub config: Arc<BTreeMap<String, String>>,
+    pub cancel: CancelToken,
+    pub log_observer: Option<LogObserver>,
+}
+
+impl std::fmt::Debug for RunRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Config may hold secrets: never print it.
+        f.debug_struct("RunRequest")
+            .field("job", &self.job)
+            .field("context", &self.context)
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RunRequest {
+    /// A manual run of `job` with `input` under `limits`, granting nothing.
+    pub fn new(job: impl Into<String>, input: impl Into<String>, limits: Limits) -> Self {
+        Self {
+            job: job.into(),
+            input: input.into(),
+            context: RunContext {
+                execution_id: String::new(),
+                attempt: 1,
+                trigger: Trigger::Manual,
+                scheduled_at_ms: super::logs::now_ms(),
+            },
+            limits,
+            grants: Arc::new(Grants::default()),
+            config: Arc::new(BTreeMap::new()),
+            cancel: CancelToken::default(),
+            log_observer: None,
+        }
+    }
+}
+
+/// Asks a run to stop: a queued run never starts, a running one stops at its next epoch
+/// tick or, if it waits on the host, at once.
+#[derive(Debug, Clone, Default)]
+pub struct CancelToken {
+    inner: Arc<CancelInner>,
+}
+
+#[derive(Debug, Default)]
+struct CancelInner {
+    cancelled: AtomicBool,
+    notify: tokio::sync::Notify,
+}
+
+impl CancelToken {
+    pub fn cancel(&self) {
+        self.inner.cancelled.store(true, Ordering::SeqCst);
+        self.inner.notify.notify_waiters();
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.inner.cancelled.load(Ordering::SeqCst)
+    }
+
+    pub async fn cancelled(&self) {
+        loop {
+            let notified = self.inner.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.is_cancelled() {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Why the epoch callback stopped the guest.
+#[derive(Debug, thiserror::Error)]
+enum Interrupted {
+    #[error("the wall-clock deadline passed")]
+    TimedOut,
+    #[error("the execution was cancelled")]
+    Cancelled,
+}
+
+/// The data of one store: WASI closed down, the capability context, the limiter.
+pub(crate) struct ExecutionState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    http: WasiHttpCtx,
+    http_hooks: OutboundHttp,
+    limiter: MemoryLimiter,
+    pub(crate) host: HostContext,
+}
+
+impl WasiView for ExecutionState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for ExecutionState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.http_hooks,
+        }
+    }
+}
+
+/// Builds the store for one run: WASI with no directories, environment, arguments or
+/// network; stdout/stderr into the log; fuel, memory limiter and epoch deadline set.
+pub(crate) fn new_store(
+    engine: &wasmtime::Engine,
+    services: &HostServices,
+    module_name: Arc<str>,
+    request: &RunRequest,
+) -> (Store<ExecutionState>, LogCollector) {
+    let limits = request.limits;
+    let logs = LogCollector::new(
+        limits.max_log_lines,
+        limits.max_log_bytes,
+        request.log_observer.clone(),
+    );
+    let wasi = WasiCtxBuilder::new()
+        .stdout(CapturedStream::new(logs.clone(), Stream::Stdout))
+        .stderr(CapturedStream::new(logs.clone(), Stream::Stderr))
+        .allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false)
+        .build();
+    let state = ExecutionState {
+        wasi,
+        table: ResourceTable::new(),
+        http: WasiHttpCtx::new(),
+        http_hooks: OutboundHttp::new(logs.clone()),
+        limiter: MemoryLimiter::new(limits.memory_bytes),
+        host: HostContext {
+            module: module_name,
+            grants: request.grants.clone(),
+            config: request.config.clone(),
+            services: services.clone(),
+            logs: logs.clone(),
+            deadline: tokio::time::Instant::now() + limits.timeout,
+            samples_recorded: 0,
+            events_published: 0,
+        },
+    };
+    let mut store = Store::new(engine, state);
+    store.limiter(|state| &mut state.limiter);
+    store
+        .set_fuel(limits.fuel)
+        .expect("the engine is built with fuel enabled");
+    store.set_epoch_deadline(1);
+    let wall_deadline = Instant::now() + limits.timeout;
+    let cancel = request.cancel.clone();
+    store.epoch_deadline_callback(move |_| {
+        if cancel.is_cancelled() {
+            return Err(wasmtime::Error::new(Interrupted::Cancelled));
+        }
+        if Instant::now() >= wall_deadline {
+            return Err(wasmtime::Error::new(Interrupted::TimedOut));
+        }
+        // Not yet due: give the thread to other tasks for a moment, then go on.
+        Ok(UpdateDeadline::Yield(1))
+    });
+    (store, logs)
+}
+
+/// Runs `request` on a fresh instance of `pre`.
+pub(crate) async fn execute(
+    engine: &wasmtime::Engine,
+    services: &HostServices,
+    module_name: Arc<str>,
+    pre: &JobModulePre<ExecutionState>,
+    request: RunRequest,
+) -> RunReport {
+    let started = Instant::now();
+    if request.cancel.is_cancelled() {
+        return RunReport {
+            outcome: Outcome::Cancelled,
+            usage: Usage::default(),
+            logs: Vec::new(),
+            dropped_log_lines: 0,
+        };
+    }
+    let limits = request.limits;
+    let (mut store, logs) = new_store(engine, services, module_name, &request);
+    let context = types::RunContext {
+        execution_id: request.context.execution_id.clone(),
+        attempt: request.context.attempt,
+        trigger: match request.context.trigger {
+            Trigger::Manual => types::Trigger::Manual,
+            Trigger::Cron => types::Trigger::Cron,
+            Trigger::Event => types::Trigger::Event,
+            Trigger::Retry => types::Trigger::Retry,
+        },
+        scheduled_at_ms: request.context.scheduled_at_ms,
+    };
+    let deadline = tokio::time::Instant::now() + limits.timeout + HOST_CALL_GRACE;
+    let result = {
+        let call = async {
+            let instance = pre.instantiate_async(&mut store).await?;
+            instance
+                .call_run(&mut store, &request.job, &context, &request.input)
+                .await
+        };
+        tokio::select! {
+            result = tokio::time::timeout_at(deadline, call) => match result {
+                Ok(result) => result,
+                Err(_) => Err(wasmtime::Error::new(Interrupted::TimedOut)),
+            },
+            () = request.cancel.cancelled() => Err(wasmtime::Error::new(Interrupted::Cancelled)),
+        }
+    };
+    let fuel_left = store.get_fuel().unwrap_or(0);
+    let limiter = &store.data().limiter;
+    let usage = Usage {
+        wall_time: started.elapsed(),
+        fuel_consumed: limits.fuel.saturating_sub(fuel_left),
+        memory_peak_bytes: limiter.peak_bytes(),
+    };
+    let memory_limit_hit = limiter.limit_hit();
+    let (entries, dropped_log_lines) = logs.finish();
+    let outcome = match result {
+        Ok(Ok(output)) => completed(output, &limits),
+        Ok(Err(error)) => job_failed(error),
+        Err(error) => classify_error(&error, memory_limit_hit, &limits, &entries),
+    };
+    RunReport {
+        outcome,
+        usage,
+        logs: entries,
+        dropped_log_lines,
+    }
+}
+
+/// Most error text comes from the guest and is bounded before it is stored.
+const MAX_ERROR_MESSAGE_BYTES: usize = 4096;
+
+fn completed(output: String, limits: &Limits) -> Outcome {
+    if output.len() as u64 > limits.max_output_bytes {
+        return Outcome::Failed {
+            kind: FailureKind::OutputTooLarge,
+            message: format!(
+                "the job returned {} bytes of output, above its limit of {} bytes",
+                output.len(),
+                limits.max_output_bytes
+            ),
+        };
+    }
+    match serde_json::from_str(&output) {
+        Ok(output) => Outcome::Completed { output },
+        Err(err) => Outcome::Failed {
+            kind: FailureKind::InvalidOutput,
+            message: format!("the job's output is not JSON: {err}"),
+        },
+    }
+}
+
+fn job_failed(error: types::JobError) -> Outcome {
+    let (kind, message) = match error {
+        types::JobError::InvalidInput(m) => (FailureKind::InvalidInput, m),
+        types::JobError::Transient(m) => (FailureKind::Transient, m),
+        types::JobError::Permanent(m) => (FailureKind::Permanent, m),
+    };
+    Outcome::Failed {
+        kind,
+        message: super::logs::truncate(&message, MAX_ERROR_MESSAGE_BYTES),
+    }
+}
+
+fn classify_error(
+    error: &wasmtime::Error,
+    memory_limit_hit: bool,
+    limits: &Limits,
+    logs: &[LogEntry],
+) -> Outcome {
+    if let Some(interrupted) = error.downcast_ref::<Interrupted>() {
+        return match interrupted {
+            Interrupted::TimedOut => Outcome::TimedOut {
+                timeout: limits.timeout,
+            },
+            Interrupted::Cancelled => Outcome::Cancelled,
+        };
+    }
+    if error.downcast_ref::<HostCallTimedOut>().is_some() {
+        return Outcome::TimedOut {
+            timeout: limits.timeout,
+        };
+    }
+    let memory_exceeded = || Outcome::Failed {
+        kind: FailureKind::MemoryLimitExceeded,
+        message: format!(
+            "the guest tried to grow its memory past its limit of {}",
+            bytesize::ByteSize(limits.memory_bytes).display().iec()
+        ),
+    };
+    match error.downcast_ref::<Trap>() {
+        Some(Trap::OutOfFuel) => Outcome::Failed {
+            kind: FailureKind::OutOfFuel,
+            message: format!(
+                "used all of its {} fuel units (about {} ms of CPU); raise the fuel limit or do less work per run",
+                limits.fuel,
+                limits.fuel / FUEL_PER_CPU_MS
+            ),
+        },
+        Some(Trap::Interrupt) => Outcome::TimedOut {
+            timeout: limits.timeout,
+        },
+        Some(Trap::StackOverflow) => Outcome::Failed {
+            kind: FailureKind::Trap,
+            message: "stack overflow: the guest recursed too deeply".into(),
+        },
+        // A guest whose allocation was refused usually aborts right after; report the
+        // cause, not the abort.
+        Some(_) | None if memory_limit_hit => memory_exceeded(),
+        Some(trap) => {
+            let mut message = trap.to_string();
+            if let Some(panic) = panic_message(logs) {
+                message = format!("{message} after the guest panicked: {panic}");
+            }
+            Outcome::Failed {
+                kind: FailureKind::Trap,
+                message,
+            }
+        }
+        None => Outcome::Failed {
+            kind: FailureKind::Trap,
+            message: super::logs::truncate(&format!("{error:#}"), MAX_ERROR_MESSAGE_BYTES),
+        },
+    }
+}
+
+/// Rust guests print `thread '…' panicked at file:line:col:` and then the message on
+/// stderr before trapping; surface that message in the one-line outcome.
+fn panic_message(logs: &[LogEntry]) -> Option<String> {
+    let stderr =
+        |entry: &&LogEntry| entry.level == LogLevel::Error && entry.fields.contains_key("stream");
+    let lines: Vec<&LogEntry> = logs.iter().filter(stderr).collect();
+    let at = lines
+        .iter()
+        .rposition(|e| e.message.contains("panicked at"))?;
+    let location = lines[at]
+        .message
+        .split("panicked at ")
+        .nth(1)?
+        .trim_end_matches(':');
+    let text = lines.get(at + 1).map(|e| e.message.as_str()).unwrap_or("");
+    Some(super::logs::truncate(
+        &format!("{text} (at {location})"),
+        MAX_ERROR_MESSAGE_BYTES,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stderr_line(message: &str) -> LogEntry {
+        let mut fields = serde_json::Map::new();
+        fields.insert("stream".into(), "stderr".into());
+        LogEntry {
+            seq: 0,
+            ts_ms: 0,
+            level: LogLevel::Error,
+            message: message.into(),
+            fields,
+        }
+    }
+
+    #[test]
+    fn a_rust_panic_message_is_found_in_stderr() {
+        let logs = [
+            stderr_line("thread '<unnamed>' panicked at src/lib.rs:10:5:"),
+            stderr_line("fixture panic: boom"),
+            stderr_line("note: run with `RUST_BACKTRACE=1`"),
+        ];
+        assert_eq!(
+            panic_message(&logs).as_deref(),
+            Some("fixture panic: boom (at src/lib.rs:10:5)")
+        );
+        assert_eq!(panic_message(&[]), None);
+    }
+
+    #[test]
+    fn output_over_the_cap_is_refused_before_parsing() {
+        let limits = Limits {
+            max_output_bytes: 4,
+            ..Limits::default()
+        };
+        let outcome = completed("\"hello\"".into(), &limits);
+        assert!(matches!(
+            outcome,
+            Outcome::Failed {
+                kind: FailureKind::OutputTooLarge,
+                ..
+            }
+        ));
+        assert!(matches!(
+            completed("[1]".into(), &limits),
+            Outcome::Completed { .. }
+        ));
+        assert!(matches!(
+            completed("nope".into(), &limits),
+            Outcome::Failed {
+                kind: FailureKind::InvalidOutput,
+                ..
+            }
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_cancel_token_wakes_waiters_and_stays_cancelled() {
+        let token = CancelToken::default();
+        let waiter = tokio::spawn({
+            let token = token.clone();
+            async move { token.cancelled().await }
+        });
+        tokio::task::yield_now().await;
+        token.cancel();
+        waiter.await.unwrap();
+        assert!(token.is_cancelled());
+        token.cancelled().await;
+    }
+}

@@ -1,0 +1,649 @@
+//! The runtime against real components: the examples do their work, every hostile fixture
+//! ends with the right outcome and message, and the host is unharmed afterwards.
+
+#[path = "support/guests.rs"]
+mod guests;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use runcell::domain::{FailureKind, Grants, Limits, Outcome, RunReport};
+use runcell::runtime::host::{
+    BackendError, KeyValueStore, MemoryEventSink, MemoryKeyValue, MemoryMetricsSink,
+};
+use runcell::runtime::{
+    CancelToken, EngineSettings, HostServices, LoadError, LoadSource, LoadedModule, RunRequest,
+    Runtime, RuntimeConfig, ValidationError,
+};
+
+struct Harness {
+    runtime: Runtime,
+    kv: Arc<MemoryKeyValue>,
+    events: Arc<MemoryEventSink>,
+    metrics: Arc<MemoryMetricsSink>,
+}
+
+fn harness() -> Harness {
+    harness_with_kv(Arc::new(MemoryKeyValue::default()), None)
+}
+
+fn harness_with_kv(
+    kv: Arc<MemoryKeyValue>,
+    kv_override: Option<Arc<dyn KeyValueStore>>,
+) -> Harness {
+    let events = Arc::new(MemoryEventSink::default());
+    let metrics = Arc::new(MemoryMetricsSink::default());
+    let services = HostServices {
+        kv: kv_override.unwrap_or_else(|| kv.clone()),
+        events: events.clone(),
+        metrics: metrics.clone(),
+    };
+    let config = RuntimeConfig {
+        engine: EngineSettings {
+            max_concurrent_instances: 8,
+            ..Default::default()
+        },
+        cache_dir: None,
+    };
+    Harness {
+        runtime: Runtime::new(config, services).expect("runtime starts"),
+        kv,
+        events,
+        metrics,
+    }
+}
+
+async fn load(runtime: &Runtime, package: &str) -> Arc<LoadedModule> {
+    runtime
+        .load(Arc::from(guests::guest_bytes(package)))
+        .await
+        .unwrap_or_else(|err| panic!("{package} loads: {err}"))
+}
+
+fn granted(module: &LoadedModule) -> Arc<Grants> {
+    let caps = &module.manifest.capabilities;
+    Arc::new(Grants {
+        key_value: caps.key_value,
+        publishes: caps.publishes.clone(),
+        outbound_hosts: caps.outbound_hosts.clone(),
+    })
+}
+
+fn request(job: &str, input: &str, limits: Limits) -> RunRequest {
+    RunRequest::new(job, input, limits)
+}
+
+fn short_limits() -> Limits {
+    Limits {
+        timeout: Duration::from_secs(10),
+        ..Limits::default()
+    }
+}
+
+fn failure(report: &RunReport) -> (&FailureKind, &str) {
+    match &report.outcome {
+        Outcome::Failed { kind, message } => (kind, message.as_str()),
+        other => panic!("expected a failure, got {other:?}"),
+    }
+}
+
+fn output(report: &RunReport) -> &serde_json::Value {
+    match &report.outcome {
+        Outcome::Completed { output } => output,
+        other => panic!("expected completion, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn hourly_sync_stores_records_and_daily_report_summarises_them() {
+    let h = harness();
+    let module = load(&h.runtime, "data-sync").await;
+    assert_eq!(module.manifest.name, "data-sync");
+    let sync = module
+        .manifest
+        .job("hourly-sync")
+        .expect("hourly-sync offered");
+    assert_eq!(sync.default_schedule.as_deref(), Some("0 * * * *"));
+
+    let input = r#"{"records":[
+        {"id":"a1","name":"Alpha","value":12.5,"updatedAt":"2026-11-28T10:00:00Z"},
+        {"id":"b2","name":"Beta","value":7.5,"updatedAt":"2026-11-28T10:05:00Z"}]}"#;
+    let mut run = request("hourly-sync", input, short_limits());
+    run.grants = granted(&module);
+    run.context.scheduled_at_ms = 1_795_860_000_000;
+    let report = h.runtime.run(&module, run).await;
+    let out = output(&report);
+    assert_eq!(out["recordsProcessed"], 2);
+    assert_eq!(out["syncedAt"], "2026-11-28T10:00:00Z");
+    assert!(
+        report
+            .logs
+            .iter()
+            .any(|l| l.fields.get("records") == Some(&2.into()))
+    );
+    assert!(report.usage.fuel_consumed > 0);
+    assert!(report.usage.memory_peak_bytes > 0);
+    assert!(h.kv.get("data-sync", "record/a1").await.unwrap().is_some());
+
+    let mut run = request("daily-report", "null", short_limits());
+    run.grants = granted(&module);
+    let report = h.runtime.run(&module, run).await;
+    let summary = output(&report);
+    assert_eq!(summary["records"], 2);
+    assert_eq!(summary["totalValue"], 20.0);
+    let events = h.events.take();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].topic, "report.generated");
+    assert_eq!(events[0].payload["records"], 2);
+    assert!(
+        h.metrics
+            .take()
+            .iter()
+            .any(|(m, s)| m == "data-sync" && s.name == "data_sync.records")
+    );
+}
+
+#[tokio::test]
+async fn invalid_records_are_rejected_with_the_field_named() {
+    let h = harness();
+    let module = load(&h.runtime, "data-sync").await;
+    let input = r#"{"records":[{"id":"a","name":"A","value":1,"updatedAt":"x"},{"id":"","name":"B","value":2,"updatedAt":"x"}]}"#;
+    let mut run = request("hourly-sync", input, short_limits());
+    run.grants = granted(&module);
+    let report = h.runtime.run(&module, run).await;
+    let (kind, message) = failure(&report);
+    assert_eq!(*kind, FailureKind::InvalidInput);
+    assert!(message.contains("records[1].id"), "{message}");
+    assert_eq!(
+        h.kv.get("data-sync", "sync/cursor").await.unwrap(),
+        None,
+        "nothing stored"
+    );
+}
+
+#[tokio::test]
+async fn an_infinite_loop_runs_out_of_fuel() {
+    let h = harness();
+    let module = load(&h.runtime, "hostile").await;
+    let limits = Limits {
+        fuel: 50_000_000,
+        ..short_limits()
+    };
+    let report = h
+        .runtime
+        .run(&module, request("spin", "null", limits))
+        .await;
+    let (kind, message) = failure(&report);
+    assert_eq!(*kind, FailureKind::OutOfFuel);
+    assert!(message.contains("50000000 fuel units"), "{message}");
+    assert_eq!(report.usage.fuel_consumed, 50_000_000);
+}
+
+#[tokio::test]
+async fn an_infinite_loop_is_stopped_at_its_wall_clock_deadline() {
+    let h = harness();
+    let module = load(&h.runtime, "hostile").await;
+    let timeout = Duration::from_millis(300);
+    let limits = Limits {
+        fuel: Limits::default_ceiling().fuel,
+        timeout,
+        ..Limits::default()
+    };
+    let report = h
+        .runtime
+        .run(&module, request("spin", "null", limits))
+        .await;
+    assert_eq!(report.outcome, Outcome::TimedOut { timeout });
+    // A safety bound, loose enough for a loaded machine; `runcell bench` reports the
+    // real overshoot.
+    assert!(report.usage.wall_time >= timeout);
+    assert!(
+        report.usage.wall_time < timeout + Duration::from_millis(500),
+        "{:?}",
+        report.usage.wall_time
+    );
+}
+
+/// A backend that never answers for the key `slow`, like a storage call stuck on the
+/// network.
+struct StuckKeyValue;
+
+#[async_trait::async_trait]
+impl KeyValueStore for StuckKeyValue {
+    async fn get(&self, _: &str, key: &str) -> Result<Option<Vec<u8>>, BackendError> {
+        if key == "slow" {
+            std::future::pending::<()>().await;
+        }
+        Ok(None)
+    }
+    async fn set(&self, _: &str, _: &str, _: &[u8]) -> Result<(), BackendError> {
+        Ok(())
+    }
+    async fn delete(&self, _: &str, _: &str) -> Result<(), BackendError> {
+        Ok(())
+    }
+    async fn list_keys(&self, _: &str, _: &str, _: u32) -> Result<Vec<String>, BackendError> {
+        Ok(Vec::new())
+    }
+}
+
+#[tokio::test]
+async fn a_guest_blocked_in_a_host_call_is_stopped_at_its_deadline() {
+    let h = harness_with_kv(Arc::default(), Some(Arc::new(StuckKeyValue)));
+    let module = load(&h.runtime, "hostile").await;
+    let timeout = Duration::from_millis(300);
+    let mut run = request(
+        "slow-host-call",
+        "null",
+        Limits {
+            timeout,
+            ..Limits::default()
+        },
+    );
+    run.grants = granted(&module);
+    let report = h.runtime.run(&module, run).await;
+    assert_eq!(report.outcome, Outcome::TimedOut { timeout });
+    assert!(
+        report.usage.wall_time < timeout + Duration::from_millis(500),
+        "{:?}",
+        report.usage.wall_time
+    );
+}
+
+#[tokio::test]
+async fn a_running_job_can_be_cancelled() {
+    let h = harness();
+    let module = load(&h.runtime, "hostile").await;
+    let limits = Limits {
+        fuel: Limits::default_ceiling().fuel,
+        ..short_limits()
+    };
+    let run = request("spin", "null", limits);
+    let cancel: CancelToken = run.cancel.clone();
+    let canceller = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        cancel.cancel();
+    });
+    let report = h.runtime.run(&module, run).await;
+    canceller.await.unwrap();
+    assert_eq!(report.outcome, Outcome::Cancelled);
+    assert!(report.usage.wall_time < Duration::from_secs(5));
+}
+
+#[tokio::test]
+async fn a_memory_bomb_stops_at_the_memory_limit() {
+    let h = harness();
+    let module = load(&h.runtime, "hostile").await;
+    let limits = Limits {
+        memory_bytes: 32 << 20,
+        ..short_limits()
+    };
+    let report = h
+        .runtime
+        .run(&module, request("memory-bomb", "null", limits))
+        .await;
+    let (kind, message) = failure(&report);
+    assert_eq!(*kind, FailureKind::MemoryLimitExceeded);
+    assert!(message.contains("32.0 MiB"), "{message}");
+    assert!(report.usage.memory_peak_bytes <= 32 << 20);
+    assert!(
+        report.usage.memory_peak_bytes > 16 << 20,
+        "it did grow up to the limit"
+    );
+}
+
+#[tokio::test]
+async fn a_normal_job_runs_within_a_tight_memory_limit() {
+    // The obeyed half of the memory pair: a normal job under a tight limit is fine.
+    let h = harness();
+    let module = load(&h.runtime, "hello").await;
+    let limits = Limits {
+        memory_bytes: 4 << 20,
+        ..short_limits()
+    };
+    let report = h.runtime.run(&module, request("greet", "{}", limits)).await;
+    assert_eq!(output(&report)["greeting"], "Hello, world!");
+    assert!(report.usage.memory_peak_bytes <= 4 << 20);
+}
+
+#[tokio::test]
+async fn deep_recursion_traps_with_a_stack_overflow() {
+    let h = harness();
+    let module = load(&h.runtime, "hostile").await;
+    let report = h
+        .runtime
+        .run(&module, request("deep-recursion", "null", short_limits()))
+        .await;
+    let (kind, message) = failure(&report);
+    assert_eq!(*kind, FailureKind::Trap);
+    assert!(message.contains("stack overflow"), "{message}");
+}
+
+#[tokio::test]
+async fn a_log_flood_is_capped_and_the_drop_is_reported() {
+    let h = harness();
+    let module = load(&h.runtime, "hostile").await;
+    let limits = Limits {
+        max_log_lines: 500,
+        timeout: Duration::from_secs(60),
+        ..Limits::default()
+    };
+    let report = h
+        .runtime
+        .run(&module, request("log-flood", "null", limits))
+        .await;
+    output(&report);
+    assert_eq!(report.logs.len(), 501, "500 lines and the notice");
+    assert!(report.dropped_log_lines > 0);
+    assert!(report.logs[500].message.contains("lines were dropped"));
+}
+
+#[tokio::test]
+async fn a_stdout_flood_is_captured_into_the_log_under_the_cap() {
+    let h = harness();
+    let module = load(&h.runtime, "hostile").await;
+    let limits = Limits {
+        max_log_lines: 200,
+        timeout: Duration::from_secs(60),
+        ..Limits::default()
+    };
+    let report = h
+        .runtime
+        .run(&module, request("stdout-flood", "null", limits))
+        .await;
+    output(&report);
+    assert_eq!(report.logs.len(), 201);
+    assert_eq!(report.logs[0].fields["stream"], "stdout");
+    assert!(report.dropped_log_lines > 0);
+}
+
+#[tokio::test]
+async fn huge_output_is_refused() {
+    let h = harness();
+    let module = load(&h.runtime, "hostile").await;
+    let report = h
+        .runtime
+        .run(&module, request("huge-output", "null", short_limits()))
+        .await;
+    let (kind, message) = failure(&report);
+    assert_eq!(*kind, FailureKind::OutputTooLarge);
+    assert!(
+        message.contains("above its limit of 1048576 bytes"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn a_panic_is_reported_with_its_message() {
+    let h = harness();
+    let module = load(&h.runtime, "hostile").await;
+    let report = h
+        .runtime
+        .run(&module, request("panic", "\"boom\"", short_limits()))
+        .await;
+    let (kind, message) = failure(&report);
+    assert_eq!(*kind, FailureKind::Trap);
+    assert!(message.contains("fixture panic"), "{message}");
+    assert!(message.contains("boom"), "{message}");
+}
+
+#[tokio::test]
+async fn an_unreachable_instruction_is_a_trap() {
+    let h = harness();
+    let module = load(&h.runtime, "hostile").await;
+    let report = h
+        .runtime
+        .run(&module, request("trap", "null", short_limits()))
+        .await;
+    let (kind, message) = failure(&report);
+    assert_eq!(*kind, FailureKind::Trap);
+    assert!(message.contains("unreachable"), "{message}");
+}
+
+#[tokio::test]
+async fn job_errors_keep_their_kind() {
+    let h = harness();
+    let module = load(&h.runtime, "hostile").await;
+    for (job, expected) in [
+        ("fail-transient", FailureKind::Transient),
+        ("fail-permanent", FailureKind::Permanent),
+        ("fail-invalid-input", FailureKind::InvalidInput),
+    ] {
+        let report = h
+            .runtime
+            .run(&module, request(job, "null", short_limits()))
+            .await;
+        let (kind, message) = failure(&report);
+        assert_eq!(*kind, expected, "{job}");
+        assert!(message.starts_with("fixture"), "{message}");
+    }
+}
+
+#[tokio::test]
+async fn output_that_is_not_json_is_refused() {
+    let h = harness();
+    let module = load(&h.runtime, "hostile").await;
+    let report = h
+        .runtime
+        .run(&module, request("bad-output", "null", short_limits()))
+        .await;
+    assert_eq!(*failure(&report).0, FailureKind::InvalidOutput);
+}
+
+#[tokio::test]
+async fn an_unknown_job_is_refused_without_running() {
+    let h = harness();
+    let module = load(&h.runtime, "hello").await;
+    let report = h
+        .runtime
+        .run(&module, request("nope", "null", short_limits()))
+        .await;
+    let (kind, message) = failure(&report);
+    assert_eq!(*kind, FailureKind::UnknownJob);
+    assert!(message.contains("it offers: greet, noop"), "{message}");
+    assert_eq!(report.usage.fuel_consumed, 0);
+}
+
+#[tokio::test]
+async fn capabilities_are_denied_unless_granted() {
+    let h = harness();
+    let module = load(&h.runtime, "hostile").await;
+    let report = h
+        .runtime
+        .run(&module, request("use-everything", "null", short_limits()))
+        .await;
+    let seen = output(&report);
+    assert!(
+        seen["kv"]["set"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("denied"),
+        "{seen}"
+    );
+    assert!(
+        seen["publish"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("not granted"),
+        "{seen}"
+    );
+    assert!(
+        report
+            .logs
+            .iter()
+            .any(|l| l.message.starts_with("denied: kv.set"))
+    );
+    assert!(h.events.take().is_empty());
+    assert_eq!(h.kv.list_keys("hostile", "", 10).await.unwrap().len(), 0);
+}
+
+#[tokio::test]
+async fn granted_capabilities_reach_their_backends() {
+    let h = harness();
+    let module = load(&h.runtime, "hostile").await;
+    let mut run = request("use-everything", "null", short_limits());
+    run.grants = granted(&module);
+    run.config = Arc::new(BTreeMap::from([("token".to_owned(), "s3cret".to_owned())]));
+    run.context.execution_id = "exec-1".into();
+    let report = h.runtime.run(&module, run).await;
+    let seen = output(&report);
+    assert_eq!(seen["config"]["token"], "s3cret");
+    assert_eq!(seen["kv"]["get"]["ok"]["executionId"], "exec-1");
+    assert_eq!(seen["publish"], serde_json::json!({"ok": null}));
+    assert_eq!(h.events.take()[0].topic, "hostile.test");
+    assert_eq!(h.metrics.take().len(), 1);
+}
+
+#[tokio::test]
+async fn the_host_is_unharmed_after_every_attack() {
+    let h = harness();
+    let hostile = load(&h.runtime, "hostile").await;
+    let limits = Limits {
+        fuel: 20_000_000,
+        timeout: Duration::from_millis(500),
+        memory_bytes: 16 << 20,
+        ..Limits::default()
+    };
+    for job in [
+        "spin",
+        "memory-bomb",
+        "deep-recursion",
+        "huge-output",
+        "panic",
+        "trap",
+    ] {
+        let report = h.runtime.run(&hostile, request(job, "null", limits)).await;
+        assert!(
+            !matches!(report.outcome, Outcome::Completed { .. }),
+            "{job} must not complete"
+        );
+    }
+    let hello = load(&h.runtime, "hello").await;
+    let report = h
+        .runtime
+        .run(
+            &hello,
+            request("greet", r#"{"name":"again"}"#, short_limits()),
+        )
+        .await;
+    assert_eq!(output(&report)["greeting"], "Hello, again!");
+}
+
+#[tokio::test]
+async fn text_is_refused_as_not_wasm() {
+    let h = harness();
+    let err = h.runtime.load(Arc::from(&b"hello"[..])).await.unwrap_err();
+    assert!(
+        matches!(err, LoadError::Invalid(ValidationError::NotWasm)),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_core_module_is_refused_as_not_a_component() {
+    let h = harness();
+    let err = h
+        .runtime
+        .load(Arc::from(&b"\0asm\x01\0\0\0"[..]))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, LoadError::Invalid(ValidationError::CoreModule)),
+        "{err}"
+    );
+    assert!(err.to_string().contains("wasm32-wasip2"));
+}
+
+#[tokio::test]
+async fn a_component_without_the_exports_is_refused_naming_the_export() {
+    let h = harness();
+    // The smallest valid component: no imports, no exports.
+    let err = h
+        .runtime
+        .load(Arc::from(&b"\0asm\x0d\0\x01\0"[..]))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            LoadError::Invalid(ValidationError::MissingExport("describe"))
+        ),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_component_importing_something_not_offered_is_refused_naming_it() {
+    let h = harness();
+    let err = h
+        .runtime
+        .load(Arc::from(guests::guest_bytes("unknown-import")))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("evil:thing/backdoor"), "{err}");
+}
+
+#[tokio::test]
+async fn truncated_bytes_are_refused_as_malformed() {
+    let h = harness();
+    let mut bytes = guests::guest_bytes("hello");
+    bytes.truncate(bytes.len() / 2);
+    let err = h.runtime.load(Arc::from(bytes)).await.unwrap_err();
+    assert!(
+        matches!(err, LoadError::Invalid(ValidationError::Malformed(_))),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_cached_module_is_never_recompiled() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = || RuntimeConfig {
+        engine: EngineSettings {
+            max_concurrent_instances: 4,
+            ..Default::default()
+        },
+        cache_dir: Some(dir.path().to_path_buf()),
+    };
+    let bytes: Arc<[u8]> = Arc::from(guests::guest_bytes("data-sync"));
+    let first = Runtime::new(config(), HostServices::in_memory()).unwrap();
+    let module = first.load(bytes.clone()).await.unwrap();
+    assert_eq!(module.source, LoadSource::Compiled);
+    assert_eq!(first.compilations(), 1);
+
+    let second = Runtime::new(config(), HostServices::in_memory()).unwrap();
+    let module = second.load(bytes.clone()).await.unwrap();
+    assert_eq!(module.source, LoadSource::Cached);
+    assert_eq!(second.compilations(), 0);
+    // The cached module runs like the compiled one.
+    let report = second
+        .run(&module, request("health-check", "null", short_limits()))
+        .await;
+    assert!(
+        matches!(report.outcome, Outcome::Completed { .. }),
+        "{:?}",
+        report.outcome
+    );
+}
+
+#[tokio::test]
+async fn a_damaged_cache_entry_is_replaced_by_a_fresh_compile() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = RuntimeConfig {
+        engine: EngineSettings::default(),
+        cache_dir: Some(dir.path().to_path_buf()),
+    };
+    let bytes: Arc<[u8]> = Arc::from(guests::guest_bytes("hello"));
+    Runtime::new(config.clone(), HostServices::in_memory())
+        .unwrap()
+        .load(bytes.clone())
+        .await
+        .unwrap();
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        std::fs::write(entry.unwrap().path(), b"garbage").unwrap();
+    }
+    let runtime = Runtime::new(config, HostServices::in_memory()).unwrap();
+    let module = runtime.load(bytes).await.unwrap();
+    assert_eq!(module.source, LoadSource::Compiled);
+}
