@@ -4,6 +4,14 @@
 //! benchmarks through the small facades below.
 #![deny(unsafe_code)]
 
+pub mod api;
+pub mod app;
 pub mod cli;
 pub mod domain;
+pub mod queue;
+pub mod reconciler;
 pub mod runtime;
+pub mod scheduler;
+pub mod services;
+pub mod store;
+pub mod worker;

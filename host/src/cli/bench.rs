@@ -25,15 +25,21 @@ pub(super) struct BenchArgs {
     /// Runs per measurement.
     #[arg(long, default_value_t = 20_000)]
     runs: u32,
+    /// Measure only the single-thread per-run overhead (for profilers).
+    #[arg(long)]
+    overhead_only: bool,
+}
+
+/// Where `./dev build` puts the guest `file`.
+pub(super) fn guest_path(file: &str) -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("target"));
+    target.join("guests/wasm32-wasip2/guest").join(file)
 }
 
 fn guest(path: Option<PathBuf>, file: &str) -> PathBuf {
-    path.unwrap_or_else(|| {
-        let target = std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("target"));
-        target.join("guests/wasm32-wasip2/guest").join(file)
-    })
+    path.unwrap_or_else(|| guest_path(file))
 }
 
 pub(super) fn run(args: BenchArgs) -> ExitStatus {
@@ -51,7 +57,7 @@ pub(super) fn run(args: BenchArgs) -> ExitStatus {
         }
     };
     let cache_dir = std::env::temp_dir().join(format!("runcell-bench-{}", std::process::id()));
-    let status = bench_all(&noop, &data_sync, &cache_dir, args.runs);
+    let status = bench_all(&noop, &data_sync, &cache_dir, args.runs, args.overhead_only);
     let _ = std::fs::remove_dir_all(&cache_dir);
     status
 }
@@ -67,17 +73,30 @@ fn new_runtime(cache_dir: &Path) -> Runtime {
     Runtime::new(config, HostServices::in_memory()).expect("the runtime starts")
 }
 
-fn bench_all(noop: &[u8], data_sync: &[u8], cache_dir: &Path, runs: u32) -> ExitStatus {
+fn bench_all(
+    noop: &[u8],
+    data_sync: &[u8],
+    cache_dir: &Path,
+    runs: u32,
+    overhead_only: bool,
+) -> ExitStatus {
     println!(
         "runcell bench — wasmtime 48, {} cores",
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
-
-    // Load times: first compile, then cached loads by fresh runtimes (as a restart sees).
     let single = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("tokio");
+    if !overhead_only {
+        bench_loads(&single, data_sync, cache_dir);
+    }
+    bench_overhead(&single, noop, cache_dir, runs, overhead_only);
+    ExitStatus::Success
+}
+
+/// Load times: first compile, then cached loads by fresh runtimes (as a restart sees).
+fn bench_loads(single: &tokio::runtime::Runtime, data_sync: &[u8], cache_dir: &Path) {
     let (compile_time, cached) = single.block_on(async {
         let runtime = new_runtime(cache_dir);
         let module = runtime
@@ -104,8 +123,16 @@ fn bench_all(noop: &[u8], data_sync: &[u8], cache_dir: &Path, runs: u32) -> Exit
         ms(percentile(&cached, 0.5)),
         ms(percentile(&cached, 1.0))
     );
+}
 
-    // Per-run overhead on one thread.
+/// Per-run overhead of a no-op job: one thread, then two tokio workers.
+fn bench_overhead(
+    single: &tokio::runtime::Runtime,
+    noop: &[u8],
+    cache_dir: &Path,
+    runs: u32,
+    overhead_only: bool,
+) {
     let runtime = new_runtime(cache_dir);
     let module = single
         .block_on(runtime.load(Arc::from(noop)))
@@ -127,7 +154,7 @@ fn bench_all(noop: &[u8], data_sync: &[u8], cache_dir: &Path, runs: u32) -> Exit
         }
         durations
     });
-    let one_thread_rate = runs as f64 / durations.iter().sum::<Duration>().as_secs_f64();
+    let one_thread_rate = f64::from(runs) / durations.iter().sum::<Duration>().as_secs_f64();
     println!(
         "no-op run overhead, 1 thread, {runs} runs, all limits on: median {:.1} µs, p99 {:.1} µs, {:.0} runs/s",
         us(percentile(&durations, 0.5)),
@@ -139,8 +166,9 @@ fn bench_all(noop: &[u8], data_sync: &[u8], cache_dir: &Path, runs: u32) -> Exit
         .usage
         .fuel_consumed;
     println!("no-op run fuel: {fuel} units");
-
-    // Two workers sharing the runtime, as a server's worker pool does.
+    if overhead_only {
+        return;
+    }
     let workers = 2;
     let multi = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
@@ -153,7 +181,6 @@ fn bench_all(noop: &[u8], data_sync: &[u8], cache_dir: &Path, runs: u32) -> Exit
         "no-op runs on {workers} tokio workers: {two_rate:.0} runs/s ({:.2}× one thread)",
         two_rate / one_thread_rate
     );
-    ExitStatus::Success
 }
 
 async fn two_workers(

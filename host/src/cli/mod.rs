@@ -2,7 +2,9 @@
 //! to the verbs. Exit codes are part of the interface (see [`ExitStatus`]).
 
 mod bench;
+mod bench_server;
 mod local;
+mod serve;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -20,13 +22,24 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the server: API, workers, scheduler (embedded SQLite by default).
+    Serve(serve::ServeArgs),
     /// Print a module's manifest (name, version, jobs, requested capabilities) as JSON.
     Inspect(local::InspectArgs),
     /// Run one job of a module locally, without a server: output JSON on stdout, logs
     /// and a usage summary on stderr.
     Run(local::RunArgs),
-    /// Measure the runtime: per-run overhead of a no-op job and module load times.
-    Bench(bench::BenchArgs),
+    /// Measure Runcell and print the figures.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// The runtime alone: per-run overhead of a no-op job, module load times.
+    Runtime(bench::BenchArgs),
+    /// A real server over its API: bulk throughput and dispatch latency.
+    Server(bench_server::ServerBenchArgs),
 }
 
 /// How the process ends. Scripts can tell a job's own failure from a limit or a bad file.
@@ -63,21 +76,29 @@ fn default_cache_dir() -> Option<PathBuf> {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    // The server's own activity is worth reading; a local run's stderr is the job's.
+    init_tracing(match cli.command {
+        Command::Serve(_) => "info,sqlx=warn",
+        _ => "warn",
+    });
     let status = match cli.command {
+        Command::Serve(args) => serve::run(args),
         Command::Inspect(args) => local::inspect(args),
         Command::Run(args) => local::run(args),
-        Command::Bench(args) => bench::run(args),
+        Command::Bench(BenchCommand::Runtime(args)) => bench::run(args),
+        Command::Bench(BenchCommand::Server(args)) => bench_server::run(args),
     };
     status.into()
 }
 
-fn init_tracing() {
+fn init_tracing(default_filter: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("RUNCELL_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
+    let filter =
+        EnvFilter::try_from_env("RUNCELL_LOG").unwrap_or_else(|_| EnvFilter::new(default_filter));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
 }
 

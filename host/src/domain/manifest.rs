@@ -1,9 +1,9 @@
 //! What a module says about itself, and the rules that say whether the host accepts it.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// A module's self-description, as returned by its `describe` export.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Manifest {
     pub name: String,
@@ -14,7 +14,7 @@ pub struct Manifest {
 }
 
 /// One job a module offers.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct JobSpec {
     pub name: String,
@@ -27,7 +27,7 @@ pub struct JobSpec {
 }
 
 /// What a module asks to be allowed to do.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct Capabilities {
     pub outbound_hosts: Vec<String>,
@@ -37,7 +37,7 @@ pub struct Capabilities {
 }
 
 /// Whether a module serves HTTP routes, and to whom.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum RouteAccess {
     #[default]

@@ -18,4 +18,4 @@ wasmtime::component::bindgen!({
     },
 });
 
-pub(crate) use runcell::module::{config, events, kv, log, metrics, types};
+pub(crate) use self::runcell::module::{config, events, kv, log, metrics, types};

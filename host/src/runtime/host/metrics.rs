@@ -2,6 +2,7 @@
 
 use std::sync::Mutex;
 
+use crate::domain::MetricSample as Sample;
 use crate::runtime::bindings::metrics;
 
 use super::{BackendError, HostContext};
@@ -11,15 +12,6 @@ const MAX_LABELS: usize = 8;
 const MAX_LABEL_BYTES: usize = 128;
 /// A run that needs more samples than this should aggregate before recording.
 pub const MAX_SAMPLES_PER_RUN: u32 = 1_000;
-
-/// One recorded sample.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Sample {
-    pub name: String,
-    pub value: f64,
-    pub labels: Vec<(String, String)>,
-    pub ts_ms: u64,
-}
 
 /// Where samples go. Called once per accepted `observe`.
 #[async_trait::async_trait]
@@ -116,7 +108,7 @@ impl metrics::Host for HostContext {
             name,
             value,
             labels: labels.into_iter().map(|l| (l.key, l.value)).collect(),
-            ts_ms: crate::runtime::logs::now_ms(),
+            ts_ms: crate::domain::now_millis(),
         };
         let sink = self.services.metrics.clone();
         if let Err(err) = self

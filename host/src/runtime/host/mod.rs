@@ -18,7 +18,7 @@ use super::logs::LogCollector;
 
 pub use events::{EventSink, MemoryEventSink, PublishedEvent};
 pub use kv::{KeyValueStore, MemoryKeyValue};
-pub use metrics::{MemoryMetricsSink, MetricsSink, Sample};
+pub use metrics::{MemoryMetricsSink, MetricsSink};
 
 /// A backend failed; the guest sees it as "unavailable", the host logs the cause.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -1,0 +1,220 @@
+//! Errors become HTTP here and nowhere else. Every failure a handler or an extractor meets
+//! is an [`ApiError`]: an [`ErrorCode`] (which alone decides the status), a message that
+//! says what to fix, and optional details. Every error response has one shape:
+//!
+//! ```json
+//! {"error": {"code": "invalid_field", "message": "schedule: ...", "details": {"field": "schedule"}}}
+//! ```
+//!
+//! `details` is present only when there is something in it; `details.field` names the
+//! offending field (a JSON path such as `inputs[2]`, or a query parameter) wherever there
+//! is one. Server-side faults (`internal`, `unavailable`) send a generic message; their
+//! real cause rides in a response extension to [`log_failures`], which logs it once,
+//! inside the request's span (so with its request id), and never sends it.
+
+use std::any::Any;
+use std::fmt::Display;
+
+use axum::Json;
+use axum::extract::Request;
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value, json};
+
+use crate::services::ServiceError;
+
+/// The stable, machine-readable part of an error. Clients match on [`ErrorCode::as_str`];
+/// the status code follows from the code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// 400: the body is not JSON at all (syntax error, truncated, trailing data, empty).
+    MalformedJson,
+    /// 400: a field or query parameter is missing, unknown, of the wrong type or
+    /// malformed; `details.field` names it.
+    InvalidField,
+    /// 404: no such resource (`details.resource`, `details.id`), or no such route.
+    NotFound,
+    /// 405: the route exists, the method does not (see the `Allow` header).
+    MethodNotAllowed,
+    /// 409: the request conflicts with the current state (name taken, module in use,
+    /// execution already ended, job or module disabled).
+    Conflict,
+    /// 413: the body is larger than the route accepts (`details.limitBytes`).
+    PayloadTooLarge,
+    /// 415: the body's `Content-Type` is not one the route accepts (`details.accepted`).
+    UnsupportedMediaType,
+    /// 422: well-formed but not acceptable here: an unknown module or job, a limit above
+    /// the server's ceiling; `details.field` names it.
+    Unprocessable,
+    /// 422: the uploaded file is not a module Runcell can run; the message says why.
+    InvalidModule,
+    /// 503: the database or the queue is unavailable; retry later.
+    Unavailable,
+    /// 503 from `/readyz`: the server cannot take work (`details.checks` says what is down).
+    NotReady,
+    /// 500: a bug; the server logged the cause with the request id.
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::MalformedJson => "malformed_json",
+            Self::InvalidField => "invalid_field",
+            Self::NotFound => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::Conflict => "conflict",
+            Self::PayloadTooLarge => "payload_too_large",
+            Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::Unprocessable => "unprocessable",
+            Self::InvalidModule => "invalid_module",
+            Self::Unavailable => "unavailable",
+            Self::NotReady => "not_ready",
+            Self::Internal => "internal",
+        }
+    }
+
+    pub fn status(self) -> StatusCode {
+        match self {
+            Self::MalformedJson | Self::InvalidField => StatusCode::BAD_REQUEST,
+            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Conflict => StatusCode::CONFLICT,
+            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::Unprocessable | Self::InvalidModule => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Unavailable | Self::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+/// A failed request, as the client will see it (plus, for server faults, the cause to log).
+#[derive(Debug)]
+pub struct ApiError {
+    code: ErrorCode,
+    message: String,
+    details: Map<String, Value>,
+    cause: Option<String>,
+}
+
+/// The cause of a server-side fault, carried from [`ApiError`] to [`log_failures`].
+#[derive(Debug, Clone)]
+struct FailureCause(String);
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            details: Map::new(),
+            cause: None,
+        }
+    }
+
+    /// An error about one field; the message should start with the field's name.
+    pub fn field(code: ErrorCode, field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::new(code, message).with_detail("field", field.into())
+    }
+
+    pub fn with_detail(mut self, key: &str, value: impl Into<Value>) -> Self {
+        self.details.insert(key.to_owned(), value.into());
+        self
+    }
+
+    /// A bug or an unexpected failure: the client learns only that it happened.
+    pub fn internal(cause: impl Display) -> Self {
+        Self {
+            cause: Some(cause.to_string()),
+            ..Self::new(
+                ErrorCode::Internal,
+                "internal server error; the server logged the cause under this request's x-request-id",
+            )
+        }
+    }
+
+    /// A dependency is down; the client should retry.
+    pub fn unavailable(cause: impl Display) -> Self {
+        Self {
+            cause: Some(cause.to_string()),
+            ..Self::new(
+                ErrorCode::Unavailable,
+                "the server cannot reach its database or queue right now; retry later",
+            )
+        }
+    }
+
+    pub fn code(&self) -> ErrorCode {
+        self.code
+    }
+
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    pub fn detail(&self, key: &str) -> Option<&Value> {
+        self.details.get(key)
+    }
+}
+
+impl From<ServiceError> for ApiError {
+    fn from(err: ServiceError) -> Self {
+        let message = err.to_string();
+        match err {
+            ServiceError::NotFound { what, id } => Self::new(ErrorCode::NotFound, message)
+                .with_detail("resource", what)
+                .with_detail("id", id),
+            ServiceError::BadField { field, .. } => {
+                Self::field(ErrorCode::InvalidField, field, message)
+            }
+            ServiceError::Unprocessable { field, .. } => {
+                Self::field(ErrorCode::Unprocessable, field, message)
+            }
+            ServiceError::Conflict(_) => Self::new(ErrorCode::Conflict, message),
+            ServiceError::InvalidModule(_) => Self::new(ErrorCode::InvalidModule, message),
+            ServiceError::Unavailable(cause) => Self::unavailable(cause),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut error = json!({
+            "code": self.code.as_str(),
+            "message": self.message,
+        });
+        if !self.details.is_empty() {
+            error["details"] = Value::Object(self.details);
+        }
+        let mut response = (self.code.status(), Json(json!({ "error": error }))).into_response();
+        if let Some(cause) = self.cause {
+            response.extensions_mut().insert(FailureCause(cause));
+        }
+        response
+    }
+}
+
+/// Middleware: logs the cause of every server-side fault, once, in the request's span.
+pub(super) async fn log_failures(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    if let Some(FailureCause(cause)) = response.extensions().get::<FailureCause>() {
+        let status = response.status().as_u16();
+        if response.status() == StatusCode::SERVICE_UNAVAILABLE {
+            tracing::warn!(status, cause = %cause, "request failed: dependency unavailable");
+        } else {
+            tracing::error!(status, cause = %cause, "request failed");
+        }
+    }
+    response
+}
+
+/// What a panicking handler answers (`CatchPanicLayer`); the panic message is logged, not sent.
+pub(super) fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response {
+    let message = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("(no message)");
+    ApiError::internal(format!("handler panicked: {message}")).into_response()
+}

@@ -1,0 +1,194 @@
+//! The HTTP layer: routes under `/api/v1` and the probes, translating requests into
+//! service calls and results into JSON. Owns status codes, the error shape
+//! ([`error`]), body limits, request ids and per-request spans; owns no business rule
+//! (those live in [`crate::services`]) and nothing imports it but the composition root.
+//!
+//! | Route | Success |
+//! |---|---|
+//! | `POST /api/v1/modules` (`application/wasm`, `application/octet-stream` or multipart field `module`) | 201 module |
+//! | `GET /api/v1/modules` | 200 `{items, nextCursor}` |
+//! | `GET /api/v1/modules/{name}` | 200 module |
+//! | `GET /api/v1/modules/{name}/versions` | 200 `{items, nextCursor}` |
+//! | `POST /api/v1/modules/{name}/enable`, `.../disable` | 200 module |
+//! | `DELETE /api/v1/modules/{name}[?force=true]` | 204 |
+//! | `POST /api/v1/jobs` | 201 job |
+//! | `GET /api/v1/jobs?cursor=&limit=` | 200 `{items, nextCursor}` |
+//! | `GET`, `PATCH`, `DELETE /api/v1/jobs/{id}` | 200 job, 200 job, 204 |
+//! | `POST /api/v1/jobs/{id}/execute` `{input?}` | 202 `{executionId, status}` |
+//! | `POST /api/v1/jobs/{id}/execute-bulk` `{inputs}` or `{count}` | 202 `{executionIds, count}` |
+//! | `GET /api/v1/executions?jobId=&status=&cursor=&limit=` | 200 `{items, nextCursor}` |
+//! | `GET /api/v1/executions/{id}` | 200 execution |
+//! | `GET /api/v1/executions/{id}/logs?after=&limit=` | 200 `{items, nextAfter}` |
+//! | `GET /api/v1/executions/{id}/logs?follow=true` | 200 `text/event-stream` |
+//! | `POST /api/v1/executions/{id}/cancel` | 200 execution |
+//! | `POST /api/v1/events` `{topic, payload}` | 202 `{eventId, triggeredExecutions}` |
+//! | `GET /api/v1/events?topic=&cursor=&limit=` | 200 `{items, nextCursor}` |
+//! | `GET /healthz` | 200 `{status: "ok"}` |
+//! | `GET /readyz` | 200 `{status: "ready", checks}`, or 503 `not_ready` |
+//!
+//! Listings take `limit` (default 50, at most 500) and `cursor` (the previous page's
+//! `nextCursor`; `null` means there is no next page).
+
+pub mod error;
+mod events;
+mod executions;
+pub mod extract;
+mod follow;
+mod jobs;
+mod modules;
+mod probes;
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio::sync::watch;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, OriginalUri};
+use axum::http::header::{AUTHORIZATION, COOKIE};
+use axum::http::{HeaderName, Method, Request};
+use axum::routing::get;
+use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
+
+use crate::services::Services;
+use error::{ApiError, ErrorCode};
+
+/// The header carrying the request id: the client's if it sent one, else a fresh UUID.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// What the handlers share.
+#[derive(Debug, Clone)]
+pub struct ApiState {
+    pub services: Services,
+    pub readiness: Readiness,
+}
+
+/// What `/readyz` reports beyond the database: whether this process takes work. The
+/// composition root sets it when the workers start and calls
+/// [`Readiness::begin_shutdown`] when shutdown begins, so a load balancer stops sending
+/// requests and open log streams close (a graceful shutdown waits for every connection).
+#[derive(Debug, Clone)]
+pub struct Readiness {
+    workers_running: Arc<AtomicBool>,
+    shutdown: Arc<watch::Sender<bool>>,
+}
+
+impl Default for Readiness {
+    fn default() -> Self {
+        Self {
+            workers_running: Arc::default(),
+            shutdown: Arc::new(watch::channel(false).0),
+        }
+    }
+}
+
+impl Readiness {
+    /// Not ready until [`Readiness::set_workers_running`] says so.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Called by the composition root: `true` once the worker pool runs, `false` when it
+    /// stops.
+    pub fn set_workers_running(&self, running: bool) {
+        self.workers_running.store(running, Ordering::Release);
+    }
+
+    pub fn workers_running(&self) -> bool {
+        self.workers_running.load(Ordering::Acquire)
+    }
+
+    /// Called by the composition root when shutdown begins: `/readyz` answers 503 from now
+    /// on and every `logs?follow=true` stream ends (clients resume elsewhere with
+    /// `Last-Event-ID`), so the HTTP server's graceful shutdown is not held up by them.
+    pub fn begin_shutdown(&self) {
+        self.set_workers_running(false);
+        self.shutdown.send_replace(true);
+    }
+
+    /// Resolves once [`Readiness::begin_shutdown`] was called.
+    pub(crate) fn shutdown_started(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut receiver = self.shutdown.subscribe();
+        async move {
+            let _ = receiver.wait_for(|started| *started).await;
+        }
+    }
+}
+
+/// The whole HTTP surface, ready to serve (or to drive in tests with `tower::ServiceExt`).
+pub fn router(state: ApiState) -> Router {
+    let max_module_bytes = state.services.settings.max_module_bytes;
+    let api = Router::new()
+        .merge(modules::routes(max_module_bytes))
+        .merge(jobs::routes())
+        .merge(executions::routes())
+        .merge(events::routes())
+        .method_not_allowed_fallback(method_not_allowed);
+    let request_id = HeaderName::from_static(REQUEST_ID_HEADER);
+    let middleware = ServiceBuilder::new()
+        .layer(SetSensitiveRequestHeadersLayer::new([
+            AUTHORIZATION,
+            COOKIE,
+        ]))
+        .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(request_span)
+                .on_request(())
+                .on_response(DefaultOnResponse::new())
+                // Failures are logged once, with their cause, by `log_failures`.
+                .on_failure(()),
+        )
+        .layer(PropagateRequestIdLayer::new(request_id))
+        .layer(axum::middleware::from_fn(error::log_failures))
+        .layer(CatchPanicLayer::custom(error::panic_response));
+    Router::new()
+        .route("/healthz", get(probes::healthz))
+        .route("/readyz", get(probes::readyz))
+        .method_not_allowed_fallback(method_not_allowed)
+        .nest("/api/v1", api)
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(extract::JSON_BODY_LIMIT))
+        .layer(middleware)
+        .with_state(state)
+}
+
+fn request_span<B>(request: &Request<B>) -> tracing::Span {
+    let request_id = request
+        .headers()
+        .get(REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    tracing::info_span!(
+        "request",
+        method = %request.method(),
+        path = %request.uri().path(),
+        request_id,
+    )
+}
+
+async fn not_found(method: Method, OriginalUri(uri): OriginalUri) -> ApiError {
+    ApiError::new(
+        ErrorCode::NotFound,
+        format!(
+            "no route for {method} {}; the API lives under /api/v1",
+            uri.path()
+        ),
+    )
+}
+
+async fn method_not_allowed(method: Method, OriginalUri(uri): OriginalUri) -> ApiError {
+    ApiError::new(
+        ErrorCode::MethodNotAllowed,
+        format!(
+            "{} does not accept {method}; the Allow header lists what it accepts",
+            uri.path()
+        ),
+    )
+}

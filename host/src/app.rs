@@ -1,0 +1,283 @@
+//! The composition root: the only code that sees every part. Builds the store, queue,
+//! runtime and services from a [`ServeConfig`], starts the workers, scheduler and
+//! reconciler, serves the API, and shuts everything down in order.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::queue::{MemoryQueue, Queue};
+use crate::runtime::{EngineSettings, HostServices, Runtime, RuntimeConfig};
+use crate::services::{
+    EventBus, JobDraft, LogHub, ModuleCatalog, RunningRegistry, ServiceSettings, Services,
+    StoreEventSink, StoreKeyValue, StoreMetricsSink,
+};
+use crate::store::{SqliteStore, Store};
+use crate::worker::{WorkerPool, WorkerSettings};
+
+/// Everything `runcell serve` needs, parsed once at the edge.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub workers: usize,
+    /// A directory of `.wasm` modules to install at start, with a demo job.
+    pub examples: Option<PathBuf>,
+    pub retry_base_delay: Duration,
+    pub shutdown_grace: Duration,
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot use data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "another runcell process is using data directory {0}; stop it, or give this one another --data-dir"
+    )]
+    DataDirInUse(PathBuf),
+    #[error("cannot open the database: {0}")]
+    Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Runtime(#[from] crate::runtime::RuntimeError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The default worker count: guests that wait on host calls leave the CPU idle, so run
+/// more of them than there are cores.
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get()) * 4
+}
+
+/// Builds the services of one node.
+pub async fn build_services(
+    store: Arc<dyn Store>,
+    queue: Arc<dyn Queue>,
+    cache_dir: Option<PathBuf>,
+    workers: usize,
+) -> Result<Services, StartError> {
+    let events = EventBus::new(store.clone(), queue.clone());
+    let host = HostServices {
+        kv: Arc::new(StoreKeyValue(store.clone())),
+        events: Arc::new(StoreEventSink(events.clone())),
+        metrics: Arc::new(StoreMetricsSink(store.clone())),
+    };
+    let runtime = Runtime::new(
+        RuntimeConfig {
+            engine: EngineSettings {
+                // Runs plus describe calls of uploads happening meanwhile.
+                max_concurrent_instances: (workers + 8) as u32,
+                ..EngineSettings::default()
+            },
+            cache_dir,
+        },
+        host,
+    )?;
+    Ok(Services {
+        modules: ModuleCatalog::new(store.clone(), runtime.clone()),
+        store,
+        queue,
+        runtime,
+        logs: LogHub::default(),
+        events,
+        running: RunningRegistry::default(),
+        settings: Arc::new(ServiceSettings::default()),
+    })
+}
+
+/// Runs the server until SIGTERM or Ctrl-C.
+pub async fn serve(config: ServeConfig) -> Result<(), StartError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
+        path: config.data_dir.clone(),
+        source,
+    })?;
+    let _data_dir_lock = lock_data_dir(&config.data_dir)?;
+    let store: Arc<dyn Store> =
+        Arc::new(SqliteStore::open(&config.data_dir.join("runcell.db")).await?);
+    let queue: Arc<dyn Queue> = Arc::new(MemoryQueue::default());
+    let services = build_services(
+        store,
+        queue,
+        Some(config.data_dir.join("cache")),
+        config.workers,
+    )
+    .await?;
+    let worker_settings = WorkerSettings {
+        concurrency: config.workers,
+        retry_base_delay: config.retry_base_delay,
+        ..WorkerSettings::default()
+    };
+
+    if let Some(dir) = &config.examples {
+        install_examples(&services, dir).await;
+    }
+    if let Err(err) = crate::reconciler::reconcile(&services, &worker_settings, true, true).await {
+        tracing::warn!(error = %err, "start-up reconciliation failed; the periodic pass will retry");
+    }
+
+    let pool = WorkerPool::start(services.clone(), worker_settings.clone());
+    let (stop, stop_rx) = watch::channel(false);
+    let scheduler = tokio::spawn(crate::scheduler::run(services.clone(), stop_rx.clone()));
+    let reconciler = tokio::spawn(crate::reconciler::run(
+        services.clone(),
+        worker_settings.clone(),
+        stop_rx,
+    ));
+
+    let readiness = crate::api::Readiness::new();
+    readiness.set_workers_running(true);
+    let router = crate::api::router(crate::api::ApiState {
+        services: services.clone(),
+        readiness: readiness.clone(),
+    });
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| StartError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| StartError::Listen {
+        addr: config.listen,
+        source,
+    })?;
+    println!("listening on http://{addr}");
+    println!("  data: {}", config.data_dir.display());
+    if config.examples.is_some() {
+        println!("  try:  curl http://{addr}/api/v1/modules");
+        println!("        curl 'http://{addr}/api/v1/executions?limit=5'");
+    }
+    tracing::info!(%addr, workers = config.workers, "runcell serving");
+
+    let served = axum::serve(listener, router)
+        .with_graceful_shutdown({
+            let readiness = readiness.clone();
+            async move {
+                shutdown_signal().await;
+                readiness.begin_shutdown();
+            }
+        })
+        .await;
+    if let Err(err) = served {
+        tracing::error!(error = %err, "HTTP server failed");
+    }
+    tracing::info!("shutting down: finishing running executions");
+    let _ = stop.send(true);
+    let _ = scheduler.await;
+    let _ = reconciler.await;
+    pool.shutdown(config.shutdown_grace).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// The embedded database is this process's alone: a second server on the same data
+/// directory would take over executions the first is running. Held until dropped.
+fn lock_data_dir(dir: &Path) -> Result<std::fs::File, StartError> {
+    let path = dir.join("runcell.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| StartError::DataDir {
+            path: path.clone(),
+            source,
+        })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StartError::DataDirInUse(dir.to_path_buf())),
+        Err(std::fs::TryLockError::Error(source)) => Err(StartError::DataDir { path, source }),
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM can be handled");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+/// The demo job a newcomer sees running within seconds of `./dev up`.
+const DEMO_JOB: &str = "hello-every-5s";
+
+/// Installs every `.wasm` file of `dir` and a demo job on a short schedule. Problems are
+/// reported and skipped: examples must never keep the server from starting.
+async fn install_examples(services: &Services, dir: &Path) {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(err) => {
+            eprintln!(
+                "warning: cannot read examples from {}: {err}",
+                dir.display()
+            );
+            return;
+        }
+    };
+    let mut paths: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "wasm"))
+        .collect();
+    paths.sort();
+    for path in paths {
+        let installed = match std::fs::read(&path) {
+            Ok(bytes) => services
+                .upload_module(bytes)
+                .await
+                .map_err(|e| e.to_string()),
+            Err(err) => Err(err.to_string()),
+        };
+        match installed {
+            Ok(module) => println!(
+                "installed module {} {}",
+                module.name, module.current.version
+            ),
+            Err(err) => {
+                eprintln!("warning: {} not installed: {err}", path.display());
+            }
+        }
+    }
+    let has_demo = services
+        .list_jobs(None, 500)
+        .await
+        .map(|page| page.items.iter().any(|j| j.name == DEMO_JOB))
+        .unwrap_or(true);
+    if !has_demo && services.get_module("hello").await.is_ok() {
+        let draft = JobDraft {
+            name: DEMO_JOB.into(),
+            module: "hello".into(),
+            job: "greet".into(),
+            schedule: Some("*/5 * * * * *".into()),
+            input: Some(serde_json::json!({"name": "Runcell"})),
+            enabled: Some(true),
+            max_attempts: None,
+            timeout_ms: None,
+            fuel: None,
+            memory_bytes: None,
+            on_event: None,
+        };
+        match services.create_job(draft).await {
+            Ok(job) => println!("created job {} ({}), runs every 5 s", job.name, job.id),
+            Err(err) => eprintln!("warning: could not create the demo job: {err}"),
+        }
+    }
+}

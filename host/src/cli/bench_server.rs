@@ -1,0 +1,352 @@
+//! `runcell bench server`: the whole execution path measured as a client sees it. Starts a
+//! real `runcell serve` on a fresh data directory, installs the benchmark module over the
+//! API, and measures (1) throughput of no-op executions enqueued in bulk, every one
+//! recorded; (2) the same for ~1 ms CPU jobs; (3) latency from `execute` to the handler's
+//! first instruction at a paced rate. Figures are printed, never asserted.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use clap::Args;
+use serde_json::{Value, json};
+
+use super::ExitStatus;
+
+#[derive(Debug, Args)]
+pub(super) struct ServerBenchArgs {
+    /// The module with the `noop` job [default: the built `hello` example].
+    #[arg(long)]
+    noop_module: Option<PathBuf>,
+    /// The module with the `burn` and `clock` jobs [default: the built `hostile` fixture].
+    #[arg(long)]
+    probe_module: Option<PathBuf>,
+    /// No-op executions for the throughput run.
+    #[arg(long, default_value_t = 50_000)]
+    noop: u32,
+    /// 1 ms CPU executions for the throughput run.
+    #[arg(long, default_value_t = 5_000)]
+    cpu: u32,
+    /// Requests per second for the latency run.
+    #[arg(long, default_value_t = 500)]
+    rate: u32,
+    /// Duration of the latency run.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    latency_for: Duration,
+    /// Worker count of the server under test [default: the server's default].
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Extra arguments for `runcell serve` (e.g. `--database-url ...`), after `--`.
+    #[arg(last = true)]
+    serve_args: Vec<String>,
+}
+
+struct Server {
+    child: Child,
+    base: String,
+    agent: ureq::Agent,
+    data_dir: PathBuf,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.data_dir);
+    }
+}
+
+type BenchResult<T> = Result<T, String>;
+
+impl Server {
+    fn start(args: &ServerBenchArgs) -> BenchResult<Self> {
+        let data_dir = std::env::temp_dir().join(format!(
+            "runcell-bench-server-{}-{}",
+            std::process::id(),
+            now_ns()
+        ));
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let mut command = Command::new(exe);
+        command
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(&data_dir)
+            .args(&args.serve_args)
+            .env("RUNCELL_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        if let Some(workers) = args.workers {
+            command.args(["--workers", &workers.to_string()]);
+        }
+        let mut child = command
+            .spawn()
+            .map_err(|e| format!("cannot start the server: {e}"))?;
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let base = loop {
+            let line = lines
+                .next()
+                .ok_or("the server exited before listening")?
+                .map_err(|e| e.to_string())?;
+            if let Some(addr) = line.strip_prefix("listening on ") {
+                break addr.trim().to_owned();
+            }
+        };
+        // Keep draining stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .new_agent();
+        Ok(Self {
+            child,
+            base,
+            agent,
+            data_dir,
+        })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}/api/v1{path}", self.base)
+    }
+
+    fn post(&self, path: &str, body: &Value) -> BenchResult<Value> {
+        let mut response = self
+            .agent
+            .post(&self.url(path))
+            .send_json(body)
+            .map_err(|e| e.to_string())?;
+        let status = response.status();
+        let body: Value = response.body_mut().read_json().map_err(|e| e.to_string())?;
+        if !status.is_success() {
+            return Err(format!("POST {path}: {status}: {body}"));
+        }
+        Ok(body)
+    }
+
+    fn get(&self, path: &str) -> BenchResult<Value> {
+        let mut response = self
+            .agent
+            .get(&self.url(path))
+            .call()
+            .map_err(|e| e.to_string())?;
+        let status = response.status();
+        let body: Value = response.body_mut().read_json().map_err(|e| e.to_string())?;
+        if !status.is_success() {
+            return Err(format!("GET {path}: {status}: {body}"));
+        }
+        Ok(body)
+    }
+
+    fn upload(&self, wasm: &[u8]) -> BenchResult<()> {
+        let response = self
+            .agent
+            .post(&self.url("/modules"))
+            .header("content-type", "application/wasm")
+            .send(wasm)
+            .map_err(|e| e.to_string())?;
+        if !response.status().is_success() {
+            return Err(format!("upload failed: {}", response.status()));
+        }
+        Ok(())
+    }
+
+    fn create_job(&self, name: &str, module: &str, job: &str, input: Value) -> BenchResult<String> {
+        let created = self.post(
+            "/jobs",
+            &json!({"name": name, "module": module, "job": job, "input": input}),
+        )?;
+        created["id"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| "job without id".into())
+    }
+
+    /// Waits until no execution of `job_id` is queued or running.
+    fn wait_idle(&self, job_id: &str) -> BenchResult<()> {
+        loop {
+            let mut busy = false;
+            for status in ["QUEUED", "RUNNING"] {
+                let page = self.get(&format!(
+                    "/executions?jobId={job_id}&status={status}&limit=1"
+                ))?;
+                busy |= page["items"]
+                    .as_array()
+                    .is_some_and(|items| !items.is_empty());
+            }
+            if !busy {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Counts executions of `job_id` in `status` by paging through them.
+    fn count(&self, job_id: &str, status: &str) -> BenchResult<usize> {
+        let mut count = 0;
+        let mut cursor = String::new();
+        loop {
+            let page = self.get(&format!(
+                "/executions?jobId={job_id}&status={status}&limit=500{cursor}"
+            ))?;
+            count += page["items"].as_array().map_or(0, Vec::len);
+            match page["nextCursor"].as_str() {
+                Some(next) => cursor = format!("&cursor={next}"),
+                None => return Ok(count),
+            }
+        }
+    }
+}
+
+pub(super) fn run(args: ServerBenchArgs) -> ExitStatus {
+    match bench(&args) {
+        Ok(()) => ExitStatus::Success,
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitStatus::Environment
+        }
+    }
+}
+
+fn bench(args: &ServerBenchArgs) -> BenchResult<()> {
+    let read = |path: Option<PathBuf>, file: &str| {
+        let path = path.unwrap_or_else(|| super::bench::guest_path(file));
+        std::fs::read(&path).map_err(|e| {
+            format!(
+                "cannot read {}: {e}; build it with `./dev build`",
+                path.display()
+            )
+        })
+    };
+    let noop_wasm = read(args.noop_module.clone(), "hello.wasm")?;
+    let probe_wasm = read(args.probe_module.clone(), "hostile.wasm")?;
+    let server = Server::start(args)?;
+    server.upload(&noop_wasm)?;
+    server.upload(&probe_wasm)?;
+    println!("runcell bench server — {}", server.base);
+
+    let noop = server.create_job("bench-noop", "hello", "noop", Value::Null)?;
+    throughput(&server, "no-op", &noop, args.noop)?;
+
+    let iterations = calibrate_burn(&server)?;
+    let cpu = server.create_job(
+        "bench-cpu",
+        "hostile",
+        "burn",
+        json!({"iterations": iterations}),
+    )?;
+    throughput(&server, "1 ms CPU", &cpu, args.cpu)?;
+
+    latency(&server, args.rate, args.latency_for)?;
+    Ok(())
+}
+
+/// Enqueues `total` executions in bulk requests and times until all are recorded.
+fn throughput(server: &Server, label: &str, job_id: &str, total: u32) -> BenchResult<()> {
+    const BULK: u32 = 10_000;
+    let started = Instant::now();
+    let mut sent = 0;
+    while sent < total {
+        let count = BULK.min(total - sent);
+        server.post(
+            &format!("/jobs/{job_id}/execute-bulk"),
+            &json!({"count": count}),
+        )?;
+        sent += count;
+    }
+    let enqueued = started.elapsed();
+    server.wait_idle(job_id)?;
+    let elapsed = started.elapsed();
+    let completed = server.count(job_id, "COMPLETED")?;
+    println!(
+        "{label}: {total} executions in {:.2} s = {:.0} executions/s end to end ({completed} COMPLETED, every one recorded; enqueueing took {:.2} s)",
+        elapsed.as_secs_f64(),
+        f64::from(total) / elapsed.as_secs_f64(),
+        enqueued.as_secs_f64()
+    );
+    if completed != total as usize {
+        return Err(format!("{label}: only {completed} of {total} completed"));
+    }
+    Ok(())
+}
+
+/// Finds the `burn` iteration count that takes about a millisecond of CPU here.
+fn calibrate_burn(server: &Server) -> BenchResult<u64> {
+    let probe = 2_000_000_u64;
+    let job = server.create_job(
+        "bench-calibrate",
+        "hostile",
+        "burn",
+        json!({"iterations": probe}),
+    )?;
+    let mut best = f64::MAX;
+    for _ in 0..5 {
+        let id = server.post(&format!("/jobs/{job}/execute"), &json!({}))?["executionId"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let execution = wait_final(server, &id)?;
+        best = best.min(execution["durationMs"].as_f64().unwrap_or(f64::MAX));
+    }
+    let iterations = (probe as f64 / best).round() as u64;
+    println!("calibration: {iterations} burn iterations ≈ 1 ms of CPU");
+    Ok(iterations.max(1))
+}
+
+fn wait_final(server: &Server, id: &str) -> BenchResult<Value> {
+    loop {
+        let execution = server.get(&format!("/executions/{id}"))?;
+        if !matches!(execution["status"].as_str(), Some("QUEUED" | "RUNNING")) {
+            return Ok(execution);
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+fn now_ns() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
+}
+
+/// Paced single executes of `clock`; latency is the handler's own start time minus the
+/// moment the client sent the request (same machine, same clock).
+fn latency(server: &Server, rate: u32, duration: Duration) -> BenchResult<()> {
+    let job = server.create_job("bench-clock", "hostile", "clock", Value::Null)?;
+    let interval = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
+    let total = (duration.as_secs_f64() * f64::from(rate)) as u32;
+    let mut sent = Vec::with_capacity(total as usize);
+    let started = Instant::now();
+    for i in 0..total {
+        let due = started + interval * i;
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        let at = now_ns();
+        let id = server.post(&format!("/jobs/{job}/execute"), &json!({}))?["executionId"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        sent.push((id, at));
+    }
+    server.wait_idle(&job)?;
+    let mut latencies = Vec::with_capacity(sent.len());
+    for (id, at) in &sent {
+        let execution = server.get(&format!("/executions/{id}"))?;
+        let started_ns: u128 = execution["result"]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| format!("execution {id} has no clock result: {execution}"))?;
+        latencies.push(Duration::from_nanos(started_ns.saturating_sub(*at) as u64));
+    }
+    latencies.sort();
+    let pick = |q: f64| latencies[((latencies.len() - 1) as f64 * q).round() as usize];
+    println!(
+        "dispatch latency at {rate} executions/s ({} runs): p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms (request sent → handler started)",
+        latencies.len(),
+        pick(0.5).as_secs_f64() * 1000.0,
+        pick(0.99).as_secs_f64() * 1000.0,
+        pick(1.0).as_secs_f64() * 1000.0
+    );
+    Ok(())
+}

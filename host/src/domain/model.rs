@@ -1,0 +1,296 @@
+//! The records the server keeps: modules and their versions, jobs, executions, events.
+//! Timestamps are milliseconds since the Unix epoch, UTC.
+
+use serde::{Deserialize, Serialize};
+
+use super::{FailureKind, LogEntry, Manifest, Outcome, Trigger};
+
+/// Milliseconds since the Unix epoch, UTC.
+pub type Millis = i64;
+
+/// Where an execution is in its life. Only the last four are final.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ExecutionStatus {
+    Queued,
+    Running,
+    Completed,
+    Failed,
+    TimedOut,
+    Cancelled,
+}
+
+impl ExecutionStatus {
+    pub const ALL: [ExecutionStatus; 6] = [
+        Self::Queued,
+        Self::Running,
+        Self::Completed,
+        Self::Failed,
+        Self::TimedOut,
+        Self::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "QUEUED",
+            Self::Running => "RUNNING",
+            Self::Completed => "COMPLETED",
+            Self::Failed => "FAILED",
+            Self::TimedOut => "TIMED_OUT",
+            Self::Cancelled => "CANCELLED",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == text)
+    }
+
+    pub fn is_final(self) -> bool {
+        !matches!(self, Self::Queued | Self::Running)
+    }
+}
+
+/// Whether a module's jobs may run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ModuleStatus {
+    Enabled,
+    Disabled,
+}
+
+impl ModuleStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Enabled => "ENABLED",
+            Self::Disabled => "DISABLED",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "ENABLED" => Some(Self::Enabled),
+            "DISABLED" => Some(Self::Disabled),
+            _ => None,
+        }
+    }
+}
+
+/// One uploaded version of a module (its bytes are stored apart, by hash).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ModuleVersion {
+    pub module: String,
+    pub version: String,
+    pub content_hash: String,
+    pub size_bytes: u64,
+    pub manifest: Manifest,
+    pub uploaded_at: Millis,
+}
+
+/// A module: its status and its current version.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ModuleRecord {
+    pub name: String,
+    pub status: ModuleStatus,
+    pub current: ModuleVersion,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+}
+
+/// A job definition: which module job to run, when, with what input and limits.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Job {
+    pub id: String,
+    pub name: String,
+    pub module: String,
+    pub job: String,
+    pub schedule: Option<String>,
+    pub input: serde_json::Value,
+    pub enabled: bool,
+    pub max_attempts: u32,
+    pub timeout_ms: Option<u64>,
+    pub fuel: Option<u64>,
+    pub memory_bytes: Option<u64>,
+    pub on_event: Option<String>,
+    pub next_run_at: Option<Millis>,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+}
+
+/// A row to create in state `QUEUED`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewExecution {
+    pub id: String,
+    pub job_id: String,
+    pub module: String,
+    pub job: String,
+    pub trigger: Trigger,
+    pub attempt: u32,
+    /// The first attempt's id, for retries.
+    pub retry_of: Option<String>,
+    /// JSON text.
+    pub input: String,
+    /// When it was due: the cron tick, or the trigger time.
+    pub scheduled_at: Millis,
+    /// Not before this time (retry backoff); equal to `created_at` otherwise.
+    pub run_after: Millis,
+    /// The cron tick it fires, unique per job.
+    pub cron_tick: Option<Millis>,
+    pub event_id: Option<String>,
+    pub created_at: Millis,
+}
+
+/// One execution: one attempt of one trigger of one job.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Execution {
+    pub id: String,
+    pub job_id: String,
+    pub module: String,
+    pub job: String,
+    pub status: ExecutionStatus,
+    pub trigger: Trigger,
+    pub attempt: u32,
+    pub retry_of: Option<String>,
+    pub input: serde_json::Value,
+    pub result: Option<serde_json::Value>,
+    pub error: Option<String>,
+    pub error_kind: Option<String>,
+    pub scheduled_at: Millis,
+    pub run_after: Millis,
+    pub cron_tick: Option<Millis>,
+    pub event_id: Option<String>,
+    pub created_at: Millis,
+    pub started_at: Option<Millis>,
+    pub finished_at: Option<Millis>,
+    pub duration_ms: Option<f64>,
+    pub fuel_consumed: Option<u64>,
+    pub memory_peak_bytes: Option<u64>,
+    pub node_id: Option<String>,
+    pub cancel_requested: bool,
+}
+
+/// The final state of a run, as recorded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExecutionResult {
+    pub id: String,
+    pub status: ExecutionStatus,
+    /// JSON text of the output, for completed runs.
+    pub result: Option<String>,
+    pub error: Option<String>,
+    pub error_kind: Option<String>,
+    pub finished_at: Millis,
+    pub duration_ms: f64,
+    pub fuel_consumed: u64,
+    pub memory_peak_bytes: u64,
+    pub logs: Vec<LogEntry>,
+}
+
+impl ExecutionResult {
+    /// Turns a run's outcome into the row update that records it.
+    pub fn from_outcome(
+        id: String,
+        outcome: &Outcome,
+        usage: &super::Usage,
+        logs: Vec<LogEntry>,
+        finished_at: Millis,
+    ) -> Self {
+        let (status, result, error, error_kind) = match outcome {
+            Outcome::Completed { output } => (
+                ExecutionStatus::Completed,
+                Some(output.to_string()),
+                None,
+                None,
+            ),
+            Outcome::Failed { kind, .. } => (
+                ExecutionStatus::Failed,
+                None,
+                Some(outcome.summary()),
+                Some(failure_kind_name(kind).to_owned()),
+            ),
+            Outcome::TimedOut { .. } => (
+                ExecutionStatus::TimedOut,
+                None,
+                Some(outcome.summary()),
+                Some("TIMED_OUT".to_owned()),
+            ),
+            Outcome::Cancelled => (
+                ExecutionStatus::Cancelled,
+                None,
+                Some("cancelled".to_owned()),
+                Some("CANCELLED".to_owned()),
+            ),
+        };
+        Self {
+            id,
+            status,
+            result,
+            error,
+            error_kind,
+            finished_at,
+            duration_ms: usage.wall_time.as_secs_f64() * 1000.0,
+            fuel_consumed: usage.fuel_consumed,
+            memory_peak_bytes: usage.memory_peak_bytes,
+            logs,
+        }
+    }
+}
+
+pub fn failure_kind_name(kind: &FailureKind) -> &'static str {
+    match kind {
+        FailureKind::InvalidInput => "INVALID_INPUT",
+        FailureKind::Transient => "TRANSIENT",
+        FailureKind::Permanent => "PERMANENT",
+        FailureKind::OutOfFuel => "OUT_OF_FUEL",
+        FailureKind::MemoryLimitExceeded => "MEMORY_LIMIT_EXCEEDED",
+        FailureKind::Trap => "TRAP",
+        FailureKind::OutputTooLarge => "OUTPUT_TOO_LARGE",
+        FailureKind::InvalidOutput => "INVALID_OUTPUT",
+        FailureKind::UnknownJob => "UNKNOWN_JOB",
+        FailureKind::HostError => "HOST_ERROR",
+    }
+}
+
+/// An event on the bus.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Event {
+    pub id: String,
+    pub topic: String,
+    pub payload: serde_json::Value,
+    /// `api` for events posted through the API, else the publishing module's name.
+    pub source: String,
+    pub created_at: Millis,
+}
+
+/// One metric sample a module recorded.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MetricSample {
+    pub name: String,
+    pub value: f64,
+    pub labels: Vec<(String, String)>,
+    pub ts_ms: Millis,
+}
+
+/// A page of a listing and the cursor for the next one.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next_cursor: Option<String>,
+}
+
+/// Time-ordered unique ids (UUID v7): listing by id is listing by creation time.
+pub fn new_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+pub fn now_millis() -> Millis {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as Millis)
+        .unwrap_or(0)
+}

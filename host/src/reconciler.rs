@@ -1,0 +1,113 @@
+//! Makes the database the truth again after anything was lost: queued executions that no
+//! queue holds are offered again, and running executions whose node stopped renewing
+//! their lease are failed (and retried if their job allows). Started by `app`.
+
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::domain::{Millis, now_millis};
+use crate::services::Services;
+use crate::store::ClaimedExecution;
+use crate::worker::{WorkerSettings, next_attempt};
+
+/// How often a pass runs.
+pub const RECONCILE_EVERY: Duration = Duration::from_secs(2);
+/// A queued execution this long past due is assumed lost by the queue.
+const STALE_QUEUED: Millis = 2_000;
+/// Rows handled per query.
+const PAGE: u32 = 10_000;
+
+/// One pass. `startup` re-offers every due queued row (the in-process queue starts
+/// empty); later passes only those that look stranded. `sole_node` says no other
+/// process can hold a lease (the embedded deployment, whose data directory is locked):
+/// every running row left from before this start belongs to a dead process and is taken
+/// over at once instead of after its lease runs out.
+pub async fn reconcile(
+    services: &Services,
+    settings: &WorkerSettings,
+    startup: bool,
+    sole_node: bool,
+) -> Result<(), crate::services::ServiceError> {
+    let now = now_millis();
+    let expiry_horizon = if startup && sole_node {
+        now + settings.lease.as_millis() as Millis + 1
+    } else {
+        now
+    };
+    let cutoff = if startup { now } else { now - STALE_QUEUED };
+    let queued = services.store.due_queued_executions(cutoff, PAGE).await?;
+    if !queued.is_empty() {
+        if startup {
+            tracing::info!(count = queued.len(), "re-offering queued executions");
+        }
+        services.queue.push(&queued).await?;
+    }
+    if startup {
+        // Delayed retries not yet due wait for a later pass.
+        if let Some(next) = services.store.next_queued_due().await?
+            && next > now
+        {
+            tracing::debug!(next, "queued executions waiting for their retry time");
+        }
+    }
+    for execution in services
+        .store
+        .expired_executions(expiry_horizon, 1_000)
+        .await?
+    {
+        let failed = services
+            .store
+            .fail_expired_execution(
+                &execution.id,
+                "its node stopped while running it (lease expired)",
+                expiry_horizon,
+            )
+            .await?;
+        if !failed {
+            continue;
+        }
+        tracing::warn!(execution = %execution.id, node = ?execution.node_id, "execution lease expired");
+        services
+            .logs
+            .finish(&execution.id, crate::domain::ExecutionStatus::Failed);
+        let Some(job) = services.store.get_job(&execution.job_id).await? else {
+            continue;
+        };
+        let claimed = ClaimedExecution {
+            id: execution.id.clone(),
+            job_id: execution.job_id.clone(),
+            attempt: execution.attempt,
+            trigger: execution.trigger,
+            retry_of: execution.retry_of.clone(),
+            input: execution.input.to_string(),
+            scheduled_at: execution.scheduled_at,
+        };
+        if let Some(retry) = next_attempt(settings, &claimed, &job, now) {
+            let created = services
+                .store
+                .enqueue_executions(std::slice::from_ref(&retry))
+                .await?;
+            if !created.is_empty() {
+                services
+                    .queue
+                    .push_delayed(&retry.id, retry.run_after)
+                    .await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs a pass every [`RECONCILE_EVERY`] until `stop` turns true.
+pub async fn run(services: Services, settings: WorkerSettings, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(RECONCILE_EVERY) => {}
+            _ = stop.changed() => return,
+        }
+        if let Err(err) = reconcile(&services, &settings, false, false).await {
+            tracing::warn!(error = %err, "reconciler pass failed; retrying");
+        }
+    }
+}

@@ -1,0 +1,110 @@
+//! Reading executions and their logs, and cancelling them.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use super::{ServiceError, Services};
+use crate::domain::{Execution, ExecutionStatus, LogEntry, Page, now_millis};
+use crate::runtime::CancelToken;
+use crate::store::{CancelEffect, ExecutionFilter};
+
+/// Executions running in this process, so a cancel reaches them at once.
+#[derive(Debug, Clone, Default)]
+pub struct RunningRegistry {
+    tokens: Arc<Mutex<HashMap<String, CancelToken>>>,
+}
+
+impl RunningRegistry {
+    fn tokens(&self) -> std::sync::MutexGuard<'_, HashMap<String, CancelToken>> {
+        self.tokens.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn register(&self, id: &str, token: CancelToken) {
+        self.tokens().insert(id.to_owned(), token);
+    }
+
+    pub fn unregister(&self, id: &str) {
+        self.tokens().remove(id);
+    }
+
+    /// Cancels the execution if it runs here; `false` otherwise.
+    pub fn cancel(&self, id: &str) -> bool {
+        match self.tokens().get(id) {
+            Some(token) => {
+                token.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Ids running here now.
+    pub fn ids(&self) -> Vec<String> {
+        self.tokens().keys().cloned().collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.tokens().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Cancels everything running here (shutdown).
+    pub fn cancel_all(&self) {
+        for token in self.tokens().values() {
+            token.cancel();
+        }
+    }
+}
+
+impl Services {
+    pub async fn get_execution(&self, id: &str) -> Result<Execution, ServiceError> {
+        self.store
+            .get_execution(id)
+            .await?
+            .ok_or_else(|| ServiceError::not_found("execution", id))
+    }
+
+    pub async fn list_executions(
+        &self,
+        filter: &ExecutionFilter,
+        cursor: Option<&str>,
+        limit: u32,
+    ) -> Result<Page<Execution>, ServiceError> {
+        Ok(self.store.list_executions(filter, cursor, limit).await?)
+    }
+
+    pub async fn execution_logs(
+        &self,
+        id: &str,
+        after: Option<u32>,
+        limit: u32,
+    ) -> Result<Vec<LogEntry>, ServiceError> {
+        self.get_execution(id).await?;
+        Ok(self.store.execution_logs(id, after, limit).await?)
+    }
+
+    /// Cancels a queued execution (it never starts) or interrupts a running one at its
+    /// next epoch tick. Returns the execution as it stands after the request.
+    pub async fn cancel_execution(&self, id: &str) -> Result<Execution, ServiceError> {
+        match self.store.cancel_execution(id, now_millis()).await? {
+            CancelEffect::NotFound => return Err(ServiceError::not_found("execution", id)),
+            CancelEffect::AlreadyFinal(status) => {
+                return Err(ServiceError::Conflict(format!(
+                    "execution `{id}` already ended ({})",
+                    status.as_str()
+                )));
+            }
+            CancelEffect::CancelledQueued => {
+                self.logs.finish(id, ExecutionStatus::Cancelled);
+            }
+            CancelEffect::FlaggedRunning => {
+                // Running here: stop it now. Elsewhere: its node polls the flag.
+                self.running.cancel(id);
+            }
+        }
+        self.get_execution(id).await
+    }
+}

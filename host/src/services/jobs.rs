@@ -1,0 +1,456 @@
+//! Job definitions and manual triggers.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::schedule::Schedule;
+use super::{ServiceError, Services};
+use crate::domain::{
+    Job, JobSpec, Limits, Millis, ModuleStatus, NewExecution, Page, Trigger, new_id, now_millis,
+};
+use crate::runtime::host::events::is_valid_topic;
+
+/// Jobs retry at most this many times; more is a loop, not resilience.
+pub const MAX_ATTEMPTS: u32 = 25;
+/// A job's stored default input is configuration, not data.
+const MAX_INPUT_BYTES: usize = 1024 * 1024;
+
+/// A new job, as a client describes it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct JobDraft {
+    pub name: String,
+    pub module: String,
+    pub job: String,
+    #[serde(default)]
+    pub schedule: Option<String>,
+    #[serde(default)]
+    pub input: Option<serde_json::Value>,
+    #[serde(default)]
+    pub enabled: Option<bool>,
+    #[serde(default)]
+    pub max_attempts: Option<u32>,
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    #[serde(default)]
+    pub fuel: Option<u64>,
+    #[serde(default)]
+    pub memory_bytes: Option<u64>,
+    #[serde(default)]
+    pub on_event: Option<String>,
+}
+
+/// Changes to a job; absent fields stay, `null` clears an optional one.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct JobPatch {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub job: Option<String>,
+    #[serde(default, with = "double_option")]
+    pub schedule: Option<Option<String>>,
+    #[serde(default)]
+    pub input: Option<serde_json::Value>,
+    #[serde(default)]
+    pub enabled: Option<bool>,
+    #[serde(default)]
+    pub max_attempts: Option<u32>,
+    #[serde(default, with = "double_option")]
+    pub timeout_ms: Option<Option<u64>>,
+    #[serde(default, with = "double_option")]
+    pub fuel: Option<Option<u64>>,
+    #[serde(default, with = "double_option")]
+    pub memory_bytes: Option<Option<u64>>,
+    #[serde(default, with = "double_option")]
+    pub on_event: Option<Option<String>>,
+}
+
+/// Tells "absent" (outer `None`) from "null" (`Some(None)`).
+mod double_option {
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, T, D>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+    where
+        T: Deserialize<'de>,
+        D: Deserializer<'de>,
+    {
+        Option::<T>::deserialize(deserializer).map(Some)
+    }
+}
+
+/// A manual trigger.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ExecuteRequest {
+    /// Replaces the job's stored input for this run.
+    #[serde(default)]
+    pub input: Option<serde_json::Value>,
+}
+
+fn is_valid_job_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// Whether `pattern` is a topic, a `prefix.*` pattern, or `*`.
+pub fn is_valid_topic_pattern(pattern: &str) -> bool {
+    pattern == "*"
+        || is_valid_topic(pattern)
+        || pattern.strip_suffix(".*").is_some_and(is_valid_topic)
+}
+
+/// The limits a run of `job` gets: the job's own, else the module's hint, else the
+/// server's defaults.
+pub fn effective_limits(job: &Job, spec: Option<&JobSpec>, defaults: &Limits) -> Limits {
+    let hint_timeout = spec.and_then(|s| s.timeout_ms).map(u64::from);
+    Limits {
+        fuel: job
+            .fuel
+            .or(spec.and_then(|s| s.fuel))
+            .unwrap_or(defaults.fuel),
+        timeout: job
+            .timeout_ms
+            .or(hint_timeout)
+            .map(Duration::from_millis)
+            .unwrap_or(defaults.timeout),
+        memory_bytes: job.memory_bytes.unwrap_or(defaults.memory_bytes),
+        ..*defaults
+    }
+}
+
+impl Services {
+    fn check_job(&self, job: &Job) -> Result<(), ServiceError> {
+        if !is_valid_job_name(&job.name) {
+            return Err(ServiceError::bad(
+                "name",
+                format!(
+                    "`{}` is not a valid job name: 1 to 128 letters, digits, `-`, `_` or `.`",
+                    job.name
+                ),
+            ));
+        }
+        if let Some(schedule) = &job.schedule {
+            Schedule::parse(schedule).map_err(|reason| ServiceError::bad("schedule", reason))?;
+        }
+        if let Some(pattern) = &job.on_event
+            && !is_valid_topic_pattern(pattern)
+        {
+            return Err(ServiceError::bad(
+                "onEvent",
+                format!(
+                    "`{pattern}` is not a topic pattern: a topic (`report.generated`), a prefix (`report.*`) or `*`"
+                ),
+            ));
+        }
+        if !(1..=MAX_ATTEMPTS).contains(&job.max_attempts) {
+            return Err(ServiceError::unprocessable(
+                "maxAttempts",
+                format!("must be between 1 and {MAX_ATTEMPTS}"),
+            ));
+        }
+        let input_len = job.input.to_string().len();
+        if input_len > MAX_INPUT_BYTES {
+            return Err(ServiceError::unprocessable(
+                "input",
+                format!("{input_len} bytes, above the limit of {MAX_INPUT_BYTES}"),
+            ));
+        }
+        let ceiling = &self.settings.ceiling;
+        for (field, value, max) in [
+            (
+                "timeoutMs",
+                job.timeout_ms,
+                ceiling.timeout.as_millis() as u64,
+            ),
+            ("fuel", job.fuel, ceiling.fuel),
+            ("memoryBytes", job.memory_bytes, ceiling.memory_bytes),
+        ] {
+            match value {
+                Some(0) => {
+                    return Err(ServiceError::unprocessable(
+                        field,
+                        "must be greater than zero",
+                    ));
+                }
+                Some(v) if v > max => {
+                    return Err(ServiceError::unprocessable(
+                        field,
+                        format!("{v} is above this server's ceiling of {max}"),
+                    ));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// The module job `job` of `module`, which must exist in the module's current version.
+    async fn module_job(&self, module: &str, job: &str) -> Result<JobSpec, ServiceError> {
+        let record = self.store.get_module(module).await?.ok_or_else(|| {
+            ServiceError::unprocessable(
+                "module",
+                format!("no module named `{module}` is installed"),
+            )
+        })?;
+        record.current.manifest.job(job).cloned().ok_or_else(|| {
+            let offered: Vec<&str> = record
+                .current
+                .manifest
+                .jobs
+                .iter()
+                .map(|j| j.name.as_str())
+                .collect();
+            ServiceError::unprocessable(
+                "job",
+                format!(
+                    "module `{module}` offers no job `{job}`; it offers: {}",
+                    offered.join(", ")
+                ),
+            )
+        })
+    }
+
+    fn next_run(job: &Job, now: Millis) -> Option<Millis> {
+        if !job.enabled {
+            return None;
+        }
+        let schedule = Schedule::parse(job.schedule.as_deref()?).ok()?;
+        schedule.next_after(now)
+    }
+
+    pub async fn create_job(&self, draft: JobDraft) -> Result<Job, ServiceError> {
+        let now = now_millis();
+        let mut job = Job {
+            id: new_id(),
+            name: draft.name,
+            module: draft.module,
+            job: draft.job,
+            schedule: draft.schedule,
+            input: draft.input.unwrap_or(serde_json::Value::Null),
+            enabled: draft.enabled.unwrap_or(true),
+            max_attempts: draft.max_attempts.unwrap_or(1),
+            timeout_ms: draft.timeout_ms,
+            fuel: draft.fuel,
+            memory_bytes: draft.memory_bytes,
+            on_event: draft.on_event,
+            next_run_at: None,
+            created_at: now,
+            updated_at: now,
+        };
+        self.check_job(&job)?;
+        self.module_job(&job.module, &job.job).await?;
+        job.next_run_at = Self::next_run(&job, now);
+        self.store.insert_job(&job).await?;
+        tracing::info!(job = %job.name, id = %job.id, module = %job.module, "job created");
+        Ok(job)
+    }
+
+    pub async fn get_job(&self, id: &str) -> Result<Job, ServiceError> {
+        self.store
+            .get_job(id)
+            .await?
+            .ok_or_else(|| ServiceError::not_found("job", id))
+    }
+
+    pub async fn list_jobs(
+        &self,
+        cursor: Option<&str>,
+        limit: u32,
+    ) -> Result<Page<Job>, ServiceError> {
+        Ok(self.store.list_jobs(cursor, limit).await?)
+    }
+
+    pub async fn update_job(&self, id: &str, patch: JobPatch) -> Result<Job, ServiceError> {
+        let mut job = self.get_job(id).await?;
+        let JobPatch {
+            name,
+            job: module_job,
+            schedule,
+            input,
+            enabled,
+            max_attempts,
+            timeout_ms,
+            fuel,
+            memory_bytes,
+            on_event,
+        } = patch;
+        if let Some(name) = name {
+            job.name = name;
+        }
+        let job_changed = module_job.is_some();
+        if let Some(module_job) = module_job {
+            job.job = module_job;
+        }
+        if let Some(schedule) = schedule {
+            job.schedule = schedule;
+        }
+        if let Some(input) = input {
+            job.input = input;
+        }
+        if let Some(enabled) = enabled {
+            job.enabled = enabled;
+        }
+        if let Some(max_attempts) = max_attempts {
+            job.max_attempts = max_attempts;
+        }
+        if let Some(timeout_ms) = timeout_ms {
+            job.timeout_ms = timeout_ms;
+        }
+        if let Some(fuel) = fuel {
+            job.fuel = fuel;
+        }
+        if let Some(memory_bytes) = memory_bytes {
+            job.memory_bytes = memory_bytes;
+        }
+        if let Some(on_event) = on_event {
+            job.on_event = on_event;
+        }
+        self.check_job(&job)?;
+        if job_changed {
+            self.module_job(&job.module, &job.job).await?;
+        }
+        let now = now_millis();
+        job.updated_at = now;
+        job.next_run_at = Self::next_run(&job, now);
+        if !self.store.update_job(&job).await? {
+            return Err(ServiceError::not_found("job", id));
+        }
+        Ok(job)
+    }
+
+    pub async fn delete_job(&self, id: &str) -> Result<(), ServiceError> {
+        if !self.store.delete_job(id).await? {
+            return Err(ServiceError::not_found("job", id));
+        }
+        Ok(())
+    }
+
+    /// Refuses to trigger a job that cannot run, saying why.
+    async fn check_runnable(&self, job: &Job) -> Result<(), ServiceError> {
+        if !job.enabled {
+            return Err(ServiceError::Conflict(format!(
+                "job `{}` is disabled; enable it to run it",
+                job.name
+            )));
+        }
+        let module = self.store.get_module(&job.module).await?.ok_or_else(|| {
+            ServiceError::Conflict(format!("module `{}` no longer exists", job.module))
+        })?;
+        if module.status == ModuleStatus::Disabled {
+            return Err(ServiceError::Conflict(format!(
+                "module `{}` is disabled; enable it to run its jobs",
+                job.module
+            )));
+        }
+        Ok(())
+    }
+
+    /// Queues one manual run; returns the execution id.
+    pub async fn execute_job(
+        &self,
+        id: &str,
+        request: ExecuteRequest,
+    ) -> Result<String, ServiceError> {
+        let ids = self.execute_job_bulk(id, vec![request.input]).await?;
+        Ok(ids.into_iter().next().unwrap_or_default())
+    }
+
+    /// Queues one manual run per input (`None` uses the job's stored input), in one
+    /// transaction; returns the execution ids in order.
+    pub async fn execute_job_bulk(
+        &self,
+        id: &str,
+        inputs: Vec<Option<serde_json::Value>>,
+    ) -> Result<Vec<String>, ServiceError> {
+        if inputs.is_empty() || inputs.len() > self.settings.max_bulk {
+            return Err(ServiceError::unprocessable(
+                "inputs",
+                format!("give between 1 and {} inputs", self.settings.max_bulk),
+            ));
+        }
+        let job = self.get_job(id).await?;
+        self.check_runnable(&job).await?;
+        let now = now_millis();
+        let stored_input = job.input.to_string();
+        let executions: Vec<NewExecution> = inputs
+            .into_iter()
+            .map(|input| NewExecution {
+                id: new_id(),
+                job_id: job.id.clone(),
+                module: job.module.clone(),
+                job: job.job.clone(),
+                trigger: Trigger::Manual,
+                attempt: 1,
+                retry_of: None,
+                input: input.map_or_else(|| stored_input.clone(), |v| v.to_string()),
+                scheduled_at: now,
+                run_after: now,
+                cron_tick: None,
+                event_id: None,
+                created_at: now,
+            })
+            .collect();
+        let ids = self.store.enqueue_executions(&executions).await?;
+        self.queue.push(&ids).await?;
+        Ok(ids)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_patterns_are_topics_prefixes_or_everything() {
+        assert!(is_valid_topic_pattern("report.generated"));
+        assert!(is_valid_topic_pattern("report.*"));
+        assert!(is_valid_topic_pattern("*"));
+        assert!(!is_valid_topic_pattern("report.*.x"));
+        assert!(!is_valid_topic_pattern(""));
+        assert!(!is_valid_topic_pattern("*.report"));
+    }
+
+    #[test]
+    fn a_jobs_own_limits_win_over_the_modules_hint() {
+        let spec = JobSpec {
+            name: "j".into(),
+            description: String::new(),
+            default_schedule: None,
+            input_schema: None,
+            timeout_ms: Some(5_000),
+            fuel: Some(1_000),
+        };
+        let mut job = Job {
+            id: "1".into(),
+            name: "j".into(),
+            module: "m".into(),
+            job: "j".into(),
+            schedule: None,
+            input: serde_json::Value::Null,
+            enabled: true,
+            max_attempts: 1,
+            timeout_ms: None,
+            fuel: None,
+            memory_bytes: None,
+            on_event: None,
+            next_run_at: None,
+            created_at: 0,
+            updated_at: 0,
+        };
+        let defaults = Limits::default();
+        let limits = effective_limits(&job, Some(&spec), &defaults);
+        assert_eq!(limits.timeout, Duration::from_secs(5));
+        assert_eq!(limits.fuel, 1_000);
+        job.timeout_ms = Some(200);
+        job.memory_bytes = Some(1 << 20);
+        let limits = effective_limits(&job, Some(&spec), &defaults);
+        assert_eq!(limits.timeout, Duration::from_millis(200));
+        assert_eq!(limits.memory_bytes, 1 << 20);
+        assert_eq!(effective_limits(&job, None, &defaults).fuel, defaults.fuel);
+    }
+}

@@ -1,0 +1,129 @@
+//! What users can do, independent of how they ask: install modules, define and trigger
+//! jobs, read executions, publish events. Callers (the API, the CLI) get typed results
+//! and a [`ServiceError`] that says what to fix; nothing here knows HTTP.
+
+mod backends;
+mod events;
+mod executions;
+pub mod jobs;
+pub mod loghub;
+pub mod modules;
+pub mod schedule;
+
+use std::sync::Arc;
+
+use crate::domain::Limits;
+use crate::queue::{Queue, QueueError};
+use crate::runtime::{LoadError, Runtime};
+use crate::store::{Store, StoreError};
+
+pub use backends::{StoreEventSink, StoreKeyValue, StoreMetricsSink};
+pub use events::{EventBus, PublishEvent};
+pub use executions::RunningRegistry;
+pub use jobs::{ExecuteRequest, JobDraft, JobPatch};
+pub use loghub::LogHub;
+pub use modules::ModuleCatalog;
+
+/// Why a request could not be carried out. Each variant says what the caller should do.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// The thing addressed does not exist.
+    #[error("{what} `{id}` does not exist")]
+    NotFound { what: &'static str, id: String },
+    /// A field is malformed (syntax); fix the request.
+    #[error("{field}: {message}")]
+    BadField { field: String, message: String },
+    /// A field is well-formed but not acceptable here (unknown reference, over a limit).
+    #[error("{field}: {message}")]
+    Unprocessable { field: String, message: String },
+    /// The request conflicts with the current state (name taken, module in use).
+    #[error("{0}")]
+    Conflict(String),
+    /// The uploaded file is not a module Runcell can run.
+    #[error("{0}")]
+    InvalidModule(#[from] LoadError),
+    /// A dependency (database, queue) is down; retry later.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl ServiceError {
+    pub(crate) fn bad(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::BadField {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn unprocessable(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::Unprocessable {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn not_found(what: &'static str, id: impl Into<String>) -> Self {
+        Self::NotFound {
+            what,
+            id: id.into(),
+        }
+    }
+}
+
+impl From<StoreError> for ServiceError {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::Conflict(message) => ServiceError::Conflict(message),
+            other => ServiceError::Unavailable(other.to_string()),
+        }
+    }
+}
+
+impl From<QueueError> for ServiceError {
+    fn from(err: QueueError) -> Self {
+        ServiceError::Unavailable(err.to_string())
+    }
+}
+
+/// Settings the services enforce.
+#[derive(Debug, Clone)]
+pub struct ServiceSettings {
+    /// The most any job may ask for.
+    pub ceiling: Limits,
+    /// Limits of a job that asks for nothing (and gave no hint).
+    pub defaults: Limits,
+    /// Largest module file accepted.
+    pub max_module_bytes: usize,
+    /// Most executions one bulk request may create.
+    pub max_bulk: usize,
+}
+
+impl Default for ServiceSettings {
+    fn default() -> Self {
+        Self {
+            ceiling: Limits::default_ceiling(),
+            defaults: Limits::default(),
+            max_module_bytes: 64 * 1024 * 1024,
+            max_bulk: 10_000,
+        }
+    }
+}
+
+/// Everything the services share; cheap to clone.
+#[derive(Clone)]
+pub struct Services {
+    pub store: Arc<dyn Store>,
+    pub queue: Arc<dyn Queue>,
+    pub runtime: Runtime,
+    pub modules: ModuleCatalog,
+    pub logs: LogHub,
+    pub events: EventBus,
+    pub running: RunningRegistry,
+    pub settings: Arc<ServiceSettings>,
+}
+
+impl std::fmt::Debug for Services {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Services").finish_non_exhaustive()
+    }
+}

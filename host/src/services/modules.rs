@@ -1,0 +1,198 @@
+//! Module lifecycle: upload (validate, describe, store), versions, enable/disable, delete;
+//! and the catalog workers use to find a module's runnable code.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::schedule::Schedule;
+use super::{ServiceError, Services};
+use crate::domain::{ModuleRecord, ModuleStatus, ModuleVersion, now_millis};
+use crate::runtime::{LoadedModule, Runtime};
+use crate::store::Store;
+
+/// How long a worker trusts what it learnt about a module before asking the database
+/// again. Local changes invalidate at once; this bounds what other nodes see.
+const CATALOG_TTL: Duration = Duration::from_secs(1);
+
+/// Why a module's job cannot run now.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unrunnable {
+    #[error("module `{0}` does not exist (it was deleted)")]
+    Missing(String),
+    #[error("module `{0}` is disabled; enable it to run its jobs")]
+    Disabled(String),
+    #[error("module `{module}` could not be loaded: {reason}")]
+    Broken { module: String, reason: String },
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// What the catalog learnt about a module, and when.
+type CatalogEntry = (Instant, Result<Arc<LoadedModule>, Unrunnable>);
+
+/// Modules by name, resolved to runnable code, cached briefly.
+#[derive(Clone)]
+pub struct ModuleCatalog {
+    store: Arc<dyn Store>,
+    runtime: Runtime,
+    entries: Arc<Mutex<HashMap<String, CatalogEntry>>>,
+}
+
+impl std::fmt::Debug for ModuleCatalog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ModuleCatalog").finish_non_exhaustive()
+    }
+}
+
+impl ModuleCatalog {
+    pub fn new(store: Arc<dyn Store>, runtime: Runtime) -> Self {
+        Self {
+            store,
+            runtime,
+            entries: Arc::default(),
+        }
+    }
+
+    fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<String, CatalogEntry>> {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn invalidate(&self, name: &str) {
+        self.entries().remove(name);
+    }
+
+    /// The current, enabled version of module `name`, ready to run.
+    pub async fn resolve(&self, name: &str) -> Result<Arc<LoadedModule>, Unrunnable> {
+        if let Some((at, entry)) = self.entries().get(name)
+            && at.elapsed() < CATALOG_TTL
+        {
+            return entry.clone();
+        }
+        let resolved = self.resolve_uncached(name).await;
+        if !matches!(resolved, Err(Unrunnable::Unavailable(_))) {
+            self.entries()
+                .insert(name.to_owned(), (Instant::now(), resolved.clone()));
+        }
+        resolved
+    }
+
+    async fn resolve_uncached(&self, name: &str) -> Result<Arc<LoadedModule>, Unrunnable> {
+        let record = self
+            .store
+            .get_module(name)
+            .await
+            .map_err(|err| Unrunnable::Unavailable(err.to_string()))?
+            .ok_or_else(|| Unrunnable::Missing(name.to_owned()))?;
+        if record.status == ModuleStatus::Disabled {
+            return Err(Unrunnable::Disabled(name.to_owned()));
+        }
+        let hash = &record.current.content_hash;
+        if let Some(module) = self.runtime.loaded_module(hash) {
+            return Ok(module);
+        }
+        let wasm = self
+            .store
+            .module_wasm(hash)
+            .await
+            .map_err(|err| Unrunnable::Unavailable(err.to_string()))?
+            .ok_or_else(|| Unrunnable::Broken {
+                module: name.to_owned(),
+                reason: format!("its code ({hash}) is missing from the database"),
+            })?;
+        self.runtime
+            .load(Arc::from(wasm))
+            .await
+            .map_err(|err| Unrunnable::Broken {
+                module: name.to_owned(),
+                reason: err.to_string(),
+            })
+    }
+}
+
+impl Services {
+    /// Validates and installs a module file; a new version of an existing module becomes
+    /// its current version, the old ones stay listed.
+    pub async fn upload_module(&self, wasm: Vec<u8>) -> Result<ModuleRecord, ServiceError> {
+        if wasm.len() > self.settings.max_module_bytes {
+            return Err(ServiceError::unprocessable(
+                "module",
+                format!(
+                    "the file is {} bytes, above the limit of {} bytes",
+                    wasm.len(),
+                    self.settings.max_module_bytes
+                ),
+            ));
+        }
+        let bytes: Arc<[u8]> = Arc::from(wasm);
+        let module = self.runtime.load(bytes.clone()).await?;
+        for job in &module.manifest.jobs {
+            if let Some(schedule) = &job.default_schedule {
+                Schedule::parse(schedule).map_err(|reason| {
+                    ServiceError::InvalidModule(crate::runtime::LoadError::Manifest(
+                        crate::domain::ManifestError::Invalid {
+                            field: format!("jobs[{}].defaultSchedule", job.name),
+                            reason,
+                        },
+                    ))
+                })?;
+            }
+        }
+        let record = self
+            .store
+            .install_module_version(&module.manifest, &module.hash, &bytes, now_millis())
+            .await?;
+        self.modules.invalidate(&record.name);
+        tracing::info!(module = %record.name, version = %record.current.version, hash = %record.current.content_hash, "module installed");
+        Ok(record)
+    }
+
+    pub async fn list_modules(&self) -> Result<Vec<ModuleRecord>, ServiceError> {
+        Ok(self.store.list_modules().await?)
+    }
+
+    pub async fn get_module(&self, name: &str) -> Result<ModuleRecord, ServiceError> {
+        self.store
+            .get_module(name)
+            .await?
+            .ok_or_else(|| ServiceError::not_found("module", name))
+    }
+
+    pub async fn module_versions(&self, name: &str) -> Result<Vec<ModuleVersion>, ServiceError> {
+        self.get_module(name).await?;
+        Ok(self.store.list_module_versions(name).await?)
+    }
+
+    pub async fn set_module_status(
+        &self,
+        name: &str,
+        status: ModuleStatus,
+    ) -> Result<ModuleRecord, ServiceError> {
+        let record = self
+            .store
+            .set_module_status(name, status, now_millis())
+            .await?
+            .ok_or_else(|| ServiceError::not_found("module", name))?;
+        self.modules.invalidate(name);
+        tracing::info!(module = %name, status = status.as_str(), "module status changed");
+        Ok(record)
+    }
+
+    /// Deletes a module. Refused while jobs use it, unless `force`, which deletes them too.
+    pub async fn delete_module(&self, name: &str, force: bool) -> Result<(), ServiceError> {
+        let record = self.get_module(name).await?;
+        let users = self.store.jobs_using_module(name).await?;
+        if !users.is_empty() && !force {
+            return Err(ServiceError::Conflict(format!(
+                "module `{name}` is used by {} job(s): {}; delete them first or pass ?force=true to delete them with it",
+                users.len(),
+                users.join(", ")
+            )));
+        }
+        self.store.delete_module(name, force).await?;
+        self.modules.invalidate(name);
+        self.runtime.unload(&record.current.content_hash);
+        tracing::info!(module = %name, jobs_deleted = users.len(), "module deleted");
+        Ok(())
+    }
+}

@@ -1,0 +1,280 @@
+//! Durable state: modules, jobs, executions and their logs, events, module key-value
+//! data and metric samples. The database is the source of truth for every execution;
+//! queues only carry ids.
+//!
+//! Functions are named by the state change they make and return domain types. Each
+//! backend (SQLite embedded, PostgreSQL distributed) implements [`Store`] and passes the
+//! same behavioural tests. Knows nothing of wasm or HTTP.
+
+mod sqlite;
+#[cfg(test)]
+mod tests;
+
+pub use sqlite::SqliteStore;
+
+use std::sync::Arc;
+
+use crate::domain::{
+    Event, Execution, ExecutionResult, ExecutionStatus, Job, LogEntry, Manifest, MetricSample,
+    Millis, ModuleRecord, ModuleStatus, ModuleVersion, NewExecution, Page,
+};
+
+/// Why a storage call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A uniqueness rule was violated; the message names what already exists.
+    #[error("{0}")]
+    Conflict(String),
+    /// The database could not be reached or answered with an error.
+    #[error("database error: {0}")]
+    Database(String),
+    /// Stored data could not be read back (a bug or a hand-edited row).
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+}
+
+/// Filters for listing executions.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ExecutionFilter {
+    pub job_id: Option<String>,
+    pub status: Option<ExecutionStatus>,
+}
+
+/// What a cancel request did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelEffect {
+    /// It was queued: now `CANCELLED`, it will never start.
+    CancelledQueued,
+    /// It is running: flagged; the worker running it interrupts it.
+    FlaggedRunning,
+    /// It had already ended; nothing changed.
+    AlreadyFinal(ExecutionStatus),
+    /// No such execution.
+    NotFound,
+}
+
+/// An execution a worker now owns, with what it needs to run it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClaimedExecution {
+    pub id: String,
+    pub job_id: String,
+    pub attempt: u32,
+    pub trigger: crate::domain::Trigger,
+    pub retry_of: Option<String>,
+    /// JSON text.
+    pub input: String,
+    pub scheduled_at: Millis,
+}
+
+/// The durable state of a Runcell deployment.
+#[async_trait::async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Answers when the database is reachable (for `/readyz`).
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    // ---- modules -------------------------------------------------------------------
+
+    /// Records an uploaded version and makes it the module's current one, creating the
+    /// module (`ENABLED`) on its first upload. Uploading bytes the module already has
+    /// makes that version current again without a duplicate. Atomic: a failure leaves
+    /// nothing behind.
+    async fn install_module_version(
+        &self,
+        manifest: &Manifest,
+        content_hash: &str,
+        wasm: &[u8],
+        now: Millis,
+    ) -> Result<ModuleRecord, StoreError>;
+
+    async fn get_module(&self, name: &str) -> Result<Option<ModuleRecord>, StoreError>;
+
+    /// All modules, by name.
+    async fn list_modules(&self) -> Result<Vec<ModuleRecord>, StoreError>;
+
+    /// Every version ever uploaded, newest first.
+    async fn list_module_versions(&self, name: &str) -> Result<Vec<ModuleVersion>, StoreError>;
+
+    /// Enables or disables a module; `None` if it does not exist.
+    async fn set_module_status(
+        &self,
+        name: &str,
+        status: ModuleStatus,
+        now: Millis,
+    ) -> Result<Option<ModuleRecord>, StoreError>;
+
+    /// Removes a module, its versions, its key-value data and, with `with_jobs`, the jobs
+    /// that use it (their executions stay as history). `false` if it did not exist.
+    async fn delete_module(&self, name: &str, with_jobs: bool) -> Result<bool, StoreError>;
+
+    /// The component bytes with this content hash.
+    async fn module_wasm(&self, content_hash: &str) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Names of the jobs that use module `name`.
+    async fn jobs_using_module(&self, name: &str) -> Result<Vec<String>, StoreError>;
+
+    // ---- jobs ----------------------------------------------------------------------
+
+    /// Creates a job; `Conflict` if the name is taken.
+    async fn insert_job(&self, job: &Job) -> Result<(), StoreError>;
+
+    async fn get_job(&self, id: &str) -> Result<Option<Job>, StoreError>;
+
+    /// Jobs by id (missing ids are skipped).
+    async fn get_jobs(&self, ids: &[String]) -> Result<Vec<Job>, StoreError>;
+
+    /// Jobs ordered by creation, `limit` after the job with id `cursor`.
+    async fn list_jobs(&self, cursor: Option<&str>, limit: u32) -> Result<Page<Job>, StoreError>;
+
+    /// Replaces a job's definition; `false` if it does not exist, `Conflict` if renamed
+    /// onto another job's name.
+    async fn update_job(&self, job: &Job) -> Result<bool, StoreError>;
+
+    async fn delete_job(&self, id: &str) -> Result<bool, StoreError>;
+
+    /// Enabled jobs with a schedule whose `next_run_at` is at or before `now`.
+    async fn due_scheduled_jobs(&self, now: Millis) -> Result<Vec<Job>, StoreError>;
+
+    /// Sets when a scheduled job fires next.
+    async fn set_job_next_run(
+        &self,
+        id: &str,
+        next_run_at: Option<Millis>,
+    ) -> Result<(), StoreError>;
+
+    /// Enabled jobs with an `on_event` pattern.
+    async fn event_subscribed_jobs(&self) -> Result<Vec<Job>, StoreError>;
+
+    // ---- executions ----------------------------------------------------------------
+
+    /// Creates executions in state `QUEUED` in one transaction and returns the ids that
+    /// were created: a row whose (job, cron tick) already exists is skipped, so a tick
+    /// fires once however many schedulers try.
+    async fn enqueue_executions(
+        &self,
+        executions: &[NewExecution],
+    ) -> Result<Vec<String>, StoreError>;
+
+    /// Moves the given executions from `QUEUED` to `RUNNING` for `node_id`, holding a
+    /// lease until `lease_until`. Only rows still queued, due (`run_after <= now`) and
+    /// not cancelled are claimed; the rest are skipped, so a duplicate delivery never
+    /// runs an execution twice.
+    async fn claim_executions(
+        &self,
+        ids: &[String],
+        node_id: &str,
+        now: Millis,
+        lease_until: Millis,
+    ) -> Result<Vec<ClaimedExecution>, StoreError>;
+
+    /// Extends the lease of running executions held by `node_id`.
+    async fn renew_leases(
+        &self,
+        ids: &[String],
+        node_id: &str,
+        lease_until: Millis,
+    ) -> Result<(), StoreError>;
+
+    /// Records final results and their logs in one transaction. Only rows still
+    /// `RUNNING` are updated; returns the ids that were.
+    async fn record_results(&self, results: &[ExecutionResult]) -> Result<Vec<String>, StoreError>;
+
+    /// Puts running executions back to `QUEUED` (graceful shutdown gave up on them).
+    async fn requeue_executions(&self, ids: &[String]) -> Result<(), StoreError>;
+
+    async fn get_execution(&self, id: &str) -> Result<Option<Execution>, StoreError>;
+
+    /// Executions newest first, `limit` after the one with id `cursor`.
+    async fn list_executions(
+        &self,
+        filter: &ExecutionFilter,
+        cursor: Option<&str>,
+        limit: u32,
+    ) -> Result<Page<Execution>, StoreError>;
+
+    /// Log lines of an execution with `seq > after`, in order, at most `limit`.
+    async fn execution_logs(
+        &self,
+        id: &str,
+        after: Option<u32>,
+        limit: u32,
+    ) -> Result<Vec<LogEntry>, StoreError>;
+
+    /// Cancels a queued execution or flags a running one.
+    async fn cancel_execution(&self, id: &str, now: Millis) -> Result<CancelEffect, StoreError>;
+
+    /// Ids of running executions that have been asked to stop.
+    async fn cancel_requested(&self, ids: &[String]) -> Result<Vec<String>, StoreError>;
+
+    /// Queued executions due at `now`, oldest first (the reconciler re-enqueues them).
+    async fn due_queued_executions(
+        &self,
+        now: Millis,
+        limit: u32,
+    ) -> Result<Vec<String>, StoreError>;
+
+    /// The earliest `run_after` among queued executions, if any.
+    async fn next_queued_due(&self) -> Result<Option<Millis>, StoreError>;
+
+    /// Running executions whose lease expired before `now`.
+    async fn expired_executions(
+        &self,
+        now: Millis,
+        limit: u32,
+    ) -> Result<Vec<Execution>, StoreError>;
+
+    /// Marks a running execution whose lease expired as `FAILED` with `error`;
+    /// `false` if it is no longer running with an expired lease.
+    async fn fail_expired_execution(
+        &self,
+        id: &str,
+        error: &str,
+        now: Millis,
+    ) -> Result<bool, StoreError>;
+
+    // ---- events --------------------------------------------------------------------
+
+    async fn insert_event(&self, event: &Event) -> Result<(), StoreError>;
+
+    /// Events newest first, optionally of one topic.
+    async fn list_events(
+        &self,
+        topic: Option<&str>,
+        cursor: Option<&str>,
+        limit: u32,
+    ) -> Result<Page<Event>, StoreError>;
+
+    // ---- module data ---------------------------------------------------------------
+
+    async fn kv_get(&self, module: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    async fn kv_set(
+        &self,
+        module: &str,
+        key: &str,
+        value: &[u8],
+        now: Millis,
+    ) -> Result<(), StoreError>;
+    async fn kv_delete(&self, module: &str, key: &str) -> Result<(), StoreError>;
+    async fn kv_list_keys(
+        &self,
+        module: &str,
+        prefix: &str,
+        limit: u32,
+    ) -> Result<Vec<String>, StoreError>;
+
+    async fn insert_metric_samples(
+        &self,
+        module: &str,
+        samples: &[MetricSample],
+    ) -> Result<(), StoreError>;
+
+    /// Samples of `module`'s metric `name` since `since`, oldest first.
+    async fn metric_samples(
+        &self,
+        module: &str,
+        name: &str,
+        since: Millis,
+        limit: u32,
+    ) -> Result<Vec<MetricSample>, StoreError>;
+}
+
+pub type SharedStore = Arc<dyn Store>;

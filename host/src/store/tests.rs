@@ -1,0 +1,1491 @@
+//! The behaviour every [`Store`] backend must show. Each test is an async function over
+//! `&dyn Store`; [`backend_tests!`] runs the whole list against a fresh database of one
+//! backend, so a new backend is one more invocation at the bottom of this file.
+
+use std::collections::HashSet;
+use std::time::Instant;
+
+use super::{CancelEffect, ExecutionFilter, SqliteStore, Store, StoreError};
+use crate::domain::{
+    Capabilities, Event, ExecutionResult, ExecutionStatus, Job, JobSpec, LogEntry, LogLevel,
+    Manifest, MetricSample, Millis, ModuleStatus, NewExecution, Trigger, new_id,
+};
+
+/// A fixed "now" (2023-11-14), so expectations do not depend on the clock.
+const T0: Millis = 1_700_000_000_000;
+const SECOND: Millis = 1_000;
+
+// ---- fixtures ------------------------------------------------------------------------
+
+fn manifest(name: &str, version: &str) -> Manifest {
+    Manifest {
+        name: name.to_owned(),
+        version: version.to_owned(),
+        description: format!("{name} {version}"),
+        jobs: vec![JobSpec {
+            name: "work".to_owned(),
+            description: "Does the work".to_owned(),
+            default_schedule: Some("0 * * * * *".to_owned()),
+            input_schema: Some(serde_json::json!({"type": "object"})),
+            timeout_ms: Some(5_000),
+            fuel: None,
+        }],
+        capabilities: Capabilities {
+            key_value: true,
+            ..Capabilities::default()
+        },
+    }
+}
+
+fn job(name: &str, module: &str) -> Job {
+    Job {
+        id: new_id(),
+        name: name.to_owned(),
+        module: module.to_owned(),
+        job: "work".to_owned(),
+        schedule: None,
+        input: serde_json::json!({"n": 1}),
+        enabled: true,
+        max_attempts: 3,
+        timeout_ms: Some(30_000),
+        fuel: Some(8_000_000_000),
+        memory_bytes: Some(64 << 20),
+        on_event: None,
+        next_run_at: None,
+        created_at: T0,
+        updated_at: T0,
+    }
+}
+
+fn manual(job_id: &str, at: Millis) -> NewExecution {
+    NewExecution {
+        id: new_id(),
+        job_id: job_id.to_owned(),
+        module: "m".to_owned(),
+        job: "work".to_owned(),
+        trigger: Trigger::Manual,
+        attempt: 1,
+        retry_of: None,
+        input: r#"{"n":1}"#.to_owned(),
+        scheduled_at: at,
+        run_after: at,
+        cron_tick: None,
+        event_id: None,
+        created_at: at,
+    }
+}
+
+fn cron(job_id: &str, tick: Millis) -> NewExecution {
+    NewExecution {
+        trigger: Trigger::Cron,
+        cron_tick: Some(tick),
+        ..manual(job_id, tick)
+    }
+}
+
+fn completed(id: &str, logs: Vec<LogEntry>) -> ExecutionResult {
+    ExecutionResult {
+        id: id.to_owned(),
+        status: ExecutionStatus::Completed,
+        result: Some(r#"{"ok":true}"#.to_owned()),
+        error: None,
+        error_kind: None,
+        finished_at: T0 + 2 * SECOND,
+        duration_ms: 12.5,
+        fuel_consumed: 1_234,
+        memory_peak_bytes: 65_536,
+        logs,
+    }
+}
+
+fn log(seq: u32, message: &str) -> LogEntry {
+    let mut fields = serde_json::Map::new();
+    if seq.is_multiple_of(2) {
+        fields.insert("seq".to_owned(), serde_json::json!(seq));
+    }
+    LogEntry {
+        seq,
+        ts_ms: (T0 + Millis::from(seq)) as u64,
+        level: if seq.is_multiple_of(2) {
+            LogLevel::Info
+        } else {
+            LogLevel::Warn
+        },
+        message: message.to_owned(),
+        fields,
+    }
+}
+
+fn ids(executions: &[NewExecution]) -> Vec<String> {
+    executions.iter().map(|e| e.id.clone()).collect()
+}
+
+/// Enqueues one manual execution of `job_id` due at `T0` and claims it for `node-a`.
+async fn running(store: &dyn Store, job_id: &str) -> String {
+    let execution = manual(job_id, T0);
+    store
+        .enqueue_executions(std::slice::from_ref(&execution))
+        .await
+        .unwrap();
+    let claimed = store
+        .claim_executions(
+            &ids(std::slice::from_ref(&execution)),
+            "node-a",
+            T0,
+            T0 + 30 * SECOND,
+        )
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    execution.id
+}
+
+async fn status_of(store: &dyn Store, id: &str) -> ExecutionStatus {
+    store.get_execution(id).await.unwrap().unwrap().status
+}
+
+// ---- modules -------------------------------------------------------------------------
+
+async fn a_fresh_store_answers_pings(store: &dyn Store) {
+    store.ping().await.unwrap();
+}
+
+async fn the_first_upload_creates_an_enabled_module(store: &dyn Store) {
+    let record = store
+        .install_module_version(&manifest("sync", "1.0.0"), "hash-1", b"wasm-1", T0)
+        .await
+        .unwrap();
+    assert_eq!(record.name, "sync");
+    assert_eq!(record.status, ModuleStatus::Enabled);
+    assert_eq!(record.created_at, T0);
+    assert_eq!(record.current.version, "1.0.0");
+    assert_eq!(record.current.content_hash, "hash-1");
+    assert_eq!(record.current.size_bytes, 6);
+    assert_eq!(record.current.manifest, manifest("sync", "1.0.0"));
+    assert_eq!(store.get_module("sync").await.unwrap(), Some(record));
+    assert_eq!(
+        store.module_wasm("hash-1").await.unwrap().as_deref(),
+        Some(&b"wasm-1"[..])
+    );
+    assert_eq!(store.get_module("other").await.unwrap(), None);
+}
+
+async fn a_new_version_becomes_current_and_old_ones_stay_listed_newest_first(store: &dyn Store) {
+    store
+        .install_module_version(&manifest("sync", "1.0.0"), "hash-1", b"one", T0)
+        .await
+        .unwrap();
+    let record = store
+        .install_module_version(&manifest("sync", "2.0.0"), "hash-2", b"two", T0 + SECOND)
+        .await
+        .unwrap();
+    assert_eq!(record.current.version, "2.0.0");
+    assert_eq!(record.created_at, T0);
+    assert_eq!(record.updated_at, T0 + SECOND);
+    let versions = store.list_module_versions("sync").await.unwrap();
+    let listed: Vec<&str> = versions.iter().map(|v| v.version.as_str()).collect();
+    assert_eq!(listed, ["2.0.0", "1.0.0"]);
+    assert!(versions.iter().all(|v| v.module == "sync"));
+    assert_eq!(store.list_modules().await.unwrap(), vec![record]);
+}
+
+async fn reuploading_known_bytes_makes_them_current_without_a_duplicate(store: &dyn Store) {
+    store
+        .install_module_version(&manifest("sync", "1.0.0"), "hash-1", b"one", T0)
+        .await
+        .unwrap();
+    store
+        .install_module_version(&manifest("sync", "2.0.0"), "hash-2", b"two", T0 + SECOND)
+        .await
+        .unwrap();
+    let record = store
+        .install_module_version(
+            &manifest("sync", "1.0.0"),
+            "hash-1",
+            b"one",
+            T0 + 2 * SECOND,
+        )
+        .await
+        .unwrap();
+    assert_eq!(record.current.content_hash, "hash-1");
+    assert_eq!(
+        record.current.uploaded_at, T0,
+        "the version keeps its first upload time"
+    );
+    assert_eq!(record.updated_at, T0 + 2 * SECOND);
+    let versions = store.list_module_versions("sync").await.unwrap();
+    assert_eq!(versions.len(), 2);
+}
+
+async fn identical_bytes_of_two_modules_outlive_the_deletion_of_one(store: &dyn Store) {
+    store
+        .install_module_version(&manifest("first", "1"), "shared", b"same", T0)
+        .await
+        .unwrap();
+    store
+        .install_module_version(&manifest("second", "1"), "shared", b"same", T0)
+        .await
+        .unwrap();
+    assert!(store.delete_module("first", false).await.unwrap());
+    assert_eq!(
+        store.module_wasm("shared").await.unwrap().as_deref(),
+        Some(&b"same"[..])
+    );
+    assert!(store.delete_module("second", false).await.unwrap());
+    assert_eq!(store.module_wasm("shared").await.unwrap(), None);
+}
+
+async fn a_module_can_be_disabled_and_enabled_again(store: &dyn Store) {
+    store
+        .install_module_version(&manifest("sync", "1"), "hash-1", b"one", T0)
+        .await
+        .unwrap();
+    let disabled = store
+        .set_module_status("sync", ModuleStatus::Disabled, T0 + SECOND)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(disabled.status, ModuleStatus::Disabled);
+    assert_eq!(disabled.updated_at, T0 + SECOND);
+    // A new upload does not re-enable it behind the administrator's back.
+    let reuploaded = store
+        .install_module_version(&manifest("sync", "2"), "hash-2", b"two", T0 + 2 * SECOND)
+        .await
+        .unwrap();
+    assert_eq!(reuploaded.status, ModuleStatus::Disabled);
+    let enabled = store
+        .set_module_status("sync", ModuleStatus::Enabled, T0 + 3 * SECOND)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(enabled.status, ModuleStatus::Enabled);
+    assert_eq!(
+        store
+            .set_module_status("missing", ModuleStatus::Enabled, T0)
+            .await
+            .unwrap(),
+        None
+    );
+}
+
+async fn deleting_a_module_without_its_jobs_leaves_them_and_removes_its_data(store: &dyn Store) {
+    store
+        .install_module_version(&manifest("sync", "1"), "hash-1", b"one", T0)
+        .await
+        .unwrap();
+    store
+        .install_module_version(&manifest("sync", "2"), "hash-2", b"two", T0)
+        .await
+        .unwrap();
+    let kept = job("nightly", "sync");
+    store.insert_job(&kept).await.unwrap();
+    store.kv_set("sync", "cursor", b"42", T0).await.unwrap();
+    store.kv_set("other", "cursor", b"7", T0).await.unwrap();
+
+    assert!(store.delete_module("sync", false).await.unwrap());
+
+    assert_eq!(store.get_module("sync").await.unwrap(), None);
+    assert!(store.list_module_versions("sync").await.unwrap().is_empty());
+    assert_eq!(store.module_wasm("hash-1").await.unwrap(), None);
+    assert_eq!(store.module_wasm("hash-2").await.unwrap(), None);
+    assert_eq!(store.kv_get("sync", "cursor").await.unwrap(), None);
+    assert_eq!(
+        store.kv_get("other", "cursor").await.unwrap().as_deref(),
+        Some(&b"7"[..])
+    );
+    assert_eq!(store.get_job(&kept.id).await.unwrap(), Some(kept));
+    assert!(!store.delete_module("sync", false).await.unwrap());
+}
+
+async fn deleting_a_module_with_its_jobs_keeps_their_executions(store: &dyn Store) {
+    store
+        .install_module_version(&manifest("sync", "1"), "hash-1", b"one", T0)
+        .await
+        .unwrap();
+    let doomed = job("nightly", "sync");
+    let unrelated = job("other", "elsewhere");
+    store.insert_job(&doomed).await.unwrap();
+    store.insert_job(&unrelated).await.unwrap();
+    let execution = manual(&doomed.id, T0);
+    store
+        .enqueue_executions(std::slice::from_ref(&execution))
+        .await
+        .unwrap();
+
+    assert!(store.delete_module("sync", true).await.unwrap());
+
+    assert_eq!(store.get_job(&doomed.id).await.unwrap(), None);
+    assert!(store.get_job(&unrelated.id).await.unwrap().is_some());
+    assert!(store.get_execution(&execution.id).await.unwrap().is_some());
+}
+
+// ---- jobs ----------------------------------------------------------------------------
+
+async fn a_job_reads_back_as_it_was_written(store: &dyn Store) {
+    let mut written = job("nightly", "sync");
+    written.schedule = Some("0 0 * * * *".to_owned());
+    written.on_event = Some("report.*".to_owned());
+    written.next_run_at = Some(T0 + SECOND);
+    written.timeout_ms = None;
+    store.insert_job(&written).await.unwrap();
+    assert_eq!(store.get_job(&written.id).await.unwrap(), Some(written));
+    assert_eq!(store.get_job("missing").await.unwrap(), None);
+}
+
+async fn a_job_name_is_taken_only_once(store: &dyn Store) {
+    store.insert_job(&job("nightly", "sync")).await.unwrap();
+    let err = store
+        .insert_job(&job("nightly", "other"))
+        .await
+        .unwrap_err();
+    match err {
+        StoreError::Conflict(message) => assert!(message.contains("nightly"), "{message}"),
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+}
+
+async fn renaming_a_job_onto_a_taken_name_conflicts(store: &dyn Store) {
+    let first = job("first", "sync");
+    let mut second = job("second", "sync");
+    store.insert_job(&first).await.unwrap();
+    store.insert_job(&second).await.unwrap();
+
+    second.name = "first".to_owned();
+    match store.update_job(&second).await.unwrap_err() {
+        StoreError::Conflict(message) => assert!(message.contains("first"), "{message}"),
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+
+    second.name = "renamed".to_owned();
+    second.enabled = false;
+    second.input = serde_json::json!({"changed": true});
+    second.updated_at = T0 + SECOND;
+    assert!(store.update_job(&second).await.unwrap());
+    assert_eq!(store.get_job(&second.id).await.unwrap(), Some(second));
+
+    assert!(!store.update_job(&job("ghost", "sync")).await.unwrap());
+}
+
+async fn a_deleted_job_is_gone(store: &dyn Store) {
+    let doomed = job("doomed", "sync");
+    store.insert_job(&doomed).await.unwrap();
+    assert!(store.delete_job(&doomed.id).await.unwrap());
+    assert_eq!(store.get_job(&doomed.id).await.unwrap(), None);
+    assert!(!store.delete_job(&doomed.id).await.unwrap());
+}
+
+async fn jobs_list_oldest_first_a_page_at_a_time(store: &dyn Store) {
+    let mut created = Vec::new();
+    for n in 0..5 {
+        let job = job(&format!("job-{n}"), "sync");
+        store.insert_job(&job).await.unwrap();
+        created.push(job.id);
+    }
+    let first = store.list_jobs(None, 2).await.unwrap();
+    let second = store
+        .list_jobs(first.next_cursor.as_deref(), 2)
+        .await
+        .unwrap();
+    let last = store
+        .list_jobs(second.next_cursor.as_deref(), 2)
+        .await
+        .unwrap();
+    let listed: Vec<String> = [&first, &second, &last]
+        .iter()
+        .flat_map(|page| page.items.iter().map(|j| j.id.clone()))
+        .collect();
+    assert_eq!(listed, created);
+    assert_eq!(last.items.len(), 1);
+    assert_eq!(last.next_cursor, None);
+    let exact = store.list_jobs(None, 5).await.unwrap();
+    assert_eq!(exact.items.len(), 5);
+    assert_eq!(exact.next_cursor, None, "no cursor when nothing follows");
+}
+
+async fn jobs_are_fetched_by_id_skipping_missing_ones(store: &dyn Store) {
+    let a = job("a", "sync");
+    let b = job("b", "sync");
+    store.insert_job(&a).await.unwrap();
+    store.insert_job(&b).await.unwrap();
+    let found = store
+        .get_jobs(&[b.id.clone(), "missing".to_owned(), a.id.clone()])
+        .await
+        .unwrap();
+    let found: HashSet<String> = found.into_iter().map(|j| j.id).collect();
+    assert_eq!(found, HashSet::from([a.id, b.id]));
+    assert!(store.get_jobs(&[]).await.unwrap().is_empty());
+}
+
+async fn only_enabled_scheduled_jobs_that_are_due_are_returned(store: &dyn Store) {
+    let scheduled = |name: &str, next: Option<Millis>, enabled: bool| Job {
+        schedule: Some("0 * * * * *".to_owned()),
+        next_run_at: next,
+        enabled,
+        ..job(name, "sync")
+    };
+    let due = scheduled("due", Some(T0 - SECOND), true);
+    let due_now = scheduled("due-now", Some(T0), true);
+    let later = scheduled("later", Some(T0 + SECOND), true);
+    let disabled = scheduled("disabled", Some(T0 - SECOND), false);
+    let unscheduled = Job {
+        next_run_at: Some(T0 - SECOND),
+        ..job("unscheduled", "sync")
+    };
+    for job in [&due, &due_now, &later, &disabled, &unscheduled] {
+        store.insert_job(job).await.unwrap();
+    }
+    let names = |jobs: Vec<Job>| -> HashSet<String> { jobs.into_iter().map(|j| j.name).collect() };
+    assert_eq!(
+        names(store.due_scheduled_jobs(T0).await.unwrap()),
+        HashSet::from(["due".to_owned(), "due-now".to_owned()])
+    );
+
+    store
+        .set_job_next_run(&due.id, Some(T0 + 60 * SECOND))
+        .await
+        .unwrap();
+    store.set_job_next_run(&due_now.id, None).await.unwrap();
+    assert!(store.due_scheduled_jobs(T0).await.unwrap().is_empty());
+    assert_eq!(
+        store.get_job(&due.id).await.unwrap().unwrap().next_run_at,
+        Some(T0 + 60 * SECOND)
+    );
+}
+
+async fn only_enabled_jobs_with_an_event_pattern_are_subscribed(store: &dyn Store) {
+    let subscribed = Job {
+        on_event: Some("report.*".to_owned()),
+        ..job("subscribed", "sync")
+    };
+    let disabled = Job {
+        on_event: Some("report.*".to_owned()),
+        enabled: false,
+        ..job("disabled", "sync")
+    };
+    store.insert_job(&subscribed).await.unwrap();
+    store.insert_job(&disabled).await.unwrap();
+    store.insert_job(&job("plain", "sync")).await.unwrap();
+    assert_eq!(
+        store.event_subscribed_jobs().await.unwrap(),
+        vec![subscribed]
+    );
+}
+
+async fn the_jobs_using_a_module_are_named(store: &dyn Store) {
+    store.insert_job(&job("b-job", "sync")).await.unwrap();
+    store.insert_job(&job("a-job", "sync")).await.unwrap();
+    store.insert_job(&job("elsewhere", "other")).await.unwrap();
+    assert_eq!(
+        store.jobs_using_module("sync").await.unwrap(),
+        ["a-job", "b-job"]
+    );
+    assert!(store.jobs_using_module("none").await.unwrap().is_empty());
+}
+
+// ---- executions ----------------------------------------------------------------------
+
+async fn an_enqueued_execution_reads_back_queued_with_what_it_was_given(store: &dyn Store) {
+    let mut new = cron("job-1", T0);
+    new.attempt = 2;
+    new.retry_of = Some("first".to_owned());
+    new.event_id = Some("event-1".to_owned());
+    new.run_after = T0 + 5 * SECOND;
+    let created = store
+        .enqueue_executions(std::slice::from_ref(&new))
+        .await
+        .unwrap();
+    assert_eq!(created, [new.id.clone()]);
+    let execution = store.get_execution(&new.id).await.unwrap().unwrap();
+    assert_eq!(execution.status, ExecutionStatus::Queued);
+    assert_eq!(execution.job_id, "job-1");
+    assert_eq!(execution.module, "m");
+    assert_eq!(execution.job, "work");
+    assert_eq!(execution.trigger, Trigger::Cron);
+    assert_eq!(execution.attempt, 2);
+    assert_eq!(execution.retry_of.as_deref(), Some("first"));
+    assert_eq!(execution.input, serde_json::json!({"n": 1}));
+    assert_eq!(execution.scheduled_at, T0);
+    assert_eq!(execution.run_after, T0 + 5 * SECOND);
+    assert_eq!(execution.cron_tick, Some(T0));
+    assert_eq!(execution.event_id.as_deref(), Some("event-1"));
+    assert_eq!(execution.created_at, T0);
+    assert_eq!(execution.started_at, None);
+    assert_eq!(execution.node_id, None);
+    assert!(!execution.cancel_requested);
+    assert_eq!(store.get_execution("missing").await.unwrap(), None);
+}
+
+async fn a_cron_tick_fires_once(store: &dyn Store) {
+    let first = cron("job-1", T0);
+    let created = store
+        .enqueue_executions(std::slice::from_ref(&first))
+        .await
+        .unwrap();
+    assert_eq!(created, [first.id.as_str()]);
+    // Another scheduler, later, fires the same tick, plus the next one.
+    let again = [cron("job-1", T0), cron("job-1", T0 + 60 * SECOND)];
+    let created = store.enqueue_executions(&again).await.unwrap();
+    assert_eq!(created, [again[1].id.as_str()]);
+    // The same tick of another job is another execution.
+    let other = cron("job-2", T0);
+    assert_eq!(
+        store
+            .enqueue_executions(std::slice::from_ref(&other))
+            .await
+            .unwrap(),
+        [other.id.as_str()]
+    );
+}
+
+async fn a_tick_repeated_within_one_batch_is_created_once(store: &dyn Store) {
+    let batch = [cron("job-1", T0), cron("job-1", T0), manual("job-1", T0)];
+    let created = store.enqueue_executions(&batch).await.unwrap();
+    assert_eq!(created, [batch[0].id.clone(), batch[2].id.clone()]);
+    let page = store
+        .list_executions(&ExecutionFilter::default(), None, 10)
+        .await
+        .unwrap();
+    assert_eq!(page.items.len(), 2);
+}
+
+async fn two_schedulers_firing_one_tick_at_once_create_one_execution(store: &dyn Store) {
+    let ticks: Vec<Millis> = (0..50).map(|n| T0 + n * 60 * SECOND).collect();
+    let a: Vec<NewExecution> = ticks.iter().map(|&t| cron("job-1", t)).collect();
+    let b: Vec<NewExecution> = ticks.iter().rev().map(|&t| cron("job-1", t)).collect();
+    let (from_a, from_b) = tokio::join!(store.enqueue_executions(&a), store.enqueue_executions(&b));
+    let (from_a, from_b) = (from_a.unwrap(), from_b.unwrap());
+    assert_eq!(from_a.len() + from_b.len(), ticks.len());
+    let page = store
+        .list_executions(&ExecutionFilter::default(), None, 1_000)
+        .await
+        .unwrap();
+    let fired: HashSet<Millis> = page.items.iter().filter_map(|e| e.cron_tick).collect();
+    assert_eq!(page.items.len(), ticks.len());
+    assert_eq!(fired.len(), ticks.len());
+}
+
+async fn enqueueing_the_same_execution_twice_creates_it_once(store: &dyn Store) {
+    let execution = manual("job-1", T0);
+    let batch = std::slice::from_ref(&execution);
+    assert_eq!(store.enqueue_executions(batch).await.unwrap().len(), 1);
+    assert!(store.enqueue_executions(batch).await.unwrap().is_empty());
+    assert!(store.enqueue_executions(&[]).await.unwrap().is_empty());
+}
+
+async fn a_claim_takes_only_queued_due_executions_and_only_once(store: &dyn Store) {
+    let due = manual("job-1", T0);
+    let later = NewExecution {
+        run_after: T0 + 60 * SECOND,
+        ..manual("job-1", T0)
+    };
+    let cancelled = manual("job-1", T0);
+    store
+        .enqueue_executions(&[due.clone(), later.clone(), cancelled.clone()])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.cancel_execution(&cancelled.id, T0).await.unwrap(),
+        CancelEffect::CancelledQueued
+    );
+    let wanted = [
+        due.id.clone(),
+        later.id.clone(),
+        cancelled.id.clone(),
+        "missing".to_owned(),
+    ];
+
+    let claimed = store
+        .claim_executions(&wanted, "node-a", T0, T0 + 30 * SECOND)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    let claim = &claimed[0];
+    assert_eq!(claim.id, due.id);
+    assert_eq!(claim.job_id, "job-1");
+    assert_eq!(claim.attempt, 1);
+    assert_eq!(claim.trigger, Trigger::Manual);
+    assert_eq!(claim.retry_of, None);
+    assert_eq!(claim.input, due.input);
+    assert_eq!(claim.scheduled_at, T0);
+
+    let execution = store.get_execution(&due.id).await.unwrap().unwrap();
+    assert_eq!(execution.status, ExecutionStatus::Running);
+    assert_eq!(execution.node_id.as_deref(), Some("node-a"));
+    assert_eq!(execution.started_at, Some(T0));
+
+    // A duplicate delivery, to this node or another, finds nothing to run.
+    let again = store
+        .claim_executions(&wanted, "node-b", T0 + SECOND, T0 + 30 * SECOND)
+        .await
+        .unwrap();
+    assert!(again.is_empty());
+    assert_eq!(status_of(store, &later.id).await, ExecutionStatus::Queued);
+    assert_eq!(
+        status_of(store, &cancelled.id).await,
+        ExecutionStatus::Cancelled
+    );
+}
+
+async fn results_are_recorded_once_with_their_logs(store: &dyn Store) {
+    let id = running(store, "job-1").await;
+    let result = completed(&id, vec![log(0, "start"), log(1, "done")]);
+    assert_eq!(
+        store
+            .record_results(std::slice::from_ref(&result))
+            .await
+            .unwrap(),
+        [id.as_str()]
+    );
+    let execution = store.get_execution(&id).await.unwrap().unwrap();
+    assert_eq!(execution.status, ExecutionStatus::Completed);
+    assert_eq!(execution.result, Some(serde_json::json!({"ok": true})));
+    assert_eq!(execution.finished_at, Some(T0 + 2 * SECOND));
+    assert_eq!(execution.duration_ms, Some(12.5));
+    assert_eq!(execution.fuel_consumed, Some(1_234));
+    assert_eq!(execution.memory_peak_bytes, Some(65_536));
+    assert_eq!(
+        store.execution_logs(&id, None, 100).await.unwrap(),
+        result.logs
+    );
+
+    // A late duplicate (a redelivered run) changes nothing and adds no log line.
+    let late = ExecutionResult {
+        status: ExecutionStatus::Failed,
+        result: None,
+        error: Some("late".to_owned()),
+        error_kind: Some("TRAP".to_owned()),
+        logs: vec![log(0, "late"), log(1, "late"), log(2, "late")],
+        ..completed(&id, Vec::new())
+    };
+    assert!(store.record_results(&[late]).await.unwrap().is_empty());
+    assert_eq!(store.get_execution(&id).await.unwrap().unwrap(), execution);
+    assert_eq!(store.execution_logs(&id, None, 100).await.unwrap().len(), 2);
+}
+
+async fn a_result_for_an_execution_never_claimed_is_ignored(store: &dyn Store) {
+    let queued = manual("job-1", T0);
+    store
+        .enqueue_executions(std::slice::from_ref(&queued))
+        .await
+        .unwrap();
+    let running = running(store, "job-1").await;
+    let recorded = store
+        .record_results(&[
+            completed(&queued.id, vec![log(0, "nope")]),
+            completed(&running, Vec::new()),
+            completed("missing", vec![log(0, "nope")]),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(recorded, [running]);
+    assert_eq!(status_of(store, &queued.id).await, ExecutionStatus::Queued);
+    assert!(
+        store
+            .execution_logs(&queued.id, None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .execution_logs("missing", None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+async fn two_results_for_one_execution_in_one_batch_record_the_first(store: &dyn Store) {
+    let id = running(store, "job-1").await;
+    let first = completed(&id, vec![log(0, "first")]);
+    let second = ExecutionResult {
+        status: ExecutionStatus::Failed,
+        logs: vec![log(0, "second")],
+        ..completed(&id, Vec::new())
+    };
+    assert_eq!(
+        store.record_results(&[first, second]).await.unwrap(),
+        [id.as_str()]
+    );
+    assert_eq!(status_of(store, &id).await, ExecutionStatus::Completed);
+    let logs = store.execution_logs(&id, None, 10).await.unwrap();
+    assert_eq!(logs.len(), 1);
+    assert_eq!(logs[0].message, "first");
+}
+
+async fn logs_are_read_in_order_after_a_position(store: &dyn Store) {
+    let id = running(store, "job-1").await;
+    let logs: Vec<LogEntry> = (0..10).map(|n| log(n, &format!("line {n}"))).collect();
+    store
+        .record_results(&[completed(&id, logs.clone())])
+        .await
+        .unwrap();
+    assert_eq!(store.execution_logs(&id, None, 3).await.unwrap(), logs[..3]);
+    assert_eq!(
+        store.execution_logs(&id, Some(2), 3).await.unwrap(),
+        logs[3..6]
+    );
+    assert_eq!(
+        store.execution_logs(&id, Some(8), 100).await.unwrap(),
+        logs[9..]
+    );
+    assert!(
+        store
+            .execution_logs(&id, Some(9), 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+async fn cancelling_a_queued_execution_ends_it_before_it_starts(store: &dyn Store) {
+    let queued = manual("job-1", T0);
+    store
+        .enqueue_executions(std::slice::from_ref(&queued))
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .cancel_execution(&queued.id, T0 + SECOND)
+            .await
+            .unwrap(),
+        CancelEffect::CancelledQueued
+    );
+    let execution = store.get_execution(&queued.id).await.unwrap().unwrap();
+    assert_eq!(execution.status, ExecutionStatus::Cancelled);
+    assert_eq!(execution.finished_at, Some(T0 + SECOND));
+    assert_eq!(execution.error_kind.as_deref(), Some("CANCELLED"));
+    assert_eq!(store.next_queued_due().await.unwrap(), None);
+}
+
+async fn cancelling_a_running_execution_flags_it_for_its_worker(store: &dyn Store) {
+    let flagged = running(store, "job-1").await;
+    let untouched = running(store, "job-1").await;
+    assert_eq!(
+        store.cancel_execution(&flagged, T0 + SECOND).await.unwrap(),
+        CancelEffect::FlaggedRunning
+    );
+    let execution = store.get_execution(&flagged).await.unwrap().unwrap();
+    assert_eq!(execution.status, ExecutionStatus::Running);
+    assert!(execution.cancel_requested);
+    assert_eq!(
+        store
+            .cancel_requested(&[flagged.clone(), untouched, "missing".to_owned()])
+            .await
+            .unwrap(),
+        [flagged.as_str()]
+    );
+    // Once it has ended, it is no longer asked to stop.
+    let cancelled = ExecutionResult {
+        status: ExecutionStatus::Cancelled,
+        ..completed(&flagged, Vec::new())
+    };
+    store.record_results(&[cancelled]).await.unwrap();
+    assert!(store.cancel_requested(&[flagged]).await.unwrap().is_empty());
+}
+
+async fn cancelling_an_ended_or_unknown_execution_changes_nothing(store: &dyn Store) {
+    let id = running(store, "job-1").await;
+    store
+        .record_results(&[completed(&id, Vec::new())])
+        .await
+        .unwrap();
+    let before = store.get_execution(&id).await.unwrap();
+    assert_eq!(
+        store.cancel_execution(&id, T0 + SECOND).await.unwrap(),
+        CancelEffect::AlreadyFinal(ExecutionStatus::Completed)
+    );
+    assert_eq!(store.get_execution(&id).await.unwrap(), before);
+    assert_eq!(
+        store.cancel_execution("missing", T0).await.unwrap(),
+        CancelEffect::NotFound
+    );
+}
+
+async fn a_requeued_execution_can_be_claimed_again(store: &dyn Store) {
+    let id = running(store, "job-1").await;
+    store
+        .requeue_executions(std::slice::from_ref(&id))
+        .await
+        .unwrap();
+    let execution = store.get_execution(&id).await.unwrap().unwrap();
+    assert_eq!(execution.status, ExecutionStatus::Queued);
+    assert_eq!(execution.node_id, None);
+    assert_eq!(execution.started_at, None);
+    assert!(
+        store
+            .expired_executions(Millis::MAX, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "a queued row holds no lease"
+    );
+    let claimed = store
+        .claim_executions(
+            std::slice::from_ref(&id),
+            "node-b",
+            T0 + SECOND,
+            T0 + 31 * SECOND,
+        )
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    let execution = store.get_execution(&id).await.unwrap().unwrap();
+    assert_eq!(execution.node_id.as_deref(), Some("node-b"));
+    assert_eq!(execution.started_at, Some(T0 + SECOND));
+}
+
+async fn a_requeued_execution_that_was_asked_to_stop_ends_cancelled(store: &dyn Store) {
+    let id = running(store, "job-1").await;
+    store.cancel_execution(&id, T0).await.unwrap();
+    store
+        .requeue_executions(std::slice::from_ref(&id))
+        .await
+        .unwrap();
+    let execution = store.get_execution(&id).await.unwrap().unwrap();
+    assert_eq!(execution.status, ExecutionStatus::Cancelled);
+    assert!(execution.finished_at.is_some());
+    assert!(
+        store
+            .due_queued_executions(Millis::MAX, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+async fn requeueing_leaves_ended_executions_alone(store: &dyn Store) {
+    let id = running(store, "job-1").await;
+    store
+        .record_results(&[completed(&id, Vec::new())])
+        .await
+        .unwrap();
+    store
+        .requeue_executions(std::slice::from_ref(&id))
+        .await
+        .unwrap();
+    assert_eq!(status_of(store, &id).await, ExecutionStatus::Completed);
+}
+
+async fn an_expired_lease_is_found_and_failed_once(store: &dyn Store) {
+    let id = running(store, "job-1").await; // lease until T0 + 30 s
+    let lease_end = T0 + 30 * SECOND;
+    assert!(
+        store
+            .expired_executions(lease_end, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        !store
+            .fail_expired_execution(&id, "lost", lease_end)
+            .await
+            .unwrap()
+    );
+
+    let expired = store.expired_executions(lease_end + 1, 10).await.unwrap();
+    assert_eq!(expired.len(), 1);
+    assert_eq!(expired[0].id, id);
+    assert!(
+        store
+            .fail_expired_execution(&id, "node-a stopped renewing its lease", lease_end + 1)
+            .await
+            .unwrap()
+    );
+    let execution = store.get_execution(&id).await.unwrap().unwrap();
+    assert_eq!(execution.status, ExecutionStatus::Failed);
+    assert_eq!(execution.error_kind.as_deref(), Some("LEASE_EXPIRED"));
+    assert_eq!(
+        execution.error.as_deref(),
+        Some("node-a stopped renewing its lease")
+    );
+    assert_eq!(execution.finished_at, Some(lease_end + 1));
+    assert!(
+        !store
+            .fail_expired_execution(&id, "again", Millis::MAX)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .expired_executions(Millis::MAX, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+async fn a_renewed_lease_does_not_expire(store: &dyn Store) {
+    let id = running(store, "job-1").await; // lease until T0 + 30 s, held by node-a
+    let ids = std::slice::from_ref(&id);
+    store
+        .renew_leases(ids, "node-b", T0 + 90 * SECOND)
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .expired_executions(T0 + 60 * SECOND, 10)
+            .await
+            .unwrap()
+            .len(),
+        1,
+        "only the holder renews"
+    );
+    store
+        .renew_leases(ids, "node-a", T0 + 90 * SECOND)
+        .await
+        .unwrap();
+    assert!(
+        store
+            .expired_executions(T0 + 60 * SECOND, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        !store
+            .fail_expired_execution(&id, "lost", T0 + 60 * SECOND)
+            .await
+            .unwrap()
+    );
+}
+
+async fn executions_list_newest_first_by_job_and_status_a_page_at_a_time(store: &dyn Store) {
+    let batch: Vec<NewExecution> = (0..7)
+        .map(|n| manual(if n % 2 == 0 { "even" } else { "odd" }, T0))
+        .collect();
+    store.enqueue_executions(&batch).await.unwrap();
+    let running = running(store, "even").await;
+    let newest_first = |job: Option<&str>| -> Vec<String> {
+        let mut ids: Vec<String> = batch
+            .iter()
+            .filter(|e| job.is_none_or(|j| e.job_id == j))
+            .map(|e| e.id.clone())
+            .collect();
+        ids.reverse();
+        ids
+    };
+
+    let mut all = Vec::new();
+    let mut cursor = None;
+    let mut pages = 0;
+    loop {
+        let filter = ExecutionFilter {
+            status: Some(ExecutionStatus::Queued),
+            ..ExecutionFilter::default()
+        };
+        let page = store
+            .list_executions(&filter, cursor.as_deref(), 3)
+            .await
+            .unwrap();
+        pages += 1;
+        all.extend(page.items.into_iter().map(|e| e.id));
+        cursor = page.next_cursor;
+        if cursor.is_none() {
+            break;
+        }
+    }
+    assert_eq!(all, newest_first(None));
+    assert_eq!(pages, 3);
+
+    let even = ExecutionFilter {
+        job_id: Some("even".to_owned()),
+        ..ExecutionFilter::default()
+    };
+    let page = store.list_executions(&even, None, 100).await.unwrap();
+    let listed: Vec<String> = page.items.into_iter().map(|e| e.id).collect();
+    let mut expected = vec![running.clone()];
+    expected.extend(newest_first(Some("even")));
+    assert_eq!(listed, expected);
+    assert_eq!(page.next_cursor, None);
+
+    let even_running = ExecutionFilter {
+        status: Some(ExecutionStatus::Running),
+        ..even
+    };
+    let page = store
+        .list_executions(&even_running, None, 100)
+        .await
+        .unwrap();
+    assert_eq!(page.items.len(), 1);
+    assert_eq!(page.items[0].id, running);
+}
+
+async fn every_status_lists_on_its_own_newest_first(store: &dyn Store) {
+    let mut expected: Vec<(ExecutionStatus, Vec<String>)> = Vec::new();
+    for status in [
+        ExecutionStatus::Completed,
+        ExecutionStatus::Failed,
+        ExecutionStatus::TimedOut,
+        ExecutionStatus::Cancelled,
+    ] {
+        let mut ids = Vec::new();
+        for _ in 0..3 {
+            let id = running(store, "job-1").await;
+            let result = ExecutionResult {
+                status,
+                ..completed(&id, Vec::new())
+            };
+            store.record_results(&[result]).await.unwrap();
+            ids.push(id);
+        }
+        ids.reverse();
+        expected.push((status, ids));
+    }
+    let queued = manual("job-1", T0);
+    store
+        .enqueue_executions(std::slice::from_ref(&queued))
+        .await
+        .unwrap();
+    expected.push((ExecutionStatus::Queued, vec![queued.id]));
+    let running = running(store, "job-1").await;
+    expected.push((ExecutionStatus::Running, vec![running]));
+
+    for (status, ids) in expected {
+        let filter = ExecutionFilter {
+            status: Some(status),
+            ..ExecutionFilter::default()
+        };
+        let mut listed = Vec::new();
+        let mut cursor = None;
+        loop {
+            let page = store
+                .list_executions(&filter, cursor.as_deref(), 2)
+                .await
+                .unwrap();
+            assert!(page.items.iter().all(|e| e.status == status), "{status:?}");
+            listed.extend(page.items.into_iter().map(|e| e.id));
+            cursor = page.next_cursor;
+            if cursor.is_none() {
+                break;
+            }
+        }
+        assert_eq!(listed, ids, "{status:?}");
+    }
+}
+
+async fn the_reconciler_sees_due_queued_executions_oldest_first(store: &dyn Store) {
+    assert_eq!(store.next_queued_due().await.unwrap(), None);
+    let late = NewExecution {
+        run_after: T0 + 10 * SECOND,
+        ..manual("job-1", T0)
+    };
+    let early = NewExecution {
+        run_after: T0 + 5 * SECOND,
+        ..manual("job-1", T0)
+    };
+    let now = manual("job-1", T0);
+    store
+        .enqueue_executions(&[late.clone(), early.clone(), now.clone()])
+        .await
+        .unwrap();
+    running(store, "job-1").await;
+
+    assert_eq!(store.next_queued_due().await.unwrap(), Some(T0));
+    assert_eq!(
+        store
+            .due_queued_executions(T0 + 5 * SECOND, 10)
+            .await
+            .unwrap(),
+        [now.id.clone(), early.id.clone()]
+    );
+    assert_eq!(
+        store
+            .due_queued_executions(T0 + 60 * SECOND, 2)
+            .await
+            .unwrap(),
+        [now.id.clone(), early.id.clone()]
+    );
+    store
+        .claim_executions(std::slice::from_ref(&now.id), "node-a", T0, T0 + SECOND)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.next_queued_due().await.unwrap(),
+        Some(T0 + 5 * SECOND)
+    );
+}
+
+async fn batches_larger_than_one_statement_are_handled_whole(store: &dyn Store) {
+    // Above the backend's rows-per-statement, so every batch is split.
+    const N: usize = 1_234;
+    let batch: Vec<NewExecution> = (0..N).map(|_| manual("job-1", T0)).collect();
+    let wanted = ids(&batch);
+    assert_eq!(store.enqueue_executions(&batch).await.unwrap(), wanted);
+    let claimed = store
+        .claim_executions(&wanted, "node-a", T0, T0 + SECOND)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), N);
+    store
+        .renew_leases(&wanted, "node-a", T0 + 60 * SECOND)
+        .await
+        .unwrap();
+    assert!(
+        store
+            .expired_executions(T0 + 30 * SECOND, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let results: Vec<ExecutionResult> = wanted
+        .iter()
+        .map(|id| completed(id, vec![log(0, "a")]))
+        .collect();
+    let recorded: HashSet<String> = store
+        .record_results(&results)
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
+    assert_eq!(recorded.len(), N);
+    assert!(
+        store
+            .expired_executions(Millis::MAX, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let last = wanted.last().unwrap();
+    assert_eq!(store.execution_logs(last, None, 10).await.unwrap().len(), 1);
+    assert!(store.cancel_requested(&wanted).await.unwrap().is_empty());
+}
+
+// ---- events --------------------------------------------------------------------------
+
+async fn events_list_newest_first_by_topic_a_page_at_a_time(store: &dyn Store) {
+    let mut events = Vec::new();
+    for n in 0..5 {
+        let event = Event {
+            id: new_id(),
+            topic: if n % 2 == 0 {
+                "report.generated"
+            } else {
+                "sync.done"
+            }
+            .to_owned(),
+            payload: serde_json::json!({"n": n}),
+            source: "api".to_owned(),
+            created_at: T0 + n,
+        };
+        store.insert_event(&event).await.unwrap();
+        events.push(event);
+    }
+    let first = store.list_events(None, None, 3).await.unwrap();
+    let mut expected: Vec<Event> = events.iter().rev().cloned().collect();
+    assert_eq!(first.items, expected[..3]);
+    let rest = store
+        .list_events(None, first.next_cursor.as_deref(), 3)
+        .await
+        .unwrap();
+    assert_eq!(rest.items, expected[3..]);
+    assert_eq!(rest.next_cursor, None);
+
+    expected.retain(|e| e.topic == "report.generated");
+    let reports = store
+        .list_events(Some("report.generated"), None, 10)
+        .await
+        .unwrap();
+    assert_eq!(reports.items, expected);
+    assert!(
+        store
+            .list_events(Some("nothing"), None, 10)
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    assert!(matches!(
+        store.insert_event(&events[0]).await,
+        Err(StoreError::Conflict(_))
+    ));
+}
+
+// ---- module data ---------------------------------------------------------------------
+
+async fn kv_values_are_scoped_to_their_module(store: &dyn Store) {
+    store.kv_set("a", "key", b"for a", T0).await.unwrap();
+    store.kv_set("b", "key", b"for b", T0).await.unwrap();
+    assert_eq!(
+        store.kv_get("a", "key").await.unwrap().as_deref(),
+        Some(&b"for a"[..])
+    );
+    store.kv_set("a", "key", b"overwritten", T0).await.unwrap();
+    assert_eq!(
+        store.kv_get("a", "key").await.unwrap().as_deref(),
+        Some(&b"overwritten"[..])
+    );
+    store.kv_delete("a", "key").await.unwrap();
+    store.kv_delete("a", "never-set").await.unwrap();
+    assert_eq!(store.kv_get("a", "key").await.unwrap(), None);
+    assert_eq!(
+        store.kv_get("b", "key").await.unwrap().as_deref(),
+        Some(&b"for b"[..])
+    );
+    assert_eq!(
+        store.kv_list_keys("a", "", 10).await.unwrap(),
+        Vec::<String>::new()
+    );
+    store.kv_set("a", "empty", b"", T0).await.unwrap();
+    assert_eq!(store.kv_get("a", "empty").await.unwrap(), Some(Vec::new()));
+}
+
+async fn kv_keys_list_sorted_by_prefix_up_to_a_limit(store: &dyn Store) {
+    for key in ["user:2", "user:1", "users", "user:10", "order:1", "user"] {
+        store.kv_set("m", key, b"x", T0).await.unwrap();
+    }
+    store.kv_set("other", "user:3", b"x", T0).await.unwrap();
+    assert_eq!(
+        store.kv_list_keys("m", "user:", 10).await.unwrap(),
+        ["user:1", "user:10", "user:2"]
+    );
+    assert_eq!(
+        store.kv_list_keys("m", "user", 10).await.unwrap(),
+        ["user", "user:1", "user:10", "user:2", "users"]
+    );
+    assert_eq!(
+        store.kv_list_keys("m", "", 2).await.unwrap(),
+        ["order:1", "user"]
+    );
+    assert!(store.kv_list_keys("m", "zzz", 10).await.unwrap().is_empty());
+}
+
+async fn a_kv_prefix_with_wildcards_matches_only_itself(store: &dyn Store) {
+    for key in [
+        "100%", "100%done", "1000", "a_b", "a_bc", "axb", "a\\b", "a\\c",
+    ] {
+        store.kv_set("m", key, b"x", T0).await.unwrap();
+    }
+    assert_eq!(
+        store.kv_list_keys("m", "100%", 10).await.unwrap(),
+        ["100%", "100%done"]
+    );
+    assert_eq!(
+        store.kv_list_keys("m", "a_", 10).await.unwrap(),
+        ["a_b", "a_bc"]
+    );
+    assert_eq!(store.kv_list_keys("m", "a\\b", 10).await.unwrap(), ["a\\b"]);
+    assert!(store.kv_list_keys("m", "%", 10).await.unwrap().is_empty());
+}
+
+async fn kv_keys_beyond_ascii_sort_by_code_point(store: &dyn Store) {
+    for key in ["é-1", "é-2", "ê", "e", "\u{10FFFF}x", "日本"] {
+        store.kv_set("m", key, b"x", T0).await.unwrap();
+    }
+    assert_eq!(
+        store.kv_list_keys("m", "é", 10).await.unwrap(),
+        ["é-1", "é-2"]
+    );
+    assert_eq!(
+        store.kv_list_keys("m", "\u{10FFFF}", 10).await.unwrap(),
+        ["\u{10FFFF}x"]
+    );
+    assert_eq!(
+        store.kv_list_keys("m", "", 10).await.unwrap(),
+        ["e", "é-1", "é-2", "ê", "日本", "\u{10FFFF}x"]
+    );
+}
+
+async fn metric_samples_read_back_oldest_first_since_a_time(store: &dyn Store) {
+    let sample = |value: f64, ts_ms: Millis, labels: &[(&str, &str)]| MetricSample {
+        name: "latency_ms".to_owned(),
+        value,
+        labels: labels
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+        ts_ms,
+    };
+    let samples = [
+        sample(3.5, T0 + 2, &[("host", "b"), ("dc", "x")]),
+        sample(1.0, T0, &[]),
+        sample(2.25, T0 + 1, &[("host", "a")]),
+    ];
+    store
+        .insert_metric_samples("monitor", &samples)
+        .await
+        .unwrap();
+    store
+        .insert_metric_samples("other", &[sample(9.0, T0, &[])])
+        .await
+        .unwrap();
+    let other_name = MetricSample {
+        name: "errors".to_owned(),
+        ..sample(1.0, T0, &[])
+    };
+    store
+        .insert_metric_samples("monitor", &[other_name])
+        .await
+        .unwrap();
+    store.insert_metric_samples("monitor", &[]).await.unwrap();
+
+    let read = store
+        .metric_samples("monitor", "latency_ms", T0, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        read,
+        [samples[1].clone(), samples[2].clone(), samples[0].clone()]
+    );
+    let since = store
+        .metric_samples("monitor", "latency_ms", T0 + 1, 1)
+        .await
+        .unwrap();
+    assert_eq!(since, [samples[2].clone()]);
+}
+
+// ---- throughput ----------------------------------------------------------------------
+
+/// Not a pass/fail test: prints how fast the hot path (enqueue, claim, record) moves
+/// 20,000 executions without logs, at a few batch sizes.
+async fn hot_path_throughput_of_20000_executions(store: &dyn Store) {
+    const N: usize = 20_000;
+    for batch_size in [50, 200, 1_000] {
+        let job_id = format!("bench-{batch_size}");
+        let executions: Vec<NewExecution> = (0..N).map(|_| manual(&job_id, T0)).collect();
+        let started = Instant::now();
+        for batch in executions.chunks(batch_size) {
+            store.enqueue_executions(batch).await.unwrap();
+        }
+        let enqueued = started.elapsed();
+        let started = Instant::now();
+        for batch in executions.chunks(batch_size) {
+            let claimed = store
+                .claim_executions(&ids(batch), "node-a", T0, T0 + SECOND)
+                .await
+                .unwrap();
+            assert_eq!(claimed.len(), batch.len());
+        }
+        let claimed = started.elapsed();
+        let started = Instant::now();
+        for batch in executions.chunks(batch_size) {
+            let results: Vec<ExecutionResult> =
+                batch.iter().map(|e| completed(&e.id, Vec::new())).collect();
+            assert_eq!(
+                store.record_results(&results).await.unwrap().len(),
+                batch.len()
+            );
+        }
+        let recorded = started.elapsed();
+        let total = enqueued + claimed + recorded;
+        println!(
+            "{N} executions in batches of {batch_size}: enqueue {enqueued:?}, claim {claimed:?}, \
+             record {recorded:?}; total {total:?} = {:.0} executions/s",
+            N as f64 / total.as_secs_f64()
+        );
+    }
+}
+
+// ---- backends ------------------------------------------------------------------------
+
+/// Runs each listed behaviour against a fresh database from `$open`, which returns the
+/// store and a guard that cleans the database up when dropped.
+macro_rules! backend_tests {
+    ($backend:ident, $open:path, [$($(#[$attr:meta])* $test:ident),* $(,)?]) => {
+        mod $backend {
+            $(
+                $(#[$attr])*
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    let (store, _guard) = $open().await;
+                    super::$test(&store).await;
+                }
+            )*
+        }
+    };
+}
+
+async fn fresh_sqlite() -> (SqliteStore, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("data").join("runcell.db"))
+        .await
+        .unwrap();
+    (store, dir)
+}
+
+async fn fresh_sqlite_in_memory() -> (SqliteStore, ()) {
+    (SqliteStore::open_in_memory().await.unwrap(), ())
+}
+
+backend_tests!(
+    sqlite,
+    super::fresh_sqlite,
+    [
+        a_fresh_store_answers_pings,
+        the_first_upload_creates_an_enabled_module,
+        a_new_version_becomes_current_and_old_ones_stay_listed_newest_first,
+        reuploading_known_bytes_makes_them_current_without_a_duplicate,
+        identical_bytes_of_two_modules_outlive_the_deletion_of_one,
+        a_module_can_be_disabled_and_enabled_again,
+        deleting_a_module_without_its_jobs_leaves_them_and_removes_its_data,
+        deleting_a_module_with_its_jobs_keeps_their_executions,
+        a_job_reads_back_as_it_was_written,
+        a_job_name_is_taken_only_once,
+        renaming_a_job_onto_a_taken_name_conflicts,
+        a_deleted_job_is_gone,
+        jobs_list_oldest_first_a_page_at_a_time,
+        jobs_are_fetched_by_id_skipping_missing_ones,
+        only_enabled_scheduled_jobs_that_are_due_are_returned,
+        only_enabled_jobs_with_an_event_pattern_are_subscribed,
+        the_jobs_using_a_module_are_named,
+        an_enqueued_execution_reads_back_queued_with_what_it_was_given,
+        a_cron_tick_fires_once,
+        a_tick_repeated_within_one_batch_is_created_once,
+        two_schedulers_firing_one_tick_at_once_create_one_execution,
+        enqueueing_the_same_execution_twice_creates_it_once,
+        a_claim_takes_only_queued_due_executions_and_only_once,
+        results_are_recorded_once_with_their_logs,
+        a_result_for_an_execution_never_claimed_is_ignored,
+        two_results_for_one_execution_in_one_batch_record_the_first,
+        logs_are_read_in_order_after_a_position,
+        cancelling_a_queued_execution_ends_it_before_it_starts,
+        cancelling_a_running_execution_flags_it_for_its_worker,
+        cancelling_an_ended_or_unknown_execution_changes_nothing,
+        a_requeued_execution_can_be_claimed_again,
+        a_requeued_execution_that_was_asked_to_stop_ends_cancelled,
+        requeueing_leaves_ended_executions_alone,
+        an_expired_lease_is_found_and_failed_once,
+        a_renewed_lease_does_not_expire,
+        executions_list_newest_first_by_job_and_status_a_page_at_a_time,
+        every_status_lists_on_its_own_newest_first,
+        the_reconciler_sees_due_queued_executions_oldest_first,
+        batches_larger_than_one_statement_are_handled_whole,
+        events_list_newest_first_by_topic_a_page_at_a_time,
+        kv_values_are_scoped_to_their_module,
+        kv_keys_list_sorted_by_prefix_up_to_a_limit,
+        a_kv_prefix_with_wildcards_matches_only_itself,
+        kv_keys_beyond_ascii_sort_by_code_point,
+        metric_samples_read_back_oldest_first_since_a_time,
+        #[ignore = "a measurement; run with --release -- --ignored --nocapture"]
+        hot_path_throughput_of_20000_executions,
+    ]
+);
+
+// The in-memory variant shares one connection between reads and writes; a few
+// behaviours that lean on concurrency and batching show it does not deadlock.
+backend_tests!(
+    sqlite_in_memory,
+    super::fresh_sqlite_in_memory,
+    [
+        a_fresh_store_answers_pings,
+        the_first_upload_creates_an_enabled_module,
+        two_schedulers_firing_one_tick_at_once_create_one_execution,
+        results_are_recorded_once_with_their_logs,
+        cancelling_a_running_execution_flags_it_for_its_worker,
+        batches_larger_than_one_statement_are_handled_whole,
+    ]
+);
+
+#[tokio::test]
+async fn a_sqlite_file_keeps_its_data_when_reopened() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nested").join("deeper").join("runcell.db");
+    let written = job("nightly", "sync");
+    {
+        let store = SqliteStore::open(&path).await.unwrap();
+        store.insert_job(&written).await.unwrap();
+    }
+    let store = SqliteStore::open(&path).await.unwrap();
+    assert_eq!(store.get_job(&written.id).await.unwrap(), Some(written));
+}

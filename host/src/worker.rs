@@ -1,0 +1,551 @@
+//! The worker pool of one node: takes ids off the queue, claims them in the database
+//! (only `QUEUED` rows, so a duplicate delivery never runs twice), runs each in a fresh
+//! instance, and hands the result to the recorder, which writes results in batches and
+//! schedules retries. Started by `app`; nothing imports it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use rand::Rng;
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::domain::{
+    ExecutionResult, ExecutionStatus, Grants, Job, Millis, NewExecution, Outcome, RunContext,
+    Trigger, new_id, now_millis,
+};
+use crate::runtime::{CancelToken, RunRequest};
+use crate::services::Services;
+use crate::services::jobs::effective_limits;
+use crate::store::ClaimedExecution;
+
+/// How a node runs executions.
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    /// Executions running at once on this node.
+    pub concurrency: usize,
+    /// Most ids claimed in one database round trip.
+    pub claim_batch: usize,
+    /// How long a claim is valid without renewal; a node that dies loses its
+    /// executions to the reconciler after this.
+    pub lease: Duration,
+    pub node_id: String,
+    /// First retry delay; each later attempt doubles it, with ±20 % jitter.
+    pub retry_base_delay: Duration,
+    pub retry_max_delay: Duration,
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        Self {
+            concurrency: 8,
+            claim_batch: 256,
+            lease: Duration::from_secs(30),
+            node_id: format!("node-{}", &new_id()[24..]),
+            retry_base_delay: Duration::from_secs(1),
+            retry_max_delay: Duration::from_secs(300),
+        }
+    }
+}
+
+/// When attempt `attempt` failed, how long to wait before the next one.
+pub fn retry_delay(settings: &WorkerSettings, attempt: u32) -> Duration {
+    let exponent = attempt.saturating_sub(1).min(20);
+    let base = settings.retry_base_delay.saturating_mul(1 << exponent);
+    let capped = base.min(settings.retry_max_delay);
+    let jitter = rand::rng().random_range(0.8..1.2);
+    capped.mul_f64(jitter)
+}
+
+/// Whether an outcome deserves another attempt.
+fn is_retryable(outcome: &Outcome) -> bool {
+    match outcome {
+        Outcome::Failed { kind, .. } => kind.is_retryable(),
+        Outcome::TimedOut { .. } => true,
+        Outcome::Completed { .. } | Outcome::Cancelled => false,
+    }
+}
+
+/// The next attempt of a failed execution, if its job allows one.
+pub fn next_attempt(
+    settings: &WorkerSettings,
+    claimed: &ClaimedExecution,
+    job: &Job,
+    now: Millis,
+) -> Option<NewExecution> {
+    if claimed.attempt >= job.max_attempts {
+        return None;
+    }
+    let run_after = now + retry_delay(settings, claimed.attempt).as_millis() as Millis;
+    Some(NewExecution {
+        id: new_id(),
+        job_id: job.id.clone(),
+        module: job.module.clone(),
+        job: job.job.clone(),
+        trigger: Trigger::Retry,
+        attempt: claimed.attempt + 1,
+        retry_of: Some(
+            claimed
+                .retry_of
+                .clone()
+                .unwrap_or_else(|| claimed.id.clone()),
+        ),
+        input: claimed.input.clone(),
+        scheduled_at: claimed.scheduled_at,
+        run_after,
+        cron_tick: None,
+        event_id: None,
+        created_at: now,
+    })
+}
+
+enum Recorded {
+    Finished {
+        result: Box<ExecutionResult>,
+        retry: Option<Box<NewExecution>>,
+    },
+    /// Shutdown gave up on it: back to `QUEUED` for the next start.
+    Requeue(String),
+}
+
+struct Shared {
+    services: Services,
+    settings: WorkerSettings,
+    recorder: mpsc::Sender<Recorded>,
+    /// Set when the shutdown grace period ran out: interrupted runs are requeued, not
+    /// recorded as cancelled.
+    abandoning: AtomicBool,
+}
+
+/// The running pool; [`WorkerPool::shutdown`] stops it.
+#[derive(Debug)]
+pub struct WorkerPool {
+    stop: watch::Sender<bool>,
+    dispatcher: JoinHandle<()>,
+    recorder: JoinHandle<()>,
+    keeper: JoinHandle<()>,
+    running: Arc<Semaphore>,
+    services: Services,
+    concurrency: usize,
+    /// Weak, so the recorder's channel closes once the tasks holding `Shared` end.
+    shared: std::sync::Weak<Shared>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared").finish_non_exhaustive()
+    }
+}
+
+impl WorkerPool {
+    pub fn start(services: Services, settings: WorkerSettings) -> Self {
+        let (recorder_tx, recorder_rx) = mpsc::channel(4096);
+        let (stop, stop_rx) = watch::channel(false);
+        let concurrency = settings.concurrency.max(1);
+        let shared = Arc::new(Shared {
+            services: services.clone(),
+            settings,
+            recorder: recorder_tx,
+            abandoning: AtomicBool::new(false),
+        });
+        let running = Arc::new(Semaphore::new(concurrency));
+        let recorder = tokio::spawn(record(services.clone(), recorder_rx));
+        let keeper = tokio::spawn(keep_leases(shared.clone(), stop_rx.clone()));
+        let dispatcher = tokio::spawn(dispatch(shared.clone(), running.clone(), stop_rx));
+        Self {
+            stop,
+            dispatcher,
+            recorder,
+            keeper,
+            running,
+            services,
+            concurrency,
+            shared: Arc::downgrade(&shared),
+        }
+    }
+
+    /// Executions running now.
+    pub fn busy(&self) -> usize {
+        self.concurrency - self.running.available_permits()
+    }
+
+    /// Stops taking work, lets running executions finish for up to `grace`, then
+    /// interrupts the rest and puts them back in the queue for the next start.
+    pub async fn shutdown(self, grace: Duration) {
+        let _ = self.stop.send(true);
+        let _ = self.dispatcher.await;
+        let drained =
+            tokio::time::timeout(grace, self.running.acquire_many(self.concurrency as u32)).await;
+        if drained.is_err() {
+            tracing::warn!(
+                running = self.services.running.len(),
+                "shutdown grace period over; interrupting and requeueing running executions"
+            );
+            if let Some(shared) = self.shared.upgrade() {
+                shared.abandoning.store(true, Ordering::SeqCst);
+            }
+            self.services.running.cancel_all();
+            let _ = self.running.acquire_many(self.concurrency as u32).await;
+        }
+        self.keeper.abort();
+        // The recorder ends once every sender (the runners, the shared state) is gone.
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.recorder).await;
+    }
+}
+
+async fn dispatch(shared: Arc<Shared>, running: Arc<Semaphore>, mut stop: watch::Receiver<bool>) {
+    let services = &shared.services;
+    loop {
+        if *stop.borrow() {
+            break;
+        }
+        // Claim only what can start now, so claimed work never waits behind a slow run.
+        let first = tokio::select! {
+            permit = running.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+            _ = stop.changed() => break,
+        };
+        let extra = running
+            .available_permits()
+            .min(shared.settings.claim_batch.saturating_sub(1));
+        let mut permits = vec![first];
+        if let Ok(more) = running.clone().try_acquire_many_owned(extra as u32) {
+            permits.extend(split_permits(more));
+        }
+        let deliveries = tokio::select! {
+            popped = services.queue.pop(permits.len(), Duration::from_millis(500)) => popped,
+            _ = stop.changed() => break,
+        };
+        let deliveries = match deliveries {
+            Ok(deliveries) if deliveries.is_empty() => continue,
+            Ok(deliveries) => deliveries,
+            Err(err) => {
+                tracing::warn!(error = %err, "queue unavailable; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        let ids: Vec<String> = deliveries.iter().map(|d| d.id.clone()).collect();
+        let now = now_millis();
+        let lease_until = now + shared.settings.lease.as_millis() as Millis;
+        let claimed = match services
+            .store
+            .claim_executions(&ids, &shared.settings.node_id, now, lease_until)
+            .await
+        {
+            Ok(claimed) => claimed,
+            Err(err) => {
+                // The rows stay QUEUED; the reconciler offers them again.
+                tracing::warn!(error = %err, "could not claim executions; retrying later");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        if let Err(err) = services.queue.ack(&deliveries).await {
+            tracing::warn!(error = %err, "could not acknowledge deliveries");
+        }
+        if claimed.is_empty() {
+            continue;
+        }
+        let jobs = match load_jobs(services, &claimed).await {
+            Ok(jobs) => jobs,
+            Err(err) => {
+                tracing::warn!(error = %err, "could not load jobs; requeueing claimed executions");
+                let ids: Vec<String> = claimed.iter().map(|c| c.id.clone()).collect();
+                let _ = services.store.requeue_executions(&ids).await;
+                continue;
+            }
+        };
+        for (claimed, permit) in claimed.into_iter().zip(permits.drain(..)) {
+            let job = jobs.get(&claimed.job_id).cloned();
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                run_one(&shared, claimed, job).await;
+                drop(permit);
+            });
+        }
+    }
+}
+
+fn split_permits(
+    permit: tokio::sync::OwnedSemaphorePermit,
+) -> Vec<tokio::sync::OwnedSemaphorePermit> {
+    let mut permit = permit;
+    let mut single = Vec::with_capacity(permit.num_permits());
+    while permit.num_permits() > 1 {
+        if let Some(one) = permit.split(1) {
+            single.push(one);
+        }
+    }
+    if permit.num_permits() == 1 {
+        single.push(permit);
+    }
+    single
+}
+
+async fn load_jobs(
+    services: &Services,
+    claimed: &[ClaimedExecution],
+) -> Result<HashMap<String, Job>, crate::store::StoreError> {
+    let mut ids: Vec<String> = claimed.iter().map(|c| c.job_id.clone()).collect();
+    ids.sort();
+    ids.dedup();
+    let jobs = services.store.get_jobs(&ids).await?;
+    Ok(jobs.into_iter().map(|job| (job.id.clone(), job)).collect())
+}
+
+/// Records an execution that could not start, with the reason.
+async fn refuse(shared: &Shared, claimed: &ClaimedExecution, reason: String) {
+    let result = ExecutionResult {
+        id: claimed.id.clone(),
+        status: ExecutionStatus::Failed,
+        result: None,
+        error: Some(reason),
+        error_kind: Some("NOT_RUNNABLE".into()),
+        finished_at: now_millis(),
+        duration_ms: 0.0,
+        fuel_consumed: 0,
+        memory_peak_bytes: 0,
+        logs: Vec::new(),
+    };
+    let _ = shared
+        .recorder
+        .send(Recorded::Finished {
+            result: Box::new(result),
+            retry: None,
+        })
+        .await;
+}
+
+async fn run_one(shared: &Shared, claimed: ClaimedExecution, job: Option<Job>) {
+    let services = &shared.services;
+    let Some(job) = job else {
+        refuse(shared, &claimed, "its job was deleted before it ran".into()).await;
+        return;
+    };
+    let module = match services.modules.resolve(&job.module).await {
+        Ok(module) => module,
+        Err(crate::services::modules::Unrunnable::Unavailable(reason)) => {
+            tracing::warn!(execution = %claimed.id, %reason, "module lookup failed; requeueing");
+            let _ = shared.recorder.send(Recorded::Requeue(claimed.id)).await;
+            return;
+        }
+        Err(reason) => {
+            refuse(shared, &claimed, reason.to_string()).await;
+            return;
+        }
+    };
+    let spec = module.manifest.job(&job.job);
+    let limits = effective_limits(&job, spec, &services.settings.defaults);
+    let caps = &module.manifest.capabilities;
+    let cancel = CancelToken::default();
+    services.running.register(&claimed.id, cancel.clone());
+    let request = RunRequest {
+        job: job.job.clone(),
+        input: claimed.input.clone(),
+        context: RunContext {
+            execution_id: claimed.id.clone(),
+            attempt: claimed.attempt,
+            trigger: claimed.trigger,
+            scheduled_at_ms: claimed.scheduled_at.max(0) as u64,
+        },
+        limits,
+        // Until capability approval exists, a module gets what its manifest declares.
+        grants: Arc::new(Grants {
+            key_value: caps.key_value,
+            publishes: caps.publishes.clone(),
+            outbound_hosts: caps.outbound_hosts.clone(),
+        }),
+        config: Arc::default(),
+        cancel,
+        log_observer: Some(services.logs.start(&claimed.id)),
+    };
+    let report = services.runtime.run(&module, request).await;
+    services.running.unregister(&claimed.id);
+    if matches!(report.outcome, Outcome::Cancelled) && shared.abandoning.load(Ordering::SeqCst) {
+        let _ = shared.recorder.send(Recorded::Requeue(claimed.id)).await;
+        return;
+    }
+    let now = now_millis();
+    let retry = if is_retryable(&report.outcome) {
+        next_attempt(&shared.settings, &claimed, &job, now)
+    } else {
+        None
+    };
+    let result = ExecutionResult::from_outcome(
+        claimed.id.clone(),
+        &report.outcome,
+        &report.usage,
+        report.logs,
+        now,
+    );
+    let _ = shared
+        .recorder
+        .send(Recorded::Finished {
+            result: Box::new(result),
+            retry: retry.map(Box::new),
+        })
+        .await;
+}
+
+/// Most results written in one transaction.
+const RECORD_BATCH: usize = 1024;
+
+/// Writes results in batches. Ends when every sender is gone: the dispatcher, the
+/// lease keeper and every runner hold one through `Shared`.
+async fn record(services: Services, mut results: mpsc::Receiver<Recorded>) {
+    let mut batch = Vec::with_capacity(RECORD_BATCH);
+    while results.recv_many(&mut batch, RECORD_BATCH).await > 0 {
+        let mut finished = Vec::with_capacity(batch.len());
+        let mut retries = Vec::new();
+        let mut requeue = Vec::new();
+        for item in batch.drain(..) {
+            match item {
+                Recorded::Finished { result, retry } => {
+                    if let Some(retry) = retry {
+                        retries.push((result.id.clone(), *retry));
+                    }
+                    finished.push(*result);
+                }
+                Recorded::Requeue(id) => requeue.push(id),
+            }
+        }
+        if !requeue.is_empty() {
+            retry_forever("requeue executions", || {
+                services.store.requeue_executions(&requeue)
+            })
+            .await;
+            let _ = services.queue.push(&requeue).await;
+        }
+        if finished.is_empty() {
+            continue;
+        }
+        let recorded = retry_forever("record results", || {
+            services.store.record_results(&finished)
+        })
+        .await;
+        let recorded: std::collections::HashSet<&str> =
+            recorded.iter().map(String::as_str).collect();
+        for result in &finished {
+            if recorded.contains(result.id.as_str()) {
+                services.logs.finish(&result.id, result.status);
+            }
+        }
+        let retries: Vec<NewExecution> = retries
+            .into_iter()
+            .filter(|(failed, _)| recorded.contains(failed.as_str()))
+            .map(|(_, retry)| retry)
+            .collect();
+        if !retries.is_empty() {
+            let created = retry_forever("enqueue retries", || {
+                services.store.enqueue_executions(&retries)
+            })
+            .await;
+            for retry in retries.iter().filter(|r| created.contains(&r.id)) {
+                let _ = services
+                    .queue
+                    .push_delayed(&retry.id, retry.run_after)
+                    .await;
+            }
+        }
+    }
+}
+
+/// Repeats a database write until it succeeds: results must not be lost while the
+/// database is briefly unavailable (the executions stay leased meanwhile).
+async fn retry_forever<T, F, Fut>(what: &str, mut attempt: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, crate::store::StoreError>>,
+{
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match attempt().await {
+            Ok(value) => return value,
+            Err(err) => {
+                tracing::warn!(error = %err, "could not {what}; retrying in {delay:?}");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// Renews the leases of executions running here and relays cancel requests made on
+/// other nodes.
+async fn keep_leases(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let services = &shared.services;
+    let renew_every = shared.settings.lease / 3;
+    let mut last_renewal = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = stop.changed() => {}
+        }
+        let ids = services.running.ids();
+        if ids.is_empty() {
+            continue;
+        }
+        if let Ok(cancelled) = services.store.cancel_requested(&ids).await {
+            for id in cancelled {
+                services.running.cancel(&id);
+            }
+        }
+        if last_renewal.elapsed() >= renew_every {
+            last_renewal = tokio::time::Instant::now();
+            let until = now_millis() + shared.settings.lease.as_millis() as Millis;
+            if let Err(err) = services
+                .store
+                .renew_leases(&ids, &shared.settings.node_id, until)
+                .await
+            {
+                tracing::warn!(error = %err, "could not renew leases");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_delays_double_with_jitter_and_are_capped() {
+        let settings = WorkerSettings {
+            retry_base_delay: Duration::from_secs(1),
+            retry_max_delay: Duration::from_secs(10),
+            ..WorkerSettings::default()
+        };
+        for (attempt, base) in [
+            (1, 1.0),
+            (2, 2.0),
+            (3, 4.0),
+            (4, 8.0),
+            (5, 10.0),
+            (30, 10.0),
+        ] {
+            let delay = retry_delay(&settings, attempt).as_secs_f64();
+            assert!(
+                delay >= base * 0.8 && delay <= base * 1.2,
+                "attempt {attempt}: {delay}"
+            );
+        }
+    }
+
+    #[test]
+    fn only_temporary_failures_and_timeouts_are_retried() {
+        use crate::domain::FailureKind;
+        let failed = |kind| Outcome::Failed {
+            kind,
+            message: String::new(),
+        };
+        assert!(is_retryable(&failed(FailureKind::Transient)));
+        assert!(is_retryable(&Outcome::TimedOut {
+            timeout: Duration::from_secs(1)
+        }));
+        assert!(!is_retryable(&failed(FailureKind::Permanent)));
+        assert!(!is_retryable(&failed(FailureKind::OutOfFuel)));
+        assert!(!is_retryable(&Outcome::Cancelled));
+    }
+}

@@ -1,0 +1,788 @@
+//! `runcell serve` end to end: the real binary on a free port with a fresh data directory,
+//! driven over HTTP as a client would, with real modules (`example-modules/`) and the
+//! sandbox attackers (`tests/fixtures/`).
+
+#[path = "support/guests.rs"]
+mod guests;
+#[path = "support/server.rs"]
+mod server;
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use server::{Server, ServerOptions, is_final};
+
+/// How long an ordinary execution may take to finish in these tests.
+const RUN: Duration = Duration::from_secs(20);
+
+fn job_named<'a>(module: &'a Value, name: &str) -> &'a Value {
+    module["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|job| job["name"] == name)
+        .unwrap_or_else(|| panic!("no job {name} in {module}"))
+}
+
+fn id(value: &Value) -> String {
+    value["id"].as_str().expect("an id").to_owned()
+}
+
+fn messages(logs: &[Value]) -> Vec<&str> {
+    logs.iter()
+        .map(|line| line["message"].as_str().unwrap())
+        .collect()
+}
+
+fn multipart(field: &str, content: &[u8]) -> Vec<u8> {
+    let mut body = format!(
+        "--runcell-test\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"module.wasm\"\r\nContent-Type: application/wasm\r\n\r\n"
+    )
+    .into_bytes();
+    body.extend_from_slice(content);
+    body.extend_from_slice(b"\r\n--runcell-test--\r\n");
+    body
+}
+
+// ---- modules ---------------------------------------------------------------------------
+
+#[test]
+fn uploading_data_sync_answers_201_with_its_three_jobs_and_capabilities() {
+    let server = Server::start();
+    let bytes = std::fs::read(guests::guest("data-sync")).unwrap();
+    let reply = server.post_bytes("/api/v1/modules", "application/wasm", &bytes);
+    assert_eq!(reply.status, 201, "{}", reply.body);
+    assert!(
+        reply.request_id.is_some(),
+        "every response has an x-request-id"
+    );
+    let module = reply.body;
+    assert_eq!(module["name"], "data-sync");
+    assert_eq!(module["status"], "ENABLED");
+    assert_eq!(module["contentHash"].as_str().unwrap().len(), 64);
+    let jobs: Vec<&str> = module["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|job| job["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(jobs, ["hourly-sync", "daily-report", "health-check"]);
+    assert_eq!(
+        job_named(&module, "hourly-sync")["defaultSchedule"],
+        "0 * * * *"
+    );
+    assert_eq!(module["capabilities"]["keyValue"], true);
+    assert_eq!(
+        module["capabilities"]["publishes"],
+        json!(["report.generated"])
+    );
+
+    // The same file as a multipart upload is the same version, listed once.
+    let reply = server.post_bytes(
+        "/api/v1/modules",
+        "multipart/form-data; boundary=runcell-test",
+        &multipart("module", &bytes),
+    );
+    assert_eq!(reply.status, 201, "{}", reply.body);
+    assert_eq!(reply.body["contentHash"], module["contentHash"]);
+    let versions = server.get("/api/v1/modules/data-sync/versions").body;
+    assert_eq!(versions["items"].as_array().unwrap().len(), 1);
+    assert_eq!(versions["items"][0]["current"], true);
+    let listed = server.get("/api/v1/modules").body;
+    assert_eq!(listed["items"].as_array().unwrap().len(), 1);
+
+    // A module in use is deleted only when forced, and its jobs with it.
+    let job =
+        id(&server
+            .create_job(&json!({"name": "sync", "module": "data-sync", "job": "hourly-sync"})));
+    let reply = server.delete("/api/v1/modules/data-sync");
+    assert_eq!(
+        (reply.status, reply.code()),
+        (409, "conflict"),
+        "{}",
+        reply.body
+    );
+    assert!(reply.message().contains("sync"), "{}", reply.message());
+    assert_eq!(
+        server.delete("/api/v1/modules/data-sync?force=true").status,
+        204
+    );
+    let reply = server.get("/api/v1/modules/data-sync");
+    assert_eq!((reply.status, reply.code()), (404, "not_found"));
+    assert!(
+        reply.content_type.starts_with("application/json"),
+        "{}",
+        reply.content_type
+    );
+    assert_eq!(server.get(&format!("/api/v1/jobs/{job}")).status, 404);
+}
+
+#[test]
+fn bad_uploads_are_refused_saying_why_and_leave_nothing_behind() {
+    let server = Server::start();
+    let wasm = "/api/v1/modules";
+
+    let reply = server.post_bytes(wasm, "application/wasm", b"hello, I am text");
+    assert_eq!(
+        (reply.status, reply.code()),
+        (422, "invalid_module"),
+        "{}",
+        reply.body
+    );
+
+    let reply = server.post_bytes(wasm, "application/wasm", b"\0asm\x01\0\0\0");
+    assert_eq!(reply.status, 422, "{}", reply.body);
+    assert!(
+        reply.message().contains("wasm32-wasip2"),
+        "{}",
+        reply.message()
+    );
+
+    let backdoor = std::fs::read(guests::guest("unknown-import")).unwrap();
+    let reply = server.post_bytes(wasm, "application/wasm", &backdoor);
+    assert_eq!(reply.status, 422, "{}", reply.body);
+    assert!(
+        reply.message().contains("evil:thing/backdoor"),
+        "{}",
+        reply.message()
+    );
+
+    let reply = server.post_bytes(wasm, "text/plain", b"hello");
+    assert_eq!(
+        (reply.status, reply.code()),
+        (415, "unsupported_media_type")
+    );
+    assert!(
+        reply.message().contains("application/wasm"),
+        "{}",
+        reply.message()
+    );
+
+    let reply = server.post_bytes(
+        wasm,
+        "multipart/form-data; boundary=runcell-test",
+        &multipart("file", &backdoor),
+    );
+    assert_eq!(
+        (reply.status, reply.field()),
+        (400, "module"),
+        "{}",
+        reply.body
+    );
+
+    assert_eq!(server.get(wasm).body["items"], json!([]));
+    assert_eq!(server.get("/healthz").status, 200);
+}
+
+#[test]
+fn bad_job_definitions_are_refused_naming_the_field() {
+    let server = Server::start();
+    server.upload(&guests::guest("hello"));
+    let base = json!({"name": "greeter", "module": "hello", "job": "greet"});
+    let with = |extra: Value| {
+        let mut body = base.clone();
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        body
+    };
+    let cases = [
+        (
+            with(json!({"schedule": "61 * * * *"})),
+            400,
+            "schedule",
+            "61 * * * *",
+        ),
+        (
+            with(json!({"module": "nonexistent"})),
+            422,
+            "module",
+            "nonexistent",
+        ),
+        (with(json!({"job": "shout"})), 422, "job", "shout"),
+        (
+            with(json!({"fuel": 1_000_000_000_000_000_u64})),
+            422,
+            "fuel",
+            "ceiling",
+        ),
+        (with(json!({"retries": 3})), 400, "retries", "unknown field"),
+        (
+            with(json!({"maxAttempts": "3"})),
+            400,
+            "maxAttempts",
+            "invalid type",
+        ),
+    ];
+    for (definition, status, field, says) in cases {
+        let reply = server.post_json("/api/v1/jobs", &definition);
+        assert_eq!(reply.status, status, "{definition}: {}", reply.body);
+        assert_eq!(reply.field(), field, "{definition}: {}", reply.body);
+        assert!(reply.message().contains(says), "{}", reply.message());
+    }
+    let reply = server.request(
+        "POST",
+        "/api/v1/jobs",
+        Some(("application/json", b"{\"name\": ")),
+    );
+    assert_eq!((reply.status, reply.code()), (400, "malformed_json"));
+    assert_eq!(server.get("/api/v1/jobs").body["items"], json!([]));
+}
+
+// ---- running jobs ------------------------------------------------------------------------
+
+#[test]
+fn data_sync_jobs_complete_with_their_results_and_logs() {
+    let server = Server::start();
+    server.upload(&guests::guest("data-sync"));
+    let job = |name: &str, input: Value| {
+        id(&server
+            .create_job(&json!({"name": name, "module": "data-sync", "job": name, "input": input})))
+    };
+    let records = json!({"records": [
+        {"id": "a1", "name": "Alpha", "value": 1.5},
+        {"id": "b2", "name": "Beta", "value": 2.25},
+        {"id": "c3", "name": "Gamma", "value": 3.0},
+    ]});
+    let sync = job("hourly-sync", records);
+    let report = job("daily-report", Value::Null);
+    let health = job("health-check", Value::Null);
+
+    let run = server.execute(&sync, None);
+    let execution = server.wait_final(&run, RUN);
+    assert_eq!(execution["status"], "COMPLETED", "{execution}");
+    assert_eq!(execution["result"]["recordsProcessed"], 3);
+    assert_eq!(execution["trigger"], "manual");
+    assert_eq!(execution["attempt"], 1);
+    assert!(
+        execution["fuelConsumed"].as_u64().unwrap() > 0,
+        "{execution}"
+    );
+    assert!(
+        execution["durationMs"].as_f64().unwrap() > 0.0,
+        "{execution}"
+    );
+    assert!(
+        execution["memoryPeakBytes"].as_u64().unwrap() > 0,
+        "{execution}"
+    );
+    let logs = server.logs(&run);
+    assert_eq!(messages(&logs), ["sync started", "sync completed"]);
+    assert_eq!(logs[1]["fields"]["records_processed"], 3);
+    assert!(
+        logs.iter()
+            .all(|line| line["ts"].as_u64().unwrap() > 1_700_000_000_000)
+    );
+
+    let run = server.execute(&report, None);
+    let execution = server.wait_final(&run, RUN);
+    assert_eq!(execution["status"], "COMPLETED", "{execution}");
+    assert_eq!(execution["result"]["records"], 3);
+    assert_eq!(execution["result"]["totalValue"], 6.75);
+    assert_eq!(messages(&server.logs(&run)), ["report generated"]);
+
+    let run = server.execute(&health, None);
+    let execution = server.wait_final(&run, RUN);
+    assert_eq!(execution["status"], "COMPLETED", "{execution}");
+    let verdict = execution["result"]["status"].as_str().unwrap();
+    assert!(["healthy", "degraded"].contains(&verdict), "{execution}");
+}
+
+#[test]
+fn a_per_second_cron_job_fires_about_once_a_second_and_once_per_tick() {
+    let server = Server::start();
+    server.upload(&guests::guest("hello"));
+    let job = server.create_job(&json!({"name": "every-second", "module": "hello", "job": "noop", "schedule": "* * * * * *"}));
+    let next = job["nextRunAt"]
+        .as_i64()
+        .expect("a scheduled job says when it runs next");
+    assert_eq!(next % 1000, 0, "ticks fall on whole seconds");
+    let job_id = id(&job);
+    std::thread::sleep(Duration::from_millis(4_300));
+    let reply = server.patch_json(
+        &format!("/api/v1/jobs/{job_id}"),
+        &json!({"enabled": false}),
+    );
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.body["nextRunAt"], Value::Null);
+    std::thread::sleep(Duration::from_millis(300));
+
+    let executions = server.executions(&format!("jobId={job_id}"));
+    assert!(
+        (3..=6).contains(&executions.len()),
+        "{} executions in about 4 s",
+        executions.len()
+    );
+    let mut ticks: Vec<i64> = executions
+        .iter()
+        .map(|e| {
+            assert_eq!(e["trigger"], "cron", "{e}");
+            e["cronTick"]
+                .as_i64()
+                .expect("a cron execution has its tick")
+        })
+        .collect();
+    ticks.sort_unstable();
+    let distinct: HashSet<i64> = ticks.iter().copied().collect();
+    assert_eq!(
+        distinct.len(),
+        ticks.len(),
+        "two executions for one tick: {ticks:?}"
+    );
+    assert!(ticks.iter().all(|t| t % 1000 == 0), "{ticks:?}");
+    assert!(
+        ticks.windows(2).all(|w| w[1] - w[0] <= 2_000),
+        "a gap in {ticks:?}"
+    );
+    for execution in &executions {
+        let done = server.wait_final(execution["id"].as_str().unwrap(), RUN);
+        assert_eq!(done["status"], "COMPLETED", "{done}");
+    }
+    assert_eq!(
+        server.executions(&format!("jobId={job_id}")).len(),
+        executions.len()
+    );
+}
+
+// ---- events ------------------------------------------------------------------------------
+
+#[test]
+fn an_event_posted_to_the_api_runs_each_subscribed_job_with_the_event_as_input() {
+    let server = Server::start();
+    server.upload(&guests::guest("hostile"));
+    let subscriber = id(&server.create_job(
+        &json!({"name": "on-report", "module": "hostile", "job": "echo", "onEvent": "report.*"}),
+    ));
+    let reply = server.post_json(
+        "/api/v1/events",
+        &json!({"topic": "report.custom", "payload": {"answer": 42}}),
+    );
+    assert_eq!(reply.status, 202, "{}", reply.body);
+    let event_id = reply.body["eventId"].as_str().unwrap().to_owned();
+    let triggered = reply.body["triggeredExecutions"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(triggered.len(), 1, "{}", reply.body);
+
+    let execution = server.wait_final(triggered[0].as_str().unwrap(), RUN);
+    assert_eq!(execution["status"], "COMPLETED", "{execution}");
+    assert_eq!(execution["jobId"], subscriber.as_str());
+    assert_eq!(execution["trigger"], "event");
+    assert_eq!(execution["eventId"], event_id.as_str());
+    let seen = &execution["result"]["input"];
+    assert_eq!(seen["topic"], "report.custom");
+    assert_eq!(seen["payload"], json!({"answer": 42}));
+    assert_eq!(seen["source"], "api");
+
+    let reply = server.post_json("/api/v1/events", &json!({"topic": "unrelated.topic"}));
+    assert_eq!(reply.body["triggeredExecutions"], json!([]));
+    let events = server.get("/api/v1/events?topic=report.custom").body;
+    assert_eq!(events["items"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        server.get("/api/v1/events").body["items"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+}
+
+#[test]
+fn a_report_published_by_daily_report_triggers_its_subscriber() {
+    let server = Server::start();
+    server.upload(&guests::guest("data-sync"));
+    server.upload(&guests::guest("hostile"));
+    let report = id(&server
+        .create_job(&json!({"name": "report", "module": "data-sync", "job": "daily-report"})));
+    let subscriber = id(&server.create_job(
+        &json!({"name": "on-generated", "module": "hostile", "job": "echo", "onEvent": "report.generated"}),
+    ));
+    let run = server.execute(&report, None);
+    assert_eq!(server.wait_final(&run, RUN)["status"], "COMPLETED");
+
+    let mut triggered = Vec::new();
+    let found = server.wait_until(RUN, || {
+        triggered = server.executions(&format!("jobId={subscriber}"));
+        triggered.len() == 1 && is_final(&triggered[0])
+    });
+    assert!(
+        found,
+        "no finished execution of the subscriber: {triggered:?}"
+    );
+    let execution = &triggered[0];
+    assert_eq!(execution["status"], "COMPLETED", "{execution}");
+    assert_eq!(execution["trigger"], "event");
+    let event = &execution["result"]["input"];
+    assert_eq!(event["topic"], "report.generated");
+    assert_eq!(event["source"], "data-sync");
+    assert_eq!(event["payload"]["records"], 0);
+    let events = server.get("/api/v1/events?topic=report.generated").body;
+    assert_eq!(events["items"][0]["source"], "data-sync");
+}
+
+// ---- failures, retries, cancellation --------------------------------------------------------
+
+#[test]
+fn a_transient_failure_is_retried_up_to_max_attempts_and_a_permanent_one_is_not() {
+    let server = Server::start_with(ServerOptions {
+        retry_base_delay: "50ms".to_owned(),
+        ..ServerOptions::default()
+    });
+    server.upload(&guests::guest("hostile"));
+    let transient = id(&server.create_job(
+        &json!({"name": "flaky", "module": "hostile", "job": "fail-transient", "maxAttempts": 3}),
+    ));
+    let permanent = id(&server.create_job(
+        &json!({"name": "broken", "module": "hostile", "job": "fail-permanent", "maxAttempts": 3}),
+    ));
+    let first = server.execute(&transient, None);
+    let broken = server.execute(&permanent, None);
+
+    let mut attempts = Vec::new();
+    let all_done = server.wait_until(RUN, || {
+        attempts = server.executions(&format!("jobId={transient}"));
+        attempts.len() == 3 && attempts.iter().all(is_final)
+    });
+    assert!(all_done, "three final attempts expected: {attempts:#?}");
+    attempts.sort_by_key(|e| e["attempt"].as_u64());
+    let numbers: Vec<u64> = attempts
+        .iter()
+        .map(|e| e["attempt"].as_u64().unwrap())
+        .collect();
+    assert_eq!(numbers, [1, 2, 3]);
+    assert_eq!(attempts[0]["id"], first.as_str());
+    assert_eq!(attempts[0]["retryOf"], Value::Null);
+    for retry in &attempts[1..] {
+        assert_eq!(retry["retryOf"], first.as_str(), "{retry}");
+        assert_eq!(retry["trigger"], "retry", "{retry}");
+    }
+    for attempt in &attempts {
+        assert_eq!(attempt["status"], "FAILED", "{attempt}");
+        assert_eq!(attempt["errorKind"], "TRANSIENT", "{attempt}");
+        assert!(
+            attempt["error"]
+                .as_str()
+                .unwrap()
+                .contains("fixture transient failure")
+        );
+    }
+
+    let execution = server.wait_final(&broken, RUN);
+    assert_eq!(execution["status"], "FAILED");
+    assert_eq!(execution["errorKind"], "PERMANENT");
+    assert!(
+        execution["error"]
+            .as_str()
+            .unwrap()
+            .contains("fixture permanent failure")
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(server.executions(&format!("jobId={permanent}")).len(), 1);
+    assert_eq!(server.executions(&format!("jobId={transient}")).len(), 3);
+}
+
+#[test]
+fn a_cancelled_queued_execution_never_starts_and_a_cancelled_spin_stops_quickly() {
+    let server = Server::start_with(ServerOptions {
+        workers: 1,
+        ..ServerOptions::default()
+    });
+    server.upload(&guests::guest("hostile"));
+    let spin = id(&server.create_job(&json!({
+        "name": "spin", "module": "hostile", "job": "spin",
+        "fuel": 400_000_000_000_u64, "timeoutMs": 30_000,
+    })));
+    let echo = id(&server.create_job(&json!({"name": "echo", "module": "hostile", "job": "echo"})));
+
+    let spinning = server.execute(&spin, None);
+    let running = server.wait_until(RUN, || server.execution(&spinning)["status"] == "RUNNING");
+    assert!(
+        running,
+        "the spin never started: {}",
+        server.execution(&spinning)
+    );
+    // The only worker is busy: this one stays queued.
+    let waiting = server.execute(&echo, None);
+    let reply = server.post(&format!("/api/v1/executions/{waiting}/cancel"));
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.body["status"], "CANCELLED");
+    let reply = server.post(&format!("/api/v1/executions/{waiting}/cancel"));
+    assert_eq!((reply.status, reply.code()), (409, "conflict"));
+
+    let asked = Instant::now();
+    let reply = server.post(&format!("/api/v1/executions/{spinning}/cancel"));
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let execution = server.wait_final(&spinning, Duration::from_secs(5));
+    assert_eq!(execution["status"], "CANCELLED", "{execution}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        asked.elapsed()
+    );
+
+    // The worker is free now; the cancelled one still never runs.
+    let after = server.execute(&echo, None);
+    assert_eq!(server.wait_final(&after, RUN)["status"], "COMPLETED");
+    let cancelled = server.execution(&waiting);
+    assert_eq!(cancelled["status"], "CANCELLED");
+    assert_eq!(cancelled["startedAt"], Value::Null, "{cancelled}");
+}
+
+#[test]
+fn every_hostile_job_ends_with_a_fitting_status_while_the_server_stays_healthy() {
+    let server = Server::start_with(ServerOptions {
+        workers: 4,
+        ..ServerOptions::default()
+    });
+    server.upload(&guests::guest("hostile"));
+    // (job, extra definition, status, errorKind, error text)
+    let cases = [
+        (
+            "spin",
+            json!({"fuel": 50_000_000}),
+            "FAILED",
+            "OUT_OF_FUEL",
+            "fuel",
+        ),
+        (
+            "memory-bomb",
+            json!({"memoryBytes": 32 << 20}),
+            "FAILED",
+            "MEMORY_LIMIT_EXCEEDED",
+            "memory",
+        ),
+        (
+            "deep-recursion",
+            json!({}),
+            "FAILED",
+            "TRAP",
+            "stack overflow",
+        ),
+        (
+            "huge-output",
+            json!({}),
+            "FAILED",
+            "OUTPUT_TOO_LARGE",
+            "limit",
+        ),
+        ("panic", json!({}), "FAILED", "TRAP", "fixture panic"),
+        ("trap", json!({}), "FAILED", "TRAP", "unreachable"),
+        (
+            "log-flood",
+            json!({"timeoutMs": 120_000}),
+            "COMPLETED",
+            "",
+            "",
+        ),
+        (
+            "stdout-flood",
+            json!({"timeoutMs": 120_000}),
+            "COMPLETED",
+            "",
+            "",
+        ),
+    ];
+    let mut runs = Vec::new();
+    for (job, extra, ..) in &cases {
+        let mut definition = json!({"name": job, "module": "hostile", "job": job});
+        definition
+            .as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        let job_id = id(&server.create_job(&definition));
+        runs.push(server.execute(&job_id, None));
+    }
+    let mut finished = HashMap::new();
+    let all_done = server.wait_until(Duration::from_secs(120), || {
+        let health = server.get("/healthz");
+        assert_eq!(health.status, 200, "the server stopped answering /healthz");
+        for run in &runs {
+            if !finished.contains_key(run) {
+                let execution = server.execution(run);
+                if is_final(&execution) {
+                    finished.insert(run.clone(), execution);
+                }
+            }
+        }
+        finished.len() == runs.len()
+    });
+    assert!(all_done, "only {} of {} ended", finished.len(), runs.len());
+    for ((job, _, status, kind, text), run) in cases.iter().zip(&runs) {
+        let execution = &finished[run];
+        assert_eq!(execution["status"], *status, "{job}: {execution}");
+        if !kind.is_empty() {
+            assert_eq!(execution["errorKind"], *kind, "{job}: {execution}");
+            let error = execution["error"].as_str().unwrap_or_default();
+            assert!(error.contains(text), "{job}: {error}");
+        }
+    }
+    for (job, run) in [("log-flood", &runs[6]), ("stdout-flood", &runs[7])] {
+        let logs = server.logs(run);
+        let last = logs.last().unwrap()["message"].as_str().unwrap();
+        assert!(
+            last.contains("dropped"),
+            "{job}: the cap is reported, got `{last}`"
+        );
+        assert!(logs.len() <= 10_001, "{job}: {} lines kept", logs.len());
+    }
+    assert_eq!(server.logs(&runs[7])[0]["fields"]["stream"], "stdout");
+    assert_eq!(server.get("/readyz").status, 200);
+}
+
+// ---- following logs -----------------------------------------------------------------------
+
+#[test]
+fn following_a_run_streams_its_lines_in_order_then_end() {
+    let server = Server::start();
+    server.upload(&guests::guest("hostile"));
+    server.upload(&guests::guest("data-sync"));
+    let flood = id(&server.create_job(
+        &json!({"name": "flood", "module": "hostile", "job": "log-flood", "timeoutMs": 120_000}),
+    ));
+    let sync = id(&server.create_job(&json!({
+        "name": "sync", "module": "data-sync", "job": "hourly-sync",
+        "input": {"records": [{"id": "a", "name": "A", "value": 1}]},
+    })));
+
+    let run = server.execute(&flood, None);
+    let events = server.follow(&run, Duration::from_secs(120));
+    let (last_name, last_data) = events.last().expect("some events");
+    assert_eq!(last_name, "end", "the stream ends with `end`");
+    assert_eq!(last_data["status"], "COMPLETED");
+    let lines: Vec<&Value> = events
+        .iter()
+        .filter(|(name, _)| name == "log")
+        .map(|(_, line)| line)
+        .collect();
+    let seqs: Vec<u64> = lines.iter().map(|l| l["seq"].as_u64().unwrap()).collect();
+    assert_eq!(
+        seqs,
+        (0..seqs.len() as u64).collect::<Vec<_>>(),
+        "every line once, in order"
+    );
+    assert_eq!(
+        lines.len(),
+        server.logs(&run).len(),
+        "the stream has every stored line"
+    );
+    assert!(
+        lines[0]["ts"].is_u64() && lines[0]["level"] == "info",
+        "{}",
+        lines[0]
+    );
+
+    let run = server.execute(&sync, None);
+    let events = server.follow(&run, RUN);
+    let names: Vec<&str> = events.iter().map(|(name, _)| name.as_str()).collect();
+    assert_eq!(names, ["log", "log", "end"]);
+    assert_eq!(events[0].1["message"], "sync started");
+    assert_eq!(events[2].1, json!({"status": "COMPLETED"}));
+}
+
+// ---- crashes -------------------------------------------------------------------------------
+
+#[test]
+fn killing_the_server_mid_bulk_loses_no_execution_and_finishes_each_exactly_once() {
+    const BULK: usize = 500;
+    let mut server = Server::start();
+    server.upload(&guests::guest("hello"));
+    let job = id(&server.create_job(&json!({"name": "noop", "module": "hello", "job": "noop"})));
+    let reply = server.post_json(
+        &format!("/api/v1/jobs/{job}/execute-bulk"),
+        &json!({"count": BULK}),
+    );
+    assert_eq!(reply.status, 202, "{}", reply.body);
+    assert_eq!(reply.body["count"], BULK);
+    let ids: HashSet<String> = reply.body["executionIds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|id| id.as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids.len(), BULK);
+
+    let mut completed_before_kill = 0;
+    server.wait_until(RUN, || {
+        completed_before_kill = server
+            .executions(&format!("jobId={job}&status=COMPLETED"))
+            .len();
+        completed_before_kill > 0
+    });
+    server.kill();
+    assert!(
+        completed_before_kill < BULK,
+        "the bulk was over before the kill; make it bigger"
+    );
+    server.restart();
+
+    // The data directory is locked by one process at a time, so the restarted server
+    // takes over what the dead one held at once instead of waiting out the lease.
+    let mut executions = Vec::new();
+    let settled = server.wait_until(Duration::from_secs(20), || {
+        executions = server.executions(&format!("jobId={job}"));
+        executions.iter().all(is_final)
+    });
+    let stuck: Vec<&Value> = executions.iter().filter(|e| !is_final(e)).collect();
+    assert!(
+        settled,
+        "{} executions never ended, e.g. {:?}",
+        stuck.len(),
+        stuck.first()
+    );
+    let found: HashSet<String> = executions.iter().map(id).collect();
+    assert_eq!(executions.len(), BULK, "no execution lost or duplicated");
+    assert_eq!(found, ids);
+    let mut by_status: HashMap<&str, usize> = HashMap::new();
+    for execution in &executions {
+        assert_eq!(execution["attempt"], 1, "{execution}");
+        let status = execution["status"].as_str().unwrap();
+        *by_status.entry(status).or_default() += 1;
+        assert!(
+            status == "COMPLETED"
+                || execution["error"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains("lease"),
+            "{execution}"
+        );
+    }
+    eprintln!("{completed_before_kill} completed before the kill; in the end: {by_status:?}");
+    assert!(
+        by_status.get("COMPLETED").copied().unwrap_or(0) > 0,
+        "{by_status:?}"
+    );
+    // Nothing more happens to them.
+    std::thread::sleep(Duration::from_millis(500));
+    let again = server.executions(&format!("jobId={job}"));
+    assert_eq!(again.len(), BULK);
+    let before: HashMap<String, Value> = executions
+        .iter()
+        .map(|e| (id(e), e["status"].clone()))
+        .collect();
+    assert!(again.iter().all(|e| before[&id(e)] == e["status"]));
+}
+
+#[test]
+fn sigterm_stops_the_server_cleanly_and_a_restart_keeps_everything() {
+    let mut server = Server::start();
+    server.upload(&guests::guest("hello"));
+    let job = id(&server.create_job(
+        &json!({"name": "greet", "module": "hello", "job": "greet", "input": {"name": "Ada"}}),
+    ));
+    let run = server.execute(&job, None);
+    let execution = server.wait_final(&run, RUN);
+    assert_eq!(execution["result"], json!({"greeting": "Hello, Ada!"}));
+    let status = server.stop();
+    assert!(status.success(), "exit status {status}");
+    server.restart();
+    assert_eq!(server.execution(&run)["status"], "COMPLETED");
+    assert_eq!(server.get(&format!("/api/v1/jobs/{job}")).status, 200);
+    let run = server.execute(&job, Some(json!({"name": "again"})));
+    assert_eq!(
+        server.wait_final(&run, RUN)["result"],
+        json!({"greeting": "Hello, again!"})
+    );
+}
