@@ -41,7 +41,7 @@ impl Default for WorkerSettings {
     fn default() -> Self {
         Self {
             concurrency: 8,
-            claim_batch: 256,
+            claim_batch: 128,
             lease: Duration::from_secs(30),
             node_id: format!("node-{}", &new_id()[24..]),
             retry_base_delay: Duration::from_secs(1),
@@ -201,20 +201,14 @@ async fn dispatch(shared: Arc<Shared>, running: Arc<Semaphore>, mut stop: watch:
         if *stop.borrow() {
             break;
         }
-        // Claim only what can start now, so claimed work never waits behind a slow run.
+        // Take work only with a slot free; claim in batches, because a database round
+        // trip per execution would cap throughput far below what the runtime can do.
         let first = tokio::select! {
             permit = running.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
             _ = stop.changed() => break,
         };
-        let extra = running
-            .available_permits()
-            .min(shared.settings.claim_batch.saturating_sub(1));
-        let mut permits = vec![first];
-        if let Ok(more) = running.clone().try_acquire_many_owned(extra as u32) {
-            permits.extend(split_permits(more));
-        }
         let deliveries = tokio::select! {
-            popped = services.queue.pop(permits.len(), Duration::from_millis(500)) => popped,
+            popped = services.queue.pop(shared.settings.claim_batch, Duration::from_millis(500)) => popped,
             _ = stop.changed() => break,
         };
         let deliveries = match deliveries {
@@ -248,40 +242,59 @@ async fn dispatch(shared: Arc<Shared>, running: Arc<Semaphore>, mut stop: watch:
         if claimed.is_empty() {
             continue;
         }
+        // Registered at once, so a claimed execution waiting for a slot keeps its lease
+        // renewed and can be cancelled before it starts.
+        let tokens: Vec<CancelToken> = claimed
+            .iter()
+            .map(|c| {
+                let token = CancelToken::default();
+                services.running.register(&c.id, token.clone());
+                token
+            })
+            .collect();
         let jobs = match load_jobs(services, &claimed).await {
             Ok(jobs) => jobs,
             Err(err) => {
                 tracing::warn!(error = %err, "could not load jobs; requeueing claimed executions");
-                let ids: Vec<String> = claimed.iter().map(|c| c.id.clone()).collect();
-                let _ = services.store.requeue_executions(&ids).await;
+                requeue_unstarted(services, &claimed).await;
                 continue;
             }
         };
-        for (claimed, permit) in claimed.into_iter().zip(permits.drain(..)) {
-            let job = jobs.get(&claimed.job_id).cloned();
+        let mut first = Some(first);
+        let mut pending = claimed.into_iter().zip(tokens);
+        while let Some((execution, cancel)) = pending.next() {
+            let permit = match first.take() {
+                Some(permit) => permit,
+                None => tokio::select! {
+                    permit = running.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+                    _ = stop.changed() => {
+                        let rest: Vec<ClaimedExecution> =
+                            std::iter::once(execution).chain(pending.map(|(e, _)| e)).collect();
+                        requeue_unstarted(services, &rest).await;
+                        return;
+                    }
+                },
+            };
+            let job = jobs.get(&execution.job_id).cloned();
             let shared = shared.clone();
             tokio::spawn(async move {
-                run_one(&shared, claimed, job).await;
+                run_one(&shared, execution, job, cancel).await;
                 drop(permit);
             });
         }
     }
 }
 
-fn split_permits(
-    permit: tokio::sync::OwnedSemaphorePermit,
-) -> Vec<tokio::sync::OwnedSemaphorePermit> {
-    let mut permit = permit;
-    let mut single = Vec::with_capacity(permit.num_permits());
-    while permit.num_permits() > 1 {
-        if let Some(one) = permit.split(1) {
-            single.push(one);
-        }
+/// Gives claimed executions that never started back to the queue.
+async fn requeue_unstarted(services: &Services, claimed: &[ClaimedExecution]) {
+    let ids: Vec<String> = claimed.iter().map(|c| c.id.clone()).collect();
+    for id in &ids {
+        services.running.unregister(id);
     }
-    if permit.num_permits() == 1 {
-        single.push(permit);
+    if let Err(err) = services.store.requeue_executions(&ids).await {
+        tracing::warn!(error = %err, "could not requeue claimed executions; the reconciler will take them over");
     }
-    single
+    let _ = services.queue.push(&ids).await;
 }
 
 async fn load_jobs(
@@ -318,20 +331,28 @@ async fn refuse(shared: &Shared, claimed: &ClaimedExecution, reason: String) {
         .await;
 }
 
-async fn run_one(shared: &Shared, claimed: ClaimedExecution, job: Option<Job>) {
+async fn run_one(
+    shared: &Shared,
+    claimed: ClaimedExecution,
+    job: Option<Job>,
+    cancel: CancelToken,
+) {
     let services = &shared.services;
     let Some(job) = job else {
+        services.running.unregister(&claimed.id);
         refuse(shared, &claimed, "its job was deleted before it ran".into()).await;
         return;
     };
     let module = match services.modules.resolve(&job.module).await {
         Ok(module) => module,
         Err(crate::services::modules::Unrunnable::Unavailable(reason)) => {
+            services.running.unregister(&claimed.id);
             tracing::warn!(execution = %claimed.id, %reason, "module lookup failed; requeueing");
             let _ = shared.recorder.send(Recorded::Requeue(claimed.id)).await;
             return;
         }
         Err(reason) => {
+            services.running.unregister(&claimed.id);
             refuse(shared, &claimed, reason.to_string()).await;
             return;
         }
@@ -339,8 +360,6 @@ async fn run_one(shared: &Shared, claimed: ClaimedExecution, job: Option<Job>) {
     let spec = module.manifest.job(&job.job);
     let limits = effective_limits(&job, spec, &services.settings.defaults);
     let caps = &module.manifest.capabilities;
-    let cancel = CancelToken::default();
-    services.running.register(&claimed.id, cancel.clone());
     let request = RunRequest {
         job: job.job.clone(),
         input: claimed.input.clone(),

@@ -24,8 +24,10 @@ const CORE_INSTANCES_PER_COMPONENT: u32 = 16;
 const MEMORIES_PER_COMPONENT: u32 = 4;
 const TABLES_PER_COMPONENT: u32 = 16;
 /// Memory kept mapped between runs in a pooled slot; resetting it costs a scan of the
-/// dirty pages rather than an `madvise` and page faults on the next run.
-const KEEP_RESIDENT_BYTES: usize = 16 * 1024 * 1024;
+/// dirty pages rather than an `madvise` and page faults on the next run. The scan walks
+/// the whole kept range, so it is sized to a typical guest (about 1 MiB of linear memory):
+/// 2 MiB measured 12.6 µs per no-op run against 14.5 µs with 16 MiB.
+const KEEP_RESIDENT_BYTES: usize = 2 * 1024 * 1024;
 
 /// How the engine is set up. Changing any of these changes compiled artifacts, so the
 /// artifact cache keys on the engine's compatibility hash.
