@@ -62,12 +62,7 @@ async fn load(runtime: &Runtime, package: &str) -> Arc<LoadedModule> {
 }
 
 fn granted(module: &LoadedModule) -> Arc<Grants> {
-    let caps = &module.manifest.capabilities;
-    Arc::new(Grants {
-        key_value: caps.key_value,
-        publishes: caps.publishes.clone(),
-        outbound_hosts: caps.outbound_hosts.clone(),
-    })
+    Arc::new(Grants::as_requested(&module.manifest.capabilities))
 }
 
 fn request(job: &str, input: &str, limits: Limits) -> RunRequest {

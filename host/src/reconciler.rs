@@ -43,14 +43,6 @@ pub async fn reconcile(
         }
         services.queue.push(&queued).await?;
     }
-    if startup {
-        // Delayed retries not yet due wait for a later pass.
-        if let Some(next) = services.store.next_queued_due().await?
-            && next > now
-        {
-            tracing::debug!(next, "queued executions waiting for their retry time");
-        }
-    }
     for execution in services
         .store
         .expired_executions(expiry_horizon, 1_000)

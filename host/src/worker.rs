@@ -359,7 +359,6 @@ async fn run_one(
     };
     let spec = module.manifest.job(&job.job);
     let limits = effective_limits(&job, spec, &services.settings.defaults);
-    let caps = &module.manifest.capabilities;
     let request = RunRequest {
         job: job.job.clone(),
         input: claimed.input.clone(),
@@ -371,11 +370,7 @@ async fn run_one(
         },
         limits,
         // Until capability approval exists, a module gets what its manifest declares.
-        grants: Arc::new(Grants {
-            key_value: caps.key_value,
-            publishes: caps.publishes.clone(),
-            outbound_hosts: caps.outbound_hosts.clone(),
-        }),
+        grants: Arc::new(Grants::as_requested(&module.manifest.capabilities)),
         config: Arc::default(),
         cancel,
         log_observer: Some(services.logs.start(&claimed.id)),

@@ -157,34 +157,19 @@ pub(super) fn run(args: RunArgs) -> ExitStatus {
             Ok(module) => module,
             Err(status) => return status,
         };
-        let hint = module.manifest.job(&args.job);
-        let defaults = Limits::default();
-        let limits = Limits {
-            fuel: args
-                .fuel
-                .or(hint.and_then(|j| j.fuel))
-                .unwrap_or(defaults.fuel),
-            timeout: args
-                .timeout
-                .or(hint
-                    .and_then(|j| j.timeout_ms)
-                    .map(|ms| Duration::from_millis(ms.into())))
-                .unwrap_or(defaults.timeout),
-            memory_bytes: args.memory.unwrap_or(defaults.memory_bytes),
-            ..defaults
-        };
+        let limits = Limits::default().resolve(
+            args.fuel,
+            args.timeout,
+            args.memory,
+            module.manifest.job(&args.job),
+        );
         if let Err(err) = limits.check_within(&Limits::default_ceiling()) {
             eprintln!("error: {err}");
             return ExitStatus::Usage;
         }
         // A local run is the author running their own module: grant what it asks for.
-        let caps = &module.manifest.capabilities;
         let mut request = RunRequest::new(&args.job, input, limits);
-        request.grants = Arc::new(Grants {
-            key_value: caps.key_value,
-            publishes: caps.publishes.clone(),
-            outbound_hosts: caps.outbound_hosts.clone(),
-        });
+        request.grants = Arc::new(Grants::as_requested(&module.manifest.capabilities));
         request.config = Arc::new(args.settings.iter().cloned().collect::<BTreeMap<_, _>>());
         request.context.execution_id = "local".into();
         request.log_observer = Some(Arc::new(|entry: &LogEntry| {

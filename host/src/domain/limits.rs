@@ -52,6 +52,28 @@ impl Limits {
         }
     }
 
+    /// The limits of a run: what was asked for explicitly, else the module's hint for the
+    /// job, else these defaults. Log and output caps always come from the defaults.
+    pub fn resolve(
+        &self,
+        fuel: Option<u64>,
+        timeout: Option<Duration>,
+        memory_bytes: Option<u64>,
+        hint: Option<&super::JobSpec>,
+    ) -> Limits {
+        let hint_timeout = hint
+            .and_then(|spec| spec.timeout_ms)
+            .map(|ms| Duration::from_millis(ms.into()));
+        Limits {
+            fuel: fuel
+                .or(hint.and_then(|spec| spec.fuel))
+                .unwrap_or(self.fuel),
+            timeout: timeout.or(hint_timeout).unwrap_or(self.timeout),
+            memory_bytes: memory_bytes.unwrap_or(self.memory_bytes),
+            ..*self
+        }
+    }
+
     /// Checks every limit against `ceiling`, naming the first one above it.
     pub fn check_within(&self, ceiling: &Limits) -> Result<(), LimitsError> {
         let checks = [

@@ -45,6 +45,16 @@ pub struct Grants {
 }
 
 impl Grants {
+    /// Everything `capabilities` asks for. Used where nobody approves: a local run of
+    /// the author's own module, and the server until capability approval exists.
+    pub fn as_requested(capabilities: &super::Capabilities) -> Self {
+        Self {
+            key_value: capabilities.key_value,
+            publishes: capabilities.publishes.clone(),
+            outbound_hosts: capabilities.outbound_hosts.clone(),
+        }
+    }
+
     /// Whether publishing on `topic` is allowed: an exact match, or a pattern ending in
     /// `.*` that matches the topic's prefix and at least one more segment.
     pub fn may_publish(&self, topic: &str) -> bool {

@@ -107,20 +107,12 @@ pub fn is_valid_topic_pattern(pattern: &str) -> bool {
 /// The limits a run of `job` gets: the job's own, else the module's hint, else the
 /// server's defaults.
 pub fn effective_limits(job: &Job, spec: Option<&JobSpec>, defaults: &Limits) -> Limits {
-    let hint_timeout = spec.and_then(|s| s.timeout_ms).map(u64::from);
-    Limits {
-        fuel: job
-            .fuel
-            .or(spec.and_then(|s| s.fuel))
-            .unwrap_or(defaults.fuel),
-        timeout: job
-            .timeout_ms
-            .or(hint_timeout)
-            .map(Duration::from_millis)
-            .unwrap_or(defaults.timeout),
-        memory_bytes: job.memory_bytes.unwrap_or(defaults.memory_bytes),
-        ..*defaults
-    }
+    defaults.resolve(
+        job.fuel,
+        job.timeout_ms.map(Duration::from_millis),
+        job.memory_bytes,
+        spec,
+    )
 }
 
 impl Services {
@@ -279,37 +271,23 @@ impl Services {
             memory_bytes,
             on_event,
         } = patch;
-        if let Some(name) = name {
-            job.name = name;
+        /// Absent means unchanged.
+        fn apply<T>(field: &mut T, change: Option<T>) {
+            if let Some(value) = change {
+                *field = value;
+            }
         }
         let job_changed = module_job.is_some();
-        if let Some(module_job) = module_job {
-            job.job = module_job;
-        }
-        if let Some(schedule) = schedule {
-            job.schedule = schedule;
-        }
-        if let Some(input) = input {
-            job.input = input;
-        }
-        if let Some(enabled) = enabled {
-            job.enabled = enabled;
-        }
-        if let Some(max_attempts) = max_attempts {
-            job.max_attempts = max_attempts;
-        }
-        if let Some(timeout_ms) = timeout_ms {
-            job.timeout_ms = timeout_ms;
-        }
-        if let Some(fuel) = fuel {
-            job.fuel = fuel;
-        }
-        if let Some(memory_bytes) = memory_bytes {
-            job.memory_bytes = memory_bytes;
-        }
-        if let Some(on_event) = on_event {
-            job.on_event = on_event;
-        }
+        apply(&mut job.name, name);
+        apply(&mut job.job, module_job);
+        apply(&mut job.schedule, schedule);
+        apply(&mut job.input, input);
+        apply(&mut job.enabled, enabled);
+        apply(&mut job.max_attempts, max_attempts);
+        apply(&mut job.timeout_ms, timeout_ms);
+        apply(&mut job.fuel, fuel);
+        apply(&mut job.memory_bytes, memory_bytes);
+        apply(&mut job.on_event, on_event);
         self.check_job(&job)?;
         if job_changed {
             self.module_job(&job.module, &job.job).await?;
