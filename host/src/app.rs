@@ -11,11 +11,13 @@ use tokio::sync::watch;
 
 use crate::queue::{MemoryQueue, Queue};
 use crate::runtime::{EngineSettings, HostServices, Runtime, RuntimeConfig};
+use crate::services::auth::jwt::{KeyError, SigningKey};
+use crate::services::auth::{AuthService, AuthSettings, random_secret};
 use crate::services::{
     EventBus, JobDraft, LogHub, ModuleCatalog, RunningRegistry, ServiceSettings, Services,
     StoreEventSink, StoreKeyValue, StoreMetricsSink,
 };
-use crate::store::{SqliteStore, Store};
+use crate::store::{AuthStore, SqliteStore, Store};
 use crate::worker::{WorkerPool, WorkerSettings};
 
 /// Everything `runcell serve` needs, parsed once at the edge.
@@ -28,7 +30,42 @@ pub struct ServeConfig {
     pub examples: Option<PathBuf>,
     pub retry_base_delay: Duration,
     pub shutdown_grace: Duration,
+    pub auth: AuthConfig,
 }
+
+/// How the server authenticates.
+#[derive(Debug, Clone, Default)]
+pub struct AuthConfig {
+    /// The first-start `admin` password; generated and printed once when absent.
+    pub admin_password: Option<Secret>,
+    /// The HS256 signing key; generated and kept in the data directory when absent.
+    pub jwt_secret: Option<Secret>,
+    pub access_ttl: Option<Duration>,
+    pub refresh_ttl: Option<Duration>,
+}
+
+/// A configured secret: usable, never printed (`Debug` shows `***`).
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: String) -> Self {
+        Self(value)
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// Where the generated JWT signing key of an embedded deployment is kept.
+const JWT_SECRET_FILE: &str = "jwt-secret";
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +82,12 @@ pub enum StartError {
     DataDirInUse(PathBuf),
     #[error("cannot open the database: {0}")]
     Store(#[from] crate::store::StoreError),
+    #[error("RUNCELL_JWT_SECRET: {0}")]
+    JwtSecret(KeyError),
+    #[error("cannot use the JWT secret file {path}: {message}")]
+    JwtSecretFile { path: PathBuf, message: String },
+    #[error("cannot set up authentication: {0}")]
+    Auth(#[from] crate::services::ServiceError),
     #[error(transparent)]
     Runtime(#[from] crate::runtime::RuntimeError),
     #[error("cannot listen on {addr}: {source}")]
@@ -104,9 +147,17 @@ pub async fn serve(config: ServeConfig) -> Result<(), StartError> {
         source,
     })?;
     let _data_dir_lock = lock_data_dir(&config.data_dir)?;
-    let store: Arc<dyn Store> =
-        Arc::new(SqliteStore::open(&config.data_dir.join("runcell.db")).await?);
+    let sqlite = Arc::new(SqliteStore::open(&config.data_dir.join("runcell.db")).await?);
+    let store: Arc<dyn Store> = sqlite.clone();
+    let auth_store: Arc<dyn AuthStore> = sqlite;
     let queue: Arc<dyn Queue> = Arc::new(MemoryQueue::default());
+    let key = match &config.auth.jwt_secret {
+        Some(secret) => {
+            SigningKey::from_secret(secret.expose().as_bytes()).map_err(StartError::JwtSecret)?
+        }
+        None => load_or_create_key_file(&config.data_dir.join(JWT_SECRET_FILE))?,
+    };
+    let auth = build_auth(auth_store, key, &config.auth).await?;
     let services = build_services(
         store,
         queue,
@@ -140,6 +191,7 @@ pub async fn serve(config: ServeConfig) -> Result<(), StartError> {
     readiness.set_workers_running(true);
     let router = crate::api::router(crate::api::ApiState {
         services: services.clone(),
+        auth,
         readiness: readiness.clone(),
     });
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -160,15 +212,19 @@ pub async fn serve(config: ServeConfig) -> Result<(), StartError> {
     }
     tracing::info!(%addr, workers = config.workers, "runcell serving");
 
-    let served = axum::serve(listener, router)
-        .with_graceful_shutdown({
-            let readiness = readiness.clone();
-            async move {
-                shutdown_signal().await;
-                readiness.begin_shutdown();
-            }
-        })
-        .await;
+    let served = axum::serve(
+        listener,
+        // The client's address feeds login throttling.
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown({
+        let readiness = readiness.clone();
+        async move {
+            shutdown_signal().await;
+            readiness.begin_shutdown();
+        }
+    })
+    .await;
     if let Err(err) = served {
         tracing::error!(error = %err, "HTTP server failed");
     }
@@ -179,6 +235,64 @@ pub async fn serve(config: ServeConfig) -> Result<(), StartError> {
     pool.shutdown(config.shutdown_grace).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The auth service, with the first-start admin created if there is no user yet. A
+/// generated password is printed on the console once, never logged.
+pub async fn build_auth(
+    store: Arc<dyn AuthStore>,
+    key: SigningKey,
+    config: &AuthConfig,
+) -> Result<AuthService, StartError> {
+    let defaults = AuthSettings::default();
+    let settings = AuthSettings {
+        access_ttl_ms: config
+            .access_ttl
+            .map_or(defaults.access_ttl_ms, |ttl| ttl.as_millis() as i64),
+        refresh_ttl_ms: config
+            .refresh_ttl
+            .map_or(defaults.refresh_ttl_ms, |ttl| ttl.as_millis() as i64),
+        ..defaults
+    };
+    let auth = AuthService::new(store, key, settings, AuthService::system_clock()).await?;
+    let configured = config
+        .admin_password
+        .as_ref()
+        .map(|secret| secret.expose().to_owned());
+    if let Some(password) = auth.ensure_first_admin(configured).await? {
+        println!("created user `admin` with the generated password: {password}");
+        println!(
+            "  it is shown only this once: store it, or set RUNCELL_ADMIN_PASSWORD on a fresh data directory"
+        );
+    }
+    Ok(auth)
+}
+
+/// The signing key kept in `path`, created (readable by this user only) on first use.
+fn load_or_create_key_file(path: &Path) -> Result<SigningKey, StartError> {
+    let failure = |message: String| StartError::JwtSecretFile {
+        path: path.to_path_buf(),
+        message,
+    };
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(mut file) => {
+            let secret = random_secret(32);
+            std::io::Write::write_all(&mut file, secret.as_bytes())
+                .and_then(|()| file.sync_all())
+                .map_err(|err| failure(err.to_string()))?;
+            SigningKey::from_secret(secret.as_bytes()).map_err(|err| failure(err.to_string()))
+        }
+        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {
+            let secret = std::fs::read_to_string(path).map_err(|err| failure(err.to_string()))?;
+            SigningKey::from_secret(secret.trim().as_bytes())
+                .map_err(|err| failure(err.to_string()))
+        }
+        Err(err) => Err(failure(err.to_string())),
+    }
 }
 
 /// The embedded database is this process's alone: a second server on the same data

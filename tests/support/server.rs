@@ -22,6 +22,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 /// Between two polls of a condition.
 const POLL: Duration = Duration::from_millis(50);
+/// The first-start admin's password in every test server.
+pub const ADMIN_PASSWORD: &str = "test admin password";
 
 /// How to start a server.
 #[derive(Debug, Clone)]
@@ -31,6 +33,9 @@ pub struct ServerOptions {
     pub retry_base_delay: String,
     /// More `RUNCELL_*` variables.
     pub env: Vec<(String, String)>,
+    /// Leave `RUNCELL_ADMIN_PASSWORD` unset, so the server generates the first admin's
+    /// password and prints it; the harness reads it from the output to log in.
+    pub generated_admin_password: bool,
 }
 
 impl Default for ServerOptions {
@@ -39,6 +44,7 @@ impl Default for ServerOptions {
             workers: 2,
             retry_base_delay: "50ms".to_owned(),
             env: Vec::new(),
+            generated_admin_password: false,
         }
     }
 }
@@ -80,6 +86,8 @@ pub struct Server {
     options: ServerOptions,
     agent: ureq::Agent,
     output: Arc<Mutex<String>>,
+    /// The admin's access token, sent with every request unless a test says otherwise.
+    token: Option<String>,
 }
 
 impl Server {
@@ -103,6 +111,7 @@ impl Server {
             options,
             agent,
             output,
+            token: None,
         };
         server.spawn();
         server
@@ -120,6 +129,11 @@ impl Server {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        if self.options.generated_admin_password {
+            command.env_remove("RUNCELL_ADMIN_PASSWORD");
+        } else {
+            command.env("RUNCELL_ADMIN_PASSWORD", ADMIN_PASSWORD);
+        }
         for (key, value) in &self.options.env {
             command.env(key, value);
         }
@@ -136,6 +150,41 @@ impl Server {
         });
         self.base = address;
         self.wait_ready();
+        let password = match self.generated_admin_password() {
+            Some(password) if self.options.generated_admin_password => password,
+            _ => ADMIN_PASSWORD.to_owned(),
+        };
+        self.token = Some(self.login("admin", &password));
+    }
+
+    /// The password the server generated for `admin` and printed, if it did.
+    pub fn generated_admin_password(&self) -> Option<String> {
+        const MARK: &str = "created user `admin` with the generated password: ";
+        let output = self.output();
+        let line = output.lines().find(|line| line.contains(MARK))?;
+        Some(line.split(MARK).nth(1)?.trim().to_owned())
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        self.data_dir.path()
+    }
+
+    /// Logs in as a real client does; returns the access token.
+    pub fn login(&self, username: &str, password: &str) -> String {
+        let body = serde_json::json!({"username": username, "password": password}).to_string();
+        let reply = self.request_as(
+            None,
+            "POST",
+            "/api/v1/auth/login",
+            Some(("application/json", body.as_bytes())),
+        );
+        assert_eq!(reply.status, 200, "login as {username}: {}", reply.body);
+        reply.body["accessToken"].as_str().unwrap().to_owned()
+    }
+
+    /// The admin's access token of the current process.
+    pub fn token(&self) -> &str {
+        self.token.as_deref().expect("logged in")
     }
 
     fn wait_ready(&mut self) {
@@ -147,7 +196,7 @@ impl Server {
                     self.output()
                 );
             }
-            if let Ok(reply) = self.try_request("GET", "/readyz", None)
+            if let Ok(reply) = self.try_request(None, "GET", "/readyz", None)
                 && reply.status == 200
             {
                 return;
@@ -231,25 +280,28 @@ impl Server {
 
     fn try_request(
         &self,
+        token: Option<&str>,
         method: &str,
         path: &str,
         body: Option<(&str, &[u8])>,
     ) -> Result<Reply, ureq::Error> {
         let url = format!("{}{path}", self.base);
+        let authorization = token.map(|token| format!("Bearer {token}"));
+        let authorization = authorization.as_deref();
         let response = match (method, body) {
-            ("GET", _) => self.agent.get(&url).call(),
-            ("DELETE", _) => self.agent.delete(&url).call(),
-            ("POST", None) => self.agent.post(&url).send_empty(),
-            ("POST", Some((content_type, bytes))) => self
-                .agent
-                .post(&url)
-                .header("content-type", content_type)
-                .send(bytes),
-            ("PATCH", Some((content_type, bytes))) => self
-                .agent
-                .patch(&url)
-                .header("content-type", content_type)
-                .send(bytes),
+            ("GET", _) => with_auth(self.agent.get(&url), authorization).call(),
+            ("DELETE", _) => with_auth(self.agent.delete(&url), authorization).call(),
+            ("POST", None) => with_auth(self.agent.post(&url), authorization).send_empty(),
+            ("POST", Some((content_type, bytes))) => {
+                with_auth(self.agent.post(&url), authorization)
+                    .header("content-type", content_type)
+                    .send(bytes)
+            }
+            ("PATCH", Some((content_type, bytes))) => {
+                with_auth(self.agent.patch(&url), authorization)
+                    .header("content-type", content_type)
+                    .send(bytes)
+            }
             (method, _) => panic!("unsupported method {method}"),
         }?;
         let status = response.status().as_u16();
@@ -280,9 +332,20 @@ impl Server {
         })
     }
 
-    /// A request that must reach the server.
+    /// A request that must reach the server, as the admin.
     pub fn request(&self, method: &str, path: &str, body: Option<(&str, &[u8])>) -> Reply {
-        self.try_request(method, path, body)
+        self.request_as(self.token.as_deref(), method, path, body)
+    }
+
+    /// A request that must reach the server, with `token` (or none).
+    pub fn request_as(
+        &self,
+        token: Option<&str>,
+        method: &str,
+        path: &str,
+        body: Option<(&str, &[u8])>,
+    ) -> Reply {
+        self.try_request(token, method, path, body)
             .unwrap_or_else(|err| panic!("{method} {path} failed: {err}\n{}", self.output()))
     }
 
@@ -427,6 +490,7 @@ impl Server {
         let url = format!("{}/api/v1/executions/{id}/logs?follow=true", self.base);
         let response = agent
             .get(&url)
+            .header("authorization", format!("Bearer {}", self.token()))
             .call()
             .expect("the follow request is answered");
         assert_eq!(response.status().as_u16(), 200);
@@ -509,4 +573,14 @@ fn parse_sse(reader: impl BufRead) -> Vec<(String, Value)> {
         }
     }
     events
+}
+
+fn with_auth<B>(
+    request: ureq::RequestBuilder<B>,
+    authorization: Option<&str>,
+) -> ureq::RequestBuilder<B> {
+    match authorization {
+        Some(value) => request.header("authorization", value),
+        None => request,
+    }
 }

@@ -17,7 +17,7 @@ use std::fmt::Display;
 
 use axum::Json;
 use axum::extract::Request;
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
@@ -33,6 +33,10 @@ pub enum ErrorCode {
     /// 400: a field or query parameter is missing, unknown, of the wrong type or
     /// malformed; `details.field` names it.
     InvalidField,
+    /// 401: no credential, or one that is invalid, expired or revoked; log in again.
+    Unauthenticated,
+    /// 403: the credential is valid, but its role may not do this.
+    Forbidden,
     /// 404: no such resource (`details.resource`, `details.id`), or no such route.
     NotFound,
     /// 405: the route exists, the method does not (see the `Allow` header).
@@ -49,6 +53,8 @@ pub enum ErrorCode {
     Unprocessable,
     /// 422: the uploaded file is not a module Runcell can run; the message says why.
     InvalidModule,
+    /// 429: too many attempts (logins); retry after the `Retry-After` header's seconds.
+    TooManyRequests,
     /// 503: the database or the queue is unavailable; retry later.
     Unavailable,
     /// 503 from `/readyz`: the server cannot take work (`details.checks` says what is down).
@@ -62,6 +68,8 @@ impl ErrorCode {
         match self {
             Self::MalformedJson => "malformed_json",
             Self::InvalidField => "invalid_field",
+            Self::Unauthenticated => "unauthenticated",
+            Self::Forbidden => "forbidden",
             Self::NotFound => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::Conflict => "conflict",
@@ -69,6 +77,7 @@ impl ErrorCode {
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::Unprocessable => "unprocessable",
             Self::InvalidModule => "invalid_module",
+            Self::TooManyRequests => "too_many_requests",
             Self::Unavailable => "unavailable",
             Self::NotReady => "not_ready",
             Self::Internal => "internal",
@@ -78,12 +87,15 @@ impl ErrorCode {
     pub fn status(self) -> StatusCode {
         match self {
             Self::MalformedJson | Self::InvalidField => StatusCode::BAD_REQUEST,
+            Self::Unauthenticated => StatusCode::UNAUTHORIZED,
+            Self::Forbidden => StatusCode::FORBIDDEN,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Conflict => StatusCode::CONFLICT,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Unprocessable | Self::InvalidModule => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable | Self::NotReady => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -174,6 +186,12 @@ impl From<ServiceError> for ApiError {
             ServiceError::Conflict(_) => Self::new(ErrorCode::Conflict, message),
             ServiceError::InvalidModule(_) => Self::new(ErrorCode::InvalidModule, message),
             ServiceError::Unavailable(cause) => Self::unavailable(cause),
+            ServiceError::Unauthenticated(_) => Self::new(ErrorCode::Unauthenticated, message),
+            ServiceError::Forbidden(_) => Self::new(ErrorCode::Forbidden, message),
+            ServiceError::Throttled {
+                retry_after_secs, ..
+            } => Self::new(ErrorCode::TooManyRequests, message)
+                .with_detail("retryAfterSeconds", retry_after_secs),
         }
     }
 }
@@ -184,10 +202,25 @@ impl IntoResponse for ApiError {
             "code": self.code.as_str(),
             "message": self.message,
         });
+        let retry_after = match self.code {
+            ErrorCode::TooManyRequests => self.details.get("retryAfterSeconds").cloned(),
+            _ => None,
+        };
         if !self.details.is_empty() {
             error["details"] = Value::Object(self.details);
         }
         let mut response = (self.code.status(), Json(json!({ "error": error }))).into_response();
+        if let Some(seconds) = retry_after.and_then(|v| v.as_i64()) {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, seconds.into());
+        }
+        if self.code == ErrorCode::Unauthenticated {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"runcell\""),
+            );
+        }
         if let Some(cause) = self.cause {
             response.extensions_mut().insert(FailureCause(cause));
         }

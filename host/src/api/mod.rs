@@ -29,6 +29,10 @@
 //! Listings take `limit` (default 50, at most 500) and `cursor` (the previous page's
 //! `nextCursor`; `null` means there is no next page).
 
+mod access;
+#[cfg(test)]
+mod access_tests;
+mod auth;
 pub mod error;
 mod events;
 mod executions;
@@ -56,7 +60,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 
-use crate::services::Services;
+use crate::services::{AuthService, Services};
 use error::{ApiError, ErrorCode};
 
 /// The header carrying the request id: the client's if it sent one, else a fresh UUID.
@@ -66,6 +70,7 @@ pub const REQUEST_ID_HEADER: &str = "x-request-id";
 #[derive(Debug, Clone)]
 pub struct ApiState {
     pub services: Services,
+    pub auth: AuthService,
     pub readiness: Readiness,
 }
 
@@ -129,6 +134,7 @@ pub fn router(state: ApiState) -> Router {
         .merge(jobs::routes())
         .merge(executions::routes())
         .merge(events::routes())
+        .merge(auth_routes())
         .method_not_allowed_fallback(method_not_allowed);
     let request_id = HeaderName::from_static(REQUEST_ID_HEADER);
     let middleware = ServiceBuilder::new()
@@ -153,10 +159,34 @@ pub fn router(state: ApiState) -> Router {
         .route("/readyz", get(probes::readyz))
         .method_not_allowed_fallback(method_not_allowed)
         .nest("/api/v1", api)
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            access::authorize,
+        ))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(extract::JSON_BODY_LIMIT))
         .layer(middleware)
         .with_state(state)
+}
+
+fn auth_routes() -> Router<ApiState> {
+    use axum::routing::{delete, post};
+    Router::new()
+        .route("/auth/login", post(auth::login))
+        .route("/auth/refresh", post(auth::refresh))
+        .route("/auth/logout", post(auth::logout))
+        .route("/auth/me", get(auth::me))
+        .route("/auth/password", post(auth::change_password))
+        .route("/users", get(auth::list_users).post(auth::create_user))
+        .route(
+            "/users/{id}",
+            get(auth::show_user)
+                .patch(auth::update_user)
+                .delete(auth::delete_user),
+        )
+        .route("/tokens", get(auth::list_tokens).post(auth::create_token))
+        .route("/tokens/{id}", delete(auth::revoke_token))
+        .route("/audit", get(auth::list_audit))
 }
 
 fn request_span<B>(request: &Request<B>) -> tracing::Span {

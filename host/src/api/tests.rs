@@ -23,6 +23,8 @@ struct TestApi {
     router: Router,
     services: Services,
     readiness: Readiness,
+    /// An admin's access token, sent with every request that brings none.
+    token: String,
 }
 
 /// What came back: status, headers and the body as JSON (`Null` when empty).
@@ -61,14 +63,17 @@ async fn api_with(settings: ServiceSettings) -> TestApi {
     services.settings = Arc::new(settings);
     let readiness = Readiness::new();
     readiness.set_workers_running(true);
+    let (auth, token) = super::access_tests::admin_auth().await;
     let router = router(ApiState {
         services: services.clone(),
+        auth,
         readiness: readiness.clone(),
     });
     TestApi {
         router,
         services,
         readiness,
+        token,
     }
 }
 
@@ -110,7 +115,13 @@ impl TestApi {
             .unwrap();
     }
 
-    async fn send(&self, request: Request<Body>) -> Reply {
+    async fn send(&self, mut request: Request<Body>) -> Reply {
+        if !request.headers().contains_key(header::AUTHORIZATION) {
+            let bearer = format!("Bearer {}", self.token);
+            request
+                .headers_mut()
+                .insert(header::AUTHORIZATION, bearer.parse().unwrap());
+        }
         let response = self.router.clone().oneshot(request).await.unwrap();
         let status = response.status();
         let headers = response.headers().clone();
@@ -957,8 +968,12 @@ impl TestApi {
     fn follow(&self, id: &str, query: &str) -> tokio::task::JoinHandle<(StatusCode, String)> {
         let router = self.router.clone();
         let uri = format!("/api/v1/executions/{id}/logs?follow=true{query}");
+        let bearer = format!("Bearer {}", self.token);
         tokio::spawn(async move {
-            let request = Request::get(uri).body(Body::empty()).unwrap();
+            let request = Request::get(uri)
+                .header(header::AUTHORIZATION, bearer)
+                .body(Body::empty())
+                .unwrap();
             let response = router.oneshot(request).await.unwrap();
             let status = response.status();
             let body = tokio::time::timeout(

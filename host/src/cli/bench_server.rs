@@ -47,6 +47,8 @@ struct Server {
     base: String,
     agent: ureq::Agent,
     data_dir: PathBuf,
+    /// `Bearer <access token>` of the bench's admin.
+    authorization: String,
 }
 
 impl Drop for Server {
@@ -67,12 +69,14 @@ impl Server {
             now_ns()
         ));
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let admin_password = crate::services::auth::random_secret(18);
         let mut command = Command::new(exe);
         command
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(&data_dir)
             .args(&args.serve_args)
             .env("RUNCELL_LOG", "warn")
+            .env("RUNCELL_ADMIN_PASSWORD", &admin_password)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         if let Some(workers) = args.workers {
@@ -98,12 +102,22 @@ impl Server {
             .http_status_as_error(false)
             .build()
             .new_agent();
-        Ok(Self {
+        let mut server = Self {
             child,
             base,
             agent,
             data_dir,
-        })
+            authorization: String::new(),
+        };
+        let session = server.post(
+            "/auth/login",
+            &json!({"username": "admin", "password": admin_password}),
+        )?;
+        let token = session["accessToken"]
+            .as_str()
+            .ok_or("the login answer has no accessToken")?;
+        server.authorization = format!("Bearer {token}");
+        Ok(server)
     }
 
     fn url(&self, path: &str) -> String {
@@ -114,6 +128,7 @@ impl Server {
         let mut response = self
             .agent
             .post(&self.url(path))
+            .header("authorization", &self.authorization)
             .send_json(body)
             .map_err(|e| e.to_string())?;
         let status = response.status();
@@ -128,6 +143,7 @@ impl Server {
         let mut response = self
             .agent
             .get(&self.url(path))
+            .header("authorization", &self.authorization)
             .call()
             .map_err(|e| e.to_string())?;
         let status = response.status();
@@ -142,6 +158,7 @@ impl Server {
         let response = self
             .agent
             .post(&self.url("/modules"))
+            .header("authorization", &self.authorization)
             .header("content-type", "application/wasm")
             .send(wasm)
             .map_err(|e| e.to_string())?;

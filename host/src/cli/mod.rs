@@ -5,6 +5,7 @@ mod bench;
 mod bench_server;
 mod local;
 mod serve;
+mod user;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -29,6 +30,9 @@ enum Command {
     /// Run one job of a module locally, without a server: output JSON on stdout, logs
     /// and a usage summary on stderr.
     Run(local::RunArgs),
+    /// Manage users directly in a deployment's database.
+    #[command(subcommand)]
+    User(user::UserCommand),
     /// Measure Runcell and print the figures.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -85,6 +89,7 @@ pub fn main() -> ExitCode {
         Command::Serve(args) => serve::run(args),
         Command::Inspect(args) => local::inspect(args),
         Command::Run(args) => local::run(args),
+        Command::User(command) => user::run(command),
         Command::Bench(BenchCommand::Runtime(args)) => bench::run(args),
         Command::Bench(BenchCommand::Server(args)) => bench_server::run(args),
     };

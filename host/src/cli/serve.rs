@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::Args;
 
 use super::ExitStatus;
-use crate::app::{ServeConfig, default_workers};
+use crate::app::{AuthConfig, Secret, ServeConfig, default_workers};
 
 #[derive(Debug, Args)]
 pub(super) struct ServeArgs {
@@ -29,6 +29,25 @@ pub(super) struct ServeArgs {
     /// On SIGTERM, how long running executions may finish before being requeued.
     #[arg(long, env = "RUNCELL_SHUTDOWN_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
     shutdown_grace: Duration,
+    /// Password of the `admin` user created on first start (when no user exists); a
+    /// strong one is generated and printed once when unset.
+    #[arg(long, env = "RUNCELL_ADMIN_PASSWORD", hide_env_values = true, value_parser = secret)]
+    admin_password: Option<Secret>,
+    /// HS256 key that signs access tokens (at least 32 bytes); generated and kept in the
+    /// data directory when unset. Every node of a deployment needs the same one.
+    #[arg(long, env = "RUNCELL_JWT_SECRET", hide_env_values = true, value_parser = secret)]
+    jwt_secret: Option<Secret>,
+    /// How long an access token is valid.
+    #[arg(long, env = "RUNCELL_ACCESS_TOKEN_TTL", default_value = "15m", value_parser = humantime::parse_duration)]
+    access_token_ttl: Duration,
+    /// How long a refresh token is valid (each refresh issues a new one).
+    #[arg(long, env = "RUNCELL_REFRESH_TOKEN_TTL", default_value = "14d", value_parser = humantime::parse_duration)]
+    refresh_token_ttl: Duration,
+}
+
+/// Keeps a secret argument out of `Debug` output from the moment it is parsed.
+fn secret(value: &str) -> Result<Secret, String> {
+    Ok(Secret::new(value.to_owned()))
 }
 
 pub(super) fn run(args: ServeArgs) -> ExitStatus {
@@ -44,6 +63,12 @@ pub(super) fn run(args: ServeArgs) -> ExitStatus {
         examples: args.examples,
         retry_base_delay: args.retry_base_delay,
         shutdown_grace: args.shutdown_grace,
+        auth: AuthConfig {
+            admin_password: args.admin_password,
+            jwt_secret: args.jwt_secret,
+            access_ttl: Some(args.access_token_ttl),
+            refresh_ttl: Some(args.refresh_token_ttl),
+        },
     };
     match super::tokio_runtime().block_on(crate::app::serve(config)) {
         Ok(()) => ExitStatus::Success,

@@ -1,11 +1,13 @@
 //! Pure types every layer shares: what a module offers, what a run may use, what a run
 //! produced. Imports nothing from the rest of the crate and does no I/O.
 
+mod auth;
 mod limits;
 mod manifest;
 mod model;
 mod run;
 
+pub use auth::{ApiToken, AuditEntry, Credential, Principal, RefreshToken, Role, User};
 pub use limits::{FUEL_PER_CPU_MS, Limits, LimitsError, parse_byte_size};
 pub use manifest::{Capabilities, JobSpec, Manifest, ManifestError, RouteAccess};
 pub use model::{

@@ -2,6 +2,7 @@
 //! jobs, read executions, publish events. Callers (the API, the CLI) get typed results
 //! and a [`ServiceError`] that says what to fix; nothing here knows HTTP.
 
+pub mod auth;
 mod backends;
 mod events;
 mod executions;
@@ -17,6 +18,7 @@ use crate::queue::{Queue, QueueError};
 use crate::runtime::{LoadError, Runtime};
 use crate::store::{Store, StoreError};
 
+pub use auth::AuthService;
 pub use backends::{StoreEventSink, StoreKeyValue, StoreMetricsSink};
 pub use events::{EventBus, PublishEvent};
 pub use executions::RunningRegistry;
@@ -45,6 +47,18 @@ pub enum ServiceError {
     /// A dependency (database, queue) is down; retry later.
     #[error("{0}")]
     Unavailable(String),
+    /// No valid credential: log in (again) or present a valid token.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The credential is valid but may not do this.
+    #[error("{0}")]
+    Forbidden(String),
+    /// Too many attempts; retry after `retry_after_secs`.
+    #[error("{message}")]
+    Throttled {
+        message: String,
+        retry_after_secs: i64,
+    },
 }
 
 impl ServiceError {

@@ -6,10 +6,12 @@
 //! backend (SQLite embedded, PostgreSQL distributed) implements [`Store`] and passes the
 //! same behavioural tests. Knows nothing of wasm or HTTP.
 
+pub mod auth;
 mod sqlite;
 #[cfg(test)]
 mod tests;
 
+pub use auth::AuthStore;
 pub use sqlite::SqliteStore;
 
 use std::sync::Arc;

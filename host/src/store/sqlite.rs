@@ -33,6 +33,8 @@
 //! costs a commit (the touched pages of every index are rewritten into the WAL) and a
 //! hand-off to the connection's thread, so callers should batch.
 
+mod auth;
+
 use std::collections::HashSet;
 use std::fmt::Display;
 use std::path::Path;

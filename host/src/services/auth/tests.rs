@@ -1,0 +1,526 @@
+//! The auth service over a real (in-memory SQLite) store, with a clock the tests move.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use super::*;
+use crate::store::SqliteStore;
+
+const T0: Millis = 1_700_000_000_000;
+const MINUTE: Millis = 60_000;
+const PASSWORD: &str = "a long enough password";
+
+struct Harness {
+    auth: AuthService,
+    now: Arc<AtomicI64>,
+}
+
+impl Harness {
+    fn advance(&self, ms: Millis) {
+        self.now.fetch_add(ms, Ordering::SeqCst);
+    }
+}
+
+async fn harness() -> Harness {
+    let store = Arc::new(SqliteStore::open_in_memory().await.unwrap());
+    let now = Arc::new(AtomicI64::new(T0));
+    let clock: Clock = {
+        let now = now.clone();
+        Arc::new(move || now.load(Ordering::SeqCst))
+    };
+    let settings = AuthSettings {
+        hash_cost: HashCost {
+            memory_kib: 64,
+            passes: 1,
+        },
+        ..AuthSettings::default()
+    };
+    let auth = AuthService::new(
+        store,
+        SigningKey::from_secret(&[3; 32]).unwrap(),
+        settings,
+        clock,
+    )
+    .await
+    .unwrap();
+    Harness { auth, now }
+}
+
+async fn user(h: &Harness, name: &str, role: Role) -> User {
+    h.auth
+        .create_user(
+            SYSTEM_ACTOR,
+            NewUser {
+                username: name.into(),
+                password: PASSWORD.into(),
+                role,
+            },
+        )
+        .await
+        .unwrap()
+}
+
+fn is_unauthenticated(result: Result<impl std::fmt::Debug, ServiceError>) -> bool {
+    matches!(result, Err(ServiceError::Unauthenticated(_)))
+}
+
+#[tokio::test]
+async fn first_start_creates_one_admin_with_a_generated_password_shown_once() {
+    let h = harness().await;
+    let password = h.auth.ensure_first_admin(None).await.unwrap().unwrap();
+    assert!(password.len() >= 24, "{password}");
+    let session = h.auth.login("admin", &password, None).await.unwrap();
+    assert_eq!(session.user.role, Role::Admin);
+    // Once a user exists, nothing more is created and nothing is shown.
+    assert_eq!(h.auth.ensure_first_admin(None).await.unwrap(), None);
+    assert_eq!(h.auth.list_users().await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn first_start_takes_the_configured_password_and_checks_it() {
+    let h = harness().await;
+    assert!(matches!(
+        h.auth.ensure_first_admin(Some("short".into())).await,
+        Err(ServiceError::Unprocessable { .. })
+    ));
+    assert_eq!(
+        h.auth
+            .ensure_first_admin(Some(PASSWORD.into()))
+            .await
+            .unwrap(),
+        None
+    );
+    h.auth.login("admin", PASSWORD, None).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_login_gives_an_access_token_that_authenticates_until_it_expires() {
+    let h = harness().await;
+    let alice = user(&h, "alice", Role::Operator).await;
+    let session = h.auth.login("alice", PASSWORD, None).await.unwrap();
+    assert_eq!(session.access_expires_at, T0 + 15 * MINUTE);
+    let principal = h.auth.authenticate(&session.access_token).await.unwrap();
+    assert_eq!(principal.user_id, alice.id);
+    assert_eq!(principal.role, Role::Operator);
+    h.advance(15 * MINUTE);
+    assert!(is_unauthenticated(
+        h.auth.authenticate(&session.access_token).await
+    ));
+}
+
+#[tokio::test]
+async fn wrong_passwords_and_unknown_users_get_the_same_answer() {
+    let h = harness().await;
+    user(&h, "alice", Role::Viewer).await;
+    let wrong = h.auth.login("alice", "not the password!", None).await;
+    let unknown = h.auth.login("mallory", PASSWORD, None).await;
+    let (Err(wrong), Err(unknown)) = (wrong, unknown) else {
+        panic!("both must fail");
+    };
+    assert_eq!(wrong.to_string(), unknown.to_string());
+    assert!(matches!(wrong, ServiceError::Unauthenticated(_)));
+}
+
+#[tokio::test]
+async fn a_disabled_user_cannot_log_in_and_loses_their_sessions() {
+    let h = harness().await;
+    let bob = user(&h, "bob", Role::Operator).await;
+    let session = h.auth.login("bob", PASSWORD, None).await.unwrap();
+    h.auth
+        .update_user(
+            SYSTEM_ACTOR,
+            &bob.id,
+            UserPatch {
+                disabled: Some(true),
+                ..UserPatch::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(is_unauthenticated(
+        h.auth.login("bob", PASSWORD, None).await
+    ));
+    assert!(is_unauthenticated(
+        h.auth.authenticate(&session.access_token).await
+    ));
+    assert!(is_unauthenticated(
+        h.auth.refresh(&session.refresh_token).await
+    ));
+}
+
+#[tokio::test]
+async fn refreshing_rotates_the_token_and_the_old_one_stops_working() {
+    let h = harness().await;
+    user(&h, "alice", Role::Viewer).await;
+    let first = h.auth.login("alice", PASSWORD, None).await.unwrap();
+    h.advance(MINUTE);
+    let second = h.auth.refresh(&first.refresh_token).await.unwrap();
+    assert_ne!(second.refresh_token, first.refresh_token);
+    assert_ne!(second.access_token, first.access_token);
+    h.auth.authenticate(&second.access_token).await.unwrap();
+    let third = h.auth.refresh(&second.refresh_token).await.unwrap();
+    h.auth.authenticate(&third.access_token).await.unwrap();
+}
+
+#[tokio::test]
+async fn reusing_a_rotated_refresh_token_revokes_the_whole_session_and_is_audited() {
+    let h = harness().await;
+    user(&h, "alice", Role::Viewer).await;
+    let first = h.auth.login("alice", PASSWORD, None).await.unwrap();
+    let second = h.auth.refresh(&first.refresh_token).await.unwrap();
+    // The stolen first token is presented again: the thief and the user both lose.
+    assert!(is_unauthenticated(
+        h.auth.refresh(&first.refresh_token).await
+    ));
+    assert!(is_unauthenticated(
+        h.auth.refresh(&second.refresh_token).await
+    ));
+    h.advance(PRINCIPAL_CACHE_MS);
+    assert!(is_unauthenticated(
+        h.auth.authenticate(&second.access_token).await
+    ));
+    let audit = h.auth.list_audit(None, 10).await.unwrap();
+    assert_eq!(audit.items[0].action, "security.refresh_reuse");
+    assert_eq!(audit.items[0].target, "alice");
+    // Another login is unaffected.
+    let other = h.auth.login("alice", PASSWORD, None).await.unwrap();
+    h.auth.authenticate(&other.access_token).await.unwrap();
+}
+
+#[tokio::test]
+async fn an_expired_refresh_token_is_refused() {
+    let h = harness().await;
+    user(&h, "alice", Role::Viewer).await;
+    let session = h.auth.login("alice", PASSWORD, None).await.unwrap();
+    h.advance(AuthSettings::default().refresh_ttl_ms);
+    assert!(is_unauthenticated(
+        h.auth.refresh(&session.refresh_token).await
+    ));
+}
+
+#[tokio::test]
+async fn logout_ends_the_session_at_once() {
+    let h = harness().await;
+    user(&h, "alice", Role::Viewer).await;
+    let session = h.auth.login("alice", PASSWORD, None).await.unwrap();
+    let principal = h.auth.authenticate(&session.access_token).await.unwrap();
+    h.auth.logout(&principal).await.unwrap();
+    assert!(is_unauthenticated(
+        h.auth.authenticate(&session.access_token).await
+    ));
+    assert!(is_unauthenticated(
+        h.auth.refresh(&session.refresh_token).await
+    ));
+}
+
+#[tokio::test]
+async fn repeated_failures_throttle_the_account_until_the_window_ends() {
+    let h = harness().await;
+    user(&h, "alice", Role::Viewer).await;
+    for _ in 0..5 {
+        assert!(is_unauthenticated(
+            h.auth.login("alice", "wrong password!!", None).await
+        ));
+    }
+    // Even the right password is refused while throttled, with a time to wait.
+    match h.auth.login("alice", PASSWORD, None).await {
+        Err(ServiceError::Throttled {
+            retry_after_secs, ..
+        }) => assert_eq!(retry_after_secs, 15 * 60),
+        other => panic!("expected throttling, got {other:?}"),
+    }
+    h.advance(15 * MINUTE);
+    h.auth.login("alice", PASSWORD, None).await.unwrap();
+}
+
+#[tokio::test]
+async fn one_address_guessing_many_accounts_is_throttled() {
+    let h = harness().await;
+    let address: IpAddr = "192.0.2.7".parse().unwrap();
+    for n in 0..20 {
+        let _ = h
+            .auth
+            .login(&format!("user{n}"), "wrong password!!", Some(address))
+            .await;
+    }
+    assert!(matches!(
+        h.auth
+            .login("fresh", "wrong password!!", Some(address))
+            .await,
+        Err(ServiceError::Throttled { .. })
+    ));
+    let elsewhere: IpAddr = "192.0.2.8".parse().unwrap();
+    assert!(is_unauthenticated(
+        h.auth
+            .login("fresh", "wrong password!!", Some(elsewhere))
+            .await
+    ));
+}
+
+#[tokio::test]
+async fn an_api_token_works_until_revoked_and_its_secret_is_not_stored() {
+    let h = harness().await;
+    user(&h, "ci", Role::Operator).await;
+    let session = h.auth.login("ci", PASSWORD, None).await.unwrap();
+    let owner = h.auth.authenticate(&session.access_token).await.unwrap();
+    let (token, secret) = h
+        .auth
+        .create_api_token(
+            &owner,
+            NewApiToken {
+                name: "deploy".into(),
+                role: Role::Viewer,
+                expires_at: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert!(secret.starts_with(API_TOKEN_PREFIX));
+    let principal = h.auth.authenticate(&secret).await.unwrap();
+    assert_eq!(principal.role, Role::Viewer);
+    assert_eq!(
+        principal.via,
+        Credential::ApiToken {
+            token_id: token.id.clone()
+        }
+    );
+    assert!(
+        h.auth
+            .store()
+            .api_token_by_hash(&secret)
+            .await
+            .unwrap()
+            .is_none(),
+        "the secret itself is not a key of the store"
+    );
+    h.auth.revoke_api_token(&owner, &token.id).await.unwrap();
+    assert!(is_unauthenticated(h.auth.authenticate(&secret).await));
+}
+
+#[tokio::test]
+async fn an_api_token_expires() {
+    let h = harness().await;
+    user(&h, "ci", Role::Operator).await;
+    let session = h.auth.login("ci", PASSWORD, None).await.unwrap();
+    let owner = h.auth.authenticate(&session.access_token).await.unwrap();
+    let (_, secret) = h
+        .auth
+        .create_api_token(
+            &owner,
+            NewApiToken {
+                name: "short-lived".into(),
+                role: Role::Operator,
+                expires_at: Some(T0 + 10 * MINUTE),
+            },
+        )
+        .await
+        .unwrap();
+    h.auth.authenticate(&secret).await.unwrap();
+    h.advance(10 * MINUTE);
+    assert!(is_unauthenticated(h.auth.authenticate(&secret).await));
+}
+
+#[tokio::test]
+async fn a_token_never_outranks_its_creator() {
+    let h = harness().await;
+    let bob = user(&h, "bob", Role::Operator).await;
+    let session = h.auth.login("bob", PASSWORD, None).await.unwrap();
+    let owner = h.auth.authenticate(&session.access_token).await.unwrap();
+    let too_high = h
+        .auth
+        .create_api_token(
+            &owner,
+            NewApiToken {
+                name: "escalate".into(),
+                role: Role::Admin,
+                expires_at: None,
+            },
+        )
+        .await;
+    assert!(matches!(too_high, Err(ServiceError::Forbidden(_))));
+    let (_, secret) = h
+        .auth
+        .create_api_token(
+            &owner,
+            NewApiToken {
+                name: "ops".into(),
+                role: Role::Operator,
+                expires_at: None,
+            },
+        )
+        .await
+        .unwrap();
+    // Bob is demoted: his token follows him down.
+    h.auth
+        .update_user(
+            SYSTEM_ACTOR,
+            &bob.id,
+            UserPatch {
+                role: Some(Role::Viewer),
+                ..UserPatch::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        h.auth.authenticate(&secret).await.unwrap().role,
+        Role::Viewer
+    );
+    // And a token cannot mint tokens.
+    let as_token = h.auth.authenticate(&secret).await.unwrap();
+    assert!(matches!(
+        h.auth
+            .create_api_token(
+                &as_token,
+                NewApiToken {
+                    name: "child".into(),
+                    role: Role::Viewer,
+                    expires_at: None
+                }
+            )
+            .await,
+        Err(ServiceError::Forbidden(_))
+    ));
+}
+
+#[tokio::test]
+async fn someone_elses_token_cannot_be_revoked_or_seen() {
+    let h = harness().await;
+    user(&h, "alice", Role::Operator).await;
+    user(&h, "eve", Role::Operator).await;
+    let alice = h.auth.login("alice", PASSWORD, None).await.unwrap();
+    let alice = h.auth.authenticate(&alice.access_token).await.unwrap();
+    let eve = h.auth.login("eve", PASSWORD, None).await.unwrap();
+    let eve = h.auth.authenticate(&eve.access_token).await.unwrap();
+    let (token, _) = h
+        .auth
+        .create_api_token(
+            &alice,
+            NewApiToken {
+                name: "mine".into(),
+                role: Role::Viewer,
+                expires_at: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert!(h.auth.list_api_tokens(&eve).await.unwrap().is_empty());
+    assert!(matches!(
+        h.auth.revoke_api_token(&eve, &token.id).await,
+        Err(ServiceError::NotFound { .. })
+    ));
+    assert_eq!(h.auth.list_api_tokens(&alice).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn the_last_admin_can_be_neither_demoted_disabled_nor_deleted() {
+    let h = harness().await;
+    let root = user(&h, "root", Role::Admin).await;
+    for patch in [
+        UserPatch {
+            role: Some(Role::Operator),
+            ..UserPatch::default()
+        },
+        UserPatch {
+            disabled: Some(true),
+            ..UserPatch::default()
+        },
+    ] {
+        assert!(matches!(
+            h.auth.update_user(SYSTEM_ACTOR, &root.id, patch).await,
+            Err(ServiceError::Conflict(_))
+        ));
+    }
+    assert!(matches!(
+        h.auth.delete_user(SYSTEM_ACTOR, &root.id).await,
+        Err(ServiceError::Conflict(_))
+    ));
+    user(&h, "second", Role::Admin).await;
+    h.auth.delete_user(SYSTEM_ACTOR, &root.id).await.unwrap();
+}
+
+#[tokio::test]
+async fn changing_ones_password_needs_the_current_one_and_ends_every_session() {
+    let h = harness().await;
+    user(&h, "alice", Role::Viewer).await;
+    let session = h.auth.login("alice", PASSWORD, None).await.unwrap();
+    let me = h.auth.authenticate(&session.access_token).await.unwrap();
+    assert!(matches!(
+        h.auth
+            .change_own_password(&me, "not my password", "brand new password".into())
+            .await,
+        Err(ServiceError::Forbidden(_))
+    ));
+    h.auth
+        .change_own_password(&me, PASSWORD, "brand new password".into())
+        .await
+        .unwrap();
+    assert!(is_unauthenticated(
+        h.auth.authenticate(&session.access_token).await
+    ));
+    assert!(is_unauthenticated(
+        h.auth.login("alice", PASSWORD, None).await
+    ));
+    h.auth
+        .login("alice", "brand new password", None)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn user_and_token_changes_are_audited_without_secrets() {
+    let h = harness().await;
+    user(&h, "alice", Role::Operator).await;
+    let session = h.auth.login("alice", PASSWORD, None).await.unwrap();
+    let me = h.auth.authenticate(&session.access_token).await.unwrap();
+    let (token, secret) = h
+        .auth
+        .create_api_token(
+            &me,
+            NewApiToken {
+                name: "ci".into(),
+                role: Role::Viewer,
+                expires_at: None,
+            },
+        )
+        .await
+        .unwrap();
+    h.auth.revoke_api_token(&me, &token.id).await.unwrap();
+    let audit = h.auth.list_audit(None, 10).await.unwrap().items;
+    let actions: Vec<&str> = audit.iter().map(|e| e.action.as_str()).collect();
+    assert_eq!(actions, ["token.revoke", "token.create", "user.create"]);
+    assert_eq!(audit[0].actor, "alice");
+    let everything = serde_json::to_string(&audit).unwrap();
+    assert!(!everything.contains(&secret));
+    assert!(!everything.contains(PASSWORD));
+}
+
+#[tokio::test]
+async fn usernames_are_validated_and_unique() {
+    let h = harness().await;
+    user(&h, "alice", Role::Viewer).await;
+    let taken = h
+        .auth
+        .create_user(
+            SYSTEM_ACTOR,
+            NewUser {
+                username: "alice".into(),
+                password: PASSWORD.into(),
+                role: Role::Viewer,
+            },
+        )
+        .await;
+    assert!(matches!(taken, Err(ServiceError::Conflict(_))));
+    let odd = h
+        .auth
+        .create_user(
+            SYSTEM_ACTOR,
+            NewUser {
+                username: "al ice/..".into(),
+                password: PASSWORD.into(),
+                role: Role::Viewer,
+            },
+        )
+        .await;
+    assert!(matches!(odd, Err(ServiceError::BadField { .. })));
+}

@@ -1,0 +1,166 @@
+//! Authentication end to end: the real `runcell serve` and `runcell user`, over HTTP.
+
+#[path = "support/guests.rs"]
+mod guests;
+#[path = "support/server.rs"]
+mod server;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use serde_json::json;
+
+use server::{Server, ServerOptions};
+
+#[test]
+fn the_first_start_prints_a_generated_admin_password_once_and_it_logs_in() {
+    let mut server = Server::start_with(ServerOptions {
+        generated_admin_password: true,
+        ..ServerOptions::default()
+    });
+    let password = server
+        .generated_admin_password()
+        .expect("the password is printed");
+    assert!(password.len() >= 24, "a strong password: {password}");
+    // The harness logged in with it already; the API answers with the token.
+    let me = server.get("/api/v1/auth/me");
+    assert_eq!(me.status, 200, "{}", me.body);
+    assert_eq!(me.body["user"]["username"], "admin");
+    assert_eq!(me.body["user"]["role"], "admin");
+
+    server.stop();
+    server.restart();
+    let output = server.output();
+    assert_eq!(
+        output.matches(password.as_str()).count(),
+        1,
+        "shown once, never again, never logged:\n{output}"
+    );
+    assert_eq!(server.get("/api/v1/auth/me").status, 200);
+}
+
+#[test]
+fn every_api_route_needs_a_token_but_the_probes_do_not() {
+    let server = Server::start();
+    for path in ["/api/v1/jobs", "/api/v1/modules", "/api/v1/executions"] {
+        let reply = server.request_as(None, "GET", path, None);
+        assert_eq!(reply.status, 401, "{path}: {}", reply.body);
+        assert_eq!(reply.code(), "unauthenticated");
+    }
+    let wrong = server.request_as(Some("not-a-token"), "GET", "/api/v1/jobs", None);
+    assert_eq!(wrong.status, 401);
+    for path in ["/healthz", "/readyz", "/api/v1/openapi.json"] {
+        assert_eq!(
+            server.request_as(None, "GET", path, None).status,
+            200,
+            "{path}"
+        );
+    }
+}
+
+#[test]
+fn a_user_added_from_the_command_line_logs_in_with_their_role() {
+    let server = Server::start();
+    let mut add = Command::new(env!("CARGO_BIN_EXE_runcell"))
+        .args([
+            "user",
+            "add",
+            "ops",
+            "--role",
+            "operator",
+            "--password-stdin",
+        ])
+        .arg("--data-dir")
+        .arg(server.data_dir())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    add.stdin
+        .take()
+        .unwrap()
+        .write_all(b"operator password 1\n")
+        .unwrap();
+    let added = add.wait_with_output().unwrap();
+    assert!(
+        added.status.success(),
+        "{}",
+        String::from_utf8_lossy(&added.stderr)
+    );
+    assert!(String::from_utf8_lossy(&added.stdout).contains("created user `ops` (operator"));
+
+    let token = server.login("ops", "operator password 1");
+    let jobs = server.request_as(Some(&token), "GET", "/api/v1/jobs", None);
+    assert_eq!(jobs.status, 200);
+    let users = server.request_as(Some(&token), "GET", "/api/v1/users", None);
+    assert_eq!(users.status, 403, "an operator does not manage users");
+
+    // The same name twice is refused with a clear message and a non-zero exit.
+    let again = Command::new(env!("CARGO_BIN_EXE_runcell"))
+        .args(["user", "add", "ops", "--role", "viewer"])
+        .arg("--data-dir")
+        .arg(server.data_dir())
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
+}
+
+#[test]
+fn a_viewer_reads_but_cannot_run_or_change_anything() {
+    let server = Server::start();
+    let created = server.post_json(
+        "/api/v1/users",
+        &json!({"username": "watcher", "password": "viewer password 1", "role": "viewer"}),
+    );
+    assert_eq!(created.status, 201, "{}", created.body);
+    let token = server.login("watcher", "viewer password 1");
+    assert_eq!(
+        server
+            .request_as(Some(&token), "GET", "/api/v1/modules", None)
+            .status,
+        200
+    );
+    let body = json!({"name": "x", "module": "hello", "job": "greet"}).to_string();
+    let create = server.request_as(
+        Some(&token),
+        "POST",
+        "/api/v1/jobs",
+        Some(("application/json", body.as_bytes())),
+    );
+    assert_eq!(create.status, 403, "{}", create.body);
+    assert_eq!(create.code(), "forbidden");
+}
+
+#[test]
+fn module_changes_are_in_the_audit_trail_with_who_made_them() {
+    let server = Server::start();
+    let hello = std::fs::read(guests::guest("hello")).unwrap();
+    let uploaded = server.post_bytes("/api/v1/modules", "application/wasm", &hello);
+    assert_eq!(uploaded.status, 201, "{}", uploaded.body);
+    assert_eq!(server.post("/api/v1/modules/hello/disable").status, 200);
+    assert_eq!(server.delete("/api/v1/modules/hello").status, 204);
+    let audit = server.get("/api/v1/audit");
+    assert_eq!(audit.status, 200, "{}", audit.body);
+    let entries: Vec<(String, String, String)> = audit.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["action"].as_str().unwrap().to_owned(),
+                e["target"].as_str().unwrap().to_owned(),
+                e["actor"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    for action in ["module.install", "module.disable", "module.remove"] {
+        assert!(
+            entries
+                .iter()
+                .any(|(a, t, who)| a == action && t == "hello" && who == "admin"),
+            "{action} missing from {entries:?}"
+        );
+    }
+}
