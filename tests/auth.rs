@@ -2,6 +2,8 @@
 
 #[path = "support/guests.rs"]
 mod guests;
+// Shared with other test binaries, each of which uses a different part of it.
+#[allow(dead_code)]
 #[path = "support/server.rs"]
 mod server;
 

@@ -10,6 +10,7 @@ pub mod jobs;
 pub mod loghub;
 pub mod modules;
 pub mod schedule;
+pub mod secrets;
 
 use std::sync::Arc;
 

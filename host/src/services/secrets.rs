@@ -1,0 +1,162 @@
+//! Secret job configuration at rest: AES-256-GCM under a key the database never holds
+//! (from the configuration, or a file in the data directory). Each sealed value is bound
+//! to the job and key it belongs to (associated data), so a ciphertext copied onto
+//! another job's row, or under another key, does not open.
+
+use aes_gcm::aead::{Aead, Generate, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Nonce};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD_NO_PAD;
+
+/// Marks the format of a sealed value, so a future format can sit beside this one.
+const FORMAT: &str = "v1:";
+const NONCE_BYTES: usize = 12;
+pub const KEY_BYTES: usize = 32;
+
+/// Seals and opens secret values. The key never leaves this type.
+#[derive(Clone)]
+pub struct SecretBox {
+    cipher: Aes256Gcm,
+}
+
+impl std::fmt::Debug for SecretBox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretBox(***)")
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SecretError {
+    #[error("the secret key must be {KEY_BYTES} bytes (base64: 44 characters); it is {0}")]
+    BadKey(usize),
+    #[error("the key is not base64: {0}")]
+    NotBase64(String),
+    /// Wrong key, tampered ciphertext, or a value moved from another job or key.
+    #[error("a sealed value does not open with this server's secret key")]
+    DoesNotOpen,
+}
+
+/// What a sealed value is bound to.
+fn associated_data(job_id: &str, key: &str) -> Vec<u8> {
+    format!("runcell:job-config:{job_id}:{key}").into_bytes()
+}
+
+impl SecretBox {
+    pub fn new(key: &[u8]) -> Result<Self, SecretError> {
+        let cipher = Aes256Gcm::new_from_slice(key).map_err(|_| SecretError::BadKey(key.len()))?;
+        Ok(Self { cipher })
+    }
+
+    /// A key given as base64 text (`RUNCELL_SECRET_KEY`).
+    pub fn from_base64(text: &str) -> Result<Self, SecretError> {
+        let key = base64::engine::general_purpose::STANDARD
+            .decode(text.trim())
+            .map_err(|err| SecretError::NotBase64(err.to_string()))?;
+        Self::new(&key)
+    }
+
+    /// A fresh random key as base64, for a data directory's key file.
+    pub fn generate_key() -> String {
+        let key = aes_gcm::Key::<Aes256Gcm>::generate();
+        base64::engine::general_purpose::STANDARD.encode(key)
+    }
+
+    pub fn seal(&self, job_id: &str, key: &str, plaintext: &str) -> String {
+        let nonce = Nonce::generate();
+        let aad = associated_data(job_id, key);
+        let ciphertext = self
+            .cipher
+            .encrypt(
+                &nonce,
+                Payload {
+                    msg: plaintext.as_bytes(),
+                    aad: &aad,
+                },
+            )
+            .expect("AES-GCM encryption of an in-memory value cannot fail");
+        let mut sealed = nonce.to_vec();
+        sealed.extend_from_slice(&ciphertext);
+        format!("{FORMAT}{}", STANDARD_NO_PAD.encode(sealed))
+    }
+
+    pub fn open(&self, job_id: &str, key: &str, sealed: &str) -> Result<String, SecretError> {
+        let bytes = sealed
+            .strip_prefix(FORMAT)
+            .and_then(|body| STANDARD_NO_PAD.decode(body).ok())
+            .filter(|bytes| bytes.len() > NONCE_BYTES)
+            .ok_or(SecretError::DoesNotOpen)?;
+        let (nonce, ciphertext) = bytes.split_at(NONCE_BYTES);
+        let nonce = Nonce::try_from(nonce).map_err(|_| SecretError::DoesNotOpen)?;
+        let aad = associated_data(job_id, key);
+        let plaintext = self
+            .cipher
+            .decrypt(
+                &nonce,
+                Payload {
+                    msg: ciphertext,
+                    aad: &aad,
+                },
+            )
+            .map_err(|_| SecretError::DoesNotOpen)?;
+        String::from_utf8(plaintext).map_err(|_| SecretError::DoesNotOpen)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sealer() -> SecretBox {
+        SecretBox::new(&[5; KEY_BYTES]).unwrap()
+    }
+
+    #[test]
+    fn a_sealed_value_opens_for_its_job_and_key_only() {
+        let sealed = sealer().seal("job-1", "apiKey", "s3cret-value");
+        assert!(sealed.starts_with("v1:"));
+        assert!(!sealed.contains("s3cret"));
+        assert_eq!(
+            sealer().open("job-1", "apiKey", &sealed).unwrap(),
+            "s3cret-value"
+        );
+        assert_eq!(
+            sealer().open("job-2", "apiKey", &sealed),
+            Err(SecretError::DoesNotOpen)
+        );
+        assert_eq!(
+            sealer().open("job-1", "otherKey", &sealed),
+            Err(SecretError::DoesNotOpen)
+        );
+    }
+
+    #[test]
+    fn another_key_or_a_flipped_bit_does_not_open() {
+        let sealed = sealer().seal("job-1", "k", "value");
+        let other = SecretBox::new(&[6; KEY_BYTES]).unwrap();
+        assert_eq!(other.open("job-1", "k", &sealed), Err(SecretError::DoesNotOpen));
+        let mut tampered = sealed.into_bytes();
+        let last = tampered.len() - 2;
+        tampered[last] = if tampered[last] == b'A' { b'B' } else { b'A' };
+        let tampered = String::from_utf8(tampered).unwrap();
+        assert_eq!(
+            sealer().open("job-1", "k", &tampered),
+            Err(SecretError::DoesNotOpen)
+        );
+    }
+
+    #[test]
+    fn sealing_twice_gives_different_ciphertexts() {
+        assert_ne!(sealer().seal("j", "k", "v"), sealer().seal("j", "k", "v"));
+    }
+
+    #[test]
+    fn keys_must_be_32_bytes_of_base64() {
+        assert_eq!(SecretBox::new(&[1; 16]).unwrap_err(), SecretError::BadKey(16));
+        assert!(matches!(
+            SecretBox::from_base64("not base64!"),
+            Err(SecretError::NotBase64(_))
+        ));
+        let generated = SecretBox::generate_key();
+        SecretBox::from_base64(&generated).unwrap();
+    }
+}
