@@ -133,7 +133,10 @@ mod tests {
     fn another_key_or_a_flipped_bit_does_not_open() {
         let sealed = sealer().seal("job-1", "k", "value");
         let other = SecretBox::new(&[6; KEY_BYTES]).unwrap();
-        assert_eq!(other.open("job-1", "k", &sealed), Err(SecretError::DoesNotOpen));
+        assert_eq!(
+            other.open("job-1", "k", &sealed),
+            Err(SecretError::DoesNotOpen)
+        );
         let mut tampered = sealed.into_bytes();
         let last = tampered.len() - 2;
         tampered[last] = if tampered[last] == b'A' { b'B' } else { b'A' };
@@ -151,7 +154,10 @@ mod tests {
 
     #[test]
     fn keys_must_be_32_bytes_of_base64() {
-        assert_eq!(SecretBox::new(&[1; 16]).unwrap_err(), SecretError::BadKey(16));
+        assert_eq!(
+            SecretBox::new(&[1; 16]).unwrap_err(),
+            SecretError::BadKey(16)
+        );
         assert!(matches!(
             SecretBox::from_base64("not base64!"),
             Err(SecretError::NotBase64(_))
