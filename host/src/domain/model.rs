@@ -275,6 +275,23 @@ pub struct MetricSample {
     pub ts_ms: Millis,
 }
 
+/// A node of a deployment as it last reported itself: one `runcell serve` process,
+/// upserted on every heartbeat.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeHeartbeat {
+    pub node_id: String,
+    /// When the process started: a restart under the same id shows as a newer value.
+    pub started_at: Millis,
+    pub last_heartbeat_at: Millis,
+    /// Executions it may run at once.
+    pub workers: u32,
+    /// Executions it was running at the heartbeat.
+    pub running: u32,
+    /// The version of the `runcell` binary.
+    pub version: String,
+}
+
 /// A page of a listing and the cursor for the next one.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]

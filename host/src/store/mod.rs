@@ -1,24 +1,27 @@
 //! Durable state: modules, jobs, executions and their logs, events, module key-value
-//! data and metric samples. The database is the source of truth for every execution;
-//! queues only carry ids.
+//! data, metric samples, and the registry of nodes and the leases they hold. The
+//! database is the source of truth for every execution; queues only carry ids.
 //!
 //! Functions are named by the state change they make and return domain types. Each
 //! backend (SQLite embedded, PostgreSQL distributed) implements [`Store`] and passes the
 //! same behavioural tests. Knows nothing of wasm or HTTP.
 
 pub mod auth;
+mod convert;
+mod postgres;
 mod sqlite;
 #[cfg(test)]
 mod tests;
 
 pub use auth::AuthStore;
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 use std::sync::Arc;
 
 use crate::domain::{
     Event, Execution, ExecutionResult, ExecutionStatus, Job, LogEntry, Manifest, MetricSample,
-    Millis, ModuleRecord, ModuleStatus, ModuleVersion, NewExecution, Page,
+    Millis, ModuleRecord, ModuleStatus, ModuleVersion, NewExecution, NodeHeartbeat, Page,
 };
 
 /// Why a storage call failed.
@@ -67,6 +70,12 @@ pub struct ClaimedExecution {
     pub input: String,
     pub scheduled_at: Millis,
 }
+
+/// The fencing token of one tenure of a lease: it grows by one each time the lease
+/// changes hands and never goes back, so a write carrying an older token is known to
+/// come from a holder that has since lost the lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LeaseToken(pub u64);
 
 /// The durable state of a Runcell deployment.
 #[async_trait::async_trait]
@@ -277,6 +286,49 @@ pub trait Store: Send + Sync + 'static {
         since: Millis,
         limit: u32,
     ) -> Result<Vec<MetricSample>, StoreError>;
+
+    // ---- nodes and leases ------------------------------------------------------------
+
+    /// Records a node's report of itself, replacing its previous one. Called by every
+    /// node at start and then periodically.
+    async fn heartbeat_node(&self, node: &NodeHeartbeat) -> Result<(), StoreError>;
+
+    /// Every node that ever reported, by node id (a stable order for listings; the age
+    /// of `last_heartbeat_at` tells which are alive).
+    async fn list_nodes(&self) -> Result<Vec<NodeHeartbeat>, StoreError>;
+
+    /// Takes or renews the lease `name` for `holder` until `now + ttl_ms`. Succeeds if
+    /// the lease is free (never taken, released, or expired at `now`) or already held by
+    /// `holder`; `None` while someone else holds it. A renewal, or a holder taking back
+    /// its own expired lease that nobody took meanwhile, keeps the token; any other
+    /// change of holder bumps it. Called by a would-be cron leader on every round, well
+    /// within `ttl_ms` of the last.
+    async fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now: Millis,
+        ttl_ms: Millis,
+    ) -> Result<Option<LeaseToken>, StoreError>;
+
+    /// Gives up the lease `name` if `holder` holds it, so another may take it without
+    /// waiting for it to expire (a leader shutting down). `false` if `holder` did not.
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<bool, StoreError>;
+
+    /// Sets the `next_run_at` of scheduled jobs, all in one transaction, only if the
+    /// lease `lease` is still held by `holder` with `token` and unexpired at `now`:
+    /// the cron leader's write, fenced so that a leader that lost its lease (paused,
+    /// partitioned) cannot move schedules back under its successor. Returns `false`,
+    /// changing nothing, if the lease is not held so. If a job appears twice, its last
+    /// update wins; unknown jobs are skipped.
+    async fn advance_schedules(
+        &self,
+        updates: &[(String, Option<Millis>)],
+        lease: &str,
+        holder: &str,
+        token: LeaseToken,
+        now: Millis,
+    ) -> Result<bool, StoreError>;
 }
 
 pub type SharedStore = Arc<dyn Store>;

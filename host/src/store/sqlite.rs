@@ -36,11 +36,9 @@
 mod auth;
 
 use std::collections::HashSet;
-use std::fmt::Display;
 use std::path::Path;
 use std::time::Duration;
 
-use serde::Serialize;
 use sqlx::migrate::Migrator;
 use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{
@@ -49,10 +47,14 @@ use sqlx::sqlite::{
 };
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool, Transaction};
 
-use super::{CancelEffect, ClaimedExecution, ExecutionFilter, Store, StoreError};
+use super::convert::{
+    corrupt, db, int, is_unique_violation, json_text, last_update_per_job, page, page_fetch,
+    parse_level, parse_status, parse_trigger,
+};
+use super::{CancelEffect, ClaimedExecution, ExecutionFilter, LeaseToken, Store, StoreError};
 use crate::domain::{
-    Event, Execution, ExecutionResult, ExecutionStatus, Job, LogEntry, LogLevel, Manifest,
-    MetricSample, Millis, ModuleRecord, ModuleStatus, ModuleVersion, NewExecution, Page, Trigger,
+    Event, Execution, ExecutionResult, ExecutionStatus, Job, LogEntry, Manifest, MetricSample,
+    Millis, ModuleRecord, ModuleStatus, ModuleVersion, NewExecution, NodeHeartbeat, Page, Trigger,
     now_millis,
 };
 
@@ -229,28 +231,6 @@ fn open_error(path: &Path, err: &sqlx::Error) -> StoreError {
 
 // ---- conversions ---------------------------------------------------------------------
 
-fn db(err: sqlx::Error) -> StoreError {
-    StoreError::Database(err.to_string())
-}
-
-fn corrupt(column: &str, problem: impl Display) -> StoreError {
-    StoreError::Corrupt(format!("{column}: {problem}"))
-}
-
-fn is_unique_violation(err: &sqlx::Error) -> bool {
-    matches!(err, sqlx::Error::Database(e) if e.is_unique_violation())
-}
-
-/// SQLite integers are signed; a `u64` above `i64::MAX` (never a real amount of fuel,
-/// bytes or milliseconds) is stored as `i64::MAX`.
-fn int(value: u64) -> i64 {
-    i64::try_from(value).unwrap_or(i64::MAX)
-}
-
-fn json_text<T: Serialize + ?Sized>(what: &str, value: &T) -> Result<String, StoreError> {
-    serde_json::to_string(value).map_err(|err| corrupt(what, format!("cannot encode: {err}")))
-}
-
 /// The number of rows a batch of `rows` is sent as. Preparing a statement of hundreds
 /// of rows costs about as much as running it, and each batch size is a different
 /// statement, so batches are padded to a few sizes (powers of two up to 64, then
@@ -273,28 +253,6 @@ fn padded<T>(chunk: &[T]) -> impl Iterator<Item = &T> {
     chunk
         .iter()
         .chain(std::iter::repeat_n(chunk.last(), padding).flatten())
-}
-
-/// A page of at most `limit` items from `fetched`, which holds up to `limit + 1`: the
-/// extra one only says that another page exists.
-fn page<T>(mut fetched: Vec<T>, limit: usize, id: impl Fn(&T) -> &str) -> Page<T> {
-    let next_cursor = if fetched.len() > limit {
-        fetched.truncate(limit);
-        fetched.last().map(|item| id(item).to_owned())
-    } else {
-        None
-    };
-    Page {
-        items: fetched,
-        next_cursor,
-    }
-}
-
-/// How many rows a listing fetches: one more than the page, to know whether another
-/// follows. A limit of zero is read as one, so a page always makes progress.
-fn page_fetch(limit: u32) -> (usize, i64) {
-    let limit = limit.max(1);
-    (limit as usize, i64::from(limit) + 1)
 }
 
 /// The smallest string above every string that starts with `prefix`, if one exists:
@@ -353,34 +311,11 @@ fn col_opt_json(row: &SqliteRow, name: &str) -> Result<Option<serde_json::Value>
 }
 
 fn col_status(row: &SqliteRow) -> Result<ExecutionStatus, StoreError> {
-    let text: &str = col(row, "status")?;
-    ExecutionStatus::parse(text).ok_or_else(|| corrupt("status", format!("unknown `{text}`")))
+    parse_status(col(row, "status")?)
 }
 
 fn col_trigger(row: &SqliteRow) -> Result<Trigger, StoreError> {
-    let text: &str = col(row, "trigger")?;
-    [
-        Trigger::Manual,
-        Trigger::Cron,
-        Trigger::Event,
-        Trigger::Retry,
-    ]
-    .into_iter()
-    .find(|t| t.as_str() == text)
-    .ok_or_else(|| corrupt("trigger", format!("unknown `{text}`")))
-}
-
-fn parse_level(text: &str) -> Result<LogLevel, StoreError> {
-    [
-        LogLevel::Trace,
-        LogLevel::Debug,
-        LogLevel::Info,
-        LogLevel::Warn,
-        LogLevel::Error,
-    ]
-    .into_iter()
-    .find(|l| l.as_str() == text)
-    .ok_or_else(|| corrupt("level", format!("unknown `{text}`")))
+    parse_trigger(col(row, "trigger")?)
 }
 
 fn module_from_row(row: &SqliteRow) -> Result<ModuleRecord, StoreError> {
@@ -499,6 +434,17 @@ fn sample_from_row(row: &SqliteRow) -> Result<MetricSample, StoreError> {
         value: col(row, "value")?,
         labels: col_json(row, "labels")?,
         ts_ms: col(row, "ts")?,
+    })
+}
+
+fn node_from_row(row: &SqliteRow) -> Result<NodeHeartbeat, StoreError> {
+    Ok(NodeHeartbeat {
+        node_id: col(row, "node_id")?,
+        started_at: col(row, "started_at")?,
+        last_heartbeat_at: col(row, "last_heartbeat_at")?,
+        workers: col_u32(row, "workers")?,
+        running: col_u32(row, "running")?,
+        version: col(row, "version")?,
     })
 }
 
@@ -1512,6 +1458,129 @@ impl Store for SqliteStore {
         .iter()
         .map(sample_from_row)
         .collect()
+    }
+
+    // ---- nodes and leases ------------------------------------------------------------
+
+    async fn heartbeat_node(&self, node: &NodeHeartbeat) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO nodes \
+                 (node_id, started_at, last_heartbeat_at, workers, running, version) \
+             VALUES (?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (node_id) DO UPDATE SET \
+                 started_at = excluded.started_at, \
+                 last_heartbeat_at = excluded.last_heartbeat_at, \
+                 workers = excluded.workers, running = excluded.running, \
+                 version = excluded.version",
+        )
+        .bind(&node.node_id)
+        .bind(node.started_at)
+        .bind(node.last_heartbeat_at)
+        .bind(i64::from(node.workers))
+        .bind(i64::from(node.running))
+        .bind(&node.version)
+        .execute(&self.writer)
+        .await
+        .map_err(db)?;
+        Ok(())
+    }
+
+    async fn list_nodes(&self) -> Result<Vec<NodeHeartbeat>, StoreError> {
+        sqlx::query(
+            "SELECT node_id, started_at, last_heartbeat_at, workers, running, version \
+             FROM nodes ORDER BY node_id",
+        )
+        .fetch_all(&self.reader)
+        .await
+        .map_err(db)?
+        .iter()
+        .map(node_from_row)
+        .collect()
+    }
+
+    async fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now: Millis,
+        ttl_ms: Millis,
+    ) -> Result<Option<LeaseToken>, StoreError> {
+        // One statement: the row either does not exist (first tenure, token 1) or is
+        // updated only if free, expired or ours, so two would-be holders cannot both
+        // win. Every SET expression reads the row as it was.
+        let token: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO leases (name, holder, token, expires_at) VALUES (?, ?, 1, ?) \
+             ON CONFLICT (name) DO UPDATE SET \
+                 token = CASE WHEN leases.holder = excluded.holder \
+                              THEN leases.token ELSE leases.token + 1 END, \
+                 holder = excluded.holder, expires_at = excluded.expires_at \
+             WHERE leases.holder = excluded.holder OR leases.holder IS NULL \
+                 OR leases.expires_at <= ? \
+             RETURNING token",
+        )
+        .bind(name)
+        .bind(holder)
+        .bind(now.saturating_add(ttl_ms))
+        .bind(now)
+        .fetch_optional(&self.writer)
+        .await
+        .map_err(db)?;
+        token
+            .map(|t| {
+                u64::try_from(t)
+                    .map(LeaseToken)
+                    .map_err(|_| corrupt("token", format!("negative value {t}")))
+            })
+            .transpose()
+    }
+
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<bool, StoreError> {
+        let released = sqlx::query("UPDATE leases SET holder = NULL WHERE name = ? AND holder = ?")
+            .bind(name)
+            .bind(holder)
+            .execute(&self.writer)
+            .await
+            .map_err(db)?
+            .rows_affected();
+        Ok(released > 0)
+    }
+
+    async fn advance_schedules(
+        &self,
+        updates: &[(String, Option<Millis>)],
+        lease: &str,
+        holder: &str,
+        token: LeaseToken,
+        now: Millis,
+    ) -> Result<bool, StoreError> {
+        let updates = last_update_per_job(updates);
+        // The write lock is taken first, so the lease cannot change hands between the
+        // check and the updates.
+        let mut tx = self.begin_write().await?;
+        let held: Option<i64> = sqlx::query_scalar(
+            "SELECT 1 FROM leases \
+             WHERE name = ? AND holder = ? AND token = ? AND expires_at > ?",
+        )
+        .bind(lease)
+        .bind(holder)
+        .bind(int(token.0))
+        .bind(now)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db)?;
+        if held.is_none() {
+            return Ok(false);
+        }
+        for chunk in updates.chunks(MAX_ROWS) {
+            let mut query = QueryBuilder::new("WITH u (id, next_run_at) AS (");
+            query.push_values(padded(chunk), |mut row, (id, next_run_at)| {
+                row.push_bind(*id).push_bind(*next_run_at);
+            });
+            query.push(") UPDATE jobs SET next_run_at = u.next_run_at FROM u WHERE jobs.id = u.id");
+            query.build().execute(&mut *tx).await.map_err(db)?;
+        }
+        tx.commit().await.map_err(db)?;
+        Ok(true)
     }
 }
 

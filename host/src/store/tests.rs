@@ -1,14 +1,21 @@
 //! The behaviour every [`Store`] backend must show. Each test is an async function over
 //! `&dyn Store`; [`backend_tests!`] runs the whole list against a fresh database of one
 //! backend, so a new backend is one more invocation at the bottom of this file.
+//!
+//! The PostgreSQL run needs a server: `RUNCELL_TEST_POSTGRES_URL` names a database its
+//! user may create databases from (default `postgres://postgres@127.0.0.1:5432/postgres`).
+//! Each test creates a database of its own and drops it when it ends, passed or failed;
+//! an unreachable server fails the tests, it never skips them.
 
 use std::collections::HashSet;
 use std::time::Instant;
 
-use super::{CancelEffect, ExecutionFilter, SqliteStore, Store, StoreError};
+use super::{
+    CancelEffect, ExecutionFilter, LeaseToken, PostgresStore, SqliteStore, Store, StoreError,
+};
 use crate::domain::{
     Capabilities, Event, ExecutionResult, ExecutionStatus, Job, JobSpec, LogEntry, LogLevel,
-    Manifest, MetricSample, Millis, ModuleStatus, NewExecution, Trigger, new_id,
+    Manifest, MetricSample, Millis, ModuleStatus, NewExecution, NodeHeartbeat, Trigger, new_id,
 };
 
 /// A fixed "now" (2023-11-14), so expectations do not depend on the clock.
@@ -1335,6 +1342,351 @@ async fn metric_samples_read_back_oldest_first_since_a_time(store: &dyn Store) {
     assert_eq!(since, [samples[2].clone()]);
 }
 
+async fn text_with_nul_characters_is_recorded(store: &dyn Store) {
+    // A guest may print anything; losing its whole result to one byte would be worse
+    // than a replaced character (PostgreSQL text cannot hold NUL).
+    let id = running(store, "job-1").await;
+    let result = ExecutionResult {
+        status: ExecutionStatus::Failed,
+        result: None,
+        error: Some("bad\0byte".to_owned()),
+        error_kind: Some("TRAP".to_owned()),
+        ..completed(&id, vec![log(0, "binary \0 output")])
+    };
+    assert_eq!(
+        store.record_results(&[result]).await.unwrap(),
+        [id.as_str()]
+    );
+    let execution = store.get_execution(&id).await.unwrap().unwrap();
+    assert_eq!(execution.status, ExecutionStatus::Failed);
+    let error = execution.error.unwrap();
+    assert!(
+        error == "bad\0byte" || error == "bad\u{FFFD}byte",
+        "{error:?}"
+    );
+    let logs = store.execution_logs(&id, None, 10).await.unwrap();
+    assert_eq!(logs.len(), 1);
+    assert!(
+        logs[0].message == "binary \0 output" || logs[0].message == "binary \u{FFFD} output",
+        "{:?}",
+        logs[0].message
+    );
+    // Keys are identities: they keep every character.
+    store.kv_set("m", "a\0b", b"nul", T0).await.unwrap();
+    store.kv_set("m", "a", b"plain", T0).await.unwrap();
+    assert_eq!(
+        store.kv_get("m", "a\0b").await.unwrap().as_deref(),
+        Some(&b"nul"[..])
+    );
+    assert_eq!(
+        store.kv_list_keys("m", "a", 10).await.unwrap(),
+        ["a", "a\0b"]
+    );
+}
+
+// ---- nodes and leases ----------------------------------------------------------------
+
+fn node(node_id: &str, last_heartbeat_at: Millis, running: u32) -> NodeHeartbeat {
+    NodeHeartbeat {
+        node_id: node_id.to_owned(),
+        started_at: T0,
+        last_heartbeat_at,
+        workers: 5,
+        running,
+        version: "0.1.0".to_owned(),
+    }
+}
+
+async fn nodes_list_by_id_with_their_latest_heartbeat(store: &dyn Store) {
+    assert!(store.list_nodes().await.unwrap().is_empty());
+    store.heartbeat_node(&node("node-b", T0, 0)).await.unwrap();
+    store.heartbeat_node(&node("node-a", T0, 1)).await.unwrap();
+    let later = NodeHeartbeat {
+        workers: 8,
+        version: "0.2.0".to_owned(),
+        ..node("node-b", T0 + 10 * SECOND, 3)
+    };
+    store.heartbeat_node(&later).await.unwrap();
+    assert_eq!(
+        store.list_nodes().await.unwrap(),
+        [node("node-a", T0, 1), later]
+    );
+    // A node restarted under the same id replaces its row.
+    let restarted = NodeHeartbeat {
+        started_at: T0 + 20 * SECOND,
+        ..node("node-a", T0 + 20 * SECOND, 0)
+    };
+    store.heartbeat_node(&restarted).await.unwrap();
+    let nodes = store.list_nodes().await.unwrap();
+    assert_eq!(nodes.len(), 2);
+    assert_eq!(nodes[0], restarted);
+}
+
+const LEADER: &str = "cron-leader";
+const TTL: Millis = 10 * SECOND;
+
+async fn a_held_lease_is_refused_to_anyone_else_until_it_expires(store: &dyn Store) {
+    let first = store
+        .acquire_lease(LEADER, "node-a", T0, TTL)
+        .await
+        .unwrap()
+        .expect("a lease never taken is free");
+    for at in [T0, T0 + TTL - 1] {
+        assert_eq!(
+            store
+                .acquire_lease(LEADER, "node-b", at, TTL)
+                .await
+                .unwrap(),
+            None
+        );
+    }
+    // Another lease is another name.
+    assert!(
+        store
+            .acquire_lease("other", "node-b", T0, TTL)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    // Refusals changed nothing: the holder still renews with its token.
+    assert_eq!(
+        store
+            .acquire_lease(LEADER, "node-a", T0 + TTL - 1, TTL)
+            .await
+            .unwrap(),
+        Some(first)
+    );
+}
+
+async fn renewing_a_lease_keeps_its_token_and_extends_it(store: &dyn Store) {
+    let token = store
+        .acquire_lease(LEADER, "node-a", T0, TTL)
+        .await
+        .unwrap()
+        .unwrap();
+    let renewed = store
+        .acquire_lease(LEADER, "node-a", T0 + 5 * SECOND, TTL)
+        .await
+        .unwrap();
+    assert_eq!(renewed, Some(token));
+    // Renewed at T0 + 5 s, it is still held after the first term would have ended.
+    assert_eq!(
+        store
+            .acquire_lease(LEADER, "node-b", T0 + TTL + SECOND, TTL)
+            .await
+            .unwrap(),
+        None
+    );
+    // A holder whose lease lapsed with nobody taking it keeps its tenure.
+    assert_eq!(
+        store
+            .acquire_lease(LEADER, "node-a", T0 + 60 * SECOND, TTL)
+            .await
+            .unwrap(),
+        Some(token)
+    );
+}
+
+async fn a_takeover_after_expiry_bumps_the_token(store: &dyn Store) {
+    let first = store
+        .acquire_lease(LEADER, "node-a", T0, TTL)
+        .await
+        .unwrap()
+        .unwrap();
+    let second = store
+        .acquire_lease(LEADER, "node-b", T0 + TTL, TTL)
+        .await
+        .unwrap()
+        .expect("an expired lease is free");
+    assert!(second > first, "{second:?} after {first:?}");
+    // The old holder comes back: it is now the other one.
+    assert_eq!(
+        store
+            .acquire_lease(LEADER, "node-a", T0 + TTL + 1, TTL)
+            .await
+            .unwrap(),
+        None
+    );
+    let third = store
+        .acquire_lease(LEADER, "node-a", T0 + 2 * TTL, TTL)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(third > second, "{third:?} after {second:?}");
+}
+
+async fn a_released_lease_is_free_at_once_under_a_new_token(store: &dyn Store) {
+    let first = store
+        .acquire_lease(LEADER, "node-a", T0, TTL)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!store.release_lease(LEADER, "node-b").await.unwrap());
+    assert!(!store.release_lease("never-taken", "node-a").await.unwrap());
+    assert_eq!(
+        store
+            .acquire_lease(LEADER, "node-b", T0, TTL)
+            .await
+            .unwrap(),
+        None,
+        "a release by someone else releases nothing"
+    );
+    assert!(store.release_lease(LEADER, "node-a").await.unwrap());
+    assert!(!store.release_lease(LEADER, "node-a").await.unwrap());
+    let second = store
+        .acquire_lease(LEADER, "node-b", T0 + 1, TTL)
+        .await
+        .unwrap()
+        .expect("a released lease is free before it would have expired");
+    assert!(second > first);
+}
+
+async fn two_would_be_leaders_racing_for_a_free_lease_get_one_lease(store: &dyn Store) {
+    let holders: Vec<String> = (0..8).map(|n| format!("node-{n}")).collect();
+    let attempts = holders
+        .iter()
+        .map(|holder| store.acquire_lease(LEADER, holder, T0, TTL));
+    let won: Vec<LeaseToken> = futures_util::future::join_all(attempts)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .flatten()
+        .collect();
+    assert_eq!(won, [LeaseToken(1)]);
+}
+
+/// A scheduled job due at `T0`.
+fn scheduled(name: &str) -> Job {
+    Job {
+        schedule: Some("0 * * * * *".to_owned()),
+        next_run_at: Some(T0),
+        ..job(name, "sync")
+    }
+}
+
+async fn next_run_at(store: &dyn Store, job: &Job) -> Option<Millis> {
+    store.get_job(&job.id).await.unwrap().unwrap().next_run_at
+}
+
+async fn the_lease_holder_advances_every_schedule_at_once(store: &dyn Store) {
+    let (a, b, c) = (scheduled("a"), scheduled("b"), scheduled("c"));
+    for job in [&a, &b, &c] {
+        store.insert_job(job).await.unwrap();
+    }
+    let token = store
+        .acquire_lease(LEADER, "node-a", T0, TTL)
+        .await
+        .unwrap()
+        .unwrap();
+    let updates = [
+        (a.id.clone(), Some(T0 + 60 * SECOND)),
+        (b.id.clone(), None),
+        ("missing".to_owned(), Some(T0)),
+        (a.id.clone(), Some(T0 + 120 * SECOND)),
+    ];
+    assert!(
+        store
+            .advance_schedules(&updates, LEADER, "node-a", token, T0 + SECOND)
+            .await
+            .unwrap()
+    );
+    assert_eq!(next_run_at(store, &a).await, Some(T0 + 120 * SECOND));
+    assert_eq!(next_run_at(store, &b).await, None);
+    assert_eq!(next_run_at(store, &c).await, Some(T0));
+    assert!(
+        store
+            .advance_schedules(&[], LEADER, "node-a", token, T0 + SECOND)
+            .await
+            .unwrap()
+    );
+    let due: Vec<String> = store
+        .due_scheduled_jobs(T0)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|j| j.name)
+        .collect();
+    assert_eq!(due, ["c"]);
+}
+
+async fn a_stale_holder_s_fenced_write_is_refused(store: &dyn Store) {
+    let job = scheduled("nightly");
+    store.insert_job(&job).await.unwrap();
+    let stale = store
+        .acquire_lease(LEADER, "node-a", T0, TTL)
+        .await
+        .unwrap()
+        .unwrap();
+    let current = store
+        .acquire_lease(LEADER, "node-b", T0 + TTL, TTL)
+        .await
+        .unwrap()
+        .unwrap();
+    let back_in_time = [(job.id.clone(), Some(T0 - 60 * SECOND))];
+    // The old leader, paused through its lease and unaware, writes with its old token.
+    assert!(
+        !store
+            .advance_schedules(&back_in_time, LEADER, "node-a", stale, T0 + TTL + 1)
+            .await
+            .unwrap()
+    );
+    // Nor may anyone write with the current token under another name.
+    assert!(
+        !store
+            .advance_schedules(&back_in_time, LEADER, "node-a", current, T0 + TTL + 1)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .advance_schedules(&back_in_time, "other", "node-b", current, T0 + TTL + 1)
+            .await
+            .unwrap()
+    );
+    assert_eq!(next_run_at(store, &job).await, Some(T0));
+    let forward = [(job.id.clone(), Some(T0 + 60 * SECOND))];
+    assert!(
+        store
+            .advance_schedules(&forward, LEADER, "node-b", current, T0 + TTL + 1)
+            .await
+            .unwrap()
+    );
+    assert_eq!(next_run_at(store, &job).await, Some(T0 + 60 * SECOND));
+}
+
+async fn a_fenced_write_after_the_lease_expired_or_was_released_is_refused(store: &dyn Store) {
+    let job = scheduled("nightly");
+    store.insert_job(&job).await.unwrap();
+    let token = store
+        .acquire_lease(LEADER, "node-a", T0, TTL)
+        .await
+        .unwrap()
+        .unwrap();
+    let update = [(job.id.clone(), Some(T0 + 60 * SECOND))];
+    // Expired, though nobody took it yet: a leader must not act on a lapsed lease.
+    assert!(
+        !store
+            .advance_schedules(&update, LEADER, "node-a", token, T0 + TTL)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .advance_schedules(&update, LEADER, "node-a", token, T0 + TTL - 1)
+            .await
+            .unwrap()
+    );
+    assert!(store.release_lease(LEADER, "node-a").await.unwrap());
+    let later = [(job.id.clone(), Some(T0 + 120 * SECOND))];
+    assert!(
+        !store
+            .advance_schedules(&later, LEADER, "node-a", token, T0 + 1)
+            .await
+            .unwrap()
+    );
+    assert_eq!(next_run_at(store, &job).await, Some(T0 + 60 * SECOND));
+}
+
 // ---- throughput ----------------------------------------------------------------------
 
 /// Not a pass/fail test: prints how fast the hot path (enqueue, claim, record) moves
@@ -1408,59 +1760,245 @@ async fn fresh_sqlite_in_memory() -> (SqliteStore, ()) {
     (SqliteStore::open_in_memory().await.unwrap(), ())
 }
 
-backend_tests!(
-    sqlite,
-    super::fresh_sqlite,
-    [
-        a_fresh_store_answers_pings,
-        the_first_upload_creates_an_enabled_module,
-        a_new_version_becomes_current_and_old_ones_stay_listed_newest_first,
-        reuploading_known_bytes_makes_them_current_without_a_duplicate,
-        identical_bytes_of_two_modules_outlive_the_deletion_of_one,
-        a_module_can_be_disabled_and_enabled_again,
-        deleting_a_module_without_its_jobs_leaves_them_and_removes_its_data,
-        deleting_a_module_with_its_jobs_keeps_their_executions,
-        a_job_reads_back_as_it_was_written,
-        a_job_name_is_taken_only_once,
-        renaming_a_job_onto_a_taken_name_conflicts,
-        a_deleted_job_is_gone,
-        jobs_list_oldest_first_a_page_at_a_time,
-        jobs_are_fetched_by_id_skipping_missing_ones,
-        only_enabled_scheduled_jobs_that_are_due_are_returned,
-        only_enabled_jobs_with_an_event_pattern_are_subscribed,
-        the_jobs_using_a_module_are_named,
-        an_enqueued_execution_reads_back_queued_with_what_it_was_given,
-        a_cron_tick_fires_once,
-        a_tick_repeated_within_one_batch_is_created_once,
-        two_schedulers_firing_one_tick_at_once_create_one_execution,
-        enqueueing_the_same_execution_twice_creates_it_once,
-        a_claim_takes_only_queued_due_executions_and_only_once,
-        results_are_recorded_once_with_their_logs,
-        a_result_for_an_execution_never_claimed_is_ignored,
-        two_results_for_one_execution_in_one_batch_record_the_first,
-        logs_are_read_in_order_after_a_position,
-        cancelling_a_queued_execution_ends_it_before_it_starts,
-        cancelling_a_running_execution_flags_it_for_its_worker,
-        cancelling_an_ended_or_unknown_execution_changes_nothing,
-        a_requeued_execution_can_be_claimed_again,
-        a_requeued_execution_that_was_asked_to_stop_ends_cancelled,
-        requeueing_leaves_ended_executions_alone,
-        an_expired_lease_is_found_and_failed_once,
-        a_renewed_lease_does_not_expire,
-        executions_list_newest_first_by_job_and_status_a_page_at_a_time,
-        every_status_lists_on_its_own_newest_first,
-        the_reconciler_sees_due_queued_executions_oldest_first,
-        batches_larger_than_one_statement_are_handled_whole,
-        events_list_newest_first_by_topic_a_page_at_a_time,
-        kv_values_are_scoped_to_their_module,
-        kv_keys_list_sorted_by_prefix_up_to_a_limit,
-        a_kv_prefix_with_wildcards_matches_only_itself,
-        kv_keys_beyond_ascii_sort_by_code_point,
-        metric_samples_read_back_oldest_first_since_a_time,
-        #[ignore = "a measurement; run with --release -- --ignored --nocapture"]
-        hot_path_throughput_of_20000_executions,
-    ]
-);
+/// Runs every behaviour against a backend: the one list, so a behaviour added here is
+/// required of every backend.
+macro_rules! every_behaviour {
+    ($backend:ident, $open:path) => {
+        backend_tests!(
+            $backend,
+            $open,
+            [
+                a_fresh_store_answers_pings,
+                the_first_upload_creates_an_enabled_module,
+                a_new_version_becomes_current_and_old_ones_stay_listed_newest_first,
+                reuploading_known_bytes_makes_them_current_without_a_duplicate,
+                identical_bytes_of_two_modules_outlive_the_deletion_of_one,
+                a_module_can_be_disabled_and_enabled_again,
+                deleting_a_module_without_its_jobs_leaves_them_and_removes_its_data,
+                deleting_a_module_with_its_jobs_keeps_their_executions,
+                a_job_reads_back_as_it_was_written,
+                a_job_name_is_taken_only_once,
+                renaming_a_job_onto_a_taken_name_conflicts,
+                a_deleted_job_is_gone,
+                jobs_list_oldest_first_a_page_at_a_time,
+                jobs_are_fetched_by_id_skipping_missing_ones,
+                only_enabled_scheduled_jobs_that_are_due_are_returned,
+                only_enabled_jobs_with_an_event_pattern_are_subscribed,
+                the_jobs_using_a_module_are_named,
+                an_enqueued_execution_reads_back_queued_with_what_it_was_given,
+                a_cron_tick_fires_once,
+                a_tick_repeated_within_one_batch_is_created_once,
+                two_schedulers_firing_one_tick_at_once_create_one_execution,
+                enqueueing_the_same_execution_twice_creates_it_once,
+                a_claim_takes_only_queued_due_executions_and_only_once,
+                results_are_recorded_once_with_their_logs,
+                a_result_for_an_execution_never_claimed_is_ignored,
+                two_results_for_one_execution_in_one_batch_record_the_first,
+                logs_are_read_in_order_after_a_position,
+                cancelling_a_queued_execution_ends_it_before_it_starts,
+                cancelling_a_running_execution_flags_it_for_its_worker,
+                cancelling_an_ended_or_unknown_execution_changes_nothing,
+                a_requeued_execution_can_be_claimed_again,
+                a_requeued_execution_that_was_asked_to_stop_ends_cancelled,
+                requeueing_leaves_ended_executions_alone,
+                an_expired_lease_is_found_and_failed_once,
+                a_renewed_lease_does_not_expire,
+                executions_list_newest_first_by_job_and_status_a_page_at_a_time,
+                every_status_lists_on_its_own_newest_first,
+                the_reconciler_sees_due_queued_executions_oldest_first,
+                batches_larger_than_one_statement_are_handled_whole,
+                events_list_newest_first_by_topic_a_page_at_a_time,
+                kv_values_are_scoped_to_their_module,
+                kv_keys_list_sorted_by_prefix_up_to_a_limit,
+                a_kv_prefix_with_wildcards_matches_only_itself,
+                kv_keys_beyond_ascii_sort_by_code_point,
+                metric_samples_read_back_oldest_first_since_a_time,
+                text_with_nul_characters_is_recorded,
+                nodes_list_by_id_with_their_latest_heartbeat,
+                a_held_lease_is_refused_to_anyone_else_until_it_expires,
+                renewing_a_lease_keeps_its_token_and_extends_it,
+                a_takeover_after_expiry_bumps_the_token,
+                a_released_lease_is_free_at_once_under_a_new_token,
+                two_would_be_leaders_racing_for_a_free_lease_get_one_lease,
+                the_lease_holder_advances_every_schedule_at_once,
+                a_stale_holder_s_fenced_write_is_refused,
+                a_fenced_write_after_the_lease_expired_or_was_released_is_refused,
+                #[ignore = "a measurement; run with --release -- --ignored --nocapture"]
+                hot_path_throughput_of_20000_executions,
+            ]
+        );
+    };
+}
+
+every_behaviour!(sqlite, super::fresh_sqlite);
+every_behaviour!(postgres, super::fresh_postgres);
+
+/// The server the PostgreSQL tests create their databases on.
+fn postgres_admin_url() -> String {
+    std::env::var("RUNCELL_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+/// `url` with its database name replaced by `database`, its parameters kept.
+fn with_database(url: &str, database: &str) -> String {
+    let (base, params) = url
+        .split_once('?')
+        .map_or((url, None), |(b, p)| (b, Some(p)));
+    let authority_start = base.find("://").map_or(0, |i| i + 3);
+    let server = match base[authority_start..].find('/') {
+        Some(slash) => &base[..authority_start + slash],
+        None => base,
+    };
+    match params {
+        Some(params) => format!("{server}/{database}?{params}"),
+        None => format!("{server}/{database}"),
+    }
+}
+
+/// A database of its own for one test, dropped when this guard is dropped: at the end
+/// of the test, and also when the test panics (the guard drops while unwinding).
+struct PostgresDatabase {
+    admin_url: String,
+    name: String,
+    url: String,
+}
+
+impl PostgresDatabase {
+    async fn create() -> Self {
+        use sqlx::{Connection, Executor};
+        let admin_url = postgres_admin_url();
+        let mut admin = sqlx::PgConnection::connect(&admin_url)
+            .await
+            .unwrap_or_else(|err| {
+                let server = admin_url
+                    .rsplit_once('@')
+                    .map_or(admin_url.as_str(), |(_, s)| s);
+                panic!(
+                    "the PostgreSQL store tests need a server: cannot connect to {server} \
+                     ({err}); start one or set RUNCELL_TEST_POSTGRES_URL"
+                )
+            });
+        let name = format!("runcell_test_{}", uuid::Uuid::now_v7().simple());
+        admin
+            .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .await
+            .unwrap_or_else(|err| panic!("cannot create database {name}: {err}"));
+        let _ = admin.close().await;
+        Self {
+            url: with_database(&admin_url, &name),
+            admin_url,
+            name,
+        }
+    }
+}
+
+impl Drop for PostgresDatabase {
+    fn drop(&mut self) {
+        use sqlx::{Connection, Executor};
+        let admin_url = self.admin_url.clone();
+        let statement = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+        // On a thread and runtime of its own: the test's runtime may be shutting down
+        // or unwinding, and cannot be blocked on from inside. Joined, so the database
+        // is gone when the test ends. FORCE ends the store's connections still open.
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|err| err.to_string())?;
+            runtime.block_on(async {
+                let mut admin = sqlx::PgConnection::connect(&admin_url)
+                    .await
+                    .map_err(|err| err.to_string())?;
+                admin
+                    .execute(sqlx::AssertSqlSafe(statement))
+                    .await
+                    .map_err(|err| err.to_string())?;
+                let _ = admin.close().await;
+                Ok::<(), String>(())
+            })
+        })
+        .join();
+        // Never a panic here: one while unwinding would abort the whole test run.
+        match dropped {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => eprintln!("could not drop test database {}: {err}", self.name),
+            Err(_) => eprintln!("could not drop test database {}", self.name),
+        }
+    }
+}
+
+async fn fresh_postgres() -> (PostgresStore, PostgresDatabase) {
+    let database = PostgresDatabase::create().await;
+    let store = PostgresStore::connect(&database.url)
+        .await
+        .unwrap_or_else(|err| panic!("cannot open {}: {err}", database.name));
+    (store, database)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_starting_together_on_a_fresh_postgres_database_both_migrate_it() {
+    use sqlx::Connection;
+    let database = PostgresDatabase::create().await;
+    let connects = (0..3).map(|_| PostgresStore::connect(&database.url));
+    let stores: Vec<PostgresStore> = futures_util::future::join_all(connects)
+        .await
+        .into_iter()
+        .map(|store| store.expect("every node starts"))
+        .collect();
+    let written = job("nightly", "sync");
+    stores[0].insert_job(&written).await.unwrap();
+    for store in &stores {
+        assert_eq!(
+            store.get_job(&written.id).await.unwrap().as_ref(),
+            Some(&written)
+        );
+    }
+    let mut conn = sqlx::PgConnection::connect(&database.url).await.unwrap();
+    let applied: Vec<i64> =
+        sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(applied, [1, 2, 3], "each migration applied once");
+    let _ = conn.close().await;
+}
+
+#[tokio::test]
+async fn an_unreachable_postgres_fails_fast_with_a_clear_error() {
+    let started = Instant::now();
+    // Nothing listens on port 1: refused at once.
+    let err = PostgresStore::connect("postgres://runcell:s3cret@127.0.0.1:1/runcell")
+        .await
+        .unwrap_err();
+    let message = err.to_string();
+    assert!(message.contains("127.0.0.1:1/runcell"), "{message}");
+    assert!(
+        !message.contains("s3cret"),
+        "the password leaked: {message}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(6),
+        "{:?}",
+        started.elapsed()
+    );
+    let err = PostgresStore::connect("postgres://127.0.0.1:port/runcell")
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("invalid PostgreSQL URL"), "{err}");
+}
+
+#[test]
+fn a_test_database_url_keeps_the_server_and_parameters() {
+    assert_eq!(
+        with_database("postgres://u:p@h:5432/postgres", "x"),
+        "postgres://u:p@h:5432/x"
+    );
+    assert_eq!(
+        with_database("postgres://h/postgres?sslmode=disable", "x"),
+        "postgres://h/x?sslmode=disable"
+    );
+    assert_eq!(with_database("postgres://h:1", "x"), "postgres://h:1/x");
+}
 
 // The in-memory variant shares one connection between reads and writes; a few
 // behaviours that lean on concurrency and batching show it does not deadlock.

@@ -1,0 +1,102 @@
+//! Conversions every backend shares between domain values and what a database stores:
+//! errors, integers, JSON text, enumerations as text, pages. Pure functions; the
+//! mapping of whole rows stays with each backend, whose column types differ.
+
+use std::fmt::Display;
+
+use serde::Serialize;
+
+use super::StoreError;
+use crate::domain::{ExecutionStatus, LogLevel, Millis, Page, Trigger};
+
+pub(super) fn db(err: sqlx::Error) -> StoreError {
+    StoreError::Database(err.to_string())
+}
+
+pub(super) fn corrupt(column: &str, problem: impl Display) -> StoreError {
+    StoreError::Corrupt(format!("{column}: {problem}"))
+}
+
+pub(super) fn is_unique_violation(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(e) if e.is_unique_violation())
+}
+
+/// Database integers are signed; a `u64` above `i64::MAX` (never a real amount of fuel,
+/// bytes or milliseconds) is stored as `i64::MAX`.
+pub(super) fn int(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+pub(super) fn json_text<T: Serialize + ?Sized>(
+    what: &str,
+    value: &T,
+) -> Result<String, StoreError> {
+    serde_json::to_string(value).map_err(|err| corrupt(what, format!("cannot encode: {err}")))
+}
+
+/// A page of at most `limit` items from `fetched`, which holds up to `limit + 1`: the
+/// extra one only says that another page exists.
+pub(super) fn page<T>(mut fetched: Vec<T>, limit: usize, id: impl Fn(&T) -> &str) -> Page<T> {
+    let next_cursor = if fetched.len() > limit {
+        fetched.truncate(limit);
+        fetched.last().map(|item| id(item).to_owned())
+    } else {
+        None
+    };
+    Page {
+        items: fetched,
+        next_cursor,
+    }
+}
+
+/// How many rows a listing fetches: one more than the page, to know whether another
+/// follows. A limit of zero is read as one, so a page always makes progress.
+pub(super) fn page_fetch(limit: u32) -> (usize, i64) {
+    let limit = limit.max(1);
+    (limit as usize, i64::from(limit) + 1)
+}
+
+pub(super) fn parse_status(text: &str) -> Result<ExecutionStatus, StoreError> {
+    ExecutionStatus::parse(text).ok_or_else(|| corrupt("status", format!("unknown `{text}`")))
+}
+
+pub(super) fn parse_trigger(text: &str) -> Result<Trigger, StoreError> {
+    [
+        Trigger::Manual,
+        Trigger::Cron,
+        Trigger::Event,
+        Trigger::Retry,
+    ]
+    .into_iter()
+    .find(|t| t.as_str() == text)
+    .ok_or_else(|| corrupt("trigger", format!("unknown `{text}`")))
+}
+
+pub(super) fn parse_level(text: &str) -> Result<LogLevel, StoreError> {
+    [
+        LogLevel::Trace,
+        LogLevel::Debug,
+        LogLevel::Info,
+        LogLevel::Warn,
+        LogLevel::Error,
+    ]
+    .into_iter()
+    .find(|l| l.as_str() == text)
+    .ok_or_else(|| corrupt("level", format!("unknown `{text}`")))
+}
+
+/// The schedule updates of [`super::Store::advance_schedules`], one per job: the last
+/// one given for it, as if they had been applied in order.
+pub(super) fn last_update_per_job(
+    updates: &[(String, Option<Millis>)],
+) -> Vec<(&str, Option<Millis>)> {
+    let mut last: std::collections::HashMap<&str, Option<Millis>> =
+        std::collections::HashMap::with_capacity(updates.len());
+    for (id, next_run_at) in updates {
+        last.insert(id.as_str(), *next_run_at);
+    }
+    let mut updates: Vec<(&str, Option<Millis>)> = last.into_iter().collect();
+    // A fixed order: concurrent writers lock the rows in the same order.
+    updates.sort_unstable_by_key(|(id, _)| *id);
+    updates
+}

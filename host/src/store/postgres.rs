@@ -1,0 +1,1543 @@
+//! The distributed backend: one PostgreSQL database shared by every node. Owns the SQL
+//! for PostgreSQL and the mapping between rows and domain types; decides no policy (that
+//! is the services' job).
+//!
+//! # Many nodes, one database
+//!
+//! Every statement is written for writers on other nodes at the same moment:
+//!
+//! - A claim locks the rows it takes with `FOR UPDATE SKIP LOCKED` and re-checks
+//!   `status = 'QUEUED'` on the latest row version, so of two nodes handed the same id
+//!   exactly one runs it, and neither waits for the other.
+//! - A cron tick is an `INSERT ... ON CONFLICT DO NOTHING` against the unique
+//!   (job, tick) index; enqueuers insert in one global order of those keys, so two
+//!   schedulers firing overlapping ticks wait for each other instead of deadlocking.
+//! - The cron leader's writes are fenced by its lease token (see `advance_schedules`).
+//!
+//! # The hot path in single statements
+//!
+//! Enqueue, claim and record (with its log lines) are each **one** statement per batch
+//! of up to [`MAX_ROWS`] rows: every column travels as one array parameter and
+//! `UNNEST` turns the arrays back into rows. The statement text is the same for every
+//! batch size, so each connection prepares it once; and since a statement is atomic by
+//! itself, a batch costs one round trip and one commit, with no `BEGIN` and `COMMIT`
+//! around it.
+//!
+//! # Text
+//!
+//! PostgreSQL `TEXT` cannot hold NUL, which a guest may well print. Text that comes from
+//! a run (log lines, errors, event topics, metric names) has NUL replaced by U+FFFD
+//! rather than losing the whole record to an encoding error; key-value keys are bytes
+//! (see the migration) and keep it.
+
+use std::borrow::Cow;
+use std::collections::HashSet;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{
+    PgBindIterExt, PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow, Postgres,
+};
+use sqlx::{ConnectOptions, Connection, QueryBuilder, Row};
+
+use super::convert::{
+    corrupt, db, int, is_unique_violation, json_text, last_update_per_job, page, page_fetch,
+    parse_level, parse_status, parse_trigger,
+};
+use super::{CancelEffect, ClaimedExecution, ExecutionFilter, LeaseToken, Store, StoreError};
+use crate::domain::{
+    Event, Execution, ExecutionResult, ExecutionStatus, Job, LogEntry, Manifest, MetricSample,
+    Millis, ModuleRecord, ModuleStatus, ModuleVersion, NewExecution, NodeHeartbeat, Page,
+    now_millis,
+};
+
+/// Applied by [`PostgresStore::connect`]. Nodes starting together do not race on it:
+/// sqlx 0.9's PostgreSQL migrator (`Migrator::run`, locking on by default) takes
+/// `pg_advisory_lock` on a key derived from the database name before it reads the
+/// applied versions and releases it after the last migration, so one node migrates and
+/// the others wait, then find nothing left to do. The lock is a session lock, so it is
+/// taken on a connection of its own that is closed afterwards: a migration that fails
+/// half-way cannot leave the lock held by a pooled connection.
+static MIGRATOR: Migrator = sqlx::migrate!("../migrations/postgres");
+
+/// Connections per node. Each hot-path call is one short statement, so a handful keeps
+/// the worker pool, the reconciler and the API busy; the database's `max_connections`
+/// (100 by default) is shared by every node, so more per node would limit how many
+/// nodes a deployment can have without buying throughput.
+const MAX_CONNECTIONS: u32 = 8;
+
+/// How long connecting may take before `connect` gives up with a clear error, rather
+/// than a node hanging at start on an unreachable or firewalled address.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Rows per statement. Arrays have no parameter limit, so this only bounds how many row
+/// locks one statement holds and how large one message grows; per-statement overhead is
+/// already negligible at a few hundred rows.
+const MAX_ROWS: usize = 1_000;
+
+/// Columns of `executions` read into [`Execution`], in one place for every query.
+macro_rules! execution_columns {
+    () => {
+        "id, job_id, module, job, status, trigger, attempt, retry_of, input, result, error, \
+         error_kind, scheduled_at, run_after, cron_tick, event_id, created_at, started_at, \
+         finished_at, duration_ms, fuel_consumed, memory_peak_bytes, node_id, cancel_requested"
+    };
+}
+
+/// Columns of `jobs` read into [`Job`].
+macro_rules! job_columns {
+    () => {
+        "id, name, module, job, schedule, input, enabled, max_attempts, timeout_ms, fuel, \
+         memory_bytes, on_event, next_run_at, created_at, updated_at"
+    };
+}
+
+/// A module joined with its current version, read into [`ModuleRecord`].
+macro_rules! select_module {
+    () => {
+        "SELECT m.name AS name, m.status AS status, m.created_at AS created_at, \
+                m.updated_at AS updated_at, v.version AS version, \
+                v.content_hash AS content_hash, v.size_bytes AS size_bytes, \
+                v.manifest AS manifest, v.uploaded_at AS uploaded_at \
+         FROM modules m \
+         JOIN module_versions v ON v.module = m.name AND v.content_hash = m.current_hash"
+    };
+}
+
+/// The PostgreSQL store of a distributed deployment.
+#[derive(Debug, Clone)]
+pub struct PostgresStore {
+    pool: PgPool,
+}
+
+impl PostgresStore {
+    /// Connects to the database at `url` (`postgres://user:password@host:port/database`)
+    /// and brings its schema up to date. Fails within a few seconds, naming the server
+    /// (never the password), if it cannot be reached.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let options = PgConnectOptions::from_str(url)
+            .map_err(|err| StoreError::Database(format!("invalid PostgreSQL URL: {err}")))?
+            .application_name("runcell");
+        let server = format!(
+            "{}:{}/{}",
+            options.get_host(),
+            options.get_port(),
+            options.get_database().unwrap_or(options.get_username())
+        );
+        let mut conn = tokio::time::timeout(CONNECT_TIMEOUT, options.connect())
+            .await
+            .map_err(|_| {
+                StoreError::Database(format!(
+                    "cannot reach PostgreSQL at {server}: no answer within {}s",
+                    CONNECT_TIMEOUT.as_secs()
+                ))
+            })?
+            .map_err(|err| {
+                StoreError::Database(format!("cannot connect to PostgreSQL at {server}: {err}"))
+            })?;
+        let migrated = MIGRATOR.run(&mut conn).await;
+        // Closing ends the session, and with it the migration lock whatever happened.
+        let _ = conn.close().await;
+        migrated.map_err(|err| {
+            StoreError::Database(format!("migrating PostgreSQL at {server}: {err}"))
+        })?;
+        let pool = PgPoolOptions::new()
+            .max_connections(MAX_CONNECTIONS)
+            .acquire_timeout(CONNECT_TIMEOUT)
+            // A liveness ping before every use would double the round trips of the hot
+            // path; a connection that died fails its statement and is discarded.
+            .test_before_acquire(false)
+            .connect_with(options)
+            .await
+            .map_err(|err| {
+                StoreError::Database(format!("cannot connect to PostgreSQL at {server}: {err}"))
+            })?;
+        Ok(Self { pool })
+    }
+}
+
+// ---- conversions ---------------------------------------------------------------------
+
+/// PostgreSQL's INTEGER is signed 32-bit; a count above `i32::MAX` (never a real
+/// attempt number, log position or worker count) is stored as `i32::MAX`.
+fn int4(value: u32) -> i32 {
+    i32::try_from(value).unwrap_or(i32::MAX)
+}
+
+/// `text` as PostgreSQL can store it: NUL, which `TEXT` rejects, becomes U+FFFD.
+fn pg_text(text: &str) -> Cow<'_, str> {
+    if text.contains('\0') {
+        Cow::Owned(text.replace('\0', "\u{FFFD}"))
+    } else {
+        Cow::Borrowed(text)
+    }
+}
+
+/// The smallest byte string above every key that starts with `prefix`, if one exists:
+/// the prefix without its trailing 0xFF bytes, its last byte bumped. Keys are stored as
+/// their UTF-8 bytes, so `prefix <= key < bound` is exactly "key starts with prefix".
+fn prefix_upper_bound(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut bound = prefix.to_vec();
+    while let Some(last) = bound.pop() {
+        if last < u8::MAX {
+            bound.push(last + 1);
+            return Some(bound);
+        }
+    }
+    None
+}
+
+/// Reads one column, reporting which one was wrong.
+fn col<'r, T>(row: &'r PgRow, name: &str) -> Result<T, StoreError>
+where
+    T: sqlx::Decode<'r, Postgres> + sqlx::Type<Postgres>,
+{
+    row.try_get(name).map_err(|err| corrupt(name, err))
+}
+
+fn col_u64(row: &PgRow, name: &str) -> Result<u64, StoreError> {
+    let value: i64 = col(row, name)?;
+    u64::try_from(value).map_err(|_| corrupt(name, format!("negative value {value}")))
+}
+
+fn col_opt_u64(row: &PgRow, name: &str) -> Result<Option<u64>, StoreError> {
+    let value: Option<i64> = col(row, name)?;
+    value
+        .map(|v| u64::try_from(v).map_err(|_| corrupt(name, format!("negative value {v}"))))
+        .transpose()
+}
+
+fn col_u32(row: &PgRow, name: &str) -> Result<u32, StoreError> {
+    let value: i32 = col(row, name)?;
+    u32::try_from(value).map_err(|_| corrupt(name, format!("negative value {value}")))
+}
+
+fn col_json<T: serde::de::DeserializeOwned>(row: &PgRow, name: &str) -> Result<T, StoreError> {
+    let text: &str = col(row, name)?;
+    serde_json::from_str(text).map_err(|err| corrupt(name, err))
+}
+
+fn col_opt_json(row: &PgRow, name: &str) -> Result<Option<serde_json::Value>, StoreError> {
+    let text: Option<&str> = col(row, name)?;
+    text.map(|t| serde_json::from_str(t).map_err(|err| corrupt(name, err)))
+        .transpose()
+}
+
+fn module_from_row(row: &PgRow) -> Result<ModuleRecord, StoreError> {
+    let name: String = col(row, "name")?;
+    let status: &str = col(row, "status")?;
+    Ok(ModuleRecord {
+        status: ModuleStatus::parse(status)
+            .ok_or_else(|| corrupt("status", format!("unknown `{status}`")))?,
+        current: version_from_row(row, name.clone())?,
+        created_at: col(row, "created_at")?,
+        updated_at: col(row, "updated_at")?,
+        name,
+    })
+}
+
+fn version_from_row(row: &PgRow, module: String) -> Result<ModuleVersion, StoreError> {
+    Ok(ModuleVersion {
+        module,
+        version: col(row, "version")?,
+        content_hash: col(row, "content_hash")?,
+        size_bytes: col_u64(row, "size_bytes")?,
+        manifest: col_json::<Manifest>(row, "manifest")?,
+        uploaded_at: col(row, "uploaded_at")?,
+    })
+}
+
+fn job_from_row(row: &PgRow) -> Result<Job, StoreError> {
+    Ok(Job {
+        id: col(row, "id")?,
+        name: col(row, "name")?,
+        module: col(row, "module")?,
+        job: col(row, "job")?,
+        schedule: col(row, "schedule")?,
+        input: col_json(row, "input")?,
+        enabled: col(row, "enabled")?,
+        max_attempts: col_u32(row, "max_attempts")?,
+        timeout_ms: col_opt_u64(row, "timeout_ms")?,
+        fuel: col_opt_u64(row, "fuel")?,
+        memory_bytes: col_opt_u64(row, "memory_bytes")?,
+        on_event: col(row, "on_event")?,
+        next_run_at: col(row, "next_run_at")?,
+        created_at: col(row, "created_at")?,
+        updated_at: col(row, "updated_at")?,
+    })
+}
+
+fn execution_from_row(row: &PgRow) -> Result<Execution, StoreError> {
+    Ok(Execution {
+        id: col(row, "id")?,
+        job_id: col(row, "job_id")?,
+        module: col(row, "module")?,
+        job: col(row, "job")?,
+        status: parse_status(col(row, "status")?)?,
+        trigger: parse_trigger(col(row, "trigger")?)?,
+        attempt: col_u32(row, "attempt")?,
+        retry_of: col(row, "retry_of")?,
+        input: col_json(row, "input")?,
+        result: col_opt_json(row, "result")?,
+        error: col(row, "error")?,
+        error_kind: col(row, "error_kind")?,
+        scheduled_at: col(row, "scheduled_at")?,
+        run_after: col(row, "run_after")?,
+        cron_tick: col(row, "cron_tick")?,
+        event_id: col(row, "event_id")?,
+        created_at: col(row, "created_at")?,
+        started_at: col(row, "started_at")?,
+        finished_at: col(row, "finished_at")?,
+        duration_ms: col(row, "duration_ms")?,
+        fuel_consumed: col_opt_u64(row, "fuel_consumed")?,
+        memory_peak_bytes: col_opt_u64(row, "memory_peak_bytes")?,
+        node_id: col(row, "node_id")?,
+        cancel_requested: col(row, "cancel_requested")?,
+    })
+}
+
+fn claimed_from_row(row: &PgRow) -> Result<ClaimedExecution, StoreError> {
+    Ok(ClaimedExecution {
+        id: col(row, "id")?,
+        job_id: col(row, "job_id")?,
+        attempt: col_u32(row, "attempt")?,
+        trigger: parse_trigger(col(row, "trigger")?)?,
+        retry_of: col(row, "retry_of")?,
+        input: col(row, "input")?,
+        scheduled_at: col(row, "scheduled_at")?,
+    })
+}
+
+fn log_from_row(row: &PgRow) -> Result<LogEntry, StoreError> {
+    let fields: Option<serde_json::Map<String, serde_json::Value>> = {
+        let text: Option<&str> = col(row, "fields")?;
+        text.map(|t| serde_json::from_str(t).map_err(|err| corrupt("fields", err)))
+            .transpose()?
+    };
+    Ok(LogEntry {
+        seq: col_u32(row, "seq")?,
+        ts_ms: col_u64(row, "ts")?,
+        level: parse_level(col(row, "level")?)?,
+        message: col(row, "message")?,
+        fields: fields.unwrap_or_default(),
+    })
+}
+
+fn event_from_row(row: &PgRow) -> Result<Event, StoreError> {
+    Ok(Event {
+        id: col(row, "id")?,
+        topic: col(row, "topic")?,
+        payload: col_json(row, "payload")?,
+        source: col(row, "source")?,
+        created_at: col(row, "created_at")?,
+    })
+}
+
+fn sample_from_row(row: &PgRow) -> Result<MetricSample, StoreError> {
+    Ok(MetricSample {
+        name: col(row, "name")?,
+        value: col(row, "value")?,
+        labels: col_json(row, "labels")?,
+        ts_ms: col(row, "ts")?,
+    })
+}
+
+fn node_from_row(row: &PgRow) -> Result<NodeHeartbeat, StoreError> {
+    Ok(NodeHeartbeat {
+        node_id: col(row, "node_id")?,
+        started_at: col(row, "started_at")?,
+        last_heartbeat_at: col(row, "last_heartbeat_at")?,
+        workers: col_u32(row, "workers")?,
+        running: col_u32(row, "running")?,
+        version: col(row, "version")?,
+    })
+}
+
+/// The module called `name` with its current version, read on `conn` (which may be in
+/// a transaction).
+async fn fetch_module(
+    conn: &mut PgConnection,
+    name: &str,
+) -> Result<Option<ModuleRecord>, StoreError> {
+    sqlx::query(concat!(select_module!(), " WHERE m.name = $1"))
+        .bind(name)
+        .fetch_optional(conn)
+        .await
+        .map_err(db)?
+        .as_ref()
+        .map(module_from_row)
+        .transpose()
+}
+
+/// A failed job write as the service needs it: a taken name is a `Conflict` that names
+/// the name.
+fn job_conflict(job: &Job, err: sqlx::Error) -> StoreError {
+    if is_unique_violation(&err) {
+        match &err {
+            sqlx::Error::Database(e) if e.constraint() == Some("jobs_name_unique") => {
+                StoreError::Conflict(format!("a job named `{}` already exists", job.name))
+            }
+            _ => StoreError::Conflict(format!("a job with id `{}` already exists", job.id)),
+        }
+    } else {
+        db(err)
+    }
+}
+
+/// The order enqueuers insert rows in, the same on every node: rows that may collide
+/// on the unique (job, cron tick) index by that key, then the rest by id. Two
+/// transactions inserting overlapping rows then meet on their first common key, and the
+/// second waits for the first instead of each waiting for a row the other holds.
+fn insertion_order(execution: &NewExecution) -> (bool, &str, Millis, &str) {
+    match execution.cron_tick {
+        Some(tick) => (false, execution.job_id.as_str(), tick, ""),
+        None => (true, "", 0, execution.id.as_str()),
+    }
+}
+
+/// Creates the queued executions of `batch` (at most [`MAX_ROWS`]) and returns the ids
+/// of those created. Rows are inserted in the order given (`WITH ORDINALITY`), so of two
+/// rows with one cron tick the first is kept.
+async fn insert_executions(
+    conn: &mut PgConnection,
+    batch: &[&NewExecution],
+) -> Result<Vec<String>, StoreError> {
+    sqlx::query_scalar(
+        "INSERT INTO executions (id, job_id, module, job, status, trigger, attempt, \
+             retry_of, input, scheduled_at, run_after, cron_tick, event_id, created_at) \
+         SELECT id, job_id, module, job, 'QUEUED', trigger, attempt, retry_of, input, \
+             scheduled_at, run_after, cron_tick, event_id, created_at \
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
+                     $6::int4[], $7::text[], $8::text[], $9::int8[], $10::int8[], \
+                     $11::int8[], $12::text[], $13::int8[]) \
+             WITH ORDINALITY AS n (id, job_id, module, job, trigger, attempt, retry_of, \
+                 input, scheduled_at, run_after, cron_tick, event_id, created_at, position) \
+         ORDER BY position \
+         ON CONFLICT DO NOTHING \
+         RETURNING id",
+    )
+    .bind(batch.iter().map(|e| e.id.as_str()).bind_iter())
+    .bind(batch.iter().map(|e| e.job_id.as_str()).bind_iter())
+    .bind(batch.iter().map(|e| e.module.as_str()).bind_iter())
+    .bind(batch.iter().map(|e| e.job.as_str()).bind_iter())
+    .bind(batch.iter().map(|e| e.trigger.as_str()).bind_iter())
+    .bind(batch.iter().map(|e| int4(e.attempt)).bind_iter())
+    .bind(batch.iter().map(|e| e.retry_of.as_deref()).bind_iter())
+    .bind(batch.iter().map(|e| e.input.as_str()).bind_iter())
+    .bind(batch.iter().map(|e| e.scheduled_at).bind_iter())
+    .bind(batch.iter().map(|e| e.run_after).bind_iter())
+    .bind(batch.iter().map(|e| e.cron_tick).bind_iter())
+    .bind(batch.iter().map(|e| e.event_id.as_deref()).bind_iter())
+    .bind(batch.iter().map(|e| e.created_at).bind_iter())
+    .fetch_all(conn)
+    .await
+    .map_err(db)
+}
+
+/// Records `results` (at most [`MAX_ROWS`], one per id) and the log lines of those
+/// recorded, in one statement; returns the ids recorded. The log insert reads the ids
+/// the update returned, so a result for an execution not running writes no line.
+async fn record_batch(
+    conn: &mut PgConnection,
+    results: &[&ExecutionResult],
+) -> Result<Vec<String>, StoreError> {
+    let mut logs = Vec::new();
+    for result in results {
+        for log in &result.logs {
+            let fields = if log.fields.is_empty() {
+                None
+            } else {
+                Some(json_text("fields", &log.fields)?)
+            };
+            logs.push((result.id.as_str(), log, fields));
+        }
+    }
+    sqlx::query_scalar(
+        "WITH recorded AS ( \
+             UPDATE executions e SET status = r.status, result = r.result, \
+                 error = r.error, error_kind = r.error_kind, \
+                 finished_at = r.finished_at, duration_ms = r.duration_ms, \
+                 fuel_consumed = r.fuel_consumed, memory_peak_bytes = r.memory_peak_bytes, \
+                 lease_expires_at = NULL \
+             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
+                         $6::int8[], $7::float8[], $8::int8[], $9::int8[]) \
+                 AS r (id, status, result, error, error_kind, finished_at, duration_ms, \
+                       fuel_consumed, memory_peak_bytes) \
+             WHERE e.id = r.id AND e.status = 'RUNNING' \
+             RETURNING e.id \
+         ), logged AS ( \
+             INSERT INTO execution_logs (execution_id, seq, ts, level, message, fields) \
+             SELECT l.execution_id, l.seq, l.ts, l.level, l.message, l.fields \
+             FROM UNNEST($10::text[], $11::int4[], $12::int8[], $13::text[], $14::text[], \
+                         $15::text[]) \
+                 AS l (execution_id, seq, ts, level, message, fields) \
+             WHERE l.execution_id IN (SELECT id FROM recorded) \
+             ON CONFLICT DO NOTHING \
+         ) \
+         SELECT id FROM recorded",
+    )
+    .bind(results.iter().map(|r| r.id.as_str()).bind_iter())
+    .bind(results.iter().map(|r| r.status.as_str()).bind_iter())
+    .bind(results.iter().map(|r| r.result.as_deref()).bind_iter())
+    .bind(
+        results
+            .iter()
+            .map(|r| r.error.as_deref().map(pg_text))
+            .bind_iter(),
+    )
+    .bind(
+        results
+            .iter()
+            .map(|r| r.error_kind.as_deref().map(pg_text))
+            .bind_iter(),
+    )
+    .bind(results.iter().map(|r| r.finished_at).bind_iter())
+    .bind(results.iter().map(|r| r.duration_ms).bind_iter())
+    .bind(results.iter().map(|r| int(r.fuel_consumed)).bind_iter())
+    .bind(results.iter().map(|r| int(r.memory_peak_bytes)).bind_iter())
+    .bind(logs.iter().map(|(id, _, _)| *id).bind_iter())
+    .bind(logs.iter().map(|(_, log, _)| int4(log.seq)).bind_iter())
+    .bind(logs.iter().map(|(_, log, _)| int(log.ts_ms)).bind_iter())
+    .bind(
+        logs.iter()
+            .map(|(_, log, _)| log.level.as_str())
+            .bind_iter(),
+    )
+    .bind(
+        logs.iter()
+            .map(|(_, log, _)| pg_text(&log.message))
+            .bind_iter(),
+    )
+    .bind(
+        logs.iter()
+            .map(|(_, _, fields)| fields.as_deref())
+            .bind_iter(),
+    )
+    .fetch_all(conn)
+    .await
+    .map_err(db)
+}
+
+#[async_trait::async_trait]
+impl Store for PostgresStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(())
+    }
+
+    // ---- modules -------------------------------------------------------------------
+
+    async fn install_module_version(
+        &self,
+        manifest: &Manifest,
+        content_hash: &str,
+        wasm: &[u8],
+        now: Millis,
+    ) -> Result<ModuleRecord, StoreError> {
+        let manifest_json = json_text("manifest", manifest)?;
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        sqlx::query(
+            "INSERT INTO module_blobs (content_hash, bytes) VALUES ($1, $2) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(content_hash)
+        .bind(wasm)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        // A new module starts enabled; an existing one keeps its status and switches
+        // its current version.
+        sqlx::query(
+            "INSERT INTO modules (name, status, current_hash, created_at, updated_at) \
+             VALUES ($1, 'ENABLED', $2, $3, $3) \
+             ON CONFLICT (name) DO UPDATE SET \
+                 current_hash = excluded.current_hash, updated_at = excluded.updated_at",
+        )
+        .bind(&manifest.name)
+        .bind(content_hash)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        // Bytes this module already had: the existing version row stays as it was.
+        sqlx::query(
+            "INSERT INTO module_versions \
+                 (module, version, content_hash, size_bytes, manifest, uploaded_at) \
+             VALUES ($1, $2, $3, $4, $5, $6) \
+             ON CONFLICT (module, content_hash) DO NOTHING",
+        )
+        .bind(&manifest.name)
+        .bind(&manifest.version)
+        .bind(content_hash)
+        .bind(int(wasm.len() as u64))
+        .bind(manifest_json)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        let record = fetch_module(&mut tx, &manifest.name)
+            .await?
+            .ok_or_else(|| {
+                StoreError::Database(format!(
+                    "module `{}` vanished while installing",
+                    manifest.name
+                ))
+            })?;
+        tx.commit().await.map_err(db)?;
+        Ok(record)
+    }
+
+    async fn get_module(&self, name: &str) -> Result<Option<ModuleRecord>, StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(db)?;
+        fetch_module(&mut conn, name).await
+    }
+
+    async fn list_modules(&self) -> Result<Vec<ModuleRecord>, StoreError> {
+        sqlx::query(concat!(select_module!(), " ORDER BY m.name"))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?
+            .iter()
+            .map(module_from_row)
+            .collect()
+    }
+
+    async fn list_module_versions(&self, name: &str) -> Result<Vec<ModuleVersion>, StoreError> {
+        sqlx::query(
+            "SELECT version, content_hash, size_bytes, manifest, uploaded_at \
+             FROM module_versions WHERE module = $1 \
+             ORDER BY uploaded_at DESC, seq DESC",
+        )
+        .bind(name)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?
+        .iter()
+        .map(|row| version_from_row(row, name.to_owned()))
+        .collect()
+    }
+
+    async fn set_module_status(
+        &self,
+        name: &str,
+        status: ModuleStatus,
+        now: Millis,
+    ) -> Result<Option<ModuleRecord>, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        let updated =
+            sqlx::query("UPDATE modules SET status = $1, updated_at = $2 WHERE name = $3")
+                .bind(status.as_str())
+                .bind(now)
+                .bind(name)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?
+                .rows_affected();
+        if updated == 0 {
+            return Ok(None);
+        }
+        let record = fetch_module(&mut tx, name).await?;
+        tx.commit().await.map_err(db)?;
+        Ok(record)
+    }
+
+    async fn delete_module(&self, name: &str, with_jobs: bool) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        // Its versions go with it (ON DELETE CASCADE).
+        let deleted = sqlx::query("DELETE FROM modules WHERE name = $1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?
+            .rows_affected();
+        if deleted == 0 {
+            return Ok(false);
+        }
+        sqlx::query("DELETE FROM kv WHERE module = $1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        if with_jobs {
+            sqlx::query("DELETE FROM jobs WHERE module = $1")
+                .bind(name)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+        }
+        // Bytes no other module's version shares are garbage now. A concurrent install
+        // of the same bytes holds a key-share lock on the blob through its foreign key,
+        // so the blob is either kept for it or the install fails; never a dangling row.
+        sqlx::query(
+            "DELETE FROM module_blobs WHERE NOT EXISTS \
+                 (SELECT 1 FROM module_versions v WHERE v.content_hash = module_blobs.content_hash)",
+        )
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        Ok(true)
+    }
+
+    async fn module_wasm(&self, content_hash: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        sqlx::query_scalar("SELECT bytes FROM module_blobs WHERE content_hash = $1")
+            .bind(content_hash)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)
+    }
+
+    async fn jobs_using_module(&self, name: &str) -> Result<Vec<String>, StoreError> {
+        sqlx::query_scalar("SELECT name FROM jobs WHERE module = $1 ORDER BY name")
+            .bind(name)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)
+    }
+
+    // ---- jobs ----------------------------------------------------------------------
+
+    async fn insert_job(&self, job: &Job) -> Result<(), StoreError> {
+        let input = json_text("input", &job.input)?;
+        sqlx::query(concat!(
+            "INSERT INTO jobs (",
+            job_columns!(),
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
+        ))
+        .bind(&job.id)
+        .bind(&job.name)
+        .bind(&job.module)
+        .bind(&job.job)
+        .bind(&job.schedule)
+        .bind(input)
+        .bind(job.enabled)
+        .bind(int4(job.max_attempts))
+        .bind(job.timeout_ms.map(int))
+        .bind(job.fuel.map(int))
+        .bind(job.memory_bytes.map(int))
+        .bind(&job.on_event)
+        .bind(job.next_run_at)
+        .bind(job.created_at)
+        .bind(job.updated_at)
+        .execute(&self.pool)
+        .await
+        .map_err(|err| job_conflict(job, err))?;
+        Ok(())
+    }
+
+    async fn get_job(&self, id: &str) -> Result<Option<Job>, StoreError> {
+        sqlx::query(concat!(
+            "SELECT ",
+            job_columns!(),
+            " FROM jobs WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)?
+        .as_ref()
+        .map(job_from_row)
+        .transpose()
+    }
+
+    async fn get_jobs(&self, ids: &[String]) -> Result<Vec<Job>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        sqlx::query(concat!(
+            "SELECT ",
+            job_columns!(),
+            " FROM jobs WHERE id = ANY($1) ORDER BY id"
+        ))
+        .bind(ids)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?
+        .iter()
+        .map(job_from_row)
+        .collect()
+    }
+
+    async fn list_jobs(&self, cursor: Option<&str>, limit: u32) -> Result<Page<Job>, StoreError> {
+        let (limit, fetch) = page_fetch(limit);
+        let mut query =
+            QueryBuilder::<Postgres>::new(concat!("SELECT ", job_columns!(), " FROM jobs"));
+        if let Some(cursor) = cursor {
+            query.push(" WHERE id > ").push_bind(cursor);
+        }
+        query.push(" ORDER BY id LIMIT ").push_bind(fetch);
+        let rows = query.build().fetch_all(&self.pool).await.map_err(db)?;
+        let jobs = rows.iter().map(job_from_row).collect::<Result<_, _>>()?;
+        Ok(page(jobs, limit, |job: &Job| &job.id))
+    }
+
+    async fn update_job(&self, job: &Job) -> Result<bool, StoreError> {
+        let input = json_text("input", &job.input)?;
+        let updated = sqlx::query(
+            "UPDATE jobs SET name = $1, module = $2, job = $3, schedule = $4, input = $5, \
+                 enabled = $6, max_attempts = $7, timeout_ms = $8, fuel = $9, \
+                 memory_bytes = $10, on_event = $11, next_run_at = $12, updated_at = $13 \
+             WHERE id = $14",
+        )
+        .bind(&job.name)
+        .bind(&job.module)
+        .bind(&job.job)
+        .bind(&job.schedule)
+        .bind(input)
+        .bind(job.enabled)
+        .bind(int4(job.max_attempts))
+        .bind(job.timeout_ms.map(int))
+        .bind(job.fuel.map(int))
+        .bind(job.memory_bytes.map(int))
+        .bind(&job.on_event)
+        .bind(job.next_run_at)
+        .bind(job.updated_at)
+        .bind(&job.id)
+        .execute(&self.pool)
+        .await
+        .map_err(|err| job_conflict(job, err))?
+        .rows_affected();
+        Ok(updated > 0)
+    }
+
+    async fn delete_job(&self, id: &str) -> Result<bool, StoreError> {
+        let deleted = sqlx::query("DELETE FROM jobs WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?
+            .rows_affected();
+        Ok(deleted > 0)
+    }
+
+    async fn due_scheduled_jobs(&self, now: Millis) -> Result<Vec<Job>, StoreError> {
+        sqlx::query(concat!(
+            "SELECT ",
+            job_columns!(),
+            " FROM jobs WHERE enabled AND schedule IS NOT NULL AND next_run_at <= $1 \
+              ORDER BY next_run_at, id"
+        ))
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?
+        .iter()
+        .map(job_from_row)
+        .collect()
+    }
+
+    async fn set_job_next_run(
+        &self,
+        id: &str,
+        next_run_at: Option<Millis>,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE jobs SET next_run_at = $1 WHERE id = $2")
+            .bind(next_run_at)
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(())
+    }
+
+    async fn event_subscribed_jobs(&self) -> Result<Vec<Job>, StoreError> {
+        sqlx::query(concat!(
+            "SELECT ",
+            job_columns!(),
+            " FROM jobs WHERE enabled AND on_event IS NOT NULL ORDER BY id"
+        ))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?
+        .iter()
+        .map(job_from_row)
+        .collect()
+    }
+
+    // ---- executions ----------------------------------------------------------------
+
+    async fn enqueue_executions(
+        &self,
+        executions: &[NewExecution],
+    ) -> Result<Vec<String>, StoreError> {
+        if executions.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut ordered: Vec<&NewExecution> = executions.iter().collect();
+        // Stable: of two rows with one key, the first given is inserted first and kept.
+        ordered.sort_by(|a, b| insertion_order(a).cmp(&insertion_order(b)));
+        let mut created = HashSet::with_capacity(executions.len());
+        if ordered.len() <= MAX_ROWS {
+            let mut conn = self.pool.acquire().await.map_err(db)?;
+            created.extend(insert_executions(&mut conn, &ordered).await?);
+        } else {
+            let mut tx = self.pool.begin().await.map_err(db)?;
+            for chunk in ordered.chunks(MAX_ROWS) {
+                created.extend(insert_executions(&mut tx, chunk).await?);
+            }
+            tx.commit().await.map_err(db)?;
+        }
+        // In the caller's order (RETURNING promises none), each id once.
+        Ok(executions
+            .iter()
+            .filter(|e| created.remove(&e.id))
+            .map(|e| e.id.clone())
+            .collect())
+    }
+
+    async fn claim_executions(
+        &self,
+        ids: &[String],
+        node_id: &str,
+        now: Millis,
+        lease_until: Millis,
+    ) -> Result<Vec<ClaimedExecution>, StoreError> {
+        let mut claimed = Vec::with_capacity(ids.len());
+        // One conditional statement per chunk, no transaction: each row's claim stands
+        // alone. The inner SELECT locks what it takes; a row another node is claiming
+        // at this moment is skipped, not waited for (that node will run it, or, should
+        // its claim roll back, the reconciler re-enqueues it). A row whose claim was
+        // committed since this statement began is re-checked by the lock and dropped.
+        for chunk in ids.chunks(MAX_ROWS) {
+            let rows = sqlx::query(
+                "UPDATE executions e SET status = 'RUNNING', node_id = $2, started_at = $3, \
+                     lease_expires_at = $4 \
+                 FROM (SELECT id FROM executions \
+                       WHERE id = ANY($1) AND status = 'QUEUED' AND NOT cancel_requested \
+                           AND run_after <= $3 \
+                       FOR UPDATE SKIP LOCKED) c \
+                 WHERE e.id = c.id \
+                 RETURNING e.id, e.job_id, e.attempt, e.trigger, e.retry_of, e.input, \
+                     e.scheduled_at",
+            )
+            .bind(chunk)
+            .bind(node_id)
+            .bind(now)
+            .bind(lease_until)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+            for row in &rows {
+                claimed.push(claimed_from_row(row)?);
+            }
+        }
+        Ok(claimed)
+    }
+
+    async fn renew_leases(
+        &self,
+        ids: &[String],
+        node_id: &str,
+        lease_until: Millis,
+    ) -> Result<(), StoreError> {
+        for chunk in ids.chunks(MAX_ROWS) {
+            sqlx::query(
+                "UPDATE executions SET lease_expires_at = $1 \
+                 WHERE id = ANY($2) AND status = 'RUNNING' AND node_id = $3",
+            )
+            .bind(lease_until)
+            .bind(chunk)
+            .bind(node_id)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        }
+        Ok(())
+    }
+
+    async fn record_results(&self, results: &[ExecutionResult]) -> Result<Vec<String>, StoreError> {
+        // One result per id: should a batch carry two, the first wins, as it would
+        // have had they come in two batches.
+        let mut seen = HashSet::with_capacity(results.len());
+        let mut unique: Vec<&ExecutionResult> = results
+            .iter()
+            .filter(|r| seen.insert(r.id.as_str()))
+            .collect();
+        if unique.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Rows locked in id order, the same on every node.
+        unique.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+        let mut updated: HashSet<String> = HashSet::with_capacity(unique.len());
+        if unique.len() <= MAX_ROWS {
+            let mut conn = self.pool.acquire().await.map_err(db)?;
+            updated.extend(record_batch(&mut conn, &unique).await?);
+        } else {
+            let mut tx = self.pool.begin().await.map_err(db)?;
+            for chunk in unique.chunks(MAX_ROWS) {
+                updated.extend(record_batch(&mut tx, chunk).await?);
+            }
+            tx.commit().await.map_err(db)?;
+        }
+        let mut seen = HashSet::with_capacity(updated.len());
+        Ok(results
+            .iter()
+            .filter(|r| updated.contains(&r.id) && seen.insert(r.id.as_str()))
+            .map(|r| r.id.clone())
+            .collect())
+    }
+
+    async fn requeue_executions(&self, ids: &[String]) -> Result<(), StoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let now = now_millis();
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        for chunk in ids.chunks(MAX_ROWS) {
+            // Requeued, unless someone asked it to stop: a queued row with the flag set
+            // would never be claimed again, so it ends cancelled instead.
+            sqlx::query(
+                "UPDATE executions SET \
+                     status = CASE WHEN cancel_requested THEN 'CANCELLED' ELSE 'QUEUED' END, \
+                     finished_at = CASE WHEN cancel_requested THEN $1 END, \
+                     error = CASE WHEN cancel_requested THEN 'cancelled' END, \
+                     error_kind = CASE WHEN cancel_requested THEN 'CANCELLED' END, \
+                     started_at = CASE WHEN cancel_requested THEN started_at END, \
+                     node_id = NULL, lease_expires_at = NULL \
+                 WHERE id = ANY($2) AND status = 'RUNNING'",
+            )
+            .bind(now)
+            .bind(chunk)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        }
+        tx.commit().await.map_err(db)?;
+        Ok(())
+    }
+
+    async fn get_execution(&self, id: &str) -> Result<Option<Execution>, StoreError> {
+        sqlx::query(concat!(
+            "SELECT ",
+            execution_columns!(),
+            " FROM executions WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)?
+        .as_ref()
+        .map(execution_from_row)
+        .transpose()
+    }
+
+    async fn list_executions(
+        &self,
+        filter: &ExecutionFilter,
+        cursor: Option<&str>,
+        limit: u32,
+    ) -> Result<Page<Execution>, StoreError> {
+        let (limit, fetch) = page_fetch(limit);
+        let mut query = QueryBuilder::<Postgres>::new(concat!(
+            "SELECT ",
+            execution_columns!(),
+            " FROM executions WHERE true"
+        ));
+        if let Some(job_id) = &filter.job_id {
+            query.push(" AND job_id = ").push_bind(job_id.as_str());
+        }
+        if let Some(status) = filter.status {
+            // A literal, not a parameter: only then can the planner see that the query
+            // implies a partial index's predicate (the migration lists which serves
+            // which status). The value is one of our own constants.
+            query.push(format_args!(" AND status = '{}'", status.as_str()));
+        }
+        if let Some(cursor) = cursor {
+            query.push(" AND id < ").push_bind(cursor);
+        }
+        query.push(" ORDER BY id DESC LIMIT ").push_bind(fetch);
+        let rows = query.build().fetch_all(&self.pool).await.map_err(db)?;
+        let executions = rows
+            .iter()
+            .map(execution_from_row)
+            .collect::<Result<_, _>>()?;
+        Ok(page(executions, limit, |e: &Execution| &e.id))
+    }
+
+    async fn execution_logs(
+        &self,
+        id: &str,
+        after: Option<u32>,
+        limit: u32,
+    ) -> Result<Vec<LogEntry>, StoreError> {
+        sqlx::query(
+            "SELECT seq, ts, level, message, fields FROM execution_logs \
+             WHERE execution_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+        )
+        .bind(id)
+        .bind(after.map_or(-1, i64::from))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?
+        .iter()
+        .map(log_from_row)
+        .collect()
+    }
+
+    async fn cancel_execution(&self, id: &str, now: Millis) -> Result<CancelEffect, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        // Locked, so a claim running now either took it before (and it is flagged) or
+        // skips it and finds it cancelled.
+        let status: Option<String> =
+            sqlx::query_scalar("SELECT status FROM executions WHERE id = $1 FOR UPDATE")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db)?;
+        let Some(status) = status else {
+            return Ok(CancelEffect::NotFound);
+        };
+        let effect = match parse_status(&status)? {
+            ExecutionStatus::Queued => {
+                sqlx::query(
+                    "UPDATE executions SET status = 'CANCELLED', finished_at = $1, \
+                         error = 'cancelled before it started', error_kind = 'CANCELLED' \
+                     WHERE id = $2",
+                )
+                .bind(now)
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+                CancelEffect::CancelledQueued
+            }
+            ExecutionStatus::Running => {
+                sqlx::query("UPDATE executions SET cancel_requested = true WHERE id = $1")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db)?;
+                CancelEffect::FlaggedRunning
+            }
+            final_status => CancelEffect::AlreadyFinal(final_status),
+        };
+        tx.commit().await.map_err(db)?;
+        Ok(effect)
+    }
+
+    async fn cancel_requested(&self, ids: &[String]) -> Result<Vec<String>, StoreError> {
+        let mut flagged = Vec::new();
+        for chunk in ids.chunks(MAX_ROWS) {
+            let ids: Vec<String> = sqlx::query_scalar(
+                "SELECT id FROM executions \
+                 WHERE id = ANY($1) AND status = 'RUNNING' AND cancel_requested",
+            )
+            .bind(chunk)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+            flagged.extend(ids);
+        }
+        Ok(flagged)
+    }
+
+    async fn due_queued_executions(
+        &self,
+        now: Millis,
+        limit: u32,
+    ) -> Result<Vec<String>, StoreError> {
+        sqlx::query_scalar(
+            "SELECT id FROM executions \
+             WHERE status = 'QUEUED' AND run_after <= $1 AND NOT cancel_requested \
+             ORDER BY run_after, id LIMIT $2",
+        )
+        .bind(now)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)
+    }
+
+    async fn next_queued_due(&self) -> Result<Option<Millis>, StoreError> {
+        sqlx::query_scalar("SELECT MIN(run_after) FROM executions WHERE status = 'QUEUED'")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db)
+    }
+
+    async fn expired_executions(
+        &self,
+        now: Millis,
+        limit: u32,
+    ) -> Result<Vec<Execution>, StoreError> {
+        sqlx::query(concat!(
+            "SELECT ",
+            execution_columns!(),
+            " FROM executions WHERE status = 'RUNNING' AND lease_expires_at < $1 \
+              ORDER BY lease_expires_at, id LIMIT $2"
+        ))
+        .bind(now)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?
+        .iter()
+        .map(execution_from_row)
+        .collect()
+    }
+
+    async fn fail_expired_execution(
+        &self,
+        id: &str,
+        error: &str,
+        now: Millis,
+    ) -> Result<bool, StoreError> {
+        let updated = sqlx::query(
+            "UPDATE executions SET status = 'FAILED', error = $1, \
+                 error_kind = 'LEASE_EXPIRED', finished_at = $2, lease_expires_at = NULL \
+             WHERE id = $3 AND status = 'RUNNING' AND lease_expires_at < $2",
+        )
+        .bind(pg_text(error))
+        .bind(now)
+        .bind(id)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?
+        .rows_affected();
+        Ok(updated > 0)
+    }
+
+    // ---- events --------------------------------------------------------------------
+
+    async fn insert_event(&self, event: &Event) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO events (id, topic, payload, source, created_at) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(&event.id)
+        .bind(pg_text(&event.topic))
+        .bind(json_text("payload", &event.payload)?)
+        .bind(pg_text(&event.source))
+        .bind(event.created_at)
+        .execute(&self.pool)
+        .await
+        .map_err(|err| {
+            if is_unique_violation(&err) {
+                StoreError::Conflict(format!("an event with id `{}` already exists", event.id))
+            } else {
+                db(err)
+            }
+        })?;
+        Ok(())
+    }
+
+    async fn list_events(
+        &self,
+        topic: Option<&str>,
+        cursor: Option<&str>,
+        limit: u32,
+    ) -> Result<Page<Event>, StoreError> {
+        let (limit, fetch) = page_fetch(limit);
+        let mut query = QueryBuilder::<Postgres>::new(
+            "SELECT id, topic, payload, source, created_at FROM events WHERE true",
+        );
+        if let Some(topic) = topic {
+            query
+                .push(" AND topic = ")
+                .push_bind(pg_text(topic).into_owned());
+        }
+        if let Some(cursor) = cursor {
+            query.push(" AND id < ").push_bind(cursor);
+        }
+        query.push(" ORDER BY id DESC LIMIT ").push_bind(fetch);
+        let rows = query.build().fetch_all(&self.pool).await.map_err(db)?;
+        let events = rows.iter().map(event_from_row).collect::<Result<_, _>>()?;
+        Ok(page(events, limit, |e: &Event| &e.id))
+    }
+
+    // ---- module data ---------------------------------------------------------------
+
+    async fn kv_get(&self, module: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        sqlx::query_scalar("SELECT value FROM kv WHERE module = $1 AND key = $2")
+            .bind(module)
+            .bind(key.as_bytes())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)
+    }
+
+    async fn kv_set(
+        &self,
+        module: &str,
+        key: &str,
+        value: &[u8],
+        now: Millis,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO kv (module, key, value, updated_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (module, key) DO UPDATE SET \
+                 value = excluded.value, updated_at = excluded.updated_at",
+        )
+        .bind(module)
+        .bind(key.as_bytes())
+        .bind(value)
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(())
+    }
+
+    async fn kv_delete(&self, module: &str, key: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM kv WHERE module = $1 AND key = $2")
+            .bind(module)
+            .bind(key.as_bytes())
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(())
+    }
+
+    async fn kv_list_keys(
+        &self,
+        module: &str,
+        prefix: &str,
+        limit: u32,
+    ) -> Result<Vec<String>, StoreError> {
+        // A key range, not LIKE: no character of a prefix is a wildcard.
+        let mut query = QueryBuilder::<Postgres>::new("SELECT key FROM kv WHERE module = ");
+        query
+            .push_bind(module)
+            .push(" AND key >= ")
+            .push_bind(prefix.as_bytes());
+        if let Some(bound) = prefix_upper_bound(prefix.as_bytes()) {
+            query.push(" AND key < ").push_bind(bound);
+        }
+        query
+            .push(" ORDER BY key LIMIT ")
+            .push_bind(i64::from(limit));
+        let keys: Vec<Vec<u8>> = query
+            .build_query_scalar()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+        keys.into_iter()
+            .map(|key| String::from_utf8(key).map_err(|err| corrupt("key", err)))
+            .collect()
+    }
+
+    async fn insert_metric_samples(
+        &self,
+        module: &str,
+        samples: &[MetricSample],
+    ) -> Result<(), StoreError> {
+        if samples.is_empty() {
+            return Ok(());
+        }
+        let mut rows = Vec::with_capacity(samples.len());
+        for sample in samples {
+            rows.push((sample, json_text("labels", &sample.labels)?));
+        }
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        for chunk in rows.chunks(MAX_ROWS) {
+            // In the order given: the identity column is the order among equal times.
+            sqlx::query(
+                "INSERT INTO metric_samples (module, name, labels, value, ts) \
+                 SELECT $1, name, labels, value, ts \
+                 FROM UNNEST($2::text[], $3::text[], $4::float8[], $5::int8[]) \
+                     WITH ORDINALITY AS s (name, labels, value, ts, position) \
+                 ORDER BY position",
+            )
+            .bind(module)
+            .bind(chunk.iter().map(|(s, _)| pg_text(&s.name)).bind_iter())
+            .bind(chunk.iter().map(|(_, labels)| labels.as_str()).bind_iter())
+            .bind(chunk.iter().map(|(s, _)| s.value).bind_iter())
+            .bind(chunk.iter().map(|(s, _)| s.ts_ms).bind_iter())
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        }
+        tx.commit().await.map_err(db)?;
+        Ok(())
+    }
+
+    async fn metric_samples(
+        &self,
+        module: &str,
+        name: &str,
+        since: Millis,
+        limit: u32,
+    ) -> Result<Vec<MetricSample>, StoreError> {
+        sqlx::query(
+            "SELECT name, labels, value, ts FROM metric_samples \
+             WHERE module = $1 AND name = $2 AND ts >= $3 ORDER BY ts, id LIMIT $4",
+        )
+        .bind(module)
+        .bind(pg_text(name))
+        .bind(since)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?
+        .iter()
+        .map(sample_from_row)
+        .collect()
+    }
+
+    // ---- nodes and leases ------------------------------------------------------------
+
+    async fn heartbeat_node(&self, node: &NodeHeartbeat) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO nodes \
+                 (node_id, started_at, last_heartbeat_at, workers, running, version) \
+             VALUES ($1, $2, $3, $4, $5, $6) \
+             ON CONFLICT (node_id) DO UPDATE SET \
+                 started_at = excluded.started_at, \
+                 last_heartbeat_at = excluded.last_heartbeat_at, \
+                 workers = excluded.workers, running = excluded.running, \
+                 version = excluded.version",
+        )
+        .bind(&node.node_id)
+        .bind(node.started_at)
+        .bind(node.last_heartbeat_at)
+        .bind(int4(node.workers))
+        .bind(int4(node.running))
+        .bind(&node.version)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(())
+    }
+
+    async fn list_nodes(&self) -> Result<Vec<NodeHeartbeat>, StoreError> {
+        sqlx::query(
+            "SELECT node_id, started_at, last_heartbeat_at, workers, running, version \
+             FROM nodes ORDER BY node_id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?
+        .iter()
+        .map(node_from_row)
+        .collect()
+    }
+
+    async fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now: Millis,
+        ttl_ms: Millis,
+    ) -> Result<Option<LeaseToken>, StoreError> {
+        // One statement: the row either does not exist (first tenure, token 1) or is
+        // updated only if free, expired or ours. Two would-be holders racing serialise
+        // on the row lock, and the second re-evaluates the condition against the
+        // first's committed row, so it cannot also win. Every SET expression reads the
+        // row as it was.
+        let token: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO leases (name, holder, token, expires_at) VALUES ($1, $2, 1, $3) \
+             ON CONFLICT (name) DO UPDATE SET \
+                 token = CASE WHEN leases.holder = excluded.holder \
+                              THEN leases.token ELSE leases.token + 1 END, \
+                 holder = excluded.holder, expires_at = excluded.expires_at \
+             WHERE leases.holder = excluded.holder OR leases.holder IS NULL \
+                 OR leases.expires_at <= $4 \
+             RETURNING token",
+        )
+        .bind(name)
+        .bind(holder)
+        .bind(now.saturating_add(ttl_ms))
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)?;
+        token
+            .map(|t| {
+                u64::try_from(t)
+                    .map(LeaseToken)
+                    .map_err(|_| corrupt("token", format!("negative value {t}")))
+            })
+            .transpose()
+    }
+
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<bool, StoreError> {
+        let released =
+            sqlx::query("UPDATE leases SET holder = NULL WHERE name = $1 AND holder = $2")
+                .bind(name)
+                .bind(holder)
+                .execute(&self.pool)
+                .await
+                .map_err(db)?
+                .rows_affected();
+        Ok(released > 0)
+    }
+
+    async fn advance_schedules(
+        &self,
+        updates: &[(String, Option<Millis>)],
+        lease: &str,
+        holder: &str,
+        token: LeaseToken,
+        now: Millis,
+    ) -> Result<bool, StoreError> {
+        let updates = last_update_per_job(updates);
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        // FOR SHARE holds off a takeover (an update of this row) until this transaction
+        // ends, so the lease cannot change hands between the check and the updates; and
+        // should a takeover have committed since the statement began, the lock reads
+        // the new row, which no longer matches.
+        let held: Option<i32> = sqlx::query_scalar(
+            "SELECT 1 FROM leases \
+             WHERE name = $1 AND holder = $2 AND token = $3 AND expires_at > $4 \
+             FOR SHARE",
+        )
+        .bind(lease)
+        .bind(holder)
+        .bind(int(token.0))
+        .bind(now)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db)?;
+        if held.is_none() {
+            return Ok(false);
+        }
+        for chunk in updates.chunks(MAX_ROWS) {
+            sqlx::query(
+                "UPDATE jobs SET next_run_at = u.next_run_at \
+                 FROM UNNEST($1::text[], $2::int8[]) AS u (id, next_run_at) \
+                 WHERE jobs.id = u.id",
+            )
+            .bind(chunk.iter().map(|(id, _)| *id).bind_iter())
+            .bind(
+                chunk
+                    .iter()
+                    .map(|(_, next_run_at)| *next_run_at)
+                    .bind_iter(),
+            )
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        }
+        tx.commit().await.map_err(db)?;
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_prefix_bound_bumps_the_last_byte_that_can_grow() {
+        assert_eq!(prefix_upper_bound(b"abc").as_deref(), Some(&b"abd"[..]));
+        assert_eq!(prefix_upper_bound(b"a\xff\xff").as_deref(), Some(&b"b"[..]));
+        assert_eq!(prefix_upper_bound(b""), None);
+        assert_eq!(prefix_upper_bound(b"\xff"), None);
+        // The bound of a UTF-8 prefix is above every UTF-8 continuation of it.
+        let bound = prefix_upper_bound("é".as_bytes()).unwrap();
+        assert!("é\u{10FFFF}".as_bytes() < bound.as_slice());
+        assert!("ê".as_bytes() >= bound.as_slice());
+    }
+
+    #[test]
+    fn nul_is_the_only_character_text_loses() {
+        assert_eq!(pg_text("plain"), "plain");
+        assert!(matches!(pg_text("plain"), Cow::Borrowed(_)));
+        assert_eq!(pg_text("a\0b\0"), "a\u{FFFD}b\u{FFFD}");
+    }
+}
