@@ -11,7 +11,7 @@ mod convert;
 mod postgres;
 mod sqlite;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 pub use auth::AuthStore;
 pub use postgres::PostgresStore;

@@ -30,6 +30,8 @@
 //! rather than losing the whole record to an encoding error; key-value keys are bytes
 //! (see the migration) and keep it.
 
+mod auth;
+
 use std::borrow::Cow;
 use std::collections::HashSet;
 use std::str::FromStr;

@@ -1857,7 +1857,7 @@ fn with_database(url: &str, database: &str) -> String {
 
 /// A database of its own for one test, dropped when this guard is dropped: at the end
 /// of the test, and also when the test panics (the guard drops while unwinding).
-struct PostgresDatabase {
+pub(crate) struct PostgresDatabase {
     admin_url: String,
     name: String,
     url: String,
@@ -1927,7 +1927,7 @@ impl Drop for PostgresDatabase {
     }
 }
 
-async fn fresh_postgres() -> (PostgresStore, PostgresDatabase) {
+pub(crate) async fn fresh_postgres() -> (PostgresStore, PostgresDatabase) {
     let database = PostgresDatabase::create().await;
     let store = PostgresStore::connect(&database.url)
         .await

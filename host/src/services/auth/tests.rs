@@ -13,6 +13,8 @@ const PASSWORD: &str = "a long enough password";
 struct Harness {
     auth: AuthService,
     now: Arc<AtomicI64>,
+    /// Keeps a PostgreSQL test database alive (and drops it at the end).
+    _database: Option<crate::store::tests::PostgresDatabase>,
 }
 
 impl Harness {
@@ -21,8 +23,13 @@ impl Harness {
     }
 }
 
-async fn harness() -> Harness {
-    let store = Arc::new(SqliteStore::open_in_memory().await.unwrap());
+async fn harness(postgres: bool) -> Harness {
+    let (store, database): (Arc<dyn AuthStore>, _) = if postgres {
+        let (store, database) = crate::store::tests::fresh_postgres().await;
+        (Arc::new(store), Some(database))
+    } else {
+        (Arc::new(SqliteStore::open_in_memory().await.unwrap()), None)
+    };
     let now = Arc::new(AtomicI64::new(T0));
     let clock: Clock = {
         let now = now.clone();
@@ -43,7 +50,11 @@ async fn harness() -> Harness {
     )
     .await
     .unwrap();
-    Harness { auth, now }
+    Harness {
+        auth,
+        now,
+        _database: database,
+    }
 }
 
 async fn user(h: &Harness, name: &str, role: Role) -> User {
@@ -64,9 +75,7 @@ fn is_unauthenticated(result: Result<impl std::fmt::Debug, ServiceError>) -> boo
     matches!(result, Err(ServiceError::Unauthenticated(_)))
 }
 
-#[tokio::test]
-async fn first_start_creates_one_admin_with_a_generated_password_shown_once() {
-    let h = harness().await;
+async fn first_start_creates_one_admin_with_a_generated_password_shown_once(h: &Harness) {
     let password = h.auth.ensure_first_admin(None).await.unwrap().unwrap();
     assert!(password.len() >= 24, "{password}");
     let session = h.auth.login("admin", &password, None).await.unwrap();
@@ -76,9 +85,7 @@ async fn first_start_creates_one_admin_with_a_generated_password_shown_once() {
     assert_eq!(h.auth.list_users().await.unwrap().len(), 1);
 }
 
-#[tokio::test]
-async fn first_start_takes_the_configured_password_and_checks_it() {
-    let h = harness().await;
+async fn first_start_takes_the_configured_password_and_checks_it(h: &Harness) {
     assert!(matches!(
         h.auth.ensure_first_admin(Some("short".into())).await,
         Err(ServiceError::Unprocessable { .. })
@@ -93,9 +100,7 @@ async fn first_start_takes_the_configured_password_and_checks_it() {
     h.auth.login("admin", PASSWORD, None).await.unwrap();
 }
 
-#[tokio::test]
-async fn a_login_gives_an_access_token_that_authenticates_until_it_expires() {
-    let h = harness().await;
+async fn a_login_gives_an_access_token_that_authenticates_until_it_expires(h: &Harness) {
     let alice = user(&h, "alice", Role::Operator).await;
     let session = h.auth.login("alice", PASSWORD, None).await.unwrap();
     assert_eq!(session.access_expires_at, T0 + 15 * MINUTE);
@@ -108,9 +113,7 @@ async fn a_login_gives_an_access_token_that_authenticates_until_it_expires() {
     ));
 }
 
-#[tokio::test]
-async fn wrong_passwords_and_unknown_users_get_the_same_answer() {
-    let h = harness().await;
+async fn wrong_passwords_and_unknown_users_get_the_same_answer(h: &Harness) {
     user(&h, "alice", Role::Viewer).await;
     let wrong = h.auth.login("alice", "not the password!", None).await;
     let unknown = h.auth.login("mallory", PASSWORD, None).await;
@@ -121,9 +124,7 @@ async fn wrong_passwords_and_unknown_users_get_the_same_answer() {
     assert!(matches!(wrong, ServiceError::Unauthenticated(_)));
 }
 
-#[tokio::test]
-async fn a_disabled_user_cannot_log_in_and_loses_their_sessions() {
-    let h = harness().await;
+async fn a_disabled_user_cannot_log_in_and_loses_their_sessions(h: &Harness) {
     let bob = user(&h, "bob", Role::Operator).await;
     let session = h.auth.login("bob", PASSWORD, None).await.unwrap();
     h.auth
@@ -148,9 +149,7 @@ async fn a_disabled_user_cannot_log_in_and_loses_their_sessions() {
     ));
 }
 
-#[tokio::test]
-async fn refreshing_rotates_the_token_and_the_old_one_stops_working() {
-    let h = harness().await;
+async fn refreshing_rotates_the_token_and_the_old_one_stops_working(h: &Harness) {
     user(&h, "alice", Role::Viewer).await;
     let first = h.auth.login("alice", PASSWORD, None).await.unwrap();
     h.advance(MINUTE);
@@ -162,9 +161,7 @@ async fn refreshing_rotates_the_token_and_the_old_one_stops_working() {
     h.auth.authenticate(&third.access_token).await.unwrap();
 }
 
-#[tokio::test]
-async fn reusing_a_rotated_refresh_token_revokes_the_whole_session_and_is_audited() {
-    let h = harness().await;
+async fn reusing_a_rotated_refresh_token_revokes_the_whole_session_and_is_audited(h: &Harness) {
     user(&h, "alice", Role::Viewer).await;
     let first = h.auth.login("alice", PASSWORD, None).await.unwrap();
     let second = h.auth.refresh(&first.refresh_token).await.unwrap();
@@ -187,9 +184,7 @@ async fn reusing_a_rotated_refresh_token_revokes_the_whole_session_and_is_audite
     h.auth.authenticate(&other.access_token).await.unwrap();
 }
 
-#[tokio::test]
-async fn an_expired_refresh_token_is_refused() {
-    let h = harness().await;
+async fn an_expired_refresh_token_is_refused(h: &Harness) {
     user(&h, "alice", Role::Viewer).await;
     let session = h.auth.login("alice", PASSWORD, None).await.unwrap();
     h.advance(AuthSettings::default().refresh_ttl_ms);
@@ -198,9 +193,7 @@ async fn an_expired_refresh_token_is_refused() {
     ));
 }
 
-#[tokio::test]
-async fn logout_ends_the_session_at_once() {
-    let h = harness().await;
+async fn logout_ends_the_session_at_once(h: &Harness) {
     user(&h, "alice", Role::Viewer).await;
     let session = h.auth.login("alice", PASSWORD, None).await.unwrap();
     let principal = h.auth.authenticate(&session.access_token).await.unwrap();
@@ -213,9 +206,7 @@ async fn logout_ends_the_session_at_once() {
     ));
 }
 
-#[tokio::test]
-async fn repeated_failures_throttle_the_account_until_the_window_ends() {
-    let h = harness().await;
+async fn repeated_failures_throttle_the_account_until_the_window_ends(h: &Harness) {
     user(&h, "alice", Role::Viewer).await;
     for _ in 0..5 {
         assert!(is_unauthenticated(
@@ -233,9 +224,7 @@ async fn repeated_failures_throttle_the_account_until_the_window_ends() {
     h.auth.login("alice", PASSWORD, None).await.unwrap();
 }
 
-#[tokio::test]
-async fn one_address_guessing_many_accounts_is_throttled() {
-    let h = harness().await;
+async fn one_address_guessing_many_accounts_is_throttled(h: &Harness) {
     let address: IpAddr = "192.0.2.7".parse().unwrap();
     for n in 0..20 {
         let _ = h
@@ -257,9 +246,7 @@ async fn one_address_guessing_many_accounts_is_throttled() {
     ));
 }
 
-#[tokio::test]
-async fn an_api_token_works_until_revoked_and_its_secret_is_not_stored() {
-    let h = harness().await;
+async fn an_api_token_works_until_revoked_and_its_secret_is_not_stored(h: &Harness) {
     user(&h, "ci", Role::Operator).await;
     let session = h.auth.login("ci", PASSWORD, None).await.unwrap();
     let owner = h.auth.authenticate(&session.access_token).await.unwrap();
@@ -297,9 +284,7 @@ async fn an_api_token_works_until_revoked_and_its_secret_is_not_stored() {
     assert!(is_unauthenticated(h.auth.authenticate(&secret).await));
 }
 
-#[tokio::test]
-async fn an_api_token_expires() {
-    let h = harness().await;
+async fn an_api_token_expires(h: &Harness) {
     user(&h, "ci", Role::Operator).await;
     let session = h.auth.login("ci", PASSWORD, None).await.unwrap();
     let owner = h.auth.authenticate(&session.access_token).await.unwrap();
@@ -320,9 +305,7 @@ async fn an_api_token_expires() {
     assert!(is_unauthenticated(h.auth.authenticate(&secret).await));
 }
 
-#[tokio::test]
-async fn a_token_never_outranks_its_creator() {
-    let h = harness().await;
+async fn a_token_never_outranks_its_creator(h: &Harness) {
     let bob = user(&h, "bob", Role::Operator).await;
     let session = h.auth.login("bob", PASSWORD, None).await.unwrap();
     let owner = h.auth.authenticate(&session.access_token).await.unwrap();
@@ -383,9 +366,7 @@ async fn a_token_never_outranks_its_creator() {
     ));
 }
 
-#[tokio::test]
-async fn someone_elses_token_cannot_be_revoked_or_seen() {
-    let h = harness().await;
+async fn someone_elses_token_cannot_be_revoked_or_seen(h: &Harness) {
     user(&h, "alice", Role::Operator).await;
     user(&h, "eve", Role::Operator).await;
     let alice = h.auth.login("alice", PASSWORD, None).await.unwrap();
@@ -412,9 +393,7 @@ async fn someone_elses_token_cannot_be_revoked_or_seen() {
     assert_eq!(h.auth.list_api_tokens(&alice).await.unwrap().len(), 1);
 }
 
-#[tokio::test]
-async fn the_last_admin_can_be_neither_demoted_disabled_nor_deleted() {
-    let h = harness().await;
+async fn the_last_admin_can_be_neither_demoted_disabled_nor_deleted(h: &Harness) {
     let root = user(&h, "root", Role::Admin).await;
     for patch in [
         UserPatch {
@@ -439,9 +418,7 @@ async fn the_last_admin_can_be_neither_demoted_disabled_nor_deleted() {
     h.auth.delete_user(SYSTEM_ACTOR, &root.id).await.unwrap();
 }
 
-#[tokio::test]
-async fn changing_ones_password_needs_the_current_one_and_ends_every_session() {
-    let h = harness().await;
+async fn changing_ones_password_needs_the_current_one_and_ends_every_session(h: &Harness) {
     user(&h, "alice", Role::Viewer).await;
     let session = h.auth.login("alice", PASSWORD, None).await.unwrap();
     let me = h.auth.authenticate(&session.access_token).await.unwrap();
@@ -467,9 +444,7 @@ async fn changing_ones_password_needs_the_current_one_and_ends_every_session() {
         .unwrap();
 }
 
-#[tokio::test]
-async fn user_and_token_changes_are_audited_without_secrets() {
-    let h = harness().await;
+async fn user_and_token_changes_are_audited_without_secrets(h: &Harness) {
     user(&h, "alice", Role::Operator).await;
     let session = h.auth.login("alice", PASSWORD, None).await.unwrap();
     let me = h.auth.authenticate(&session.access_token).await.unwrap();
@@ -495,9 +470,7 @@ async fn user_and_token_changes_are_audited_without_secrets() {
     assert!(!everything.contains(PASSWORD));
 }
 
-#[tokio::test]
-async fn usernames_are_validated_and_unique() {
-    let h = harness().await;
+async fn usernames_are_validated_and_unique(h: &Harness) {
     user(&h, "alice", Role::Viewer).await;
     let taken = h
         .auth
@@ -524,3 +497,47 @@ async fn usernames_are_validated_and_unique() {
         .await;
     assert!(matches!(odd, Err(ServiceError::BadField { .. })));
 }
+
+/// Runs each test against both store backends.
+macro_rules! on_both_backends {
+    ($($test:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $test() {
+                    super::$test(&super::harness(false).await).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $test() {
+                    super::$test(&super::harness(true).await).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_backends!(
+    first_start_creates_one_admin_with_a_generated_password_shown_once,
+    first_start_takes_the_configured_password_and_checks_it,
+    a_login_gives_an_access_token_that_authenticates_until_it_expires,
+    wrong_passwords_and_unknown_users_get_the_same_answer,
+    a_disabled_user_cannot_log_in_and_loses_their_sessions,
+    refreshing_rotates_the_token_and_the_old_one_stops_working,
+    reusing_a_rotated_refresh_token_revokes_the_whole_session_and_is_audited,
+    an_expired_refresh_token_is_refused,
+    logout_ends_the_session_at_once,
+    repeated_failures_throttle_the_account_until_the_window_ends,
+    one_address_guessing_many_accounts_is_throttled,
+    an_api_token_works_until_revoked_and_its_secret_is_not_stored,
+    an_api_token_expires,
+    a_token_never_outranks_its_creator,
+    someone_elses_token_cannot_be_revoked_or_seen,
+    the_last_admin_can_be_neither_demoted_disabled_nor_deleted,
+    changing_ones_password_needs_the_current_one_and_ends_every_session,
+    user_and_token_changes_are_audited_without_secrets,
+    usernames_are_validated_and_unique,
+);
