@@ -4,6 +4,7 @@
 
 mod memory;
 mod redis;
+mod redis_logs;
 #[cfg(test)]
 mod testing;
 
@@ -13,6 +14,7 @@ use crate::domain::Millis;
 
 pub use memory::MemoryQueue;
 pub use redis::{RedisQueue, RedisQueueConfig};
+pub use redis_logs::{RedisLogRelay, RedisLogRelayConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {

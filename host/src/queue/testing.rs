@@ -58,6 +58,13 @@ impl TestPrefix {
         }
     }
 
+    pub fn exists(&self, key: &str) -> bool {
+        redis::cmd("EXISTS")
+            .arg(key)
+            .query::<bool>(&mut self.connection())
+            .expect("EXISTS works")
+    }
+
     /// Deletes keys under this prefix, as a Redis restart without persistence would.
     pub fn delete(&self, keys: &[&str]) {
         let keys: Vec<String> = keys
