@@ -2,12 +2,13 @@
 //! events. Each line is an event `log` (id: its `seq`, data: the line as JSON); once the
 //! execution is final, one event `end` (data: `{"status": "..."}`) and the stream closes.
 //!
-//! Live lines come from this process's [`LogHub`](crate::services::LogHub); the store is
-//! the truth and the backstop. The follower subscribes to the hub *before* reading the
-//! execution, so nothing published in between is lost; it then sends the hub's backlog
-//! and the live lines, deduplicated by `seq`, and re-reads the execution every
-//! [`STORE_POLL`] in case the end was missed (a run on another node, a lagging
-//! receiver). At the end it sends whatever stored lines it has not sent yet.
+//! Live lines come from this process's [`LogHub`](crate::services::LogHub) (which, in the
+//! distributed deployment, also relays runs on other nodes); the store is the truth and
+//! the backstop. The follower subscribes to the hub *before* reading the execution, so
+//! nothing published in between is lost; it then sends the hub's backlog and the live
+//! lines, deduplicated by `seq`, and re-reads the execution every [`STORE_POLL`] in case
+//! the end was missed (a run on a node that died, Redis down, a lagging receiver). At the
+//! end it sends whatever stored lines it has not sent yet.
 
 use std::convert::Infallible;
 use std::time::Duration;

@@ -132,6 +132,10 @@ impl Queue for MemoryQueue {
     async fn ack(&self, _deliveries: &[Delivery]) -> Result<(), QueueError> {
         Ok(())
     }
+
+    async fn ping(&self) -> Result<(), QueueError> {
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -3,17 +3,27 @@
 //! redundant claim, never a lost or doubled execution.
 
 mod memory;
+mod redis;
+mod redis_logs;
+#[cfg(test)]
+mod testing;
 
 use std::time::Duration;
 
 use crate::domain::Millis;
 
 pub use memory::MemoryQueue;
+pub use redis::{RedisQueue, RedisQueueConfig};
+pub use redis_logs::{RedisLogRelay, RedisLogRelayConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
+    /// The backend cannot be reached or refused the command; retry later.
     #[error("queue unavailable: {0}")]
     Unavailable(String),
+    /// The configuration cannot work (a malformed URL); fix it and restart.
+    #[error("invalid queue configuration: {0}")]
+    Config(String),
 }
 
 /// One id handed to a worker; acknowledged once its result is recorded.
@@ -38,4 +48,7 @@ pub trait Queue: Send + Sync + 'static {
     /// Acknowledges deliveries whose execution was recorded or turned out not to need
     /// running.
     async fn ack(&self, deliveries: &[Delivery]) -> Result<(), QueueError>;
+
+    /// Whether the backend answers now; called by `/readyz`.
+    async fn ping(&self) -> Result<(), QueueError>;
 }

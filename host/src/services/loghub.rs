@@ -1,9 +1,21 @@
-//! Live logs of executions running in this process, for `logs?follow=true`. A follower
-//! that arrives mid-run gets the lines so far, then each new one, then the end.
+//! Live logs of executions, for `logs?follow=true`. A follower that arrives mid-run gets
+//! the lines so far, then each new one, then the end. Owns only in-memory channels; it
+//! must not touch the store (the follower reads the truth from there) nor know which
+//! backend carries lines between nodes.
+//!
+//! Runs in this process publish straight to their channel. With a [`LogRelay`] (the
+//! distributed deployment), a follower here of a run on another node gets its lines too:
+//! subscribing to an execution not running here asks the relay to follow it, and the
+//! relay's lines feed the same channel. In the other direction, a run here is appended to
+//! the relay only while followers elsewhere keep asking for it: from its start, or from
+//! the moment a request arrives (backlog first), until its end or until they stop asking.
+//! A run nobody follows costs one lookup in memory when it starts.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
+use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
 use tokio::sync::broadcast;
 
 use crate::domain::{ExecutionStatus, LogEntry};
@@ -19,15 +31,62 @@ pub enum LogMessage {
     End(ExecutionStatus),
 }
 
-#[derive(Debug, Clone, Default)]
+/// Carries live log lines between nodes. One side appends the lines of runs on this node
+/// that followers elsewhere asked for; the other follows runs on other nodes.
+pub trait LogRelay: Send + Sync + 'static {
+    /// Whether a follower on another node asked for `id` recently. Called when `id`
+    /// starts here, with the hub's lock held: answers from memory, without I/O.
+    fn followed_elsewhere(&self, id: &str) -> bool;
+
+    /// Ids followers on other nodes ask for, as the requests arrive (repeated while they
+    /// follow). Subscribed once, by [`LogHub::with_relay`].
+    fn interest(&self) -> broadcast::Receiver<String>;
+
+    /// Appends messages of a run of this node for its followers elsewhere, after those
+    /// appended before for the same id. Called with the hub's lock held, for every line
+    /// of a followed run: queues them and returns, without waiting for I/O.
+    fn append(&self, id: &str, messages: Vec<LogMessage>);
+
+    /// Follows a run on another node: asks for it (again while the stream is polled) and
+    /// yields its lines from the first, then its end. Called when a follower here
+    /// subscribes to an execution not running here; dropped when nobody here follows it
+    /// any more.
+    fn follow(&self, id: &str) -> BoxStream<'static, LogMessage>;
+}
+
+#[derive(Clone, Default)]
 pub struct LogHub {
-    channels: Arc<Mutex<HashMap<String, Channel>>>,
+    inner: Arc<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    channels: Mutex<HashMap<String, Channel>>,
+    relay: Option<Arc<dyn LogRelay>>,
+}
+
+impl std::fmt::Debug for LogHub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogHub")
+            .field("relay", &self.inner.relay.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug)]
 struct Channel {
     backlog: Vec<LogEntry>,
     sender: broadcast::Sender<LogMessage>,
+    /// The run is in this process ([`LogHub::start`] was called).
+    running: bool,
+    /// The run's lines are appended to the relay for followers elsewhere.
+    relayed: bool,
+    /// The lowest `seq` a relayed line must have to be new: lines from the relay may
+    /// repeat (a run restarted elsewhere, a follow resumed) and must not reach followers
+    /// twice.
+    next_seq: u32,
+    /// Relays the run from another node while set; aborted when the channel goes.
+    remote: Option<AbortOnDrop>,
 }
 
 impl Channel {
@@ -35,26 +94,104 @@ impl Channel {
         Self {
             backlog: Vec::new(),
             sender: broadcast::channel(FOLLOW_BUFFER).0,
+            running: false,
+            relayed: false,
+            next_seq: 0,
+            remote: None,
         }
+    }
+
+    fn push(&mut self, entry: LogEntry) {
+        self.next_seq = self.next_seq.max(entry.seq.saturating_add(1));
+        self.backlog.push(entry.clone());
+        let _ = self.sender.send(LogMessage::Line(entry));
+    }
+}
+
+#[derive(Debug)]
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
 impl LogHub {
+    /// A hub that also relays lines between nodes through `relay`. Must be called within
+    /// a Tokio runtime: it starts the task that answers other nodes' follow requests.
+    pub fn with_relay(relay: Arc<dyn LogRelay>) -> Self {
+        let mut interest = relay.interest();
+        let hub = Self {
+            inner: Arc::new(Inner {
+                channels: Mutex::default(),
+                relay: Some(relay),
+            }),
+        };
+        let weak = Arc::downgrade(&hub.inner);
+        tokio::spawn(async move {
+            loop {
+                let wanted = match interest.recv().await {
+                    Ok(id) => Some(id),
+                    // Some requests were missed: check every run here instead.
+                    Err(broadcast::error::RecvError::Lagged(_)) => None,
+                    Err(broadcast::error::RecvError::Closed) => return,
+                };
+                let Some(hub) = Self::upgrade(&weak) else {
+                    return;
+                };
+                hub.relay_if_running(wanted.as_deref());
+            }
+        });
+        hub
+    }
+
+    fn upgrade(weak: &Weak<Inner>) -> Option<Self> {
+        weak.upgrade().map(|inner| Self { inner })
+    }
+
     fn channels(&self) -> std::sync::MutexGuard<'_, HashMap<String, Channel>> {
-        self.channels.lock().unwrap_or_else(|e| e.into_inner())
+        self.inner
+            .channels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     /// Called when an execution starts here; returns the observer its run reports to.
     pub fn start(&self, id: &str) -> LogObserver {
-        self.channels()
-            .entry(id.to_owned())
-            .or_insert_with(Channel::new);
+        {
+            let relay = self.inner.relay.as_deref();
+            let mut channels = self.channels();
+            let channel = channels.entry(id.to_owned()).or_insert_with(Channel::new);
+            channel.running = true;
+            // Its lines come from here now.
+            channel.remote = None;
+            // Checked under the lock: a request arriving meanwhile either is seen here or
+            // finds the channel running and relays it.
+            if let Some(relay) = relay
+                && !channel.relayed
+                && relay.followed_elsewhere(id)
+            {
+                channel.relayed = true;
+                relay.append(id, backlog_messages(&channel.backlog));
+            }
+        }
         let hub = self.clone();
         let id = id.to_owned();
         Arc::new(move |entry: &LogEntry| {
             if let Some(channel) = hub.channels().get_mut(&id) {
-                channel.backlog.push(entry.clone());
-                let _ = channel.sender.send(LogMessage::Line(entry.clone()));
+                if channel.relayed
+                    && let Some(relay) = &hub.inner.relay
+                {
+                    if relay.followed_elsewhere(&id) {
+                        relay.append(&id, vec![LogMessage::Line(entry.clone())]);
+                    } else {
+                        // Its followers left: stop paying for them. One that comes
+                        // back gets the backlog again, and drops what it already had.
+                        channel.relayed = false;
+                    }
+                }
+                channel.push(entry.clone());
             }
         })
     }
@@ -62,28 +199,110 @@ impl LogHub {
     /// Called when an execution reached a final state.
     pub fn finish(&self, id: &str, status: ExecutionStatus) {
         if let Some(channel) = self.channels().remove(id) {
+            if channel.relayed
+                && let Some(relay) = &self.inner.relay
+            {
+                relay.append(id, vec![LogMessage::End(status)]);
+            }
             let _ = channel.sender.send(LogMessage::End(status));
         }
     }
 
     /// The lines so far and a receiver for the rest. A follower that subscribes before
-    /// the run starts simply gets an empty backlog.
+    /// the run starts simply gets an empty backlog. With a relay, a run not in this
+    /// process is followed through it, in case it runs (or will run) on another node.
     pub fn subscribe(&self, id: &str) -> (Vec<LogEntry>, broadcast::Receiver<LogMessage>) {
         let mut channels = self.channels();
         let channel = channels.entry(id.to_owned()).or_insert_with(Channel::new);
+        if let Some(relay) = &self.inner.relay
+            && !channel.running
+            && channel.remote.is_none()
+        {
+            channel.remote = Some(self.follow_remote(id, relay.follow(id)));
+        }
         (channel.backlog.clone(), channel.sender.subscribe())
     }
 
-    /// Drops a channel nobody runs or follows (a follower gave up on a queued run).
+    /// Drops a channel nobody runs or follows here (a follower gave up on a run that is
+    /// queued or on another node).
     pub fn forget_if_idle(&self, id: &str) {
         let mut channels = self.channels();
         if channels
             .get(id)
-            .is_some_and(|c| c.backlog.is_empty() && c.sender.receiver_count() == 0)
+            .is_some_and(|c| !c.running && c.sender.receiver_count() == 0)
         {
             channels.remove(id);
         }
     }
+
+    /// Feeds a run on another node into its channel here until its end.
+    fn follow_remote(&self, id: &str, mut remote: BoxStream<'static, LogMessage>) -> AbortOnDrop {
+        let weak = Arc::downgrade(&self.inner);
+        let id = id.to_owned();
+        AbortOnDrop(tokio::spawn(async move {
+            while let Some(message) = remote.next().await {
+                let Some(hub) = Self::upgrade(&weak) else {
+                    return;
+                };
+                let mut channels = hub.channels();
+                let Some(channel) = channels.get_mut(&id) else {
+                    return;
+                };
+                if channel.running {
+                    // It moved here; its lines come from here now.
+                    return;
+                }
+                match message {
+                    LogMessage::Line(entry) => {
+                        if entry.seq >= channel.next_seq {
+                            channel.push(entry);
+                        }
+                    }
+                    LogMessage::End(status) => {
+                        // Dropping the channel aborts this very task, which returns
+                        // before its next await anyway.
+                        if let Some(channel) = channels.remove(&id) {
+                            let _ = channel.sender.send(LogMessage::End(status));
+                        }
+                        return;
+                    }
+                }
+            }
+        }))
+    }
+
+    /// Starts relaying a run of this process that a follower elsewhere asked for: `id`,
+    /// or every run here the relay says is followed when requests were missed.
+    fn relay_if_running(&self, id: Option<&str>) {
+        let Some(relay) = &self.inner.relay else {
+            return;
+        };
+        let mut channels = self.channels();
+        let relay_one = |id: &str, channel: &mut Channel| {
+            if channel.running && !channel.relayed {
+                channel.relayed = true;
+                relay.append(id, backlog_messages(&channel.backlog));
+            }
+        };
+        match id {
+            Some(id) => {
+                if let Some(channel) = channels.get_mut(id) {
+                    relay_one(id, channel);
+                }
+            }
+            None => {
+                for (id, channel) in channels.iter_mut() {
+                    if relay.followed_elsewhere(id) {
+                        relay_one(id, channel);
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn backlog_messages(backlog: &[LogEntry]) -> Vec<LogMessage> {
+    backlog.iter().cloned().map(LogMessage::Line).collect()
 }
 
 #[cfg(test)]
