@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::queue::{MemoryQueue, Queue};
+use crate::queue::{
+    MemoryQueue, Queue, RedisLogRelay, RedisLogRelayConfig, RedisQueue, RedisQueueConfig,
+};
 use crate::runtime::{EngineSettings, HostServices, Runtime, RuntimeConfig};
 use crate::services::auth::jwt::{KeyError, SigningKey};
 use crate::services::auth::{AuthService, AuthSettings, random_secret};
@@ -17,7 +19,9 @@ use crate::services::{
     EventBus, JobDraft, LogHub, ModuleCatalog, RunningRegistry, ServiceSettings, Services,
     StoreEventSink, StoreKeyValue, StoreMetricsSink,
 };
-use crate::store::{AuthStore, SqliteStore, Store};
+use crate::domain::{NodeHeartbeat, now_millis};
+use crate::services::LogHub as LiveLogs;
+use crate::store::{AuthStore, PostgresStore, SqliteStore, Store};
 use crate::worker::{WorkerPool, WorkerSettings};
 
 /// Everything `runcell serve` needs, parsed once at the edge.
@@ -31,6 +35,21 @@ pub struct ServeConfig {
     pub retry_base_delay: Duration,
     pub shutdown_grace: Duration,
     pub auth: AuthConfig,
+    /// PostgreSQL + Redis instead of the embedded database and in-process queue.
+    pub distributed: Option<DistributedConfig>,
+    /// This node's name in the deployment; generated when absent.
+    pub node_id: Option<String>,
+    /// How long a claimed execution stays this node's without a renewal.
+    pub execution_lease: Duration,
+}
+
+/// Where the nodes of a distributed deployment meet.
+#[derive(Debug, Clone)]
+pub struct DistributedConfig {
+    pub database_url: Secret,
+    pub redis_url: Secret,
+    /// Prefix of every Redis key; one deployment, one prefix.
+    pub redis_prefix: String,
 }
 
 /// How the server authenticates.
@@ -88,6 +107,8 @@ pub enum StartError {
     JwtSecretFile { path: PathBuf, message: String },
     #[error("cannot set up authentication: {0}")]
     Auth(#[from] crate::services::ServiceError),
+    #[error("cannot use Redis: {0}")]
+    Redis(#[from] crate::queue::QueueError),
     #[error(transparent)]
     Runtime(#[from] crate::runtime::RuntimeError),
     #[error("cannot listen on {addr}: {source}")]
@@ -146,44 +167,74 @@ pub async fn serve(config: ServeConfig) -> Result<(), StartError> {
         path: config.data_dir.clone(),
         source,
     })?;
-    let _data_dir_lock = lock_data_dir(&config.data_dir)?;
-    let sqlite = Arc::new(SqliteStore::open(&config.data_dir.join("runcell.db")).await?);
-    let store: Arc<dyn Store> = sqlite.clone();
-    let auth_store: Arc<dyn AuthStore> = sqlite;
-    let queue: Arc<dyn Queue> = Arc::new(MemoryQueue::default());
-    let key = match &config.auth.jwt_secret {
-        Some(secret) => {
-            SigningKey::from_secret(secret.expose().as_bytes()).map_err(StartError::JwtSecret)?
-        }
-        None => load_or_create_key_file(&config.data_dir.join(JWT_SECRET_FILE))?,
-    };
-    let auth = build_auth(auth_store, key, &config.auth).await?;
-    let services = build_services(
-        store,
-        queue,
+    let node_id = config.node_id.clone().unwrap_or_else(default_node_id);
+    let backend = open_backend(&config, &node_id).await?;
+    let mut services = build_services(
+        backend.store.clone(),
+        backend.queue,
         Some(config.data_dir.join("cache")),
         config.workers,
     )
     .await?;
+    if let Some(relay) = backend.log_relay {
+        services.logs = LiveLogs::with_relay(relay);
+    }
+    let key = match &config.auth.jwt_secret {
+        Some(secret) => {
+            SigningKey::from_secret(secret.expose().as_bytes()).map_err(StartError::JwtSecret)?
+        }
+        // Every node must sign with the same key, so a distributed deployment keeps the
+        // generated one in its database (first node wins).
+        None if config.distributed.is_some() => {
+            let secret = backend
+                .auth_store
+                .shared_secret("jwt-signing-key", &random_secret(32))
+                .await?;
+            SigningKey::from_secret(secret.as_bytes()).map_err(StartError::JwtSecret)?
+        }
+        None => load_or_create_key_file(&config.data_dir.join(JWT_SECRET_FILE))?,
+    };
+    let auth = build_auth(backend.auth_store, key, &config.auth).await?;
     let worker_settings = WorkerSettings {
         concurrency: config.workers,
         retry_base_delay: config.retry_base_delay,
+        lease: config.execution_lease,
+        node_id: node_id.clone(),
         ..WorkerSettings::default()
     };
 
     if let Some(dir) = &config.examples {
         install_examples(&services, dir).await;
     }
-    if let Err(err) = crate::reconciler::reconcile(&services, &worker_settings, true, true).await {
+    let sole_node = config.distributed.is_none();
+    if let Err(err) =
+        crate::reconciler::reconcile(&services, &worker_settings, true, sole_node).await
+    {
         tracing::warn!(error = %err, "start-up reconciliation failed; the periodic pass will retry");
     }
 
     let pool = WorkerPool::start(services.clone(), worker_settings.clone());
     let (stop, stop_rx) = watch::channel(false);
-    let scheduler = tokio::spawn(crate::scheduler::run(services.clone(), stop_rx.clone()));
+    let scheduler = tokio::spawn(crate::scheduler::run(
+        services.clone(),
+        node_id.clone(),
+        stop_rx.clone(),
+    ));
     let reconciler = tokio::spawn(crate::reconciler::run(
         services.clone(),
         worker_settings.clone(),
+        stop_rx.clone(),
+    ));
+    let heartbeat = tokio::spawn(heartbeat(
+        services.clone(),
+        NodeHeartbeat {
+            node_id: node_id.clone(),
+            started_at: now_millis(),
+            last_heartbeat_at: now_millis(),
+            workers: config.workers as u32,
+            running: 0,
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        },
         stop_rx,
     ));
 
@@ -205,7 +256,13 @@ pub async fn serve(config: ServeConfig) -> Result<(), StartError> {
         source,
     })?;
     println!("listening on http://{addr}");
-    println!("  data: {}", config.data_dir.display());
+    match &config.distributed {
+        Some(distributed) => println!(
+            "  node: {node_id} (PostgreSQL + Redis, key prefix `{}`)",
+            distributed.redis_prefix
+        ),
+        None => println!("  data: {}", config.data_dir.display()),
+    }
     if config.examples.is_some() {
         println!("  try:  curl http://{addr}/api/v1/modules");
         println!("        curl 'http://{addr}/api/v1/executions?limit=5'");
@@ -232,9 +289,84 @@ pub async fn serve(config: ServeConfig) -> Result<(), StartError> {
     let _ = stop.send(true);
     let _ = scheduler.await;
     let _ = reconciler.await;
+    let _ = heartbeat.await;
     pool.shutdown(config.shutdown_grace).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The storage and transport of one node, embedded or distributed.
+struct Backend {
+    store: Arc<dyn Store>,
+    auth_store: Arc<dyn AuthStore>,
+    queue: Arc<dyn Queue>,
+    log_relay: Option<Arc<dyn crate::services::loghub::LogRelay>>,
+    /// The embedded database's lock on its data directory, held while serving.
+    _data_dir_lock: Option<std::fs::File>,
+}
+
+async fn open_backend(config: &ServeConfig, node_id: &str) -> Result<Backend, StartError> {
+    let Some(distributed) = &config.distributed else {
+        let lock = lock_data_dir(&config.data_dir)?;
+        let sqlite = Arc::new(SqliteStore::open(&config.data_dir.join("runcell.db")).await?);
+        return Ok(Backend {
+            store: sqlite.clone(),
+            auth_store: sqlite,
+            queue: Arc::new(MemoryQueue::default()),
+            log_relay: None,
+            _data_dir_lock: Some(lock),
+        });
+    };
+    let postgres = Arc::new(PostgresStore::connect(distributed.database_url.expose()).await?);
+    let redis_url = distributed.redis_url.expose().to_owned();
+    let queue = RedisQueue::new(RedisQueueConfig {
+        url: redis_url.clone(),
+        key_prefix: distributed.redis_prefix.clone(),
+        node_id: node_id.to_owned(),
+        lease: config.execution_lease,
+    })?;
+    let relay = RedisLogRelay::connect(RedisLogRelayConfig::new(
+        redis_url,
+        distributed.redis_prefix.clone(),
+        node_id.to_owned(),
+    ))
+    .await?;
+    Ok(Backend {
+        store: postgres.clone(),
+        auth_store: postgres,
+        queue: Arc::new(queue),
+        log_relay: Some(Arc::new(relay)),
+        _data_dir_lock: None,
+    })
+}
+
+/// A node name that is unique in practice and readable in listings: the host name and a
+/// random suffix (a restarted process is a new node).
+fn default_node_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "node".to_owned());
+    format!("{host}-{}", &crate::domain::new_id()[28..])
+}
+
+/// How often a node reports itself; `GET /api/v1/nodes` calls a node gone after a few
+/// missed reports.
+pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(2);
+
+async fn heartbeat(services: Services, mut node: NodeHeartbeat, mut stop: watch::Receiver<bool>) {
+    loop {
+        node.last_heartbeat_at = now_millis();
+        node.running = services.running.len() as u32;
+        if let Err(err) = services.store.heartbeat_node(&node).await {
+            tracing::warn!(error = %err, "cannot record this node's heartbeat; retrying");
+        }
+        tokio::select! {
+            () = tokio::time::sleep(HEARTBEAT_EVERY) => {}
+            _ = stop.changed() => return,
+        }
+    }
 }
 
 /// The auth service, with the first-start admin created if there is no user yet. A

@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::Args;
 
 use super::ExitStatus;
-use crate::app::{AuthConfig, Secret, ServeConfig, default_workers};
+use crate::app::{AuthConfig, DistributedConfig, Secret, ServeConfig, default_workers};
 
 #[derive(Debug, Args)]
 pub(super) struct ServeArgs {
@@ -40,6 +40,25 @@ pub(super) struct ServeArgs {
     /// How long an access token is valid.
     #[arg(long, env = "RUNCELL_ACCESS_TOKEN_TTL", default_value = "15m", value_parser = humantime::parse_duration)]
     access_token_ttl: Duration,
+    /// PostgreSQL of a distributed deployment (with --redis-url): every node of the
+    /// deployment points at the same database.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_parser = secret, requires = "redis_url")]
+    database_url: Option<Secret>,
+    /// Redis of a distributed deployment (with --database-url): the queue and the relay
+    /// of live logs between nodes.
+    #[arg(long, env = "REDIS_URL", hide_env_values = true, value_parser = secret, requires = "database_url")]
+    redis_url: Option<Secret>,
+    /// Prefix of every Redis key of this deployment (several deployments may share one
+    /// Redis).
+    #[arg(long, env = "RUNCELL_REDIS_PREFIX", default_value = "runcell")]
+    redis_prefix: String,
+    /// This node's name in listings and leases [default: host name and a random suffix].
+    #[arg(long, env = "RUNCELL_NODE_ID")]
+    node_id: Option<String>,
+    /// How long an execution stays with the node running it without a renewal; when a
+    /// node dies, its executions are retried or failed after this.
+    #[arg(long, env = "RUNCELL_EXECUTION_LEASE", default_value = "30s", value_parser = humantime::parse_duration)]
+    execution_lease: Duration,
     /// How long a refresh token is valid (each refresh issues a new one).
     #[arg(long, env = "RUNCELL_REFRESH_TOKEN_TTL", default_value = "14d", value_parser = humantime::parse_duration)]
     refresh_token_ttl: Duration,
@@ -63,6 +82,16 @@ pub(super) fn run(args: ServeArgs) -> ExitStatus {
         examples: args.examples,
         retry_base_delay: args.retry_base_delay,
         shutdown_grace: args.shutdown_grace,
+        distributed: match (args.database_url, args.redis_url) {
+            (Some(database_url), Some(redis_url)) => Some(DistributedConfig {
+                database_url,
+                redis_url,
+                redis_prefix: args.redis_prefix,
+            }),
+            _ => None,
+        },
+        node_id: args.node_id,
+        execution_lease: args.execution_lease,
         auth: AuthConfig {
             admin_password: args.admin_password,
             jwt_secret: args.jwt_secret,
