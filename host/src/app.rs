@@ -9,18 +9,18 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use crate::domain::{NodeHeartbeat, now_millis};
 use crate::queue::{
     MemoryQueue, Queue, RedisLogRelay, RedisLogRelayConfig, RedisQueue, RedisQueueConfig,
 };
 use crate::runtime::{EngineSettings, HostServices, Runtime, RuntimeConfig};
+use crate::services::LogHub as LiveLogs;
 use crate::services::auth::jwt::{KeyError, SigningKey};
 use crate::services::auth::{AuthService, AuthSettings, random_secret};
 use crate::services::{
     EventBus, JobDraft, LogHub, ModuleCatalog, RunningRegistry, ServiceSettings, Services,
     StoreEventSink, StoreKeyValue, StoreMetricsSink,
 };
-use crate::domain::{NodeHeartbeat, now_millis};
-use crate::services::LogHub as LiveLogs;
 use crate::store::{AuthStore, PostgresStore, SqliteStore, Store};
 use crate::worker::{WorkerPool, WorkerSettings};
 

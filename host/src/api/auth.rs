@@ -11,11 +11,34 @@ use axum::response::IntoResponse;
 use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
 use super::ApiState;
-use super::error::ApiError;
-use super::extract::{ApiJson, Params};
+use super::error::{ApiError, ErrorBody};
+use super::extract::{ApiJson, PageRequest, Params};
+use super::openapi;
 use crate::domain::{ApiToken, AuditEntry, Credential, Millis, Page, Principal, Role, User};
 use crate::services::auth::{NewApiToken, NewUser, Session, UserPatch};
+
+const TAG: &str = "auth";
+
+pub(super) fn routes() -> OpenApiRouter<ApiState> {
+    openapi::tagged(
+        TAG,
+        "Logging in, sessions, users, API tokens and the audit trail.",
+    )
+    .routes(routes!(login))
+    .routes(routes!(refresh))
+    .routes(routes!(logout))
+    .routes(routes!(me))
+    .routes(routes!(change_password))
+    .routes(routes!(list_users, create_user))
+    .routes(routes!(show_user, update_user, delete_user))
+    .routes(routes!(list_tokens, create_token))
+    .routes(routes!(revoke_token))
+    .routes(routes!(list_audit))
+}
 
 // ---- sessions ------------------------------------------------------------------------
 
@@ -61,6 +84,25 @@ impl SessionResponse {
     }
 }
 
+/// Log in
+///
+/// Trades a username and password for a short-lived access token and a refresh token.
+/// Failed attempts are throttled per account and per client address.
+#[utoipa::path(
+    post,
+    path = "/auth/login",
+    tag = TAG,
+    operation_id = "login",
+    security(),
+    request_body = LoginRequest,
+    responses(
+        (status = 200, description = "Logged in.", body = SessionResponse),
+        (status = 400, description = "Malformed body (`details.field`).", body = ErrorBody),
+        (status = 401, description = "Invalid username or password (the same answer for both).", body = ErrorBody),
+        (status = 429, description = "Too many failed logins; retry after `Retry-After` seconds.", body = ErrorBody),
+        (status = 503, description = "The database is unavailable; retry later.", body = ErrorBody),
+    ),
+)]
 pub(super) async fn login(
     State(state): State<ApiState>,
     client: Option<Extension<ConnectInfo<SocketAddr>>>,
@@ -74,6 +116,24 @@ pub(super) async fn login(
     Ok(Json(SessionResponse::new(session)))
 }
 
+/// Refresh a session
+///
+/// Trades a refresh token for a new pair; the presented one stops working. Presenting an
+/// already used refresh token revokes its whole session.
+#[utoipa::path(
+    post,
+    path = "/auth/refresh",
+    tag = TAG,
+    operation_id = "refresh",
+    security(),
+    request_body = RefreshRequest,
+    responses(
+        (status = 200, description = "A new pair of tokens.", body = SessionResponse),
+        (status = 400, description = "Malformed body (`details.field`).", body = ErrorBody),
+        (status = 401, description = "Invalid, expired, revoked or reused refresh token: log in again.", body = ErrorBody),
+        (status = 503, description = "The database is unavailable; retry later.", body = ErrorBody),
+    ),
+)]
 pub(super) async fn refresh(
     State(state): State<ApiState>,
     ApiJson(request): ApiJson<RefreshRequest>,
@@ -82,6 +142,19 @@ pub(super) async fn refresh(
     Ok(Json(SessionResponse::new(session)))
 }
 
+/// Log out
+///
+/// Ends the session of the access token sent: it and its refresh token stop working.
+#[utoipa::path(
+    post,
+    path = "/auth/logout",
+    tag = TAG,
+    operation_id = "logout",
+    responses(
+        (status = 204, description = "The session is over."),
+        (status = 400, description = "Sent with an API token, which has no session.", body = ErrorBody),
+    ),
+)]
 pub(super) async fn logout(
     State(state): State<ApiState>,
     Extension(principal): Extension<Principal>,
@@ -103,6 +176,16 @@ pub(super) struct Me {
     token_id: Option<String>,
 }
 
+/// Who am I
+///
+/// The user behind the token, and the role requests made with it carry.
+#[utoipa::path(
+    get,
+    path = "/auth/me",
+    tag = TAG,
+    operation_id = "me",
+    responses((status = 200, description = "The token's user.", body = Me)),
+)]
 pub(super) async fn me(
     State(state): State<ApiState>,
     Extension(principal): Extension<Principal>,
@@ -129,6 +212,22 @@ pub(super) struct PasswordChange {
     new_password: String,
 }
 
+/// Change your password
+///
+/// Needs the current password; ends every session of yours, this one included.
+#[utoipa::path(
+    post,
+    path = "/auth/password",
+    tag = TAG,
+    operation_id = "changePassword",
+    request_body = PasswordChange,
+    responses(
+        (status = 204, description = "Changed; log in again."),
+        (status = 400, description = "Malformed body (`details.field`).", body = ErrorBody),
+        (status = 403, description = "`currentPassword` is wrong.", body = ErrorBody),
+        (status = 422, description = "The new password is too short or too long (`details.field`).", body = ErrorBody),
+    ),
+)]
 pub(super) async fn change_password(
     State(state): State<ApiState>,
     Extension(principal): Extension<Principal>,
@@ -170,6 +269,14 @@ pub(super) struct Items<T> {
     items: Vec<T>,
 }
 
+/// List users
+#[utoipa::path(
+    get,
+    path = "/users",
+    tag = TAG,
+    operation_id = "listUsers",
+    responses((status = 200, description = "Every user, by name.", body = Items<User>)),
+)]
 pub(super) async fn list_users(
     State(state): State<ApiState>,
 ) -> Result<Json<Items<User>>, ApiError> {
@@ -178,6 +285,20 @@ pub(super) async fn list_users(
     }))
 }
 
+/// Create a user
+#[utoipa::path(
+    post,
+    path = "/users",
+    tag = TAG,
+    operation_id = "createUser",
+    request_body = CreateUser,
+    responses(
+        (status = 201, description = "Created.", body = User),
+        (status = 400, description = "Malformed body or username (`details.field`).", body = ErrorBody),
+        (status = 409, description = "The username is taken.", body = ErrorBody),
+        (status = 422, description = "The password is too short or too long (`details.field`).", body = ErrorBody),
+    ),
+)]
 pub(super) async fn create_user(
     State(state): State<ApiState>,
     Extension(principal): Extension<Principal>,
@@ -198,6 +319,18 @@ pub(super) async fn create_user(
     Ok((StatusCode::CREATED, [(LOCATION, location)], Json(user)))
 }
 
+/// Show a user
+#[utoipa::path(
+    get,
+    path = "/users/{id}",
+    tag = TAG,
+    operation_id = "getUser",
+    params(("id" = String, Path, description = "The user's id.")),
+    responses(
+        (status = 200, description = "The user.", body = User),
+        (status = 404, description = "No such user.", body = ErrorBody),
+    ),
+)]
 pub(super) async fn show_user(
     State(state): State<ApiState>,
     Path(id): Path<String>,
@@ -205,6 +338,25 @@ pub(super) async fn show_user(
     Ok(Json(state.auth.get_user(&id).await?))
 }
 
+/// Change a user
+///
+/// Role, password or disabled state. A new password or disabling ends the user's
+/// sessions. The last enabled admin cannot be demoted or disabled.
+#[utoipa::path(
+    patch,
+    path = "/users/{id}",
+    tag = TAG,
+    operation_id = "updateUser",
+    params(("id" = String, Path, description = "The user's id.")),
+    request_body = UpdateUser,
+    responses(
+        (status = 200, description = "The changed user.", body = User),
+        (status = 400, description = "Malformed body (`details.field`).", body = ErrorBody),
+        (status = 404, description = "No such user.", body = ErrorBody),
+        (status = 409, description = "The change would leave no enabled admin.", body = ErrorBody),
+        (status = 422, description = "The password is too short or too long (`details.field`).", body = ErrorBody),
+    ),
+)]
 pub(super) async fn update_user(
     State(state): State<ApiState>,
     Extension(principal): Extension<Principal>,
@@ -224,6 +376,21 @@ pub(super) async fn update_user(
     ))
 }
 
+/// Delete a user
+///
+/// With their sessions and API tokens. The last enabled admin cannot be deleted.
+#[utoipa::path(
+    delete,
+    path = "/users/{id}",
+    tag = TAG,
+    operation_id = "deleteUser",
+    params(("id" = String, Path, description = "The user's id.")),
+    responses(
+        (status = 204, description = "Deleted."),
+        (status = 404, description = "No such user.", body = ErrorBody),
+        (status = 409, description = "The last enabled admin.", body = ErrorBody),
+    ),
+)]
 pub(super) async fn delete_user(
     State(state): State<ApiState>,
     Extension(principal): Extension<Principal>,
@@ -254,6 +421,23 @@ pub(super) struct CreatedToken {
     secret: String,
 }
 
+/// Create an API token
+///
+/// For CI and scripts. The secret is in this response only; only its hash is kept. The
+/// role is at most your own; API tokens cannot create API tokens.
+#[utoipa::path(
+    post,
+    path = "/tokens",
+    tag = TAG,
+    operation_id = "createToken",
+    request_body = CreateToken,
+    responses(
+        (status = 201, description = "Created; store `secret` now.", body = CreatedToken),
+        (status = 400, description = "Malformed body or name (`details.field`).", body = ErrorBody),
+        (status = 403, description = "The role is above yours, or the request used an API token.", body = ErrorBody),
+        (status = 422, description = "`expiresAt` is in the past.", body = ErrorBody),
+    ),
+)]
 pub(super) async fn create_token(
     State(state): State<ApiState>,
     Extension(principal): Extension<Principal>,
@@ -273,6 +457,16 @@ pub(super) async fn create_token(
     Ok((StatusCode::CREATED, Json(CreatedToken { token, secret })))
 }
 
+/// List API tokens
+///
+/// Yours; an admin sees everyone's. Never their secrets.
+#[utoipa::path(
+    get,
+    path = "/tokens",
+    tag = TAG,
+    operation_id = "listTokens",
+    responses((status = 200, description = "Tokens, newest first.", body = Items<ApiToken>)),
+)]
 pub(super) async fn list_tokens(
     State(state): State<ApiState>,
     Extension(principal): Extension<Principal>,
@@ -282,6 +476,18 @@ pub(super) async fn list_tokens(
     }))
 }
 
+/// Revoke an API token
+#[utoipa::path(
+    delete,
+    path = "/tokens/{id}",
+    tag = TAG,
+    operation_id = "revokeToken",
+    params(("id" = String, Path, description = "The token's id.")),
+    responses(
+        (status = 204, description = "Revoked (or already was)."),
+        (status = 404, description = "No such token of yours.", body = ErrorBody),
+    ),
+)]
 pub(super) async fn revoke_token(
     State(state): State<ApiState>,
     Extension(principal): Extension<Principal>,
@@ -293,6 +499,21 @@ pub(super) async fn revoke_token(
 
 // ---- audit ---------------------------------------------------------------------------
 
+/// The audit trail
+///
+/// Who changed what and when: module installs, removals, enable/disable, capability
+/// approvals, user and token changes, security events. Newest first.
+#[utoipa::path(
+    get,
+    path = "/audit",
+    tag = TAG,
+    operation_id = "listAudit",
+    params(PageRequest),
+    responses(
+        (status = 200, description = "A page of entries.", body = Page<AuditEntry>),
+        (status = 400, description = "A malformed `limit` (`details.field`).", body = ErrorBody),
+    ),
+)]
 pub(super) async fn list_audit(
     State(state): State<ApiState>,
     params: Params,

@@ -20,13 +20,20 @@ use axum::extract::Request;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use serde_json::{Map, Value, json};
+use serde::Serialize;
+use serde_json::{Map, Value};
+use utoipa::ToSchema;
 
 use crate::services::ServiceError;
 
 /// The stable, machine-readable part of an error. Clients match on [`ErrorCode::as_str`];
-/// the status code follows from the code.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// the status code follows from the code. The OpenAPI schema lists the variants in
+/// snake case, which is what `as_str` must answer (a test holds them together).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ToSchema)]
+#[schema(
+    rename_all = "snake_case",
+    description = "What went wrong, for programs to match on; the HTTP status follows from it."
+)]
 pub enum ErrorCode {
     /// 400: the body is not JSON at all (syntax error, truncated, trailing data, empty).
     MalformedJson,
@@ -100,6 +107,27 @@ impl ErrorCode {
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
+}
+
+/// The body of every error response.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    error: ErrorDetail,
+}
+
+/// What went wrong.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    #[schema(value_type = ErrorCode)]
+    code: &'static str,
+    /// What went wrong and what to do about it, for people (programs match on `code`).
+    message: String,
+    /// Present only when there is something in it: `field` (the offending field, as a JSON
+    /// path, or query parameter), `resource` and `id` (what does not exist), `limitBytes`
+    /// (the body limit), `accepted` (media types), `allowed` (values), `checks` (what is
+    /// down).
+    #[serde(skip_serializing_if = "Map::is_empty")]
+    details: Map<String, Value>,
 }
 
 /// A failed request, as the client will see it (plus, for server faults, the cause to log).
@@ -198,24 +226,28 @@ impl From<ServiceError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut error = json!({
-            "code": self.code.as_str(),
-            "message": self.message,
-        });
         let retry_after = match self.code {
-            ErrorCode::TooManyRequests => self.details.get("retryAfterSeconds").cloned(),
+            ErrorCode::TooManyRequests => self
+                .details
+                .get("retryAfterSeconds")
+                .and_then(Value::as_i64),
             _ => None,
         };
-        if !self.details.is_empty() {
-            error["details"] = Value::Object(self.details);
-        }
-        let mut response = (self.code.status(), Json(json!({ "error": error }))).into_response();
-        if let Some(seconds) = retry_after.and_then(|v| v.as_i64()) {
+        let unauthenticated = self.code == ErrorCode::Unauthenticated;
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code.as_str(),
+                message: self.message,
+                details: self.details,
+            },
+        };
+        let mut response = (self.code.status(), Json(body)).into_response();
+        if let Some(seconds) = retry_after {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, seconds.into());
         }
-        if self.code == ErrorCode::Unauthenticated {
+        if unauthenticated {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Bearer realm=\"runcell\""),

@@ -13,6 +13,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use serde::de::DeserializeOwned;
 use serde_json::error::Category;
+use utoipa::IntoParams;
 
 use super::error::{ApiError, ErrorCode};
 
@@ -266,10 +267,16 @@ impl Params {
 }
 
 /// One page of a listing: start after `cursor` (the `nextCursor` of the previous page),
-/// at most `limit` items.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// at most `limit` items. The OpenAPI document repeats the bounds as literals; a test holds
+/// them to [`DEFAULT_PAGE_SIZE`] and [`MAX_PAGE_SIZE`].
+#[derive(Debug, Clone, PartialEq, Eq, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct PageRequest {
+    /// The `nextCursor` of the previous page; absent: the first page.
+    #[param(nullable = false)]
     pub cursor: Option<String>,
+    /// Items per page, 1 to 500.
+    #[param(required = false, minimum = 1, maximum = 500, default = 50)]
     pub limit: u32,
 }
 

@@ -1,28 +1,55 @@
 //! `/api/v1/jobs`: define, list, show, change and delete jobs; trigger them by hand, one
 //! run or many.
 
+use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::http::header::LOCATION;
 use axum::response::IntoResponse;
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::ApiState;
-use super::error::{ApiError, ErrorCode};
-use super::extract::{ApiJson, OptionalJson, Params};
+use super::error::{ApiError, ErrorBody, ErrorCode};
+use super::extract::{ApiJson, OptionalJson, PageRequest, Params};
+use super::openapi;
 use crate::domain::{ExecutionStatus, Job, Page};
 use crate::services::{ExecuteRequest, JobDraft, JobPatch};
 
-pub(super) fn routes() -> Router<ApiState> {
-    Router::new()
-        .route("/jobs", post(create).get(list))
-        .route("/jobs/{id}", get(show).patch(update).delete(delete))
-        .route("/jobs/{id}/execute", post(execute))
-        .route("/jobs/{id}/execute-bulk", post(execute_bulk))
+const TAG: &str = "jobs";
+
+pub(super) fn routes() -> OpenApiRouter<ApiState> {
+    openapi::tagged(
+        TAG,
+        "Job definitions: which job of which module to run, on what schedule or event, \
+         with what input and limits; and manual runs.",
+    )
+    .routes(routes!(create, list))
+    .routes(routes!(show, update, delete))
+    .routes(routes!(execute))
+    .routes(routes!(execute_bulk))
 }
 
+/// Define a job
+#[utoipa::path(
+    post,
+    path = "/jobs",
+    tag = TAG,
+    operation_id = "createJob",
+    request_body = JobDraft,
+    responses(
+        (status = 201, description = "Created; `Location` is the job's URL.", body = Job,
+            headers(("location" = String, description = "`/api/v1/jobs/{id}`"))),
+        (status = 400, description = "Malformed JSON, or a field that is unknown, missing, of the wrong type or malformed (`details.field`).", body = ErrorBody),
+        (status = 409, description = "A job by that name exists.", body = ErrorBody),
+        (status = 413, description = "The body is larger than 1 MiB.", body = ErrorBody),
+        (status = 415, description = "The body is not declared `application/json`.", body = ErrorBody),
+        (status = 422, description = "An unknown module or job, or a limit above the server's ceiling (`details.field`).", body = ErrorBody),
+        (status = 503, description = "The database is unavailable; retry later.", body = ErrorBody),
+    ),
+)]
 async fn create(
     State(state): State<ApiState>,
     ApiJson(draft): ApiJson<JobDraft>,
@@ -32,6 +59,21 @@ async fn create(
     Ok((StatusCode::CREATED, [(LOCATION, location)], Json(job)))
 }
 
+/// List jobs
+///
+/// Oldest first.
+#[utoipa::path(
+    get,
+    path = "/jobs",
+    tag = TAG,
+    operation_id = "listJobs",
+    params(PageRequest),
+    responses(
+        (status = 200, description = "A page of jobs.", body = Page<Job>),
+        (status = 400, description = "A malformed `cursor` or `limit`.", body = ErrorBody),
+        (status = 503, description = "The database is unavailable; retry later.", body = ErrorBody),
+    ),
+)]
 async fn list(State(state): State<ApiState>, params: Params) -> Result<Json<Page<Job>>, ApiError> {
     let page = params.page()?;
     let jobs = state
@@ -41,6 +83,19 @@ async fn list(State(state): State<ApiState>, params: Params) -> Result<Json<Page
     Ok(Json(jobs))
 }
 
+/// Show a job
+#[utoipa::path(
+    get,
+    path = "/jobs/{id}",
+    tag = TAG,
+    operation_id = "getJob",
+    params(("id" = String, Path, description = "The job's id.")),
+    responses(
+        (status = 200, description = "The job.", body = Job),
+        (status = 404, description = "No job with that id.", body = ErrorBody),
+        (status = 503, description = "The database is unavailable; retry later.", body = ErrorBody),
+    ),
+)]
 async fn show(
     State(state): State<ApiState>,
     Path(id): Path<String>,
@@ -48,6 +103,28 @@ async fn show(
     Ok(Json(state.services.get_job(&id).await?))
 }
 
+/// Change a job
+///
+/// Fields left out stay as they are; `null` clears an optional one. The module cannot
+/// change; the job within it can.
+#[utoipa::path(
+    patch,
+    path = "/jobs/{id}",
+    tag = TAG,
+    operation_id = "updateJob",
+    params(("id" = String, Path, description = "The job's id.")),
+    request_body = JobPatch,
+    responses(
+        (status = 200, description = "The job, changed.", body = Job),
+        (status = 400, description = "Malformed JSON, or a field that is unknown, of the wrong type or malformed (`details.field`).", body = ErrorBody),
+        (status = 404, description = "No job with that id.", body = ErrorBody),
+        (status = 409, description = "Another job has that name.", body = ErrorBody),
+        (status = 413, description = "The body is larger than 1 MiB.", body = ErrorBody),
+        (status = 415, description = "The body is not declared `application/json`.", body = ErrorBody),
+        (status = 422, description = "An unknown job, or a limit above the server's ceiling (`details.field`).", body = ErrorBody),
+        (status = 503, description = "The database is unavailable; retry later.", body = ErrorBody),
+    ),
+)]
 async fn update(
     State(state): State<ApiState>,
     Path(id): Path<String>,
@@ -56,6 +133,21 @@ async fn update(
     Ok(Json(state.services.update_job(&id, patch).await?))
 }
 
+/// Delete a job
+///
+/// Its executions stay listed.
+#[utoipa::path(
+    delete,
+    path = "/jobs/{id}",
+    tag = TAG,
+    operation_id = "deleteJob",
+    params(("id" = String, Path, description = "The job's id.")),
+    responses(
+        (status = 204, description = "Deleted."),
+        (status = 404, description = "No job with that id.", body = ErrorBody),
+        (status = 503, description = "The database is unavailable; retry later.", body = ErrorBody),
+    ),
+)]
 async fn delete(
     State(state): State<ApiState>,
     Path(id): Path<String>,
@@ -65,13 +157,35 @@ async fn delete(
 }
 
 /// What a manual trigger answers: the execution to watch.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct Queued {
     execution_id: String,
     status: ExecutionStatus,
 }
 
+/// Run a job now
+///
+/// Queues one manual run. The body is optional: without one (or without `input`), the
+/// run gets the job's stored input.
+#[utoipa::path(
+    post,
+    path = "/jobs/{id}/execute",
+    tag = TAG,
+    operation_id = "executeJob",
+    params(("id" = String, Path, description = "The job's id.")),
+    request_body(content = Option<ExecuteRequest>, description = "Optional."),
+    responses(
+        (status = 202, description = "Queued; `Location` is the execution's URL.", body = Queued,
+            headers(("location" = String, description = "`/api/v1/executions/{executionId}`"))),
+        (status = 400, description = "Malformed JSON, or an unknown field.", body = ErrorBody),
+        (status = 404, description = "No job with that id.", body = ErrorBody),
+        (status = 409, description = "The job or its module is disabled, or the module is gone.", body = ErrorBody),
+        (status = 413, description = "The body is larger than 1 MiB.", body = ErrorBody),
+        (status = 415, description = "A body not declared `application/json`.", body = ErrorBody),
+        (status = 503, description = "The database or the queue is unavailable; retry later.", body = ErrorBody),
+    ),
+)]
 async fn execute(
     State(state): State<ApiState>,
     Path(id): Path<String>,
@@ -93,23 +207,48 @@ async fn execute(
 }
 
 /// Many manual runs at once: one per element of `inputs` (`null` uses the job's stored
-/// input), or `count` runs with the stored input.
-#[derive(Debug, Deserialize)]
+/// input), or `count` runs with the stored input. Exactly one of the two.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct BulkRequest {
+    /// One run per element; `null` elements get the job's stored input.
     #[serde(default)]
     inputs: Option<Vec<Option<serde_json::Value>>>,
+    /// This many runs with the job's stored input.
     #[serde(default)]
+    #[schema(minimum = 1)]
     count: Option<usize>,
 }
 
-#[derive(Debug, Serialize)]
+/// What a bulk trigger answers: the executions, in the order of `inputs`.
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct BulkQueued {
     execution_ids: Vec<String>,
     count: usize,
 }
 
+/// Run a job many times
+///
+/// Queues many manual runs in one transaction: all or none.
+#[utoipa::path(
+    post,
+    path = "/jobs/{id}/execute-bulk",
+    tag = TAG,
+    operation_id = "executeJobBulk",
+    params(("id" = String, Path, description = "The job's id.")),
+    request_body = BulkRequest,
+    responses(
+        (status = 202, description = "Queued.", body = BulkQueued),
+        (status = 400, description = "Malformed JSON, an unknown field, or both or neither of `inputs` and `count`.", body = ErrorBody),
+        (status = 404, description = "No job with that id.", body = ErrorBody),
+        (status = 409, description = "The job or its module is disabled, or the module is gone.", body = ErrorBody),
+        (status = 413, description = "The body is larger than 1 MiB.", body = ErrorBody),
+        (status = 415, description = "The body is not declared `application/json`.", body = ErrorBody),
+        (status = 422, description = "More runs than the server accepts at once, or none (`details.field`).", body = ErrorBody),
+        (status = 503, description = "The database or the queue is unavailable; retry later.", body = ErrorBody),
+    ),
+)]
 async fn execute_bulk(
     State(state): State<ApiState>,
     Path(id): Path<String>,

@@ -25,9 +25,15 @@
 //! | `GET /api/v1/events?topic=&cursor=&limit=` | 200 `{items, nextCursor}` |
 //! | `GET /healthz` | 200 `{status: "ok"}` |
 //! | `GET /readyz` | 200 `{status: "ready", checks}`, or 503 `not_ready` |
+//! | `GET /api/v1/openapi.json` | 200 the OpenAPI 3.1 document of all of the above |
+//! | `GET /api/docs` | 200 an HTML page that renders it and can send requests |
 //!
 //! Listings take `limit` (default 50, at most 500) and `cursor` (the previous page's
 //! `nextCursor`; `null` means there is no next page).
+//!
+//! Every route is declared once, with `routes!` over a handler annotated with
+//! `#[utoipa::path]`, in the `routes()` of its file; [`api_routes`] merges those, and the
+//! [`openapi`] module turns what they declare into the document.
 
 mod access;
 #[cfg(test)]
@@ -40,6 +46,7 @@ pub mod extract;
 mod follow;
 mod jobs;
 mod modules;
+pub mod openapi;
 mod probes;
 #[cfg(test)]
 mod tests;
@@ -53,12 +60,12 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, OriginalUri};
 use axum::http::header::{AUTHORIZATION, COOKIE};
 use axum::http::{HeaderName, Method, Request};
-use axum::routing::get;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
+use utoipa_axum::router::OpenApiRouter;
 
 use crate::services::{AuthService, Services};
 use error::{ApiError, ErrorCode};
@@ -129,13 +136,6 @@ impl Readiness {
 /// The whole HTTP surface, ready to serve (or to drive in tests with `tower::ServiceExt`).
 pub fn router(state: ApiState) -> Router {
     let max_module_bytes = state.services.settings.max_module_bytes;
-    let api = Router::new()
-        .merge(modules::routes(max_module_bytes))
-        .merge(jobs::routes())
-        .merge(executions::routes())
-        .merge(events::routes())
-        .merge(auth_routes())
-        .method_not_allowed_fallback(method_not_allowed);
     let request_id = HeaderName::from_static(REQUEST_ID_HEADER);
     let middleware = ServiceBuilder::new()
         .layer(SetSensitiveRequestHeadersLayer::new([
@@ -154,11 +154,9 @@ pub fn router(state: ApiState) -> Router {
         .layer(PropagateRequestIdLayer::new(request_id))
         .layer(axum::middleware::from_fn(error::log_failures))
         .layer(CatchPanicLayer::custom(error::panic_response));
-    Router::new()
-        .route("/healthz", get(probes::healthz))
-        .route("/readyz", get(probes::readyz))
+    openapi::serve_reference(api_routes(max_module_bytes))
         .method_not_allowed_fallback(method_not_allowed)
-        .nest("/api/v1", api)
+        // After every route is in: the access decision wraps each of them.
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             access::authorize,
@@ -169,24 +167,18 @@ pub fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
-fn auth_routes() -> Router<ApiState> {
-    use axum::routing::{delete, post};
-    Router::new()
-        .route("/auth/login", post(auth::login))
-        .route("/auth/refresh", post(auth::refresh))
-        .route("/auth/logout", post(auth::logout))
-        .route("/auth/me", get(auth::me))
-        .route("/auth/password", post(auth::change_password))
-        .route("/users", get(auth::list_users).post(auth::create_user))
-        .route(
-            "/users/{id}",
-            get(auth::show_user)
-                .patch(auth::update_user)
-                .delete(auth::delete_user),
-        )
-        .route("/tokens", get(auth::list_tokens).post(auth::create_token))
-        .route("/tokens/{id}", delete(auth::revoke_token))
-        .route("/audit", get(auth::list_audit))
+/// Every route of the API, each with its OpenAPI description. A new area adds its
+/// `routes()` here.
+fn api_routes(max_module_bytes: usize) -> OpenApiRouter<ApiState> {
+    let v1 = OpenApiRouter::default()
+        .merge(modules::routes(max_module_bytes))
+        .merge(jobs::routes())
+        .merge(executions::routes())
+        .merge(events::routes())
+        .merge(auth::routes());
+    OpenApiRouter::with_openapi(openapi::frame())
+        .merge(probes::routes())
+        .nest("/api/v1", v1)
 }
 
 fn request_span<B>(request: &Request<B>) -> tracing::Span {

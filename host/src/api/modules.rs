@@ -1,22 +1,26 @@
 //! `/api/v1/modules`: upload (raw component bytes or a multipart field `module`), list,
 //! show, versions, enable/disable, delete.
 
+use axum::Json;
 use axum::extract::multipart::MultipartError;
 use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Path, Request, State};
-use axum::handler::Handler;
 use axum::http::StatusCode;
 use axum::http::header::LOCATION;
 use axum::response::IntoResponse;
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
+use utoipa_axum::routes;
 
 use super::ApiState;
-use super::error::{ApiError, ErrorCode};
+use super::error::{ApiError, ErrorBody, ErrorCode};
 use super::extract::{Params, media_type, read_body, too_large};
+use super::openapi;
 use crate::domain::{
     Capabilities, JobSpec, Millis, ModuleRecord, ModuleStatus, ModuleVersion, Page,
 };
+
+const TAG: &str = "modules";
 
 /// Room for multipart framing (boundaries, part headers) around a module of the largest
 /// accepted size.
@@ -29,31 +33,58 @@ const ACCEPTED: [&str; 3] = [
     "multipart/form-data",
 ];
 
-pub(super) fn routes(max_module_bytes: usize) -> Router<ApiState> {
+pub(super) fn routes(max_module_bytes: usize) -> OpenApiRouter<ApiState> {
     let upload_limit = DefaultBodyLimit::max(max_module_bytes + MULTIPART_OVERHEAD);
-    Router::new()
-        .route("/modules", post(upload.layer(upload_limit)).get(list))
-        .route("/modules/{name}", get(show).delete(delete))
-        .route("/modules/{name}/versions", get(versions))
-        .route("/modules/{name}/enable", post(enable))
-        .route("/modules/{name}/disable", post(disable))
+    openapi::tagged(
+        TAG,
+        "WebAssembly components and their versions. Uploading a new version of a module \
+         makes it current; jobs run the current version of their module.",
+    )
+    .routes(routes!(upload).layer(upload_limit))
+    .routes(routes!(list))
+    .routes(routes!(show, delete))
+    .routes(routes!(versions))
+    .routes(routes!(enable))
+    .routes(routes!(disable))
 }
 
 /// A module as clients see it: its current version flattened into the record.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = Module)]
 pub(super) struct ModuleView {
     name: String,
+    /// The current version: the one jobs run.
     version: String,
     status: ModuleStatus,
     description: String,
+    /// SHA-256 of the component bytes, hex.
     content_hash: String,
     size_bytes: u64,
+    /// The jobs the current version offers.
     jobs: Vec<JobSpec>,
+    /// What the current version asks to be allowed to do.
     capabilities: Capabilities,
+    /// When the current version was uploaded (milliseconds since the Unix epoch).
+    #[schema(value_type = i64)]
     uploaded_at: Millis,
+    /// Milliseconds since the Unix epoch.
+    #[schema(value_type = i64)]
     created_at: Millis,
+    /// Milliseconds since the Unix epoch.
+    #[schema(value_type = i64)]
     updated_at: Millis,
+}
+
+/// A multipart upload: the component in the field `module`. Only the OpenAPI document
+/// uses this type; the handler reads the field itself (see [`module_bytes`]).
+#[derive(ToSchema)]
+#[schema(description = "A multipart upload: the component in the field `module`.")]
+#[expect(dead_code, reason = "describes the multipart upload form; never built")]
+struct ModuleForm {
+    /// The component (`.wasm` file).
+    #[schema(value_type = String, content_media_type = "application/wasm")]
+    module: Vec<u8>,
 }
 
 impl From<ModuleRecord> for ModuleView {
@@ -83,19 +114,52 @@ impl From<ModuleRecord> for ModuleView {
 }
 
 /// One uploaded version; `current` marks the one jobs use.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = ModuleVersion)]
 struct VersionView {
     version: String,
+    /// SHA-256 of the component bytes, hex.
     content_hash: String,
     size_bytes: u64,
     description: String,
     jobs: Vec<JobSpec>,
     capabilities: Capabilities,
+    /// Milliseconds since the Unix epoch.
+    #[schema(value_type = i64)]
     uploaded_at: Millis,
+    /// Whether this is the version jobs run.
     current: bool,
 }
 
+/// Upload a module
+///
+/// Installs a module, or a new version of an installed one, which becomes its current
+/// version. The server compiles the component and reads its manifest first; a file it
+/// cannot run is refused with `invalid_module`, saying why.
+#[utoipa::path(
+    post,
+    path = "/modules",
+    tag = TAG,
+    operation_id = "uploadModule",
+    request_body(
+        description = "The component (`.wasm` file): the raw bytes, or a multipart form with the file in the field `module`.",
+        content(
+            ("application/wasm"),
+            ("application/octet-stream"),
+            (ModuleForm = "multipart/form-data"),
+        ),
+    ),
+    responses(
+        (status = 201, description = "Installed; `Location` is the module's URL.", body = ModuleView,
+            headers(("location" = String, description = "`/api/v1/modules/{name}`"))),
+        (status = 400, description = "A malformed multipart body, or one without a `module` field.", body = ErrorBody),
+        (status = 413, description = "The file is larger than the server accepts (`details.limitBytes`).", body = ErrorBody),
+        (status = 415, description = "Not one of the accepted media types (`details.accepted`).", body = ErrorBody),
+        (status = 422, description = "`invalid_module`: not a component Runcell can run; the message says why.", body = ErrorBody),
+        (status = 503, description = "The database is unavailable; retry later.", body = ErrorBody),
+    ),
+)]
 async fn upload(
     State(state): State<ApiState>,
     request: Request,
@@ -174,6 +238,20 @@ fn multipart_error(err: &MultipartError, limit: usize) -> ApiError {
     }
 }
 
+/// List modules
+///
+/// Every installed module with its current version, by name. One page holds them all:
+/// `nextCursor` is always `null`.
+#[utoipa::path(
+    get,
+    path = "/modules",
+    tag = TAG,
+    operation_id = "listModules",
+    responses(
+        (status = 200, description = "The modules.", body = Page<ModuleView>),
+        (status = 503, description = "The database is unavailable; retry later.", body = ErrorBody),
+    ),
+)]
 async fn list(State(state): State<ApiState>) -> Result<Json<Page<ModuleView>>, ApiError> {
     let modules = state.services.list_modules().await?;
     Ok(Json(Page {
@@ -182,6 +260,19 @@ async fn list(State(state): State<ApiState>) -> Result<Json<Page<ModuleView>>, A
     }))
 }
 
+/// Show a module
+#[utoipa::path(
+    get,
+    path = "/modules/{name}",
+    tag = TAG,
+    operation_id = "getModule",
+    params(("name" = String, Path, description = "The module's name.")),
+    responses(
+        (status = 200, description = "The module.", body = ModuleView),
+        (status = 404, description = "No module by that name.", body = ErrorBody),
+        (status = 503, description = "The database is unavailable; retry later.", body = ErrorBody),
+    ),
+)]
 async fn show(
     State(state): State<ApiState>,
     Path(name): Path<String>,
@@ -189,6 +280,22 @@ async fn show(
     Ok(Json(state.services.get_module(&name).await?.into()))
 }
 
+/// List a module's versions
+///
+/// Every version ever uploaded, newest first, the current one marked. One page holds
+/// them all.
+#[utoipa::path(
+    get,
+    path = "/modules/{name}/versions",
+    tag = TAG,
+    operation_id = "listModuleVersions",
+    params(("name" = String, Path, description = "The module's name.")),
+    responses(
+        (status = 200, description = "The versions.", body = Page<VersionView>),
+        (status = 404, description = "No module by that name.", body = ErrorBody),
+        (status = 503, description = "The database is unavailable; retry later.", body = ErrorBody),
+    ),
+)]
 async fn versions(
     State(state): State<ApiState>,
     Path(name): Path<String>,
@@ -214,6 +321,21 @@ async fn versions(
     }))
 }
 
+/// Enable a module
+///
+/// Its jobs may run again: cron and event triggers resume, manual runs are accepted.
+#[utoipa::path(
+    post,
+    path = "/modules/{name}/enable",
+    tag = TAG,
+    operation_id = "enableModule",
+    params(("name" = String, Path, description = "The module's name.")),
+    responses(
+        (status = 200, description = "The module, enabled.", body = ModuleView),
+        (status = 404, description = "No module by that name.", body = ErrorBody),
+        (status = 503, description = "The database is unavailable; retry later.", body = ErrorBody),
+    ),
+)]
 async fn enable(
     State(state): State<ApiState>,
     Path(name): Path<String>,
@@ -221,6 +343,21 @@ async fn enable(
     set_status(&state, &name, ModuleStatus::Enabled).await
 }
 
+/// Disable a module
+///
+/// None of its jobs runs until it is enabled again; manual runs are refused with 409.
+#[utoipa::path(
+    post,
+    path = "/modules/{name}/disable",
+    tag = TAG,
+    operation_id = "disableModule",
+    params(("name" = String, Path, description = "The module's name.")),
+    responses(
+        (status = 200, description = "The module, disabled.", body = ModuleView),
+        (status = 404, description = "No module by that name.", body = ErrorBody),
+        (status = 503, description = "The database is unavailable; retry later.", body = ErrorBody),
+    ),
+)]
 async fn disable(
     State(state): State<ApiState>,
     Path(name): Path<String>,
@@ -237,6 +374,27 @@ async fn set_status(
     Ok(Json(record.into()))
 }
 
+/// Delete a module
+///
+/// Deletes the module and all its versions. Refused while jobs use it, unless
+/// `force=true`, which deletes those jobs too.
+#[utoipa::path(
+    delete,
+    path = "/modules/{name}",
+    tag = TAG,
+    operation_id = "deleteModule",
+    params(
+        ("name" = String, Path, description = "The module's name."),
+        ("force" = Option<bool>, Query, description = "Also delete the jobs that use the module (default `false`)."),
+    ),
+    responses(
+        (status = 204, description = "Deleted."),
+        (status = 400, description = "`force` is not a boolean.", body = ErrorBody),
+        (status = 404, description = "No module by that name.", body = ErrorBody),
+        (status = 409, description = "Jobs use the module; the message names them.", body = ErrorBody),
+        (status = 503, description = "The database is unavailable; retry later.", body = ErrorBody),
+    ),
+)]
 async fn delete(
     State(state): State<ApiState>,
     Path(name): Path<String>,

@@ -1,6 +1,8 @@
 //! The HTTP layer driven without a socket: a real in-memory SQLite store and real
 //! services behind the router, no workers (a test plays the worker where it needs one).
 
+mod openapi;
+
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -1,6 +1,7 @@
 //! What a module says about itself, and the rules that say whether the host accepts it.
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 /// A module's self-description, as returned by its `describe` export.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -14,7 +15,7 @@ pub struct Manifest {
 }
 
 /// One job a module offers.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct JobSpec {
     pub name: String,
@@ -27,17 +28,20 @@ pub struct JobSpec {
 }
 
 /// What a module asks to be allowed to do.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Capabilities {
+    /// Hosts the module may send HTTP requests to.
     pub outbound_hosts: Vec<String>,
+    /// Topics (or `prefix.*` patterns) the module may publish events on.
     pub publishes: Vec<String>,
+    /// Whether the module uses its key-value store.
     pub key_value: bool,
     pub routes: RouteAccess,
 }
 
 /// Whether a module serves HTTP routes, and to whom.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum RouteAccess {
     #[default]

@@ -2,6 +2,7 @@
 //! Timestamps are milliseconds since the Unix epoch, UTC.
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::{FailureKind, LogEntry, Manifest, Outcome, Trigger};
 
@@ -9,7 +10,7 @@ use super::{FailureKind, LogEntry, Manifest, Outcome, Trigger};
 pub type Millis = i64;
 
 /// Where an execution is in its life. Only the last four are final.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum ExecutionStatus {
     Queued,
@@ -51,7 +52,7 @@ impl ExecutionStatus {
 }
 
 /// Whether a module's jobs may run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum ModuleStatus {
     Enabled,
@@ -99,23 +100,34 @@ pub struct ModuleRecord {
 }
 
 /// A job definition: which module job to run, when, with what input and limits.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Job {
     pub id: String,
     pub name: String,
+    /// The module whose job this runs.
     pub module: String,
+    /// The name of the job inside the module.
     pub job: String,
+    /// A cron expression; `null` for a job that runs only when triggered.
     pub schedule: Option<String>,
+    /// The input each run gets unless its trigger gives another.
     pub input: serde_json::Value,
     pub enabled: bool,
     pub max_attempts: u32,
     pub timeout_ms: Option<u64>,
     pub fuel: Option<u64>,
     pub memory_bytes: Option<u64>,
+    /// A topic or topic pattern (`prefix.*`, `*`) whose events trigger a run.
     pub on_event: Option<String>,
+    /// The next cron tick, in milliseconds since the Unix epoch.
+    #[schema(value_type = Option<i64>)]
     pub next_run_at: Option<Millis>,
+    /// Milliseconds since the Unix epoch.
+    #[schema(value_type = i64)]
     pub created_at: Millis,
+    /// Milliseconds since the Unix epoch.
+    #[schema(value_type = i64)]
     pub updated_at: Millis,
 }
 
@@ -143,7 +155,7 @@ pub struct NewExecution {
 }
 
 /// One execution: one attempt of one trigger of one job.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Execution {
     pub id: String,
@@ -152,18 +164,35 @@ pub struct Execution {
     pub job: String,
     pub status: ExecutionStatus,
     pub trigger: Trigger,
+    /// 1 for the first attempt, one more for each retry.
     pub attempt: u32,
+    /// The first attempt's id, for retries.
     pub retry_of: Option<String>,
     pub input: serde_json::Value,
+    /// What the job returned, once it completed.
     pub result: Option<serde_json::Value>,
     pub error: Option<String>,
+    /// Why it failed, e.g. `TRAPPED`, `FUEL_EXHAUSTED`, `TIMED_OUT`.
     pub error_kind: Option<String>,
+    /// When it was due (milliseconds since the Unix epoch).
+    #[schema(value_type = i64)]
     pub scheduled_at: Millis,
+    /// Not before this time (milliseconds since the Unix epoch): retry backoff.
+    #[schema(value_type = i64)]
     pub run_after: Millis,
+    /// The cron tick it fires (milliseconds since the Unix epoch).
+    #[schema(value_type = Option<i64>)]
     pub cron_tick: Option<Millis>,
+    /// The event that triggered it.
     pub event_id: Option<String>,
+    /// Milliseconds since the Unix epoch.
+    #[schema(value_type = i64)]
     pub created_at: Millis,
+    /// Milliseconds since the Unix epoch.
+    #[schema(value_type = Option<i64>)]
     pub started_at: Option<Millis>,
+    /// Milliseconds since the Unix epoch.
+    #[schema(value_type = Option<i64>)]
     pub finished_at: Option<Millis>,
     pub duration_ms: Option<f64>,
     pub fuel_consumed: Option<u64>,
@@ -254,7 +283,7 @@ pub fn failure_kind_name(kind: &FailureKind) -> &'static str {
 }
 
 /// An event on the bus.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Event {
     pub id: String,
@@ -262,6 +291,8 @@ pub struct Event {
     pub payload: serde_json::Value,
     /// `api` for events posted through the API, else the publishing module's name.
     pub source: String,
+    /// Milliseconds since the Unix epoch.
+    #[schema(value_type = i64)]
     pub created_at: Millis,
 }
 
@@ -293,10 +324,11 @@ pub struct NodeHeartbeat {
 }
 
 /// A page of a listing and the cursor for the next one.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Page<T> {
     pub items: Vec<T>,
+    /// Pass as `cursor` to get the next page; `null`: there is none.
     pub next_cursor: Option<String>,
 }
 

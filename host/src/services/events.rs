@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use serde::Deserialize;
+use utoipa::ToSchema;
 
 use super::{ServiceError, Services};
 use crate::domain::{Event, NewExecution, Page, Trigger, new_id, now_millis, topic_matches};
@@ -12,10 +13,12 @@ use crate::runtime::host::events::{MAX_PAYLOAD_BYTES, is_valid_topic};
 use crate::store::Store;
 
 /// An event posted through the API.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PublishEvent {
+    /// Dot-separated words of letters, digits, `-` and `_` (`report.generated`).
     pub topic: String,
+    /// Any JSON; each triggered run gets the event as its input. Default `null`.
     #[serde(default)]
     pub payload: serde_json::Value,
 }

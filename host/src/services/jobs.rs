@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use serde::Deserialize;
+use utoipa::ToSchema;
 
 use super::schedule::Schedule;
 use super::{ServiceError, Services};
@@ -17,32 +18,44 @@ pub const MAX_ATTEMPTS: u32 = 25;
 const MAX_INPUT_BYTES: usize = 1024 * 1024;
 
 /// A new job, as a client describes it.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct JobDraft {
+    /// 1 to 128 letters, digits, `-`, `_` or `.`.
     pub name: String,
+    /// An installed module.
     pub module: String,
+    /// A job the module's current version offers.
     pub job: String,
+    /// A cron expression; absent: the job runs only when triggered.
     #[serde(default)]
     pub schedule: Option<String>,
+    /// The input of runs whose trigger gives none (default `null`).
     #[serde(default)]
     pub input: Option<serde_json::Value>,
+    /// Default `true`.
     #[serde(default)]
     pub enabled: Option<bool>,
+    /// 1 (the default, no retry) to 25.
     #[serde(default)]
     pub max_attempts: Option<u32>,
+    /// Wall-clock limit of a run; absent: the module's hint, else the server's default.
     #[serde(default)]
     pub timeout_ms: Option<u64>,
+    /// CPU limit of a run, in fuel units; absent: the module's hint, else the server's
+    /// default.
     #[serde(default)]
     pub fuel: Option<u64>,
+    /// Memory limit of a run; absent: the server's default.
     #[serde(default)]
     pub memory_bytes: Option<u64>,
+    /// A topic or topic pattern (`prefix.*`, `*`) whose events trigger a run.
     #[serde(default)]
     pub on_event: Option<String>,
 }
 
 /// Changes to a job; absent fields stay, `null` clears an optional one.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct JobPatch {
     #[serde(default)]
@@ -81,7 +94,7 @@ mod double_option {
 }
 
 /// A manual trigger.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ExecuteRequest {
     /// Replaces the job's stored input for this run.
