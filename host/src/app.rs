@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::domain::{NodeHeartbeat, now_millis};
+use crate::domain::{NODE_HEARTBEAT_EVERY, NodeHeartbeat, now_millis};
 use crate::queue::{
     MemoryQueue, Queue, RedisLogRelay, RedisLogRelayConfig, RedisQueue, RedisQueueConfig,
 };
@@ -223,6 +223,7 @@ pub async fn serve(config: ServeConfig) -> Result<(), StartError> {
     let reconciler = tokio::spawn(crate::reconciler::run(
         services.clone(),
         worker_settings.clone(),
+        sole_node,
         stop_rx.clone(),
     ));
     let heartbeat = tokio::spawn(heartbeat(
@@ -351,10 +352,6 @@ fn default_node_id() -> String {
     format!("{host}-{}", &crate::domain::new_id()[28..])
 }
 
-/// How often a node reports itself; `GET /api/v1/nodes` calls a node gone after a few
-/// missed reports.
-pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(2);
-
 async fn heartbeat(services: Services, mut node: NodeHeartbeat, mut stop: watch::Receiver<bool>) {
     loop {
         node.last_heartbeat_at = now_millis();
@@ -363,7 +360,7 @@ async fn heartbeat(services: Services, mut node: NodeHeartbeat, mut stop: watch:
             tracing::warn!(error = %err, "cannot record this node's heartbeat; retrying");
         }
         tokio::select! {
-            () = tokio::time::sleep(HEARTBEAT_EVERY) => {}
+            () = tokio::time::sleep(NODE_HEARTBEAT_EVERY) => {}
             _ = stop.changed() => return,
         }
     }

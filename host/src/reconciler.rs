@@ -13,8 +13,13 @@ use crate::worker::{WorkerSettings, next_attempt};
 
 /// How often a pass runs.
 pub const RECONCILE_EVERY: Duration = Duration::from_secs(2);
-/// A queued execution this long past due is assumed lost by the queue.
-const STALE_QUEUED: Millis = 2_000;
+/// A queued execution this long past due is assumed lost by the in-process queue, which
+/// ignores an id it already holds, so offering too early costs nothing.
+pub const STALE_QUEUED_EMBEDDED: Duration = Duration::from_secs(2);
+/// The same for Redis, which does not deduplicate: an execution merely waiting behind a
+/// long backlog would be offered again and again, so wait longer before presuming it
+/// lost (a flushed or restarted Redis).
+pub const STALE_QUEUED_DISTRIBUTED: Duration = Duration::from_secs(20);
 /// Rows handled per query.
 const PAGE: u32 = 10_000;
 
@@ -29,13 +34,22 @@ pub async fn reconcile(
     startup: bool,
     sole_node: bool,
 ) -> Result<(), crate::services::ServiceError> {
+    let stale = if sole_node {
+        STALE_QUEUED_EMBEDDED
+    } else {
+        STALE_QUEUED_DISTRIBUTED
+    };
     let now = now_millis();
     let expiry_horizon = if startup && sole_node {
         now + settings.lease.as_millis() as Millis + 1
     } else {
         now
     };
-    let cutoff = if startup { now } else { now - STALE_QUEUED };
+    let cutoff = if startup {
+        now
+    } else {
+        now - stale.as_millis() as Millis
+    };
     let queued = services.store.due_queued_executions(cutoff, PAGE).await?;
     if !queued.is_empty() {
         if startup {
@@ -92,13 +106,18 @@ pub async fn reconcile(
 }
 
 /// Runs a pass every [`RECONCILE_EVERY`] until `stop` turns true.
-pub async fn run(services: Services, settings: WorkerSettings, mut stop: watch::Receiver<bool>) {
+pub async fn run(
+    services: Services,
+    settings: WorkerSettings,
+    sole_node: bool,
+    mut stop: watch::Receiver<bool>,
+) {
     loop {
         tokio::select! {
             () = tokio::time::sleep(RECONCILE_EVERY) => {}
             _ = stop.changed() => return,
         }
-        if let Err(err) = reconcile(&services, &settings, false, false).await {
+        if let Err(err) = reconcile(&services, &settings, false, sole_node).await {
             tracing::warn!(error = %err, "reconciler pass failed; retrying");
         }
     }

@@ -46,6 +46,7 @@ pub mod extract;
 mod follow;
 mod jobs;
 mod modules;
+mod nodes;
 pub mod openapi;
 mod probes;
 #[cfg(test)]
@@ -175,7 +176,8 @@ fn api_routes(max_module_bytes: usize) -> OpenApiRouter<ApiState> {
         .merge(jobs::routes())
         .merge(executions::routes())
         .merge(events::routes())
-        .merge(auth::routes());
+        .merge(auth::routes())
+        .merge(nodes::routes());
     OpenApiRouter::with_openapi(openapi::frame())
         .merge(probes::routes())
         .nest("/api/v1", v1)

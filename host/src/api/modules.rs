@@ -1,13 +1,14 @@
 //! `/api/v1/modules`: upload (raw component bytes or a multipart field `module`), list,
 //! show, versions, enable/disable, delete.
 
-use axum::Json;
 use axum::extract::multipart::MultipartError;
 use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Path, Request, State};
 use axum::http::StatusCode;
 use axum::http::header::LOCATION;
 use axum::response::IntoResponse;
+use axum::{Extension, Json};
 use serde::Serialize;
+use serde_json::json;
 use utoipa::ToSchema;
 use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
 use utoipa_axum::routes;
@@ -17,7 +18,7 @@ use super::error::{ApiError, ErrorBody, ErrorCode};
 use super::extract::{Params, media_type, read_body, too_large};
 use super::openapi;
 use crate::domain::{
-    Capabilities, JobSpec, Millis, ModuleRecord, ModuleStatus, ModuleVersion, Page,
+    Capabilities, JobSpec, Millis, ModuleRecord, ModuleStatus, ModuleVersion, Page, Principal,
 };
 
 const TAG: &str = "modules";
@@ -162,11 +163,21 @@ struct VersionView {
 )]
 async fn upload(
     State(state): State<ApiState>,
+    Extension(principal): Extension<Principal>,
     request: Request,
 ) -> Result<impl IntoResponse, ApiError> {
     let limit = state.services.settings.max_module_bytes;
     let wasm = module_bytes(request, limit).await?;
     let record = state.services.upload_module(wasm).await?;
+    state
+        .auth
+        .audit(
+            &principal.actor(),
+            "module.install",
+            &record.name,
+            json!({"version": record.current.version, "contentHash": record.current.content_hash}),
+        )
+        .await;
     let location = format!("/api/v1/modules/{}", record.name);
     Ok((
         StatusCode::CREATED,
@@ -338,9 +349,10 @@ async fn versions(
 )]
 async fn enable(
     State(state): State<ApiState>,
+    Extension(principal): Extension<Principal>,
     Path(name): Path<String>,
 ) -> Result<Json<ModuleView>, ApiError> {
-    set_status(&state, &name, ModuleStatus::Enabled).await
+    set_status(&state, &principal, &name, ModuleStatus::Enabled).await
 }
 
 /// Disable a module
@@ -360,17 +372,27 @@ async fn enable(
 )]
 async fn disable(
     State(state): State<ApiState>,
+    Extension(principal): Extension<Principal>,
     Path(name): Path<String>,
 ) -> Result<Json<ModuleView>, ApiError> {
-    set_status(&state, &name, ModuleStatus::Disabled).await
+    set_status(&state, &principal, &name, ModuleStatus::Disabled).await
 }
 
 async fn set_status(
     state: &ApiState,
+    principal: &Principal,
     name: &str,
     status: ModuleStatus,
 ) -> Result<Json<ModuleView>, ApiError> {
     let record = state.services.set_module_status(name, status).await?;
+    let action = match status {
+        ModuleStatus::Enabled => "module.enable",
+        ModuleStatus::Disabled => "module.disable",
+    };
+    state
+        .auth
+        .audit(&principal.actor(), action, name, json!({}))
+        .await;
     Ok(Json(record.into()))
 }
 
@@ -397,10 +419,20 @@ async fn set_status(
 )]
 async fn delete(
     State(state): State<ApiState>,
+    Extension(principal): Extension<Principal>,
     Path(name): Path<String>,
     params: Params,
 ) -> Result<StatusCode, ApiError> {
     let force = params.flag("force")?;
     state.services.delete_module(&name, force).await?;
+    state
+        .auth
+        .audit(
+            &principal.actor(),
+            "module.remove",
+            &name,
+            json!({"withJobs": force}),
+        )
+        .await;
     Ok(StatusCode::NO_CONTENT)
 }

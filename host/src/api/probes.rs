@@ -52,6 +52,9 @@ struct Checks {
     /// `ok`, `unreachable` or `timeout`.
     #[schema(value_type = String)]
     database: &'static str,
+    /// The queue (in-process, or Redis): `ok`, `unreachable` or `timeout`.
+    #[schema(value_type = String)]
+    queue: &'static str,
     /// `running` or `stopped`.
     #[schema(value_type = String)]
     workers: &'static str,
@@ -74,7 +77,8 @@ async fn healthz() -> Json<Health> {
 
 /// Readiness
 ///
-/// The server can take work: its database answers within two seconds and its workers run.
+/// The server can take work: its database and queue answer within two seconds and its
+/// workers run.
 /// Not ready while starting and from the moment shutdown begins.
 #[utoipa::path(
     get,
@@ -88,7 +92,11 @@ async fn healthz() -> Json<Health> {
     ),
 )]
 async fn readyz(State(state): State<ApiState>) -> Response {
-    let database = match tokio::time::timeout(PING_TIMEOUT, state.services.store.ping()).await {
+    let (database, queue) = tokio::join!(
+        tokio::time::timeout(PING_TIMEOUT, state.services.store.ping()),
+        tokio::time::timeout(PING_TIMEOUT, state.services.queue.ping()),
+    );
+    let database = match database {
         Ok(Ok(())) => "ok",
         Ok(Err(err)) => {
             tracing::warn!(error = %err, "readiness: the database is unreachable");
@@ -99,15 +107,33 @@ async fn readyz(State(state): State<ApiState>) -> Response {
             "timeout"
         }
     };
+    let queue = match queue {
+        Ok(Ok(())) => "ok",
+        Ok(Err(err)) => {
+            tracing::warn!(error = %err, "readiness: the queue is unreachable");
+            "unreachable"
+        }
+        Err(_) => {
+            tracing::warn!(timeout = ?PING_TIMEOUT, "readiness: the queue did not answer in time");
+            "timeout"
+        }
+    };
     let workers = if state.readiness.workers_running() {
         "running"
     } else {
         "stopped"
     };
-    let checks = Checks { database, workers };
+    let checks = Checks {
+        database,
+        queue,
+        workers,
+    };
     let mut down = Vec::new();
     if database != "ok" {
         down.push(format!("database {database}"));
+    }
+    if queue != "ok" {
+        down.push(format!("queue {queue}"));
     }
     if workers != "running" {
         down.push("workers not running".to_owned());

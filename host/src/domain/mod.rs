@@ -13,8 +13,8 @@ pub use limits::{FUEL_PER_CPU_MS, Limits, LimitsError, parse_byte_size};
 pub use manifest::{Capabilities, JobSpec, Manifest, ManifestError, RouteAccess};
 pub use model::{
     Event, Execution, ExecutionResult, ExecutionStatus, Job, MetricSample, Millis, ModuleRecord,
-    ModuleStatus, ModuleVersion, NewExecution, NodeHeartbeat, Page, failure_kind_name, new_id,
-    now_millis,
+    ModuleStatus, ModuleVersion, NODE_HEARTBEAT_EVERY, NewExecution, NodeHeartbeat, Page,
+    failure_kind_name, new_id, now_millis,
 };
 pub use run::{
     FailureKind, Grants, LogEntry, LogLevel, Outcome, RunContext, RunReport, Trigger, Usage,

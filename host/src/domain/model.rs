@@ -306,6 +306,9 @@ pub struct MetricSample {
     pub ts_ms: Millis,
 }
 
+/// How often a node reports itself; a node is called gone after a few missed reports.
+pub const NODE_HEARTBEAT_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// A node of a deployment as it last reported itself: one `runcell serve` process,
 /// upserted on every heartbeat.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
