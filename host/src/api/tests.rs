@@ -298,7 +298,7 @@ async fn probes_say_what_is_down() {
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(
         reply.body,
-        json!({"status": "ready", "checks": {"database": "ok", "workers": "running"}})
+        json!({"status": "ready", "checks": {"database": "ok", "queue": "ok", "workers": "running"}})
     );
     api.readiness.set_workers_running(false);
     let reply = api.get("/readyz").await;
