@@ -12,7 +12,7 @@ use super::ExitStatus;
 use crate::domain::Role;
 use crate::services::auth::jwt::SigningKey;
 use crate::services::auth::{AuthService, AuthSettings, NewUser, SYSTEM_ACTOR, random_secret};
-use crate::store::{AuthStore, SqliteStore};
+use crate::store::{AuthStore, PostgresStore, SqliteStore};
 
 #[derive(Debug, Subcommand)]
 pub(super) enum UserCommand {
@@ -34,11 +34,45 @@ pub(super) struct AddArgs {
     /// The data directory of the embedded deployment.
     #[arg(long, env = "RUNCELL_DATA_DIR", default_value = "./runcell-data")]
     data_dir: PathBuf,
+    /// The PostgreSQL database of a distributed deployment (instead of --data-dir).
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
 }
 
 fn parse_role(text: &str) -> Result<Role, String> {
     Role::parse(text)
         .ok_or_else(|| format!("`{text}` is not a role; use viewer, operator or admin"))
+}
+
+/// The deployment's store: PostgreSQL when a URL is given, else the data directory's
+/// SQLite file, which must already exist (a typo in --data-dir must not create a new,
+/// empty deployment).
+async fn open_store(args: &AddArgs) -> Result<Arc<dyn AuthStore>, ExitStatus> {
+    if let Some(url) = &args.database_url {
+        return PostgresStore::connect(url)
+            .await
+            .map(|store| Arc::new(store) as Arc<dyn AuthStore>)
+            .map_err(|err| {
+                eprintln!("error: {err}");
+                ExitStatus::Environment
+            });
+    }
+    let database = args.data_dir.join("runcell.db");
+    if !database.exists() {
+        eprintln!(
+            "error: no Runcell database at {}; start `runcell serve --data-dir {}` once first, or pass the right --data-dir",
+            database.display(),
+            args.data_dir.display()
+        );
+        return Err(ExitStatus::Environment);
+    }
+    SqliteStore::open(&database)
+        .await
+        .map(|store| Arc::new(store) as Arc<dyn AuthStore>)
+        .map_err(|err| {
+            eprintln!("error: {err}");
+            ExitStatus::Environment
+        })
 }
 
 pub(super) fn run(command: UserCommand) -> ExitStatus {
@@ -58,22 +92,11 @@ async fn add(args: AddArgs) -> ExitStatus {
     } else {
         (random_secret(18), true)
     };
-    let database = args.data_dir.join("runcell.db");
-    if !database.exists() {
-        eprintln!(
-            "error: no Runcell database at {}; start `runcell serve --data-dir {}` once first, or pass the right --data-dir",
-            database.display(),
-            args.data_dir.display()
-        );
-        return ExitStatus::Environment;
-    }
-    let store: Arc<dyn AuthStore> = match SqliteStore::open(&database).await {
-        Ok(store) => Arc::new(store),
-        Err(err) => {
-            eprintln!("error: {err}");
-            return ExitStatus::Environment;
-        }
+    let store = match open_store(&args).await {
+        Ok(store) => store,
+        Err(status) => return status,
     };
+
     // Creating a user signs nothing; any key will do.
     let key = SigningKey::from_secret(random_secret(32).as_bytes()).expect("32 random bytes");
     let auth = match AuthService::new(

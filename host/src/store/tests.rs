@@ -1549,8 +1549,7 @@ async fn two_would_be_leaders_racing_for_a_free_lease_get_one_lease(store: &dyn 
     let won: Vec<LeaseToken> = futures_util::future::join_all(attempts)
         .await
         .into_iter()
-        .map(Result::unwrap)
-        .flatten()
+        .filter_map(Result::unwrap)
         .collect();
     assert_eq!(won, [LeaseToken(1)]);
 }

@@ -101,7 +101,7 @@ async fn first_start_takes_the_configured_password_and_checks_it(h: &Harness) {
 }
 
 async fn a_login_gives_an_access_token_that_authenticates_until_it_expires(h: &Harness) {
-    let alice = user(&h, "alice", Role::Operator).await;
+    let alice = user(h, "alice", Role::Operator).await;
     let session = h.auth.login("alice", PASSWORD, None).await.unwrap();
     assert_eq!(session.access_expires_at, T0 + 15 * MINUTE);
     let principal = h.auth.authenticate(&session.access_token).await.unwrap();
@@ -114,7 +114,7 @@ async fn a_login_gives_an_access_token_that_authenticates_until_it_expires(h: &H
 }
 
 async fn wrong_passwords_and_unknown_users_get_the_same_answer(h: &Harness) {
-    user(&h, "alice", Role::Viewer).await;
+    user(h, "alice", Role::Viewer).await;
     let wrong = h.auth.login("alice", "not the password!", None).await;
     let unknown = h.auth.login("mallory", PASSWORD, None).await;
     let (Err(wrong), Err(unknown)) = (wrong, unknown) else {
@@ -125,7 +125,7 @@ async fn wrong_passwords_and_unknown_users_get_the_same_answer(h: &Harness) {
 }
 
 async fn a_disabled_user_cannot_log_in_and_loses_their_sessions(h: &Harness) {
-    let bob = user(&h, "bob", Role::Operator).await;
+    let bob = user(h, "bob", Role::Operator).await;
     let session = h.auth.login("bob", PASSWORD, None).await.unwrap();
     h.auth
         .update_user(
@@ -150,7 +150,7 @@ async fn a_disabled_user_cannot_log_in_and_loses_their_sessions(h: &Harness) {
 }
 
 async fn refreshing_rotates_the_token_and_the_old_one_stops_working(h: &Harness) {
-    user(&h, "alice", Role::Viewer).await;
+    user(h, "alice", Role::Viewer).await;
     let first = h.auth.login("alice", PASSWORD, None).await.unwrap();
     h.advance(MINUTE);
     let second = h.auth.refresh(&first.refresh_token).await.unwrap();
@@ -162,7 +162,7 @@ async fn refreshing_rotates_the_token_and_the_old_one_stops_working(h: &Harness)
 }
 
 async fn reusing_a_rotated_refresh_token_revokes_the_whole_session_and_is_audited(h: &Harness) {
-    user(&h, "alice", Role::Viewer).await;
+    user(h, "alice", Role::Viewer).await;
     let first = h.auth.login("alice", PASSWORD, None).await.unwrap();
     let second = h.auth.refresh(&first.refresh_token).await.unwrap();
     // The stolen first token is presented again: the thief and the user both lose.
@@ -185,7 +185,7 @@ async fn reusing_a_rotated_refresh_token_revokes_the_whole_session_and_is_audite
 }
 
 async fn an_expired_refresh_token_is_refused(h: &Harness) {
-    user(&h, "alice", Role::Viewer).await;
+    user(h, "alice", Role::Viewer).await;
     let session = h.auth.login("alice", PASSWORD, None).await.unwrap();
     h.advance(AuthSettings::default().refresh_ttl_ms);
     assert!(is_unauthenticated(
@@ -194,7 +194,7 @@ async fn an_expired_refresh_token_is_refused(h: &Harness) {
 }
 
 async fn logout_ends_the_session_at_once(h: &Harness) {
-    user(&h, "alice", Role::Viewer).await;
+    user(h, "alice", Role::Viewer).await;
     let session = h.auth.login("alice", PASSWORD, None).await.unwrap();
     let principal = h.auth.authenticate(&session.access_token).await.unwrap();
     h.auth.logout(&principal).await.unwrap();
@@ -207,7 +207,7 @@ async fn logout_ends_the_session_at_once(h: &Harness) {
 }
 
 async fn repeated_failures_throttle_the_account_until_the_window_ends(h: &Harness) {
-    user(&h, "alice", Role::Viewer).await;
+    user(h, "alice", Role::Viewer).await;
     for _ in 0..5 {
         assert!(is_unauthenticated(
             h.auth.login("alice", "wrong password!!", None).await
@@ -247,7 +247,7 @@ async fn one_address_guessing_many_accounts_is_throttled(h: &Harness) {
 }
 
 async fn an_api_token_works_until_revoked_and_its_secret_is_not_stored(h: &Harness) {
-    user(&h, "ci", Role::Operator).await;
+    user(h, "ci", Role::Operator).await;
     let session = h.auth.login("ci", PASSWORD, None).await.unwrap();
     let owner = h.auth.authenticate(&session.access_token).await.unwrap();
     let (token, secret) = h
@@ -285,7 +285,7 @@ async fn an_api_token_works_until_revoked_and_its_secret_is_not_stored(h: &Harne
 }
 
 async fn an_api_token_expires(h: &Harness) {
-    user(&h, "ci", Role::Operator).await;
+    user(h, "ci", Role::Operator).await;
     let session = h.auth.login("ci", PASSWORD, None).await.unwrap();
     let owner = h.auth.authenticate(&session.access_token).await.unwrap();
     let (_, secret) = h
@@ -306,7 +306,7 @@ async fn an_api_token_expires(h: &Harness) {
 }
 
 async fn a_token_never_outranks_its_creator(h: &Harness) {
-    let bob = user(&h, "bob", Role::Operator).await;
+    let bob = user(h, "bob", Role::Operator).await;
     let session = h.auth.login("bob", PASSWORD, None).await.unwrap();
     let owner = h.auth.authenticate(&session.access_token).await.unwrap();
     let too_high = h
@@ -367,8 +367,8 @@ async fn a_token_never_outranks_its_creator(h: &Harness) {
 }
 
 async fn someone_elses_token_cannot_be_revoked_or_seen(h: &Harness) {
-    user(&h, "alice", Role::Operator).await;
-    user(&h, "eve", Role::Operator).await;
+    user(h, "alice", Role::Operator).await;
+    user(h, "eve", Role::Operator).await;
     let alice = h.auth.login("alice", PASSWORD, None).await.unwrap();
     let alice = h.auth.authenticate(&alice.access_token).await.unwrap();
     let eve = h.auth.login("eve", PASSWORD, None).await.unwrap();
@@ -394,7 +394,7 @@ async fn someone_elses_token_cannot_be_revoked_or_seen(h: &Harness) {
 }
 
 async fn the_last_admin_can_be_neither_demoted_disabled_nor_deleted(h: &Harness) {
-    let root = user(&h, "root", Role::Admin).await;
+    let root = user(h, "root", Role::Admin).await;
     for patch in [
         UserPatch {
             role: Some(Role::Operator),
@@ -414,12 +414,12 @@ async fn the_last_admin_can_be_neither_demoted_disabled_nor_deleted(h: &Harness)
         h.auth.delete_user(SYSTEM_ACTOR, &root.id).await,
         Err(ServiceError::Conflict(_))
     ));
-    user(&h, "second", Role::Admin).await;
+    user(h, "second", Role::Admin).await;
     h.auth.delete_user(SYSTEM_ACTOR, &root.id).await.unwrap();
 }
 
 async fn changing_ones_password_needs_the_current_one_and_ends_every_session(h: &Harness) {
-    user(&h, "alice", Role::Viewer).await;
+    user(h, "alice", Role::Viewer).await;
     let session = h.auth.login("alice", PASSWORD, None).await.unwrap();
     let me = h.auth.authenticate(&session.access_token).await.unwrap();
     assert!(matches!(
@@ -445,7 +445,7 @@ async fn changing_ones_password_needs_the_current_one_and_ends_every_session(h: 
 }
 
 async fn user_and_token_changes_are_audited_without_secrets(h: &Harness) {
-    user(&h, "alice", Role::Operator).await;
+    user(h, "alice", Role::Operator).await;
     let session = h.auth.login("alice", PASSWORD, None).await.unwrap();
     let me = h.auth.authenticate(&session.access_token).await.unwrap();
     let (token, secret) = h
@@ -471,7 +471,7 @@ async fn user_and_token_changes_are_audited_without_secrets(h: &Harness) {
 }
 
 async fn usernames_are_validated_and_unique(h: &Harness) {
-    user(&h, "alice", Role::Viewer).await;
+    user(h, "alice", Role::Viewer).await;
     let taken = h
         .auth
         .create_user(
