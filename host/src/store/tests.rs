@@ -1692,6 +1692,9 @@ async fn a_fenced_write_after_the_lease_expired_or_was_released_is_refused(store
 /// 20,000 executions without logs, at a few batch sizes.
 async fn hot_path_throughput_of_20000_executions(store: &dyn Store) {
     const N: usize = 20_000;
+    // The test's name says which backend this is (the test thread is named after it).
+    let thread = std::thread::current();
+    let backend = thread.name().unwrap_or("store");
     for batch_size in [50, 200, 1_000] {
         let job_id = format!("bench-{batch_size}");
         let executions: Vec<NewExecution> = (0..N).map(|_| manual(&job_id, T0)).collect();
@@ -1721,7 +1724,7 @@ async fn hot_path_throughput_of_20000_executions(store: &dyn Store) {
         let recorded = started.elapsed();
         let total = enqueued + claimed + recorded;
         println!(
-            "{N} executions in batches of {batch_size}: enqueue {enqueued:?}, claim {claimed:?}, \
+            "{backend}: {N} executions in batches of {batch_size}: enqueue {enqueued:?}, claim {claimed:?}, \
              record {recorded:?}; total {total:?} = {:.0} executions/s",
             N as f64 / total.as_secs_f64()
         );
@@ -1859,11 +1862,11 @@ fn with_database(url: &str, database: &str) -> String {
 pub(crate) struct PostgresDatabase {
     admin_url: String,
     name: String,
-    url: String,
+    pub(crate) url: String,
 }
 
 impl PostgresDatabase {
-    async fn create() -> Self {
+    pub(super) async fn create() -> Self {
         use sqlx::{Connection, Executor};
         let admin_url = postgres_admin_url();
         let mut admin = sqlx::PgConnection::connect(&admin_url)
