@@ -166,3 +166,68 @@ fn module_changes_are_in_the_audit_trail_with_who_made_them() {
         );
     }
 }
+
+#[test]
+fn a_module_runs_only_once_an_admin_approved_what_it_asks_for() {
+    let server = Server::start();
+    let wasm = std::fs::read(guests::guest("data-sync")).unwrap();
+    let uploaded = server.post_bytes("/api/v1/modules", "application/wasm", &wasm);
+    assert_eq!(uploaded.status, 201, "{}", uploaded.body);
+    let awaiting = uploaded.body["awaitingApproval"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert!(
+        !awaiting.is_empty(),
+        "data-sync asks for key-value and topics"
+    );
+
+    let job =
+        server.create_job(&json!({"name": "health", "module": "data-sync", "job": "health-check"}));
+    let id = job["id"].as_str().unwrap();
+    let refused = server.wait_final(
+        &server.execute(id, None),
+        std::time::Duration::from_secs(20),
+    );
+    assert_eq!(refused["status"], "FAILED", "{refused}");
+    assert!(
+        refused["error"]
+            .as_str()
+            .unwrap()
+            .contains("capabilities/approve"),
+        "{refused}"
+    );
+
+    // An operator may upload, not approve.
+    server.post_json(
+        "/api/v1/users",
+        &json!({"username": "ops", "password": "operator password 1", "role": "operator"}),
+    );
+    let operator = server.login("ops", "operator password 1");
+    let denied = server.request_as(
+        Some(&operator),
+        "POST",
+        "/api/v1/modules/data-sync/capabilities/approve",
+        None,
+    );
+    assert_eq!(denied.status, 403, "{}", denied.body);
+    let sneaky = server.request_as(
+        Some(&operator),
+        "POST",
+        "/api/v1/modules?approve=true",
+        Some(("application/wasm", &wasm)),
+    );
+    assert_eq!(sneaky.status, 403, "{}", sneaky.body);
+
+    let approved = server.post("/api/v1/modules/data-sync/capabilities/approve");
+    assert_eq!(approved.status, 200, "{}", approved.body);
+    assert_eq!(approved.body["awaitingApproval"], json!([]));
+    let ran = server.wait_final(
+        &server.execute(id, None),
+        std::time::Duration::from_secs(20),
+    );
+    assert_eq!(ran["status"], "COMPLETED", "{ran}");
+
+    let audit = server.get("/api/v1/audit").body.to_string();
+    assert!(audit.contains("module.capabilities.approve"), "{audit}");
+}

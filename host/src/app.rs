@@ -490,10 +490,18 @@ async fn install_examples(services: &Services, dir: &Path) {
             Err(err) => Err(err.to_string()),
         };
         match installed {
-            Ok(module) => println!(
-                "installed module {} {}",
-                module.name, module.current.version
-            ),
+            // The operator chose these modules by passing --examples: their requests
+            // are approved on their behalf.
+            Ok(module) => match services.approve_module_capabilities(&module.name).await {
+                Ok(_) => println!(
+                    "installed module {} {} (capabilities approved)",
+                    module.name, module.current.version
+                ),
+                Err(err) => eprintln!(
+                    "warning: {} installed, but its capabilities are not approved: {err}",
+                    module.name
+                ),
+            },
             Err(err) => {
                 eprintln!("warning: {} not installed: {err}", path.display());
             }

@@ -369,7 +369,8 @@ async fn run_one(
             scheduled_at_ms: claimed.scheduled_at.max(0) as u64,
         },
         limits,
-        // Until capability approval exists, a module gets what its manifest declares.
+        // The catalog resolves only modules whose request an admin's approval covers, so
+        // what the manifest asks for is granted.
         grants: Arc::new(Grants::as_requested(&module.manifest.capabilities)),
         config: Arc::default(),
         cancel,

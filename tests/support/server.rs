@@ -381,7 +381,7 @@ impl Server {
     /// Uploads a built guest (`data-sync`, `hostile`, ...); returns the module record.
     pub fn upload(&self, wasm: &Path) -> Value {
         let bytes = std::fs::read(wasm).expect("the guest is built");
-        let reply = self.post_bytes("/api/v1/modules", "application/wasm", &bytes);
+        let reply = self.post_bytes("/api/v1/modules?approve=true", "application/wasm", &bytes);
         assert_eq!(
             reply.status,
             201,

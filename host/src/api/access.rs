@@ -46,6 +46,7 @@ pub fn required(method: &Method, route: &str) -> Option<Access> {
         ("POST", "/api/v1/modules") => R(Operator),
         ("POST", "/api/v1/modules/{name}/enable" | "/api/v1/modules/{name}/disable") => R(Operator),
         ("DELETE", "/api/v1/modules/{name}") => R(Admin),
+        ("POST", "/api/v1/modules/{name}/capabilities/approve") => R(Admin),
 
         ("GET", "/api/v1/jobs" | "/api/v1/jobs/{id}") => R(Viewer),
         ("POST", "/api/v1/jobs") => R(Operator),

@@ -18,7 +18,7 @@ use super::error::{ApiError, ErrorBody, ErrorCode};
 use super::extract::{Params, media_type, read_body, too_large};
 use super::openapi;
 use crate::domain::{
-    Capabilities, JobSpec, Millis, ModuleRecord, ModuleStatus, ModuleVersion, Page, Principal,
+    Capabilities, JobSpec, Millis, ModuleRecord, ModuleStatus, ModuleVersion, Page, Principal, Role,
 };
 
 const TAG: &str = "modules";
@@ -47,6 +47,7 @@ pub(super) fn routes(max_module_bytes: usize) -> OpenApiRouter<ApiState> {
     .routes(routes!(versions))
     .routes(routes!(enable))
     .routes(routes!(disable))
+    .routes(routes!(approve))
 }
 
 /// A module as clients see it: its current version flattened into the record.
@@ -66,6 +67,11 @@ pub(super) struct ModuleView {
     jobs: Vec<JobSpec>,
     /// What the current version asks to be allowed to do.
     capabilities: Capabilities,
+    /// What an admin approved. Nothing is granted by default.
+    approved_capabilities: Capabilities,
+    /// What the current version asks for beyond the approval; while this is not empty
+    /// its jobs do not run (an admin approves with `POST .../capabilities/approve`).
+    awaiting_approval: Vec<String>,
     /// When the current version was uploaded (milliseconds since the Unix epoch).
     #[schema(value_type = i64)]
     uploaded_at: Millis,
@@ -106,7 +112,9 @@ impl From<ModuleRecord> for ModuleView {
             content_hash,
             size_bytes,
             jobs: manifest.jobs,
+            awaiting_approval: manifest.capabilities.beyond(&record.approved),
             capabilities: manifest.capabilities,
+            approved_capabilities: record.approved,
             uploaded_at,
             created_at: record.created_at,
             updated_at: record.updated_at,
@@ -151,6 +159,7 @@ struct VersionView {
             (ModuleForm = "multipart/form-data"),
         ),
     ),
+    params(("approve" = Option<bool>, Query, description = "Also approve the capabilities the module asks for (admins only; default `false`).")),
     responses(
         (status = 201, description = "Installed; `Location` is the module's URL.", body = ModuleView,
             headers(("location" = String, description = "`/api/v1/modules/{name}`"))),
@@ -164,11 +173,19 @@ struct VersionView {
 async fn upload(
     State(state): State<ApiState>,
     Extension(principal): Extension<Principal>,
+    params: Params,
     request: Request,
 ) -> Result<impl IntoResponse, ApiError> {
+    let approve = params.flag("approve")?;
+    if approve && principal.role != Role::Admin {
+        return Err(ApiError::new(
+            ErrorCode::Forbidden,
+            "approve: only an admin may approve capabilities; upload without `approve=true` and ask one",
+        ));
+    }
     let limit = state.services.settings.max_module_bytes;
     let wasm = module_bytes(request, limit).await?;
-    let record = state.services.upload_module(wasm).await?;
+    let mut record = state.services.upload_module(wasm).await?;
     state
         .auth
         .audit(
@@ -178,6 +195,9 @@ async fn upload(
             json!({"version": record.current.version, "contentHash": record.current.content_hash}),
         )
         .await;
+    if approve {
+        record = approve_and_audit(&state, &principal, &record.name).await?;
+    }
     let location = format!("/api/v1/modules/{}", record.name);
     Ok((
         StatusCode::CREATED,
@@ -394,6 +414,51 @@ async fn set_status(
         .audit(&principal.actor(), action, name, json!({}))
         .await;
     Ok(Json(record.into()))
+}
+
+/// Approve a module's capabilities
+///
+/// Approves what the module's current version asks for (outbound hosts, event topics,
+/// key-value, routes): its jobs run from now on, and so do those of later versions that
+/// ask for no more. A version asking for more waits for another approval.
+#[utoipa::path(
+    post,
+    path = "/modules/{name}/capabilities/approve",
+    tag = TAG,
+    operation_id = "approveModuleCapabilities",
+    params(("name" = String, Path, description = "The module's name.")),
+    responses(
+        (status = 200, description = "The module, its request approved.", body = ModuleView),
+        (status = 404, description = "No module by that name.", body = ErrorBody),
+        (status = 503, description = "The database is unavailable; retry later.", body = ErrorBody),
+    ),
+)]
+async fn approve(
+    State(state): State<ApiState>,
+    Extension(principal): Extension<Principal>,
+    Path(name): Path<String>,
+) -> Result<Json<ModuleView>, ApiError> {
+    Ok(Json(
+        approve_and_audit(&state, &principal, &name).await?.into(),
+    ))
+}
+
+async fn approve_and_audit(
+    state: &ApiState,
+    principal: &Principal,
+    name: &str,
+) -> Result<ModuleRecord, ApiError> {
+    let record = state.services.approve_module_capabilities(name).await?;
+    state
+        .auth
+        .audit(
+            &principal.actor(),
+            "module.capabilities.approve",
+            name,
+            json!({"version": record.current.version, "capabilities": record.approved}),
+        )
+        .await;
+    Ok(record)
 }
 
 /// Delete a module

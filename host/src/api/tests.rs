@@ -1180,3 +1180,58 @@ async fn shutdown_ends_open_log_streams_and_makes_the_server_unready() {
         "stopped"
     );
 }
+
+#[tokio::test]
+async fn a_version_asking_for_more_than_was_approved_waits_for_a_new_approval() {
+    let api = api().await;
+    let mut v1 = manifest("1.0.0");
+    v1.capabilities.key_value = true;
+    let store = &api.services.store;
+    store
+        .install_module_version(&v1, "hash-1", b"not wasm", now_millis())
+        .await
+        .unwrap();
+    let reply = api.get("/api/v1/modules/fake").await;
+    assert_eq!(reply.body["awaitingApproval"], json!(["key-value storage"]));
+    let approved = api
+        .call(Method::POST, "/api/v1/modules/fake/capabilities/approve")
+        .await;
+    assert_eq!(approved.status, StatusCode::OK, "{}", approved.body);
+    assert_eq!(approved.body["awaitingApproval"], json!([]));
+
+    // Asking for less is fine.
+    let v2 = manifest("2.0.0");
+    store
+        .install_module_version(&v2, "hash-2", b"not wasm", now_millis())
+        .await
+        .unwrap();
+    assert_eq!(
+        api.get("/api/v1/modules/fake").await.body["awaitingApproval"],
+        json!([])
+    );
+
+    // Asking for more blocks the module's jobs until approved again.
+    let mut v3 = manifest("3.0.0");
+    v3.capabilities.key_value = true;
+    v3.capabilities.outbound_hosts = vec!["api.example.com".to_owned()];
+    store
+        .install_module_version(&v3, "hash-3", b"not wasm", now_millis())
+        .await
+        .unwrap();
+    api.services.modules.invalidate("fake");
+    let blocked = api.services.modules.resolve("fake").await;
+    assert!(
+        matches!(
+            &blocked,
+            Err(crate::services::modules::Unrunnable::Unapproved { missing, .. })
+                if missing == &["outbound host `api.example.com`".to_owned()]
+        ),
+        "{blocked:?}"
+    );
+    let reply = api.get("/api/v1/modules/fake").await;
+    assert_eq!(
+        reply.body["awaitingApproval"],
+        json!(["outbound host `api.example.com`"])
+    );
+    assert_eq!(reply.body["approvedCapabilities"]["keyValue"], true);
+}

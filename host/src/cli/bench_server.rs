@@ -157,7 +157,7 @@ impl Server {
     fn upload(&self, wasm: &[u8]) -> BenchResult<()> {
         let response = self
             .agent
-            .post(&self.url("/modules"))
+            .post(&self.url("/modules?approve=true"))
             .header("authorization", &self.authorization)
             .header("content-type", "application/wasm")
             .send(wasm)

@@ -95,6 +95,9 @@ pub struct ModuleRecord {
     pub name: String,
     pub status: ModuleStatus,
     pub current: ModuleVersion,
+    /// What an administrator approved; the current version runs only if it asks for no
+    /// more (see [`super::Capabilities::beyond`]).
+    pub approved: super::Capabilities,
     pub created_at: Millis,
     pub updated_at: Millis,
 }

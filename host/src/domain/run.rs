@@ -46,8 +46,8 @@ pub struct Grants {
 }
 
 impl Grants {
-    /// Everything `capabilities` asks for. Used where nobody approves: a local run of
-    /// the author's own module, and the server until capability approval exists.
+    /// Everything `capabilities` asks for: for a local run of the author's own module, and
+    /// on the server once an admin's approval covers the request.
     pub fn as_requested(capabilities: &super::Capabilities) -> Self {
         Self {
             key_value: capabilities.key_value,

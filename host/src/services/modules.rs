@@ -24,6 +24,15 @@ pub enum Unrunnable {
     Disabled(String),
     #[error("module `{module}` could not be loaded: {reason}")]
     Broken { module: String, reason: String },
+    #[error(
+        "module `{module}` version {version} asks for {} beyond what an admin approved; an admin must approve it (POST /api/v1/modules/{module}/capabilities/approve) before its jobs run",
+        missing.join(", ")
+    )]
+    Unapproved {
+        module: String,
+        version: String,
+        missing: Vec<String>,
+    },
     #[error("{0}")]
     Unavailable(String),
 }
@@ -87,6 +96,18 @@ impl ModuleCatalog {
         if record.status == ModuleStatus::Disabled {
             return Err(Unrunnable::Disabled(name.to_owned()));
         }
+        let missing = record
+            .current
+            .manifest
+            .capabilities
+            .beyond(&record.approved);
+        if !missing.is_empty() {
+            return Err(Unrunnable::Unapproved {
+                module: name.to_owned(),
+                version: record.current.version.clone(),
+                missing,
+            });
+        }
         let hash = &record.current.content_hash;
         if let Some(module) = self.runtime.loaded_module(hash) {
             return Ok(module);
@@ -145,6 +166,23 @@ impl Services {
         self.modules.invalidate(&record.name);
         tracing::info!(module = %record.name, version = %record.current.version, hash = %record.current.content_hash, "module installed");
         Ok(record)
+    }
+
+    /// Approves what the module's current version asks for. Its jobs run from now on, and
+    /// so do those of later versions asking for no more.
+    pub async fn approve_module_capabilities(
+        &self,
+        name: &str,
+    ) -> Result<ModuleRecord, ServiceError> {
+        let record = self.get_module(name).await?;
+        let requested = record.current.manifest.capabilities.clone();
+        let approved = self
+            .store
+            .approve_module_capabilities(name, &requested, now_millis())
+            .await?
+            .ok_or_else(|| ServiceError::not_found("module", name))?;
+        self.modules.invalidate(name);
+        Ok(approved)
     }
 
     pub async fn list_modules(&self) -> Result<Vec<ModuleRecord>, ServiceError> {

@@ -113,6 +113,15 @@ pub trait Store: Send + Sync + 'static {
         now: Millis,
     ) -> Result<Option<ModuleRecord>, StoreError>;
 
+    /// Records that an administrator approved `capabilities` for module `name`; `None` if
+    /// the module does not exist.
+    async fn approve_module_capabilities(
+        &self,
+        name: &str,
+        capabilities: &crate::domain::Capabilities,
+        now: Millis,
+    ) -> Result<Option<ModuleRecord>, StoreError>;
+
     /// Removes a module, its versions, its key-value data and, with `with_jobs`, the jobs
     /// that use it (their executions stay as history). `false` if it did not exist.
     async fn delete_module(&self, name: &str, with_jobs: bool) -> Result<bool, StoreError>;

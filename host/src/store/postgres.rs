@@ -135,7 +135,8 @@ macro_rules! job_columns {
 macro_rules! select_module {
     () => {
         "SELECT m.name AS name, m.status AS status, m.created_at AS created_at, \
-                m.updated_at AS updated_at, v.version AS version, \
+                m.updated_at AS updated_at, m.approved_capabilities AS approved_capabilities, \
+                v.version AS version, \
                 v.content_hash AS content_hash, v.size_bytes AS size_bytes, \
                 v.manifest AS manifest, v.uploaded_at AS uploaded_at \
          FROM modules m \
@@ -269,6 +270,7 @@ fn module_from_row(row: &PgRow) -> Result<ModuleRecord, StoreError> {
         status: ModuleStatus::parse(status)
             .ok_or_else(|| corrupt("status", format!("unknown `{status}`")))?,
         current: version_from_row(row, name.clone())?,
+        approved: col_json(row, "approved_capabilities")?,
         created_at: col(row, "created_at")?,
         updated_at: col(row, "updated_at")?,
         name,
@@ -688,6 +690,31 @@ impl Store for PostgresStore {
                 .await
                 .map_err(db)?
                 .rows_affected();
+        if updated == 0 {
+            return Ok(None);
+        }
+        let record = fetch_module(&mut tx, name).await?;
+        tx.commit().await.map_err(db)?;
+        Ok(record)
+    }
+
+    async fn approve_module_capabilities(
+        &self,
+        name: &str,
+        capabilities: &crate::domain::Capabilities,
+        now: Millis,
+    ) -> Result<Option<ModuleRecord>, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        let updated = sqlx::query(
+            "UPDATE modules SET approved_capabilities = $1, updated_at = $2 WHERE name = $3",
+        )
+        .bind(json_text("approved_capabilities", capabilities)?)
+        .bind(now)
+        .bind(name)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?
+        .rows_affected();
         if updated == 0 {
             return Ok(None);
         }

@@ -102,7 +102,8 @@ macro_rules! job_columns {
 macro_rules! select_module {
     () => {
         "SELECT m.name AS name, m.status AS status, m.created_at AS created_at, \
-                m.updated_at AS updated_at, v.version AS version, \
+                m.updated_at AS updated_at, m.approved_capabilities AS approved_capabilities, \
+                v.version AS version, \
                 v.content_hash AS content_hash, v.size_bytes AS size_bytes, \
                 v.manifest AS manifest, v.uploaded_at AS uploaded_at \
          FROM modules m \
@@ -325,6 +326,7 @@ fn module_from_row(row: &SqliteRow) -> Result<ModuleRecord, StoreError> {
         status: ModuleStatus::parse(status)
             .ok_or_else(|| corrupt("status", format!("unknown `{status}`")))?,
         current: version_from_row(row, name.clone())?,
+        approved: col_json(row, "approved_capabilities")?,
         created_at: col(row, "created_at")?,
         updated_at: col(row, "updated_at")?,
         name,
@@ -665,6 +667,31 @@ impl Store for SqliteStore {
             .await
             .map_err(db)?
             .rows_affected();
+        if updated == 0 {
+            return Ok(None);
+        }
+        let record = fetch_module(&mut tx, name).await?;
+        tx.commit().await.map_err(db)?;
+        Ok(record)
+    }
+
+    async fn approve_module_capabilities(
+        &self,
+        name: &str,
+        capabilities: &crate::domain::Capabilities,
+        now: Millis,
+    ) -> Result<Option<ModuleRecord>, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let updated = sqlx::query(
+            "UPDATE modules SET approved_capabilities = ?, updated_at = ? WHERE name = ?",
+        )
+        .bind(json_text("approved_capabilities", capabilities)?)
+        .bind(now)
+        .bind(name)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?
+        .rows_affected();
         if updated == 0 {
             return Ok(None);
         }
