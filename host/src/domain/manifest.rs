@@ -221,7 +221,10 @@ impl HostName {
                         !label.is_empty()
                             && label.len() <= MAX_LABEL_BYTES
                             && label.bytes().all(|b| {
-                                b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_'
+                                b.is_ascii_lowercase()
+                                    || b.is_ascii_digit()
+                                    || b == b'-'
+                                    || b == b'_'
                             })
                     });
                 if well_formed {
@@ -454,16 +457,31 @@ mod tests {
         // Spellings of an IPv4 address that resolvers accept are addresses, not names.
         assert_eq!(host("0x7f.1"), host("127.0.0.1"));
         assert_eq!(host("2130706433"), host("127.0.0.1"));
-        assert_eq!(host("[::1]"), HostName::Ip(std::net::Ipv6Addr::LOCALHOST.into()));
+        assert_eq!(
+            host("[::1]"),
+            HostName::Ip(std::net::Ipv6Addr::LOCALHOST.into())
+        );
         assert_eq!(host("[::1]").to_string(), "[::1]");
     }
 
     #[test]
     fn malformed_hosts_are_refused() {
-        for bad in ["", ".", "a..b", "exa mple.com", "a/b", "1.2.3.256", "[::1", "ex!.com"] {
+        for bad in [
+            "",
+            ".",
+            "a..b",
+            "exa mple.com",
+            "a/b",
+            "1.2.3.256",
+            "[::1",
+            "ex!.com",
+        ] {
             assert!(HostName::parse(bad).is_err(), "{bad} accepted");
         }
-        assert_eq!(HostName::parse("::1"), Err(HostPatternError::UnbracketedIpv6));
+        assert_eq!(
+            HostName::parse("::1"),
+            Err(HostPatternError::UnbracketedIpv6)
+        );
         assert!(HostName::parse(&format!("{}.com", "a".repeat(64))).is_err());
     }
 
@@ -517,7 +535,10 @@ mod tests {
             ("*.*.com", HostPatternError::BadWildcard),
             ("*.10.0.0.1", HostPatternError::BadWildcard),
             ("api.example.com:0", HostPatternError::BadPort("0".into())),
-            ("api.example.com:http", HostPatternError::BadPort("http".into())),
+            (
+                "api.example.com:http",
+                HostPatternError::BadPort("http".into()),
+            ),
             ("api.example.com:", HostPatternError::BadPort(String::new())),
             ("2001:db8::1", HostPatternError::UnbracketedIpv6),
             (":80", HostPatternError::Empty),
@@ -530,7 +551,10 @@ mod tests {
 
     #[test]
     fn patterns_print_in_canonical_form() {
-        assert_eq!(pattern("API.Example.com:8443").to_string(), "api.example.com:8443");
+        assert_eq!(
+            pattern("API.Example.com:8443").to_string(),
+            "api.example.com:8443"
+        );
         assert_eq!(pattern("*.Example.com").to_string(), "*.example.com");
         assert_eq!(pattern("[::1]:80").to_string(), "[::1]:80");
         assert_eq!(pattern("*").to_string(), "*");
