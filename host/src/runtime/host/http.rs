@@ -94,12 +94,9 @@ impl WasiHttpHooks for OutboundHttp {
             .as_ref()
             .map_or_else(|_| raw_host.clone(), ToString::to_string);
         let exchange = self.journal.start(&method, &shown, port);
-        let host = match host {
-            Ok(host) => host,
-            Err(_) => {
-                exchange.end(Ending::Denied(&Denial::BadHost(raw_host)));
-                return denied();
-            }
+        let Ok(host) = host else {
+            exchange.end(Ending::Denied(&Denial::BadHost(raw_host)));
+            return denied();
         };
         if let Err(denial) = self.policy.check_target(&scheme, &host, port) {
             exchange.end(Ending::Denied(&denial));
