@@ -586,3 +586,54 @@ async fn https_is_refused_with_a_reason() {
         report.logs
     );
 }
+
+#[tokio::test]
+async fn requests_in_flight_at_once_are_capped() {
+    let server = TestServer::start().await;
+    let (runtime, module) = client(OutboundSettings {
+        max_requests_in_flight: 2,
+        ..loopback_only()
+    })
+    .await;
+    let grant = [format!("127.0.0.1:{}", server.port)];
+    let within = fetch(
+        &runtime,
+        &module,
+        &grant,
+        json!({ "url": server.url("/hello"), "parallel": 2 }),
+        limits(),
+    )
+    .await;
+    assert_eq!(*output(&within), json!([200, 200]));
+
+    let over = fetch(
+        &runtime,
+        &module,
+        &grant,
+        json!({ "url": server.url("/hello"), "parallel": 3 }),
+        limits(),
+    )
+    .await;
+    let message = guest_error(&over);
+    assert!(
+        message.ends_with("ErrorCode::ConnectionLimitReached"),
+        "{message}"
+    );
+    let refused: Vec<_> = http_lines(&over)
+        .into_iter()
+        .filter(|line| line.fields.contains_key("error"))
+        .collect();
+    assert_eq!(refused.len(), 1, "{:#?}", over.logs);
+    assert!(
+        refused[0]
+            .message
+            .starts_with("http GET 127.0.0.1 -> failed: 2 requests already in flight"),
+        "{}",
+        refused[0].message
+    );
+    assert_eq!(
+        server.hits().len(),
+        4,
+        "two requests per run reached the server"
+    );
+}

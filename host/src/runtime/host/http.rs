@@ -12,6 +12,7 @@
 //! first byte, between bytes) fail the request inside the guest; the smaller wins. No
 //! request outlives its run: when the run's deadline passes first, the run ends
 //! `TIMED_OUT`, as for any host call, and the request is recorded as unfinished.
+//! Response bodies are capped and so is the number of requests under way at once.
 //!
 //! https is refused: the server carries no TLS client yet.
 
@@ -93,7 +94,15 @@ impl WasiHttpHooks for OutboundHttp {
         let shown = host
             .as_ref()
             .map_or_else(|_| raw_host.clone(), ToString::to_string);
+        let busy = self.journal.in_flight();
         let exchange = self.journal.start(&method, &shown, port);
+        let limit = self.policy.settings().max_requests_in_flight;
+        if busy >= limit {
+            exchange.end(Ending::Failed(&format!(
+                "{limit} requests already in flight, the most a run may have; read or drop earlier responses first"
+            )));
+            return Box::new(async { Err(wasmtime_wasi_http::Error::ConnectionLimitReached) });
+        }
         let Ok(host) = host else {
             exchange.end(Ending::Denied(&Denial::BadHost(raw_host)));
             return denied();

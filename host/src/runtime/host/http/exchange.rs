@@ -89,6 +89,11 @@ impl Journal {
         }
     }
 
+    /// Requests started and not yet ended.
+    pub(super) fn in_flight(&self) -> usize {
+        self.lock().open.len()
+    }
+
     /// Records every request still open as cut off because of `why`. Later endings are
     /// ignored: the run is over and its log about to be taken.
     pub(crate) fn close(&self, why: &str) {
@@ -280,6 +285,18 @@ mod tests {
             "http GET b.example -> 200 (body not read to the end)"
         );
         assert_eq!(lines[1].fields["complete"], false);
+    }
+
+    #[test]
+    fn requests_are_in_flight_until_they_end() {
+        let (journal, _logs) = journal();
+        let first = journal.start("GET", "a.example", 80);
+        let second = journal.start("GET", "b.example", 80);
+        assert_eq!(journal.in_flight(), 2);
+        first.end(Ending::Completed);
+        assert_eq!(journal.in_flight(), 1);
+        drop(second);
+        assert_eq!(journal.in_flight(), 0);
     }
 
     #[test]

@@ -33,6 +33,10 @@ pub struct OutboundSettings {
     pub connect_timeout: Duration,
     /// The largest response body a guest may receive; past it the body stream fails.
     pub max_response_bytes: u64,
+    /// Requests one run may have under way at once (sent and not yet read to the end).
+    /// Each holds a connection and a task; a guest that fires requests in a loop
+    /// without reading them would otherwise hold thousands until its deadline.
+    pub max_requests_in_flight: usize,
 }
 
 impl Default for OutboundSettings {
@@ -43,6 +47,7 @@ impl Default for OutboundSettings {
             own_addresses: Vec::new(),
             connect_timeout: Duration::from_secs(10),
             max_response_bytes: 10 * 1024 * 1024,
+            max_requests_in_flight: 16,
         }
     }
 }
