@@ -206,3 +206,116 @@ fn config_settings_reach_the_job() {
     let report: serde_json::Value = serde_json::from_slice(&degraded.stdout).unwrap();
     assert_eq!(report["status"], "degraded");
 }
+
+/// Answers every connection on an ephemeral port of 127.0.0.1 with `200 hello`, and
+/// counts the requests it served. Lives until the test process ends.
+fn hello_server() -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{BufRead, BufReader, Write};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let served = std::sync::Arc::new(AtomicUsize::new(0));
+    let count = served.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut line = String::new();
+            // The request head ends with an empty line; a GET has no body.
+            while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+                line.clear();
+            }
+            count.fetch_add(1, Ordering::SeqCst);
+            let _ = stream.write_all(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
+            );
+        }
+    });
+    (port, served)
+}
+
+#[test]
+fn run_grants_the_manifest_hosts_and_opens_more_only_when_asked() {
+    let cache = tempfile::tempdir().unwrap();
+    let module = guests::guest("http-client");
+    let module = module.to_str().unwrap();
+    let (port, served) = hello_server();
+    let input = format!(r#"{{"url":"http://127.0.0.1:{port}/"}}"#);
+    let host = format!("127.0.0.1:{port}");
+    let run = |extra: &[&str]| {
+        let mut args = vec!["run", module, "fetch", "--input", &input];
+        args.extend_from_slice(extra);
+        runcell(&args, cache.path())
+    };
+
+    let ungranted = run(&[]);
+    assert_eq!(ungranted.status.code(), Some(1), "{}", stderr(&ungranted));
+    assert!(
+        stderr(&ungranted).contains(&format!(
+            "WARN  http GET 127.0.0.1 -> denied: `{host}` is not among the module's granted outbound hosts"
+        )),
+        "{}",
+        stderr(&ungranted)
+    );
+
+    let loopback_closed = run(&["--allow-host", &host]);
+    assert_eq!(loopback_closed.status.code(), Some(1));
+    assert!(
+        stderr(&loopback_closed)
+            .contains("is 127.0.0.1, a loopback address, which this server does not allow"),
+        "{}",
+        stderr(&loopback_closed)
+    );
+    assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 0);
+
+    for opened in [
+        &["--allow-host", &host, "--allow-address", "127.0.0.1"][..],
+        &["--allow-host", &host, "--allow-private"][..],
+    ] {
+        let out = run(opened);
+        assert!(out.status.success(), "{opened:?}: {}", stderr(&out));
+        let result: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+        assert_eq!(result["status"], 200);
+        assert_eq!(result["body"], "hello");
+        let err = stderr(&out);
+        let line = err
+            .lines()
+            .find(|line| line.starts_with("INFO  http GET 127.0.0.1 -> 200 "))
+            .unwrap_or_else(|| panic!("no request line in: {err}"));
+        for field in [
+            "bytes=5",
+            "host=127.0.0.1",
+            "method=GET",
+            &format!("port={port}"),
+        ] {
+            assert!(line.contains(field), "{field} missing: {line}");
+        }
+    }
+    assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 2);
+}
+
+#[test]
+fn malformed_host_patterns_and_addresses_are_usage_errors() {
+    let cache = tempfile::tempdir().unwrap();
+    let module = guests::guest("http-client");
+    let module = module.to_str().unwrap();
+    for (flag, value, expected) in [
+        ("--allow-host", "api.*.com", "`*` may only stand alone"),
+        ("--allow-host", "api.example.com:99999", "is not a port"),
+        (
+            "--allow-address",
+            "localhost",
+            "is not an IP address or network",
+        ),
+        (
+            "--allow-address",
+            "10.0.0.0/33",
+            "is not an IP address or network",
+        ),
+    ] {
+        let out = runcell(&["run", module, "fetch", flag, value], cache.path());
+        assert_eq!(out.status.code(), Some(2), "{value}: {}", stderr(&out));
+        assert!(stderr(&out).contains(expected), "{value}: {}", stderr(&out));
+    }
+}

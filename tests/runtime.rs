@@ -45,6 +45,7 @@ fn harness_with_kv(
             ..Default::default()
         },
         cache_dir: None,
+        outbound: Default::default(),
     };
     Harness {
         runtime: Runtime::new(config, services).expect("runtime starts"),
@@ -600,6 +601,7 @@ async fn a_cached_module_is_never_recompiled() {
             ..Default::default()
         },
         cache_dir: Some(dir.path().to_path_buf()),
+        outbound: Default::default(),
     };
     let bytes: Arc<[u8]> = Arc::from(guests::guest_bytes("data-sync"));
     let first = Runtime::new(config(), HostServices::in_memory()).unwrap();
@@ -628,6 +630,7 @@ async fn a_damaged_cache_entry_is_replaced_by_a_fresh_compile() {
     let config = RuntimeConfig {
         engine: EngineSettings::default(),
         cache_dir: Some(dir.path().to_path_buf()),
+        outbound: Default::default(),
     };
     let bytes: Arc<[u8]> = Arc::from(guests::guest_bytes("hello"));
     Runtime::new(config.clone(), HostServices::in_memory())

@@ -13,7 +13,7 @@ use crate::domain::{NODE_HEARTBEAT_EVERY, NodeHeartbeat, now_millis};
 use crate::queue::{
     MemoryQueue, Queue, RedisLogRelay, RedisLogRelayConfig, RedisQueue, RedisQueueConfig,
 };
-use crate::runtime::{EngineSettings, HostServices, Runtime, RuntimeConfig};
+use crate::runtime::{EngineSettings, HostServices, OutboundSettings, Runtime, RuntimeConfig};
 use crate::services::LogHub as LiveLogs;
 use crate::services::auth::jwt::{KeyError, SigningKey};
 use crate::services::auth::{AuthService, AuthSettings, random_secret};
@@ -146,6 +146,7 @@ pub async fn build_services(
                 ..EngineSettings::default()
             },
             cache_dir,
+            outbound: OutboundSettings::default(),
         },
         host,
     )?;

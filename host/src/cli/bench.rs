@@ -69,6 +69,7 @@ fn new_runtime(cache_dir: &Path) -> Runtime {
             ..Default::default()
         },
         cache_dir: Some(cache_dir.to_path_buf()),
+        outbound: Default::default(),
     };
     Runtime::new(config, HostServices::in_memory()).expect("the runtime starts")
 }

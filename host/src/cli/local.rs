@@ -9,9 +9,14 @@ use std::time::Duration;
 use clap::Args;
 
 use super::ExitStatus;
-use crate::domain::{FailureKind, Grants, Limits, LogEntry, Outcome, RunReport, parse_byte_size};
+use crate::domain::{
+    FailureKind, Grants, HostPattern, Limits, LogEntry, Outcome, RunReport, parse_byte_size,
+};
 use crate::runtime::host::{MemoryEventSink, MemoryKeyValue, MemoryMetricsSink};
-use crate::runtime::{HostServices, LoadError, LoadedModule, RunRequest, Runtime, RuntimeConfig};
+use crate::runtime::{
+    HostServices, IpNetwork, LoadError, LoadedModule, OutboundSettings, RunRequest, Runtime,
+    RuntimeConfig,
+};
 
 #[derive(Debug, Args)]
 pub(super) struct InspectArgs {
@@ -65,8 +70,28 @@ pub(super) struct RunArgs {
     /// A setting the job reads through `config`, as KEY=VALUE (repeatable).
     #[arg(long = "config", value_name = "KEY=VALUE", value_parser = parse_setting)]
     settings: Vec<(String, String)>,
+    /// Also let the job call this host over HTTP, beyond the hosts its manifest asks for:
+    /// `api.example.com`, `*.example.com`, `127.0.0.1:8080` (repeatable). Without a
+    /// port, only ports 80 and 443.
+    #[arg(long = "allow-host", value_name = "PATTERN", value_parser = parse_host_pattern)]
+    allow_hosts: Vec<String>,
+    /// Let HTTP reach loopback and private-network addresses (127.0.0.0/8, 10.0.0.0/8,
+    /// 192.168.0.0/16, ...), e.g. a server on this machine. Link-local and cloud
+    /// metadata addresses stay closed.
+    #[arg(long)]
+    allow_private: bool,
+    /// Let HTTP reach this address or network, whatever its kind, e.g. 127.0.0.1 or
+    /// 10.1.0.0/16 (repeatable).
+    #[arg(long = "allow-address", value_name = "ADDRESS[/PREFIX]")]
+    allow_addresses: Vec<IpNetwork>,
     #[command(flatten)]
     cache: CacheArgs,
+}
+
+fn parse_host_pattern(text: &str) -> Result<String, String> {
+    HostPattern::parse(text)
+        .map(|pattern| pattern.to_string())
+        .map_err(|err| err.to_string())
 }
 
 fn parse_setting(text: &str) -> Result<(String, String), String> {
@@ -82,7 +107,10 @@ struct LocalRuntime {
     metrics: Arc<MemoryMetricsSink>,
 }
 
-fn local_runtime(cache: &CacheArgs) -> Result<LocalRuntime, ExitStatus> {
+fn local_runtime(
+    cache: &CacheArgs,
+    outbound: OutboundSettings,
+) -> Result<LocalRuntime, ExitStatus> {
     let events = Arc::new(MemoryEventSink::default());
     let metrics = Arc::new(MemoryMetricsSink::default());
     let services = HostServices {
@@ -96,6 +124,7 @@ fn local_runtime(cache: &CacheArgs) -> Result<LocalRuntime, ExitStatus> {
             ..Default::default()
         },
         cache_dir: cache.dir(),
+        outbound,
     };
     let runtime = Runtime::new(config, services).map_err(|err| {
         eprintln!("error: {err}");
@@ -125,7 +154,7 @@ fn describe_load_error(err: &LoadError) -> String {
 
 pub(super) fn inspect(args: InspectArgs) -> ExitStatus {
     super::tokio_runtime().block_on(async {
-        let local = match local_runtime(&args.cache) {
+        let local = match local_runtime(&args.cache, OutboundSettings::default()) {
             Ok(local) => local,
             Err(status) => return status,
         };
@@ -148,8 +177,13 @@ pub(super) fn run(args: RunArgs) -> ExitStatus {
             return ExitStatus::Usage;
         }
     };
+    let outbound = OutboundSettings {
+        allow_private: args.allow_private,
+        allowed_networks: args.allow_addresses.clone(),
+        ..OutboundSettings::default()
+    };
     super::tokio_runtime().block_on(async {
-        let local = match local_runtime(&args.cache) {
+        let local = match local_runtime(&args.cache, outbound) {
             Ok(local) => local,
             Err(status) => return status,
         };
@@ -167,9 +201,14 @@ pub(super) fn run(args: RunArgs) -> ExitStatus {
             eprintln!("error: {err}");
             return ExitStatus::Usage;
         }
-        // A local run is the author running their own module: grant what it asks for.
+        // A local run is the author running their own module: grant what it asks for,
+        // and the hosts the author adds for this run (a local stand-in for an API).
+        let mut grants = Grants::as_requested(&module.manifest.capabilities);
+        grants
+            .outbound_hosts
+            .extend(args.allow_hosts.iter().cloned());
         let mut request = RunRequest::new(&args.job, input, limits);
-        request.grants = Arc::new(Grants::as_requested(&module.manifest.capabilities));
+        request.grants = Arc::new(grants);
         request.config = Arc::new(args.settings.iter().cloned().collect::<BTreeMap<_, _>>());
         request.context.execution_id = "local".into();
         request.log_observer = Some(Arc::new(|entry: &LogEntry| {

@@ -10,7 +10,10 @@ mod run;
 
 pub use auth::{ApiToken, AuditEntry, Credential, Principal, RefreshToken, Role, User};
 pub use limits::{FUEL_PER_CPU_MS, Limits, LimitsError, parse_byte_size};
-pub use manifest::{Capabilities, JobSpec, Manifest, ManifestError, RouteAccess};
+pub use manifest::{
+    Capabilities, DEFAULT_HTTP_PORTS, HostName, HostPattern, HostPatternError, JobSpec, Manifest,
+    ManifestError, RouteAccess,
+};
 pub use model::{
     Event, Execution, ExecutionResult, ExecutionStatus, Job, MetricSample, Millis, ModuleRecord,
     ModuleStatus, ModuleVersion, NODE_HEARTBEAT_EVERY, NewExecution, NodeHeartbeat, Page,

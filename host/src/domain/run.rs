@@ -5,6 +5,8 @@ use std::time::Duration;
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use super::{HostName, HostPattern};
+
 /// What caused a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
@@ -41,7 +43,7 @@ pub struct Grants {
     pub key_value: bool,
     /// Topic patterns the module may publish on (`report.generated`, `sync.*`).
     pub publishes: Vec<String>,
-    /// Hosts the module may reach over outbound HTTP.
+    /// Host patterns the module may reach over outbound HTTP (see [`HostPattern`]).
     pub outbound_hosts: Vec<String>,
 }
 
@@ -62,6 +64,14 @@ impl Grants {
         self.publishes
             .iter()
             .any(|pattern| topic_matches(pattern, topic))
+    }
+
+    /// Whether an outbound request to `host` on `port` is within one of the granted
+    /// host patterns. A pattern that does not parse grants nothing.
+    pub fn may_reach(&self, host: &HostName, port: u16) -> bool {
+        self.outbound_hosts.iter().any(|pattern| {
+            HostPattern::parse(pattern).is_ok_and(|pattern| pattern.matches(host, port))
+        })
     }
 }
 
@@ -233,6 +243,24 @@ mod tests {
     #[test]
     fn nothing_is_published_without_a_grant() {
         assert!(!Grants::default().may_publish("report.generated"));
+    }
+
+    #[test]
+    fn nothing_is_reachable_without_a_grant_and_only_granted_hosts_with_one() {
+        let host = |text: &str| HostName::parse(text).unwrap();
+        assert!(!Grants::default().may_reach(&host("api.example.com"), 443));
+        let grants = Grants {
+            outbound_hosts: vec![
+                "api.example.com".into(),
+                "*.cdn.example.net:8443".into(),
+                "not a pattern".into(),
+            ],
+            ..Grants::default()
+        };
+        assert!(grants.may_reach(&host("api.example.com"), 443));
+        assert!(grants.may_reach(&host("img.cdn.example.net"), 8443));
+        assert!(!grants.may_reach(&host("img.cdn.example.net"), 443));
+        assert!(!grants.may_reach(&host("example.com"), 443));
     }
 
     #[test]

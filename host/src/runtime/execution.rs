@@ -13,7 +13,8 @@ use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use super::bindings::{JobModulePre, types};
-use super::host::{HostCallTimedOut, HostContext, HostServices, http::OutboundHttp};
+use super::host::http::{OutboundHttp, OutboundSettings};
+use super::host::{HostCallTimedOut, HostContext, HostServices};
 use super::limiter::MemoryLimiter;
 use super::logs::{LogCollector, LogObserver, Stream};
 use super::stdio::CapturedStream;
@@ -153,6 +154,7 @@ impl WasiHttpView for ExecutionState {
 pub(crate) fn new_store(
     engine: &wasmtime::Engine,
     services: &HostServices,
+    outbound: &Arc<OutboundSettings>,
     module_name: Arc<str>,
     request: &RunRequest,
 ) -> (Store<ExecutionState>, LogCollector) {
@@ -169,11 +171,17 @@ pub(crate) fn new_store(
         .allow_udp(false)
         .allow_ip_name_lookup(false)
         .build();
+    let deadline = tokio::time::Instant::now() + limits.timeout;
     let state = ExecutionState {
         wasi,
         table: ResourceTable::new(),
         http: WasiHttpCtx::new(),
-        http_hooks: OutboundHttp::new(logs.clone()),
+        http_hooks: OutboundHttp::new(
+            request.grants.clone(),
+            outbound.clone(),
+            logs.clone(),
+            deadline,
+        ),
         limiter: MemoryLimiter::new(limits.memory_bytes),
         host: HostContext {
             module: module_name,
@@ -181,7 +189,7 @@ pub(crate) fn new_store(
             config: request.config.clone(),
             services: services.clone(),
             logs: logs.clone(),
-            deadline: tokio::time::Instant::now() + limits.timeout,
+            deadline,
             samples_recorded: 0,
             events_published: 0,
         },
@@ -211,6 +219,7 @@ pub(crate) fn new_store(
 pub(crate) async fn execute(
     engine: &wasmtime::Engine,
     services: &HostServices,
+    outbound: &Arc<OutboundSettings>,
     module_name: Arc<str>,
     pre: &JobModulePre<ExecutionState>,
     request: RunRequest,
@@ -225,7 +234,7 @@ pub(crate) async fn execute(
         };
     }
     let limits = request.limits;
-    let (mut store, logs) = new_store(engine, services, module_name, &request);
+    let (mut store, logs) = new_store(engine, services, outbound, module_name, &request);
     let context = types::RunContext {
         execution_id: request.context.execution_id.clone(),
         attempt: request.context.attempt,
@@ -261,6 +270,13 @@ pub(crate) async fn execute(
         memory_peak_bytes: limiter.peak_bytes(),
     };
     let memory_limit_hit = limiter.limit_hit();
+    store.data().http_hooks.finish(match &result {
+        Err(error) if is_deadline(error) => "the run hit its deadline",
+        Err(error) if matches!(error.downcast_ref(), Some(Interrupted::Cancelled)) => {
+            "the run was cancelled"
+        }
+        _ => "the run ended first",
+    });
     let (entries, dropped_log_lines) = logs.finish();
     let outcome = match result {
         Ok(Ok(output)) => completed(output, &limits),
@@ -308,6 +324,13 @@ fn job_failed(error: types::JobError) -> Outcome {
         kind,
         message: super::logs::truncate(&message, MAX_ERROR_MESSAGE_BYTES),
     }
+}
+
+/// Whether `error` is one of the ways a run is stopped at its wall-clock deadline.
+fn is_deadline(error: &wasmtime::Error) -> bool {
+    matches!(error.downcast_ref(), Some(Interrupted::TimedOut))
+        || error.downcast_ref::<HostCallTimedOut>().is_some()
+        || matches!(error.downcast_ref(), Some(Trap::Interrupt))
 }
 
 fn classify_error(

@@ -31,6 +31,9 @@ pub use cache::{LoadSource, content_hash};
 pub use engine::{EPOCH_TICK, EngineSettings};
 pub use execution::{CancelToken, RunRequest};
 pub use host::HostServices;
+pub use host::http::{
+    AddressClass, BadNetwork, Denial, IpNetwork, OutboundPolicy, OutboundSettings,
+};
 pub use logs::LogObserver;
 pub use validate::ValidationError;
 
@@ -44,6 +47,8 @@ pub struct RuntimeConfig {
     pub engine: EngineSettings,
     /// Where compiled artifacts are kept; `None` compiles on every load.
     pub cache_dir: Option<PathBuf>,
+    /// Which addresses outbound HTTP may reach, and its timeouts and size cap.
+    pub outbound: OutboundSettings,
 }
 
 /// Why a module could not be loaded.
@@ -108,6 +113,7 @@ struct Shared {
     linker: Linker<ExecutionState>,
     cache: cache::ArtifactCache,
     services: HostServices,
+    outbound: Arc<OutboundSettings>,
     loaded: Mutex<HashMap<String, Arc<LoadedModule>>>,
     _ticker: engine::EpochTicker,
 }
@@ -142,6 +148,7 @@ impl Runtime {
                 linker,
                 cache,
                 services,
+                outbound: Arc::new(config.outbound),
                 loaded: Mutex::new(HashMap::new()),
                 _ticker: ticker,
             }),
@@ -212,6 +219,7 @@ impl Runtime {
         let (mut store, _logs) = execution::new_store(
             &self.shared.engine,
             &self.shared.services,
+            &self.shared.outbound,
             Arc::from("describe"),
             &request,
         );
@@ -253,6 +261,7 @@ impl Runtime {
         execution::execute(
             &self.shared.engine,
             &self.shared.services,
+            &self.shared.outbound,
             module.name.clone(),
             &module.pre,
             request,

@@ -1,20 +1,65 @@
-//! Outbound HTTP (`wasi:http/outgoing-handler`). Nothing is reachable unless granted; a
-//! refused request fails inside the guest with `HTTP-request-denied` and is noted in the
-//! execution log.
+//! Outbound HTTP (`wasi:http/outgoing-handler`), enforced on the host side. A request
+//! goes out only if its host and port are within the module's grant and every address
+//! the host resolves to is allowed by the operator's address policy; it then travels
+//! over HTTP/1.1 on a connection to a checked address. Everything else fails inside the
+//! guest with `HTTP-request-denied`.
+//!
+//! Every request, allowed or not, leaves one structured line in the execution log:
+//! `http GET api.example.com -> 200` with `method`, `host`, `port`, `status`, `bytes`,
+//! `ms`, and `denied` or `error` when it did not complete.
+//!
+//! Time: the operator's connect timeout and the guest's `request-options` (connect,
+//! first byte, between bytes) fail the request inside the guest; the smaller wins. No
+//! request outlives its run: when the run's deadline passes first, the run ends
+//! `TIMED_OUT`, as for any host call, and the request is recorded as unfinished.
+//! Response bodies are capped and so is the number of requests under way at once.
+//!
+//! https is refused: the server carries no TLS client yet.
 
+mod body;
+mod client;
+mod exchange;
+mod policy;
+
+use std::sync::Arc;
+
+use http_body_util::BodyExt;
 use wasmtime_wasi_http::{RequestOptions, WasiBody, WasiHttpHooks};
 
 use super::super::logs::LogCollector;
-use crate::domain::LogLevel;
+use crate::domain::{Grants, HostName};
 
-/// Decides each outbound request of one execution.
+pub use policy::{AddressClass, BadNetwork, Denial, IpNetwork, OutboundPolicy, OutboundSettings};
+
+use body::MeteredBody;
+use client::Target;
+use exchange::{Ending, Journal};
+
+/// Decides and carries out the outbound requests of one execution.
 pub(crate) struct OutboundHttp {
-    logs: LogCollector,
+    policy: OutboundPolicy,
+    journal: Journal,
+    deadline: tokio::time::Instant,
 }
 
 impl OutboundHttp {
-    pub(crate) fn new(logs: LogCollector) -> Self {
-        Self { logs }
+    pub(crate) fn new(
+        grants: Arc<Grants>,
+        settings: Arc<OutboundSettings>,
+        logs: LogCollector,
+        deadline: tokio::time::Instant,
+    ) -> Self {
+        Self {
+            policy: OutboundPolicy::new(grants, settings),
+            journal: Journal::new(logs),
+            deadline,
+        }
+    }
+
+    /// Records the requests still under way when the run ended. Called once, after the
+    /// guest returned or was stopped and before the log is taken.
+    pub(crate) fn finish(&self, why: &str) {
+        self.journal.close(why);
     }
 }
 
@@ -27,22 +72,76 @@ type ResponseFuture = Box<
         > + Send,
 >;
 
+fn denied() -> ResponseFuture {
+    Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) })
+}
+
 impl WasiHttpHooks for OutboundHttp {
     fn send_request(
         &mut self,
         request: http::Request<WasiBody>,
-        _options: Option<RequestOptions>,
+        options: Option<RequestOptions>,
         _fut: Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
     ) -> ResponseFuture {
-        let host = request.uri().host().unwrap_or("").to_owned();
-        self.logs.push(
-            LogLevel::Warn,
-            &format!(
-                "denied: outbound HTTP {} to `{host}`: this host is not among the module's granted outbound hosts",
-                request.method()
-            ),
-            Default::default(),
-        );
-        Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) })
+        let method = request.method().to_string();
+        let uri = request.uri();
+        let scheme = uri.scheme_str().unwrap_or("").to_ascii_lowercase();
+        let raw_host = uri.host().unwrap_or("").to_owned();
+        let port = uri
+            .port_u16()
+            .unwrap_or(if scheme == "https" { 443 } else { 80 });
+        let host = HostName::parse(&raw_host);
+        let shown = host
+            .as_ref()
+            .map_or_else(|_| raw_host.clone(), ToString::to_string);
+        let busy = self.journal.in_flight();
+        let exchange = self.journal.start(&method, &shown, port);
+        let limit = self.policy.settings().max_requests_in_flight;
+        if busy >= limit {
+            exchange.end(Ending::Failed(&format!(
+                "{limit} requests already in flight, the most a run may have; read or drop earlier responses first"
+            )));
+            return Box::new(async { Err(wasmtime_wasi_http::Error::ConnectionLimitReached) });
+        }
+        let Ok(host) = host else {
+            exchange.end(Ending::Denied(&Denial::BadHost(raw_host)));
+            return denied();
+        };
+        if let Err(denial) = self.policy.check_target(&scheme, &host, port) {
+            exchange.end(Ending::Denied(&denial));
+            return denied();
+        }
+
+        let policy = self.policy.clone();
+        let deadline = self.deadline;
+        Box::new(async move {
+            let target = Target { host, port };
+            let sent = tokio::time::timeout_at(
+                deadline,
+                client::send(request, &target, options, &policy, &exchange),
+            )
+            .await;
+            let Ok(sent) = sent else {
+                // The run is over: the runtime is about to stop it as timed out and
+                // record this request as unfinished. Answering the guest now would
+                // only let it run past its deadline.
+                return std::future::pending().await;
+            };
+            match sent {
+                Ok((response, connection)) => {
+                    exchange.responded(response.status().as_u16());
+                    let limit = policy.settings().max_response_bytes;
+                    let between_bytes = options.and_then(|o| o.between_bytes_timeout);
+                    let response = response.map(|body| {
+                        MeteredBody::new(body, exchange, limit, between_bytes).boxed_unsync()
+                    });
+                    Ok((response, Box::new(connection) as Box<_>))
+                }
+                Err(error) => {
+                    exchange.end(Ending::Failed(&error.to_string()));
+                    Err(error)
+                }
+            }
+        })
     }
 }
