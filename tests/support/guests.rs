@@ -7,7 +7,13 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 /// Every guest the tests use, by package name.
-pub const GUESTS: &[&str] = &["hello", "data-sync", "hostile", "unknown-import"];
+pub const GUESTS: &[&str] = &[
+    "hello",
+    "data-sync",
+    "endpoint-monitor",
+    "hostile",
+    "unknown-import",
+];
 
 fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
