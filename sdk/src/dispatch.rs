@@ -5,8 +5,10 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::__bindings::runcell::module::types as wit;
+use crate::__bindings::wasi::http::types::{IncomingRequest, ResponseOutparam};
 use crate::manifest::{const_str_eq, is_valid_name};
-use crate::{Context, JobError, Manifest};
+use crate::routes::{self, IntoResponse};
+use crate::{Context, JobError, Manifest, RouteAccess};
 
 /// A module declared with `module!`: its manifest and its dispatch by job name.
 pub trait Module {
@@ -29,6 +31,21 @@ pub fn run<M: Module>(
     input: &str,
 ) -> Result<String, wit::JobError> {
     M::run(job, &context.into(), input).map_err(Into::into)
+}
+
+/// `manifest` for a module that serves routes to `access`.
+pub fn with_routes(mut manifest: Manifest, access: RouteAccess) -> Manifest {
+    manifest.capabilities.routes = access;
+    manifest
+}
+
+/// The `wasi:http/incoming-handler` export of a module whose routes `handler` serves.
+pub fn serve_routes<R, F>(request: IncomingRequest, response_out: ResponseOutparam, handler: F)
+where
+    R: IntoResponse,
+    F: FnOnce(routes::Request) -> R,
+{
+    routes::serve(request, response_out, handler);
 }
 
 /// Parses `input`, calls `handler` and encodes its output.

@@ -119,12 +119,28 @@ impl JobSpec {
 #[non_exhaustive]
 pub struct Capabilities {
     /// Hosts the module may call over outbound HTTP (`api.example.com`, `*.example.com`,
-    /// `api.example.com:8443`).
+    /// `api.example.com:8443`, or `*` for any host).
     pub outbound_hosts: Vec<String>,
     /// Event topics the module publishes (`report.generated`, `sync.*`).
     pub publishes: Vec<String>,
     /// Whether the module uses its key-value store.
     pub key_value: bool,
+    /// Whether and to whom the module serves HTTP routes. Set by the `routes` entry of
+    /// [`module!`](crate::module!), which also exports the handler, so that the two
+    /// always agree.
+    pub routes: RouteAccess,
+}
+
+/// Whether a module serves HTTP routes under `/m/{module}/`, and to whom.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum RouteAccess {
+    /// The module serves no routes.
+    #[default]
+    None,
+    /// Callers need the same credentials as for Runcell's API.
+    Authenticated,
+    /// Anyone may call the routes, once an administrator approves it.
+    Public,
 }
 
 impl Capabilities {
@@ -151,7 +167,11 @@ impl Capabilities {
         self
     }
 
-    /// Asks to call these hosts over outbound HTTP.
+    /// Asks to call these hosts over outbound HTTP: an exact host (`api.example.com`), a
+    /// wildcard subdomain (`*.example.com`), either with a port (`api.example.com:8443`),
+    /// or `*` for any host. An administrator approves the list; `*` is for modules whose
+    /// targets are configured by operators (a monitor, a webhook relay), and even then the
+    /// server's address policy decides which addresses are reachable.
     #[must_use]
     pub fn outbound_hosts<I>(mut self, hosts: I) -> Self
     where
@@ -194,9 +214,11 @@ impl From<Capabilities> for wit::Capabilities {
             outbound_hosts: capabilities.outbound_hosts,
             publishes: capabilities.publishes,
             key_value: capabilities.key_value,
-            // Routes need the `job-module-with-routes` world, which this SDK does not
-            // export yet.
-            routes: wit::RouteAccess::None,
+            routes: match capabilities.routes {
+                RouteAccess::None => wit::RouteAccess::None,
+                RouteAccess::Authenticated => wit::RouteAccess::Authenticated,
+                RouteAccess::Public => wit::RouteAccess::Public,
+            },
         }
     }
 }
@@ -274,6 +296,20 @@ mod tests {
         assert!(manifest.capabilities.key_value);
         assert_eq!(manifest.capabilities.publishes, ["report.generated"]);
         assert!(manifest.capabilities.outbound_hosts.is_empty());
+    }
+
+    #[test]
+    fn route_access_converts_into_the_wit_enum() {
+        let mut manifest = Manifest::new("m", "0.1.0", "d").job(JobSpec::new("j", "d"));
+        for (access, expected) in [
+            (RouteAccess::Authenticated, wit::RouteAccess::Authenticated),
+            (RouteAccess::Public, wit::RouteAccess::Public),
+            (RouteAccess::None, wit::RouteAccess::None),
+        ] {
+            manifest.capabilities.routes = access;
+            let wit = wit::Manifest::from(manifest.clone());
+            assert_eq!(wit.capabilities.routes, expected);
+        }
     }
 
     #[test]

@@ -10,6 +10,7 @@ use std::sync::OnceLock;
 pub const GUESTS: &[&str] = &[
     "hello",
     "data-sync",
+    "endpoint-monitor",
     "hostile",
     "unknown-import",
     "http-client",

@@ -1,5 +1,6 @@
 //! `data-sync`: keeps a copy of upstream records in the module's key-value store, reports
-//! on them daily and checks its own health.
+//! on them daily and checks its own health. It also serves `GET /m/data-sync/status`
+//! (see [`routes`]) to callers with API credentials.
 //!
 //! Deterministic by design: no clock, no randomness, no sleeps. Every timestamp it writes
 //! is the run's `scheduled_at_ms`, so a retried attempt of a cron tick writes the same
@@ -11,6 +12,7 @@ use runcell_sdk::{Context, JobError, NoInput, config, events, kv, metrics};
 use serde::{Deserialize, Serialize};
 
 pub mod logic;
+pub mod routes;
 
 use logic::{Check, Cursor, HealthReport, Report, StoredRecord, SyncInput, SyncOutput};
 
@@ -119,10 +121,14 @@ fn record_key(id: &str) -> String {
 runcell_sdk::module! {
     name: "data-sync",
     version: env!("CARGO_PKG_VERSION"),
-    description: "Keeps a copy of upstream records, reports on them daily and checks its own health.",
+    description: "Keeps a copy of upstream records, reports on them daily, checks its own health and serves its sync status.",
     capabilities: {
         key_value: true,
         publishes: [REPORT_TOPIC],
+    },
+    routes: {
+        handler: routes::serve,
+        access: authenticated,
     },
     jobs: [
         hourly_sync => {

@@ -118,6 +118,29 @@ impl Cursor {
     }
 }
 
+/// What `GET /m/data-sync/status` answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SyncStatus {
+    /// The sync cursor; `null` before the first sync.
+    pub cursor: Option<Cursor>,
+    /// Number of stored records, counted up to the listing limit.
+    pub records: usize,
+    /// Whether the count stopped at the listing limit, so there may be more records.
+    pub records_capped: bool,
+}
+
+impl SyncStatus {
+    /// The status from the cursor and the number of record keys listed with `limit`.
+    pub fn new(cursor: Option<Cursor>, listed: usize, limit: u32) -> Self {
+        Self {
+            cursor,
+            records: listed,
+            records_capped: listed >= limit as usize,
+        }
+    }
+}
+
 /// The first problem found in a batch: which record, which field, what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ValidationError {
@@ -448,6 +471,24 @@ mod tests {
             serde_json::to_value(&second).unwrap(),
             serde_json::json!({"lastSyncedAt":"2026-11-28T11:00:00Z","totalSyncs":2,"lastBatchSize":0})
         );
+    }
+
+    #[test]
+    fn the_status_reports_the_cursor_and_the_record_count() {
+        let cursor = Cursor::advance(None, "2026-11-28T10:00:00Z", 2);
+        assert_eq!(
+            serde_json::to_value(SyncStatus::new(Some(cursor), 2, 10_000)).unwrap(),
+            serde_json::json!({
+                "cursor": {"lastSyncedAt": "2026-11-28T10:00:00Z", "totalSyncs": 1, "lastBatchSize": 2},
+                "records": 2,
+                "recordsCapped": false
+            })
+        );
+        assert_eq!(
+            serde_json::to_value(SyncStatus::new(None, 0, 10_000)).unwrap(),
+            serde_json::json!({"cursor": null, "records": 0, "recordsCapped": false})
+        );
+        assert!(SyncStatus::new(None, 10_000, 10_000).records_capped);
     }
 
     #[test]
