@@ -13,7 +13,6 @@ use super::{ApiState, Readiness, router};
 use crate::domain::Role;
 use crate::queue::{MemoryQueue, Queue};
 use crate::services::auth::jwt::SigningKey;
-use crate::services::auth::password::HashCost;
 use crate::services::auth::{AuthService, AuthSettings, NewUser, SYSTEM_ACTOR};
 use crate::store::{SqliteStore, Store};
 
@@ -28,13 +27,7 @@ pub(super) async fn admin_auth() -> (AuthService, String) {
 }
 
 async fn auth_service(store: Arc<SqliteStore>) -> AuthService {
-    let settings = AuthSettings {
-        hash_cost: HashCost {
-            memory_kib: 64,
-            passes: 1,
-        },
-        ..AuthSettings::default()
-    };
+    let settings = AuthSettings::cheap_for_tests();
     AuthService::new(
         store,
         SigningKey::from_secret(&[9; 32]).unwrap(),

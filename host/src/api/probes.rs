@@ -91,33 +91,32 @@ async fn healthz() -> Json<Health> {
         (status = 503, description = "`not_ready`: `details.checks` says what is down.", body = ErrorBody),
     ),
 )]
+/// `ok`, `unreachable` or `timeout`, from a ping bounded by [`PING_TIMEOUT`]; a failure is
+/// logged with its cause, which the probe's answer leaves out.
+fn check_state<E: std::fmt::Display>(
+    what: &'static str,
+    ping: Result<Result<(), E>, tokio::time::error::Elapsed>,
+) -> &'static str {
+    match ping {
+        Ok(Ok(())) => "ok",
+        Ok(Err(err)) => {
+            tracing::warn!(error = %err, dependency = what, "readiness: unreachable");
+            "unreachable"
+        }
+        Err(_) => {
+            tracing::warn!(timeout = ?PING_TIMEOUT, dependency = what, "readiness: no answer in time");
+            "timeout"
+        }
+    }
+}
+
 async fn readyz(State(state): State<ApiState>) -> Response {
     let (database, queue) = tokio::join!(
         tokio::time::timeout(PING_TIMEOUT, state.services.store.ping()),
         tokio::time::timeout(PING_TIMEOUT, state.services.queue.ping()),
     );
-    let database = match database {
-        Ok(Ok(())) => "ok",
-        Ok(Err(err)) => {
-            tracing::warn!(error = %err, "readiness: the database is unreachable");
-            "unreachable"
-        }
-        Err(_) => {
-            tracing::warn!(timeout = ?PING_TIMEOUT, "readiness: the database did not answer in time");
-            "timeout"
-        }
-    };
-    let queue = match queue {
-        Ok(Ok(())) => "ok",
-        Ok(Err(err)) => {
-            tracing::warn!(error = %err, "readiness: the queue is unreachable");
-            "unreachable"
-        }
-        Err(_) => {
-            tracing::warn!(timeout = ?PING_TIMEOUT, "readiness: the queue did not answer in time");
-            "timeout"
-        }
-    };
+    let database = check_state("database", database);
+    let queue = check_state("queue", queue);
     let workers = if state.readiness.workers_running() {
         "running"
     } else {

@@ -70,6 +70,21 @@ impl Default for AuthSettings {
     }
 }
 
+impl AuthSettings {
+    /// The defaults with hashing cheap enough for tests that log in many times; never for
+    /// a server.
+    #[cfg(test)]
+    pub fn cheap_for_tests() -> Self {
+        Self {
+            hash_cost: HashCost {
+                memory_kib: 64,
+                passes: 1,
+            },
+            ..Self::default()
+        }
+    }
+}
+
 /// What a login or a refresh hands back. `refresh_token` is the only copy of the secret.
 #[derive(Debug, Clone)]
 pub struct Session {

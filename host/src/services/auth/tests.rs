@@ -35,13 +35,7 @@ async fn harness(postgres: bool) -> Harness {
         let now = now.clone();
         Arc::new(move || now.load(Ordering::SeqCst))
     };
-    let settings = AuthSettings {
-        hash_cost: HashCost {
-            memory_kib: 64,
-            passes: 1,
-        },
-        ..AuthSettings::default()
-    };
+    let settings = AuthSettings::cheap_for_tests();
     let auth = AuthService::new(
         store,
         SigningKey::from_secret(&[3; 32]).unwrap(),
