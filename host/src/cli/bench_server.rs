@@ -2,7 +2,9 @@
 //! real `runcell serve` on a fresh data directory, installs the benchmark module over the
 //! API, and measures (1) throughput of no-op executions enqueued in bulk, every one
 //! recorded; (2) the same for ~1 ms CPU jobs; (3) latency from `execute` to the handler's
-//! first instruction at a paced rate. Figures are printed, never asserted.
+//! first instruction at a paced rate. With `--nodes N` it starts N servers on the same
+//! PostgreSQL database and Redis prefix (given after `--`), sends the requests to each in
+//! turn and reads the results through the first. Figures are printed, never asserted.
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -37,6 +39,10 @@ pub(super) struct ServerBenchArgs {
     /// Worker count of the server under test [default: the server's default].
     #[arg(long)]
     workers: Option<usize>,
+    /// Servers to start against the same database and queue; more than one needs
+    /// `--database-url` and `--redis-url` (or DATABASE_URL and REDIS_URL).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    nodes: u16,
     /// Extra arguments for `runcell serve` (e.g. `--database-url ...`), after `--`.
     #[arg(last = true)]
     serve_args: Vec<String>,
@@ -62,21 +68,22 @@ impl Drop for Server {
 type BenchResult<T> = Result<T, String>;
 
 impl Server {
-    fn start(args: &ServerBenchArgs) -> BenchResult<Self> {
+    /// Starts server number `index` of the run; the first creates the admin with
+    /// `admin_password`, the others find it in the shared database.
+    fn start(args: &ServerBenchArgs, index: u16, admin_password: &str) -> BenchResult<Self> {
         let data_dir = std::env::temp_dir().join(format!(
-            "runcell-bench-server-{}-{}",
+            "runcell-bench-server-{}-{}-{index}",
             std::process::id(),
             now_ns()
         ));
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-        let admin_password = crate::services::auth::random_secret(18);
         let mut command = Command::new(exe);
         command
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(&data_dir)
             .args(&args.serve_args)
             .env("RUNCELL_LOG", "warn")
-            .env("RUNCELL_ADMIN_PASSWORD", &admin_password)
+            .env("RUNCELL_ADMIN_PASSWORD", admin_password)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         if let Some(workers) = args.workers {
@@ -237,39 +244,62 @@ fn bench(args: &ServerBenchArgs) -> BenchResult<()> {
     };
     let noop_wasm = read(args.noop_module.clone(), "hello.wasm")?;
     let probe_wasm = read(args.probe_module.clone(), "hostile.wasm")?;
-    let server = Server::start(args)?;
+    let distributed = args
+        .serve_args
+        .iter()
+        .any(|a| a.starts_with("--database-url"))
+        || std::env::var_os("DATABASE_URL").is_some();
+    if args.nodes > 1 && !distributed {
+        return Err(
+            "--nodes above 1 needs a shared database and queue: add `-- --database-url ... --redis-url ...`"
+                .into(),
+        );
+    }
+    let admin_password = crate::services::auth::random_secret(18);
+    // One after the other: the first migrates the database and creates the admin.
+    let servers = (0..args.nodes)
+        .map(|index| Server::start(args, index, &admin_password))
+        .collect::<BenchResult<Vec<_>>>()?;
+    let server = &servers[0];
     server.upload(&noop_wasm)?;
     server.upload(&probe_wasm)?;
-    println!("runcell bench server — {}", server.base);
+    let bases: Vec<&str> = servers.iter().map(|s| s.base.as_str()).collect();
+    println!("runcell bench server — {}", bases.join(", "));
 
     let noop = server.create_job("bench-noop", "hello", "noop", Value::Null)?;
-    throughput(&server, "no-op", &noop, args.noop)?;
+    throughput(&servers, "no-op", &noop, args.noop)?;
 
-    let iterations = calibrate_burn(&server)?;
+    let iterations = calibrate_burn(server)?;
     let cpu = server.create_job(
         "bench-cpu",
         "hostile",
         "burn",
         json!({"iterations": iterations}),
     )?;
-    throughput(&server, "1 ms CPU", &cpu, args.cpu)?;
+    throughput(&servers, "1 ms CPU", &cpu, args.cpu)?;
 
-    latency(&server, args.rate, args.latency_for)?;
+    latency(&servers, args.rate, args.latency_for)?;
     Ok(())
 }
 
-/// Enqueues `total` executions in bulk requests and times until all are recorded.
-fn throughput(server: &Server, label: &str, job_id: &str, total: u32) -> BenchResult<()> {
+/// Enqueues `total` executions in bulk requests, to each server in turn, and times until
+/// all are recorded.
+fn throughput(servers: &[Server], label: &str, job_id: &str, total: u32) -> BenchResult<()> {
     const BULK: u32 = 10_000;
+    // Smaller requests when there are several servers, so each gets a share.
+    let bulk = BULK.min(total.div_ceil(servers.len() as u32).max(1));
+    let server = &servers[0];
     let started = Instant::now();
     let mut sent = 0;
+    let mut requests = 0;
     while sent < total {
-        let count = BULK.min(total - sent);
-        server.post(
+        let count = bulk.min(total - sent);
+        servers[requests % servers.len()].post(
             &format!("/jobs/{job_id}/execute-bulk"),
             &json!({"count": count}),
         )?;
         sent += count;
+        requests += 1;
     }
     let enqueued = started.elapsed();
     server.wait_idle(job_id)?;
@@ -328,7 +358,8 @@ fn now_ns() -> u128 {
 
 /// Paced single executes of `clock`; latency is the handler's own start time minus the
 /// moment the client sent the request (same machine, same clock).
-fn latency(server: &Server, rate: u32, duration: Duration) -> BenchResult<()> {
+fn latency(servers: &[Server], rate: u32, duration: Duration) -> BenchResult<()> {
+    let server = &servers[0];
     let job = server.create_job("bench-clock", "hostile", "clock", Value::Null)?;
     let interval = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
     let total = (duration.as_secs_f64() * f64::from(rate)) as u32;
@@ -340,7 +371,8 @@ fn latency(server: &Server, rate: u32, duration: Duration) -> BenchResult<()> {
             std::thread::sleep(wait);
         }
         let at = now_ns();
-        let id = server.post(&format!("/jobs/{job}/execute"), &json!({}))?["executionId"]
+        let target = &servers[i as usize % servers.len()];
+        let id = target.post(&format!("/jobs/{job}/execute"), &json!({}))?["executionId"]
             .as_str()
             .unwrap_or_default()
             .to_owned();

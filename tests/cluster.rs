@@ -1,0 +1,616 @@
+//! Runcell distributed, end to end: two or three real `runcell serve` processes against
+//! one PostgreSQL database and one Redis key prefix, each test with its own of both
+//! (created here, removed at the end even when the test fails). The nodes are killed
+//! (SIGKILL) and Redis is emptied under them; what is checked is what a client sees:
+//! every execution ends exactly once, cron fires once per tick, events fan out once.
+//!
+//! Needs PostgreSQL on 127.0.0.1:5432 (trust; `RUNCELL_TEST_POSTGRES_URL` overrides) and
+//! Redis on 127.0.0.1:6379 (`RUNCELL_TEST_REDIS_URL`). The tests run one at a time: each
+//! starts several servers, and the machine they run on may have two cores.
+
+#[path = "support/guests.rs"]
+mod guests;
+// Shared with other test binaries, each of which uses a different part of it.
+#[allow(dead_code)]
+#[path = "support/server.rs"]
+mod server;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Mutex, MutexGuard};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use deadpool_redis::redis;
+use serde_json::{Value, json};
+
+use server::{Server, ServerOptions, is_final};
+
+/// How long a node may hold a claimed execution without renewing it.
+const EXECUTION_LEASE: &str = "3s";
+/// The scheduler lease's time to live (`scheduler::SCHEDULER_LEASE_TTL`).
+const SCHEDULER_LEASE_TTL: Duration = Duration::from_secs(5);
+
+/// One cluster test at a time: each runs several servers.
+fn one_at_a_time() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    // A failed test poisons the lock; the next one still runs.
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn postgres_admin_url() -> String {
+    std::env::var("RUNCELL_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+fn redis_url() -> String {
+    std::env::var("RUNCELL_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+/// Runs `future` on a runtime of its own: the tests are synchronous, like the harness.
+fn block_on<T>(future: impl Future<Output = T>) -> T {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime")
+        .block_on(future)
+}
+
+/// A database of this test's own, dropped (with its connections) when this is dropped.
+struct TestDatabase {
+    name: String,
+    url: String,
+}
+
+impl TestDatabase {
+    fn create() -> Self {
+        use sqlx::{Connection, Executor};
+        let admin_url = postgres_admin_url();
+        let name = format!("runcell_test_{}", uuid::Uuid::now_v7().simple());
+        block_on(async {
+            let mut admin = sqlx::PgConnection::connect(&admin_url)
+                .await
+                .unwrap_or_else(|err| panic!("the cluster tests need PostgreSQL: {err}"));
+            admin
+                .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                .await
+                .unwrap_or_else(|err| panic!("cannot create database {name}: {err}"));
+            let _ = admin.close().await;
+        });
+        let (base, _) = admin_url.rsplit_once('/').expect("a database URL");
+        Self {
+            url: format!("{base}/{name}"),
+            name,
+        }
+    }
+
+    /// The node holding the scheduler lease now, if the lease is held.
+    fn scheduler_holder(&self) -> Option<String> {
+        use sqlx::{Connection, Row};
+        block_on(async {
+            let mut connection = sqlx::PgConnection::connect(&self.url).await.ok()?;
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as i64;
+            let row = sqlx::query(
+                "SELECT holder FROM leases WHERE name = 'scheduler' AND expires_at > $1",
+            )
+            .bind(now)
+            .fetch_optional(&mut connection)
+            .await
+            .ok()?;
+            let _ = connection.close().await;
+            row.map(|row| row.get::<String, _>("holder"))
+        })
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        use sqlx::{Connection, Executor};
+        let statement = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+        let dropped = block_on(async {
+            let mut admin = sqlx::PgConnection::connect(&postgres_admin_url()).await?;
+            admin.execute(sqlx::AssertSqlSafe(statement)).await?;
+            admin.close().await
+        });
+        // Never a panic here: one while unwinding would abort the whole run.
+        if let Err(err) = dropped {
+            eprintln!("could not drop test database {}: {err}", self.name);
+        }
+    }
+}
+
+/// A Redis key prefix of this test's own; its keys are deleted when this is dropped.
+/// Only ever this prefix's keys: other tests share the server.
+struct TestPrefix(String);
+
+impl TestPrefix {
+    fn new() -> Self {
+        Self(format!("runcell-test-{}", uuid::Uuid::now_v7().simple()))
+    }
+
+    /// Deletes every key of the prefix (SCAN + DEL); returns how many there were.
+    fn delete_keys(&self) -> redis::RedisResult<usize> {
+        let client = redis::Client::open(redis_url())?;
+        let mut connection = client.get_connection()?;
+        let pattern = format!("{}:*", self.0);
+        let mut cursor = 0_u64;
+        let mut deleted = 0;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query(&mut connection)?;
+            if !keys.is_empty() {
+                deleted += keys.len();
+                redis::cmd("DEL").arg(&keys).exec(&mut connection)?;
+            }
+            if next == 0 {
+                return Ok(deleted);
+            }
+            cursor = next;
+        }
+    }
+}
+
+impl Drop for TestPrefix {
+    fn drop(&mut self) {
+        if let Err(err) = self.delete_keys() {
+            eprintln!("could not delete the Redis keys of {}: {err}", self.0);
+        }
+    }
+}
+
+/// Nodes of one deployment. Fields drop in order: the nodes die before their database
+/// and keys are removed, so nothing writes them again.
+struct Cluster {
+    nodes: Vec<Server>,
+    prefix: TestPrefix,
+    database: TestDatabase,
+}
+
+impl Cluster {
+    /// `count` nodes named `node-a`, `node-b`, ..., each with `workers` workers.
+    fn start(count: usize, workers: usize) -> Self {
+        let mut cluster = Self {
+            nodes: Vec::new(),
+            prefix: TestPrefix::new(),
+            database: TestDatabase::create(),
+        };
+        // The first node migrates the database and creates the admin and the signing
+        // key; the others find them.
+        for index in 0..count {
+            let node_id = format!("node-{}", (b'a' + index as u8) as char);
+            let node = Server::start_with(ServerOptions {
+                workers,
+                retry_base_delay: "50ms".to_owned(),
+                env: vec![
+                    ("DATABASE_URL".to_owned(), cluster.database.url.clone()),
+                    ("REDIS_URL".to_owned(), redis_url()),
+                    ("RUNCELL_REDIS_PREFIX".to_owned(), cluster.prefix.0.clone()),
+                    ("RUNCELL_NODE_ID".to_owned(), node_id),
+                    (
+                        "RUNCELL_EXECUTION_LEASE".to_owned(),
+                        EXECUTION_LEASE.to_owned(),
+                    ),
+                ],
+                generated_admin_password: false,
+            });
+            cluster.nodes.push(node);
+        }
+        cluster
+    }
+
+    fn node(&self, index: usize) -> &Server {
+        &self.nodes[index]
+    }
+
+    /// Index of the node called `node_id`.
+    fn index_of(&self, node_id: &str) -> usize {
+        let index = node_id
+            .strip_prefix("node-")
+            .and_then(|name| name.bytes().next())
+            .unwrap_or_else(|| panic!("not a test node: {node_id}"));
+        (index - b'a') as usize
+    }
+}
+
+fn id(value: &Value) -> String {
+    value["id"].as_str().expect("an id").to_owned()
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// Uploads `guest` through `server` and creates a job of it; returns the job's id.
+fn job(server: &Server, guest: &str, definition: Value) -> String {
+    let reply = server.post_bytes(
+        "/api/v1/modules",
+        "application/wasm",
+        &guests::guest_bytes(guest),
+    );
+    // Another test step may have uploaded it already: same content, same version.
+    assert_eq!(reply.status, 201, "upload of {guest}: {}", reply.body);
+    id(&server.create_job(&definition))
+}
+
+fn execute_bulk(server: &Server, job_id: &str, body: Value) -> Vec<String> {
+    let reply = server.post_json(&format!("/api/v1/jobs/{job_id}/execute-bulk"), &body);
+    assert_eq!(reply.status, 202, "execute-bulk: {}", reply.body);
+    reply.body["executionIds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|id| id.as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Waits until every execution of `job_id` is final and there are at least `roots`
+/// chains of attempts; returns them all. Panics with the stragglers after `timeout`.
+fn wait_all_final(server: &Server, job_id: &str, roots: usize, timeout: Duration) -> Vec<Value> {
+    let mut executions = Vec::new();
+    let done = server.wait_until(timeout, || {
+        executions = server.executions(&format!("jobId={job_id}"));
+        let first_attempts = executions.iter().filter(|e| e["attempt"] == 1).count();
+        first_attempts >= roots && executions.iter().all(is_final)
+    });
+    if !done {
+        let stragglers: Vec<String> = executions
+            .iter()
+            .filter(|e| !is_final(e))
+            .map(|e| format!("{} {} on {}", e["id"], e["status"], e["nodeId"]))
+            .collect();
+        panic!(
+            "after {timeout:?}: {} executions, not final: {stragglers:?}",
+            executions.len()
+        );
+    }
+    executions
+}
+
+/// Checks the executions as chains of attempts (first attempt, then its retries) and
+/// returns each chain's attempts in order, by first attempt id: no id twice, attempts
+/// numbered 1, 2, ... with `retryOf` naming the first, every attempt but the last FAILED,
+/// and so at most one COMPLETED per chain.
+fn chains(executions: &[Value]) -> BTreeMap<String, Vec<Value>> {
+    let mut seen = HashSet::new();
+    let mut chains: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    for execution in executions {
+        let id = id(execution);
+        assert!(seen.insert(id.clone()), "execution {id} listed twice");
+        let root = match execution["retryOf"].as_str() {
+            Some(first) => {
+                assert!(execution["attempt"].as_u64().unwrap() > 1, "{execution}");
+                first.to_owned()
+            }
+            None => {
+                assert_eq!(execution["attempt"], 1, "{execution}");
+                id
+            }
+        };
+        chains.entry(root).or_default().push(execution.clone());
+    }
+    for (root, attempts) in &mut chains {
+        attempts.sort_by_key(|e| e["attempt"].as_u64().unwrap());
+        let numbers: Vec<u64> = attempts
+            .iter()
+            .map(|e| e["attempt"].as_u64().unwrap())
+            .collect();
+        let expected: Vec<u64> = (1..=attempts.len() as u64).collect();
+        assert_eq!(numbers, expected, "attempts of {root}");
+        assert_eq!(id(&attempts[0]), *root, "the first attempt of {root}");
+        for earlier in &attempts[..attempts.len() - 1] {
+            assert_eq!(
+                earlier["status"], "FAILED",
+                "only a failed attempt is retried: {earlier}"
+            );
+        }
+    }
+    chains
+}
+
+// ---- tests -------------------------------------------------------------------------
+
+#[test]
+fn work_is_spread_over_the_nodes_and_each_execution_completes_exactly_once() {
+    let _turn = one_at_a_time();
+    let cluster = Cluster::start(2, 4);
+    let (a, b) = (cluster.node(0), cluster.node(1));
+
+    // A token from one node is good on the other: they share the signing key.
+    let reply = b.request_as(Some(a.token()), "GET", "/api/v1/jobs", None);
+    assert_eq!(reply.status, 200, "{}", reply.body);
+
+    let job_id = job(
+        a,
+        "hello",
+        json!({"name": "noop", "module": "hello", "job": "noop"}),
+    );
+    let queued = execute_bulk(b, &job_id, json!({"count": 300}));
+    assert_eq!(queued.len(), 300);
+
+    let executions = wait_all_final(a, &job_id, 300, Duration::from_secs(60));
+    let chains = chains(&executions);
+    assert_eq!(chains.len(), 300);
+    assert_eq!(
+        executions.len(),
+        300,
+        "no-op runs complete the first time, never twice"
+    );
+    let queued: HashSet<String> = queued.into_iter().collect();
+    let mut per_node: HashMap<String, usize> = HashMap::new();
+    for execution in &executions {
+        assert!(queued.contains(&id(execution)), "{execution}");
+        assert_eq!(execution["status"], "COMPLETED", "{execution}");
+        *per_node
+            .entry(execution["nodeId"].as_str().unwrap().to_owned())
+            .or_default() += 1;
+    }
+    assert_eq!(
+        per_node.keys().collect::<HashSet<_>>(),
+        HashSet::from([&"node-a".to_owned(), &"node-b".to_owned()]),
+        "both nodes ran executions: {per_node:?}"
+    );
+
+    let nodes = b.get("/api/v1/nodes");
+    assert_eq!(nodes.status, 200, "{}", nodes.body);
+    let alive: Vec<&str> = nodes.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|node| node["alive"] == true)
+        .map(|node| node["nodeId"].as_str().unwrap())
+        .collect();
+    assert_eq!(alive, ["node-a", "node-b"], "{}", nodes.body);
+}
+
+#[test]
+fn a_node_killed_mid_batch_leaves_every_execution_final_exactly_once() {
+    let _turn = one_at_a_time();
+    let mut cluster = Cluster::start(2, 2);
+    let a = cluster.node(0);
+    // About 100 ms of CPU a run on the reference machine (2,000 turns a microsecond).
+    let job_id = job(
+        a,
+        "hostile",
+        json!({"name": "burn", "module": "hostile", "job": "burn",
+               "input": {"iterations": 200_000_000_u64}, "maxAttempts": 3}),
+    );
+    let queued = execute_bulk(a, &job_id, json!({"count": 40}));
+
+    // Kill node b while it runs some of them.
+    let mut victims = Vec::new();
+    let found = a.wait_until(Duration::from_secs(30), || {
+        victims = a
+            .executions(&format!("jobId={job_id}&status=RUNNING"))
+            .into_iter()
+            .filter(|e| e["nodeId"] == "node-b")
+            .map(|e| id(&e))
+            .collect();
+        !victims.is_empty()
+    });
+    assert!(found, "node b never ran an execution");
+    cluster.nodes[1].kill();
+    let killed_at = Instant::now();
+    let a = cluster.node(0);
+
+    let executions = wait_all_final(a, &job_id, queued.len(), Duration::from_secs(60));
+    let elapsed = killed_at.elapsed();
+    let chains = chains(&executions);
+    assert_eq!(
+        chains.keys().cloned().collect::<HashSet<_>>(),
+        queued.iter().cloned().collect::<HashSet<_>>(),
+        "every queued execution, nothing else"
+    );
+    for (root, attempts) in &chains {
+        let last = attempts.last().unwrap();
+        assert_eq!(
+            last["status"], "COMPLETED",
+            "{root}: the survivor completes it within 3 attempts: {attempts:?}"
+        );
+    }
+    // The runs node b held when it died were taken over: failed, then retried on a.
+    for victim in &victims {
+        let attempts = &chains[victim];
+        assert!(
+            attempts.len() >= 2,
+            "{victim} ran on the killed node, yet was not retried: {attempts:?}"
+        );
+        assert_eq!(attempts[0]["nodeId"], "node-b", "{attempts:?}");
+        assert_eq!(attempts.last().unwrap()["nodeId"], "node-a", "{attempts:?}");
+    }
+    eprintln!(
+        "{} executions in {} chains final {elapsed:?} after the kill",
+        executions.len(),
+        chains.len()
+    );
+}
+
+#[test]
+fn a_batch_survives_redis_losing_every_key() {
+    let _turn = one_at_a_time();
+    let cluster = Cluster::start(2, 1);
+    let (a, b) = (cluster.node(0), cluster.node(1));
+    // About 25 ms a run: 80 of them keep the two workers busy for about a second, so
+    // most are still waiting in Redis when it forgets them.
+    let job_id = job(
+        a,
+        "hostile",
+        json!({"name": "burn", "module": "hostile", "job": "burn",
+               "input": {"iterations": 50_000_000_u64}}),
+    );
+    let queued = execute_bulk(b, &job_id, json!({"count": 80}));
+    let deleted = cluster.prefix.delete_keys().expect("Redis answers");
+    assert!(deleted > 0, "the batch was in Redis");
+    let waiting = a.executions(&format!("jobId={job_id}&status=QUEUED")).len();
+    assert!(waiting > 0, "the batch finished before Redis lost it");
+
+    // The reconciler re-offers rows queued for longer than 20 s.
+    let executions = wait_all_final(a, &job_id, queued.len(), Duration::from_secs(50));
+    let chains = chains(&executions);
+    assert_eq!(chains.len(), queued.len());
+    for (root, attempts) in &chains {
+        assert_eq!(
+            attempts.last().unwrap()["status"],
+            "COMPLETED",
+            "{root}: {attempts:?}"
+        );
+    }
+    eprintln!(
+        "{waiting} of {} were queued when Redis lost them",
+        queued.len()
+    );
+}
+
+#[test]
+fn cron_fires_once_per_tick_when_the_leader_is_killed() {
+    let _turn = one_at_a_time();
+    let mut cluster = Cluster::start(3, 2);
+    let job_id = job(
+        cluster.node(0),
+        "hello",
+        json!({"name": "every-second", "module": "hello", "job": "noop",
+               "schedule": "* * * * * *"}),
+    );
+    thread::sleep(Duration::from_secs(4));
+    let leader = cluster
+        .database
+        .scheduler_holder()
+        .expect("a node holds the scheduler lease");
+    let leader = cluster.index_of(&leader);
+    cluster.nodes[leader].kill();
+    let killed_at = now_ms();
+    thread::sleep(Duration::from_secs(8));
+
+    let survivor = cluster.node((leader + 1) % 3);
+    let reply = survivor.patch_json(
+        &format!("/api/v1/jobs/{job_id}"),
+        &json!({"enabled": false}),
+    );
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let stopped_at = now_ms();
+    let executions = survivor.executions(&format!("jobId={job_id}"));
+    let mut ticks: Vec<i64> = executions
+        .iter()
+        .map(|e| {
+            assert_eq!(e["trigger"], "cron", "{e}");
+            assert_eq!(e["attempt"], 1, "{e}");
+            e["cronTick"].as_i64().unwrap()
+        })
+        .collect();
+    ticks.sort_unstable();
+    let distinct: HashSet<i64> = ticks.iter().copied().collect();
+    assert_eq!(distinct.len(), ticks.len(), "a tick fired twice: {ticks:?}");
+    for e in &executions {
+        assert_eq!(e["scheduledAt"], e["cronTick"], "{e}");
+    }
+    let before = ticks.iter().filter(|&&t| t < killed_at).count();
+    let after: Vec<i64> = ticks.iter().copied().filter(|&t| t >= killed_at).collect();
+    assert!(before >= 3, "cron ran before the kill: {ticks:?}");
+    // Another node takes the lease once it expires, and firing continues each second.
+    let resumed_by = killed_at + SCHEDULER_LEASE_TTL.as_millis() as i64 + 1_500;
+    assert!(
+        after.iter().any(|&t| t <= resumed_by),
+        "no tick within the lease TTL after the kill at {killed_at}: {ticks:?}"
+    );
+    let last_second = stopped_at - 2_000;
+    assert!(
+        after.iter().any(|&t| t >= last_second),
+        "ticks stopped after the kill at {killed_at}: {ticks:?}"
+    );
+    for pair in ticks.windows(2) {
+        assert!(
+            pair[1] - pair[0] <= SCHEDULER_LEASE_TTL.as_millis() as i64 + 1_500,
+            "a gap longer than the lease TTL: {ticks:?}"
+        );
+    }
+}
+
+#[test]
+fn an_event_published_on_any_node_runs_each_subscriber_exactly_once() {
+    let _turn = one_at_a_time();
+    let cluster = Cluster::start(2, 2);
+    let (a, b) = (cluster.node(0), cluster.node(1));
+    let first = job(
+        a,
+        "hello",
+        json!({"name": "first", "module": "hello", "job": "noop", "onEvent": "cluster.test"}),
+    );
+    let second = id(&b.create_job(
+        &json!({"name": "second", "module": "hello", "job": "noop", "onEvent": "cluster.test"}),
+    ));
+    const EVENTS: usize = 20;
+    let mut event_ids = HashSet::new();
+    for n in 0..EVENTS {
+        let node = cluster.node(n % 2);
+        let reply = node.post_json(
+            "/api/v1/events",
+            &json!({"topic": "cluster.test", "payload": {"n": n}}),
+        );
+        assert_eq!(reply.status, 202, "{}", reply.body);
+        event_ids.insert(reply.body["eventId"].as_str().unwrap().to_owned());
+    }
+    for job_id in [first, second] {
+        let executions = wait_all_final(b, &job_id, EVENTS, Duration::from_secs(30));
+        assert_eq!(
+            executions.len(),
+            EVENTS,
+            "one run per event: {executions:?}"
+        );
+        let triggered: HashSet<String> = executions
+            .iter()
+            .map(|e| {
+                assert_eq!(e["status"], "COMPLETED", "{e}");
+                e["eventId"].as_str().unwrap().to_owned()
+            })
+            .collect();
+        assert_eq!(triggered, event_ids);
+    }
+}
+
+#[test]
+fn following_a_log_on_another_node_streams_its_lines_and_end() {
+    let _turn = one_at_a_time();
+    let cluster = Cluster::start(2, 2);
+    let (a, b) = (cluster.node(0), cluster.node(1));
+    let job_id = job(
+        a,
+        "data-sync",
+        json!({"name": "sync", "module": "data-sync", "job": "hourly-sync"}),
+    );
+    // Which node runs it is the queue's choice: try until node a does, following on b
+    // from the moment it is queued.
+    for _ in 0..20 {
+        let execution = a.execute(&job_id, None);
+        let events = b.follow(&execution, Duration::from_secs(30));
+        let finished = a.wait_final(&execution, Duration::from_secs(20));
+        if finished["nodeId"] != "node-a" {
+            continue;
+        }
+        let stored: Vec<Value> = a
+            .logs(&execution)
+            .iter()
+            .map(|line| line["message"].clone())
+            .collect();
+        assert!(stored.len() >= 2, "hourly-sync logs its start and end");
+        let streamed: Vec<Value> = events
+            .iter()
+            .filter(|(name, _)| name == "log")
+            .map(|(_, data)| data["message"].clone())
+            .collect();
+        assert_eq!(streamed, stored, "{events:?}");
+        let (name, end) = events.last().expect("events");
+        assert_eq!(name, "end", "{events:?}");
+        assert_eq!(end["status"], "COMPLETED", "{events:?}");
+        return;
+    }
+    panic!("node a ran none of 20 executions");
+}
