@@ -788,3 +788,68 @@ fn sigterm_stops_the_server_cleanly_and_a_restart_keeps_everything() {
         json!({"greeting": "Hello, again!"})
     );
 }
+
+// ---- outbound HTTP ---------------------------------------------------------------------
+
+/// A one-thread HTTP server on 127.0.0.1 that answers every request `200 ok`.
+fn tiny_http_server() -> u16 {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut buffer = [0u8; 4096];
+            let _ = stream.read(&mut buffer);
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok");
+        }
+    });
+    port
+}
+
+#[test]
+fn endpoint_monitor_reaches_an_allowed_server_and_fails_transiently_on_a_down_one() {
+    let up = tiny_http_server();
+    // A port nothing listens on: bound, then closed.
+    let down = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let server = Server::start_with(ServerOptions {
+        env: vec![("RUNCELL_OUTBOUND_ALLOW".to_owned(), "127.0.0.1".to_owned())],
+        ..ServerOptions::default()
+    });
+    server.upload(&guests::guest("endpoint-monitor"));
+    let job = server.create_job(&json!({
+        "name": "monitor", "module": "endpoint-monitor", "job": "check-endpoints", "maxAttempts": 1,
+    }));
+    let job = id(&job);
+
+    let healthy =
+        json!({"endpoints": [{"name": "local", "url": format!("http://127.0.0.1:{up}/health")}]});
+    let run = server.wait_final(&server.execute(&job, Some(healthy)), RUN);
+    assert_eq!(run["status"], "COMPLETED", "{run}");
+    let logs = server.logs(run["id"].as_str().unwrap());
+    assert!(
+        logs.iter()
+            .any(|line| line["fields"]["status"] == 200 && line["fields"]["method"] == "GET"),
+        "the request is recorded on the execution: {logs:?}"
+    );
+
+    let broken = json!({"endpoints": [
+        {"name": "local", "url": format!("http://127.0.0.1:{up}/")},
+        {"name": "gone", "url": format!("http://127.0.0.1:{down}/")},
+    ]});
+    let run = server.wait_final(&server.execute(&job, Some(broken)), RUN);
+    assert_eq!(run["status"], "FAILED", "{run}");
+    assert_eq!(run["errorKind"], "TRANSIENT", "{run}");
+
+    // 127.0.0.2 is loopback too, but not opened: denied before any traffic.
+    let denied =
+        json!({"endpoints": [{"name": "other", "url": format!("http://127.0.0.2:{up}/")}]});
+    let run = server.wait_final(&server.execute(&job, Some(denied)), RUN);
+    assert_eq!(run["status"], "FAILED", "{run}");
+    assert_eq!(run["errorKind"], "PERMANENT", "{run}");
+}

@@ -41,6 +41,9 @@ pub struct ServeConfig {
     pub node_id: Option<String>,
     /// How long a claimed execution stays this node's without a renewal.
     pub execution_lease: Duration,
+    /// Non-public addresses modules' outbound HTTP may reach (an internal API, a test
+    /// server); this server's own listen address is never among them.
+    pub outbound_allowed_networks: Vec<crate::runtime::IpNetwork>,
 }
 
 /// Where the nodes of a distributed deployment meet.
@@ -131,6 +134,7 @@ pub async fn build_services(
     queue: Arc<dyn Queue>,
     cache_dir: Option<PathBuf>,
     workers: usize,
+    outbound: OutboundSettings,
 ) -> Result<Services, StartError> {
     let events = EventBus::new(store.clone(), queue.clone());
     let host = HostServices {
@@ -146,7 +150,7 @@ pub async fn build_services(
                 ..EngineSettings::default()
             },
             cache_dir,
-            outbound: OutboundSettings::default(),
+            outbound,
         },
         host,
     )?;
@@ -170,11 +174,28 @@ pub async fn serve(config: ServeConfig) -> Result<(), StartError> {
     })?;
     let node_id = config.node_id.clone().unwrap_or_else(default_node_id);
     let backend = open_backend(&config, &node_id).await?;
+    // Bound first: its real address (port 0 picks one) must be closed to modules.
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| StartError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| StartError::Listen {
+        addr: config.listen,
+        source,
+    })?;
+    let outbound = OutboundSettings {
+        allowed_networks: config.outbound_allowed_networks.clone(),
+        own_addresses: vec![addr],
+        ..OutboundSettings::default()
+    };
     let mut services = build_services(
         backend.store.clone(),
         backend.queue,
         Some(config.data_dir.join("cache")),
         config.workers,
+        outbound,
     )
     .await?;
     if let Some(relay) = backend.log_relay {
@@ -247,16 +268,6 @@ pub async fn serve(config: ServeConfig) -> Result<(), StartError> {
         auth,
         readiness: readiness.clone(),
     });
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| StartError::Listen {
-            addr: config.listen,
-            source,
-        })?;
-    let addr = listener.local_addr().map_err(|source| StartError::Listen {
-        addr: config.listen,
-        source,
-    })?;
     println!("listening on http://{addr}");
     match &config.distributed {
         Some(distributed) => println!(

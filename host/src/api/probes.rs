@@ -75,22 +75,6 @@ async fn healthz() -> Json<Health> {
     Json(Health { status: "ok" })
 }
 
-/// Readiness
-///
-/// The server can take work: its database and queue answer within two seconds and its
-/// workers run.
-/// Not ready while starting and from the moment shutdown begins.
-#[utoipa::path(
-    get,
-    path = "/readyz",
-    tag = TAG,
-    operation_id = "readyz",
-    security(),
-    responses(
-        (status = 200, description = "Ready.", body = Ready),
-        (status = 503, description = "`not_ready`: `details.checks` says what is down.", body = ErrorBody),
-    ),
-)]
 /// `ok`, `unreachable` or `timeout`, from a ping bounded by [`PING_TIMEOUT`]; a failure is
 /// logged with its cause, which the probe's answer leaves out.
 fn check_state<E: std::fmt::Display>(
@@ -110,6 +94,22 @@ fn check_state<E: std::fmt::Display>(
     }
 }
 
+/// Readiness
+///
+/// The server can take work: its database and queue answer within two seconds and its
+/// workers run.
+/// Not ready while starting and from the moment shutdown begins.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = TAG,
+    operation_id = "readyz",
+    security(),
+    responses(
+        (status = 200, description = "Ready.", body = Ready),
+        (status = 503, description = "`not_ready`: `details.checks` says what is down.", body = ErrorBody),
+    ),
+)]
 async fn readyz(State(state): State<ApiState>) -> Response {
     let (database, queue) = tokio::join!(
         tokio::time::timeout(PING_TIMEOUT, state.services.store.ping()),

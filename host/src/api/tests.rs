@@ -59,7 +59,7 @@ async fn api() -> TestApi {
 async fn api_with(settings: ServiceSettings) -> TestApi {
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open_in_memory().await.unwrap());
     let queue: Arc<dyn Queue> = Arc::new(MemoryQueue::default());
-    let mut services = crate::app::build_services(store, queue, None, 1)
+    let mut services = crate::app::build_services(store, queue, None, 1, Default::default())
         .await
         .unwrap();
     services.settings = Arc::new(settings);

@@ -59,6 +59,16 @@ pub(super) struct ServeArgs {
     /// node dies, its executions are retried or failed after this.
     #[arg(long, env = "RUNCELL_EXECUTION_LEASE", default_value = "30s", value_parser = humantime::parse_duration)]
     execution_lease: Duration,
+    /// A non-public network or address modules' outbound HTTP may reach (`10.1.0.0/16`,
+    /// `127.0.0.1`); repeat, or comma-separate in the variable. Loopback, private,
+    /// link-local and metadata addresses are closed otherwise; this server's own address
+    /// always is.
+    #[arg(
+        long = "outbound-allow",
+        env = "RUNCELL_OUTBOUND_ALLOW",
+        value_delimiter = ','
+    )]
+    outbound_allow: Vec<crate::runtime::IpNetwork>,
     /// How long a refresh token is valid (each refresh issues a new one).
     #[arg(long, env = "RUNCELL_REFRESH_TOKEN_TTL", default_value = "14d", value_parser = humantime::parse_duration)]
     refresh_token_ttl: Duration,
@@ -92,6 +102,7 @@ pub(super) fn run(args: ServeArgs) -> ExitStatus {
         },
         node_id: args.node_id,
         execution_lease: args.execution_lease,
+        outbound_allowed_networks: args.outbound_allow,
         auth: AuthConfig {
             admin_password: args.admin_password,
             jwt_secret: args.jwt_secret,
