@@ -252,9 +252,10 @@ impl fmt::Display for HostName {
 /// - `api.example.com`: that host only (any spelling of it, see [`HostName`]);
 /// - `*.example.com`: every host one or more labels below `example.com`, not
 ///   `example.com` itself;
-/// - `*`: any host;
+/// - `*`: any host, on any port (a monitor of arbitrary endpoints; the address policy
+///   and the admin's approval still apply);
 /// - a suffix `:8443` allows that port only; without one, ports 80 and 443
-///   ([`DEFAULT_HTTP_PORTS`]).
+///   ([`DEFAULT_HTTP_PORTS`]), except for `*` alone.
 ///
 /// An IP address is written as in a URL: `10.0.0.5:8080`, `[2001:db8::1]:8080`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -303,9 +304,10 @@ impl HostPattern {
 
     /// Whether a request to `host` on `port` is within this pattern.
     pub fn matches(&self, host: &HostName, port: u16) -> bool {
-        let port_allowed = match self.port {
-            Some(allowed) => port == allowed,
-            None => DEFAULT_HTTP_PORTS.contains(&port),
+        let port_allowed = match (self.port, &self.hosts) {
+            (Some(allowed), _) => port == allowed,
+            (None, HostMatch::Any) => true,
+            (None, _) => DEFAULT_HTTP_PORTS.contains(&port),
         };
         let host_allowed = match (&self.hosts, host) {
             (HostMatch::Any, _) => true,
@@ -523,7 +525,7 @@ mod tests {
         let any = pattern("*");
         assert!(any.matches(&host("anything.example"), 443));
         assert!(any.matches(&host("10.0.0.1"), 80));
-        assert!(!any.matches(&host("anything.example"), 22));
+        assert!(any.matches(&host("anything.example"), 8443));
         assert!(pattern("*:8080").matches(&host("x.example"), 8080));
     }
 
