@@ -23,6 +23,16 @@
 //! itself, a batch costs one round trip and one commit, with no `BEGIN` and `COMMIT`
 //! around it.
 //!
+//! Measured on the 2-core reference machine, server on the same machine
+//! (`hot_path_throughput_of_20000_executions`, release build, machine otherwise idle):
+//! enqueue + claim + record without logs moves 15,000 to 17,800 executions per second
+//! in batches of 1,000, 11,700 to 12,500 in batches of 200 and 6,000 to 9,200 in
+//! batches of 50. Large batches are bound by the server's work per row: each execution
+//! is written three times, never as a HOT update (its status is in index predicates),
+//! so each write adds a heap tuple and an entry in the primary key, in
+//! `executions_by_job` (about 15% of the server's time) and in a partial index. Small
+//! batches are bound by the latency of a statement, so callers should batch.
+//!
 //! # Finding executions by a list of ids
 //!
 //! Statements that act on executions named by a list of ids, `id = ANY($1)` (claim,

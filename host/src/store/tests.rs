@@ -1881,10 +1881,22 @@ impl PostgresDatabase {
                 )
             });
         let name = format!("runcell_test_{}", uuid::Uuid::now_v7().simple());
-        admin
-            .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .await
-            .unwrap_or_else(|err| panic!("cannot create database {name}: {err}"));
+        // The copy of the template fails while anyone else is connected to it (another
+        // tool on a shared server, briefly): worth a few short retries, no more.
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match admin
+                .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                .await
+            {
+                Ok(_) => break,
+                Err(err) if attempts < 5 && err.to_string().contains("accessed by other users") => {
+                    tokio::time::sleep(std::time::Duration::from_millis(200 * attempts)).await;
+                }
+                Err(err) => panic!("cannot create database {name}: {err}"),
+            }
+        }
         let _ = admin.close().await;
         Self {
             url: with_database(&admin_url, &name),
