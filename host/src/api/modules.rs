@@ -177,14 +177,16 @@ async fn upload(
     request: Request,
 ) -> Result<impl IntoResponse, ApiError> {
     let approve = params.flag("approve")?;
+    let limit = state.services.settings.max_module_bytes;
+    // Read before refusing: answering while the client still sends makes it see a broken
+    // connection instead of the answer.
+    let wasm = module_bytes(request, limit).await?;
     if approve && principal.role != Role::Admin {
         return Err(ApiError::new(
             ErrorCode::Forbidden,
             "approve: only an admin may approve capabilities; upload without `approve=true` and ask one",
         ));
     }
-    let limit = state.services.settings.max_module_bytes;
-    let wasm = module_bytes(request, limit).await?;
     let mut record = state.services.upload_module(wasm).await?;
     state
         .auth
