@@ -277,8 +277,13 @@ pub async fn serve(config: ServeConfig) -> Result<(), StartError> {
         None => println!("  data: {}", config.data_dir.display()),
     }
     if config.examples.is_some() {
-        println!("  try:  curl http://{addr}/api/v1/modules");
-        println!("        curl 'http://{addr}/api/v1/executions?limit=5'");
+        println!(
+            "  try:  curl -X POST http://{addr}/api/v1/auth/login -H 'content-type: application/json' -d '{{\"username\":\"admin\",\"password\":\"...\"}}'"
+        );
+        println!(
+            "        curl -H 'authorization: Bearer <accessToken>' 'http://{addr}/api/v1/executions?limit=5'"
+        );
+        println!("        or open http://{addr}/api/docs");
     }
     tracing::info!(%addr, workers = config.workers, "runcell serving");
 
