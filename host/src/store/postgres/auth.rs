@@ -63,6 +63,44 @@ fn audit_from_row(row: &PgRow) -> Result<AuditEntry, StoreError> {
     })
 }
 
+/// Stores one refresh token, inside the caller's transaction or on its own.
+async fn insert_refresh_token<'e>(
+    executor: impl sqlx::Executor<'e, Database = sqlx::Postgres>,
+    token: &RefreshToken,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO refresh_tokens (id, family, user_id, token_hash, created_at, expires_at) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(&token.id)
+    .bind(&token.family)
+    .bind(&token.user_id)
+    .bind(&token.token_hash)
+    .bind(token.created_at)
+    .bind(token.expires_at)
+    .execute(executor)
+    .await
+    .map_err(db)?;
+    Ok(())
+}
+
+/// Revokes every token of a session that is not revoked yet.
+async fn revoke_family<'e>(
+    executor: impl sqlx::Executor<'e, Database = sqlx::Postgres>,
+    family: &str,
+    now: Millis,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE refresh_tokens SET revoked_at = $1 WHERE family = $2 AND revoked_at IS NULL",
+    )
+    .bind(now)
+    .bind(family)
+    .execute(executor)
+    .await
+    .map_err(db)?;
+    Ok(())
+}
+
 #[async_trait::async_trait]
 impl AuthStore for PostgresStore {
     async fn count_users(&self) -> Result<u64, StoreError> {
@@ -198,19 +236,7 @@ impl AuthStore for PostgresStore {
     }
 
     async fn insert_refresh_token(&self, token: &RefreshToken) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO refresh_tokens (id, family, user_id, token_hash, created_at, expires_at) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(&token.id)
-        .bind(&token.family)
-        .bind(&token.user_id)
-        .bind(&token.token_hash)
-        .bind(token.created_at)
-        .bind(token.expires_at)
-        .execute(&self.pool)
-        .await
-        .map_err(db)?;
+        insert_refresh_token(&self.pool, token).await?;
         Ok(())
     }
 
@@ -242,14 +268,7 @@ impl AuthStore for PostgresStore {
             return Ok(Rotation::Invalid);
         }
         if used_at.is_some() {
-            sqlx::query(
-                "UPDATE refresh_tokens SET revoked_at = $1 WHERE family = $2 AND revoked_at IS NULL",
-            )
-            .bind(now)
-            .bind(&family)
-            .execute(&mut *tx)
-            .await
-            .map_err(db)?;
+            revoke_family(&mut *tx, &family, now).await?;
             tx.commit().await.map_err(db)?;
             return Ok(Rotation::Reused { family, user_id });
         }
@@ -267,32 +286,13 @@ impl AuthStore for PostgresStore {
             created_at: now,
             expires_at: successor.expires_at,
         };
-        sqlx::query(
-            "INSERT INTO refresh_tokens (id, family, user_id, token_hash, created_at, expires_at) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(&successor.id)
-        .bind(&successor.family)
-        .bind(&successor.user_id)
-        .bind(&successor.token_hash)
-        .bind(successor.created_at)
-        .bind(successor.expires_at)
-        .execute(&mut *tx)
-        .await
-        .map_err(db)?;
+        insert_refresh_token(&mut *tx, &successor).await?;
         tx.commit().await.map_err(db)?;
         Ok(Rotation::Rotated { successor })
     }
 
     async fn revoke_session(&self, family: &str, now: Millis) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE refresh_tokens SET revoked_at = $1 WHERE family = $2 AND revoked_at IS NULL",
-        )
-        .bind(now)
-        .bind(family)
-        .execute(&self.pool)
-        .await
-        .map_err(db)?;
+        revoke_family(&self.pool, family, now).await?;
         Ok(())
     }
 
