@@ -614,3 +614,44 @@ fn following_a_log_on_another_node_streams_its_lines_and_end() {
     }
     panic!("node a ran none of 20 executions");
 }
+
+#[test]
+fn a_module_serves_its_routes_on_every_node_and_changes_reach_them_all() {
+    let _turn = one_at_a_time();
+    let cluster = Cluster::start(2, 2);
+    let (a, b) = (cluster.node(0), cluster.node(1));
+    let version_on = |node: &Server, token: Option<&str>| {
+        node.request_as(token, "GET", "/m/route-probe/version", None)
+    };
+    let upload = |node: &Server, guest: &str| {
+        let reply = node.post_bytes(
+            "/api/v1/modules?approve=true",
+            "application/wasm",
+            &guests::guest_bytes(guest),
+        );
+        assert_eq!(reply.status, 201, "upload of {guest}: {}", reply.body);
+    };
+
+    upload(a, "route-probe");
+    let served = version_on(b, Some(b.token()));
+    assert_eq!(served.status, 200, "{}", served.body);
+    assert_eq!(served.body, json!("1.0.0"));
+
+    // Other nodes learn of a change within their catalog's second.
+    assert_eq!(a.post("/api/v1/modules/route-probe/disable").status, 200);
+    assert!(
+        b.wait_until(Duration::from_secs(5), || version_on(b, Some(b.token()))
+            .status
+            == 404),
+        "node-b still serves a disabled module's routes"
+    );
+    assert_eq!(a.post("/api/v1/modules/route-probe/enable").status, 200);
+    upload(b, "route-probe-v2");
+    assert!(
+        a.wait_until(Duration::from_secs(5), || {
+            version_on(a, None).body == json!("2.0.0")
+        }),
+        "node-a does not serve the new version: {}",
+        version_on(a, None).body
+    );
+}

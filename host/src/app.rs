@@ -18,8 +18,8 @@ use crate::services::LogHub as LiveLogs;
 use crate::services::auth::jwt::{KeyError, SigningKey};
 use crate::services::auth::{AuthService, AuthSettings, random_secret};
 use crate::services::{
-    EventBus, JobDraft, LogHub, ModuleCatalog, RunningRegistry, ServiceSettings, Services,
-    StoreEventSink, StoreKeyValue, StoreMetricsSink,
+    EventBus, JobDraft, LogHub, ModuleCatalog, RouteGate, RunningRegistry, ServiceSettings,
+    Services, StoreEventSink, StoreKeyValue, StoreMetricsSink,
 };
 use crate::store::{AuthStore, PostgresStore, SqliteStore, Store};
 use crate::worker::{WorkerPool, WorkerSettings};
@@ -44,6 +44,8 @@ pub struct ServeConfig {
     /// Non-public addresses modules' outbound HTTP may reach (an internal API, a test
     /// server); this server's own listen address is never among them.
     pub outbound_allowed_networks: Vec<crate::runtime::IpNetwork>,
+    /// What requests to modules' HTTP routes may use.
+    pub routes: crate::services::RouteSettings,
 }
 
 /// Where the nodes of a distributed deployment meet.
@@ -142,11 +144,13 @@ pub async fn build_services(
         events: Arc::new(StoreEventSink(events.clone())),
         metrics: Arc::new(StoreMetricsSink(store.clone())),
     };
+    let settings = ServiceSettings::default();
     let runtime = Runtime::new(
         RuntimeConfig {
             engine: EngineSettings {
-                // Runs plus describe calls of uploads happening meanwhile.
-                max_concurrent_instances: (workers + 8) as u32,
+                // Runs, requests to module routes, and describe calls of uploads
+                // happening meanwhile.
+                max_concurrent_instances: (workers + settings.routes.total_concurrency + 8) as u32,
                 ..EngineSettings::default()
             },
             cache_dir,
@@ -162,7 +166,8 @@ pub async fn build_services(
         logs: LogHub::default(),
         events,
         running: RunningRegistry::default(),
-        settings: Arc::new(ServiceSettings::default()),
+        routes: Arc::new(RouteGate::new(&settings.routes)),
+        settings: Arc::new(settings),
     })
 }
 
@@ -201,6 +206,11 @@ pub async fn serve(config: ServeConfig) -> Result<(), StartError> {
     if let Some(relay) = backend.log_relay {
         services.logs = LiveLogs::with_relay(relay);
     }
+    services.routes = Arc::new(RouteGate::new(&config.routes));
+    services.settings = Arc::new(ServiceSettings {
+        routes: config.routes.clone(),
+        ..ServiceSettings::default()
+    });
     let key = match &config.auth.jwt_secret {
         Some(secret) => {
             SigningKey::from_secret(secret.expose().as_bytes()).map_err(StartError::JwtSecret)?

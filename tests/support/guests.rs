@@ -14,6 +14,8 @@ pub const GUESTS: &[&str] = &[
     "hostile",
     "unknown-import",
     "http-client",
+    "route-probe",
+    "route-probe-v2",
 ];
 
 fn workspace_root() -> PathBuf {

@@ -165,6 +165,11 @@ impl Server {
         Some(line.split(MARK).nth(1)?.trim().to_owned())
     }
 
+    /// The absolute URL of `path` on this server, for requests the helpers do not cover.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
     pub fn data_dir(&self) -> &Path {
         self.data_dir.path()
     }

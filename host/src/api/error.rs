@@ -62,6 +62,14 @@ pub enum ErrorCode {
     InvalidModule,
     /// 429: too many attempts (logins); retry after the `Retry-After` header's seconds.
     TooManyRequests,
+    /// 502: a module's route failed to answer (it trapped, ran out of fuel or memory,
+    /// answered nothing, or sent a body over the limit); the message says which.
+    ModuleFailed,
+    /// 503: a module is serving its limit of concurrent requests; retry after the
+    /// `Retry-After` header's seconds.
+    ModuleBusy,
+    /// 504: a module's route did not answer within its time limit.
+    ModuleTimedOut,
     /// 503: the database or the queue is unavailable; retry later.
     Unavailable,
     /// 503 from `/readyz`: the server cannot take work (`details.checks` says what is down).
@@ -85,6 +93,9 @@ impl ErrorCode {
             Self::Unprocessable => "unprocessable",
             Self::InvalidModule => "invalid_module",
             Self::TooManyRequests => "too_many_requests",
+            Self::ModuleFailed => "module_failed",
+            Self::ModuleBusy => "module_busy",
+            Self::ModuleTimedOut => "module_timed_out",
             Self::Unavailable => "unavailable",
             Self::NotReady => "not_ready",
             Self::Internal => "internal",
@@ -103,7 +114,11 @@ impl ErrorCode {
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Unprocessable | Self::InvalidModule => StatusCode::UNPROCESSABLE_ENTITY,
             Self::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
-            Self::Unavailable | Self::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            Self::ModuleFailed => StatusCode::BAD_GATEWAY,
+            Self::ModuleTimedOut => StatusCode::GATEWAY_TIMEOUT,
+            Self::Unavailable | Self::NotReady | Self::ModuleBusy => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -205,6 +220,7 @@ impl From<ServiceError> for ApiError {
             ServiceError::NotFound { what, id } => Self::new(ErrorCode::NotFound, message)
                 .with_detail("resource", what)
                 .with_detail("id", id),
+            ServiceError::NotServed(_) => Self::new(ErrorCode::NotFound, message),
             ServiceError::BadField { field, .. } => {
                 Self::field(ErrorCode::InvalidField, field, message)
             }
@@ -216,6 +232,9 @@ impl From<ServiceError> for ApiError {
             ServiceError::Unavailable(cause) => Self::unavailable(cause),
             ServiceError::Unauthenticated(_) => Self::new(ErrorCode::Unauthenticated, message),
             ServiceError::Forbidden(_) => Self::new(ErrorCode::Forbidden, message),
+            ServiceError::Busy(_) => {
+                Self::new(ErrorCode::ModuleBusy, message).with_detail("retryAfterSeconds", 1)
+            }
             ServiceError::Throttled {
                 retry_after_secs, ..
             } => Self::new(ErrorCode::TooManyRequests, message)
@@ -227,7 +246,7 @@ impl From<ServiceError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let retry_after = match self.code {
-            ErrorCode::TooManyRequests => self
+            ErrorCode::TooManyRequests | ErrorCode::ModuleBusy => self
                 .details
                 .get("retryAfterSeconds")
                 .and_then(Value::as_i64),

@@ -27,6 +27,7 @@
 //! | `GET /readyz` | 200 `{status: "ready", checks}`, or 503 `not_ready` |
 //! | `GET /api/v1/openapi.json` | 200 the OpenAPI 3.1 document of all of the above |
 //! | `GET /api/docs` | 200 an HTML page that renders it and can send requests |
+//! | any method on `/m/{module}/...` | whatever the module answers (see [`module_routes`]) |
 //!
 //! Listings take `limit` (default 50, at most 500) and `cursor` (the previous page's
 //! `nextCursor`; `null` means there is no next page).
@@ -45,6 +46,7 @@ mod executions;
 pub mod extract;
 mod follow;
 mod jobs;
+mod module_routes;
 mod modules;
 mod nodes;
 pub mod openapi;
@@ -162,6 +164,8 @@ pub fn router(state: ApiState) -> Router {
             state.clone(),
             access::authorize,
         ))
+        // Outside the access table: a module's manifest decides who may call its routes.
+        .merge(module_routes::routes())
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(extract::JSON_BODY_LIMIT))
         .layer(middleware)

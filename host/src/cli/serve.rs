@@ -8,6 +8,7 @@ use clap::Args;
 
 use super::ExitStatus;
 use crate::app::{AuthConfig, DistributedConfig, Secret, ServeConfig, default_workers};
+use crate::services::RouteSettings;
 
 #[derive(Debug, Args)]
 pub(super) struct ServeArgs {
@@ -69,6 +70,13 @@ pub(super) struct ServeArgs {
         value_delimiter = ','
     )]
     outbound_allow: Vec<crate::runtime::IpNetwork>,
+    /// How long a request to a module's HTTP routes (`/m/{module}/...`) may take.
+    #[arg(long, env = "RUNCELL_ROUTE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    route_timeout: Duration,
+    /// Requests to one module's HTTP routes served at once (at most 64); more are
+    /// answered 503.
+    #[arg(long, env = "RUNCELL_ROUTE_CONCURRENCY", default_value_t = RouteSettings::default().per_module_concurrency)]
+    route_concurrency: usize,
     /// How long a refresh token is valid (each refresh issues a new one).
     #[arg(long, env = "RUNCELL_REFRESH_TOKEN_TTL", default_value = "14d", value_parser = humantime::parse_duration)]
     refresh_token_ttl: Duration,
@@ -85,6 +93,22 @@ pub(super) fn run(args: ServeArgs) -> ExitStatus {
         eprintln!("error: --workers must be at least 1");
         return ExitStatus::Usage;
     }
+    let defaults = RouteSettings::default();
+    if !(1..=defaults.total_concurrency).contains(&args.route_concurrency) {
+        eprintln!(
+            "error: --route-concurrency must be between 1 and {}",
+            defaults.total_concurrency
+        );
+        return ExitStatus::Usage;
+    }
+    let routes = RouteSettings {
+        limits: crate::domain::Limits {
+            timeout: args.route_timeout,
+            ..defaults.limits
+        },
+        per_module_concurrency: args.route_concurrency,
+        ..defaults
+    };
     let config = ServeConfig {
         listen: args.listen,
         data_dir: args.data_dir,
@@ -103,6 +127,7 @@ pub(super) fn run(args: ServeArgs) -> ExitStatus {
         node_id: args.node_id,
         execution_lease: args.execution_lease,
         outbound_allowed_networks: args.outbound_allow,
+        routes,
         auth: AuthConfig {
             admin_password: args.admin_password,
             jwt_secret: args.jwt_secret,

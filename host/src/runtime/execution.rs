@@ -26,7 +26,7 @@ use crate::domain::{
 /// How long past its deadline a run stuck in a host call (a WASI sleep, a slow backend)
 /// may take before its future is dropped. Epoch ticks stop guest code on time; this
 /// bounds the time spent where epochs cannot fire.
-const HOST_CALL_GRACE: Duration = Duration::from_millis(20);
+pub(crate) const HOST_CALL_GRACE: Duration = Duration::from_millis(20);
 
 /// Everything a run needs besides the module.
 #[derive(Clone)]
@@ -149,6 +149,28 @@ impl WasiHttpView for ExecutionState {
     }
 }
 
+impl ExecutionState {
+    pub(crate) fn limiter(&self) -> &MemoryLimiter {
+        &self.limiter
+    }
+
+    /// Ends the outbound requests still open, saying why, once the guest's call is over.
+    pub(crate) fn finish_outbound<T>(&self, result: &wasmtime::Result<T>) {
+        self.http_hooks.finish(match result {
+            Err(error) if is_deadline(error) => "the run hit its deadline",
+            Err(error) if matches!(error.downcast_ref(), Some(Interrupted::Cancelled)) => {
+                "the run was cancelled"
+            }
+            _ => "the run ended first",
+        });
+    }
+}
+
+/// The error a call ends with when its wall-clock deadline passes while it waits.
+pub(crate) fn deadline_passed() -> wasmtime::Error {
+    wasmtime::Error::new(Interrupted::TimedOut)
+}
+
 /// Builds the store for one run: WASI with no directories, environment, arguments or
 /// network; stdout/stderr into the log; fuel, memory limiter and epoch deadline set.
 pub(crate) fn new_store(
@@ -257,26 +279,20 @@ pub(crate) async fn execute(
         tokio::select! {
             result = tokio::time::timeout_at(deadline, call) => match result {
                 Ok(result) => result,
-                Err(_) => Err(wasmtime::Error::new(Interrupted::TimedOut)),
+                Err(_) => Err(deadline_passed()),
             },
             () = request.cancel.cancelled() => Err(wasmtime::Error::new(Interrupted::Cancelled)),
         }
     };
     let fuel_left = store.get_fuel().unwrap_or(0);
-    let limiter = &store.data().limiter;
+    let limiter = store.data().limiter();
     let usage = Usage {
         wall_time: started.elapsed(),
         fuel_consumed: limits.fuel.saturating_sub(fuel_left),
         memory_peak_bytes: limiter.peak_bytes(),
     };
     let memory_limit_hit = limiter.limit_hit();
-    store.data().http_hooks.finish(match &result {
-        Err(error) if is_deadline(error) => "the run hit its deadline",
-        Err(error) if matches!(error.downcast_ref(), Some(Interrupted::Cancelled)) => {
-            "the run was cancelled"
-        }
-        _ => "the run ended first",
-    });
+    store.data().finish_outbound(&result);
     let (entries, dropped_log_lines) = logs.finish();
     let outcome = match result {
         Ok(Ok(output)) => completed(output, &limits),
@@ -333,7 +349,7 @@ fn is_deadline(error: &wasmtime::Error) -> bool {
         || matches!(error.downcast_ref(), Some(Trap::Interrupt))
 }
 
-fn classify_error(
+pub(crate) fn classify_error(
     error: &wasmtime::Error,
     memory_limit_hit: bool,
     limits: &Limits,

@@ -9,6 +9,7 @@ mod cache;
 mod engine;
 mod execution;
 pub mod host;
+mod incoming;
 mod limiter;
 mod logs;
 mod stdio;
@@ -20,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use wasmtime::Engine;
-use wasmtime::component::{HasSelf, Linker};
+use wasmtime::component::{ComponentExportIndex, HasSelf, Linker};
 
 use crate::domain::{
     Capabilities, FailureKind, JobSpec, Limits, Manifest, ManifestError, Outcome, RouteAccess,
@@ -34,6 +35,7 @@ pub use host::HostServices;
 pub use host::http::{
     AddressClass, BadNetwork, Denial, IpNetwork, OutboundPolicy, OutboundSettings,
 };
+pub use incoming::ServedRequest;
 pub use logs::LogObserver;
 pub use validate::ValidationError;
 
@@ -79,7 +81,16 @@ pub struct LoadedModule {
     /// Time from bytes to a runnable module, `describe` excluded.
     pub load_time: Duration,
     pre: JobModulePre<ExecutionState>,
+    /// The `handle` of its `wasi:http/incoming-handler` export, if it serves routes.
+    handler: Option<ComponentExportIndex>,
     name: Arc<str>,
+}
+
+impl LoadedModule {
+    /// Whether the component exports the HTTP handler its routes are served through.
+    pub fn serves_routes(&self) -> bool {
+        self.handler.is_some()
+    }
 }
 
 impl std::fmt::Debug for LoadedModule {
@@ -179,6 +190,17 @@ impl Runtime {
         let load_time = started.elapsed();
         let manifest = self.describe(&pre).await?;
         manifest.validate()?;
+        let handler = incoming::find_handler(&self.shared.engine, pre.instance_pre().component());
+        if handler.is_none() && manifest.capabilities.routes != RouteAccess::None {
+            return Err(ManifestError::Invalid {
+                field: "capabilities.routes".into(),
+                reason: "the module declares HTTP routes but does not export \
+                         `wasi:http/incoming-handler`; build it against the \
+                         `job-module-with-routes` world (runcell-sdk's `routes:` entry does this)"
+                    .into(),
+            }
+            .into());
+        }
         let module = Arc::new(LoadedModule {
             hash: hash.clone(),
             name: Arc::from(manifest.name.as_str()),
@@ -186,6 +208,7 @@ impl Runtime {
             source,
             load_time,
             pre,
+            handler,
         });
         self.shared
             .loaded
@@ -265,6 +288,42 @@ impl Runtime {
             module.name.clone(),
             &module.pre,
             request,
+        )
+        .await
+    }
+
+    /// Serves one request for `module`'s routes on a fresh instance, with `limits` and
+    /// `grants` as a job run of the module would have them; the response body may hold
+    /// at most `max_response_bytes`. The request's path is the one the module sees
+    /// (below `/m/{module}`).
+    pub async fn serve_http(
+        &self,
+        module: &LoadedModule,
+        request: http::Request<bytes::Bytes>,
+        limits: Limits,
+        grants: Arc<crate::domain::Grants>,
+        max_response_bytes: u64,
+    ) -> ServedRequest {
+        let Some(handler) = &module.handler else {
+            return ServedRequest {
+                response: Err(Outcome::Failed {
+                    kind: FailureKind::HostError,
+                    message: format!("module `{}` serves no HTTP routes", module.name),
+                }),
+                usage: Usage::default(),
+                logs: Vec::new(),
+                dropped_log_lines: 0,
+            };
+        };
+        let mut run = RunRequest::new("http", "", limits);
+        run.grants = grants;
+        incoming::serve(
+            &self.shared,
+            module,
+            handler,
+            run,
+            request,
+            max_response_bytes,
         )
         .await
     }

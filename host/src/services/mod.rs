@@ -9,6 +9,7 @@ mod executions;
 pub mod jobs;
 pub mod loghub;
 pub mod modules;
+pub mod routes;
 pub mod schedule;
 pub mod secrets;
 
@@ -26,6 +27,7 @@ pub use executions::RunningRegistry;
 pub use jobs::{ExecuteRequest, JobDraft, JobPatch};
 pub use loghub::LogHub;
 pub use modules::ModuleCatalog;
+pub use routes::{RouteGate, RouteSettings, RouteTarget};
 
 /// Why a request could not be carried out. Each variant says what the caller should do.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +35,9 @@ pub enum ServiceError {
     /// The thing addressed does not exist.
     #[error("{what} `{id}` does not exist")]
     NotFound { what: &'static str, id: String },
+    /// Nothing answers here now (a disabled module's routes, a module without routes).
+    #[error("{0}")]
+    NotServed(String),
     /// A field is malformed (syntax); fix the request.
     #[error("{field}: {message}")]
     BadField { field: String, message: String },
@@ -54,6 +59,9 @@ pub enum ServiceError {
     /// The credential is valid but may not do this.
     #[error("{0}")]
     Forbidden(String),
+    /// At capacity (a module's concurrent requests); retry shortly.
+    #[error("{0}")]
+    Busy(String),
     /// Too many attempts; retry after `retry_after_secs`.
     #[error("{message}")]
     Throttled {
@@ -111,6 +119,8 @@ pub struct ServiceSettings {
     pub max_module_bytes: usize,
     /// Most executions one bulk request may create.
     pub max_bulk: usize,
+    /// What requests to modules' HTTP routes may use.
+    pub routes: RouteSettings,
 }
 
 impl Default for ServiceSettings {
@@ -120,6 +130,7 @@ impl Default for ServiceSettings {
             defaults: Limits::default(),
             max_module_bytes: 64 * 1024 * 1024,
             max_bulk: 10_000,
+            routes: RouteSettings::default(),
         }
     }
 }
@@ -134,6 +145,7 @@ pub struct Services {
     pub logs: LogHub,
     pub events: EventBus,
     pub running: RunningRegistry,
+    pub routes: Arc<RouteGate>,
     pub settings: Arc<ServiceSettings>,
 }
 

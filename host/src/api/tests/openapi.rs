@@ -380,7 +380,7 @@ async fn documented_bounds_of_query_parameters_are_the_enforced_ones() {
 
 #[test]
 fn the_documented_error_codes_are_the_ones_sent() {
-    const ALL: [ErrorCode; 15] = [
+    const ALL: [ErrorCode; 18] = [
         ErrorCode::MalformedJson,
         ErrorCode::InvalidField,
         ErrorCode::Unauthenticated,
@@ -393,6 +393,9 @@ fn the_documented_error_codes_are_the_ones_sent() {
         ErrorCode::Unprocessable,
         ErrorCode::InvalidModule,
         ErrorCode::TooManyRequests,
+        ErrorCode::ModuleFailed,
+        ErrorCode::ModuleBusy,
+        ErrorCode::ModuleTimedOut,
         ErrorCode::Unavailable,
         ErrorCode::NotReady,
         ErrorCode::Internal,

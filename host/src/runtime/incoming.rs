@@ -1,0 +1,232 @@
+//! Serving a module's HTTP routes: one request is one call of the module's
+//! `wasi:http/incoming-handler.handle` on a fresh instance, under the same limits as a
+//! job run (fuel, wall-clock deadline, memory, log caps). The request body arrives whole
+//! (the caller caps it); the response body is read while the guest writes it, up to a
+//! cap, so a guest streaming a large body neither blocks on a full pipe nor grows the
+//! host's memory past the cap.
+
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use wasmtime::component::{ComponentExportIndex, Resource};
+use wasmtime_wasi_http::WasiHttpView;
+use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
+use wasmtime_wasi_http::p2::types::{HostIncomingRequest, HostResponseOutparam};
+
+use super::bindings::JobModulePre;
+use super::execution::{self, ExecutionState, RunRequest};
+use super::{LoadedModule, Shared};
+use crate::domain::{FailureKind, Limits, LogEntry, Outcome, Usage};
+
+/// The interface a module exports to serve routes, any 0.2.x version.
+const HANDLER_INTERFACE: &str = "wasi:http/incoming-handler@0.2.";
+
+/// Where a component's `handle` function is, if it exports the incoming handler.
+pub(crate) fn find_handler(
+    engine: &wasmtime::Engine,
+    component: &wasmtime::component::Component,
+) -> Option<ComponentExportIndex> {
+    let interface = component
+        .component_type()
+        .exports(engine)
+        .map(|(name, _)| name.to_owned())
+        .find(|name| name.starts_with(HANDLER_INTERFACE))?;
+    let instance = component.get_export_index(None, interface.as_str())?;
+    component.get_export_index(Some(&instance), "handle")
+}
+
+/// What serving one request came to.
+#[derive(Debug)]
+pub struct ServedRequest {
+    /// The module's response, or why there is none (`TimedOut`, or `Failed` with the
+    /// kind: a trap, fuel, memory, `OutputTooLarge` for a response over the cap,
+    /// `InvalidOutput` for a handler that never answered).
+    pub response: Result<http::Response<Bytes>, Outcome>,
+    pub usage: Usage,
+    pub logs: Vec<LogEntry>,
+    pub dropped_log_lines: u64,
+}
+
+/// The guest's half of a request: instantiate, call `handle`, note what it used. The
+/// store is dropped at the end, which closes a response body the guest left open.
+async fn call_handler(
+    mut store: wasmtime::Store<ExecutionState>,
+    pre: &JobModulePre<ExecutionState>,
+    handler: &ComponentExportIndex,
+    request: Resource<HostIncomingRequest>,
+    outparam: Resource<HostResponseOutparam>,
+    run: &RunRequest,
+) -> (wasmtime::Result<()>, Usage, bool) {
+    let started = Instant::now();
+    let deadline = tokio::time::Instant::now() + run.limits.timeout + execution::HOST_CALL_GRACE;
+    let call = async {
+        let instance = pre.instance_pre().instantiate_async(&mut store).await?;
+        let handle = instance.get_typed_func::<(
+            Resource<HostIncomingRequest>,
+            Resource<HostResponseOutparam>,
+        ), ()>(&mut store, handler)?;
+        handle.call_async(&mut store, (request, outparam)).await
+    };
+    let result = match tokio::time::timeout_at(deadline, call).await {
+        Ok(result) => result,
+        Err(_) => Err(execution::deadline_passed()),
+    };
+    let fuel_left = store.get_fuel().unwrap_or(0);
+    let limiter = store.data().limiter();
+    let usage = Usage {
+        wall_time: started.elapsed(),
+        fuel_consumed: run.limits.fuel.saturating_sub(fuel_left),
+        memory_peak_bytes: limiter.peak_bytes(),
+    };
+    let memory_limit_hit = limiter.limit_hit();
+    store.data().finish_outbound(&result);
+    (result, usage, memory_limit_hit)
+}
+
+/// Why the response could not be passed on, when the guest's call itself succeeded.
+enum ResponseProblem {
+    NeverAnswered,
+    Refused(ErrorCode),
+    TooLarge,
+    BodyFailed(String),
+    TimedOut,
+}
+
+impl ResponseProblem {
+    fn outcome(self, limits: &Limits, max_response_bytes: u64) -> Outcome {
+        let failed = |kind, message| Outcome::Failed { kind, message };
+        match self {
+            ResponseProblem::TimedOut => Outcome::TimedOut {
+                timeout: limits.timeout,
+            },
+            ResponseProblem::NeverAnswered => failed(
+                FailureKind::InvalidOutput,
+                "the handler returned without setting a response".into(),
+            ),
+            ResponseProblem::Refused(code) => failed(
+                FailureKind::Permanent,
+                format!("the handler answered with an error: {code:?}"),
+            ),
+            ResponseProblem::TooLarge => failed(
+                FailureKind::OutputTooLarge,
+                format!(
+                    "the response body is larger than the limit of {}",
+                    bytesize::ByteSize(max_response_bytes).display().iec()
+                ),
+            ),
+            ResponseProblem::BodyFailed(reason) => failed(
+                FailureKind::InvalidOutput,
+                format!("the response body broke off: {reason}"),
+            ),
+        }
+    }
+}
+
+/// The host's half: wait for the response head, then read the body up to `cap` bytes.
+async fn read_response(
+    answer: tokio::sync::oneshot::Receiver<
+        Result<hyper::Response<wasmtime_wasi_http::p2::body::HyperOutgoingBody>, ErrorCode>,
+    >,
+    cap: u64,
+    deadline: tokio::time::Instant,
+) -> Result<http::Response<Bytes>, ResponseProblem> {
+    let read = async {
+        let response = match answer.await {
+            Ok(Ok(response)) => response,
+            Ok(Err(code)) => return Err(ResponseProblem::Refused(code)),
+            Err(_) => return Err(ResponseProblem::NeverAnswered),
+        };
+        let (parts, body) = response.into_parts();
+        let limit = usize::try_from(cap).unwrap_or(usize::MAX);
+        match Limited::new(body, limit).collect().await {
+            Ok(collected) => Ok(http::Response::from_parts(parts, collected.to_bytes())),
+            Err(err) if err.is::<http_body_util::LengthLimitError>() => {
+                Err(ResponseProblem::TooLarge)
+            }
+            Err(err) => Err(ResponseProblem::BodyFailed(err.to_string())),
+        }
+    };
+    tokio::time::timeout_at(deadline, read)
+        .await
+        .unwrap_or(Err(ResponseProblem::TimedOut))
+}
+
+/// Serves `request` (its URI absolute, its path already relative to the module's
+/// prefix) on a fresh instance of `module`, which must export the handler, with `run`'s
+/// limits and grants; the response body may hold at most `max_response_bytes`.
+pub(super) async fn serve(
+    shared: &Shared,
+    module: &LoadedModule,
+    handler: &ComponentExportIndex,
+    run: RunRequest,
+    request: http::Request<Bytes>,
+    max_response_bytes: u64,
+) -> ServedRequest {
+    let limits = run.limits;
+    let (mut store, logs) = execution::new_store(
+        &shared.engine,
+        &shared.services,
+        &shared.outbound,
+        module.name.clone(),
+        &run,
+    );
+    let (parts, body) = request.into_parts();
+    let request = hyper::Request::from_parts(
+        parts,
+        Full::new(body).map_err(|never| -> wasmtime_wasi_http::Error { match never {} }),
+    );
+    let (sender, answer) = tokio::sync::oneshot::channel();
+    let resources = store
+        .data_mut()
+        .http()
+        .new_incoming_request(Scheme::Http, request)
+        .and_then(|request| {
+            let outparam = store.data_mut().http().new_response_outparam(sender)?;
+            Ok((request, outparam))
+        });
+    let (incoming, outparam) = match resources {
+        Ok(resources) => resources,
+        Err(err) => {
+            let (logs, dropped_log_lines) = logs.finish();
+            return ServedRequest {
+                response: Err(Outcome::Failed {
+                    kind: FailureKind::HostError,
+                    message: format!("the request could not be handed to the module: {err:#}"),
+                }),
+                usage: Usage::default(),
+                logs,
+                dropped_log_lines,
+            };
+        }
+    };
+    let read_by = tokio::time::Instant::now() + limits.timeout + execution::HOST_CALL_GRACE;
+    let ((result, usage, memory_limit_hit), response) = tokio::join!(
+        call_handler(store, &module.pre, handler, incoming, outparam, &run),
+        read_response(answer, max_response_bytes, read_by),
+    );
+    let (entries, dropped_log_lines) = logs.finish();
+    let response = match (result, response) {
+        // Checked first: a guest whose write hit the closed pipe may trap afterwards.
+        (_, Err(problem @ ResponseProblem::TooLarge)) => {
+            Err(problem.outcome(&limits, max_response_bytes))
+        }
+        // A guest that fails after answering (while streaming the body, say) still
+        // broke its response: report the failure, not half a body.
+        (Err(error), _) => Err(execution::classify_error(
+            &error,
+            memory_limit_hit,
+            &limits,
+            &entries,
+        )),
+        (Ok(()), response) => {
+            response.map_err(|problem| problem.outcome(&limits, max_response_bytes))
+        }
+    };
+    ServedRequest {
+        response,
+        usage,
+        logs: entries,
+        dropped_log_lines,
+    }
+}
