@@ -319,3 +319,41 @@ fn malformed_host_patterns_and_addresses_are_usage_errors() {
         assert!(stderr(&out).contains(expected), "{value}: {}", stderr(&out));
     }
 }
+
+#[test]
+fn serve_refuses_settings_it_cannot_honour_before_starting() {
+    let dir = tempfile::tempdir().unwrap();
+    let not_pem = dir.path().join("ca.pem");
+    std::fs::write(&not_pem, "this is not a certificate").unwrap();
+    let data_dir = dir.path().join("data");
+    let data_dir = data_dir.to_str().unwrap();
+    let serve = |extra: &[&str]| {
+        let mut args = vec!["serve", "--listen", "127.0.0.1:0", "--data-dir", data_dir];
+        args.extend_from_slice(extra);
+        runcell(&args, dir.path())
+    };
+
+    let output = serve(&["--outbound-ca-file", not_pem.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(
+        error_line(&output).contains("no PEM certificate found in the CA file"),
+        "{}",
+        stderr(&output)
+    );
+    let missing = dir.path().join("missing.pem");
+    let output = serve(&["--outbound-ca-file", missing.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(
+        error_line(&output).contains("missing.pem"),
+        "{}",
+        stderr(&output)
+    );
+
+    let output = serve(&["--route-concurrency", "0"]);
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(
+        error_line(&output).contains("--route-concurrency must be between 1 and 64"),
+        "{}",
+        stderr(&output)
+    );
+}

@@ -20,8 +20,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use runcell::domain::{FailureKind, Grants, Limits, LogEntry, LogLevel, Outcome, RunReport};
 use runcell::runtime::{
-    EngineSettings, HostServices, IpNetwork, LoadedModule, OutboundSettings, RunRequest, Runtime,
-    RuntimeConfig,
+    EngineSettings, HostServices, IpNetwork, LoadedModule, OutboundSettings, OutboundTls,
+    RunRequest, Runtime, RuntimeConfig,
 };
 use serde_json::{Value, json};
 
@@ -566,24 +566,168 @@ async fn a_response_slower_than_the_deadline_ends_the_run_timed_out() {
     assert!(line.fields["ms"].as_u64().unwrap() >= 400);
 }
 
+/// A certificate authority made for one test, and an https server on 127.0.0.1 whose
+/// certificate it signed for the names given.
+struct TlsFixture {
+    ca_pem: String,
+    port: u16,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+/// Accepts TLS connections for `axum::serve`; a client refusing the certificate ends
+/// its handshake, which is expected here, so failed handshakes are skipped.
+struct TlsListener {
+    tcp: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let Ok((tcp, addr)) = self.tcp.accept().await else {
+                continue;
+            };
+            if let Ok(tls) = self.acceptor.accept(tcp).await {
+                return (tls, addr);
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.tcp.local_addr()
+    }
+}
+
+impl TlsFixture {
+    async fn start(names: &[&str]) -> Self {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca_params, ca_key);
+        let server_key = KeyPair::generate().unwrap();
+        let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+        let server_cert = CertificateParams::new(names)
+            .unwrap()
+            .signed_by(&server_key, &issuer)
+            .unwrap();
+
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![server_cert.der().clone()],
+                rustls::pki_types::PrivateKeyDer::try_from(server_key.serialize_der()).unwrap(),
+            )
+            .unwrap();
+        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = tcp.local_addr().unwrap().port();
+        let listener = TlsListener {
+            tcp,
+            acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
+        };
+        let app = Router::new().route("/hello", get(|| async { GREETING }));
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = stopped.await;
+                })
+                .await
+                .unwrap();
+        });
+        Self {
+            ca_pem: ca_cert.pem(),
+            port,
+            _stop: stop,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("https://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// Loopback opened, and this fixture's CA trusted besides the public roots.
+    fn settings(&self) -> OutboundSettings {
+        OutboundSettings {
+            tls: OutboundTls::with_extra_roots_pem(self.ca_pem.as_bytes()).unwrap(),
+            ..loopback_only()
+        }
+    }
+}
+
 #[tokio::test]
-async fn https_is_refused_with_a_reason() {
-    let (runtime, module) = client(loopback_only()).await;
+async fn https_reaches_a_server_whose_certificate_the_trusted_roots_vouch_for() {
+    let server = TlsFixture::start(&["127.0.0.1"]).await;
+    let (runtime, module) = client(server.settings()).await;
+    let grant = [format!("127.0.0.1:{}", server.port)];
     let report = fetch(
         &runtime,
         &module,
-        &["api.example.com".to_owned()],
-        json!({ "url": "https://api.example.com/" }),
+        &grant,
+        json!({ "url": server.url("/hello") }),
         limits(),
     )
     .await;
-    assert!(guest_error(&report).ends_with("HttpRequestDenied"));
+    let out = output(&report);
+    assert_eq!(out["status"], 200);
+    assert_eq!(out["body"], GREETING);
+    let lines = http_lines(&report);
+    assert_eq!(lines[0].message, "http GET 127.0.0.1 -> 200");
+}
+
+#[tokio::test]
+async fn https_refuses_an_unknown_authority_or_a_certificate_for_another_name() {
+    // The public roots alone do not vouch for a private CA.
+    let server = TlsFixture::start(&["127.0.0.1"]).await;
+    let (runtime, module) = client(loopback_only()).await;
+    let grant = [format!("127.0.0.1:{}", server.port)];
+    let report = fetch(
+        &runtime,
+        &module,
+        &grant,
+        json!({ "url": server.url("/hello") }),
+        limits(),
+    )
+    .await;
     assert!(
-        http_lines(&report)[0]
-            .message
-            .starts_with("http GET api.example.com -> denied: https is not available"),
-        "{:?}",
-        report.logs
+        guest_error(&report).ends_with("TlsCertificateError"),
+        "{}",
+        guest_error(&report)
+    );
+    let line = &http_lines(&report)[0];
+    assert!(
+        line.message.contains("TLS handshake with 127.0.0.1 failed")
+            && line.message.contains("UnknownIssuer"),
+        "{}",
+        line.message
+    );
+
+    // A trusted CA, but the certificate names another host.
+    let elsewhere = TlsFixture::start(&["elsewhere.example"]).await;
+    let (runtime, module) = client(elsewhere.settings()).await;
+    let grant = [format!("127.0.0.1:{}", elsewhere.port)];
+    let report = fetch(
+        &runtime,
+        &module,
+        &grant,
+        json!({ "url": elsewhere.url("/hello") }),
+        limits(),
+    )
+    .await;
+    assert!(guest_error(&report).ends_with("TlsCertificateError"));
+    let line = &http_lines(&report)[0];
+    assert!(
+        line.message
+            .contains("certificate not valid for name \"127.0.0.1\""),
+        "{}",
+        line.message
     );
 }
 

@@ -44,6 +44,8 @@ pub struct ServeConfig {
     /// Non-public addresses modules' outbound HTTP may reach (an internal API, a test
     /// server); this server's own listen address is never among them.
     pub outbound_allowed_networks: Vec<crate::runtime::IpNetwork>,
+    /// The roots outbound https checks certificates against.
+    pub outbound_tls: crate::runtime::OutboundTls,
     /// What requests to modules' HTTP routes may use.
     pub routes: crate::services::RouteSettings,
 }
@@ -193,6 +195,7 @@ pub async fn serve(config: ServeConfig) -> Result<(), StartError> {
     let outbound = OutboundSettings {
         allowed_networks: config.outbound_allowed_networks.clone(),
         own_addresses: vec![addr],
+        tls: config.outbound_tls.clone(),
         ..OutboundSettings::default()
     };
     let mut services = build_services(

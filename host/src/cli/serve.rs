@@ -8,6 +8,7 @@ use clap::Args;
 
 use super::ExitStatus;
 use crate::app::{AuthConfig, DistributedConfig, Secret, ServeConfig, default_workers};
+use crate::runtime::OutboundTls;
 use crate::services::RouteSettings;
 
 #[derive(Debug, Args)]
@@ -70,6 +71,10 @@ pub(super) struct ServeArgs {
         value_delimiter = ','
     )]
     outbound_allow: Vec<crate::runtime::IpNetwork>,
+    /// PEM certificates of CAs outbound https trusts besides the public web's roots (an
+    /// internal CA).
+    #[arg(long, env = "RUNCELL_OUTBOUND_CA_FILE")]
+    outbound_ca_file: Option<PathBuf>,
     /// How long a request to a module's HTTP routes (`/m/{module}/...`) may take.
     #[arg(long, env = "RUNCELL_ROUTE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     route_timeout: Duration,
@@ -109,6 +114,19 @@ pub(super) fn run(args: ServeArgs) -> ExitStatus {
         per_module_concurrency: args.route_concurrency,
         ..defaults
     };
+    let outbound_tls = match &args.outbound_ca_file {
+        None => OutboundTls::default(),
+        Some(path) => match std::fs::read(path)
+            .map_err(|err| err.to_string())
+            .and_then(|pem| OutboundTls::with_extra_roots_pem(&pem).map_err(|e| e.to_string()))
+        {
+            Ok(tls) => tls,
+            Err(reason) => {
+                eprintln!("error: --outbound-ca-file {}: {reason}", path.display());
+                return ExitStatus::Usage;
+            }
+        },
+    };
     let config = ServeConfig {
         listen: args.listen,
         data_dir: args.data_dir,
@@ -127,6 +145,7 @@ pub(super) fn run(args: ServeArgs) -> ExitStatus {
         node_id: args.node_id,
         execution_lease: args.execution_lease,
         outbound_allowed_networks: args.outbound_allow,
+        outbound_tls,
         routes,
         auth: AuthConfig {
             admin_password: args.admin_password,

@@ -33,7 +33,8 @@ pub use engine::{EPOCH_TICK, EngineSettings};
 pub use execution::{CancelToken, RunRequest};
 pub use host::HostServices;
 pub use host::http::{
-    AddressClass, BadNetwork, Denial, IpNetwork, OutboundPolicy, OutboundSettings,
+    AddressClass, BadNetwork, Denial, IpNetwork, OutboundPolicy, OutboundSettings, OutboundTls,
+    TlsSetupError,
 };
 pub use incoming::ServedRequest;
 pub use logs::LogObserver;

@@ -14,12 +14,14 @@
 //! `TIMED_OUT`, as for any host call, and the request is recorded as unfinished.
 //! Response bodies are capped and so is the number of requests under way at once.
 //!
-//! https is refused: the server carries no TLS client yet.
+//! `https://` is spoken with rustls against the public web's roots plus any the operator
+//! adds ([`OutboundTls`]); the certificate must be valid for the host the guest named.
 
 mod body;
 mod client;
 mod exchange;
 mod policy;
+mod tls;
 
 use std::sync::Arc;
 
@@ -30,6 +32,7 @@ use super::super::logs::LogCollector;
 use crate::domain::{Grants, HostName};
 
 pub use policy::{AddressClass, BadNetwork, Denial, IpNetwork, OutboundPolicy, OutboundSettings};
+pub use tls::{OutboundTls, TlsSetupError};
 
 use body::MeteredBody;
 use client::Target;
@@ -115,7 +118,11 @@ impl WasiHttpHooks for OutboundHttp {
         let policy = self.policy.clone();
         let deadline = self.deadline;
         Box::new(async move {
-            let target = Target { host, port };
+            let target = Target {
+                host,
+                port,
+                tls: scheme == "https",
+            };
             let sent = tokio::time::timeout_at(
                 deadline,
                 client::send(request, &target, options, &policy, &exchange),

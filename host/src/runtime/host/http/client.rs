@@ -1,7 +1,7 @@
 //! Sends one request the grant allowed: resolves its host once, checks every address it
 //! resolved to, connects to a checked address (never resolving again, so a DNS answer
 //! that changes between check and use — rebinding — changes nothing), and speaks
-//! HTTP/1.1 over that connection.
+//! HTTP/1.1 over that connection, inside TLS for `https` (see [`super::tls`]).
 //!
 //! Redirects are not followed here: the guest receives the 3xx, and any request it makes
 //! next comes back through the hooks and is checked like the first.
@@ -28,6 +28,8 @@ use crate::domain::HostName;
 pub(super) struct Target {
     pub(super) host: HostName,
     pub(super) port: u16,
+    /// `https`: the connection is wrapped in TLS for `host`.
+    pub(super) tls: bool,
 }
 
 /// Drives the connection after the response head arrived, so the body keeps flowing.
@@ -37,7 +39,7 @@ pub(super) type Connection = Pin<Box<dyn Future<Output = Result<(), Error>> + Se
 /// to come, and the future that drives the connection. A refusal is recorded on
 /// `exchange` and returned as `HTTP-request-denied`.
 pub(super) async fn send(
-    mut request: http::Request<WasiBody>,
+    request: http::Request<WasiBody>,
     target: &Target,
     options: Option<RequestOptions>,
     policy: &OutboundPolicy,
@@ -59,6 +61,31 @@ pub(super) async fn send(
     let stream = tokio::time::timeout_at(connect_by, connect(&addrs))
         .await
         .map_err(|_| Error::ConnectionTimeout)??;
+    if !target.tls {
+        return speak_http1(stream, request, options, connect_by).await;
+    }
+    let handshake = policy.settings().tls.connect(&target.host, stream);
+    match tokio::time::timeout_at(connect_by, handshake).await {
+        Ok(Ok(stream)) => speak_http1(stream, request, options, connect_by).await,
+        Ok(Err((reason, error))) => {
+            exchange.end(Ending::Failed(&reason));
+            Err(error)
+        }
+        Err(_) => Err(Error::ConnectionTimeout),
+    }
+}
+
+/// Sends `request` over HTTP/1.1 on `stream` (plain or TLS) and waits for the response
+/// head; the handshake counts against the connect deadline.
+async fn speak_http1<S>(
+    stream: S,
+    mut request: http::Request<WasiBody>,
+    options: Option<RequestOptions>,
+    connect_by: Instant,
+) -> Result<(http::Response<Incoming>, Connection), Error>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let (mut sender, conn) = tokio::time::timeout_at(
         connect_by,
         http1::handshake::<_, WasiBody>(TokioIo::new(stream)),

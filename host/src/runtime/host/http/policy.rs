@@ -37,6 +37,8 @@ pub struct OutboundSettings {
     /// Each holds a connection and a task; a guest that fires requests in a loop
     /// without reading them would otherwise hold thousands until its deadline.
     pub max_requests_in_flight: usize,
+    /// The roots an https server's certificate is checked against.
+    pub tls: super::tls::OutboundTls,
 }
 
 impl Default for OutboundSettings {
@@ -48,6 +50,7 @@ impl Default for OutboundSettings {
             connect_timeout: Duration::from_secs(10),
             max_response_bytes: 10 * 1024 * 1024,
             max_requests_in_flight: 16,
+            tls: super::tls::OutboundTls::default(),
         }
     }
 }
@@ -296,11 +299,7 @@ fn classify_v6(ip: Ipv6Addr) -> AddressClass {
 pub enum Denial {
     #[error("`{host}:{port}` is not among the module's granted outbound hosts")]
     NotGranted { host: String, port: u16 },
-    #[error(
-        "https is not available on this server (it has no TLS client); only http:// URLs can be called"
-    )]
-    HttpsUnavailable,
-    #[error("only http:// URLs can be called, not `{0}://`")]
+    #[error("only http:// and https:// URLs can be called, not `{0}://`")]
     UnsupportedScheme(String),
     #[error("`{0}` is not a valid host")]
     BadHost(String),
@@ -341,8 +340,7 @@ impl OutboundPolicy {
             });
         }
         match scheme {
-            "http" => Ok(()),
-            "https" => Err(Denial::HttpsUnavailable),
+            "http" | "https" => Ok(()),
             other => Err(Denial::UnsupportedScheme(other.to_owned())),
         }
     }
@@ -653,7 +651,7 @@ mod tests {
     }
 
     #[test]
-    fn targets_outside_the_grant_or_over_https_are_refused() {
+    fn targets_outside_the_grant_or_over_other_schemes_are_refused() {
         let p = policy(
             &["api.example.com", "127.0.0.1:3000"],
             OutboundSettings::default(),
@@ -675,7 +673,7 @@ mod tests {
         );
         assert_eq!(
             p.check_target("https", &host("api.example.com"), 443),
-            Err(Denial::HttpsUnavailable)
+            Ok(())
         );
         assert_eq!(
             p.check_target("ftp", &host("api.example.com"), 80),
