@@ -8,7 +8,8 @@ use utoipa::ToSchema;
 use super::schedule::Schedule;
 use super::{ServiceError, Services};
 use crate::domain::{
-    Job, JobSpec, Limits, Millis, ModuleStatus, NewExecution, Page, Trigger, new_id, now_millis,
+    Job, JobConfig, JobSpec, Limits, Millis, ModuleStatus, NewExecution, Page, Trigger, new_id,
+    now_millis,
 };
 use crate::runtime::host::events::is_valid_topic;
 
@@ -243,6 +244,7 @@ impl Services {
             fuel: draft.fuel,
             memory_bytes: draft.memory_bytes,
             on_event: draft.on_event,
+            config: JobConfig::default(),
             next_run_at: None,
             created_at: now,
             updated_at: now,
@@ -429,6 +431,7 @@ mod tests {
             fuel: None,
             memory_bytes: None,
             on_event: None,
+            config: JobConfig::default(),
             next_run_at: None,
             created_at: 0,
             updated_at: 0,
