@@ -16,7 +16,7 @@ use crate::domain::{
     ExecutionResult, ExecutionStatus, Grants, Job, Millis, NewExecution, Outcome, RunContext,
     Trigger, new_id, now_millis,
 };
-use crate::runtime::{CancelToken, RunRequest};
+use crate::runtime::{CancelToken, Redactor, RunRequest};
 use crate::services::Services;
 use crate::services::jobs::effective_limits;
 use crate::store::ClaimedExecution;
@@ -373,6 +373,7 @@ async fn run_one(
         // what the manifest asks for is granted.
         grants: Arc::new(Grants::as_requested(&module.manifest.capabilities)),
         config: Arc::default(),
+        redact: Redactor::default(),
         cancel,
         log_observer: Some(services.logs.start(&claimed.id)),
     };

@@ -11,6 +11,7 @@ mod execution;
 pub mod host;
 mod limiter;
 mod logs;
+mod redact;
 mod stdio;
 mod validate;
 
@@ -35,6 +36,7 @@ pub use host::http::{
     AddressClass, BadNetwork, Denial, IpNetwork, OutboundPolicy, OutboundSettings,
 };
 pub use logs::LogObserver;
+pub use redact::{MIN_REDACTED_LEN, Redactor};
 pub use validate::ValidationError;
 
 use bindings::JobModulePre;
