@@ -163,6 +163,7 @@ pub async fn build_services(
         events,
         running: RunningRegistry::default(),
         settings: Arc::new(ServiceSettings::default()),
+        secrets: None,
     })
 }
 
@@ -542,6 +543,7 @@ async fn install_examples(services: &Services, dir: &Path) {
             fuel: None,
             memory_bytes: None,
             on_event: None,
+            config: None,
         };
         match services.create_job(draft).await {
             Ok(job) => println!("created job {} ({}), runs every 5 s", job.name, job.id),
