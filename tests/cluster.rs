@@ -176,6 +176,11 @@ struct Cluster {
 impl Cluster {
     /// `count` nodes named `node-a`, `node-b`, ..., each with `workers` workers.
     fn start(count: usize, workers: usize) -> Self {
+        Self::start_with_env(count, workers, &[])
+    }
+
+    /// Like [`Cluster::start`], each node with the variables `env` too.
+    fn start_with_env(count: usize, workers: usize, env: &[(&str, &str)]) -> Self {
         let mut cluster = Self {
             nodes: Vec::new(),
             prefix: TestPrefix::new(),
@@ -183,26 +188,36 @@ impl Cluster {
         };
         // The first node migrates the database and creates the admin and the signing
         // key; the others find them.
-        for index in 0..count {
-            let node_id = format!("node-{}", (b'a' + index as u8) as char);
-            let node = Server::start_with(ServerOptions {
-                workers,
-                retry_base_delay: "50ms".to_owned(),
-                env: vec![
-                    ("DATABASE_URL".to_owned(), cluster.database.url.clone()),
-                    ("REDIS_URL".to_owned(), redis_url()),
-                    ("RUNCELL_REDIS_PREFIX".to_owned(), cluster.prefix.0.clone()),
-                    ("RUNCELL_NODE_ID".to_owned(), node_id),
-                    (
-                        "RUNCELL_EXECUTION_LEASE".to_owned(),
-                        EXECUTION_LEASE.to_owned(),
-                    ),
-                ],
-                generated_admin_password: false,
-            });
-            cluster.nodes.push(node);
+        for _ in 0..count {
+            cluster.add_node(workers, env);
         }
         cluster
+    }
+
+    /// Starts one more node, named after its position, with the variables `env` too.
+    fn add_node(&mut self, workers: usize, env: &[(&str, &str)]) -> &Server {
+        let node_id = format!("node-{}", (b'a' + self.nodes.len() as u8) as char);
+        let mut variables = vec![
+            ("DATABASE_URL".to_owned(), self.database.url.clone()),
+            ("REDIS_URL".to_owned(), redis_url()),
+            ("RUNCELL_REDIS_PREFIX".to_owned(), self.prefix.0.clone()),
+            ("RUNCELL_NODE_ID".to_owned(), node_id),
+            (
+                "RUNCELL_EXECUTION_LEASE".to_owned(),
+                EXECUTION_LEASE.to_owned(),
+            ),
+        ];
+        variables.extend(
+            env.iter()
+                .map(|(name, value)| ((*name).to_owned(), (*value).to_owned())),
+        );
+        self.nodes.push(Server::start_with(ServerOptions {
+            workers,
+            retry_base_delay: "50ms".to_owned(),
+            env: variables,
+            generated_admin_password: false,
+        }));
+        self.nodes.last().expect("just started")
     }
 
     fn node(&self, index: usize) -> &Server {
@@ -654,4 +669,59 @@ fn a_module_serves_its_routes_on_every_node_and_changes_reach_them_all() {
         "node-a does not serve the new version: {}",
         version_on(a, None).body
     );
+}
+
+#[test]
+fn nodes_sharing_a_secret_key_run_jobs_with_secrets_and_a_node_without_one_refuses_them() {
+    const SECRET: &str = "hunter2-cluster-token";
+    const KEY: &str = "AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyA=";
+    let _turn = one_at_a_time();
+    let mut cluster = Cluster::start_with_env(2, 2, &[("RUNCELL_SECRET_KEY", KEY)]);
+    let (a, b) = (cluster.node(0), cluster.node(1));
+    let job_id = job(
+        a,
+        "hostile",
+        json!({"name": "probe", "module": "hostile", "job": "use-everything",
+               "config": {"region": "eu", "apiKey": {"secret": SECRET}}}),
+    );
+    execute_bulk(b, &job_id, json!({"count": 8}));
+    let executions = wait_all_final(a, &job_id, 8, Duration::from_secs(60));
+    for execution in &executions {
+        assert_eq!(execution["status"], "COMPLETED", "{execution}");
+        assert_eq!(
+            execution["result"]["config"],
+            json!({"apiKey": "***", "region": "eu"}),
+            "whichever node ran it opened the secret: {execution}"
+        );
+    }
+
+    // Keyless, a node still serves and takes plain settings, but refuses new secrets.
+    let keyless = cluster.add_node(1, &[]);
+    let refused = keyless.post_json(
+        "/api/v1/jobs",
+        &json!({"name": "other", "module": "hostile", "job": "echo",
+               "config": {"apiKey": {"secret": SECRET}}}),
+    );
+    assert_eq!(refused.status, 422, "{}", refused.body);
+    assert_eq!(refused.field(), "config.apiKey");
+    assert!(
+        refused.message().contains("RUNCELL_SECRET_KEY"),
+        "{}",
+        refused.body
+    );
+    // Keeping a stored secret needs no key: an edit sent back from a read works there.
+    let mut config = keyless.get(&format!("/api/v1/jobs/{job_id}")).body["config"].clone();
+    config["region"] = json!("us");
+    let patched = keyless.patch_json(
+        &format!("/api/v1/jobs/{job_id}"),
+        &json!({"config": config}),
+    );
+    assert_eq!(patched.status, 200, "{}", patched.body);
+    assert_eq!(
+        patched.body["config"],
+        json!({"apiKey": {"secret": "***"}, "region": "us"})
+    );
+    for node in &cluster.nodes {
+        assert!(!node.output().contains(SECRET));
+    }
 }

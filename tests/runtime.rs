@@ -13,8 +13,8 @@ use runcell::runtime::host::{
     BackendError, KeyValueStore, MemoryEventSink, MemoryKeyValue, MemoryMetricsSink,
 };
 use runcell::runtime::{
-    CancelToken, EngineSettings, HostServices, LoadError, LoadSource, LoadedModule, RunRequest,
-    Runtime, RuntimeConfig, ValidationError,
+    CancelToken, EngineSettings, HostServices, LoadError, LoadSource, LoadedModule, Redactor,
+    RunRequest, Runtime, RuntimeConfig, ValidationError,
 };
 
 struct Harness {
@@ -489,6 +489,40 @@ async fn granted_capabilities_reach_their_backends() {
     assert_eq!(seen["publish"], serde_json::json!({"ok": null}));
     assert_eq!(h.events.take()[0].topic, "hostile.test");
     assert_eq!(h.metrics.take().len(), 1);
+}
+
+#[tokio::test]
+async fn a_secret_reaches_the_guest_but_not_the_report_of_its_run() {
+    const SECRET: &str = "s3cret-token";
+    let h = harness();
+    let module = load(&h.runtime, "hostile").await;
+    let secret_run = |job: &str, input: &str| {
+        let mut run = request(job, input, short_limits());
+        run.grants = granted(&module);
+        run.config = Arc::new(BTreeMap::from([("token".to_owned(), SECRET.to_owned())]));
+        run.redact = Redactor::new([SECRET.to_owned()]);
+        run
+    };
+    let report = h
+        .runtime
+        .run(&module, secret_run("use-everything", "null"))
+        .await;
+    assert_eq!(
+        output(&report)["config"]["token"],
+        "***",
+        "the guest read the secret and returned it; the report masks it"
+    );
+
+    let report = h
+        .runtime
+        .run(&module, secret_run("panic", &format!("\"{SECRET}\"")))
+        .await;
+    let (kind, message) = failure(&report);
+    assert_eq!(*kind, FailureKind::Trap);
+    assert!(message.contains("fixture panic: \"***\""), "{message}");
+    let printed: Vec<&str> = report.logs.iter().map(|l| l.message.as_str()).collect();
+    assert!(printed.iter().any(|m| m.contains("\"***\"")), "{printed:?}");
+    assert!(!printed.iter().any(|m| m.contains(SECRET)), "{printed:?}");
 }
 
 #[tokio::test]

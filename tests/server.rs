@@ -789,6 +789,155 @@ fn sigterm_stops_the_server_cleanly_and_a_restart_keeps_everything() {
     );
 }
 
+// ---- job settings and secrets ------------------------------------------------------------
+
+/// A secret no output of the server may show.
+const SECRET: &str = "hunter2-super-secret-token";
+
+/// The `config` column of job `id`, read straight from the SQLite file of `server`.
+fn raw_config_row(server: &Server, id: &str) -> String {
+    use sqlx::Connection;
+    let path = server.data_dir().join("runcell.db");
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let options = sqlx::sqlite::SqliteConnectOptions::new()
+                .filename(&path)
+                .read_only(true);
+            let mut connection = sqlx::SqliteConnection::connect_with(&options)
+                .await
+                .expect("the database file opens");
+            let config: String = sqlx::query_scalar("SELECT config FROM jobs WHERE id = ?")
+                .bind(id)
+                .fetch_one(&mut connection)
+                .await
+                .expect("the job's row");
+            let _ = connection.close().await;
+            config
+        })
+}
+
+/// Whether any file of the data directory's database holds `needle`.
+fn database_files_contain(server: &Server, needle: &str) -> bool {
+    ["runcell.db", "runcell.db-wal"].iter().any(|name| {
+        std::fs::read(server.data_dir().join(name)).is_ok_and(|bytes| {
+            bytes
+                .windows(needle.len())
+                .any(|window| window == needle.as_bytes())
+        })
+    })
+}
+
+#[test]
+fn a_secret_setting_is_sealed_at_rest_masked_by_the_api_and_redacted_from_what_its_run_leaves() {
+    use std::os::unix::fs::PermissionsExt;
+    let server = Server::start();
+    server.upload(&guests::guest("hostile"));
+    let created = server.create_job(&json!({
+        "name": "probe", "module": "hostile", "job": "use-everything",
+        "config": {"region": "eu-west", "apiKey": {"secret": SECRET}},
+    }));
+    let job = id(&created);
+    let shown = json!({"apiKey": {"secret": "***"}, "region": "eu-west"});
+    assert_eq!(created["config"], shown, "{created}");
+    let read = server.get(&format!("/api/v1/jobs/{job}")).body;
+    assert_eq!(read["config"], shown);
+    let listed = server.get("/api/v1/jobs").body;
+    for body in [&created, &read, &listed] {
+        assert!(!body.to_string().contains(SECRET), "{body}");
+    }
+
+    // At rest: sealed in the row, and the plaintext nowhere in the database files.
+    let row: Value = serde_json::from_str(&raw_config_row(&server, &job)).unwrap();
+    assert_eq!(row["region"], "eu-west");
+    let sealed = row["apiKey"]["sealed"].as_str().expect("a sealed value");
+    assert!(sealed.starts_with("v1:"), "{row}");
+    assert!(!read.to_string().contains(sealed));
+    let key_file = server.data_dir().join("secret-key");
+    let mode = std::fs::metadata(&key_file).unwrap().permissions().mode();
+    assert_eq!(
+        mode & 0o777,
+        0o600,
+        "the generated key is readable by its owner only"
+    );
+
+    // The module reads the secret itself: its result echoes it, and the record masks it.
+    let run = server.wait_final(&server.execute(&job, None), RUN);
+    assert_eq!(run["status"], "COMPLETED", "{run}");
+    assert_eq!(
+        run["result"]["config"],
+        json!({"apiKey": "***", "region": "eu-west"}),
+        "the guest got exactly the secret, and the stored result masks it"
+    );
+
+    // Sent back with one plain value edited, the job keeps its secret.
+    let mut config = read["config"].clone();
+    config["region"] = json!("us-east");
+    let patched = server.patch_json(&format!("/api/v1/jobs/{job}"), &json!({"config": config}));
+    assert_eq!(patched.status, 200, "{}", patched.body);
+    let run = server.wait_final(&server.execute(&job, None), RUN);
+    assert_eq!(
+        run["result"]["config"],
+        json!({"apiKey": "***", "region": "us-east"}),
+        "{run}"
+    );
+    assert!(!database_files_contain(&server, SECRET));
+
+    // A guest that prints the secret: its log lines and its error keep only the mask.
+    let loud = id(&server.create_job(&json!({
+        "name": "loud", "module": "hostile", "job": "panic",
+        "config": {"apiKey": {"secret": SECRET}},
+    })));
+    let run = server.wait_final(&server.execute(&loud, Some(json!({"leak": SECRET}))), RUN);
+    assert_eq!(run["status"], "FAILED", "{run}");
+    let error = run["error"].as_str().unwrap();
+    assert!(error.contains(r#"{"leak":"***"}"#), "{error}");
+    let logs = server.logs(run["id"].as_str().unwrap());
+    let text = serde_json::to_string(&logs).unwrap();
+    assert!(
+        text.contains(r#"fixture panic: {\"leak\":\"***\"}"#),
+        "{text}"
+    );
+    assert!(!text.contains(SECRET), "{text}");
+    assert!(!error.contains(SECRET));
+    assert!(!server.output().contains(SECRET), "{}", server.output());
+}
+
+#[test]
+fn a_secret_that_no_longer_opens_fails_its_run_once_naming_the_setting() {
+    let mut server = Server::start();
+    server.upload(&guests::guest("hostile"));
+    let job = id(&server.create_job(&json!({
+        "name": "probe", "module": "hostile", "job": "use-everything", "maxAttempts": 3,
+        "config": {"apiKey": {"secret": SECRET}},
+    })));
+    assert!(server.stop().success());
+    // The operator replaced the key: what was sealed under the old one cannot be read.
+    let other_key = "AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyA=";
+    std::fs::write(server.data_dir().join("secret-key"), other_key).unwrap();
+    server.restart();
+
+    let run = server.wait_final(&server.execute(&job, None), RUN);
+    assert_eq!(run["status"], "FAILED", "{run}");
+    assert_eq!(run["errorKind"], "NOT_RUNNABLE", "{run}");
+    let error = run["error"].as_str().unwrap();
+    assert!(
+        error.contains("`apiKey`") && error.contains("RUNCELL_SECRET_KEY"),
+        "{error}"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        server.executions(&format!("jobId={job}")).len(),
+        1,
+        "not retried: another attempt could not open it either"
+    );
+    let shown = server.get(&format!("/api/v1/jobs/{job}")).body;
+    assert_eq!(shown["config"], json!({"apiKey": {"secret": "***"}}));
+    assert!(!server.output().contains(SECRET));
+}
+
 // ---- outbound HTTP ---------------------------------------------------------------------
 
 /// A one-thread HTTP server on 127.0.0.1 that answers every request `200 ok`.
@@ -852,4 +1001,65 @@ fn endpoint_monitor_reaches_an_allowed_server_and_fails_transiently_on_a_down_on
     let run = server.wait_final(&server.execute(&job, Some(denied)), RUN);
     assert_eq!(run["status"], "FAILED", "{run}");
     assert_eq!(run["errorKind"], "PERMANENT", "{run}");
+}
+
+#[test]
+fn endpoint_monitor_checks_the_endpoints_of_its_setting_set_through_the_api() {
+    let up = tiny_http_server();
+    let down = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let server = Server::start_with(ServerOptions {
+        env: vec![("RUNCELL_OUTBOUND_ALLOW".to_owned(), "127.0.0.1".to_owned())],
+        ..ServerOptions::default()
+    });
+    server.upload(&guests::guest("endpoint-monitor"));
+    let endpoints = json!([
+        {"name": "health", "url": format!("http://127.0.0.1:{up}/health")},
+        {"name": "home", "url": format!("http://127.0.0.1:{up}/"), "expectStatus": 200},
+    ]);
+    let job = id(&server.create_job(&json!({
+        "name": "monitor", "module": "endpoint-monitor", "job": "check-endpoints",
+        "maxAttempts": 1,
+        "config": {"endpoints": endpoints.to_string()},
+    })));
+
+    let run = server.wait_final(&server.execute(&job, None), RUN);
+    assert_eq!(run["status"], "COMPLETED", "{run}");
+    assert_eq!(run["result"]["checked"], 2, "{run}");
+    assert_eq!(run["result"]["up"], 2, "{run}");
+    let logs = server.logs(run["id"].as_str().unwrap());
+    let checked: HashSet<&str> = logs
+        .iter()
+        .filter(|line| line["message"] == "endpoint up")
+        .filter_map(|line| line["fields"]["endpoint"].as_str())
+        .collect();
+    assert_eq!(checked, HashSet::from(["health", "home"]), "{logs:?}");
+
+    // With the setting, endpoints in the input are refused rather than mixed in.
+    let input = json!({"endpoints": [{"name": "x", "url": format!("http://127.0.0.1:{up}/")}]});
+    let run = server.wait_final(&server.execute(&job, Some(input)), RUN);
+    assert_eq!(run["errorKind"], "INVALID_INPUT", "{run}");
+
+    // The list is changed through the API, and kept as a secret (it may carry tokens).
+    let endpoints = json!([
+        {"name": "health", "url": format!("http://127.0.0.1:{up}/health")},
+        {"name": "gone", "url": format!("http://127.0.0.1:{down}/")},
+    ]);
+    let patched = server.patch_json(
+        &format!("/api/v1/jobs/{job}"),
+        &json!({"config": {"endpoints": {"secret": endpoints.to_string()}}}),
+    );
+    assert_eq!(patched.status, 200, "{}", patched.body);
+    let run = server.wait_final(&server.execute(&job, None), RUN);
+    assert_eq!(run["status"], "FAILED", "{run}");
+    assert_eq!(run["errorKind"], "TRANSIENT", "{run}");
+    let logs = server.logs(run["id"].as_str().unwrap());
+    assert!(
+        logs.iter()
+            .any(|line| line["message"] == "endpoint down" && line["fields"]["endpoint"] == "gone"),
+        "{logs:?}"
+    );
 }

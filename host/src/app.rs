@@ -17,6 +17,7 @@ use crate::runtime::{EngineSettings, HostServices, OutboundSettings, Runtime, Ru
 use crate::services::LogHub as LiveLogs;
 use crate::services::auth::jwt::{KeyError, SigningKey};
 use crate::services::auth::{AuthService, AuthSettings, random_secret};
+use crate::services::secrets::SecretBox;
 use crate::services::{
     EventBus, JobDraft, LogHub, ModuleCatalog, RouteGate, RunningRegistry, ServiceSettings,
     Services, StoreEventSink, StoreKeyValue, StoreMetricsSink,
@@ -48,6 +49,22 @@ pub struct ServeConfig {
     pub outbound_tls: crate::runtime::OutboundTls,
     /// What requests to modules' HTTP routes may use.
     pub routes: crate::services::RouteSettings,
+    /// The key that seals jobs' secret settings.
+    pub secret_key: SecretKeySource,
+}
+
+/// Where the key that seals jobs' secret settings comes from: base64 of 32 bytes.
+#[derive(Debug, Clone, Default)]
+pub enum SecretKeySource {
+    /// Embedded: a key generated once into the data directory. Distributed: none, since
+    /// keeping it in the database beside the ciphertexts would protect nothing; secrets
+    /// can then be neither set nor read.
+    #[default]
+    Unset,
+    /// `RUNCELL_SECRET_KEY`.
+    Value(Secret),
+    /// `RUNCELL_SECRET_KEY_FILE`: a file holding the key (a mounted secret).
+    File(PathBuf),
 }
 
 /// Where the nodes of a distributed deployment meet.
@@ -92,6 +109,10 @@ impl std::fmt::Debug for Secret {
 
 /// Where the generated JWT signing key of an embedded deployment is kept.
 const JWT_SECRET_FILE: &str = "jwt-secret";
+/// Where the generated key sealing the secret settings of an embedded deployment is kept:
+/// beside the database, so it protects a copy of the database (a backup, a raw row read),
+/// not a copy of the whole data directory.
+const SECRET_KEY_FILE: &str = "secret-key";
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -112,6 +133,12 @@ pub enum StartError {
     JwtSecret(KeyError),
     #[error("cannot use the JWT secret file {path}: {message}")]
     JwtSecretFile { path: PathBuf, message: String },
+    /// Names where the key came from, never the key.
+    #[error("{source_name}: {message}")]
+    SecretKey {
+        source_name: String,
+        message: String,
+    },
     #[error("cannot set up authentication: {0}")]
     Auth(#[from] crate::services::ServiceError),
     #[error("cannot use Redis: {0}")]
@@ -170,6 +197,7 @@ pub async fn build_services(
         running: RunningRegistry::default(),
         routes: Arc::new(RouteGate::new(&settings.routes)),
         settings: Arc::new(settings),
+        secrets: None,
     })
 }
 
@@ -214,6 +242,16 @@ pub async fn serve(config: ServeConfig) -> Result<(), StartError> {
         routes: config.routes.clone(),
         ..ServiceSettings::default()
     });
+    services.secrets = secret_box(
+        &config.secret_key,
+        &config.data_dir,
+        config.distributed.is_some(),
+    )?;
+    if services.secrets.is_none() {
+        tracing::warn!(
+            "no RUNCELL_SECRET_KEY: jobs' secret settings can be neither set nor read on this node"
+        );
+    }
     let key = match &config.auth.jwt_secret {
         Some(secret) => {
             SigningKey::from_secret(secret.expose().as_bytes()).map_err(StartError::JwtSecret)?
@@ -433,24 +471,78 @@ fn load_or_create_key_file(path: &Path) -> Result<SigningKey, StartError> {
         path: path.to_path_buf(),
         message,
     };
+    let secret = read_or_create_secret_file(path, || random_secret(32)).map_err(failure)?;
+    SigningKey::from_secret(secret.as_bytes()).map_err(|err| failure(err.to_string()))
+}
+
+/// The key that seals jobs' secret settings on this node, if it has one.
+fn secret_box(
+    source: &SecretKeySource,
+    data_dir: &Path,
+    distributed: bool,
+) -> Result<Option<SecretBox>, StartError> {
+    let (source_name, text) = match source {
+        SecretKeySource::Value(secret) => {
+            ("RUNCELL_SECRET_KEY".to_owned(), secret.expose().to_owned())
+        }
+        SecretKeySource::File(path) => {
+            let source_name = format!("RUNCELL_SECRET_KEY_FILE {}", path.display());
+            match std::fs::read_to_string(path) {
+                Ok(text) => (source_name, text),
+                Err(err) => {
+                    return Err(StartError::SecretKey {
+                        source_name,
+                        message: err.to_string(),
+                    });
+                }
+            }
+        }
+        SecretKeySource::Unset if distributed => return Ok(None),
+        SecretKeySource::Unset => {
+            let path = data_dir.join(SECRET_KEY_FILE);
+            let source_name = format!("the secret key file {}", path.display());
+            match read_or_create_secret_file(&path, SecretBox::generate_key) {
+                Ok(text) => (source_name, text),
+                Err(message) => {
+                    return Err(StartError::SecretKey {
+                        source_name,
+                        message,
+                    });
+                }
+            }
+        }
+    };
+    SecretBox::from_base64(&text)
+        .map(Some)
+        .map_err(|err| StartError::SecretKey {
+            source_name,
+            message: err.to_string(),
+        })
+}
+
+/// The secret text kept in `path` (trimmed), created by `generate` and written readable by
+/// this user only on first use.
+fn read_or_create_secret_file(
+    path: &Path,
+    generate: impl FnOnce() -> String,
+) -> Result<String, String> {
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     match options.open(path) {
         Ok(mut file) => {
-            let secret = random_secret(32);
+            let secret = generate();
             std::io::Write::write_all(&mut file, secret.as_bytes())
                 .and_then(|()| file.sync_all())
-                .map_err(|err| failure(err.to_string()))?;
-            SigningKey::from_secret(secret.as_bytes()).map_err(|err| failure(err.to_string()))
+                .map_err(|err| err.to_string())?;
+            Ok(secret)
         }
         Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {
-            let secret = std::fs::read_to_string(path).map_err(|err| failure(err.to_string()))?;
-            SigningKey::from_secret(secret.trim().as_bytes())
-                .map_err(|err| failure(err.to_string()))
+            let secret = std::fs::read_to_string(path).map_err(|err| err.to_string())?;
+            Ok(secret.trim().to_owned())
         }
-        Err(err) => Err(failure(err.to_string())),
+        Err(err) => Err(err.to_string()),
     }
 }
 
@@ -555,10 +647,70 @@ async fn install_examples(services: &Services, dir: &Path) {
             fuel: None,
             memory_bytes: None,
             on_event: None,
+            config: None,
         };
         match services.create_job(draft).await {
             Ok(job) => println!("created job {} ({}), runs every 5 s", job.name, job.id),
             Err(err) => eprintln!("warning: could not create the demo job: {err}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_embedded_node_generates_its_secret_key_once_and_a_distributed_one_has_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = secret_box(&SecretKeySource::Unset, dir.path(), false)
+            .unwrap()
+            .unwrap();
+        let again = secret_box(&SecretKeySource::Unset, dir.path(), false)
+            .unwrap()
+            .unwrap();
+        let sealed = first.seal("job", "key", "value");
+        assert_eq!(again.open("job", "key", &sealed).unwrap(), "value");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.path().join(SECRET_KEY_FILE))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let empty = tempfile::tempdir().unwrap();
+        assert!(
+            secret_box(&SecretKeySource::Unset, empty.path(), true)
+                .unwrap()
+                .is_none()
+        );
+        assert!(!empty.path().join(SECRET_KEY_FILE).exists());
+    }
+
+    #[test]
+    fn a_bad_secret_key_stops_the_start_naming_its_source_not_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        for text in ["c2hvcnQ=", "not base64 at all!"] {
+            let source = SecretKeySource::Value(Secret::new(text.to_owned()));
+            let err = secret_box(&source, dir.path(), true)
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with("RUNCELL_SECRET_KEY: "), "{err}");
+            assert!(!err.contains(text), "{err}");
+        }
+        let file = dir.path().join("mounted-key");
+        std::fs::write(&file, format!("{}\n", SecretBox::generate_key())).unwrap();
+        assert!(
+            secret_box(&SecretKeySource::File(file), dir.path(), true)
+                .unwrap()
+                .is_some()
+        );
+        let missing = SecretKeySource::File(dir.path().join("missing"));
+        let err = secret_box(&missing, dir.path(), true)
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("RUNCELL_SECRET_KEY_FILE "), "{err}");
     }
 }

@@ -357,6 +357,16 @@ async fn run_one(
             return;
         }
     };
+    // Opened from the job already loaded with the batch: no database round trip per run.
+    let config = match services.open_config(&job) {
+        Ok(config) => config,
+        Err(reason) => {
+            services.running.unregister(&claimed.id);
+            tracing::warn!(execution = %claimed.id, job = %job.name, %reason, "a secret setting does not open; execution refused");
+            refuse(shared, &claimed, reason.to_string()).await;
+            return;
+        }
+    };
     let spec = module.manifest.job(&job.job);
     let limits = effective_limits(&job, spec, &services.settings.defaults);
     let request = RunRequest {
@@ -372,7 +382,8 @@ async fn run_one(
         // The catalog resolves only modules whose request an admin's approval covers, so
         // what the manifest asks for is granted.
         grants: Arc::new(Grants::as_requested(&module.manifest.capabilities)),
-        config: Arc::default(),
+        config: config.values,
+        redact: config.redactor,
         cancel,
         log_observer: Some(services.logs.start(&claimed.id)),
     };

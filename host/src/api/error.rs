@@ -56,7 +56,8 @@ pub enum ErrorCode {
     /// 415: the body's `Content-Type` is not one the route accepts (`details.accepted`).
     UnsupportedMediaType,
     /// 422: well-formed but not acceptable here: an unknown module or job, a limit above
-    /// the server's ceiling; `details.field` names it.
+    /// the server's ceiling, a secret setting on a server without a secret key;
+    /// `details.field` names it.
     Unprocessable,
     /// 422: the uploaded file is not a module Runcell can run; the message says why.
     InvalidModule,

@@ -46,7 +46,7 @@ pub(super) fn routes() -> OpenApiRouter<ApiState> {
         (status = 409, description = "A job by that name exists.", body = ErrorBody),
         (status = 413, description = "The body is larger than 1 MiB.", body = ErrorBody),
         (status = 415, description = "The body is not declared `application/json`.", body = ErrorBody),
-        (status = 422, description = "An unknown module or job, or a limit above the server's ceiling (`details.field`).", body = ErrorBody),
+        (status = 422, description = "An unknown module or job, a limit above the server's ceiling, too many or too large settings, or a secret setting this server cannot store (it has no secret key) (`details.field`, e.g. `config.apiKey`).", body = ErrorBody),
         (status = 503, description = "The database is unavailable; retry later.", body = ErrorBody),
     ),
 )]
@@ -106,7 +106,9 @@ async fn show(
 /// Change a job
 ///
 /// Fields left out stay as they are; `null` clears an optional one. The module cannot
-/// change; the job within it can.
+/// change; the job within it can. `config` replaces every setting, except that
+/// `{"secret": "***"}` keeps the secret stored under its name: a job read with `GET` can be
+/// edited and sent back.
 #[utoipa::path(
     patch,
     path = "/jobs/{id}",
@@ -121,7 +123,7 @@ async fn show(
         (status = 409, description = "Another job has that name.", body = ErrorBody),
         (status = 413, description = "The body is larger than 1 MiB.", body = ErrorBody),
         (status = 415, description = "The body is not declared `application/json`.", body = ErrorBody),
-        (status = 422, description = "An unknown job, or a limit above the server's ceiling (`details.field`).", body = ErrorBody),
+        (status = 422, description = "An unknown job, a limit above the server's ceiling, too many or too large settings, a secret setting this server cannot store (it has no secret key), or `{\"secret\": \"***\"}` for a setting with no stored secret (`details.field`, e.g. `config.apiKey`).", body = ErrorBody),
         (status = 503, description = "The database is unavailable; retry later.", body = ErrorBody),
     ),
 )]

@@ -14,10 +14,11 @@ use tower::ServiceExt;
 
 use super::{ApiState, Readiness, router};
 use crate::domain::{
-    Capabilities, ExecutionResult, ExecutionStatus, JobSpec, LogEntry, LogLevel, Manifest,
+    Capabilities, ExecutionResult, ExecutionStatus, JobSpec, LogEntry, LogLevel, Manifest, Setting,
     now_millis,
 };
 use crate::queue::{MemoryQueue, Queue};
+use crate::services::secrets::{KEY_BYTES, SecretBox};
 use crate::services::{ServiceSettings, Services};
 use crate::store::{SqliteStore, Store};
 
@@ -57,12 +58,23 @@ async fn api() -> TestApi {
 }
 
 async fn api_with(settings: ServiceSettings) -> TestApi {
+    built_api(settings, None).await
+}
+
+/// The API of a server that has a key to seal secret settings with.
+async fn api_with_secret_key() -> TestApi {
+    let key = SecretBox::new(&[7; KEY_BYTES]).unwrap();
+    built_api(ServiceSettings::default(), Some(key)).await
+}
+
+async fn built_api(settings: ServiceSettings, secrets: Option<SecretBox>) -> TestApi {
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open_in_memory().await.unwrap());
     let queue: Arc<dyn Queue> = Arc::new(MemoryQueue::default());
     let mut services = crate::app::build_services(store, queue, None, 1, Default::default())
         .await
         .unwrap();
     services.settings = Arc::new(settings);
+    services.secrets = secrets;
     let readiness = Readiness::new();
     readiness.set_workers_running(true);
     let (auth, token) = super::access_tests::admin_auth().await;
@@ -745,6 +757,204 @@ async fn bad_job_definitions_name_the_field_with_400_or_422() {
     api.create_job(base.clone()).await;
     let reply = api.json(Method::POST, "/api/v1/jobs", &base).await;
     assert_eq!(reply.status, StatusCode::CONFLICT, "{}", reply.body);
+}
+
+// ---- job settings --------------------------------------------------------------------------
+
+const SECRET: &str = "hunter2-api-key";
+
+/// The sealed value stored for setting `key` of job `id`.
+async fn sealed_setting(api: &TestApi, id: &str, key: &str) -> String {
+    let job = api.services.get_job(id).await.unwrap();
+    match job.config.get(key) {
+        Some(Setting::Sealed(sealed)) => sealed.clone(),
+        other => panic!("`{key}` is not a stored secret: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn job_settings_show_plain_values_as_they_are_and_secrets_only_masked() {
+    let api = api_with_secret_key().await;
+    api.install_fake("1.0.0").await;
+    let created = api
+        .create_job(json!({"name": "monitor", "module": "fake", "job": "work",
+            "config": {"region": "eu-west", "apiKey": {"secret": SECRET}}}))
+        .await;
+    let shown = json!({"apiKey": {"secret": "***"}, "region": "eu-west"});
+    assert_eq!(created["config"], shown);
+    let id = created["id"].as_str().unwrap().to_owned();
+    let read = api.get(&format!("/api/v1/jobs/{id}")).await.body;
+    let listed = api.get("/api/v1/jobs").await.body;
+    assert_eq!(read["config"], shown);
+    assert_eq!(listed["items"][0]["config"], shown);
+    let sealed = sealed_setting(&api, &id, "apiKey").await;
+    for body in [&created, &read, &listed] {
+        let text = body.to_string();
+        assert!(!text.contains(SECRET), "{text}");
+        assert!(!text.contains(&sealed), "{text}");
+    }
+    let opened = api
+        .services
+        .open_config(&api.services.get_job(&id).await.unwrap())
+        .unwrap();
+    assert_eq!(opened.values["apiKey"], SECRET);
+}
+
+#[tokio::test]
+async fn a_job_read_and_patched_back_with_an_edit_keeps_its_secret() {
+    let api = api_with_secret_key().await;
+    api.install_fake("1.0.0").await;
+    let created = api
+        .create_job(json!({"name": "monitor", "module": "fake", "job": "work",
+            "config": {"region": "eu-west", "apiKey": {"secret": SECRET}}}))
+        .await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    let uri = format!("/api/v1/jobs/{id}");
+    let sealed = sealed_setting(&api, &id, "apiKey").await;
+
+    let mut config = api.get(&uri).await.body["config"].clone();
+    config["region"] = json!("us-east");
+    let reply = api
+        .json(Method::PATCH, &uri, &json!({ "config": config }))
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_eq!(
+        reply.body["config"],
+        json!({"apiKey": {"secret": "***"}, "region": "us-east"})
+    );
+    assert_eq!(sealed_setting(&api, &id, "apiKey").await, sealed);
+
+    // A patch without `config` leaves the settings alone.
+    let reply = api
+        .json(Method::PATCH, &uri, &json!({"enabled": false}))
+        .await;
+    assert_eq!(reply.body["config"]["region"], "us-east");
+
+    // The mask keeps only a secret that exists.
+    let reply = api
+        .json(
+            Method::PATCH,
+            &uri,
+            &json!({"config": {"region": {"secret": "***"}}}),
+        )
+        .await;
+    assert_eq!(
+        reply.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        reply.body
+    );
+    assert_eq!(reply.error_field(), "config.region");
+
+    // A new value replaces the secret; settings left out are removed.
+    let reply = api
+        .json(
+            Method::PATCH,
+            &uri,
+            &json!({"config": {"apiKey": {"secret": "rotated-key-2"}}}),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_eq!(reply.body["config"], json!({"apiKey": {"secret": "***"}}));
+    assert_ne!(sealed_setting(&api, &id, "apiKey").await, sealed);
+    let reply = api.json(Method::PATCH, &uri, &json!({"config": {}})).await;
+    assert_eq!(reply.body["config"], json!({}));
+}
+
+#[tokio::test]
+async fn bad_settings_are_refused_naming_the_setting_without_quoting_its_value() {
+    let api = api_with_secret_key().await;
+    api.install_fake("1.0.0").await;
+    let job =
+        |config: Value| json!({"name": "j", "module": "fake", "job": "work", "config": config});
+    let many: serde_json::Map<String, Value> =
+        (0..65).map(|i| (format!("k{i}"), json!("v"))).collect();
+    let cases = [
+        (
+            json!({"port": 8080}),
+            StatusCode::BAD_REQUEST,
+            "config.port",
+        ),
+        (json!({"on": true}), StatusCode::BAD_REQUEST, "config.on"),
+        (
+            json!({"pin": {"secret": 987_654}}),
+            StatusCode::BAD_REQUEST,
+            "config.pin",
+        ),
+        (
+            json!({"x": {"value": "v"}}),
+            StatusCode::BAD_REQUEST,
+            "config.x",
+        ),
+        (
+            json!({"has space": "v"}),
+            StatusCode::BAD_REQUEST,
+            "config.has space",
+        ),
+        (
+            json!({"big": "x".repeat(64 * 1024 + 1)}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "config.big",
+        ),
+        (
+            Value::Object(many),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "config",
+        ),
+        (
+            json!({"apiKey": {"secret": "***"}}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "config.apiKey",
+        ),
+    ];
+    for (config, status, field) in cases {
+        let reply = api.json(Method::POST, "/api/v1/jobs", &job(config)).await;
+        assert_eq!(reply.status, status, "{}", reply.body);
+        assert_eq!(reply.error_field(), field, "{}", reply.body);
+        assert!(!reply.message().contains("987654"), "{}", reply.message());
+        assert!(reply.message().len() < 300, "{}", reply.message());
+    }
+    let reply = api
+        .json(Method::POST, "/api/v1/jobs", &job(json!({"port": 8080})))
+        .await;
+    assert!(
+        reply.message().contains("is a string"),
+        "{}",
+        reply.message()
+    );
+}
+
+#[tokio::test]
+async fn a_server_without_a_secret_key_takes_plain_settings_and_refuses_secrets() {
+    let api = api().await;
+    api.install_fake("1.0.0").await;
+    let reply = api
+        .json(
+            Method::POST,
+            "/api/v1/jobs",
+            &json!({"name": "j", "module": "fake", "job": "work",
+                "config": {"region": "eu", "apiKey": {"secret": SECRET}}}),
+        )
+        .await;
+    assert_eq!(
+        reply.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        reply.body
+    );
+    assert_eq!(reply.error_code(), "unprocessable");
+    assert_eq!(reply.error_field(), "config.apiKey");
+    assert!(
+        reply.message().contains("RUNCELL_SECRET_KEY"),
+        "{}",
+        reply.message()
+    );
+    assert!(!reply.message().contains(SECRET));
+    let created = api
+        .create_job(json!({"name": "j", "module": "fake", "job": "work",
+            "config": {"region": "eu"}}))
+        .await;
+    assert_eq!(created["config"], json!({"region": "eu"}));
 }
 
 // ---- executions ----------------------------------------------------------------------------

@@ -7,7 +7,9 @@ use std::time::Duration;
 use clap::Args;
 
 use super::ExitStatus;
-use crate::app::{AuthConfig, DistributedConfig, Secret, ServeConfig, default_workers};
+use crate::app::{
+    AuthConfig, DistributedConfig, Secret, SecretKeySource, ServeConfig, default_workers,
+};
 use crate::runtime::OutboundTls;
 use crate::services::RouteSettings;
 
@@ -39,6 +41,15 @@ pub(super) struct ServeArgs {
     /// data directory when unset. Every node of a deployment needs the same one.
     #[arg(long, env = "RUNCELL_JWT_SECRET", hide_env_values = true, value_parser = secret)]
     jwt_secret: Option<Secret>,
+    /// Key that encrypts jobs' secret settings: base64 of 32 random bytes (`openssl rand
+    /// -base64 32`). Embedded, one is generated and kept in the data directory when unset;
+    /// distributed, every node needs the same one, and without it secrets cannot be set or
+    /// read. Changing it makes the secrets stored under the old one unreadable.
+    #[arg(long, env = "RUNCELL_SECRET_KEY", hide_env_values = true, value_parser = secret, conflicts_with = "secret_key_file")]
+    secret_key: Option<Secret>,
+    /// A file holding the key of --secret-key (a mounted secret), instead of the key itself.
+    #[arg(long, env = "RUNCELL_SECRET_KEY_FILE")]
+    secret_key_file: Option<PathBuf>,
     /// How long an access token is valid.
     #[arg(long, env = "RUNCELL_ACCESS_TOKEN_TTL", default_value = "15m", value_parser = humantime::parse_duration)]
     access_token_ttl: Duration,
@@ -147,6 +158,11 @@ pub(super) fn run(args: ServeArgs) -> ExitStatus {
         outbound_allowed_networks: args.outbound_allow,
         outbound_tls,
         routes,
+        secret_key: match (args.secret_key, args.secret_key_file) {
+            (Some(key), _) => SecretKeySource::Value(key),
+            (None, Some(path)) => SecretKeySource::File(path),
+            (None, None) => SecretKeySource::Unset,
+        },
         auth: AuthConfig {
             admin_password: args.admin_password,
             jwt_secret: args.jwt_secret,

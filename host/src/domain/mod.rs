@@ -3,12 +3,14 @@
 
 mod approval;
 mod auth;
+mod config;
 mod limits;
 mod manifest;
 mod model;
 mod run;
 
 pub use auth::{ApiToken, AuditEntry, Credential, Principal, RefreshToken, Role, User};
+pub use config::{JobConfig, SECRET_MASK, SecretValue, Setting, SettingValue};
 pub use limits::{FUEL_PER_CPU_MS, Limits, LimitsError, parse_byte_size};
 pub use manifest::{
     Capabilities, DEFAULT_HTTP_PORTS, HostName, HostPattern, HostPatternError, JobSpec, Manifest,

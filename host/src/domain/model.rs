@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::{FailureKind, LogEntry, Manifest, Outcome, Trigger};
+use super::{FailureKind, JobConfig, LogEntry, Manifest, Outcome, SettingValue, Trigger};
 
 /// Milliseconds since the Unix epoch, UTC.
 pub type Millis = i64;
@@ -123,6 +123,10 @@ pub struct Job {
     pub memory_bytes: Option<u64>,
     /// A topic or topic pattern (`prefix.*`, `*`) whose events trigger a run.
     pub on_event: Option<String>,
+    /// Settings the module reads through its `config` interface: plain values as they
+    /// are, secrets as `{"secret": "***"}` (a secret's value is never shown).
+    #[schema(value_type = BTreeMap<String, SettingValue>)]
+    pub config: JobConfig,
     /// The next cron tick, in milliseconds since the Unix epoch.
     #[schema(value_type = Option<i64>)]
     pub next_run_at: Option<Millis>,

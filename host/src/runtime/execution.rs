@@ -17,6 +17,7 @@ use super::host::http::{OutboundHttp, OutboundSettings};
 use super::host::{HostCallTimedOut, HostContext, HostServices};
 use super::limiter::MemoryLimiter;
 use super::logs::{LogCollector, LogObserver, Stream};
+use super::redact::Redactor;
 use super::stdio::CapturedStream;
 use crate::domain::{
     FUEL_PER_CPU_MS, FailureKind, Grants, Limits, LogEntry, LogLevel, Outcome, RunContext,
@@ -39,6 +40,8 @@ pub struct RunRequest {
     pub grants: Arc<Grants>,
     /// The job's settings, secrets already decrypted.
     pub config: Arc<BTreeMap<String, String>>,
+    /// The values of the secret settings: masked in the run's log lines, error and output.
+    pub redact: Redactor,
     pub cancel: CancelToken,
     pub log_observer: Option<LogObserver>,
 }
@@ -69,6 +72,7 @@ impl RunRequest {
             limits,
             grants: Arc::new(Grants::default()),
             config: Arc::new(BTreeMap::new()),
+            redact: Redactor::default(),
             cancel: CancelToken::default(),
             log_observer: None,
         }
@@ -185,7 +189,8 @@ pub(crate) fn new_store(
         limits.max_log_lines,
         limits.max_log_bytes,
         request.log_observer.clone(),
-    );
+    )
+    .redacting(request.redact.clone());
     let wasi = WasiCtxBuilder::new()
         .stdout(CapturedStream::new(logs.clone(), Stream::Stdout))
         .stderr(CapturedStream::new(logs.clone(), Stream::Stderr))
@@ -299,6 +304,7 @@ pub(crate) async fn execute(
         Ok(Err(error)) => job_failed(error),
         Err(error) => classify_error(&error, memory_limit_hit, &limits, &entries),
     };
+    let outcome = request.redact.outcome(outcome);
     RunReport {
         outcome,
         usage,

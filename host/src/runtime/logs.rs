@@ -1,10 +1,12 @@
 //! The log of one execution: guest log lines and captured stdout/stderr, in order, under
-//! a line and byte cap. Guests are untrusted, so everything they write is bounded here
-//! before it can reach memory, a database or a terminal.
+//! a line and byte cap, with the job's secrets redacted. Guests are untrusted, so
+//! everything they write is bounded and cleaned here before it can reach memory, a
+//! database or a terminal.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use super::redact::Redactor;
 use crate::domain::{LogEntry, LogLevel};
 
 /// A single message longer than this is cut, so one call cannot use the whole byte cap.
@@ -37,6 +39,7 @@ struct LogBuffer {
     max_lines: u32,
     max_bytes: u64,
     observer: Option<LogObserver>,
+    redactor: Redactor,
     pending_stdout: Vec<u8>,
     pending_stderr: Vec<u8>,
 }
@@ -58,10 +61,18 @@ impl LogCollector {
                 max_lines,
                 max_bytes,
                 observer,
+                redactor: Redactor::default(),
                 pending_stdout: Vec::new(),
                 pending_stderr: Vec::new(),
             })),
         }
+    }
+
+    /// Masks `redactor`'s secrets in every line from now on, before the line is counted,
+    /// cut, observed or kept.
+    pub(crate) fn redacting(self, redactor: Redactor) -> Self {
+        self.lock().redactor = redactor;
+        self
     }
 
     fn lock(&self) -> MutexGuard<'_, LogBuffer> {
@@ -174,10 +185,12 @@ impl LogBuffer {
             self.dropped += 1;
             return;
         }
-        let message = truncate(message, MAX_MESSAGE_BYTES);
+        // Redacted before the cut, which could otherwise leave half a secret behind.
+        let message = truncate(&self.redactor.text(message), MAX_MESSAGE_BYTES);
         if fields.len() > MAX_FIELDS {
             fields = fields.into_iter().take(MAX_FIELDS).collect();
         }
+        self.redactor.object(&mut fields);
         let field_bytes: usize = fields
             .iter()
             .map(|(k, v)| k.len() + estimate_json_len(v))
@@ -277,6 +290,29 @@ mod tests {
         let cut = truncate(&text, MAX_MESSAGE_BYTES);
         assert!(cut.len() < text.len());
         assert!(cut.contains("bytes cut"));
+    }
+
+    #[test]
+    fn secrets_are_masked_in_messages_and_fields_before_anyone_sees_them() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sink = seen.clone();
+        let logs = LogCollector::new(
+            100,
+            1 << 20,
+            Some(Arc::new(move |e: &LogEntry| {
+                sink.lock().unwrap().push(e.message.clone());
+            })),
+        )
+        .redacting(Redactor::new(["s3cret-token".to_owned()]));
+        let mut fields = serde_json::Map::new();
+        fields.insert("auth".into(), "Bearer s3cret-token".into());
+        logs.push(LogLevel::Info, "using s3cret-token", fields);
+        logs.write_stream(Stream::Stdout, b"token=s3cret-token\n");
+        let (entries, _) = logs.finish();
+        assert_eq!(entries[0].message, "using ***");
+        assert_eq!(entries[0].fields["auth"], "Bearer ***");
+        assert_eq!(entries[1].message, "token=***");
+        assert_eq!(*seen.lock().unwrap(), ["using ***", "token=***"]);
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod host;
 mod incoming;
 mod limiter;
 mod logs;
+mod redact;
 mod stdio;
 mod validate;
 
@@ -38,6 +39,7 @@ pub use host::http::{
 };
 pub use incoming::ServedRequest;
 pub use logs::LogObserver;
+pub use redact::{MIN_REDACTED_LEN, Redactor};
 pub use validate::ValidationError;
 
 use bindings::JobModulePre;

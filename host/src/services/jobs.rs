@@ -1,5 +1,6 @@
 //! Job definitions and manual triggers.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -8,7 +9,8 @@ use utoipa::ToSchema;
 use super::schedule::Schedule;
 use super::{ServiceError, Services};
 use crate::domain::{
-    Job, JobSpec, Limits, Millis, ModuleStatus, NewExecution, Page, Trigger, new_id, now_millis,
+    Job, JobConfig, JobSpec, Limits, Millis, ModuleStatus, NewExecution, Page, SettingValue,
+    Trigger, new_id, now_millis,
 };
 use crate::runtime::host::events::is_valid_topic;
 
@@ -52,6 +54,15 @@ pub struct JobDraft {
     /// A topic or topic pattern (`prefix.*`, `*`) whose events trigger a run.
     #[serde(default)]
     pub on_event: Option<String>,
+    /// Settings the module reads through its `config` interface (default none): up to 64
+    /// names of 1 to 128 letters, digits, `-`, `_` or `.`, each mapped to a string of at
+    /// most 64 KiB, or to `{"secret": "..."}` for a secret. A secret is stored encrypted,
+    /// only the module can read it, and responses show it as `{"secret": "***"}`; it is
+    /// masked in the run's logs, error and result (values of 4 bytes or more). A server
+    /// without a secret key refuses secrets (422).
+    #[serde(default)]
+    #[schema(value_type = Option<BTreeMap<String, SettingValue>>)]
+    pub config: Option<BTreeMap<String, SettingValue>>,
 }
 
 /// Changes to a job; absent fields stay, `null` clears an optional one.
@@ -78,6 +89,14 @@ pub struct JobPatch {
     pub memory_bytes: Option<Option<u64>>,
     #[serde(default, with = "double_option")]
     pub on_event: Option<Option<String>>,
+    /// Replaces all of the job's settings (see the job's `config`): a setting left out is
+    /// removed. `{"secret": "***"}`, the form responses show a secret in, keeps the secret
+    /// stored under that name, so a job read with GET can be sent back with edits; for a
+    /// name with no stored secret it is refused (422). A secret's value can thus never be
+    /// `***`.
+    #[serde(default)]
+    #[schema(value_type = Option<BTreeMap<String, SettingValue>>)]
+    pub config: Option<BTreeMap<String, SettingValue>>,
 }
 
 /// Tells "absent" (outer `None`) from "null" (`Some(None)`).
@@ -243,10 +262,14 @@ impl Services {
             fuel: draft.fuel,
             memory_bytes: draft.memory_bytes,
             on_event: draft.on_event,
+            config: JobConfig::default(),
             next_run_at: None,
             created_at: now,
             updated_at: now,
         };
+        if let Some(config) = draft.config {
+            job.config = self.settle_config(&job.id, config, &JobConfig::default())?;
+        }
         self.check_job(&job)?;
         self.module_job(&job.module, &job.job).await?;
         job.next_run_at = Self::next_run(&job, now);
@@ -283,6 +306,7 @@ impl Services {
             fuel,
             memory_bytes,
             on_event,
+            config,
         } = patch;
         /// Absent means unchanged.
         fn apply<T>(field: &mut T, change: Option<T>) {
@@ -301,6 +325,9 @@ impl Services {
         apply(&mut job.fuel, fuel);
         apply(&mut job.memory_bytes, memory_bytes);
         apply(&mut job.on_event, on_event);
+        if let Some(config) = config {
+            job.config = self.settle_config(&job.id, config, &job.config)?;
+        }
         self.check_job(&job)?;
         if job_changed {
             self.module_job(&job.module, &job.job).await?;
@@ -429,6 +456,7 @@ mod tests {
             fuel: None,
             memory_bytes: None,
             on_event: None,
+            config: JobConfig::default(),
             next_run_at: None,
             created_at: 0,
             updated_at: 0,

@@ -6,6 +6,7 @@ pub mod auth;
 mod backends;
 mod events;
 mod executions;
+pub mod job_config;
 pub mod jobs;
 pub mod loghub;
 pub mod modules;
@@ -19,11 +20,13 @@ use crate::domain::Limits;
 use crate::queue::{Queue, QueueError};
 use crate::runtime::{LoadError, Runtime};
 use crate::store::{Store, StoreError};
+use secrets::SecretBox;
 
 pub use auth::AuthService;
 pub use backends::{StoreEventSink, StoreKeyValue, StoreMetricsSink};
 pub use events::{EventBus, PublishEvent};
 pub use executions::RunningRegistry;
+pub use job_config::{ConfigOpenError, OpenedConfig};
 pub use jobs::{ExecuteRequest, JobDraft, JobPatch};
 pub use loghub::LogHub;
 pub use modules::ModuleCatalog;
@@ -147,6 +150,9 @@ pub struct Services {
     pub running: RunningRegistry,
     pub routes: Arc<RouteGate>,
     pub settings: Arc<ServiceSettings>,
+    /// Seals and opens jobs' secret settings; `None` on a node given no key (distributed
+    /// without `RUNCELL_SECRET_KEY`), where secrets can be neither set nor read.
+    pub secrets: Option<SecretBox>,
 }
 
 impl std::fmt::Debug for Services {

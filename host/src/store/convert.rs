@@ -7,7 +7,7 @@ use std::fmt::Display;
 use serde::Serialize;
 
 use super::StoreError;
-use crate::domain::{ExecutionStatus, LogLevel, Millis, Page, Trigger};
+use crate::domain::{ExecutionStatus, JobConfig, LogLevel, Millis, Page, Trigger};
 
 pub(super) fn db(err: sqlx::Error) -> StoreError {
     StoreError::Database(err.to_string())
@@ -54,6 +54,12 @@ pub(super) fn page<T>(mut fetched: Vec<T>, limit: usize, id: impl Fn(&T) -> &str
 pub(super) fn page_fetch(limit: u32) -> (usize, i64) {
     let limit = limit.max(1);
     (limit as usize, i64::from(limit) + 1)
+}
+
+/// A job's settings as stored (see [`JobConfig::to_stored_json`]). The error names the
+/// column, never the text: it holds sealed secrets.
+pub(super) fn parse_job_config(text: &str) -> Result<JobConfig, StoreError> {
+    JobConfig::from_stored_json(text).map_err(|err| corrupt("config", err))
 }
 
 pub(super) fn parse_status(text: &str) -> Result<ExecutionStatus, StoreError> {

@@ -91,13 +91,13 @@ use sqlx::{ConnectOptions, Connection, QueryBuilder, Row};
 
 use super::convert::{
     corrupt, db, int, is_unique_violation, json_text, last_update_per_job, page, page_fetch,
-    parse_level, parse_status, parse_trigger,
+    parse_job_config, parse_level, parse_status, parse_trigger,
 };
 use super::{CancelEffect, ClaimedExecution, ExecutionFilter, LeaseToken, Store, StoreError};
 use crate::domain::{
-    Event, Execution, ExecutionResult, ExecutionStatus, Job, LogEntry, Manifest, MetricSample,
-    Millis, ModuleRecord, ModuleStatus, ModuleVersion, NewExecution, NodeHeartbeat, Page,
-    now_millis,
+    Event, Execution, ExecutionResult, ExecutionStatus, Job, JobConfig, LogEntry, Manifest,
+    MetricSample, Millis, ModuleRecord, ModuleStatus, ModuleVersion, NewExecution, NodeHeartbeat,
+    Page, now_millis,
 };
 
 /// Applied by [`PostgresStore::connect`]. Nodes starting together do not race on it:
@@ -137,7 +137,7 @@ macro_rules! execution_columns {
 macro_rules! job_columns {
     () => {
         "id, name, module, job, schedule, input, enabled, max_attempts, timeout_ms, fuel, \
-         memory_bytes, on_event, next_run_at, created_at, updated_at"
+         memory_bytes, on_event, config, next_run_at, created_at, updated_at"
     };
 }
 
@@ -267,6 +267,10 @@ fn col_json<T: serde::de::DeserializeOwned>(row: &PgRow, name: &str) -> Result<T
     serde_json::from_str(text).map_err(|err| corrupt(name, err))
 }
 
+fn col_config(row: &PgRow) -> Result<JobConfig, StoreError> {
+    parse_job_config(col(row, "config")?)
+}
+
 fn col_opt_json(row: &PgRow, name: &str) -> Result<Option<serde_json::Value>, StoreError> {
     let text: Option<&str> = col(row, name)?;
     text.map(|t| serde_json::from_str(t).map_err(|err| corrupt(name, err)))
@@ -312,6 +316,7 @@ fn job_from_row(row: &PgRow) -> Result<Job, StoreError> {
         fuel: col_opt_u64(row, "fuel")?,
         memory_bytes: col_opt_u64(row, "memory_bytes")?,
         on_event: col(row, "on_event")?,
+        config: col_config(row)?,
         next_run_at: col(row, "next_run_at")?,
         created_at: col(row, "created_at")?,
         updated_at: col(row, "updated_at")?,
@@ -794,7 +799,7 @@ impl Store for PostgresStore {
         sqlx::query(concat!(
             "INSERT INTO jobs (",
             job_columns!(),
-            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
         ))
         .bind(&job.id)
         .bind(&job.name)
@@ -808,6 +813,7 @@ impl Store for PostgresStore {
         .bind(job.fuel.map(int))
         .bind(job.memory_bytes.map(int))
         .bind(&job.on_event)
+        .bind(job.config.to_stored_json())
         .bind(job.next_run_at)
         .bind(job.created_at)
         .bind(job.updated_at)
@@ -868,8 +874,9 @@ impl Store for PostgresStore {
         let updated = sqlx::query(
             "UPDATE jobs SET name = $1, module = $2, job = $3, schedule = $4, input = $5, \
                  enabled = $6, max_attempts = $7, timeout_ms = $8, fuel = $9, \
-                 memory_bytes = $10, on_event = $11, next_run_at = $12, updated_at = $13 \
-             WHERE id = $14",
+                 memory_bytes = $10, on_event = $11, config = $12, next_run_at = $13, \
+                 updated_at = $14 \
+             WHERE id = $15",
         )
         .bind(&job.name)
         .bind(&job.module)
@@ -882,6 +889,7 @@ impl Store for PostgresStore {
         .bind(job.fuel.map(int))
         .bind(job.memory_bytes.map(int))
         .bind(&job.on_event)
+        .bind(job.config.to_stored_json())
         .bind(job.next_run_at)
         .bind(job.updated_at)
         .bind(&job.id)

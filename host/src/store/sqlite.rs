@@ -49,13 +49,13 @@ use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool, Transaction};
 
 use super::convert::{
     corrupt, db, int, is_unique_violation, json_text, last_update_per_job, page, page_fetch,
-    parse_level, parse_status, parse_trigger,
+    parse_job_config, parse_level, parse_status, parse_trigger,
 };
 use super::{CancelEffect, ClaimedExecution, ExecutionFilter, LeaseToken, Store, StoreError};
 use crate::domain::{
-    Event, Execution, ExecutionResult, ExecutionStatus, Job, LogEntry, Manifest, MetricSample,
-    Millis, ModuleRecord, ModuleStatus, ModuleVersion, NewExecution, NodeHeartbeat, Page, Trigger,
-    now_millis,
+    Event, Execution, ExecutionResult, ExecutionStatus, Job, JobConfig, LogEntry, Manifest,
+    MetricSample, Millis, ModuleRecord, ModuleStatus, ModuleVersion, NewExecution, NodeHeartbeat,
+    Page, Trigger, now_millis,
 };
 
 static MIGRATOR: Migrator = sqlx::migrate!("../migrations/sqlite");
@@ -94,7 +94,7 @@ macro_rules! execution_columns {
 macro_rules! job_columns {
     () => {
         "id, name, module, job, schedule, input, enabled, max_attempts, timeout_ms, fuel, \
-         memory_bytes, on_event, next_run_at, created_at, updated_at"
+         memory_bytes, on_event, config, next_run_at, created_at, updated_at"
     };
 }
 
@@ -305,6 +305,10 @@ fn col_json<T: serde::de::DeserializeOwned>(row: &SqliteRow, name: &str) -> Resu
     serde_json::from_str(text).map_err(|err| corrupt(name, err))
 }
 
+fn col_config(row: &SqliteRow) -> Result<JobConfig, StoreError> {
+    parse_job_config(col(row, "config")?)
+}
+
 fn col_opt_json(row: &SqliteRow, name: &str) -> Result<Option<serde_json::Value>, StoreError> {
     let text: Option<&str> = col(row, name)?;
     text.map(|t| serde_json::from_str(t).map_err(|err| corrupt(name, err)))
@@ -358,6 +362,7 @@ fn job_from_row(row: &SqliteRow) -> Result<Job, StoreError> {
         fuel: col_opt_u64(row, "fuel")?,
         memory_bytes: col_opt_u64(row, "memory_bytes")?,
         on_event: col(row, "on_event")?,
+        config: col_config(row)?,
         next_run_at: col(row, "next_run_at")?,
         created_at: col(row, "created_at")?,
         updated_at: col(row, "updated_at")?,
@@ -759,7 +764,7 @@ impl Store for SqliteStore {
         sqlx::query(concat!(
             "INSERT INTO jobs (",
             job_columns!(),
-            ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         ))
         .bind(&job.id)
         .bind(&job.name)
@@ -773,6 +778,7 @@ impl Store for SqliteStore {
         .bind(job.fuel.map(int))
         .bind(job.memory_bytes.map(int))
         .bind(&job.on_event)
+        .bind(job.config.to_stored_json())
         .bind(job.next_run_at)
         .bind(job.created_at)
         .bind(job.updated_at)
@@ -831,7 +837,7 @@ impl Store for SqliteStore {
         let updated = sqlx::query(
             "UPDATE jobs SET name = ?, module = ?, job = ?, schedule = ?, input = ?, \
                  enabled = ?, max_attempts = ?, timeout_ms = ?, fuel = ?, memory_bytes = ?, \
-                 on_event = ?, next_run_at = ?, updated_at = ? \
+                 on_event = ?, config = ?, next_run_at = ?, updated_at = ? \
              WHERE id = ?",
         )
         .bind(&job.name)
@@ -845,6 +851,7 @@ impl Store for SqliteStore {
         .bind(job.fuel.map(int))
         .bind(job.memory_bytes.map(int))
         .bind(&job.on_event)
+        .bind(job.config.to_stored_json())
         .bind(job.next_run_at)
         .bind(job.updated_at)
         .bind(&job.id)

@@ -7,15 +7,16 @@
 //! Each test creates a database of its own and drops it when it ends, passed or failed;
 //! an unreachable server fails the tests, it never skips them.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::time::Instant;
 
 use super::{
     CancelEffect, ExecutionFilter, LeaseToken, PostgresStore, SqliteStore, Store, StoreError,
 };
 use crate::domain::{
-    Capabilities, Event, ExecutionResult, ExecutionStatus, Job, JobSpec, LogEntry, LogLevel,
-    Manifest, MetricSample, Millis, ModuleStatus, NewExecution, NodeHeartbeat, Trigger, new_id,
+    Capabilities, Event, ExecutionResult, ExecutionStatus, Job, JobConfig, JobSpec, LogEntry,
+    LogLevel, Manifest, MetricSample, Millis, ModuleStatus, NewExecution, NodeHeartbeat, Setting,
+    Trigger, new_id,
 };
 
 /// A fixed "now" (2023-11-14), so expectations do not depend on the clock.
@@ -58,6 +59,7 @@ fn job(name: &str, module: &str) -> Job {
         fuel: Some(8_000_000_000),
         memory_bytes: Some(64 << 20),
         on_event: None,
+        config: JobConfig::default(),
         next_run_at: None,
         created_at: T0,
         updated_at: T0,
@@ -337,6 +339,42 @@ async fn a_job_reads_back_as_it_was_written(store: &dyn Store) {
     store.insert_job(&written).await.unwrap();
     assert_eq!(store.get_job(&written.id).await.unwrap(), Some(written));
     assert_eq!(store.get_job("missing").await.unwrap(), None);
+}
+
+async fn a_jobs_settings_read_back_with_their_secrets_still_sealed(store: &dyn Store) {
+    let mut written = job("monitor", "endpoint-monitor");
+    written.config = JobConfig::new(BTreeMap::from([
+        (
+            "endpoints".to_owned(),
+            Setting::Plain("[{\"name\": \"é\"}]".to_owned()),
+        ),
+        (
+            "apiKey".to_owned(),
+            Setting::Sealed("v1:bm90LXJlYWxseS1zZWFsZWQ".to_owned()),
+        ),
+    ]));
+    store.insert_job(&written).await.unwrap();
+    assert_eq!(
+        store.get_job(&written.id).await.unwrap().as_ref(),
+        Some(&written)
+    );
+    assert_eq!(
+        store.get_jobs(&[written.id.clone()]).await.unwrap(),
+        [written.clone()]
+    );
+
+    written.config = JobConfig::new(BTreeMap::from([(
+        "apiKey".to_owned(),
+        Setting::Plain("now plain".to_owned()),
+    )]));
+    assert!(store.update_job(&written).await.unwrap());
+    assert_eq!(
+        store.get_job(&written.id).await.unwrap(),
+        Some(written.clone())
+    );
+    written.config = JobConfig::default();
+    assert!(store.update_job(&written).await.unwrap());
+    assert_eq!(store.get_job(&written.id).await.unwrap(), Some(written));
 }
 
 async fn a_job_name_is_taken_only_once(store: &dyn Store) {
@@ -1779,6 +1817,7 @@ macro_rules! every_behaviour {
                 deleting_a_module_without_its_jobs_leaves_them_and_removes_its_data,
                 deleting_a_module_with_its_jobs_keeps_their_executions,
                 a_job_reads_back_as_it_was_written,
+                a_jobs_settings_read_back_with_their_secrets_still_sealed,
                 a_job_name_is_taken_only_once,
                 renaming_a_job_onto_a_taken_name_conflicts,
                 a_deleted_job_is_gone,
