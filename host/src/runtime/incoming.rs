@@ -17,7 +17,9 @@ use wasmtime_wasi_http::p2::types::{HostIncomingRequest, HostResponseOutparam};
 use super::bindings::JobModulePre;
 use super::execution::{self, ExecutionState, RunRequest};
 use super::{LoadedModule, Shared};
-use crate::domain::{FailureKind, Limits, LogEntry, Outcome, Usage};
+use crate::domain::{
+    FailureKind, Limits, LogEntry, Manifest, ManifestError, Outcome, RouteAccess, Usage,
+};
 
 /// The interface a module exports to serve routes, any 0.2.x version.
 const HANDLER_INTERFACE: &str = "wasi:http/incoming-handler@0.2.";
@@ -34,6 +36,24 @@ pub(crate) fn find_handler(
         .find(|name| name.starts_with(HANDLER_INTERFACE))?;
     let instance = component.get_export_index(None, interface.as_str())?;
     component.get_export_index(Some(&instance), "handle")
+}
+
+/// A manifest that asks for routes needs the export that serves them; one that asks for
+/// none may still export it (and serves nothing).
+pub(crate) fn check_routes_export(
+    manifest: &Manifest,
+    exports_handler: bool,
+) -> Result<(), ManifestError> {
+    if exports_handler || manifest.capabilities.routes == RouteAccess::None {
+        return Ok(());
+    }
+    Err(ManifestError::Invalid {
+        field: "capabilities.routes".into(),
+        reason: "the module declares HTTP routes but does not export \
+                 `wasi:http/incoming-handler`; build it against the \
+                 `job-module-with-routes` world (runcell-sdk's `routes:` entry does this)"
+            .into(),
+    })
 }
 
 /// What serving one request came to.
@@ -228,5 +248,38 @@ pub(super) async fn serve(
         usage,
         logs: entries,
         dropped_log_lines,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::Capabilities;
+
+    fn manifest(routes: RouteAccess) -> Manifest {
+        Manifest {
+            name: "m".into(),
+            version: "1.0.0".into(),
+            description: String::new(),
+            jobs: Vec::new(),
+            capabilities: Capabilities {
+                routes,
+                ..Capabilities::default()
+            },
+        }
+    }
+
+    #[test]
+    fn routes_asked_for_need_the_handler_export() {
+        for access in [RouteAccess::Authenticated, RouteAccess::Public] {
+            let error = check_routes_export(&manifest(access), false).unwrap_err();
+            assert!(
+                error.to_string().contains("wasi:http/incoming-handler"),
+                "{error}"
+            );
+            assert!(check_routes_export(&manifest(access), true).is_ok());
+        }
+        assert!(check_routes_export(&manifest(RouteAccess::None), false).is_ok());
+        assert!(check_routes_export(&manifest(RouteAccess::None), true).is_ok());
     }
 }

@@ -194,16 +194,7 @@ impl Runtime {
         let manifest = self.describe(&pre).await?;
         manifest.validate()?;
         let handler = incoming::find_handler(&self.shared.engine, pre.instance_pre().component());
-        if handler.is_none() && manifest.capabilities.routes != RouteAccess::None {
-            return Err(ManifestError::Invalid {
-                field: "capabilities.routes".into(),
-                reason: "the module declares HTTP routes but does not export \
-                         `wasi:http/incoming-handler`; build it against the \
-                         `job-module-with-routes` world (runcell-sdk's `routes:` entry does this)"
-                    .into(),
-            }
-            .into());
-        }
+        incoming::check_routes_export(&manifest, handler.is_some())?;
         let module = Arc::new(LoadedModule {
             hash: hash.clone(),
             name: Arc::from(manifest.name.as_str()),
