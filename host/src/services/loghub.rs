@@ -76,7 +76,9 @@ impl std::fmt::Debug for LogHub {
 #[derive(Debug)]
 struct Channel {
     backlog: Vec<LogEntry>,
-    sender: broadcast::Sender<LogMessage>,
+    /// Made when the first follower subscribes: most runs are never followed, and a
+    /// channel of [`FOLLOW_BUFFER`] slots costs more to make and drop than a no-op run.
+    sender: Option<broadcast::Sender<LogMessage>>,
     /// The run is in this process ([`LogHub::start`] was called).
     running: bool,
     /// The run's lines are appended to the relay for followers elsewhere.
@@ -93,7 +95,7 @@ impl Channel {
     fn new() -> Self {
         Self {
             backlog: Vec::new(),
-            sender: broadcast::channel(FOLLOW_BUFFER).0,
+            sender: None,
             running: false,
             relayed: false,
             next_seq: 0,
@@ -103,8 +105,32 @@ impl Channel {
 
     fn push(&mut self, entry: LogEntry) {
         self.next_seq = self.next_seq.max(entry.seq.saturating_add(1));
-        self.backlog.push(entry.clone());
-        let _ = self.sender.send(LogMessage::Line(entry));
+        match &self.sender {
+            Some(sender) => {
+                self.backlog.push(entry.clone());
+                let _ = sender.send(LogMessage::Line(entry));
+            }
+            None => self.backlog.push(entry),
+        }
+    }
+
+    /// Tells the followers, if any, that the run ended.
+    fn end(&self, status: ExecutionStatus) {
+        if let Some(sender) = &self.sender {
+            let _ = sender.send(LogMessage::End(status));
+        }
+    }
+
+    fn subscribe(&mut self) -> broadcast::Receiver<LogMessage> {
+        self.sender
+            .get_or_insert_with(|| broadcast::channel(FOLLOW_BUFFER).0)
+            .subscribe()
+    }
+
+    fn followers(&self) -> usize {
+        self.sender
+            .as_ref()
+            .map_or(0, broadcast::Sender::receiver_count)
     }
 }
 
@@ -204,7 +230,7 @@ impl LogHub {
             {
                 relay.append(id, vec![LogMessage::End(status)]);
             }
-            let _ = channel.sender.send(LogMessage::End(status));
+            channel.end(status);
         }
     }
 
@@ -220,7 +246,7 @@ impl LogHub {
         {
             channel.remote = Some(self.follow_remote(id, relay.follow(id)));
         }
-        (channel.backlog.clone(), channel.sender.subscribe())
+        (channel.backlog.clone(), channel.subscribe())
     }
 
     /// Drops a channel nobody runs or follows here (a follower gave up on a run that is
@@ -229,7 +255,7 @@ impl LogHub {
         let mut channels = self.channels();
         if channels
             .get(id)
-            .is_some_and(|c| !c.running && c.sender.receiver_count() == 0)
+            .is_some_and(|c| !c.running && c.followers() == 0)
         {
             channels.remove(id);
         }
@@ -262,7 +288,7 @@ impl LogHub {
                         // Dropping the channel aborts this very task, which returns
                         // before its next await anyway.
                         if let Some(channel) = channels.remove(&id) {
-                            let _ = channel.sender.send(LogMessage::End(status));
+                            channel.end(status);
                         }
                         return;
                     }
