@@ -83,6 +83,25 @@ impl TestDatabase {
         }
     }
 
+    /// How many executions of `job_id` are in a final state, read straight from the
+    /// database (not through a node).
+    fn final_executions(&self, job_id: &str) -> usize {
+        use sqlx::{Connection, Row};
+        block_on(async {
+            let mut connection = sqlx::PgConnection::connect(&self.url).await.unwrap();
+            let row = sqlx::query(
+                "SELECT count(*) AS n FROM executions WHERE job_id = $1 \
+                 AND status IN ('COMPLETED', 'FAILED', 'TIMED_OUT', 'CANCELLED')",
+            )
+            .bind(job_id)
+            .fetch_one(&mut connection)
+            .await
+            .unwrap();
+            let _ = connection.close().await;
+            usize::try_from(row.get::<i64, _>("n")).unwrap()
+        })
+    }
+
     /// The node holding the scheduler lease now, if the lease is held.
     fn scheduler_holder(&self) -> Option<String> {
         use sqlx::{Connection, Row};
@@ -723,5 +742,207 @@ fn nodes_sharing_a_secret_key_run_jobs_with_secrets_and_a_node_without_one_refus
     );
     for node in &cluster.nodes {
         assert!(!node.output().contains(SECRET));
+    }
+}
+
+/// A TCP relay to a real server that a test can cut and restore, to take a dependency
+/// away from a node without touching the server other tests share. While cut, open
+/// connections are closed and new ones are accepted and dropped at once.
+struct Relay {
+    port: u16,
+    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    connections: std::sync::Arc<Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl Relay {
+    fn start(upstream: &str) -> Self {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let up = Arc::new(AtomicBool::new(true));
+        let connections: Arc<Mutex<Vec<std::net::TcpStream>>> = Arc::default();
+        let (relay_up, open) = (up.clone(), connections.clone());
+        let upstream = upstream.to_owned();
+        thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                if !relay_up.load(Ordering::SeqCst) {
+                    continue;
+                }
+                let Ok(server) = std::net::TcpStream::connect(&upstream) else {
+                    continue;
+                };
+                let (Ok(client_copy), Ok(server_copy)) = (client.try_clone(), server.try_clone())
+                else {
+                    continue;
+                };
+                let mut open = open.lock().unwrap();
+                open.extend([client_copy, server_copy]);
+                pump(&client, &server);
+                pump(&server, &client);
+            }
+        });
+        Self {
+            port,
+            up,
+            connections,
+        }
+    }
+
+    fn cut(&self) {
+        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        for connection in self.connections.lock().unwrap().drain(..) {
+            let _ = connection.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    fn restore(&self) {
+        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Copies `from` into `to` on a thread of its own until either side closes.
+fn pump(from: &std::net::TcpStream, to: &std::net::TcpStream) {
+    let (Ok(mut from), Ok(mut to)) = (from.try_clone(), to.try_clone()) else {
+        return;
+    };
+    thread::spawn(move || {
+        let _ = std::io::copy(&mut from, &mut to);
+        let _ = to.shutdown(std::net::Shutdown::Both);
+    });
+}
+
+#[test]
+fn a_node_rides_out_a_redis_outage_and_runs_what_was_asked_meanwhile() {
+    let _turn = one_at_a_time();
+    let database = TestDatabase::create();
+    let prefix = TestPrefix::new();
+    let redis = Relay::start("127.0.0.1:6379");
+    let node = Server::start_with(ServerOptions {
+        workers: 2,
+        env: vec![
+            ("DATABASE_URL".to_owned(), database.url.clone()),
+            (
+                "REDIS_URL".to_owned(),
+                format!("redis://127.0.0.1:{}", redis.port),
+            ),
+            ("RUNCELL_REDIS_PREFIX".to_owned(), prefix.0.clone()),
+            ("RUNCELL_NODE_ID".to_owned(), "node-a".to_owned()),
+            (
+                "RUNCELL_EXECUTION_LEASE".to_owned(),
+                EXECUTION_LEASE.to_owned(),
+            ),
+        ],
+        ..ServerOptions::default()
+    });
+    let job_id = job(
+        &node,
+        "hello",
+        json!({"name": "noop", "module": "hello", "job": "noop"}),
+    );
+
+    redis.cut();
+    let readiness = || node.request_as(None, "GET", "/readyz", None);
+    assert!(
+        node.wait_until(Duration::from_secs(10), || {
+            let reply = readiness();
+            reply.status == 503 && reply.body["error"]["details"]["checks"]["queue"] != "ok"
+        }),
+        "/readyz does not say the queue is down: {}",
+        readiness().body
+    );
+    assert_eq!(
+        readiness().body["error"]["details"]["checks"]["database"],
+        "ok"
+    );
+    // What needs only the database still works, and new work is taken: its rows are
+    // the truth, and they wait there for the queue.
+    assert_eq!(node.get(&format!("/api/v1/jobs/{job_id}")).status, 200);
+    let queued = execute_bulk(&node, &job_id, json!({"count": 20}));
+    assert_eq!(queued.len(), 20);
+    thread::sleep(Duration::from_secs(2));
+
+    redis.restore();
+    assert!(
+        node.wait_until(Duration::from_secs(15), || readiness().status == 200),
+        "/readyz does not recover: {}",
+        readiness().body
+    );
+    let executions = wait_all_final(&node, &job_id, 20, Duration::from_secs(60));
+    assert_eq!(executions.len(), 20, "each ran once, none twice");
+    for execution in &executions {
+        assert_eq!(execution["status"], "COMPLETED", "{execution}");
+    }
+}
+
+#[test]
+fn a_node_rides_out_a_postgres_outage_and_loses_nothing() {
+    let _turn = one_at_a_time();
+    let database = TestDatabase::create();
+    let prefix = TestPrefix::new();
+    let mut relayed_url = url::Url::parse(&database.url).unwrap();
+    let upstream = format!(
+        "{}:{}",
+        relayed_url.host_str().unwrap(),
+        relayed_url.port().unwrap_or(5432)
+    );
+    let postgres = Relay::start(&upstream);
+    relayed_url.set_host(Some("127.0.0.1")).unwrap();
+    relayed_url.set_port(Some(postgres.port)).unwrap();
+    let relayed_url = relayed_url.to_string();
+    let node = Server::start_with(ServerOptions {
+        workers: 2,
+        env: vec![
+            ("DATABASE_URL".to_owned(), relayed_url),
+            ("REDIS_URL".to_owned(), redis_url()),
+            ("RUNCELL_REDIS_PREFIX".to_owned(), prefix.0.clone()),
+            ("RUNCELL_NODE_ID".to_owned(), "node-a".to_owned()),
+            (
+                "RUNCELL_EXECUTION_LEASE".to_owned(),
+                EXECUTION_LEASE.to_owned(),
+            ),
+        ],
+        ..ServerOptions::default()
+    });
+    // About 20 ms of CPU each: the batch is still running when the database goes.
+    let job_id = job(
+        &node,
+        "hostile",
+        json!({"name": "burn", "module": "hostile", "job": "burn", "maxAttempts": 3,
+               "input": {"iterations": 8_000_000}}),
+    );
+    let queued = execute_bulk(&node, &job_id, json!({"count": 200}));
+    thread::sleep(Duration::from_millis(500));
+
+    postgres.cut();
+    let readiness = || node.request_as(None, "GET", "/readyz", None);
+    assert!(
+        node.wait_until(Duration::from_secs(10), || {
+            let reply = readiness();
+            reply.status == 503 && reply.body["error"]["details"]["checks"]["database"] != "ok"
+        }),
+        "/readyz does not say the database is down: {}",
+        readiness().body
+    );
+    assert_eq!(node.request_as(None, "GET", "/healthz", None).status, 200);
+    thread::sleep(Duration::from_secs(3));
+    let finished = database.final_executions(&job_id);
+    assert!(
+        finished < queued.len(),
+        "the batch ended before the outage ({finished} final)"
+    );
+
+    postgres.restore();
+    assert!(
+        node.wait_until(Duration::from_secs(20), || readiness().status == 200),
+        "/readyz does not recover: {}",
+        readiness().body
+    );
+    let executions = wait_all_final(&node, &job_id, queued.len(), Duration::from_secs(90));
+    let chains = chains(&executions);
+    assert_eq!(chains.len(), queued.len());
+    for (root, attempts) in &chains {
+        let last = attempts.last().unwrap();
+        assert_eq!(last["status"], "COMPLETED", "{root}: {attempts:?}");
     }
 }

@@ -89,7 +89,7 @@ impl EventBus {
             Vec::new()
         } else {
             let ids = self.store.enqueue_executions(&executions).await?;
-            self.queue.push(&ids).await?;
+            super::executions::offer(self.queue.as_ref(), &ids).await;
             ids
         };
         tracing::debug!(topic, source, triggered = ids.len(), "event published");

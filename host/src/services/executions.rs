@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use super::{ServiceError, Services};
 use crate::domain::{Execution, ExecutionStatus, LogEntry, Page, now_millis};
+use crate::queue::Queue;
 use crate::runtime::CancelToken;
 use crate::store::{CancelEffect, ExecutionFilter};
 
@@ -12,6 +13,20 @@ use crate::store::{CancelEffect, ExecutionFilter};
 #[derive(Debug, Clone, Default)]
 pub struct RunningRegistry {
     tokens: Arc<Mutex<HashMap<String, CancelToken>>>,
+}
+
+/// Puts executions already stored as `QUEUED` on the queue. The rows are the truth: when
+/// the queue is down, the request that made them still succeeds, and the reconciler
+/// offers them again once the queue answers, so nothing is lost and the caller is not
+/// told to retry what already happened.
+pub(crate) async fn offer(queue: &dyn Queue, ids: &[String]) {
+    if let Err(err) = queue.push(ids).await {
+        tracing::warn!(
+            error = %err,
+            executions = ids.len(),
+            "queue unavailable; the executions wait in the database until the reconciler offers them again"
+        );
+    }
 }
 
 impl RunningRegistry {

@@ -414,7 +414,7 @@ impl Services {
             })
             .collect();
         let ids = self.store.enqueue_executions(&executions).await?;
-        self.queue.push(&ids).await?;
+        super::executions::offer(self.queue.as_ref(), &ids).await;
         Ok(ids)
     }
 }
