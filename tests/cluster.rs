@@ -184,6 +184,25 @@ impl Drop for TestPrefix {
     }
 }
 
+/// The settings of a node of the deployment on `database_url`, `redis_url` and `prefix`.
+fn node_env(
+    database_url: &str,
+    redis_url: &str,
+    prefix: &TestPrefix,
+    node_id: &str,
+) -> Vec<(String, String)> {
+    [
+        ("DATABASE_URL", database_url),
+        ("REDIS_URL", redis_url),
+        ("RUNCELL_REDIS_PREFIX", prefix.0.as_str()),
+        ("RUNCELL_NODE_ID", node_id),
+        ("RUNCELL_EXECUTION_LEASE", EXECUTION_LEASE),
+    ]
+    .into_iter()
+    .map(|(key, value)| (key.to_owned(), value.to_owned()))
+    .collect()
+}
+
 /// Nodes of one deployment. Fields drop in order: the nodes die before their database
 /// and keys are removed, so nothing writes them again.
 struct Cluster {
@@ -216,16 +235,7 @@ impl Cluster {
     /// Starts one more node, named after its position, with the variables `env` too.
     fn add_node(&mut self, workers: usize, env: &[(&str, &str)]) -> &Server {
         let node_id = format!("node-{}", (b'a' + self.nodes.len() as u8) as char);
-        let mut variables = vec![
-            ("DATABASE_URL".to_owned(), self.database.url.clone()),
-            ("REDIS_URL".to_owned(), redis_url()),
-            ("RUNCELL_REDIS_PREFIX".to_owned(), self.prefix.0.clone()),
-            ("RUNCELL_NODE_ID".to_owned(), node_id),
-            (
-                "RUNCELL_EXECUTION_LEASE".to_owned(),
-                EXECUTION_LEASE.to_owned(),
-            ),
-        ];
+        let mut variables = node_env(&self.database.url, &redis_url(), &self.prefix, &node_id);
         variables.extend(
             env.iter()
                 .map(|(name, value)| ((*name).to_owned(), (*value).to_owned())),
@@ -818,21 +828,10 @@ fn a_node_rides_out_a_redis_outage_and_runs_what_was_asked_meanwhile() {
     let database = TestDatabase::create();
     let prefix = TestPrefix::new();
     let redis = Relay::start("127.0.0.1:6379");
+    let relayed_url = format!("redis://127.0.0.1:{}", redis.port);
     let node = Server::start_with(ServerOptions {
         workers: 2,
-        env: vec![
-            ("DATABASE_URL".to_owned(), database.url.clone()),
-            (
-                "REDIS_URL".to_owned(),
-                format!("redis://127.0.0.1:{}", redis.port),
-            ),
-            ("RUNCELL_REDIS_PREFIX".to_owned(), prefix.0.clone()),
-            ("RUNCELL_NODE_ID".to_owned(), "node-a".to_owned()),
-            (
-                "RUNCELL_EXECUTION_LEASE".to_owned(),
-                EXECUTION_LEASE.to_owned(),
-            ),
-        ],
+        env: node_env(&database.url, &relayed_url, &prefix, "node-a"),
         ..ServerOptions::default()
     });
     let job_id = job(
@@ -892,16 +891,7 @@ fn a_node_rides_out_a_postgres_outage_and_loses_nothing() {
     let relayed_url = relayed_url.to_string();
     let node = Server::start_with(ServerOptions {
         workers: 2,
-        env: vec![
-            ("DATABASE_URL".to_owned(), relayed_url),
-            ("REDIS_URL".to_owned(), redis_url()),
-            ("RUNCELL_REDIS_PREFIX".to_owned(), prefix.0.clone()),
-            ("RUNCELL_NODE_ID".to_owned(), "node-a".to_owned()),
-            (
-                "RUNCELL_EXECUTION_LEASE".to_owned(),
-                EXECUTION_LEASE.to_owned(),
-            ),
-        ],
+        env: node_env(&relayed_url, &redis_url(), &prefix, "node-a"),
         ..ServerOptions::default()
     });
     // About 20 ms of CPU each: the batch is still running when the database goes.

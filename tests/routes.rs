@@ -165,14 +165,17 @@ fn signed_in_callers_reach_a_module_that_sees_only_what_it_should() {
     let viewer = viewer_token(&server);
 
     // data-sync's own status route, before and after a sync.
-    let status = call(
-        &server,
-        Some(&viewer),
-        "GET",
-        "/m/data-sync/status",
-        &[],
-        None,
-    );
+    let sync_status = || {
+        call(
+            &server,
+            Some(&viewer),
+            "GET",
+            "/m/data-sync/status",
+            &[],
+            None,
+        )
+    };
+    let status = sync_status();
     assert_eq!(status.status, 200, "{}", status.text());
     assert_eq!(status.json()["cursor"], Value::Null, "{}", status.text());
     let sync =
@@ -183,14 +186,7 @@ fn signed_in_callers_reach_a_module_that_sees_only_what_it_should() {
     );
     let done = server.wait_final(&execution, Duration::from_secs(20));
     assert_eq!(done["status"], "COMPLETED", "{done}");
-    let status = call(
-        &server,
-        Some(&viewer),
-        "GET",
-        "/m/data-sync/status",
-        &[],
-        None,
-    );
+    let status = sync_status();
     assert_eq!(status.status, 200, "{}", status.text());
     assert_ne!(status.json()["cursor"], Value::Null, "{}", status.text());
 
