@@ -690,8 +690,13 @@ fn following_a_run_streams_its_lines_in_order_then_end() {
 fn killing_the_server_mid_bulk_loses_no_execution_and_finishes_each_exactly_once() {
     const BULK: usize = 500;
     let mut server = Server::start();
-    server.upload(&guests::guest("hello"));
-    let job = id(&server.create_job(&json!({"name": "noop", "module": "hello", "job": "noop"})));
+    server.upload(&guests::guest("hostile"));
+    // A few milliseconds of CPU each (about a second for the batch on two workers): a
+    // batch of no-op runs can finish between two polls, before the kill.
+    let job = id(&server.create_job(&json!({
+        "name": "burn", "module": "hostile", "job": "burn",
+        "input": {"iterations": 2_000_000},
+    })));
     let reply = server.post_json(
         &format!("/api/v1/jobs/{job}/execute-bulk"),
         &json!({"count": BULK}),
