@@ -11,7 +11,7 @@ use clap::Args;
 use super::ExitStatus;
 use crate::domain::Limits;
 use crate::runtime::{
-    EngineSettings, HostServices, LoadedModule, RunRequest, Runtime, RuntimeConfig,
+    CancelToken, EngineSettings, HostServices, LoadedModule, RunRequest, Runtime, RuntimeConfig,
 };
 
 #[derive(Debug, Args)]
@@ -141,12 +141,12 @@ fn bench_overhead(
     let request = RunRequest::new("noop", "null", Limits::default());
     let durations = single.block_on(async {
         for _ in 0..1_000 {
-            runtime.run(&module, request.clone()).await;
+            runtime.run(&module, fresh(&request)).await;
         }
         let mut durations = Vec::with_capacity(runs as usize);
         for _ in 0..runs {
             let started = Instant::now();
-            let report = runtime.run(&module, request.clone()).await;
+            let report = runtime.run(&module, fresh(&request)).await;
             durations.push(started.elapsed());
             debug_assert!(matches!(
                 report.outcome,
@@ -199,7 +199,7 @@ async fn two_workers(
             let request = request.clone();
             tokio::spawn(async move {
                 for _ in 0..runs {
-                    runtime.run(&module, request.clone()).await;
+                    runtime.run(&module, fresh(&request)).await;
                 }
             })
         })
@@ -208,6 +208,15 @@ async fn two_workers(
         task.await.expect("bench task");
     }
     started.elapsed()
+}
+
+/// `request` for one more run, with a cancel token of its own as the worker gives each
+/// execution: runs sharing one would contend on its waiter list.
+fn fresh(request: &RunRequest) -> RunRequest {
+    RunRequest {
+        cancel: CancelToken::default(),
+        ..request.clone()
+    }
 }
 
 fn percentile(samples: &[Duration], q: f64) -> Duration {
