@@ -51,9 +51,10 @@
 //! The handler is a plain function from [`Request`] to anything that is
 //! [`IntoResponse`]: a [`Response`], or a `Result` of two of them, so that `?` turns a
 //! failure into its response ([`KvError`] and a failed [`Request::json`] convert). It
-//! runs in a fresh instance per request, with the same limits and grants as a job, and
-//! can use [`kv`](crate::kv), [`config`](crate::config), [`http`](crate::http) and the
-//! rest as a job can.
+//! runs in a fresh instance per request, with the module's grants and the server's route
+//! limits (by default 10 s, about a second of CPU, 64 MiB, a 2 MiB request body and an
+//! 8 MiB response body), and can use [`kv`](crate::kv), [`http`](crate::http) and the
+//! rest as a job can. [`config`](crate::config) is empty there: settings belong to jobs.
 //!
 //! Paths arrive relative to the module's prefix: a request to `/m/counter/value?x=1`
 //! reaches the handler with [`path`](Request::path) `/value`, [`segments`](Request::segments)
