@@ -153,21 +153,28 @@ impl WasiHttpView for ExecutionState {
     }
 }
 
-impl ExecutionState {
-    pub(crate) fn limiter(&self) -> &MemoryLimiter {
-        &self.limiter
-    }
-
-    /// Ends the outbound requests still open, saying why, once the guest's call is over.
-    pub(crate) fn finish_outbound<T>(&self, result: &wasmtime::Result<T>) {
-        self.http_hooks.finish(match result {
-            Err(error) if is_deadline(error) => "the run hit its deadline",
-            Err(error) if matches!(error.downcast_ref(), Some(Interrupted::Cancelled)) => {
-                "the run was cancelled"
-            }
-            _ => "the run ended first",
-        });
-    }
+/// What a store's run used, and whether it hit its memory limit, once the guest's call
+/// is over; outbound requests still open are ended with the reason.
+pub(crate) fn conclude<T>(
+    store: &Store<ExecutionState>,
+    limits: &Limits,
+    started: Instant,
+    result: &wasmtime::Result<T>,
+) -> (Usage, bool) {
+    let state = store.data();
+    let usage = Usage {
+        wall_time: started.elapsed(),
+        fuel_consumed: limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0)),
+        memory_peak_bytes: state.limiter.peak_bytes(),
+    };
+    state.http_hooks.finish(match result {
+        Err(error) if is_deadline(error) => "the run hit its deadline",
+        Err(error) if matches!(error.downcast_ref(), Some(Interrupted::Cancelled)) => {
+            "the run was cancelled"
+        }
+        _ => "the run ended first",
+    });
+    (usage, state.limiter.limit_hit())
 }
 
 /// The error a call ends with when its wall-clock deadline passes while it waits.
@@ -289,15 +296,7 @@ pub(crate) async fn execute(
             () = request.cancel.cancelled() => Err(wasmtime::Error::new(Interrupted::Cancelled)),
         }
     };
-    let fuel_left = store.get_fuel().unwrap_or(0);
-    let limiter = store.data().limiter();
-    let usage = Usage {
-        wall_time: started.elapsed(),
-        fuel_consumed: limits.fuel.saturating_sub(fuel_left),
-        memory_peak_bytes: limiter.peak_bytes(),
-    };
-    let memory_limit_hit = limiter.limit_hit();
-    store.data().finish_outbound(&result);
+    let (usage, memory_limit_hit) = conclude(&store, &limits, started, &result);
     let (entries, dropped_log_lines) = logs.finish();
     let outcome = match result {
         Ok(Ok(output)) => completed(output, &limits),

@@ -92,15 +92,7 @@ async fn call_handler(
         Ok(result) => result,
         Err(_) => Err(execution::deadline_passed()),
     };
-    let fuel_left = store.get_fuel().unwrap_or(0);
-    let limiter = store.data().limiter();
-    let usage = Usage {
-        wall_time: started.elapsed(),
-        fuel_consumed: run.limits.fuel.saturating_sub(fuel_left),
-        memory_peak_bytes: limiter.peak_bytes(),
-    };
-    let memory_limit_hit = limiter.limit_hit();
-    store.data().finish_outbound(&result);
+    let (usage, memory_limit_hit) = execution::conclude(&store, &run.limits, started, &result);
     (result, usage, memory_limit_hit)
 }
 
