@@ -166,6 +166,7 @@ pub async fn build_services(
     cache_dir: Option<PathBuf>,
     workers: usize,
     outbound: OutboundSettings,
+    settings: ServiceSettings,
 ) -> Result<Services, StartError> {
     let events = EventBus::new(store.clone(), queue.clone());
     let host = HostServices {
@@ -173,7 +174,6 @@ pub async fn build_services(
         events: Arc::new(StoreEventSink(events.clone())),
         metrics: Arc::new(StoreMetricsSink(store.clone())),
     };
-    let settings = ServiceSettings::default();
     let runtime = Runtime::new(
         RuntimeConfig {
             engine: EngineSettings {
@@ -232,16 +232,15 @@ pub async fn serve(config: ServeConfig) -> Result<(), StartError> {
         Some(config.data_dir.join("cache")),
         config.workers,
         outbound,
+        ServiceSettings {
+            routes: config.routes.clone(),
+            ..ServiceSettings::default()
+        },
     )
     .await?;
     if let Some(relay) = backend.log_relay {
         services.logs = LiveLogs::with_relay(relay);
     }
-    services.routes = Arc::new(RouteGate::new(&config.routes));
-    services.settings = Arc::new(ServiceSettings {
-        routes: config.routes.clone(),
-        ..ServiceSettings::default()
-    });
     services.secrets = secret_box(
         &config.secret_key,
         &config.data_dir,

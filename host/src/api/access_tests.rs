@@ -62,9 +62,16 @@ async fn harness() -> Harness {
     let store = Arc::new(SqliteStore::open_in_memory().await.unwrap());
     let dyn_store: Arc<dyn Store> = store.clone();
     let queue: Arc<dyn Queue> = Arc::new(MemoryQueue::default());
-    let services = crate::app::build_services(dyn_store, queue, None, 1, Default::default())
-        .await
-        .unwrap();
+    let services = crate::app::build_services(
+        dyn_store,
+        queue,
+        None,
+        1,
+        Default::default(),
+        Default::default(),
+    )
+    .await
+    .unwrap();
     let auth = auth_service(store).await;
     let readiness = Readiness::new();
     readiness.set_workers_running(true);
