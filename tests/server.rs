@@ -487,6 +487,59 @@ fn a_transient_failure_is_retried_up_to_max_attempts_and_a_permanent_one_is_not(
 }
 
 #[test]
+fn a_changed_job_runs_with_its_new_definition_from_the_next_execution_on() {
+    let server = Server::start();
+    server.upload(&guests::guest("hostile"));
+    let job = id(&server.create_job(
+        &json!({"name": "burner", "module": "hostile", "job": "burn", "input": {"iterations": 10_000}}),
+    ));
+    let execution = server.wait_final(&server.execute(&job, None), RUN);
+    assert_eq!(execution["status"], "COMPLETED", "{execution}");
+
+    // Workers keep the definitions they read; a change must reach the very next run.
+    let reply = server.patch_json(&format!("/api/v1/jobs/{job}"), &json!({"fuel": 1_000}));
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let execution = server.wait_final(&server.execute(&job, None), RUN);
+    assert_eq!(execution["status"], "FAILED", "{execution}");
+    assert_eq!(execution["errorKind"], "OUT_OF_FUEL", "{execution}");
+
+    let reply = server.patch_json(
+        &format!("/api/v1/jobs/{job}"),
+        &json!({"fuel": null, "input": {"iterations": 20_000}}),
+    );
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let execution = server.wait_final(&server.execute(&job, None), RUN);
+    assert_eq!(execution["status"], "COMPLETED", "{execution}");
+    assert_eq!(execution["input"], json!({"iterations": 20_000}));
+
+    // A disabled job, and a job of a disabled module, cannot be run; each says why.
+    server.patch_json(&format!("/api/v1/jobs/{job}"), &json!({"enabled": false}));
+    let execute = server.post(&format!("/api/v1/jobs/{job}/execute"));
+    let bulk = server.post_json(
+        &format!("/api/v1/jobs/{job}/execute-bulk"),
+        &json!({"count": 2}),
+    );
+    for reply in [execute, bulk] {
+        assert_eq!(reply.status, 409, "{}", reply.body);
+        assert!(
+            reply.message().contains("job `burner` is disabled"),
+            "{}",
+            reply.message()
+        );
+    }
+    server.patch_json(&format!("/api/v1/jobs/{job}"), &json!({"enabled": true}));
+    server.post("/api/v1/modules/hostile/disable");
+    let reply = server.post(&format!("/api/v1/jobs/{job}/execute"));
+    assert_eq!(reply.status, 409, "{}", reply.body);
+    assert!(
+        reply.message().contains("module `hostile` is disabled"),
+        "{}",
+        reply.message()
+    );
+    assert_eq!(server.executions(&format!("jobId={job}")).len(), 3);
+}
+
+#[test]
 fn a_cancelled_queued_execution_never_starts_and_a_cancelled_spin_stops_quickly() {
     let server = Server::start_with(ServerOptions {
         workers: 1,

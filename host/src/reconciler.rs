@@ -88,6 +88,7 @@ pub async fn reconcile(
             retry_of: execution.retry_of.clone(),
             input: execution.input.to_string(),
             scheduled_at: execution.scheduled_at,
+            job_revision: None,
         };
         if let Some(retry) = next_attempt(settings, &claimed, &job, now) {
             let created = services

@@ -197,6 +197,7 @@ impl WorkerPool {
 
 async fn dispatch(shared: Arc<Shared>, running: Arc<Semaphore>, mut stop: watch::Receiver<bool>) {
     let services = &shared.services;
+    let mut jobs = JobCache::default();
     loop {
         if *stop.borrow() {
             break;
@@ -252,7 +253,7 @@ async fn dispatch(shared: Arc<Shared>, running: Arc<Semaphore>, mut stop: watch:
                 token
             })
             .collect();
-        let jobs = match load_jobs(services, &claimed).await {
+        let jobs = match jobs.for_claimed(services, &claimed).await {
             Ok(jobs) => jobs,
             Err(err) => {
                 tracing::warn!(error = %err, "could not load jobs; requeueing claimed executions");
@@ -275,7 +276,7 @@ async fn dispatch(shared: Arc<Shared>, running: Arc<Semaphore>, mut stop: watch:
                     }
                 },
             };
-            let job = jobs.get(&execution.job_id).cloned();
+            let job = jobs.get(&execution.job_id).map(|job| Job::clone(job));
             let shared = shared.clone();
             tokio::spawn(async move {
                 run_one(&shared, execution, job, cancel).await;
@@ -297,15 +298,64 @@ async fn requeue_unstarted(services: &Services, claimed: &[ClaimedExecution]) {
     let _ = services.queue.push(&ids).await;
 }
 
-async fn load_jobs(
-    services: &Services,
-    claimed: &[ClaimedExecution],
-) -> Result<HashMap<String, Job>, crate::store::StoreError> {
-    let mut ids: Vec<String> = claimed.iter().map(|c| c.job_id.clone()).collect();
-    ids.sort();
-    ids.dedup();
-    let jobs = services.store.get_jobs(&ids).await?;
-    Ok(jobs.into_iter().map(|job| (job.id.clone(), job)).collect())
+/// Most job definitions the dispatcher keeps; past it, it starts afresh.
+const CACHED_JOBS: usize = 4096;
+
+/// The job definitions of recent claims, each with the revision it was read for. A claim
+/// says which revision of its job is current, so a definition is read again only after
+/// it changed (on any node), and a hit is never older than what the claim saw.
+#[derive(Default)]
+struct JobCache {
+    jobs: HashMap<String, (i64, Arc<Job>)>,
+}
+
+impl JobCache {
+    /// The jobs of `claimed` that still exist, by id; reads only those not cached at
+    /// their current revision.
+    async fn for_claimed(
+        &mut self,
+        services: &Services,
+        claimed: &[ClaimedExecution],
+    ) -> Result<HashMap<String, Arc<Job>>, crate::store::StoreError> {
+        let mut current: HashMap<String, Arc<Job>> = HashMap::new();
+        let mut stale: Vec<String> = Vec::new();
+        for execution in claimed {
+            if current.contains_key(&execution.job_id) || stale.contains(&execution.job_id) {
+                continue;
+            }
+            let Some(revision) = execution.job_revision else {
+                self.jobs.remove(&execution.job_id);
+                continue;
+            };
+            match self.jobs.get(&execution.job_id) {
+                Some((cached, job)) if *cached == revision => {
+                    current.insert(execution.job_id.clone(), job.clone());
+                }
+                _ => stale.push(execution.job_id.clone()),
+            }
+        }
+        if stale.is_empty() {
+            return Ok(current);
+        }
+        let read = services.store.get_jobs(&stale).await?;
+        if self.jobs.len() + read.len() > CACHED_JOBS {
+            self.jobs.clear();
+        }
+        for job in read {
+            let job = Arc::new(job);
+            // Keyed by the revision the claim saw: the definition read after it is at
+            // least that new, so a later claim of the same revision may use it.
+            if let Some(revision) = claimed
+                .iter()
+                .find(|c| c.job_id == job.id)
+                .and_then(|c| c.job_revision)
+            {
+                self.jobs.insert(job.id.clone(), (revision, job.clone()));
+            }
+            current.insert(job.id.clone(), job);
+        }
+        Ok(current)
+    }
 }
 
 /// Records an execution that could not start, with the reason.

@@ -9,10 +9,10 @@ use utoipa::ToSchema;
 use super::schedule::Schedule;
 use super::{ServiceError, Services};
 use crate::domain::{
-    Job, JobConfig, JobSpec, Limits, Millis, ModuleStatus, NewExecution, Page, SettingValue,
-    Trigger, new_id, now_millis,
+    Job, JobConfig, JobSpec, Limits, Millis, ModuleStatus, Page, SettingValue, new_id, now_millis,
 };
 use crate::runtime::host::events::is_valid_topic;
+use crate::store::ManualRun;
 
 /// Jobs retry at most this many times; more is a loop, not resilience.
 pub const MAX_ATTEMPTS: u32 = 25;
@@ -391,29 +391,22 @@ impl Services {
                 format!("give between 1 and {} inputs", self.settings.max_bulk),
             ));
         }
-        let job = self.get_job(id).await?;
-        self.check_runnable(&job).await?;
-        let now = now_millis();
-        let stored_input = job.input.to_string();
-        let executions: Vec<NewExecution> = inputs
+        let runs: Vec<ManualRun> = inputs
             .into_iter()
-            .map(|input| NewExecution {
+            .map(|input| ManualRun {
                 id: new_id(),
-                job_id: job.id.clone(),
-                module: job.module.clone(),
-                job: job.job.clone(),
-                trigger: Trigger::Manual,
-                attempt: 1,
-                retry_of: None,
-                input: input.map_or_else(|| stored_input.clone(), |v| v.to_string()),
-                scheduled_at: now,
-                run_after: now,
-                cron_tick: None,
-                event_id: None,
-                created_at: now,
+                input: input.map(|value| value.to_string()),
             })
             .collect();
-        let ids = self.store.enqueue_executions(&executions).await?;
+        let Some(ids) = self.store.enqueue_manual(id, &runs, now_millis()).await? else {
+            // Only now read the job, to say why it cannot run.
+            let job = self.get_job(id).await?;
+            self.check_runnable(&job).await?;
+            return Err(ServiceError::Conflict(format!(
+                "job `{}` changed while it was being queued; try again",
+                job.name
+            )));
+        };
         super::executions::offer(self.queue.as_ref(), &ids).await;
         Ok(ids)
     }

@@ -69,6 +69,16 @@ pub struct ClaimedExecution {
     /// JSON text.
     pub input: String,
     pub scheduled_at: Millis,
+    /// The revision of its job's definition at the claim; `None` when the job is gone.
+    pub job_revision: Option<i64>,
+}
+
+/// A manual run to queue.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ManualRun {
+    pub id: String,
+    /// JSON text; `None` for the job's stored input.
+    pub input: Option<String>,
 }
 
 /// The fencing token of one tenure of a lease: it grows by one each time the lease
@@ -174,10 +184,25 @@ pub trait Store: Send + Sync + 'static {
         executions: &[NewExecution],
     ) -> Result<Vec<String>, StoreError>;
 
+    /// Queues manual runs of job `job_id` in one transaction, reading the job as it
+    /// writes (one round trip where reading first would take three): only while the job
+    /// is enabled and its module exists and is enabled. Each run takes the job's module,
+    /// job name and, without an input of its own, its stored input. Returns the ids
+    /// created in the order given, or `None` when the job cannot run now and nothing was
+    /// queued (the caller reads why).
+    async fn enqueue_manual(
+        &self,
+        job_id: &str,
+        runs: &[ManualRun],
+        now: Millis,
+    ) -> Result<Option<Vec<String>>, StoreError>;
+
     /// Moves the given executions from `QUEUED` to `RUNNING` for `node_id`, holding a
     /// lease until `lease_until`. Only rows still queued, due (`run_after <= now`) and
     /// not cancelled are claimed; the rest are skipped, so a duplicate delivery never
     /// runs an execution twice.
+    /// Each claimed row carries its job's current revision, so a caller holding
+    /// definitions knows which it must read again.
     async fn claim_executions(
         &self,
         ids: &[String],

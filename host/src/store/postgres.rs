@@ -93,7 +93,9 @@ use super::convert::{
     corrupt, db, int, is_unique_violation, json_text, last_update_per_job, page, page_fetch,
     parse_job_config, parse_level, parse_status, parse_trigger,
 };
-use super::{CancelEffect, ClaimedExecution, ExecutionFilter, LeaseToken, Store, StoreError};
+use super::{
+    CancelEffect, ClaimedExecution, ExecutionFilter, LeaseToken, ManualRun, Store, StoreError,
+};
 use crate::domain::{
     Event, Execution, ExecutionResult, ExecutionStatus, Job, JobConfig, LogEntry, Manifest,
     MetricSample, Millis, ModuleRecord, ModuleStatus, ModuleVersion, NewExecution, NodeHeartbeat,
@@ -361,6 +363,7 @@ fn claimed_from_row(row: &PgRow) -> Result<ClaimedExecution, StoreError> {
         retry_of: col(row, "retry_of")?,
         input: col(row, "input")?,
         scheduled_at: col(row, "scheduled_at")?,
+        job_revision: col(row, "job_revision")?,
     })
 }
 
@@ -460,7 +463,37 @@ const CLAIM: &str = "UPDATE executions e SET status = 'RUNNING', node_id = $2, s
                AND run_after <= $3 \
            FOR UPDATE SKIP LOCKED) c \
      WHERE e.id = c.id \
-     RETURNING e.id, e.job_id, e.attempt, e.trigger, e.retry_of, e.input, e.scheduled_at";
+     RETURNING e.id, e.job_id, e.attempt, e.trigger, e.retry_of, e.input, e.scheduled_at, \
+         (SELECT revision FROM jobs j WHERE j.id = e.job_id) AS job_revision";
+
+/// Manual runs of one job (`$1` ids, `$2` inputs or NULL for the job's stored input,
+/// `$3` now, `$4` the job), queued only while the job and its module are enabled.
+const ENQUEUE_MANUAL: &str = "INSERT INTO executions (id, job_id, module, job, status, trigger, \
+         attempt, input, scheduled_at, run_after, created_at) \
+     SELECT r.id, j.id, j.module, j.job, 'QUEUED', 'manual', 1, COALESCE(r.input, j.input), \
+         $3, $3, $3 \
+     FROM UNNEST($1::text[], $2::text[]) WITH ORDINALITY AS r (id, input, position) \
+         CROSS JOIN jobs j JOIN modules m ON m.name = j.module \
+     WHERE j.id = $4 AND j.enabled AND m.status = 'ENABLED' \
+     ORDER BY r.position \
+     ON CONFLICT DO NOTHING \
+     RETURNING id";
+
+async fn insert_manual(
+    conn: &mut PgConnection,
+    job_id: &str,
+    runs: &[ManualRun],
+    now: Millis,
+) -> Result<Vec<String>, StoreError> {
+    sqlx::query_scalar(ENQUEUE_MANUAL)
+        .bind(runs.iter().map(|run| run.id.as_str()).bind_iter())
+        .bind(runs.iter().map(|run| run.input.as_deref()).bind_iter())
+        .bind(now)
+        .bind(job_id)
+        .fetch_all(conn)
+        .await
+        .map_err(db)
+}
 
 /// Creates the queued executions of `batch` (at most [`MAX_ROWS`]) and returns the ids
 /// of those created. Rows are inserted in the order given (`WITH ORDINALITY`), so of two
@@ -875,7 +908,7 @@ impl Store for PostgresStore {
             "UPDATE jobs SET name = $1, module = $2, job = $3, schedule = $4, input = $5, \
                  enabled = $6, max_attempts = $7, timeout_ms = $8, fuel = $9, \
                  memory_bytes = $10, on_event = $11, config = $12, next_run_at = $13, \
-                 updated_at = $14 \
+                 updated_at = $14, revision = revision + 1 \
              WHERE id = $15",
         )
         .bind(&job.name)
@@ -983,6 +1016,40 @@ impl Store for PostgresStore {
             .filter(|e| created.remove(&e.id))
             .map(|e| e.id.clone())
             .collect())
+    }
+
+    async fn enqueue_manual(
+        &self,
+        job_id: &str,
+        runs: &[ManualRun],
+        now: Millis,
+    ) -> Result<Option<Vec<String>>, StoreError> {
+        let mut created = HashSet::with_capacity(runs.len());
+        if runs.len() <= MAX_ROWS {
+            let mut conn = self.pool.acquire().await.map_err(db)?;
+            created.extend(insert_manual(&mut conn, job_id, runs, now).await?);
+        } else {
+            let mut tx = self.pool.begin().await.map_err(db)?;
+            for chunk in runs.chunks(MAX_ROWS) {
+                let ids = insert_manual(&mut tx, job_id, chunk, now).await?;
+                // The job cannot run; later chunks would see the same job. Returning
+                // drops (rolls back) the transaction.
+                if ids.is_empty() {
+                    return Ok(None);
+                }
+                created.extend(ids);
+            }
+            tx.commit().await.map_err(db)?;
+        }
+        if created.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(
+            runs.iter()
+                .filter(|run| created.remove(&run.id))
+                .map(|run| run.id.clone())
+                .collect(),
+        ))
     }
 
     async fn claim_executions(

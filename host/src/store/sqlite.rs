@@ -34,9 +34,11 @@
 //! hand-off to the connection's thread, so callers should batch.
 
 mod auth;
+mod checkpoint;
 
 use std::collections::HashSet;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::migrate::Migrator;
@@ -47,11 +49,14 @@ use sqlx::sqlite::{
 };
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool, Transaction};
 
+use self::checkpoint::Checkpointer;
 use super::convert::{
     corrupt, db, int, is_unique_violation, json_text, last_update_per_job, page, page_fetch,
     parse_job_config, parse_level, parse_status, parse_trigger,
 };
-use super::{CancelEffect, ClaimedExecution, ExecutionFilter, LeaseToken, Store, StoreError};
+use super::{
+    CancelEffect, ClaimedExecution, ExecutionFilter, LeaseToken, ManualRun, Store, StoreError,
+};
 use crate::domain::{
     Event, Execution, ExecutionResult, ExecutionStatus, Job, JobConfig, LogEntry, Manifest,
     MetricSample, Millis, ModuleRecord, ModuleStatus, ModuleVersion, NewExecution, NodeHeartbeat,
@@ -77,6 +82,9 @@ const MAX_ROWS: usize = 512;
 const MMAP_BYTES: u64 = 256 * 1024 * 1024;
 /// Page cache per connection, in KiB (SQLite's default is about 2 MiB).
 const PAGE_CACHE_KIB: u64 = 16 * 1024;
+
+/// The size the write-ahead log is cut back to once checkpointed, in bytes.
+const WAL_SIZE_LIMIT: u64 = 64 * 1024 * 1024;
 
 /// Prepared statements kept per connection: every padded size (see [`padded_len`]) of
 /// every batched statement, plus the single-row ones, with room to spare.
@@ -123,6 +131,10 @@ pub struct SqliteStore {
     writer: SqlitePool,
     /// Read-only connections (for an in-memory database, the writer itself).
     reader: SqlitePool,
+    /// Copies the log into the database file (none for an in-memory database); held
+    /// for as long as the store lives, read only by tests.
+    #[cfg_attr(not(test), allow(dead_code))]
+    checkpointer: Option<Arc<Checkpointer>>,
 }
 
 impl SqliteStore {
@@ -145,7 +157,11 @@ impl SqliteStore {
             // Hot pages are read through the mapping and the page cache instead of a
             // `pread` copy per page (both grow only as the database does).
             .pragma("mmap_size", MMAP_BYTES.to_string())
-            .pragma("cache_size", format!("-{PAGE_CACHE_KIB}"));
+            .pragma("cache_size", format!("-{PAGE_CACHE_KIB}"))
+            // The checkpointer copies the log back; see `checkpoint`.
+            .pragma("wal_autocheckpoint", "0")
+            // A log that grew under a burst is cut back once it is copied.
+            .pragma("journal_size_limit", WAL_SIZE_LIMIT.to_string());
         // Opened first: it creates the file, switches it to WAL and migrates it, all of
         // which the read-only connections cannot do.
         let writer = writer_pool_options()
@@ -156,12 +172,20 @@ impl SqliteStore {
             .run(&writer)
             .await
             .map_err(|err| StoreError::Database(format!("migrating {}: {err}", path.display())))?;
+        let checkpointer = Checkpointer::start(&options)
+            .await
+            .map_err(|err| open_error(path, &err))?;
         let reader = SqlitePoolOptions::new()
             .max_connections(READ_CONNECTIONS)
+            .test_before_acquire(false)
             .connect_with(options.read_only(true))
             .await
             .map_err(|err| open_error(path, &err))?;
-        Ok(Self { writer, reader })
+        Ok(Self {
+            writer,
+            reader,
+            checkpointer: Some(Arc::new(checkpointer)),
+        })
     }
 
     /// A private database that lives as long as this store (and its clones); for tests
@@ -182,6 +206,7 @@ impl SqliteStore {
         Ok(Self {
             reader: writer.clone(),
             writer,
+            checkpointer: None,
         })
     }
 
@@ -233,6 +258,7 @@ fn writer_pool_options() -> SqlitePoolOptions {
         .min_connections(1)
         .idle_timeout(None)
         .max_lifetime(None)
+        .test_before_acquire(false)
 }
 
 fn open_error(path: &Path, err: &sqlx::Error) -> StoreError {
@@ -416,6 +442,7 @@ fn claimed_from_row(row: &SqliteRow) -> Result<ClaimedExecution, StoreError> {
         retry_of: col(row, "retry_of")?,
         input: col(row, "input")?,
         scheduled_at: col(row, "scheduled_at")?,
+        job_revision: col(row, "job_revision")?,
     })
 }
 
@@ -513,7 +540,10 @@ fn claim_statement(
         .push_bind(now)
         .push(" AND id IN ");
     push_id_list(&mut query, ids);
-    query.push(" RETURNING id, job_id, attempt, trigger, retry_of, input, scheduled_at");
+    query.push(
+        " RETURNING id, job_id, attempt, trigger, retry_of, input, scheduled_at, \
+         (SELECT revision FROM jobs WHERE jobs.id = executions.job_id) AS job_revision",
+    );
     query
 }
 
@@ -846,7 +876,8 @@ impl Store for SqliteStore {
         let updated = sqlx::query(
             "UPDATE jobs SET name = ?, module = ?, job = ?, schedule = ?, input = ?, \
                  enabled = ?, max_attempts = ?, timeout_ms = ?, fuel = ?, memory_bytes = ?, \
-                 on_event = ?, config = ?, next_run_at = ?, updated_at = ? \
+                 on_event = ?, config = ?, next_run_at = ?, updated_at = ?, \
+                 revision = revision + 1 \
              WHERE id = ?",
         )
         .bind(&job.name)
@@ -974,6 +1005,63 @@ impl Store for SqliteStore {
             .filter(|e| created.remove(&e.id))
             .map(|e| e.id.clone())
             .collect())
+    }
+
+    async fn enqueue_manual(
+        &self,
+        job_id: &str,
+        runs: &[ManualRun],
+        now: Millis,
+    ) -> Result<Option<Vec<String>>, StoreError> {
+        let mut created = HashSet::with_capacity(runs.len());
+        let mut write = self.write(runs.len().div_ceil(MAX_ROWS)).await?;
+        for chunk in runs.chunks(MAX_ROWS) {
+            let mut query = QueryBuilder::new("WITH runs (id, input) AS (");
+            query.push_values(padded(chunk), |mut row, run| {
+                row.push_bind(run.id.as_str())
+                    .push_bind(run.input.as_deref());
+            });
+            query
+                .push(
+                    ") INSERT INTO executions (id, job_id, module, job, status, trigger, \
+                     attempt, input, scheduled_at, run_after, created_at) \
+                     SELECT runs.id, jobs.id, jobs.module, jobs.job, 'QUEUED', 'manual', 1, \
+                         COALESCE(runs.input, jobs.input), ",
+                )
+                .push_bind(now)
+                .push(", ")
+                .push_bind(now)
+                .push(", ")
+                .push_bind(now)
+                .push(
+                    " FROM runs, jobs JOIN modules ON modules.name = jobs.module \
+                     WHERE jobs.id = ",
+                )
+                .push_bind(job_id)
+                // The padding repeats the last run; its id conflicts and is skipped.
+                .push(
+                    " AND jobs.enabled AND modules.status = 'ENABLED' \
+                     ON CONFLICT DO NOTHING RETURNING id",
+                );
+            let ids: Vec<String> = query
+                .build_query_scalar()
+                .fetch_all(write.conn())
+                .await
+                .map_err(db)?;
+            // The write lock is held from the first chunk on, so only the first can
+            // find the job not runnable; returning drops (rolls back) the transaction.
+            if ids.is_empty() {
+                return Ok(None);
+            }
+            created.extend(ids);
+        }
+        write.commit().await?;
+        Ok(Some(
+            runs.iter()
+                .filter(|run| created.remove(&run.id))
+                .map(|run| run.id.clone())
+                .collect(),
+        ))
     }
 
     async fn claim_executions(
@@ -1630,6 +1718,60 @@ impl Store for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Waits until the checkpointer has copied more than `beyond` frames.
+    async fn checkpointed_beyond(store: &SqliteStore, beyond: u64) -> u64 {
+        let checkpointer = store
+            .checkpointer
+            .as_ref()
+            .expect("a file has a checkpointer");
+        for _ in 0..100 {
+            let frames = checkpointer.checkpointed_frames();
+            if frames > beyond {
+                return frames;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("no checkpoint within 5 s");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_log_is_checkpointed_in_the_background_and_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("runcell.db");
+        let store = SqliteStore::open(&path).await.unwrap();
+        let wal = dir.path().join("runcell.db-wal");
+        let mut frames = 0;
+        let mut sizes = Vec::new();
+        for round in 0..5 {
+            let batch: Vec<NewExecution> = (0..2_000)
+                .map(|n| NewExecution {
+                    id: format!("{round}-{n:05}"),
+                    job_id: "job".into(),
+                    module: "m".into(),
+                    job: "work".into(),
+                    trigger: Trigger::Manual,
+                    attempt: 1,
+                    retry_of: None,
+                    input: "null".into(),
+                    scheduled_at: 0,
+                    run_after: 0,
+                    cron_tick: None,
+                    event_id: None,
+                    created_at: 0,
+                })
+                .collect();
+            store.enqueue_executions(&batch).await.unwrap();
+            sizes.push(std::fs::metadata(&wal).unwrap().len());
+            frames = checkpointed_beyond(&store, frames).await;
+        }
+        // Without checkpoints the log would hold all five rounds; with them, each round
+        // writes over the last from the start.
+        assert!(
+            sizes[4] <= sizes[0] * 2,
+            "the log grew round after round: {sizes:?}"
+        );
+    }
 
     #[test]
     fn batches_are_padded_to_a_few_sizes_with_their_last_row() {

@@ -10,8 +10,11 @@
 use std::collections::{BTreeMap, HashSet};
 use std::time::Instant;
 
+use serde_json::json;
+
 use super::{
-    CancelEffect, ExecutionFilter, LeaseToken, PostgresStore, SqliteStore, Store, StoreError,
+    CancelEffect, ExecutionFilter, LeaseToken, ManualRun, PostgresStore, SqliteStore, Store,
+    StoreError,
 };
 use crate::domain::{
     Capabilities, Event, ExecutionResult, ExecutionStatus, Job, JobConfig, JobSpec, LogEntry,
@@ -558,6 +561,147 @@ async fn an_enqueued_execution_reads_back_queued_with_what_it_was_given(store: &
     assert_eq!(execution.node_id, None);
     assert!(!execution.cancel_requested);
     assert_eq!(store.get_execution("missing").await.unwrap(), None);
+}
+
+async fn manual_runs_take_the_jobs_names_and_stored_input_unless_given_one(store: &dyn Store) {
+    store
+        .install_module_version(&manifest("m", "1"), "hash-1", b"one", T0)
+        .await
+        .unwrap();
+    let job = job("sync", "m");
+    store.insert_job(&job).await.unwrap();
+    let runs = [
+        ManualRun {
+            id: new_id(),
+            input: None,
+        },
+        ManualRun {
+            id: new_id(),
+            input: Some(r#"{"n":2}"#.to_owned()),
+        },
+    ];
+    let created = store.enqueue_manual(&job.id, &runs, T0).await.unwrap();
+    assert_eq!(created, Some(vec![runs[0].id.clone(), runs[1].id.clone()]));
+    for (run, input) in runs.iter().zip([json!({"n": 1}), json!({"n": 2})]) {
+        let execution = store.get_execution(&run.id).await.unwrap().unwrap();
+        assert_eq!(execution.status, ExecutionStatus::Queued);
+        assert_eq!(execution.job_id, job.id);
+        assert_eq!(execution.module, "m");
+        assert_eq!(execution.job, "work");
+        assert_eq!(execution.trigger, Trigger::Manual);
+        assert_eq!(execution.attempt, 1);
+        assert_eq!(execution.input, input);
+        assert_eq!(
+            (
+                execution.scheduled_at,
+                execution.run_after,
+                execution.created_at
+            ),
+            (T0, T0, T0)
+        );
+    }
+    // More runs than one statement holds: all of them, in the order given.
+    let many: Vec<ManualRun> = (0..1_300)
+        .map(|_| ManualRun {
+            id: new_id(),
+            input: None,
+        })
+        .collect();
+    let created = store.enqueue_manual(&job.id, &many, T0).await.unwrap();
+    assert_eq!(
+        created,
+        Some(many.iter().map(|run| run.id.clone()).collect::<Vec<_>>())
+    );
+}
+
+async fn manual_runs_of_a_job_that_cannot_run_queue_nothing(store: &dyn Store) {
+    store
+        .install_module_version(&manifest("m", "1"), "hash-1", b"one", T0)
+        .await
+        .unwrap();
+    let enabled = job("enabled", "m");
+    let disabled = Job {
+        enabled: false,
+        ..job("disabled", "m")
+    };
+    let orphan = job("orphan", "gone");
+    for job in [&enabled, &disabled, &orphan] {
+        store.insert_job(job).await.unwrap();
+    }
+    let runs = |n: usize| -> Vec<ManualRun> {
+        (0..n)
+            .map(|_| ManualRun {
+                id: new_id(),
+                input: None,
+            })
+            .collect()
+    };
+    for (job_id, n) in [
+        (disabled.id.as_str(), 1),
+        (disabled.id.as_str(), 1_300),
+        (orphan.id.as_str(), 1),
+        ("missing", 1),
+    ] {
+        let batch = runs(n);
+        assert_eq!(
+            store.enqueue_manual(job_id, &batch, T0).await.unwrap(),
+            None
+        );
+        assert_eq!(store.get_execution(&batch[0].id).await.unwrap(), None);
+    }
+    store
+        .set_module_status("m", ModuleStatus::Disabled, T0)
+        .await
+        .unwrap();
+    let batch = runs(1_300);
+    assert_eq!(
+        store.enqueue_manual(&enabled.id, &batch, T0).await.unwrap(),
+        None
+    );
+    for run in [&batch[0], &batch[1_299]] {
+        assert_eq!(store.get_execution(&run.id).await.unwrap(), None);
+    }
+}
+
+async fn a_claim_tells_the_revision_of_each_job_which_grows_with_every_change(store: &dyn Store) {
+    let mut job = job("sync", "m");
+    store.insert_job(&job).await.unwrap();
+    let claim_revision = |at: Millis| {
+        let job_id = job.id.clone();
+        async move {
+            let execution = manual(&job_id, at);
+            store
+                .enqueue_executions(std::slice::from_ref(&execution))
+                .await
+                .unwrap();
+            let claimed = store
+                .claim_executions(
+                    std::slice::from_ref(&execution.id),
+                    "node-a",
+                    at,
+                    at + SECOND,
+                )
+                .await
+                .unwrap();
+            claimed[0].job_revision
+        }
+    };
+    let first = claim_revision(T0).await.expect("the job exists");
+    assert_eq!(claim_revision(T0).await, Some(first));
+    // Advancing its schedule is not a change of definition.
+    store
+        .set_job_next_run(&job.id, Some(T0 + 60 * SECOND))
+        .await
+        .unwrap();
+    assert_eq!(claim_revision(T0).await, Some(first));
+    job.timeout_ms = Some(1_000);
+    assert!(store.update_job(&job).await.unwrap());
+    let second = claim_revision(T0).await.expect("the job exists");
+    assert!(second > first, "{second} after {first}");
+    assert!(store.update_job(&job).await.unwrap());
+    assert!(claim_revision(T0).await.expect("the job exists") > second);
+    assert!(store.delete_job(&job.id).await.unwrap());
+    assert_eq!(claim_revision(T0).await, None);
 }
 
 async fn a_cron_tick_fires_once(store: &dyn Store) {
@@ -1827,6 +1971,9 @@ macro_rules! every_behaviour {
                 only_enabled_jobs_with_an_event_pattern_are_subscribed,
                 the_jobs_using_a_module_are_named,
                 an_enqueued_execution_reads_back_queued_with_what_it_was_given,
+                manual_runs_take_the_jobs_names_and_stored_input_unless_given_one,
+                manual_runs_of_a_job_that_cannot_run_queue_nothing,
+                a_claim_tells_the_revision_of_each_job_which_grows_with_every_change,
                 a_cron_tick_fires_once,
                 a_tick_repeated_within_one_batch_is_created_once,
                 two_schedulers_firing_one_tick_at_once_create_one_execution,
