@@ -237,9 +237,14 @@ async fn dispatch(shared: Arc<Shared>, running: Arc<Semaphore>, mut stop: watch:
                 continue;
             }
         };
-        if let Err(err) = services.queue.ack(&deliveries).await {
-            tracing::warn!(error = %err, "could not acknowledge deliveries");
-        }
+        // Off the path to the runs: an entry left unacknowledged only comes back after
+        // the lease, and its claim then finds the row taken and skips it.
+        let queue = services.queue.clone();
+        tokio::spawn(async move {
+            if let Err(err) = queue.ack(&deliveries).await {
+                tracing::warn!(error = %err, "could not acknowledge deliveries");
+            }
+        });
         if claimed.is_empty() {
             continue;
         }

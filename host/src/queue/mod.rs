@@ -5,6 +5,7 @@
 mod memory;
 mod redis;
 mod redis_logs;
+mod redis_pool;
 #[cfg(test)]
 mod testing;
 

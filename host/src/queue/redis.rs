@@ -30,8 +30,8 @@ use std::fmt;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use super::redis_pool::{Connection, Connections, Pool, lend};
 use deadpool_redis::redis::{self, AsyncConnectionConfig, RedisError, Value};
-use deadpool_redis::{Connection, Manager, Pool, Runtime};
 
 use super::{Delivery, Queue, QueueError};
 use crate::domain::{Millis, now_millis};
@@ -217,7 +217,7 @@ impl RedisQueue {
     }
 
     async fn command_connection(&self) -> Result<Connection, QueueError> {
-        self.commands.get().await.map_err(unavailable)
+        lend(&self.commands).await.map_err(unavailable)
     }
 
     /// Creates the group (and the stream) after `NOGROUP`: first use, or Redis lost them.
@@ -321,7 +321,7 @@ impl RedisQueue {
             command.arg("BLOCK").arg(block_ms);
         }
         command.arg("STREAMS").arg(&self.stream).arg(">");
-        let mut read = BlockingRead::new(self.blocking.get().await.map_err(unavailable)?);
+        let mut read = BlockingRead::new(lend(&self.blocking).await.map_err(unavailable)?);
         let reply = match read.query(&command, block + READ_GRACE).await {
             Err(ReadError::Redis(err)) if is_nogroup(&err) => {
                 let mut conn = self.command_connection().await?;
@@ -371,11 +371,11 @@ pub(super) fn pool(
     size: usize,
     config: AsyncConnectionConfig,
 ) -> Result<Pool, QueueError> {
-    let manager = Manager::new_with_config(url, config)
+    let manager = Connections::new(url, config)
         .map_err(|err| QueueError::Config(format!("Redis URL: {err}")))?;
     Pool::builder(manager)
         .max_size(size)
-        .runtime(Runtime::Tokio1)
+        .runtime(deadpool::Runtime::Tokio1)
         .wait_timeout(Some(COMMAND_TIMEOUT))
         .create_timeout(Some(CONNECT_TIMEOUT + Duration::from_millis(500)))
         .recycle_timeout(Some(COMMAND_TIMEOUT))
@@ -553,7 +553,7 @@ impl Drop for BlockingRead {
         if !self.clean
             && let Some(conn) = self.conn.take()
         {
-            drop(Connection::take(conn));
+            Connection::discard(conn);
         }
     }
 }

@@ -19,8 +19,9 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use deadpool_redis::Pool;
 use deadpool_redis::redis::{self, AsyncConnectionConfig, Value, aio::MultiplexedConnection};
+
+use super::redis_pool::{Pool, lend};
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -354,7 +355,7 @@ async fn write(
                 .ignore();
         }
         let written = async {
-            let mut conn = pool.get().await.map_err(unavailable)?;
+            let mut conn = lend(&pool).await.map_err(unavailable)?;
             pipe.query_async::<()>(&mut conn).await.map_err(unavailable)
         }
         .await;
@@ -426,7 +427,7 @@ impl Reader {
 
     async fn announce(&self) {
         let published = async {
-            let mut conn = self.commands.get().await.map_err(unavailable)?;
+            let mut conn = lend(&self.commands).await.map_err(unavailable)?;
             redis::cmd("PUBLISH")
                 .arg(&self.follow_channel)
                 .arg(&self.request)

@@ -117,6 +117,10 @@ static MIGRATOR: Migrator = sqlx::migrate!("../migrations/postgres");
 /// nodes a deployment can have without buying throughput.
 const MAX_CONNECTIONS: u32 = 8;
 
+/// Connections for claims, besides [`MAX_CONNECTIONS`]: a node's dispatcher claims one
+/// batch at a time.
+const CLAIM_CONNECTIONS: u32 = 2;
+
 /// How long connecting may take before `connect` gives up with a clear error, rather
 /// than a node hanging at start on an unreachable or firewalled address.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -160,6 +164,17 @@ macro_rules! select_module {
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
     pool: PgPool,
+    /// For claims only: their commits do not wait for the log to reach the disk.
+    ///
+    /// A claim is the one write whose loss the rest of the design already repairs. Should
+    /// the database crash before the claim reaches the disk, the row is `QUEUED` again
+    /// after recovery and the reconciler offers it again: the execution may run once
+    /// more, and only the first result recorded counts (a result is written only over a
+    /// `RUNNING` row), as after a node crash. Any later ordinary commit (a result, an
+    /// enqueue) flushes the claims before it, the log being written in order. Waiting
+    /// for the disk was about a third of the time from `execute` to handler start at
+    /// 500 executions/s.
+    claims: PgPool,
 }
 
 impl PostgresStore {
@@ -193,18 +208,25 @@ impl PostgresStore {
         migrated.map_err(|err| {
             StoreError::Database(format!("migrating PostgreSQL at {server}: {err}"))
         })?;
-        let pool = PgPoolOptions::new()
+        let pool_options = || {
+            PgPoolOptions::new()
+                .acquire_timeout(CONNECT_TIMEOUT)
+                // A liveness ping before every use would double the round trips of the
+                // hot path; a connection that died fails its statement and is discarded.
+                .test_before_acquire(false)
+        };
+        let connect_error = |err: sqlx::Error| {
+            StoreError::Database(format!("cannot connect to PostgreSQL at {server}: {err}"))
+        };
+        let claims = pool_options()
+            .max_connections(CLAIM_CONNECTIONS)
+            .connect_lazy_with(options.clone().options([("synchronous_commit", "off")]));
+        let pool = pool_options()
             .max_connections(MAX_CONNECTIONS)
-            .acquire_timeout(CONNECT_TIMEOUT)
-            // A liveness ping before every use would double the round trips of the hot
-            // path; a connection that died fails its statement and is discarded.
-            .test_before_acquire(false)
             .connect_with(options)
             .await
-            .map_err(|err| {
-                StoreError::Database(format!("cannot connect to PostgreSQL at {server}: {err}"))
-            })?;
-        Ok(Self { pool })
+            .map_err(connect_error)?;
+        Ok(Self { pool, claims })
     }
 }
 
@@ -1071,7 +1093,7 @@ impl Store for PostgresStore {
                 .bind(node_id)
                 .bind(now)
                 .bind(lease_until)
-                .fetch_all(&self.pool)
+                .fetch_all(&self.claims)
                 .await
                 .map_err(db)?;
             for row in &rows {
