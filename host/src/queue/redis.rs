@@ -30,9 +30,9 @@ use std::fmt;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::redis_pool::{Connection, Connections, Pool, lend};
 use deadpool_redis::redis::{self, AsyncConnectionConfig, RedisError, Value};
 
+use super::redis_pool::{Connection, Connections, Pool, lend};
 use super::{Delivery, Queue, QueueError};
 use crate::domain::{Millis, now_millis};
 

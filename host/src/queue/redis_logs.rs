@@ -20,14 +20,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use deadpool_redis::redis::{self, AsyncConnectionConfig, Value, aio::MultiplexedConnection};
-
-use super::redis_pool::{Pool, lend};
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::QueueError;
 use super::redis::{Entry, read_reply, unavailable};
+use super::redis_pool::{Pool, lend};
 use crate::domain::{ExecutionStatus, LogEntry, LogLevel};
 use crate::services::loghub::{LogMessage, LogRelay};
 

@@ -201,6 +201,7 @@ pub trait Store: Send + Sync + 'static {
     /// lease until `lease_until`. Only rows still queued, due (`run_after <= now`) and
     /// not cancelled are claimed; the rest are skipped, so a duplicate delivery never
     /// runs an execution twice.
+    ///
     /// Each claimed row carries its job's current revision, so a caller holding
     /// definitions knows which it must read again.
     async fn claim_executions(
