@@ -1698,11 +1698,9 @@ mod tests {
     use super::*;
     use crate::domain::{Trigger, new_id};
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_claim_finds_each_execution_by_its_id_whatever_the_plan() {
-        let (store, database) = super::super::tests::fresh_postgres().await;
-        // A backlog enqueued faster than statistics follow: where the planner once
-        // scanned every queued row for each claim.
+    /// Queues 2,000 executions and returns the ids of the first 100 as an array
+    /// literal's contents: a backlog enqueued faster than statistics follow.
+    async fn queue_backlog(store: &PostgresStore) -> String {
         let backlog: Vec<NewExecution> = (0..2_000)
             .map(|_| NewExecution {
                 id: new_id(),
@@ -1721,11 +1719,19 @@ mod tests {
             })
             .collect();
         store.enqueue_executions(&backlog).await.unwrap();
-        let wanted = backlog[..100]
+        backlog[..100]
             .iter()
             .map(|e| e.id.as_str())
             .collect::<Vec<_>>()
-            .join(",");
+            .join(",")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_claim_finds_each_execution_by_its_id_whatever_the_plan() {
+        let (store, database) = super::super::tests::fresh_postgres().await;
+        // A backlog enqueued faster than statistics follow: where the planner once
+        // scanned every queued row for each claim.
+        let wanted = queue_backlog(&store).await;
         let mut conn = PgConnection::connect(&database.url).await.unwrap();
         // Custom plans see the ids; a generic plan, used once a statement has run a few
         // times, does not, and is the one that went wrong.
@@ -1747,6 +1753,40 @@ mod tests {
             assert!(!plan.contains("executions_queued_due"), "{mode}:\n{plan}");
         }
         let _ = conn.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn recording_finds_each_execution_by_its_id_whatever_the_plan() {
+        let (store, _database) = super::super::tests::fresh_postgres().await;
+        let wanted = queue_backlog(&store).await;
+        // A connection of the store's own pool, with the settings every node runs with.
+        let mut conn = store.pool.acquire().await.unwrap();
+        for mode in ["force_generic_plan", "force_custom_plan"] {
+            let plan: Vec<String> = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                "SET plan_cache_mode = {mode}; \
+                 PREPARE record (text[], text[], text[], text[], text[], int8[], float8[], \
+                     int8[], int8[], text[], int4[], int8[], text[], text[], text[]) \
+                     AS {RECORD}; \
+                 EXPLAIN EXECUTE record('{{{wanted}}}', '{{}}', '{{}}', '{{}}', '{{}}', \
+                     '{{}}', '{{}}', '{{}}', '{{}}', '{{}}', '{{}}', '{{}}', '{{}}', '{{}}', \
+                     '{{}}'); \
+                 DEALLOCATE record; \
+                 RESET plan_cache_mode;"
+            )))
+            .fetch_all(&mut *conn)
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| row.get::<String, _>(0))
+            .collect();
+            let plan = plan.join("\n");
+            assert!(plan.contains("executions_pkey"), "{mode}:\n{plan}");
+            assert!(
+                !plan.contains("executions_running_lease"),
+                "{mode}:\n{plan}"
+            );
+            assert!(!plan.contains("Seq Scan on executions"), "{mode}:\n{plan}");
+        }
     }
 
     #[test]
