@@ -2,12 +2,26 @@
 //! errors, integers, JSON text, enumerations as text, pages. Pure functions; the
 //! mapping of whole rows stays with each backend, whose column types differ.
 
+use std::collections::HashSet;
 use std::fmt::Display;
 
 use serde::Serialize;
 
 use super::StoreError;
 use crate::domain::{ExecutionStatus, JobConfig, LogLevel, Millis, Page, Trigger};
+
+/// The ids of `given` that are in `created`, in the order given and each once: what an
+/// insert reports back, since `RETURNING` promises no order.
+pub(super) fn in_given_order<'a>(
+    given: impl IntoIterator<Item = &'a String>,
+    mut created: HashSet<String>,
+) -> Vec<String> {
+    given
+        .into_iter()
+        .filter(|id| created.remove(*id))
+        .cloned()
+        .collect()
+}
 
 pub(super) fn db(err: sqlx::Error) -> StoreError {
     StoreError::Database(err.to_string())

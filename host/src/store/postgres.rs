@@ -95,8 +95,8 @@ use sqlx::postgres::{
 use sqlx::{ConnectOptions, Connection, QueryBuilder, Row};
 
 use super::convert::{
-    corrupt, db, int, is_unique_violation, json_text, last_update_per_job, page, page_fetch,
-    parse_job_config, parse_level, parse_status, parse_trigger,
+    corrupt, db, in_given_order, int, is_unique_violation, json_text, last_update_per_job, page,
+    page_fetch, parse_job_config, parse_level, parse_status, parse_trigger,
 };
 use super::{
     CancelEffect, ClaimedExecution, ExecutionFilter, LeaseToken, ManualRun, Store, StoreError,
@@ -1032,12 +1032,7 @@ impl Store for PostgresStore {
             }
             tx.commit().await.map_err(db)?;
         }
-        // In the caller's order (RETURNING promises none), each id once.
-        Ok(executions
-            .iter()
-            .filter(|e| created.remove(&e.id))
-            .map(|e| e.id.clone())
-            .collect())
+        Ok(in_given_order(executions.iter().map(|e| &e.id), created))
     }
 
     async fn enqueue_manual(
@@ -1066,12 +1061,10 @@ impl Store for PostgresStore {
         if created.is_empty() {
             return Ok(None);
         }
-        Ok(Some(
-            runs.iter()
-                .filter(|run| created.remove(&run.id))
-                .map(|run| run.id.clone())
-                .collect(),
-        ))
+        Ok(Some(in_given_order(
+            runs.iter().map(|run| &run.id),
+            created,
+        )))
     }
 
     async fn claim_executions(

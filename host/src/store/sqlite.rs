@@ -51,8 +51,8 @@ use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool, Transaction};
 
 use self::checkpoint::Checkpointer;
 use super::convert::{
-    corrupt, db, int, is_unique_violation, json_text, last_update_per_job, page, page_fetch,
-    parse_job_config, parse_level, parse_status, parse_trigger,
+    corrupt, db, in_given_order, int, is_unique_violation, json_text, last_update_per_job, page,
+    page_fetch, parse_job_config, parse_level, parse_status, parse_trigger,
 };
 use super::{
     CancelEffect, ClaimedExecution, ExecutionFilter, LeaseToken, ManualRun, Store, StoreError,
@@ -1001,12 +1001,7 @@ impl Store for SqliteStore {
             created.extend(ids);
         }
         write.commit().await?;
-        // In the caller's order (RETURNING promises none), each id once.
-        Ok(executions
-            .iter()
-            .filter(|e| created.remove(&e.id))
-            .map(|e| e.id.clone())
-            .collect())
+        Ok(in_given_order(executions.iter().map(|e| &e.id), created))
     }
 
     async fn enqueue_manual(
@@ -1058,12 +1053,10 @@ impl Store for SqliteStore {
             created.extend(ids);
         }
         write.commit().await?;
-        Ok(Some(
-            runs.iter()
-                .filter(|run| created.remove(&run.id))
-                .map(|run| run.id.clone())
-                .collect(),
-        ))
+        Ok(Some(in_given_order(
+            runs.iter().map(|run| &run.id),
+            created,
+        )))
     }
 
     async fn claim_executions(
