@@ -1738,23 +1738,9 @@ mod tests {
         let wal = dir.path().join("runcell.db-wal");
         let mut frames = 0;
         let mut sizes = Vec::new();
-        for round in 0..5 {
+        for _ in 0..5 {
             let batch: Vec<NewExecution> = (0..2_000)
-                .map(|n| NewExecution {
-                    id: format!("{round}-{n:05}"),
-                    job_id: "job".into(),
-                    module: "m".into(),
-                    job: "work".into(),
-                    trigger: Trigger::Manual,
-                    attempt: 1,
-                    retry_of: None,
-                    input: "null".into(),
-                    scheduled_at: 0,
-                    run_after: 0,
-                    cron_tick: None,
-                    event_id: None,
-                    created_at: 0,
-                })
+                .map(|_| super::super::tests::manual("job", 0))
                 .collect();
             store.enqueue_executions(&batch).await.unwrap();
             sizes.push(std::fs::metadata(&wal).unwrap().len());

@@ -69,7 +69,7 @@ fn job(name: &str, module: &str) -> Job {
     }
 }
 
-fn manual(job_id: &str, at: Millis) -> NewExecution {
+pub(crate) fn manual(job_id: &str, at: Millis) -> NewExecution {
     NewExecution {
         id: new_id(),
         job_id: job_id.to_owned(),
