@@ -1015,20 +1015,30 @@ fn tiny_http_server() -> u16 {
     port
 }
 
-#[test]
-fn endpoint_monitor_reaches_an_allowed_server_and_fails_transiently_on_a_down_one() {
-    let up = tiny_http_server();
-    // A port nothing listens on: bound, then closed.
-    let down = std::net::TcpListener::bind("127.0.0.1:0")
+/// A port nothing listens on: bound, then closed.
+fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
-        .port();
+        .port()
+}
+
+/// A server whose modules may reach 127.0.0.1, with `endpoint-monitor` uploaded.
+fn endpoint_monitor_server() -> Server {
     let server = Server::start_with(ServerOptions {
         env: vec![("RUNCELL_OUTBOUND_ALLOW".to_owned(), "127.0.0.1".to_owned())],
         ..ServerOptions::default()
     });
     server.upload(&guests::guest("endpoint-monitor"));
+    server
+}
+
+#[test]
+fn endpoint_monitor_reaches_an_allowed_server_and_fails_transiently_on_a_down_one() {
+    let up = tiny_http_server();
+    let down = closed_port();
+    let server = endpoint_monitor_server();
     let job = server.create_job(&json!({
         "name": "monitor", "module": "endpoint-monitor", "job": "check-endpoints", "maxAttempts": 1,
     }));
@@ -1064,16 +1074,8 @@ fn endpoint_monitor_reaches_an_allowed_server_and_fails_transiently_on_a_down_on
 #[test]
 fn endpoint_monitor_checks_the_endpoints_of_its_setting_set_through_the_api() {
     let up = tiny_http_server();
-    let down = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let server = Server::start_with(ServerOptions {
-        env: vec![("RUNCELL_OUTBOUND_ALLOW".to_owned(), "127.0.0.1".to_owned())],
-        ..ServerOptions::default()
-    });
-    server.upload(&guests::guest("endpoint-monitor"));
+    let down = closed_port();
+    let server = endpoint_monitor_server();
     let endpoints = json!([
         {"name": "health", "url": format!("http://127.0.0.1:{up}/health")},
         {"name": "home", "url": format!("http://127.0.0.1:{up}/"), "expectStatus": 200},
