@@ -281,7 +281,7 @@ async fn dispatch(shared: Arc<Shared>, running: Arc<Semaphore>, mut stop: watch:
                     }
                 },
             };
-            let job = jobs.get(&execution.job_id).map(|job| Job::clone(job));
+            let job = jobs.get(&execution.job_id).cloned();
             let shared = shared.clone();
             tokio::spawn(async move {
                 run_one(&shared, execution, job, cancel).await;
@@ -389,7 +389,7 @@ async fn refuse(shared: &Shared, claimed: &ClaimedExecution, reason: String) {
 async fn run_one(
     shared: &Shared,
     claimed: ClaimedExecution,
-    job: Option<Job>,
+    job: Option<Arc<Job>>,
     cancel: CancelToken,
 ) {
     let services = &shared.services;
