@@ -679,3 +679,112 @@ async fn a_damaged_cache_entry_is_replaced_by_a_fresh_compile() {
     let module = runtime.load(bytes).await.unwrap();
     assert_eq!(module.source, LoadSource::Compiled);
 }
+
+/// A backend whose reads wait until `parties` reads wait at once, so the runs that read
+/// are all alive together.
+struct GatedKeyValue {
+    gate: tokio::sync::Barrier,
+}
+
+#[async_trait::async_trait]
+impl KeyValueStore for GatedKeyValue {
+    async fn get(&self, _: &str, _: &str) -> Result<Option<Vec<u8>>, BackendError> {
+        self.gate.wait().await;
+        Ok(None)
+    }
+    async fn set(&self, _: &str, _: &str, _: &[u8]) -> Result<(), BackendError> {
+        Ok(())
+    }
+    async fn delete(&self, _: &str, _: &str) -> Result<(), BackendError> {
+        Ok(())
+    }
+    async fn list_keys(&self, _: &str, _: &str, _: u32) -> Result<Vec<String>, BackendError> {
+        Ok(Vec::new())
+    }
+}
+
+/// Three lanes of one instance each: three runs alive at once on one thread must spread
+/// over all three, each lane running its own copy of the module, compiled only once.
+#[tokio::test]
+async fn runs_past_a_lanes_share_of_instances_take_the_other_lanes() {
+    let dir = tempfile::tempdir().unwrap();
+    for cache_dir in [None, Some(dir.path().to_path_buf())] {
+        let parties = 3;
+        let services = HostServices {
+            kv: Arc::new(GatedKeyValue {
+                gate: tokio::sync::Barrier::new(parties),
+            }),
+            ..HostServices::in_memory()
+        };
+        let config = RuntimeConfig {
+            engine: EngineSettings {
+                max_concurrent_instances: parties as u32,
+                lanes: parties,
+                ..Default::default()
+            },
+            cache_dir: cache_dir.clone(),
+            outbound: Default::default(),
+        };
+        let runtime = Runtime::new(config, services).unwrap();
+        let module = load(&runtime, "data-sync").await;
+        assert_eq!(runtime.compilations(), 1, "cache directory {cache_dir:?}");
+        let runs = (0..parties).map(|_| {
+            let mut run = request("health-check", "null", short_limits());
+            run.grants = granted(&module);
+            runtime.run(&module, run)
+        });
+        let reports = tokio::time::timeout(
+            Duration::from_secs(30),
+            futures_util::future::join_all(runs),
+        )
+        .await
+        .expect("all three runs reached the backend together");
+        for report in reports {
+            output(&report);
+        }
+    }
+}
+
+/// Runs from many threads at once, each thread in its lane, all succeed.
+#[test]
+fn runs_on_many_threads_each_get_a_working_lane() {
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .unwrap();
+    let config = RuntimeConfig {
+        engine: EngineSettings {
+            max_concurrent_instances: 16,
+            lanes: 2,
+            ..Default::default()
+        },
+        cache_dir: None,
+        outbound: Default::default(),
+    };
+    let runtime = Runtime::new(config, HostServices::in_memory()).unwrap();
+    tokio.block_on(async {
+        let module = load(&runtime, "hostile").await;
+        let tasks: Vec<_> = (0..16)
+            .map(|task| {
+                let runtime = runtime.clone();
+                let module = module.clone();
+                tokio::spawn(async move {
+                    for run in 0..20 {
+                        let input = format!(r#"{{"task":{task},"run":{run}}}"#);
+                        let report = runtime
+                            .run(&module, request("echo", &input, short_limits()))
+                            .await;
+                        assert_eq!(
+                            output(&report)["input"],
+                            serde_json::from_str::<serde_json::Value>(&input).unwrap()
+                        );
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+    });
+}

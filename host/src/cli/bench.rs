@@ -11,7 +11,7 @@ use clap::Args;
 use super::ExitStatus;
 use crate::domain::Limits;
 use crate::runtime::{
-    CancelToken, EngineSettings, HostServices, LoadedModule, RunRequest, Runtime, RuntimeConfig,
+    EngineSettings, HostServices, LoadedModule, RunRequest, Runtime, RuntimeConfig,
 };
 
 #[derive(Debug, Args)]
@@ -126,7 +126,7 @@ fn bench_loads(single: &tokio::runtime::Runtime, data_sync: &[u8], cache_dir: &P
     );
 }
 
-/// Per-run overhead of a no-op job: one thread, then two tokio workers.
+/// Per-run overhead of a no-op job on one thread, then how two tokio workers compare.
 fn bench_overhead(
     single: &tokio::runtime::Runtime,
     noop: &[u8],
@@ -171,20 +171,73 @@ fn bench_overhead(
         return;
     }
     let workers = 2;
-    let multi = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers)
-        .enable_all()
-        .build()
-        .expect("tokio");
-    let elapsed = multi.block_on(two_workers(&runtime, &module, &request, workers, runs));
-    let two_rate = (runs as usize * workers) as f64 / elapsed.as_secs_f64();
+    let runtime_of = |threads| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()
+            .expect("tokio")
+    };
+    let (one_worker_runtime, multi) = (runtime_of(1), runtime_of(workers));
+    // Rounds alternate the three set-ups in this one process, so that what differs
+    // between processes (where the allocator and the pools land) weighs on all figures
+    // alike. All are wall-clock rates over whole loops. One tokio worker is the baseline
+    // for scaling: same scheduler as two, one thread fewer.
+    let (mut one_thread, mut one_worker, mut two) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..SCALING_ROUNDS {
+        let elapsed = single.block_on(run_loop(
+            runtime.clone(),
+            module.clone(),
+            request.clone(),
+            runs,
+        ));
+        one_thread.push(f64::from(runs) / elapsed.as_secs_f64());
+        let elapsed = one_worker_runtime.block_on(on_workers(&runtime, &module, &request, 1, runs));
+        one_worker.push(f64::from(runs) / elapsed.as_secs_f64());
+        let elapsed = multi.block_on(on_workers(&runtime, &module, &request, workers, runs));
+        two.push((runs as usize * workers) as f64 / elapsed.as_secs_f64());
+    }
+    let ratios: Vec<f64> = two.iter().zip(&one_worker).map(|(t, o)| t / o).collect();
     println!(
-        "no-op runs on {workers} tokio workers: {two_rate:.0} runs/s ({:.2}× one thread)",
-        two_rate / one_thread_rate
+        "no-op runs/s, medians of {SCALING_ROUNDS} alternating rounds of {runs} runs per thread: \
+         1 thread {:.0}; 1 tokio worker {:.0}; {workers} tokio workers {:.0} = {:.2}× one worker \
+         (rounds {:.2}–{:.2}×), {:.2}× one thread",
+        median(&one_thread),
+        median(&one_worker),
+        median(&two),
+        median(&two) / median(&one_worker),
+        ratios.iter().copied().fold(f64::INFINITY, f64::min),
+        ratios.iter().copied().fold(0.0, f64::max),
+        median(&two) / median(&one_thread),
     );
 }
 
-async fn two_workers(
+/// Rounds of the scaling measurement.
+const SCALING_ROUNDS: usize = 5;
+
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted[sorted.len() / 2]
+}
+
+/// `runs` runs one after the other, each with a request of its own.
+async fn run_loop(
+    runtime: Runtime,
+    module: Arc<LoadedModule>,
+    request: RunRequest,
+    runs: u32,
+) -> Duration {
+    let started = Instant::now();
+    for _ in 0..runs {
+        runtime.run(&module, fresh(&request)).await;
+    }
+    started.elapsed()
+}
+
+/// One [`run_loop`] per worker, as tasks of the current tokio runtime; the time until the
+/// last is done.
+async fn on_workers(
     runtime: &Runtime,
     module: &Arc<LoadedModule>,
     request: &RunRequest,
@@ -194,14 +247,12 @@ async fn two_workers(
     let started = Instant::now();
     let tasks: Vec<_> = (0..workers)
         .map(|_| {
-            let runtime = runtime.clone();
-            let module = module.clone();
-            let request = request.clone();
-            tokio::spawn(async move {
-                for _ in 0..runs {
-                    runtime.run(&module, fresh(&request)).await;
-                }
-            })
+            tokio::spawn(run_loop(
+                runtime.clone(),
+                module.clone(),
+                request.clone(),
+                runs,
+            ))
         })
         .collect();
     for task in tasks {
@@ -210,13 +261,11 @@ async fn two_workers(
     started.elapsed()
 }
 
-/// `request` for one more run, with a cancel token of its own as the worker gives each
-/// execution: runs sharing one would contend on its waiter list.
+/// `request` for one more run, sharing nothing with the others, as the worker builds one
+/// per execution: runs sharing a cancel token or grants would write the same waiter list
+/// and reference counts from every thread.
 fn fresh(request: &RunRequest) -> RunRequest {
-    RunRequest {
-        cancel: CancelToken::default(),
-        ..request.clone()
-    }
+    RunRequest::new(request.job.clone(), request.input.clone(), request.limits)
 }
 
 fn percentile(samples: &[Duration], q: f64) -> Duration {

@@ -121,6 +121,8 @@ fn local_runtime(
     let config = RuntimeConfig {
         engine: crate::runtime::EngineSettings {
             max_concurrent_instances: 4,
+            // One run on one thread: a second engine would only cost start-up time.
+            lanes: 1,
             ..Default::default()
         },
         cache_dir: cache.dir(),

@@ -77,6 +77,40 @@ impl ArtifactCache {
         }
         Ok((component, LoadSource::Compiled))
     }
+
+    /// Loads `wasm` into each of `engines`, which share one configuration: compiled (or
+    /// mapped from the cache) once, then mapped into the others without compiling again.
+    pub(crate) fn load_into_each(
+        &self,
+        engines: &[Engine],
+        wasm: &[u8],
+        content_hash: &str,
+    ) -> wasmtime::Result<(Vec<Component>, LoadSource)> {
+        let (first, rest) = engines
+            .split_first()
+            .ok_or_else(|| wasmtime::format_err!("a runtime has at least one engine"))?;
+        let (component, source) = self.load(first, wasm, content_hash)?;
+        let mut components = vec![component];
+        let mut own_bytes: Option<Vec<u8>> = None;
+        for engine in rest {
+            let mapped = self
+                .artifact_path(content_hash)
+                .filter(|path| path.exists())
+                .and_then(|path| deserialize(engine, &path).ok());
+            if let Some(copy) = mapped {
+                components.push(copy);
+                continue;
+            }
+            // No cache directory, or the artifact could not be written: copy the code
+            // compiled a moment ago.
+            let bytes = match &mut own_bytes {
+                Some(bytes) => bytes,
+                None => own_bytes.insert(components[0].serialize()?),
+            };
+            components.push(deserialize_own_bytes(engine, bytes)?);
+        }
+        Ok((components, source))
+    }
 }
 
 fn store(component: &Component, path: &Path) -> wasmtime::Result<()> {
@@ -101,6 +135,17 @@ fn deserialize(engine: &Engine, path: &Path) -> wasmtime::Result<Component> {
     // SAFETY: the file was produced by `Component::serialize` in `store`, renamed into
     // place atomically, and lives in a directory only the operator controls.
     unsafe { Component::deserialize_file(engine, path) }
+}
+
+#[expect(
+    unsafe_code,
+    reason = "the bytes are what `Component::serialize` produced in this process a moment \
+              ago, for an engine of the same configuration"
+)]
+fn deserialize_own_bytes(engine: &Engine, bytes: &[u8]) -> wasmtime::Result<Component> {
+    // SAFETY: `bytes` come straight from `Component::serialize` in `load_into_each`; they
+    // never left this process.
+    unsafe { Component::deserialize(engine, bytes) }
 }
 
 /// Hex SHA-256 of a component's bytes: its identity everywhere in Runcell.

@@ -33,8 +33,12 @@ const KEEP_RESIDENT_BYTES: usize = 2 * 1024 * 1024;
 /// artifact cache keys on the engine's compatibility hash.
 #[derive(Debug, Clone)]
 pub struct EngineSettings {
-    /// Instances that may be alive at once; with pooling, slots are reserved up front.
+    /// Instances that may be alive at once, over all lanes; with pooling, slots are
+    /// reserved up front.
     pub max_concurrent_instances: u32,
+    /// Engines, each with its share of the instances; runs on different threads use
+    /// different engines. One per core by default.
+    pub lanes: usize,
     /// The largest linear memory any run may be granted.
     pub memory_ceiling_bytes: u64,
     /// Use the pooling allocator (fast instantiation); off falls back to mmap per run.
@@ -45,13 +49,15 @@ impl Default for EngineSettings {
     fn default() -> Self {
         Self {
             max_concurrent_instances: 64,
+            lanes: super::lanes::default_lane_count(),
             memory_ceiling_bytes: crate::domain::Limits::default_ceiling().memory_bytes,
             pooling: true,
         }
     }
 }
 
-pub(crate) fn build_engine(settings: &EngineSettings) -> wasmtime::Result<Engine> {
+/// An engine whose pool, if pooling, holds `instances` instances.
+pub(crate) fn build_engine(settings: &EngineSettings, instances: u32) -> wasmtime::Result<Engine> {
     let mut config = Config::new();
     config
         .wasm_component_model(true)
@@ -64,7 +70,7 @@ pub(crate) fn build_engine(settings: &EngineSettings) -> wasmtime::Result<Engine
         .concurrency_support(false)
         .cranelift_opt_level(wasmtime::OptLevel::Speed);
     if settings.pooling {
-        let instances = settings.max_concurrent_instances.max(1);
+        let instances = instances.max(1);
         let mut pool = PoolingAllocationConfig::new();
         pool.total_component_instances(instances)
             .total_core_instances(instances * CORE_INSTANCES_PER_COMPONENT)
@@ -91,14 +97,14 @@ pub(crate) fn engine_key(engine: &Engine) -> String {
     format!("{:016x}", hasher.finish())
 }
 
-/// Advances the engine's epoch every [`EPOCH_TICK`] on its own thread until dropped.
+/// Advances the engines' epochs every [`EPOCH_TICK`] on its own thread until dropped.
 #[derive(Debug)]
 pub(crate) struct EpochTicker {
     stop: Arc<AtomicBool>,
 }
 
 impl EpochTicker {
-    pub(crate) fn start(engine: Engine) -> std::io::Result<Self> {
+    pub(crate) fn start(engines: Vec<Engine>) -> std::io::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = stop.clone();
         std::thread::Builder::new()
@@ -106,7 +112,9 @@ impl EpochTicker {
             .spawn(move || {
                 while !stopped.load(Ordering::Relaxed) {
                     std::thread::sleep(EPOCH_TICK);
-                    engine.increment_epoch();
+                    for engine in &engines {
+                        engine.increment_epoch();
+                    }
                 }
             })?;
         Ok(Self { stop })

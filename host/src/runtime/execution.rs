@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use wasmtime::component::ResourceTable;
@@ -13,8 +14,9 @@ use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use super::bindings::{JobModulePre, types};
-use super::host::http::{OutboundHttp, OutboundSettings};
-use super::host::{HostCallTimedOut, HostContext, HostServices};
+use super::host::http::OutboundHttp;
+use super::host::{HostCallTimedOut, HostContext};
+use super::lanes::Lane;
 use super::limiter::MemoryLimiter;
 use super::logs::{LogCollector, LogObserver, Stream};
 use super::redact::Redactor;
@@ -182,12 +184,11 @@ pub(crate) fn deadline_passed() -> wasmtime::Error {
     wasmtime::Error::new(Interrupted::TimedOut)
 }
 
-/// Builds the store for one run: WASI with no directories, environment, arguments or
-/// network; stdout/stderr into the log; fuel, memory limiter and epoch deadline set.
+/// Builds the store for one run in `lane`: WASI with no directories, environment,
+/// arguments or network; stdout/stderr into the log; fuel, memory limiter and epoch
+/// deadline set.
 pub(crate) fn new_store(
-    engine: &wasmtime::Engine,
-    services: &HostServices,
-    outbound: &Arc<OutboundSettings>,
+    lane: &Lane,
     module_name: Arc<str>,
     request: &RunRequest,
 ) -> (Store<ExecutionState>, LogCollector) {
@@ -212,7 +213,7 @@ pub(crate) fn new_store(
         http: WasiHttpCtx::new(),
         http_hooks: OutboundHttp::new(
             request.grants.clone(),
-            outbound.clone(),
+            lane.outbound.clone(),
             logs.clone(),
             deadline,
         ),
@@ -221,14 +222,14 @@ pub(crate) fn new_store(
             module: module_name,
             grants: request.grants.clone(),
             config: request.config.clone(),
-            services: services.clone(),
+            services: lane.services.clone(),
             logs: logs.clone(),
             deadline,
             samples_recorded: 0,
             events_published: 0,
         },
     };
-    let mut store = Store::new(engine, state);
+    let mut store = Store::new(&lane.engine, state);
     store.limiter(|state| &mut state.limiter);
     store
         .set_fuel(limits.fuel)
@@ -249,11 +250,9 @@ pub(crate) fn new_store(
     (store, logs)
 }
 
-/// Runs `request` on a fresh instance of `pre`.
+/// Runs `request` on a fresh instance of `pre`, which belongs to `lane`.
 pub(crate) async fn execute(
-    engine: &wasmtime::Engine,
-    services: &HostServices,
-    outbound: &Arc<OutboundSettings>,
+    lane: &Lane,
     module_name: Arc<str>,
     pre: &JobModulePre<ExecutionState>,
     request: RunRequest,
@@ -268,7 +267,7 @@ pub(crate) async fn execute(
         };
     }
     let limits = request.limits;
-    let (mut store, logs) = new_store(engine, services, outbound, module_name, &request);
+    let (mut store, logs) = new_store(lane, module_name, &request);
     let context = types::RunContext {
         execution_id: request.context.execution_id.clone(),
         attempt: request.context.attempt,
@@ -288,12 +287,20 @@ pub(crate) async fn execute(
                 .call_run(&mut store, &request.job, &context, &request.input)
                 .await
         };
-        tokio::select! {
-            result = tokio::time::timeout_at(deadline, call) => match result {
-                Ok(result) => result,
-                Err(_) => Err(deadline_passed()),
+        let mut call = std::pin::pin!(call);
+        // The guest runs on a fiber until it returns or waits, so a short run ends within
+        // this first poll. Only a run that waits gets a timer and a cancellation waiter:
+        // creating a timer writes the runtime's handle, which all worker threads share.
+        let first = std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await;
+        match first {
+            Poll::Ready(result) => result,
+            Poll::Pending => tokio::select! {
+                result = tokio::time::timeout_at(deadline, call) => match result {
+                    Ok(result) => result,
+                    Err(_) => Err(deadline_passed()),
+                },
+                () = request.cancel.cancelled() => Err(wasmtime::Error::new(Interrupted::Cancelled)),
             },
-            () = request.cancel.cancelled() => Err(wasmtime::Error::new(Interrupted::Cancelled)),
         }
     };
     let (usage, memory_limit_hit) = conclude(&store, &limits, started, &result);

@@ -16,7 +16,7 @@ use wasmtime_wasi_http::p2::types::{HostIncomingRequest, HostResponseOutparam};
 
 use super::bindings::JobModulePre;
 use super::execution::{self, ExecutionState, RunRequest};
-use super::{LoadedModule, Shared};
+use super::{LoadedModule, Shared, lanes};
 use crate::domain::{
     FailureKind, Limits, LogEntry, Manifest, ManifestError, Outcome, RouteAccess, Usage,
 };
@@ -165,24 +165,31 @@ async fn read_response(
 }
 
 /// Serves `request` (its URI absolute, its path already relative to the module's
-/// prefix) on a fresh instance of `module`, which must export the handler, with `run`'s
-/// limits and grants; the response body may hold at most `max_response_bytes`.
+/// prefix) on a fresh instance of `module`, which should export the handler, with
+/// `run`'s limits and grants; the response body may hold at most `max_response_bytes`.
 pub(super) async fn serve(
     shared: &Shared,
     module: &LoadedModule,
-    handler: &ComponentExportIndex,
     run: RunRequest,
     request: http::Request<Bytes>,
     max_response_bytes: u64,
 ) -> ServedRequest {
+    let seat = lanes::take_seat(&shared.lanes);
+    let in_lane = &module.lanes[seat.index];
+    let Some(handler) = &in_lane.handler else {
+        return ServedRequest {
+            response: Err(Outcome::Failed {
+                kind: FailureKind::HostError,
+                message: format!("module `{}` serves no HTTP routes", module.manifest.name),
+            }),
+            usage: Usage::default(),
+            logs: Vec::new(),
+            dropped_log_lines: 0,
+        };
+    };
     let limits = run.limits;
-    let (mut store, logs) = execution::new_store(
-        &shared.engine,
-        &shared.services,
-        &shared.outbound,
-        module.name.clone(),
-        &run,
-    );
+    let name = module.names[seat.index].clone();
+    let (mut store, logs) = execution::new_store(seat.lane(), name, &run);
     let (parts, body) = request.into_parts();
     let request = hyper::Request::from_parts(
         parts,
@@ -214,7 +221,7 @@ pub(super) async fn serve(
     };
     let read_by = tokio::time::Instant::now() + limits.timeout + execution::HOST_CALL_GRACE;
     let ((result, usage, memory_limit_hit), response) = tokio::join!(
-        call_handler(store, &module.pre, handler, incoming, outparam, &run),
+        call_handler(store, &in_lane.pre, handler, incoming, outparam, &run),
         read_response(answer, max_response_bytes, read_by),
     );
     let (entries, dropped_log_lines) = logs.finish();

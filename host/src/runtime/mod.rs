@@ -1,6 +1,7 @@
-//! Runs job modules. Owns the three lifetimes of wasm execution: the process (one engine,
-//! one linker, filled once), the module (a validated component compiled once, cached by
-//! content hash, pre-linked), and the execution (a fresh store per run, dropped after).
+//! Runs job modules. Owns the three lifetimes of wasm execution: the process (an engine
+//! and a linker per lane, see [`lanes`]), the module (a validated component compiled once,
+//! cached by content hash, pre-linked in every lane), and the execution (a fresh store per
+//! run, dropped after).
 //!
 //! Knows nothing of HTTP or SQL: capability backends come in through [`HostServices`].
 
@@ -10,6 +11,7 @@ mod engine;
 mod execution;
 pub mod host;
 mod incoming;
+mod lanes;
 mod limiter;
 mod logs;
 mod redact;
@@ -23,6 +25,8 @@ use std::time::{Duration, Instant};
 
 use wasmtime::Engine;
 use wasmtime::component::{ComponentExportIndex, HasSelf, Linker};
+
+use lanes::Lane;
 
 use crate::domain::{
     Capabilities, FailureKind, JobSpec, Limits, Manifest, ManifestError, Outcome, RouteAccess,
@@ -83,16 +87,24 @@ pub struct LoadedModule {
     pub source: LoadSource,
     /// Time from bytes to a runnable module, `describe` excluded.
     pub load_time: Duration,
+    /// The module pre-linked in each lane, in lane order.
+    lanes: Box<[LaneModule]>,
+    /// The module's name for each lane's runs, so that they count their references to it
+    /// apart.
+    names: Box<[Arc<str>]>,
+}
+
+/// A module as one lane's engine has it.
+struct LaneModule {
     pre: JobModulePre<ExecutionState>,
     /// The `handle` of its `wasi:http/incoming-handler` export, if it serves routes.
     handler: Option<ComponentExportIndex>,
-    name: Arc<str>,
 }
 
 impl LoadedModule {
     /// Whether the component exports the HTTP handler its routes are served through.
     pub fn serves_routes(&self) -> bool {
-        self.handler.is_some()
+        self.lanes[0].handler.is_some()
     }
 }
 
@@ -100,7 +112,7 @@ impl std::fmt::Debug for LoadedModule {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LoadedModule")
             .field("hash", &self.hash)
-            .field("name", &self.name)
+            .field("name", &self.manifest.name)
             .field("source", &self.source)
             .finish_non_exhaustive()
     }
@@ -123,11 +135,8 @@ pub struct Runtime {
 }
 
 struct Shared {
-    engine: Engine,
-    linker: Linker<ExecutionState>,
+    lanes: Box<[Lane]>,
     cache: cache::ArtifactCache,
-    services: HostServices,
-    outbound: Arc<OutboundSettings>,
     loaded: Mutex<HashMap<String, Arc<LoadedModule>>>,
     _ticker: engine::EpochTicker,
 }
@@ -140,7 +149,7 @@ impl std::fmt::Debug for Shared {
 
 impl Runtime {
     pub fn new(config: RuntimeConfig, services: HostServices) -> Result<Self, RuntimeError> {
-        let engine = engine::build_engine(&config.engine)
+        let lanes = build_lanes(&config.engine, &services, &config.outbound)
             .or_else(|err| {
                 // Pooling reserves address space up front; some hosts cap it. Run slower
                 // rather than not at all.
@@ -149,20 +158,17 @@ impl Runtime {
                     pooling: false,
                     ..config.engine.clone()
                 };
-                engine::build_engine(&fallback)
+                build_lanes(&fallback, &services, &config.outbound)
             })
             .map_err(|err| RuntimeError::Engine(format!("{err:#}")))?;
-        let linker =
-            build_linker(&engine).map_err(|err| RuntimeError::Engine(format!("{err:#}")))?;
-        let cache = cache::ArtifactCache::new(config.cache_dir, engine::engine_key(&engine));
-        let ticker = engine::EpochTicker::start(engine.clone())?;
+        let cache =
+            cache::ArtifactCache::new(config.cache_dir, engine::engine_key(&lanes[0].engine));
+        let ticker =
+            engine::EpochTicker::start(lanes.iter().map(|lane| lane.engine.clone()).collect())?;
         Ok(Self {
             shared: Arc::new(Shared {
-                engine,
-                linker,
+                lanes,
                 cache,
-                services,
-                outbound: Arc::new(config.outbound),
                 loaded: Mutex::new(HashMap::new()),
                 _ticker: ticker,
             }),
@@ -186,23 +192,25 @@ impl Runtime {
         let shared = self.shared.clone();
         let compile_hash = hash.clone();
         // Compilation is CPU-bound for up to seconds: keep it off the async workers.
-        let (pre, source) =
+        let (lanes, source) =
             tokio::task::spawn_blocking(move || shared.prepare(&wasm, &compile_hash))
                 .await
                 .map_err(|err| LoadError::Describe(format!("compilation task failed: {err}")))??;
         let load_time = started.elapsed();
-        let manifest = self.describe(&pre).await?;
+        let manifest = self.describe(&lanes).await?;
         manifest.validate()?;
-        let handler = incoming::find_handler(&self.shared.engine, pre.instance_pre().component());
-        incoming::check_routes_export(&manifest, handler.is_some())?;
+
+        incoming::check_routes_export(&manifest, lanes[0].handler.is_some())?;
         let module = Arc::new(LoadedModule {
             hash: hash.clone(),
-            name: Arc::from(manifest.name.as_str()),
+            names: lanes
+                .iter()
+                .map(|_| Arc::from(manifest.name.as_str()))
+                .collect(),
             manifest,
             source,
             load_time,
-            pre,
-            handler,
+            lanes,
         });
         self.shared
             .loaded
@@ -231,17 +239,12 @@ impl Runtime {
             .remove(hash);
     }
 
-    async fn describe(&self, pre: &JobModulePre<ExecutionState>) -> Result<Manifest, LoadError> {
+    async fn describe(&self, lanes: &[LaneModule]) -> Result<Manifest, LoadError> {
         let request = RunRequest::new("describe", "null", DESCRIBE_LIMITS);
-        let (mut store, _logs) = execution::new_store(
-            &self.shared.engine,
-            &self.shared.services,
-            &self.shared.outbound,
-            Arc::from("describe"),
-            &request,
-        );
+        let seat = lanes::take_seat(&self.shared.lanes);
+        let (mut store, _logs) = execution::new_store(seat.lane(), Arc::from("describe"), &request);
         let call = async {
-            let instance = pre.instantiate_async(&mut store).await?;
+            let instance = lanes[seat.index].pre.instantiate_async(&mut store).await?;
             instance.call_describe(&mut store).await
         };
         let manifest = tokio::time::timeout(DESCRIBE_LIMITS.timeout, call)
@@ -275,15 +278,9 @@ impl Runtime {
                 dropped_log_lines: 0,
             };
         }
-        execution::execute(
-            &self.shared.engine,
-            &self.shared.services,
-            &self.shared.outbound,
-            module.name.clone(),
-            &module.pre,
-            request,
-        )
-        .await
+        let seat = lanes::take_seat(&self.shared.lanes);
+        let name = module.names[seat.index].clone();
+        execution::execute(seat.lane(), name, &module.lanes[seat.index].pre, request).await
     }
 
     /// Serves one request for `module`'s routes on a fresh instance, with `limits` and
@@ -298,28 +295,9 @@ impl Runtime {
         grants: Arc<crate::domain::Grants>,
         max_response_bytes: u64,
     ) -> ServedRequest {
-        let Some(handler) = &module.handler else {
-            return ServedRequest {
-                response: Err(Outcome::Failed {
-                    kind: FailureKind::HostError,
-                    message: format!("module `{}` serves no HTTP routes", module.name),
-                }),
-                usage: Usage::default(),
-                logs: Vec::new(),
-                dropped_log_lines: 0,
-            };
-        };
         let mut run = RunRequest::new("http", "", limits);
         run.grants = grants;
-        incoming::serve(
-            &self.shared,
-            module,
-            handler,
-            run,
-            request,
-            max_response_bytes,
-        )
-        .await
+        incoming::serve(&self.shared, module, run, request, max_response_bytes).await
     }
 }
 
@@ -328,20 +306,46 @@ impl Shared {
         &self,
         wasm: &[u8],
         hash: &str,
-    ) -> Result<(JobModulePre<ExecutionState>, LoadSource), LoadError> {
-        let (component, source) = self
+    ) -> Result<(Box<[LaneModule]>, LoadSource), LoadError> {
+        let engines: Vec<Engine> = self.lanes.iter().map(|lane| lane.engine.clone()).collect();
+        let (components, source) = self
             .cache
-            .load(&self.engine, wasm, hash)
+            .load_into_each(&engines, wasm, hash)
             .map_err(|err| ValidationError::Malformed(format!("{err:#}")))?;
-        validate::check_contract(&self.engine, &component)?;
-        let pre = self
-            .linker
-            .instantiate_pre(&component)
-            .map_err(|err| ValidationError::ContractMismatch(format!("{err:#}")))?;
-        let pre = JobModulePre::new(pre)
-            .map_err(|err| ValidationError::ContractMismatch(format!("{err:#}")))?;
-        Ok((pre, source))
+        validate::check_contract(&engines[0], &components[0])?;
+        let lanes = self
+            .lanes
+            .iter()
+            .zip(components)
+            .map(|(lane, component)| {
+                let pre = lane
+                    .linker
+                    .instantiate_pre(&component)
+                    .and_then(JobModulePre::new)
+                    .map_err(|err| ValidationError::ContractMismatch(format!("{err:#}")))?;
+                let handler = incoming::find_handler(&lane.engine, &component);
+                Ok(LaneModule { pre, handler })
+            })
+            .collect::<Result<_, LoadError>>()?;
+        Ok((lanes, source))
     }
+}
+
+/// The lanes `settings` ask for, the instances shared out between them.
+fn build_lanes(
+    settings: &EngineSettings,
+    services: &HostServices,
+    outbound: &OutboundSettings,
+) -> wasmtime::Result<Box<[Lane]>> {
+    let count = settings.lanes.max(1);
+    let capacity = lanes::lane_capacity(settings.max_concurrent_instances, count);
+    (0..count)
+        .map(|_| {
+            let engine = engine::build_engine(settings, capacity)?;
+            let linker = build_linker(&engine)?;
+            Ok(Lane::new(engine, linker, services, outbound, capacity))
+        })
+        .collect()
 }
 
 fn host(state: &mut ExecutionState) -> &mut HostContext {

@@ -63,7 +63,7 @@ pub(crate) struct HostContext {
     pub(crate) module: Arc<str>,
     pub(crate) grants: Arc<Grants>,
     pub(crate) config: Arc<BTreeMap<String, String>>,
-    pub(crate) services: HostServices,
+    pub(crate) services: Arc<HostServices>,
     pub(crate) logs: LogCollector,
     pub(crate) deadline: tokio::time::Instant,
     pub(crate) samples_recorded: u32,
