@@ -201,15 +201,24 @@ async fn an_infinite_loop_is_stopped_at_its_wall_clock_deadline() {
     );
 }
 
-/// A backend that never answers for the key `slow`, like a storage call stuck on the
-/// network.
-struct StuckKeyValue;
+/// A backend whose reads wait.
+enum WaitingReads {
+    /// Never answers for the key `slow`, like a storage call stuck on the network.
+    StuckOnSlow,
+    /// Answers once this many reads wait at once, so the runs that read are all alive
+    /// together.
+    Together(tokio::sync::Barrier),
+}
 
 #[async_trait::async_trait]
-impl KeyValueStore for StuckKeyValue {
+impl KeyValueStore for WaitingReads {
     async fn get(&self, _: &str, key: &str) -> Result<Option<Vec<u8>>, BackendError> {
-        if key == "slow" {
-            std::future::pending::<()>().await;
+        match self {
+            WaitingReads::StuckOnSlow if key == "slow" => std::future::pending().await,
+            WaitingReads::StuckOnSlow => {}
+            WaitingReads::Together(gate) => {
+                gate.wait().await;
+            }
         }
         Ok(None)
     }
@@ -226,7 +235,7 @@ impl KeyValueStore for StuckKeyValue {
 
 #[tokio::test]
 async fn a_guest_blocked_in_a_host_call_is_stopped_at_its_deadline() {
-    let h = harness_with_kv(Arc::default(), Some(Arc::new(StuckKeyValue)));
+    let h = harness_with_kv(Arc::default(), Some(Arc::new(WaitingReads::StuckOnSlow)));
     let module = load(&h.runtime, "hostile").await;
     let timeout = Duration::from_millis(300);
     let mut run = request(
@@ -680,29 +689,6 @@ async fn a_damaged_cache_entry_is_replaced_by_a_fresh_compile() {
     assert_eq!(module.source, LoadSource::Compiled);
 }
 
-/// A backend whose reads wait until `parties` reads wait at once, so the runs that read
-/// are all alive together.
-struct GatedKeyValue {
-    gate: tokio::sync::Barrier,
-}
-
-#[async_trait::async_trait]
-impl KeyValueStore for GatedKeyValue {
-    async fn get(&self, _: &str, _: &str) -> Result<Option<Vec<u8>>, BackendError> {
-        self.gate.wait().await;
-        Ok(None)
-    }
-    async fn set(&self, _: &str, _: &str, _: &[u8]) -> Result<(), BackendError> {
-        Ok(())
-    }
-    async fn delete(&self, _: &str, _: &str) -> Result<(), BackendError> {
-        Ok(())
-    }
-    async fn list_keys(&self, _: &str, _: &str, _: u32) -> Result<Vec<String>, BackendError> {
-        Ok(Vec::new())
-    }
-}
-
 /// Three lanes of one instance each: three runs alive at once on one thread must spread
 /// over all three, each lane running its own copy of the module, compiled only once.
 #[tokio::test]
@@ -711,9 +697,7 @@ async fn runs_past_a_lanes_share_of_instances_take_the_other_lanes() {
     for cache_dir in [None, Some(dir.path().to_path_buf())] {
         let parties = 3;
         let services = HostServices {
-            kv: Arc::new(GatedKeyValue {
-                gate: tokio::sync::Barrier::new(parties),
-            }),
+            kv: Arc::new(WaitingReads::Together(tokio::sync::Barrier::new(parties))),
             ..HostServices::in_memory()
         };
         let config = RuntimeConfig {

@@ -199,7 +199,6 @@ impl Runtime {
         let load_time = started.elapsed();
         let manifest = self.describe(&lanes).await?;
         manifest.validate()?;
-
         incoming::check_routes_export(&manifest, lanes[0].handler.is_some())?;
         let module = Arc::new(LoadedModule {
             hash: hash.clone(),
