@@ -91,12 +91,14 @@ impl ArtifactCache {
             .ok_or_else(|| wasmtime::format_err!("a runtime has at least one engine"))?;
         let (component, source) = self.load(first, wasm, content_hash)?;
         let mut components = vec![component];
+        let artifact = self
+            .artifact_path(content_hash)
+            .filter(|path| path.exists());
         let mut own_bytes: Option<Vec<u8>> = None;
         for engine in rest {
-            let mapped = self
-                .artifact_path(content_hash)
-                .filter(|path| path.exists())
-                .and_then(|path| deserialize(engine, &path).ok());
+            let mapped = artifact
+                .as_deref()
+                .and_then(|path| deserialize(engine, path).ok());
             if let Some(copy) = mapped {
                 components.push(copy);
                 continue;

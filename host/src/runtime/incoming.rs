@@ -188,8 +188,7 @@ pub(super) async fn serve(
         };
     };
     let limits = run.limits;
-    let name = module.names[seat.index].clone();
-    let (mut store, logs) = execution::new_store(seat.lane(), name, &run);
+    let (mut store, logs) = execution::new_store(seat.lane(), in_lane.name.clone(), &run);
     let (parts, body) = request.into_parts();
     let request = hyper::Request::from_parts(
         parts,

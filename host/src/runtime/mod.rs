@@ -89,15 +89,21 @@ pub struct LoadedModule {
     pub load_time: Duration,
     /// The module pre-linked in each lane, in lane order.
     lanes: Box<[LaneModule]>,
-    /// The module's name for each lane's runs, so that they count their references to it
-    /// apart.
-    names: Box<[Arc<str>]>,
 }
 
 /// A module as one lane's engine has it.
 struct LaneModule {
     pre: JobModulePre<ExecutionState>,
     /// The `handle` of its `wasi:http/incoming-handler` export, if it serves routes.
+    handler: Option<ComponentExportIndex>,
+    /// The module's name for this lane's runs, so that lanes count their references to
+    /// it apart.
+    name: Arc<str>,
+}
+
+/// A module linked in one lane, before `describe` has said its name.
+struct Linked {
+    pre: JobModulePre<ExecutionState>,
     handler: Option<ComponentExportIndex>,
 }
 
@@ -200,12 +206,16 @@ impl Runtime {
         let manifest = self.describe(&lanes).await?;
         manifest.validate()?;
         incoming::check_routes_export(&manifest, lanes[0].handler.is_some())?;
+        let lanes = lanes
+            .into_iter()
+            .map(|Linked { pre, handler }| LaneModule {
+                pre,
+                handler,
+                name: Arc::from(manifest.name.as_str()),
+            })
+            .collect();
         let module = Arc::new(LoadedModule {
             hash: hash.clone(),
-            names: lanes
-                .iter()
-                .map(|_| Arc::from(manifest.name.as_str()))
-                .collect(),
             manifest,
             source,
             load_time,
@@ -238,7 +248,7 @@ impl Runtime {
             .remove(hash);
     }
 
-    async fn describe(&self, lanes: &[LaneModule]) -> Result<Manifest, LoadError> {
+    async fn describe(&self, lanes: &[Linked]) -> Result<Manifest, LoadError> {
         let request = RunRequest::new("describe", "null", DESCRIBE_LIMITS);
         let seat = lanes::take_seat(&self.shared.lanes);
         let (mut store, _logs) = execution::new_store(seat.lane(), Arc::from("describe"), &request);
@@ -278,8 +288,8 @@ impl Runtime {
             };
         }
         let seat = lanes::take_seat(&self.shared.lanes);
-        let name = module.names[seat.index].clone();
-        execution::execute(seat.lane(), name, &module.lanes[seat.index].pre, request).await
+        let in_lane = &module.lanes[seat.index];
+        execution::execute(seat.lane(), in_lane.name.clone(), &in_lane.pre, request).await
     }
 
     /// Serves one request for `module`'s routes on a fresh instance, with `limits` and
@@ -301,11 +311,7 @@ impl Runtime {
 }
 
 impl Shared {
-    fn prepare(
-        &self,
-        wasm: &[u8],
-        hash: &str,
-    ) -> Result<(Box<[LaneModule]>, LoadSource), LoadError> {
+    fn prepare(&self, wasm: &[u8], hash: &str) -> Result<(Vec<Linked>, LoadSource), LoadError> {
         let engines: Vec<Engine> = self.lanes.iter().map(|lane| lane.engine.clone()).collect();
         let (components, source) = self
             .cache
@@ -323,7 +329,7 @@ impl Shared {
                     .and_then(JobModulePre::new)
                     .map_err(|err| ValidationError::ContractMismatch(format!("{err:#}")))?;
                 let handler = incoming::find_handler(&lane.engine, &component);
-                Ok(LaneModule { pre, handler })
+                Ok(Linked { pre, handler })
             })
             .collect::<Result<_, LoadError>>()?;
         Ok((lanes, source))
