@@ -667,6 +667,28 @@ async fn a_cached_module_is_never_recompiled() {
     );
 }
 
+/// A node that starts a batch of runs of a module it has not loaded yet must compile it
+/// once, not once per run: the others wait for that compilation and share its result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loads_of_one_module_at_once_compile_it_once() {
+    let runtime = Runtime::new(RuntimeConfig::default(), HostServices::in_memory()).unwrap();
+    let bytes: Arc<[u8]> = Arc::from(guests::guest_bytes("hello"));
+    let loads = (0..6).map(|_| {
+        let runtime = runtime.clone();
+        let bytes = bytes.clone();
+        tokio::spawn(async move { runtime.load(bytes).await.unwrap() })
+    });
+    let modules = futures_util::future::join_all(loads).await;
+    assert_eq!(runtime.compilations(), 1);
+    let first = modules[0].as_ref().unwrap();
+    for module in &modules {
+        assert!(Arc::ptr_eq(first, module.as_ref().unwrap()));
+    }
+    // A different module still compiles: the gate is per module.
+    load(&runtime, "data-sync").await;
+    assert_eq!(runtime.compilations(), 2);
+}
+
 #[tokio::test]
 async fn a_damaged_cache_entry_is_replaced_by_a_fresh_compile() {
     let dir = tempfile::tempdir().unwrap();
@@ -771,4 +793,62 @@ fn runs_on_many_threads_each_get_a_working_lane() {
             task.await.unwrap();
         }
     });
+}
+
+/// Two nodes on one database: a module installed through the first is loaded by the
+/// second before any of its runs arrive there, once; a disabled one is not.
+#[tokio::test]
+async fn a_node_preloads_the_enabled_modules_installed_through_another() {
+    use runcell::domain::ModuleStatus;
+    use runcell::queue::{MemoryQueue, Queue};
+    use runcell::store::{SqliteStore, Store};
+
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open_in_memory().await.unwrap());
+    let node = || async {
+        let queue: Arc<dyn Queue> = Arc::new(MemoryQueue::default());
+        runcell::app::build_services(
+            store.clone(),
+            queue,
+            None,
+            1,
+            Default::default(),
+            Default::default(),
+        )
+        .await
+        .unwrap()
+    };
+    let (first, second) = (node().await, node().await);
+    let hello = first
+        .upload_module(guests::guest_bytes("hello"))
+        .await
+        .unwrap();
+    let data_sync = first
+        .upload_module(guests::guest_bytes("data-sync"))
+        .await
+        .unwrap();
+    first
+        .set_module_status(&data_sync.name, ModuleStatus::Disabled)
+        .await
+        .unwrap();
+    let hello_hash = &hello.current.content_hash;
+    assert!(second.runtime.loaded_module(hello_hash).is_none());
+
+    let mut unloadable = Default::default();
+    let loaded = second.load_enabled_modules(&mut unloadable).await.unwrap();
+    assert_eq!(loaded, 1);
+    assert!(second.runtime.loaded_module(hello_hash).is_some());
+    assert!(
+        second
+            .runtime
+            .loaded_module(&data_sync.current.content_hash)
+            .is_none()
+    );
+    assert_eq!(second.runtime.compilations(), 1);
+
+    // Later passes find it loaded and compile nothing.
+    assert_eq!(
+        second.load_enabled_modules(&mut unloadable).await.unwrap(),
+        0
+    );
+    assert_eq!(second.runtime.compilations(), 1);
 }

@@ -298,6 +298,11 @@ pub async fn serve(config: ServeConfig) -> Result<(), StartError> {
         sole_node,
         stop_rx.clone(),
     ));
+    let preloader = tokio::spawn({
+        let services = services.clone();
+        let stop = stop_rx.clone();
+        async move { services.keep_modules_loaded(stop).await }
+    });
     let heartbeat = tokio::spawn(heartbeat(
         services.clone(),
         NodeHeartbeat {
@@ -358,6 +363,7 @@ pub async fn serve(config: ServeConfig) -> Result<(), StartError> {
     let _ = scheduler.await;
     let _ = reconciler.await;
     let _ = heartbeat.await;
+    let _ = preloader.await;
     pool.shutdown(config.shutdown_grace).await;
     tracing::info!("stopped");
     Ok(())

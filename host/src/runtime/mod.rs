@@ -144,6 +144,10 @@ struct Shared {
     lanes: Box<[Lane]>,
     cache: cache::ArtifactCache,
     loaded: Mutex<HashMap<String, Arc<LoadedModule>>>,
+    /// One gate per content hash being loaded: runs that arrive together for a module
+    /// this node has not loaded yet wait for one compilation instead of each starting
+    /// their own.
+    loading: LoadingGates,
     _ticker: engine::EpochTicker,
 }
 
@@ -151,6 +155,43 @@ impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Shared").finish_non_exhaustive()
     }
+}
+
+type LoadingGates = Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>;
+
+/// A load's hold on the gate of its content hash; the last holder removes the gate from
+/// the map when it is dropped, also when the load is abandoned half-way.
+struct LoadingGate<'a> {
+    gates: &'a LoadingGates,
+    hash: &'a str,
+    gate: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl<'a> LoadingGate<'a> {
+    fn take(gates: &'a LoadingGates, hash: &'a str) -> Self {
+        let gate = lock_gates(gates)
+            .entry(hash.to_owned())
+            .or_default()
+            .clone();
+        Self { gates, hash, gate }
+    }
+}
+
+impl Drop for LoadingGate<'_> {
+    fn drop(&mut self) {
+        let mut gates = lock_gates(self.gates);
+        // Holders clone the gate only under the map's lock, so this count is exact: the
+        // map's reference and this one mean nobody else waits.
+        if Arc::strong_count(&self.gate) == 2 {
+            gates.remove(self.hash);
+        }
+    }
+}
+
+fn lock_gates(
+    gates: &LoadingGates,
+) -> std::sync::MutexGuard<'_, HashMap<String, Arc<tokio::sync::Mutex<()>>>> {
+    gates.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Runtime {
@@ -176,6 +217,7 @@ impl Runtime {
                 lanes,
                 cache,
                 loaded: Mutex::new(HashMap::new()),
+                loading: Mutex::new(HashMap::new()),
                 _ticker: ticker,
             }),
         })
@@ -194,6 +236,19 @@ impl Runtime {
         if let Some(module) = self.loaded_module(&hash) {
             return Ok(module);
         }
+        let gate = LoadingGate::take(&self.shared.loading, &hash);
+        let _turn = gate.gate.lock().await;
+        if let Some(module) = self.loaded_module(&hash) {
+            return Ok(module);
+        }
+        self.load_now(wasm, hash.clone()).await
+    }
+
+    async fn load_now(
+        &self,
+        wasm: Arc<[u8]>,
+        hash: String,
+    ) -> Result<Arc<LoadedModule>, LoadError> {
         let started = Instant::now();
         let shared = self.shared.clone();
         let compile_hash = hash.clone();

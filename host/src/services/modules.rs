@@ -1,9 +1,11 @@
 //! Module lifecycle: upload (validate, describe, store), versions, enable/disable, delete;
 //! and the catalog workers use to find a module's runnable code.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
 
 use super::schedule::Schedule;
 use super::{ServiceError, Services};
@@ -14,6 +16,10 @@ use crate::store::Store;
 /// How long a worker trusts what it learnt about a module before asking the database
 /// again. Local changes invalidate at once; this bounds what other nodes see.
 const CATALOG_TTL: Duration = Duration::from_secs(1);
+
+/// How often a node looks for enabled modules it has not loaded yet (installed through
+/// another node, or before it started).
+const PRELOAD_EVERY: Duration = Duration::from_secs(2);
 
 /// Why a module's job cannot run now.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -132,6 +138,54 @@ impl ModuleCatalog {
 }
 
 impl Services {
+    /// Keeps the current version of every enabled module loaded on this node until
+    /// `stop`, so that a module's first run here does not wait for its compilation:
+    /// without it, a node compiles a module installed through another node only when a
+    /// batch of its runs has already been claimed here, and holds them meanwhile.
+    pub async fn keep_modules_loaded(&self, mut stop: watch::Receiver<bool>) {
+        let mut unloadable = HashSet::new();
+        loop {
+            if let Err(err) = self.load_enabled_modules(&mut unloadable).await {
+                tracing::debug!(error = %err, "cannot list modules to preload; retrying");
+            }
+            tokio::select! {
+                () = tokio::time::sleep(PRELOAD_EVERY) => {}
+                _ = stop.changed() => return,
+            }
+        }
+    }
+
+    /// Loads the enabled modules whose current version this node has not loaded, except
+    /// those in `unloadable`, to which it adds the versions that fail to load: a load
+    /// that failed once fails again, and a compilation every pass would waste a core.
+    /// Returns how many it loaded.
+    pub async fn load_enabled_modules(
+        &self,
+        unloadable: &mut HashSet<String>,
+    ) -> Result<usize, ServiceError> {
+        let mut loaded = 0;
+        for record in self.store.list_modules().await? {
+            let hash = &record.current.content_hash;
+            if record.status != ModuleStatus::Enabled
+                || unloadable.contains(hash)
+                || self.runtime.loaded_module(hash).is_some()
+            {
+                continue;
+            }
+            match self.modules.resolve(&record.name).await {
+                Ok(_) => loaded += 1,
+                Err(Unrunnable::Broken { reason, .. }) => {
+                    tracing::warn!(module = %record.name, %hash, %reason, "module cannot be loaded on this node");
+                    unloadable.insert(hash.clone());
+                }
+                // Not approved, changed or deleted meanwhile, or the database is away:
+                // the next pass sees.
+                Err(_) => {}
+            }
+        }
+        Ok(loaded)
+    }
+
     /// Validates and installs a module file; a new version of an existing module becomes
     /// its current version, the old ones stay listed.
     pub async fn upload_module(&self, wasm: Vec<u8>) -> Result<ModuleRecord, ServiceError> {
