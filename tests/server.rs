@@ -587,6 +587,58 @@ fn a_cancelled_queued_execution_never_starts_and_a_cancelled_spin_stops_quickly(
 }
 
 #[test]
+fn a_run_requested_while_a_worker_is_free_starts_at_once_and_waits_in_the_queue_otherwise() {
+    // One worker stands by for the queue; the other two take runs requested here.
+    let server = Server::start_with(ServerOptions {
+        workers: 3,
+        ..ServerOptions::default()
+    });
+    server.upload(&guests::guest("hostile"));
+    let spin = id(&server.create_job(&json!({
+        "name": "spin", "module": "hostile", "job": "spin",
+        "fuel": 400_000_000_000_u64, "timeoutMs": 30_000,
+    })));
+    let echo = id(&server.create_job(&json!({"name": "echo", "module": "hostile", "job": "echo"})));
+
+    let mut spinning = Vec::new();
+    for _ in 0..2 {
+        let reply = server.post(&format!("/api/v1/jobs/{spin}/execute"));
+        assert_eq!(reply.status, 202, "{}", reply.body);
+        assert_eq!(reply.body["status"], "RUNNING", "{}", reply.body);
+        let started = reply.body["executionId"].as_str().unwrap().to_owned();
+        // Already under way when the answer comes: no queue in between.
+        let execution = server.execution(&started);
+        assert_eq!(execution["status"], "RUNNING", "{execution}");
+        assert!(execution["startedAt"].is_number(), "{execution}");
+        assert!(execution["nodeId"].is_string(), "{execution}");
+        spinning.push(started);
+    }
+    // Both free workers are taken: the next run waits for the one left to the queue.
+    let reply = server.post(&format!("/api/v1/jobs/{echo}/execute"));
+    assert_eq!(reply.status, 202, "{}", reply.body);
+    assert_eq!(reply.body["status"], "QUEUED", "{}", reply.body);
+    let queued = reply.body["executionId"].as_str().unwrap().to_owned();
+    assert_eq!(server.wait_final(&queued, RUN)["status"], "COMPLETED");
+
+    // A run started at once stops on cancel like any other, and frees its worker.
+    for started in &spinning {
+        let reply = server.post(&format!("/api/v1/executions/{started}/cancel"));
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        let execution = server.wait_final(started, Duration::from_secs(5));
+        assert_eq!(execution["status"], "CANCELLED", "{execution}");
+    }
+    let reply = server.post_json(
+        &format!("/api/v1/jobs/{echo}/execute-bulk"),
+        &json!({"count": 2}),
+    );
+    assert_eq!(reply.body["status"], "RUNNING", "{}", reply.body);
+    for started in reply.body["executionIds"].as_array().unwrap() {
+        let execution = server.wait_final(started.as_str().unwrap(), RUN);
+        assert_eq!(execution["status"], "COMPLETED", "{execution}");
+    }
+}
+
+#[test]
 fn every_hostile_job_ends_with_a_fitting_status_while_the_server_stays_healthy() {
     let server = Server::start_with(ServerOptions {
         workers: 4,

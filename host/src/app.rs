@@ -19,8 +19,8 @@ use crate::services::auth::jwt::{KeyError, SigningKey};
 use crate::services::auth::{AuthService, AuthSettings, random_secret};
 use crate::services::secrets::SecretBox;
 use crate::services::{
-    EventBus, JobDraft, LogHub, ModuleCatalog, RouteGate, RunningRegistry, ServiceSettings,
-    Services, StoreEventSink, StoreKeyValue, StoreMetricsSink,
+    AttachedRunner, EventBus, JobDraft, LogHub, ModuleCatalog, RouteGate, RunningRegistry,
+    ServiceSettings, Services, StoreEventSink, StoreKeyValue, StoreMetricsSink,
 };
 use crate::store::{AuthStore, PostgresStore, SqliteStore, Store};
 use crate::worker::{WorkerPool, WorkerSettings};
@@ -195,6 +195,7 @@ pub async fn build_services(
         logs: LogHub::default(),
         events,
         running: RunningRegistry::default(),
+        local_runner: AttachedRunner::default(),
         routes: Arc::new(RouteGate::new(&settings.routes)),
         settings: Arc::new(settings),
         secrets: None,

@@ -17,8 +17,8 @@ use crate::domain::{
     Trigger, new_id, now_millis,
 };
 use crate::runtime::{CancelToken, RunRequest};
-use crate::services::Services;
 use crate::services::jobs::effective_limits;
+use crate::services::{LocalRunner, Services, WorkerReservation};
 use crate::store::ClaimedExecution;
 
 /// How a node runs executions.
@@ -117,6 +117,8 @@ struct Shared {
     /// Set when the shutdown grace period ran out: interrupted runs are requeued, not
     /// recorded as cancelled.
     abandoning: AtomicBool,
+    /// Shared by the dispatcher and the runs requests start here.
+    jobs: tokio::sync::Mutex<JobCache>,
 }
 
 /// The running pool; [`WorkerPool::shutdown`] stops it.
@@ -149,10 +151,16 @@ impl WorkerPool {
             settings,
             recorder: recorder_tx,
             abandoning: AtomicBool::new(false),
+            jobs: tokio::sync::Mutex::new(JobCache::default()),
         });
         let running = Arc::new(Semaphore::new(concurrency));
         let recorder = tokio::spawn(record(services.clone(), recorder_rx));
         let keeper = tokio::spawn(keep_leases(shared.clone(), stop_rx.clone()));
+        services.local_runner.attach(Arc::new(PoolRunner {
+            shared: shared.clone(),
+            running: running.clone(),
+            stop: stop_rx.clone(),
+        }));
         let dispatcher = tokio::spawn(dispatch(shared.clone(), running.clone(), stop_rx));
         Self {
             stop,
@@ -174,6 +182,9 @@ impl WorkerPool {
     /// Stops taking work, lets running executions finish for up to `grace`, then
     /// interrupts the rest and puts them back in the queue for the next start.
     pub async fn shutdown(self, grace: Duration) {
+        // Detached first: the runner holds the shared state, whose recorder channel must
+        // close for the recorder to end.
+        self.services.local_runner.detach();
         let _ = self.stop.send(true);
         let _ = self.dispatcher.await;
         let drained =
@@ -197,7 +208,6 @@ impl WorkerPool {
 
 async fn dispatch(shared: Arc<Shared>, running: Arc<Semaphore>, mut stop: watch::Receiver<bool>) {
     let services = &shared.services;
-    let mut jobs = JobCache::default();
     loop {
         if *stop.borrow() {
             break;
@@ -258,7 +268,13 @@ async fn dispatch(shared: Arc<Shared>, running: Arc<Semaphore>, mut stop: watch:
                 token
             })
             .collect();
-        let jobs = match jobs.for_claimed(services, &claimed).await {
+        let jobs = shared
+            .jobs
+            .lock()
+            .await
+            .for_claimed(services, &claimed)
+            .await;
+        let jobs = match jobs {
             Ok(jobs) => jobs,
             Err(err) => {
                 tracing::warn!(error = %err, "could not load jobs; requeueing claimed executions");
@@ -288,6 +304,84 @@ async fn dispatch(shared: Arc<Shared>, running: Arc<Semaphore>, mut stop: watch:
                 drop(permit);
             });
         }
+    }
+}
+
+/// The pool as requests see it: runs they create here start on its free workers.
+struct PoolRunner {
+    shared: Arc<Shared>,
+    running: Arc<Semaphore>,
+    stop: watch::Receiver<bool>,
+}
+
+impl LocalRunner for PoolRunner {
+    fn node_id(&self) -> &str {
+        &self.shared.settings.node_id
+    }
+
+    fn lease(&self) -> Duration {
+        self.shared.settings.lease
+    }
+
+    fn reserve(&self, count: usize) -> Option<WorkerReservation> {
+        if *self.stop.borrow() {
+            return None;
+        }
+        // Taken one by one, so each run can free its own; taking fails as a whole (those
+        // already taken are dropped) when one is missing.
+        let permits = (0..count)
+            .map(|_| self.running.clone().try_acquire_owned().ok())
+            .collect::<Option<Vec<_>>>()?;
+        Some(WorkerReservation(permits))
+    }
+
+    fn start(&self, reservation: WorkerReservation, executions: Vec<ClaimedExecution>) {
+        let services = &self.shared.services;
+        // Registered before this returns, like a claimed batch: a cancel or a lease
+        // renewal finds them from now on.
+        let tokens: Vec<CancelToken> = executions
+            .iter()
+            .map(|execution| {
+                let token = CancelToken::default();
+                services.running.register(&execution.id, token.clone());
+                token
+            })
+            .collect();
+        let shared = self.shared.clone();
+        let WorkerReservation(permits) = reservation;
+        tokio::spawn(async move {
+            let services = &shared.services;
+            let jobs = shared
+                .jobs
+                .lock()
+                .await
+                .for_claimed(services, &executions)
+                .await;
+            let jobs = match jobs {
+                Ok(jobs) => jobs,
+                Err(err) => {
+                    tracing::warn!(error = %err, "could not load jobs; requeueing started executions");
+                    requeue_unstarted(services, &executions).await;
+                    return;
+                }
+            };
+            let mut runs = executions.into_iter().zip(tokens).zip(permits).peekable();
+            while let Some(((execution, cancel), permit)) = runs.next() {
+                let job = jobs.get(&execution.job_id).cloned();
+                if runs.peek().is_none() {
+                    // The last one (the only one, for a single run) needs no task of
+                    // its own.
+                    run_one(&shared, execution, job, cancel).await;
+                    drop(permit);
+                    break;
+                }
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    run_one(&shared, execution, job, cancel).await;
+                    drop(permit);
+                });
+            }
+        });
     }
 }
 

@@ -163,13 +163,16 @@ async fn delete(
 #[serde(rename_all = "camelCase")]
 struct Queued {
     execution_id: String,
+    /// `RUNNING` when the node that took the request had a free worker and started the
+    /// run at once; `QUEUED` when it waits for a worker of any node.
     status: ExecutionStatus,
 }
 
 /// Run a job now
 ///
-/// Queues one manual run. The body is optional: without one (or without `input`), the
-/// run gets the job's stored input.
+/// Creates one manual run: started at once when the node that takes the request has a
+/// free worker, queued for any node's worker otherwise. The body is optional: without
+/// one (or without `input`), the run gets the job's stored input.
 #[utoipa::path(
     post,
     path = "/jobs/{id}/execute",
@@ -178,7 +181,7 @@ struct Queued {
     params(("id" = String, Path, description = "The job's id.")),
     request_body(content = Option<ExecuteRequest>, description = "Optional."),
     responses(
-        (status = 202, description = "Queued; `Location` is the execution's URL.", body = Queued,
+        (status = 202, description = "Started or queued (`status`); `Location` is the execution's URL.", body = Queued,
             headers(("location" = String, description = "`/api/v1/executions/{executionId}`"))),
         (status = 400, description = "Malformed JSON, or an unknown field.", body = ErrorBody),
         (status = 404, description = "No job with that id.", body = ErrorBody),
@@ -193,17 +196,18 @@ async fn execute(
     Path(id): Path<String>,
     OptionalJson(request): OptionalJson<ExecuteRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let execution_id = state
+    let runs = state
         .services
         .execute_job(&id, request.unwrap_or_default())
         .await?;
+    let execution_id = runs.ids.into_iter().next().unwrap_or_default();
     let location = format!("/api/v1/executions/{execution_id}");
     Ok((
         StatusCode::ACCEPTED,
         [(LOCATION, location)],
         Json(Queued {
             execution_id,
-            status: ExecutionStatus::Queued,
+            status: runs.status,
         }),
     ))
 }
@@ -228,11 +232,16 @@ struct BulkRequest {
 struct BulkQueued {
     execution_ids: Vec<String>,
     count: usize,
+    /// `RUNNING` when the node that took the request had a free worker for every run and
+    /// started them at once; `QUEUED` when they wait for workers of any node.
+    status: ExecutionStatus,
 }
 
 /// Run a job many times
 ///
-/// Queues many manual runs in one transaction: all or none.
+/// Creates many manual runs in one transaction: all or none. They start at once when
+/// the node that takes the request has a free worker for each; otherwise they are
+/// queued for any node's workers.
 #[utoipa::path(
     post,
     path = "/jobs/{id}/execute-bulk",
@@ -241,7 +250,7 @@ struct BulkQueued {
     params(("id" = String, Path, description = "The job's id.")),
     request_body = BulkRequest,
     responses(
-        (status = 202, description = "Queued.", body = BulkQueued),
+        (status = 202, description = "Started or queued (`status`).", body = BulkQueued),
         (status = 400, description = "Malformed JSON, an unknown field, or both or neither of `inputs` and `count`.", body = ErrorBody),
         (status = 404, description = "No job with that id.", body = ErrorBody),
         (status = 409, description = "The job or its module is disabled, or the module is gone.", body = ErrorBody),
@@ -275,12 +284,13 @@ async fn execute_bulk(
             ));
         }
     };
-    let execution_ids = state.services.execute_job_bulk(&id, inputs).await?;
+    let runs = state.services.execute_job_bulk(&id, inputs).await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(BulkQueued {
-            count: execution_ids.len(),
-            execution_ids,
+            count: runs.ids.len(),
+            execution_ids: runs.ids,
+            status: runs.status,
         }),
     ))
 }

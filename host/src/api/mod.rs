@@ -15,7 +15,7 @@
 //! | `GET /api/v1/jobs?cursor=&limit=` | 200 `{items, nextCursor}` |
 //! | `GET`, `PATCH`, `DELETE /api/v1/jobs/{id}` | 200 job, 200 job, 204 |
 //! | `POST /api/v1/jobs/{id}/execute` `{input?}` | 202 `{executionId, status}` |
-//! | `POST /api/v1/jobs/{id}/execute-bulk` `{inputs}` or `{count}` | 202 `{executionIds, count}` |
+//! | `POST /api/v1/jobs/{id}/execute-bulk` `{inputs}` or `{count}` | 202 `{executionIds, count, status}` |
 //! | `GET /api/v1/executions?jobId=&status=&cursor=&limit=` | 200 `{items, nextCursor}` |
 //! | `GET /api/v1/executions/{id}` | 200 execution |
 //! | `GET /api/v1/executions/{id}/logs?after=&limit=` | 200 `{items, nextAfter}` |

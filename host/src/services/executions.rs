@@ -1,13 +1,16 @@
 //! Reading executions and their logs, and cancelling them.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use tokio::sync::OwnedSemaphorePermit;
 
 use super::{ServiceError, Services};
 use crate::domain::{Execution, ExecutionStatus, LogEntry, Page, now_millis};
 use crate::queue::Queue;
 use crate::runtime::CancelToken;
-use crate::store::{CancelEffect, ExecutionFilter};
+use crate::store::{CancelEffect, ClaimedExecution, ExecutionFilter};
 
 /// Executions running in this process, so a cancel reaches them at once.
 #[derive(Debug, Clone, Default)]
@@ -26,6 +29,65 @@ pub(crate) async fn offer(queue: &dyn Queue, ids: &[String]) {
             executions = ids.len(),
             "queue unavailable; the executions wait in the database until the reconciler offers them again"
         );
+    }
+}
+
+/// This node's own workers, as a request that creates executions sees them: when one is
+/// free for each, the request starts its executions here at once, created already
+/// `RUNNING` under this node's lease, with no trip through the queue and no separate
+/// claim. The worker pool implements it and attaches itself to [`Services`] while it
+/// runs.
+pub trait LocalRunner: Send + Sync {
+    /// The node the workers belong to, recorded on what they run.
+    fn node_id(&self) -> &str;
+
+    /// How long a start holds its executions before the lease needs renewal.
+    fn lease(&self) -> Duration;
+
+    /// Takes `count` free workers; `None` when fewer are free or the pool is stopping.
+    fn reserve(&self, count: usize) -> Option<WorkerReservation>;
+
+    /// Runs executions the store created `RUNNING` for this node, each on a worker of
+    /// `reservation`; unused workers are freed.
+    fn start(&self, reservation: WorkerReservation, executions: Vec<ClaimedExecution>);
+}
+
+/// Workers taken by [`LocalRunner::reserve`], one permit each; freed when dropped unused.
+#[derive(Debug)]
+pub struct WorkerReservation(pub Vec<OwnedSemaphorePermit>);
+
+/// Where [`Services`] finds the [`LocalRunner`] of this node, if one is attached.
+#[derive(Clone, Default)]
+pub struct AttachedRunner {
+    runner: Arc<RwLock<Option<Arc<dyn LocalRunner>>>>,
+}
+
+impl AttachedRunner {
+    pub fn attach(&self, runner: Arc<dyn LocalRunner>) {
+        *self.runner.write().unwrap_or_else(|e| e.into_inner()) = Some(runner);
+    }
+
+    /// From now on, every execution goes through the queue (the pool is stopping).
+    pub fn detach(&self) {
+        self.runner
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+    }
+
+    pub fn get(&self) -> Option<Arc<dyn LocalRunner>> {
+        self.runner
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+impl std::fmt::Debug for AttachedRunner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AttachedRunner")
+            .field("attached", &self.get().is_some())
+            .finish()
     }
 }
 

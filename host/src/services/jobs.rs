@@ -9,7 +9,8 @@ use utoipa::ToSchema;
 use super::schedule::Schedule;
 use super::{ServiceError, Services};
 use crate::domain::{
-    Job, JobConfig, JobSpec, Limits, Millis, ModuleStatus, Page, SettingValue, new_id, now_millis,
+    ExecutionStatus, Job, JobConfig, JobSpec, Limits, Millis, ModuleStatus, Page, SettingValue,
+    new_id, now_millis,
 };
 use crate::runtime::host::events::is_valid_topic;
 use crate::store::ManualRun;
@@ -368,23 +369,23 @@ impl Services {
         Ok(())
     }
 
-    /// Queues one manual run; returns the execution id.
+    /// Creates one manual run; returns its execution id and state.
     pub async fn execute_job(
         &self,
         id: &str,
         request: ExecuteRequest,
-    ) -> Result<String, ServiceError> {
-        let ids = self.execute_job_bulk(id, vec![request.input]).await?;
-        Ok(ids.into_iter().next().unwrap_or_default())
+    ) -> Result<ManualRuns, ServiceError> {
+        self.execute_job_bulk(id, vec![request.input]).await
     }
 
-    /// Queues one manual run per input (`None` uses the job's stored input), in one
-    /// transaction; returns the execution ids in order.
+    /// Creates one manual run per input (`None` uses the job's stored input), in one
+    /// transaction; returns the execution ids in order. With a worker of this node free
+    /// for each, the runs start here at once; otherwise they are queued for any node.
     pub async fn execute_job_bulk(
         &self,
         id: &str,
         inputs: Vec<Option<serde_json::Value>>,
-    ) -> Result<Vec<String>, ServiceError> {
+    ) -> Result<ManualRuns, ServiceError> {
         if inputs.is_empty() || inputs.len() > self.settings.max_bulk {
             return Err(ServiceError::unprocessable(
                 "inputs",
@@ -398,18 +399,64 @@ impl Services {
                 input: input.map(|value| value.to_string()),
             })
             .collect();
-        let Some(ids) = self.store.enqueue_manual(id, &runs, now_millis()).await? else {
-            // Only now read the job, to say why it cannot run.
-            let job = self.get_job(id).await?;
-            self.check_runnable(&job).await?;
-            return Err(ServiceError::Conflict(format!(
-                "job `{}` changed while it was being queued; try again",
-                job.name
-            )));
+        let now = now_millis();
+        let runner = self.local_runner.get();
+        if let Some((runner, reservation)) = runner
+            .as_ref()
+            .and_then(|runner| Some((runner, runner.reserve(runs.len())?)))
+        {
+            let lease_until = now + runner.lease().as_millis() as Millis;
+            let started = self
+                .store
+                .start_manual(id, &runs, now, runner.node_id(), lease_until)
+                .await?;
+            let Some(started) = started else {
+                return Err(self.why_not_runnable(id).await);
+            };
+            let ids = started.iter().map(|run| run.id.clone()).collect();
+            runner.start(reservation, started);
+            // Started first, acknowledged once durable (see `Store::start_manual`).
+            self.store.flush().await?;
+            return Ok(ManualRuns {
+                ids,
+                status: ExecutionStatus::Running,
+            });
+        }
+        let Some(ids) = self.store.enqueue_manual(id, &runs, now).await? else {
+            return Err(self.why_not_runnable(id).await);
         };
         super::executions::offer(self.queue.as_ref(), &ids).await;
-        Ok(ids)
+        Ok(ManualRuns {
+            ids,
+            status: ExecutionStatus::Queued,
+        })
     }
+
+    /// Why runs of job `id` could not be created: read only after the attempt, which
+    /// checks everything in the same statement.
+    async fn why_not_runnable(&self, id: &str) -> ServiceError {
+        let job = match self.get_job(id).await {
+            Ok(job) => job,
+            Err(err) => return err,
+        };
+        if let Err(err) = self.check_runnable(&job).await {
+            return err;
+        }
+        ServiceError::Conflict(format!(
+            "job `{}` changed while it was being queued; try again",
+            job.name
+        ))
+    }
+}
+
+/// Manual runs just created.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManualRuns {
+    /// In the order of the inputs.
+    pub ids: Vec<String>,
+    /// `RUNNING` when this node had a free worker for each run and started them,
+    /// `QUEUED` when they wait for any node's worker.
+    pub status: ExecutionStatus,
 }
 
 #[cfg(test)]

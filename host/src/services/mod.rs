@@ -25,9 +25,9 @@ use secrets::SecretBox;
 pub use auth::AuthService;
 pub use backends::{StoreEventSink, StoreKeyValue, StoreMetricsSink};
 pub use events::{EventBus, PublishEvent};
-pub use executions::RunningRegistry;
+pub use executions::{AttachedRunner, LocalRunner, RunningRegistry, WorkerReservation};
 pub use job_config::{ConfigOpenError, OpenedConfig};
-pub use jobs::{ExecuteRequest, JobDraft, JobPatch};
+pub use jobs::{ExecuteRequest, JobDraft, JobPatch, ManualRuns};
 pub use loghub::LogHub;
 pub use modules::ModuleCatalog;
 pub use routes::{RouteGate, RouteSettings, RouteTarget};
@@ -148,6 +148,9 @@ pub struct Services {
     pub logs: LogHub,
     pub events: EventBus,
     pub running: RunningRegistry,
+    /// This node's workers, for starting manual runs here at once; none attached when
+    /// the node runs no workers.
+    pub local_runner: AttachedRunner,
     pub routes: Arc<RouteGate>,
     pub settings: Arc<ServiceSettings>,
     /// Seals and opens jobs' secret settings; `None` on a node given no key (distributed

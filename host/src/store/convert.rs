@@ -2,12 +2,12 @@
 //! errors, integers, JSON text, enumerations as text, pages. Pure functions; the
 //! mapping of whole rows stays with each backend, whose column types differ.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Display;
 
 use serde::Serialize;
 
-use super::StoreError;
+use super::{ClaimedExecution, ManualRun, StoreError};
 use crate::domain::{ExecutionStatus, JobConfig, LogLevel, Millis, Page, Trigger};
 
 /// The ids of `given` that are in `created`, in the order given and each once: what an
@@ -20,6 +20,21 @@ pub(super) fn in_given_order<'a>(
         .into_iter()
         .filter(|id| created.remove(*id))
         .cloned()
+        .collect()
+}
+
+/// The runs of `given` that were started, in the order given and each once.
+pub(super) fn claimed_in_given_order(
+    given: &[ManualRun],
+    started: Vec<ClaimedExecution>,
+) -> Vec<ClaimedExecution> {
+    let mut started: HashMap<String, ClaimedExecution> = started
+        .into_iter()
+        .map(|execution| (execution.id.clone(), execution))
+        .collect();
+    given
+        .iter()
+        .filter_map(|run| started.remove(&run.id))
         .collect()
 }
 
@@ -110,8 +125,7 @@ pub(super) fn parse_level(text: &str) -> Result<LogLevel, StoreError> {
 pub(super) fn last_update_per_job(
     updates: &[(String, Option<Millis>)],
 ) -> Vec<(&str, Option<Millis>)> {
-    let mut last: std::collections::HashMap<&str, Option<Millis>> =
-        std::collections::HashMap::with_capacity(updates.len());
+    let mut last: HashMap<&str, Option<Millis>> = HashMap::with_capacity(updates.len());
     for (id, next_run_at) in updates {
         last.insert(id.as_str(), *next_run_at);
     }

@@ -197,6 +197,27 @@ pub trait Store: Send + Sync + 'static {
         now: Millis,
     ) -> Result<Option<Vec<String>>, StoreError>;
 
+    /// Creates manual runs as [`Store::enqueue_manual`] does, but already `RUNNING` on
+    /// `node_id` with a lease until `lease_until`, as if queued and claimed at `now`: for
+    /// a node with a free worker for each run, which starts them itself without a trip
+    /// through the queue and a claim. Returns them as claimed, in the order given, or
+    /// `None` when the job cannot run now and nothing was created.
+    ///
+    /// Like a claim, the rows may not yet be durable when this returns: start them, then
+    /// await [`Store::flush`] before telling anyone they exist.
+    async fn start_manual(
+        &self,
+        job_id: &str,
+        runs: &[ManualRun],
+        now: Millis,
+        node_id: &str,
+        lease_until: Millis,
+    ) -> Result<Option<Vec<ClaimedExecution>>, StoreError>;
+
+    /// Waits until every write committed before the call survives a crash of the
+    /// database server.
+    async fn flush(&self) -> Result<(), StoreError>;
+
     /// Moves the given executions from `QUEUED` to `RUNNING` for `node_id`, holding a
     /// lease until `lease_until`. Only rows still queued, due (`run_after <= now`) and
     /// not cancelled are claimed; the rest are skipped, so a duplicate delivery never

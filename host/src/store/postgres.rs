@@ -74,6 +74,15 @@
 //! of its own: the claim sits between `execute` and the handler's start, and at 500
 //! executions/s its flush took 0.15 of the 1.1 ms from one to the other.
 //!
+//! A manual run started by the node that takes the request ([`Store::start_manual`]) is
+//! claimed as it is created, so its insert goes through the same pool: the run starts
+//! without waiting for the flush (0.15–0.4 ms on the machine of `BENCHMARKS.md`). The
+//! caller then waits for [`Store::flush`] before it answers: a transactional WAL message
+//! committed synchronously, whose flush covers every earlier commit. So an execution is
+//! still reported created only once it is durable; a database crash in between loses a
+//! run that has started, but the request that made it fails, so nobody was told it
+//! exists. A role that may not call `pg_logical_emit_message` inserts durably instead.
+//!
 //! # Text
 //!
 //! PostgreSQL `TEXT` cannot hold NUL, which a guest may well print. Text that comes from
@@ -95,8 +104,9 @@ use sqlx::postgres::{
 use sqlx::{ConnectOptions, Connection, QueryBuilder, Row};
 
 use super::convert::{
-    corrupt, db, in_given_order, int, is_unique_violation, json_text, last_update_per_job, page,
-    page_fetch, parse_job_config, parse_level, parse_status, parse_trigger,
+    claimed_in_given_order, corrupt, db, in_given_order, int, is_unique_violation, json_text,
+    last_update_per_job, page, page_fetch, parse_job_config, parse_level, parse_status,
+    parse_trigger,
 };
 use super::{
     CancelEffect, ClaimedExecution, ExecutionFilter, LeaseToken, ManualRun, Store, StoreError,
@@ -123,8 +133,8 @@ static MIGRATOR: Migrator = sqlx::migrate!("../migrations/postgres");
 const MAX_CONNECTIONS: u32 = 8;
 
 /// Connections for claims, besides [`MAX_CONNECTIONS`]: a node's dispatcher claims one
-/// batch at a time.
-const CLAIM_CONNECTIONS: u32 = 2;
+/// batch at a time; requests starting their runs here at once use the others.
+const CLAIM_CONNECTIONS: u32 = 4;
 
 /// How long connecting may take before `connect` gives up with a clear error, rather
 /// than a node hanging at start on an unreachable or firewalled address.
@@ -172,6 +182,9 @@ pub struct PostgresStore {
     /// For claims only: their commits do not wait for the log to reach the disk (see
     /// "Durability" above).
     claims: PgPool,
+    /// Whether the role may write the WAL message [`Store::flush`] waits on, so manual
+    /// runs can be started through `claims`.
+    flushes: bool,
 }
 
 impl PostgresStore {
@@ -200,11 +213,22 @@ impl PostgresStore {
                 StoreError::Database(format!("cannot connect to PostgreSQL at {server}: {err}"))
             })?;
         let migrated = MIGRATOR.run(&mut conn).await;
+        let flushes = sqlx::query_scalar::<_, bool>(
+            "SELECT has_function_privilege('pg_logical_emit_message(boolean, text, text)', 'execute')",
+        )
+        .fetch_one(&mut conn)
+        .await;
         // Closing ends the session, and with it the migration lock whatever happened.
         let _ = conn.close().await;
         migrated.map_err(|err| {
             StoreError::Database(format!("migrating PostgreSQL at {server}: {err}"))
         })?;
+        let flushes = flushes.map_err(db)?;
+        if !flushes {
+            tracing::info!(
+                "this role may not call pg_logical_emit_message; manual runs started at once wait for their insert to be durable"
+            );
+        }
         let pool_options = || {
             PgPoolOptions::new()
                 .acquire_timeout(CONNECT_TIMEOUT)
@@ -225,7 +249,46 @@ impl PostgresStore {
             .connect_with(options)
             .await
             .map_err(connect_error)?;
-        Ok(Self { pool, claims })
+        Ok(Self {
+            pool,
+            claims,
+            flushes,
+        })
+    }
+
+    /// The rows of manual runs of `job_id`, created in one transaction; `None` when the
+    /// job cannot run now and nothing was created.
+    async fn create_manual(
+        &self,
+        job_id: &str,
+        runs: &[ManualRun],
+        now: Millis,
+        started_by: Option<(&str, Millis)>,
+    ) -> Result<Option<Vec<PgRow>>, StoreError> {
+        let mut created = Vec::with_capacity(runs.len());
+        // Started runs are claimed: committed as claims are (see "Durability" above).
+        let pool = if started_by.is_some() && self.flushes {
+            &self.claims
+        } else {
+            &self.pool
+        };
+        if runs.len() <= MAX_ROWS {
+            let mut conn = pool.acquire().await.map_err(db)?;
+            created.extend(insert_manual(&mut conn, job_id, runs, now, started_by).await?);
+        } else {
+            let mut tx = pool.begin().await.map_err(db)?;
+            for chunk in runs.chunks(MAX_ROWS) {
+                let rows = insert_manual(&mut tx, job_id, chunk, now, started_by).await?;
+                // The job cannot run; later chunks would see the same job. Returning
+                // drops (rolls back) the transaction.
+                if rows.is_empty() {
+                    return Ok(None);
+                }
+                created.extend(rows);
+            }
+            tx.commit().await.map_err(db)?;
+        }
+        Ok((!created.is_empty()).then_some(created))
     }
 }
 
@@ -487,33 +550,62 @@ const CLAIM: &str = "UPDATE executions e SET status = 'RUNNING', node_id = $2, s
      RETURNING e.id, e.job_id, e.attempt, e.trigger, e.retry_of, e.input, e.scheduled_at, \
          (SELECT revision FROM jobs j WHERE j.id = e.job_id) AS job_revision";
 
-/// Manual runs of one job (`$1` ids, `$2` inputs or NULL for the job's stored input,
-/// `$3` now, `$4` the job), queued only while the job and its module are enabled.
-const ENQUEUE_MANUAL: &str = "INSERT INTO executions (id, job_id, module, job, status, trigger, \
-         attempt, input, scheduled_at, run_after, created_at) \
-     SELECT r.id, j.id, j.module, j.job, 'QUEUED', 'manual', 1, COALESCE(r.input, j.input), \
-         $3, $3, $3 \
-     FROM UNNEST($1::text[], $2::text[]) WITH ORDINALITY AS r (id, input, position) \
-         CROSS JOIN jobs j JOIN modules m ON m.name = j.module \
-     WHERE j.id = $4 AND j.enabled AND m.status = 'ENABLED' \
-     ORDER BY r.position \
-     ON CONFLICT DO NOTHING \
-     RETURNING id";
+/// The manual runs of one job (`$1` ids, `$2` inputs or NULL for the job's stored input,
+/// `$3` now, `$4` the job), created only while the job and its module are enabled.
+macro_rules! runnable_manual_runs {
+    () => {
+        " FROM UNNEST($1::text[], $2::text[]) WITH ORDINALITY AS r (id, input, position) \
+             CROSS JOIN jobs j JOIN modules m ON m.name = j.module \
+         WHERE j.id = $4 AND j.enabled AND m.status = 'ENABLED' \
+         ORDER BY r.position \
+         ON CONFLICT DO NOTHING "
+    };
+}
 
+const ENQUEUE_MANUAL: &str = concat!(
+    "INSERT INTO executions (id, job_id, module, job, status, trigger, attempt, input, \
+         scheduled_at, run_after, created_at) \
+     SELECT r.id, j.id, j.module, j.job, 'QUEUED', 'manual', 1, COALESCE(r.input, j.input), \
+         $3, $3, $3",
+    runnable_manual_runs!(),
+    "RETURNING id"
+);
+
+/// The same runs already claimed by node `$5`, leased until `$6`; returns what [`CLAIM`]
+/// does.
+const START_MANUAL: &str = concat!(
+    "INSERT INTO executions (id, job_id, module, job, status, trigger, attempt, input, \
+         scheduled_at, run_after, created_at, started_at, node_id, lease_expires_at) \
+     SELECT r.id, j.id, j.module, j.job, 'RUNNING', 'manual', 1, COALESCE(r.input, j.input), \
+         $3, $3, $3, $3, $5, $6",
+    runnable_manual_runs!(),
+    "RETURNING id, job_id, attempt, trigger, retry_of, input, scheduled_at, \
+         (SELECT revision FROM jobs WHERE jobs.id = executions.job_id) AS job_revision"
+);
+
+/// Creates up to [`MAX_ROWS`] manual runs, queued or, given a node and its lease, already
+/// started there; returns the rows [`ENQUEUE_MANUAL`] or [`START_MANUAL`] return.
 async fn insert_manual(
     conn: &mut PgConnection,
     job_id: &str,
     runs: &[ManualRun],
     now: Millis,
-) -> Result<Vec<String>, StoreError> {
-    sqlx::query_scalar(ENQUEUE_MANUAL)
+    started_by: Option<(&str, Millis)>,
+) -> Result<Vec<PgRow>, StoreError> {
+    let statement = if started_by.is_some() {
+        START_MANUAL
+    } else {
+        ENQUEUE_MANUAL
+    };
+    let mut query = sqlx::query(statement)
         .bind(runs.iter().map(|run| run.id.as_str()).bind_iter())
         .bind(runs.iter().map(|run| run.input.as_deref()).bind_iter())
         .bind(now)
-        .bind(job_id)
-        .fetch_all(conn)
-        .await
-        .map_err(db)
+        .bind(job_id);
+    if let Some((node_id, lease_until)) = started_by {
+        query = query.bind(node_id).bind(lease_until);
+    }
+    query.fetch_all(conn).await.map_err(db)
 }
 
 /// Creates the queued executions of `batch` (at most [`MAX_ROWS`]) and returns the ids
@@ -1041,30 +1133,48 @@ impl Store for PostgresStore {
         runs: &[ManualRun],
         now: Millis,
     ) -> Result<Option<Vec<String>>, StoreError> {
-        let mut created = HashSet::with_capacity(runs.len());
-        if runs.len() <= MAX_ROWS {
-            let mut conn = self.pool.acquire().await.map_err(db)?;
-            created.extend(insert_manual(&mut conn, job_id, runs, now).await?);
-        } else {
-            let mut tx = self.pool.begin().await.map_err(db)?;
-            for chunk in runs.chunks(MAX_ROWS) {
-                let ids = insert_manual(&mut tx, job_id, chunk, now).await?;
-                // The job cannot run; later chunks would see the same job. Returning
-                // drops (rolls back) the transaction.
-                if ids.is_empty() {
-                    return Ok(None);
-                }
-                created.extend(ids);
-            }
-            tx.commit().await.map_err(db)?;
-        }
-        if created.is_empty() {
+        let Some(rows) = self.create_manual(job_id, runs, now, None).await? else {
             return Ok(None);
-        }
+        };
+        let created = rows
+            .iter()
+            .map(|row| col(row, "id"))
+            .collect::<Result<HashSet<String>, _>>()?;
         Ok(Some(in_given_order(
             runs.iter().map(|run| &run.id),
             created,
         )))
+    }
+
+    async fn start_manual(
+        &self,
+        job_id: &str,
+        runs: &[ManualRun],
+        now: Millis,
+        node_id: &str,
+        lease_until: Millis,
+    ) -> Result<Option<Vec<ClaimedExecution>>, StoreError> {
+        let Some(rows) = self
+            .create_manual(job_id, runs, now, Some((node_id, lease_until)))
+            .await?
+        else {
+            return Ok(None);
+        };
+        let started = rows
+            .iter()
+            .map(claimed_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Some(claimed_in_given_order(runs, started)))
+    }
+
+    async fn flush(&self) -> Result<(), StoreError> {
+        if self.flushes {
+            sqlx::query("SELECT pg_logical_emit_message(true, 'runcell', '')")
+                .execute(&self.pool)
+                .await
+                .map_err(db)?;
+        }
+        Ok(())
     }
 
     async fn claim_executions(

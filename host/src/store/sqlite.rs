@@ -51,8 +51,9 @@ use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool, Transaction};
 
 use self::checkpoint::Checkpointer;
 use super::convert::{
-    corrupt, db, in_given_order, int, is_unique_violation, json_text, last_update_per_job, page,
-    page_fetch, parse_job_config, parse_level, parse_status, parse_trigger,
+    claimed_in_given_order, corrupt, db, in_given_order, int, is_unique_violation, json_text,
+    last_update_per_job, page, page_fetch, parse_job_config, parse_level, parse_status,
+    parse_trigger,
 };
 use super::{
     CancelEffect, ClaimedExecution, ExecutionFilter, LeaseToken, ManualRun, Store, StoreError,
@@ -225,6 +226,34 @@ impl SqliteStore {
         } else {
             Write::Statement(self.writer.acquire().await.map_err(db)?)
         })
+    }
+
+    /// The rows of manual runs of `job_id`, created in one transaction; `None` when the
+    /// job cannot run now and nothing was created.
+    async fn create_manual(
+        &self,
+        job_id: &str,
+        runs: &[ManualRun],
+        now: Millis,
+        started_by: Option<(&str, Millis)>,
+    ) -> Result<Option<Vec<SqliteRow>>, StoreError> {
+        let mut created = Vec::with_capacity(runs.len());
+        let mut write = self.write(runs.len().div_ceil(MAX_ROWS)).await?;
+        for chunk in runs.chunks(MAX_ROWS) {
+            let rows = manual_statement(chunk, job_id, now, started_by)
+                .build()
+                .fetch_all(write.conn())
+                .await
+                .map_err(db)?;
+            // The write lock is held from the first chunk on, so only the first can
+            // find the job not runnable; returning drops (rolls back) the transaction.
+            if rows.is_empty() {
+                return Ok(None);
+            }
+            created.extend(rows);
+        }
+        write.commit().await?;
+        Ok(Some(created))
     }
 }
 
@@ -517,6 +546,58 @@ fn push_id_list(query: &mut QueryBuilder<Sqlite>, ids: &[String]) {
         list.push_bind(id.as_str());
     }
     query.push(")");
+}
+
+/// The creation of up to [`MAX_ROWS`] manual runs of `job_id`, only while the job and its
+/// module are enabled: queued, or, given a node and its lease, already started there
+/// (returning what [`claim_statement`] returns).
+fn manual_statement(
+    runs: &[ManualRun],
+    job_id: &str,
+    now: Millis,
+    started_by: Option<(&str, Millis)>,
+) -> QueryBuilder<Sqlite> {
+    let mut query = QueryBuilder::new("WITH runs (id, input) AS (");
+    query.push_values(padded(runs), |mut row, run| {
+        row.push_bind(run.id.as_str())
+            .push_bind(run.input.as_deref());
+    });
+    query.push(
+        ") INSERT INTO executions (id, job_id, module, job, status, trigger, attempt, input, \
+             scheduled_at, run_after, created_at, started_at, node_id, lease_expires_at) \
+         SELECT runs.id, jobs.id, jobs.module, jobs.job, ",
+    );
+    query
+        .push_bind(if started_by.is_some() {
+            "RUNNING"
+        } else {
+            "QUEUED"
+        })
+        .push(", 'manual', 1, COALESCE(runs.input, jobs.input), ")
+        .push_bind(now)
+        .push(", ")
+        .push_bind(now)
+        .push(", ")
+        .push_bind(now)
+        .push(", ")
+        .push_bind(started_by.map(|_| now))
+        .push(", ")
+        .push_bind(started_by.map(|(node_id, _)| node_id))
+        .push(", ")
+        .push_bind(started_by.map(|(_, lease_until)| lease_until))
+        .push(" FROM runs, jobs JOIN modules ON modules.name = jobs.module WHERE jobs.id = ")
+        .push_bind(job_id)
+        // The padding repeats the last run; its id conflicts and is skipped.
+        .push(" AND jobs.enabled AND modules.status = 'ENABLED' ON CONFLICT DO NOTHING");
+    if started_by.is_some() {
+        query.push(
+            " RETURNING id, job_id, attempt, trigger, retry_of, input, scheduled_at, \
+             (SELECT revision FROM jobs WHERE jobs.id = executions.job_id) AS job_revision",
+        );
+    } else {
+        query.push(" RETURNING id");
+    }
+    query
 }
 
 /// The claim of up to [`MAX_ROWS`] executions (`prefix` is for `EXPLAIN` in tests).
@@ -1010,53 +1091,44 @@ impl Store for SqliteStore {
         runs: &[ManualRun],
         now: Millis,
     ) -> Result<Option<Vec<String>>, StoreError> {
-        let mut created = HashSet::with_capacity(runs.len());
-        let mut write = self.write(runs.len().div_ceil(MAX_ROWS)).await?;
-        for chunk in runs.chunks(MAX_ROWS) {
-            let mut query = QueryBuilder::new("WITH runs (id, input) AS (");
-            query.push_values(padded(chunk), |mut row, run| {
-                row.push_bind(run.id.as_str())
-                    .push_bind(run.input.as_deref());
-            });
-            query
-                .push(
-                    ") INSERT INTO executions (id, job_id, module, job, status, trigger, \
-                     attempt, input, scheduled_at, run_after, created_at) \
-                     SELECT runs.id, jobs.id, jobs.module, jobs.job, 'QUEUED', 'manual', 1, \
-                         COALESCE(runs.input, jobs.input), ",
-                )
-                .push_bind(now)
-                .push(", ")
-                .push_bind(now)
-                .push(", ")
-                .push_bind(now)
-                .push(
-                    " FROM runs, jobs JOIN modules ON modules.name = jobs.module \
-                     WHERE jobs.id = ",
-                )
-                .push_bind(job_id)
-                // The padding repeats the last run; its id conflicts and is skipped.
-                .push(
-                    " AND jobs.enabled AND modules.status = 'ENABLED' \
-                     ON CONFLICT DO NOTHING RETURNING id",
-                );
-            let ids: Vec<String> = query
-                .build_query_scalar()
-                .fetch_all(write.conn())
-                .await
-                .map_err(db)?;
-            // The write lock is held from the first chunk on, so only the first can
-            // find the job not runnable; returning drops (rolls back) the transaction.
-            if ids.is_empty() {
-                return Ok(None);
-            }
-            created.extend(ids);
-        }
-        write.commit().await?;
+        let Some(rows) = self.create_manual(job_id, runs, now, None).await? else {
+            return Ok(None);
+        };
+        let created = rows
+            .iter()
+            .map(|row| col(row, "id"))
+            .collect::<Result<HashSet<String>, _>>()?;
         Ok(Some(in_given_order(
             runs.iter().map(|run| &run.id),
             created,
         )))
+    }
+
+    async fn start_manual(
+        &self,
+        job_id: &str,
+        runs: &[ManualRun],
+        now: Millis,
+        node_id: &str,
+        lease_until: Millis,
+    ) -> Result<Option<Vec<ClaimedExecution>>, StoreError> {
+        let Some(rows) = self
+            .create_manual(job_id, runs, now, Some((node_id, lease_until)))
+            .await?
+        else {
+            return Ok(None);
+        };
+        let started = rows
+            .iter()
+            .map(claimed_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Some(claimed_in_given_order(runs, started)))
+    }
+
+    async fn flush(&self) -> Result<(), StoreError> {
+        // Every commit is as durable as it gets here (WAL, `synchronous = NORMAL`: it
+        // survives a crash of the process, not of the machine).
+        Ok(())
     }
 
     async fn claim_executions(

@@ -13,8 +13,8 @@ use std::time::Instant;
 use serde_json::json;
 
 use super::{
-    CancelEffect, ExecutionFilter, LeaseToken, ManualRun, PostgresStore, SqliteStore, Store,
-    StoreError,
+    CancelEffect, ClaimedExecution, ExecutionFilter, LeaseToken, ManualRun, PostgresStore,
+    SqliteStore, Store, StoreError,
 };
 use crate::domain::{
     Capabilities, Event, ExecutionResult, ExecutionStatus, Job, JobConfig, JobSpec, LogEntry,
@@ -661,6 +661,107 @@ async fn manual_runs_of_a_job_that_cannot_run_queue_nothing(store: &dyn Store) {
     for run in [&batch[0], &batch[1_299]] {
         assert_eq!(store.get_execution(&run.id).await.unwrap(), None);
     }
+}
+
+async fn manual_runs_started_on_a_node_run_there_alone_under_its_lease(store: &dyn Store) {
+    store
+        .install_module_version(&manifest("m", "1"), "hash-1", b"one", T0)
+        .await
+        .unwrap();
+    let job = job("sync", "m");
+    store.insert_job(&job).await.unwrap();
+    let runs = [
+        ManualRun {
+            id: new_id(),
+            input: None,
+        },
+        ManualRun {
+            id: new_id(),
+            input: Some(r#"{"n":2}"#.to_owned()),
+        },
+    ];
+    let lease_end = T0 + 30 * SECOND;
+    let started = store
+        .start_manual(&job.id, &runs, T0, "node-a", lease_end)
+        .await
+        .unwrap()
+        .expect("the job can run");
+    let revision = started[0].job_revision;
+    assert!(revision.is_some(), "{started:?}");
+    assert_eq!(
+        started,
+        runs.iter()
+            .zip([r#"{"n":1}"#, r#"{"n":2}"#])
+            .map(|(run, input)| ClaimedExecution {
+                id: run.id.clone(),
+                job_id: job.id.clone(),
+                attempt: 1,
+                trigger: Trigger::Manual,
+                retry_of: None,
+                input: input.to_owned(),
+                scheduled_at: T0,
+                job_revision: revision,
+            })
+            .collect::<Vec<_>>()
+    );
+    let ids: Vec<String> = runs.iter().map(|run| run.id.clone()).collect();
+    for id in &ids {
+        let execution = store.get_execution(id).await.unwrap().unwrap();
+        assert_eq!(execution.status, ExecutionStatus::Running);
+        assert_eq!(execution.node_id.as_deref(), Some("node-a"));
+        assert_eq!(execution.started_at, Some(T0));
+        assert_eq!(execution.created_at, T0);
+    }
+    // Never queued: a delivery of the same ids to another node claims nothing, and the
+    // reconciler finds nothing to offer.
+    assert!(
+        store
+            .claim_executions(&ids, "node-b", T0 + SECOND, lease_end + SECOND)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .due_queued_executions(Millis::MAX, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // The lease is node-a's: renewed by it alone, and once run out, found expired.
+    store
+        .renew_leases(&ids[1..], "node-a", lease_end + 10 * SECOND)
+        .await
+        .unwrap();
+    let expired = store.expired_executions(lease_end + 1, 10).await.unwrap();
+    assert_eq!(
+        expired.iter().map(|e| e.id.clone()).collect::<Vec<_>>(),
+        ids[..1]
+    );
+    assert_eq!(
+        store
+            .record_results(&[completed(&ids[1], Vec::new())])
+            .await
+            .unwrap(),
+        ids[1..]
+    );
+    // A job that cannot run starts nothing.
+    store
+        .set_module_status("m", ModuleStatus::Disabled, T0)
+        .await
+        .unwrap();
+    let refused = [ManualRun {
+        id: new_id(),
+        input: None,
+    }];
+    assert_eq!(
+        store
+            .start_manual(&job.id, &refused, T0, "node-a", lease_end)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(store.get_execution(&refused[0].id).await.unwrap(), None);
 }
 
 async fn a_claim_tells_the_revision_of_each_job_which_grows_with_every_change(store: &dyn Store) {
@@ -1973,6 +2074,7 @@ macro_rules! every_behaviour {
                 an_enqueued_execution_reads_back_queued_with_what_it_was_given,
                 manual_runs_take_the_jobs_names_and_stored_input_unless_given_one,
                 manual_runs_of_a_job_that_cannot_run_queue_nothing,
+                manual_runs_started_on_a_node_run_there_alone_under_its_lease,
                 a_claim_tells_the_revision_of_each_job_which_grows_with_every_change,
                 a_cron_tick_fires_once,
                 a_tick_repeated_within_one_batch_is_created_once,
@@ -2094,37 +2196,113 @@ impl PostgresDatabase {
 
 impl Drop for PostgresDatabase {
     fn drop(&mut self) {
-        use sqlx::{Connection, Executor};
-        let admin_url = self.admin_url.clone();
+        // FORCE ends the store's connections still open.
         let statement = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
-        // On a thread and runtime of its own: the test's runtime may be shutting down
-        // or unwinding, and cannot be blocked on from inside. Joined, so the database
-        // is gone when the test ends. FORCE ends the store's connections still open.
-        let dropped = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
+        if let Err(err) = run_while_dropping(&self.admin_url, &[statement]) {
+            eprintln!("could not drop test database {}: {err}", self.name);
+        }
+    }
+}
+
+/// Runs `statements` at `url` from a `Drop`, at the end of a test or while it unwinds:
+/// on a thread and runtime of its own, since the test's runtime may be shutting down and
+/// cannot be blocked on from inside. Joined, so what they remove is gone when the test
+/// ends. Never panics: a panic while unwinding would abort the whole test run.
+fn run_while_dropping(url: &str, statements: &[String]) -> Result<(), String> {
+    use sqlx::{Connection, Executor};
+    let url = url.to_owned();
+    let statements = statements.to_vec();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|err| err.to_string())?;
+        runtime.block_on(async {
+            let mut admin = sqlx::PgConnection::connect(&url)
+                .await
                 .map_err(|err| err.to_string())?;
-            runtime.block_on(async {
-                let mut admin = sqlx::PgConnection::connect(&admin_url)
-                    .await
-                    .map_err(|err| err.to_string())?;
+            for statement in statements {
                 admin
                     .execute(sqlx::AssertSqlSafe(statement))
                     .await
                     .map_err(|err| err.to_string())?;
-                let _ = admin.close().await;
-                Ok::<(), String>(())
-            })
+            }
+            let _ = admin.close().await;
+            Ok::<(), String>(())
         })
-        .join();
-        // Never a panic here: one while unwinding would abort the whole test run.
-        match dropped {
-            Ok(Ok(())) => {}
-            Ok(Err(err)) => eprintln!("could not drop test database {}: {err}", self.name),
-            Err(_) => eprintln!("could not drop test database {}", self.name),
+    })
+    .join()
+    .map_err(|_| "the thread panicked".to_owned())?
+}
+
+/// A login-less role of its own for one test, dropped with what it was granted when
+/// this guard is dropped (before the database it was granted in).
+struct PostgresRole {
+    database_url: String,
+    name: String,
+}
+
+impl Drop for PostgresRole {
+    fn drop(&mut self) {
+        let statements = [
+            format!("DROP OWNED BY {}", self.name),
+            format!("DROP ROLE {}", self.name),
+        ];
+        if let Err(err) = run_while_dropping(&self.database_url, &statements) {
+            eprintln!("could not drop test role {}: {err}", self.name);
         }
     }
+}
+
+#[tokio::test]
+async fn a_role_that_may_not_write_wal_messages_starts_runs_durably_instead() {
+    use sqlx::{Connection, Executor};
+    let (owner, database) = fresh_postgres().await;
+    owner
+        .install_module_version(&manifest("m", "1"), "hash-1", b"one", T0)
+        .await
+        .unwrap();
+    let job = job("sync", "m");
+    owner.insert_job(&job).await.unwrap();
+    let role = PostgresRole {
+        database_url: database.url.clone(),
+        name: format!("runcell_test_{}", uuid::Uuid::now_v7().simple()),
+    };
+    let mut admin = sqlx::PgConnection::connect(&database.url).await.unwrap();
+    for statement in [
+        format!("CREATE ROLE {}", role.name),
+        format!("GRANT ALL ON SCHEMA public TO {}", role.name),
+        format!("GRANT ALL ON ALL TABLES IN SCHEMA public TO {}", role.name),
+        // In this database only: each has its own catalog.
+        "REVOKE EXECUTE ON FUNCTION pg_logical_emit_message(boolean, text, text) FROM PUBLIC"
+            .to_owned(),
+    ] {
+        admin.execute(sqlx::AssertSqlSafe(statement)).await.unwrap();
+    }
+    let _ = admin.close().await;
+    let separator = if database.url.contains('?') { '&' } else { '?' };
+    let as_role = format!(
+        "{}{separator}options=-c%20role%3D{}",
+        database.url, role.name
+    );
+    let store = PostgresStore::connect(&as_role)
+        .await
+        .expect("a role without the function still opens the store");
+    let runs = [ManualRun {
+        id: new_id(),
+        input: None,
+    }];
+    let started = store
+        .start_manual(&job.id, &runs, T0, "node-a", T0 + 30 * SECOND)
+        .await
+        .unwrap()
+        .expect("the job can run");
+    assert_eq!(started.len(), 1);
+    store.flush().await.expect("nothing to wait for");
+    assert_eq!(
+        status_of(&store, &runs[0].id).await,
+        ExecutionStatus::Running
+    );
 }
 
 pub(crate) async fn fresh_postgres() -> (PostgresStore, PostgresDatabase) {
