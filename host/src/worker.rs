@@ -260,14 +260,7 @@ async fn dispatch(shared: Arc<Shared>, running: Arc<Semaphore>, mut stop: watch:
         }
         // Registered at once, so a claimed execution waiting for a slot keeps its lease
         // renewed and can be cancelled before it starts.
-        let tokens: Vec<CancelToken> = claimed
-            .iter()
-            .map(|c| {
-                let token = CancelToken::default();
-                services.running.register(&c.id, token.clone());
-                token
-            })
-            .collect();
+        let tokens = register(services, &claimed);
         let jobs = shared
             .jobs
             .lock()
@@ -339,14 +332,7 @@ impl LocalRunner for PoolRunner {
         let services = &self.shared.services;
         // Registered before this returns, like a claimed batch: a cancel or a lease
         // renewal finds them from now on.
-        let tokens: Vec<CancelToken> = executions
-            .iter()
-            .map(|execution| {
-                let token = CancelToken::default();
-                services.running.register(&execution.id, token.clone());
-                token
-            })
-            .collect();
+        let tokens = register(services, &executions);
         let shared = self.shared.clone();
         let WorkerReservation(permits) = reservation;
         tokio::spawn(async move {
@@ -383,6 +369,19 @@ impl LocalRunner for PoolRunner {
             }
         });
     }
+}
+
+/// Registers executions this node holds as running here, each with the token that
+/// interrupts it.
+fn register(services: &Services, executions: &[ClaimedExecution]) -> Vec<CancelToken> {
+    executions
+        .iter()
+        .map(|execution| {
+            let token = CancelToken::default();
+            services.running.register(&execution.id, token.clone());
+            token
+        })
+        .collect()
 }
 
 /// Gives claimed executions that never started back to the queue.
