@@ -852,3 +852,81 @@ async fn a_node_preloads_the_enabled_modules_installed_through_another() {
     );
     assert_eq!(second.runtime.compilations(), 1);
 }
+
+#[tokio::test]
+async fn a_node_that_cannot_load_a_module_stops_trying_that_version() {
+    use std::collections::HashSet;
+
+    use runcell::queue::{MemoryQueue, Queue};
+    use runcell::store::{SqliteStore, Store};
+    use sqlx::Connection;
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("runcell.db");
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&path).await.unwrap());
+    let node = || async {
+        let queue: Arc<dyn Queue> = Arc::new(MemoryQueue::default());
+        runcell::app::build_services(
+            store.clone(),
+            queue,
+            None,
+            1,
+            Default::default(),
+            Default::default(),
+        )
+        .await
+        .unwrap()
+    };
+    let (first, second) = (node().await, node().await);
+    let hello = first
+        .upload_module(guests::guest_bytes("hello"))
+        .await
+        .unwrap();
+    let hash = hello.current.content_hash.clone();
+    // The stored code goes bad behind the store's back (a damaged row), then is mended.
+    let mut raw = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .unwrap();
+    let set_code = |bytes: Vec<u8>| {
+        sqlx::query("UPDATE module_blobs SET bytes = ? WHERE content_hash = ?")
+            .bind(bytes)
+            .bind(hash.clone())
+    };
+    set_code(b"not a module".to_vec())
+        .execute(&mut raw)
+        .await
+        .unwrap();
+
+    let mut unloadable = HashSet::new();
+    assert_eq!(
+        second.load_enabled_modules(&mut unloadable).await.unwrap(),
+        0
+    );
+    assert_eq!(unloadable, HashSet::from([hash.clone()]));
+    assert!(second.runtime.loaded_module(&hash).is_none());
+
+    // A version that failed is not tried again, even once its code would load: the
+    // node does not spend a core compiling a broken module every pass.
+    set_code(guests::guest_bytes("hello"))
+        .execute(&mut raw)
+        .await
+        .unwrap();
+    // The catalog remembers the failure for a while too; forgotten here, so what skips
+    // the module below can only be the preloader's own list.
+    second.modules.invalidate("hello");
+    assert_eq!(
+        second.load_enabled_modules(&mut unloadable).await.unwrap(),
+        0
+    );
+    assert!(second.runtime.loaded_module(&hash).is_none());
+    // The mended code itself loads: the skip above was the preloader's doing.
+    assert_eq!(
+        second
+            .load_enabled_modules(&mut HashSet::new())
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(second.runtime.loaded_module(&hash).is_some());
+    let _ = raw.close().await;
+}
