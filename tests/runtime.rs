@@ -797,27 +797,28 @@ fn runs_on_many_threads_each_get_a_working_lane() {
 
 /// Two nodes on one database: a module installed through the first is loaded by the
 /// second before any of its runs arrive there, once; a disabled one is not.
+/// The services of one node on `store`, with a queue of its own.
+async fn node_on(store: &Arc<dyn runcell::store::Store>) -> runcell::services::Services {
+    let queue: Arc<dyn runcell::queue::Queue> = Arc::new(runcell::queue::MemoryQueue::default());
+    runcell::app::build_services(
+        store.clone(),
+        queue,
+        None,
+        1,
+        Default::default(),
+        Default::default(),
+    )
+    .await
+    .unwrap()
+}
+
 #[tokio::test]
 async fn a_node_preloads_the_enabled_modules_installed_through_another() {
     use runcell::domain::ModuleStatus;
-    use runcell::queue::{MemoryQueue, Queue};
     use runcell::store::{SqliteStore, Store};
 
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open_in_memory().await.unwrap());
-    let node = || async {
-        let queue: Arc<dyn Queue> = Arc::new(MemoryQueue::default());
-        runcell::app::build_services(
-            store.clone(),
-            queue,
-            None,
-            1,
-            Default::default(),
-            Default::default(),
-        )
-        .await
-        .unwrap()
-    };
-    let (first, second) = (node().await, node().await);
+    let (first, second) = (node_on(&store).await, node_on(&store).await);
     let hello = first
         .upload_module(guests::guest_bytes("hello"))
         .await
@@ -857,27 +858,13 @@ async fn a_node_preloads_the_enabled_modules_installed_through_another() {
 async fn a_node_that_cannot_load_a_module_stops_trying_that_version() {
     use std::collections::HashSet;
 
-    use runcell::queue::{MemoryQueue, Queue};
     use runcell::store::{SqliteStore, Store};
     use sqlx::Connection;
 
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("runcell.db");
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&path).await.unwrap());
-    let node = || async {
-        let queue: Arc<dyn Queue> = Arc::new(MemoryQueue::default());
-        runcell::app::build_services(
-            store.clone(),
-            queue,
-            None,
-            1,
-            Default::default(),
-            Default::default(),
-        )
-        .await
-        .unwrap()
-    };
-    let (first, second) = (node().await, node().await);
+    let (first, second) = (node_on(&store).await, node_on(&store).await);
     let hello = first
         .upload_module(guests::guest_bytes("hello"))
         .await
