@@ -219,21 +219,25 @@ async fn module_bytes(request: Request, limit: usize) -> Result<Vec<u8>, ApiErro
             Ok(body.to_vec())
         }
         Some("multipart/form-data") => {
-            let mut multipart = Multipart::from_request(request, &())
-                .await
-                .map_err(|rejection| {
-                    ApiError::new(
-                        ErrorCode::InvalidField,
-                        format!("the multipart body is malformed: {}", rejection.body_text()),
-                    )
-                })?;
+            let mut multipart =
+                Multipart::from_request(request, &())
+                    .await
+                    .map_err(|rejection| {
+                        ApiError::new(
+                            ErrorCode::InvalidField,
+                            format!("the multipart body is malformed: {}", rejection.body_text()),
+                        )
+                    })?;
             while let Some(field) = multipart
                 .next_field()
                 .await
                 .map_err(|err| multipart_error(&err, limit))?
             {
                 if field.name() == Some("module") {
-                    let bytes = field.bytes().await.map_err(|err| multipart_error(&err, limit))?;
+                    let bytes = field
+                        .bytes()
+                        .await
+                        .map_err(|err| multipart_error(&err, limit))?;
                     if bytes.len() > limit {
                         return Err(too_large(limit));
                     }
@@ -246,18 +250,30 @@ async fn module_bytes(request: Request, limit: usize) -> Result<Vec<u8>, ApiErro
                 "module: the multipart body has no field named `module`; put the .wasm file in it",
             ))
         }
-        other => Err(ApiError::new(
+        other => {
+            let refused = media_type_refusal(other);
+            // Read (up to what an upload may hold) before answering: a client still
+            // sending would otherwise find the connection closed under it, or reuse one
+            // the server is closing, and never see why it was refused.
+            let _ = read_body(request, &(), limit + MULTIPART_OVERHEAD).await;
+            Err(refused)
+        }
+    }
+}
+
+/// Why an upload of `media` (or of no declared type) is refused.
+fn media_type_refusal(media: Option<&str>) -> ApiError {
+    ApiError::new(
             ErrorCode::UnsupportedMediaType,
             format!(
                 "{}; send the component bytes with Content-Type: application/wasm (or application/octet-stream), or a multipart/form-data body with the file in a field named `module`",
-                match other {
+                match media {
                     Some(media) => format!("a module upload cannot be `{media}`"),
                     None => "the upload has no Content-Type".to_owned(),
                 }
             ),
         )
-        .with_detail("accepted", ACCEPTED.to_vec())),
-    }
+        .with_detail("accepted", ACCEPTED.to_vec())
 }
 
 fn multipart_error(err: &MultipartError, limit: usize) -> ApiError {
