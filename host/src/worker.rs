@@ -261,19 +261,8 @@ async fn dispatch(shared: Arc<Shared>, running: Arc<Semaphore>, mut stop: watch:
         // Registered at once, so a claimed execution waiting for a slot keeps its lease
         // renewed and can be cancelled before it starts.
         let tokens = register(services, &claimed);
-        let jobs = shared
-            .jobs
-            .lock()
-            .await
-            .for_claimed(services, &claimed)
-            .await;
-        let jobs = match jobs {
-            Ok(jobs) => jobs,
-            Err(err) => {
-                tracing::warn!(error = %err, "could not load jobs; requeueing claimed executions");
-                requeue_unstarted(services, &claimed).await;
-                continue;
-            }
+        let Some(jobs) = jobs_or_requeue(&shared, &claimed).await else {
+            continue;
         };
         let mut first = Some(first);
         let mut pending = claimed.into_iter().zip(tokens);
@@ -336,20 +325,8 @@ impl LocalRunner for PoolRunner {
         let shared = self.shared.clone();
         let WorkerReservation(permits) = reservation;
         tokio::spawn(async move {
-            let services = &shared.services;
-            let jobs = shared
-                .jobs
-                .lock()
-                .await
-                .for_claimed(services, &executions)
-                .await;
-            let jobs = match jobs {
-                Ok(jobs) => jobs,
-                Err(err) => {
-                    tracing::warn!(error = %err, "could not load jobs; requeueing started executions");
-                    requeue_unstarted(services, &executions).await;
-                    return;
-                }
+            let Some(jobs) = jobs_or_requeue(&shared, &executions).await else {
+                return;
             };
             let mut runs = executions.into_iter().zip(tokens).zip(permits).peekable();
             while let Some(((execution, cancel), permit)) = runs.next() {
@@ -382,6 +359,29 @@ fn register(services: &Services, executions: &[ClaimedExecution]) -> Vec<CancelT
             token
         })
         .collect()
+}
+
+/// The jobs of executions this node holds, from the shared cache; `None`, with the
+/// executions given back to the queue, when they cannot be read now.
+async fn jobs_or_requeue(
+    shared: &Shared,
+    executions: &[ClaimedExecution],
+) -> Option<HashMap<String, Arc<Job>>> {
+    let services = &shared.services;
+    let jobs = shared
+        .jobs
+        .lock()
+        .await
+        .for_claimed(services, executions)
+        .await;
+    match jobs {
+        Ok(jobs) => Some(jobs),
+        Err(err) => {
+            tracing::warn!(error = %err, "could not load jobs; requeueing the executions held");
+            requeue_unstarted(services, executions).await;
+            None
+        }
+    }
 }
 
 /// Gives claimed executions that never started back to the queue.
