@@ -214,6 +214,9 @@ async fn dispatch(shared: Arc<Shared>, running: Arc<Semaphore>, mut stop: watch:
         }
         // Take work only with a slot free; claim in batches, because a database round
         // trip per execution would cap throughput far below what the runtime can do.
+        // The slot is held through the blocking read, so the queue always has a worker
+        // however many runs requests start here (they take only the other slots), and
+        // the first execution claimed starts at once.
         let first = tokio::select! {
             permit = running.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
             _ = stop.changed() => break,

@@ -21,7 +21,8 @@ pub(super) struct ServeArgs {
     /// Where the embedded database and compiled modules live.
     #[arg(long, env = "RUNCELL_DATA_DIR", default_value = "./runcell-data")]
     data_dir: PathBuf,
-    /// Executions running at once [default: 4 × cores].
+    /// Executions running at once [default: 4 × cores]. One of them always stands by
+    /// for the queue; the others also start runs requested of this node at once.
     #[arg(long, env = "RUNCELL_WORKERS")]
     workers: Option<usize>,
     /// Install every `.wasm` module in this directory at start, plus a demo job.
