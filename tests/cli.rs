@@ -357,3 +357,54 @@ fn serve_refuses_settings_it_cannot_honour_before_starting() {
         stderr(&output)
     );
 }
+
+#[test]
+fn the_server_bench_measures_a_real_server_and_counts_every_execution() {
+    let cache = tempfile::tempdir().unwrap();
+    let hello = guests::guest("hello");
+    let hostile = guests::guest("hostile");
+    let out = runcell(
+        &[
+            "bench",
+            "server",
+            "--noop-module",
+            hello.to_str().unwrap(),
+            "--probe-module",
+            hostile.to_str().unwrap(),
+            "--noop",
+            "300",
+            "--cpu",
+            "30",
+            "--rate",
+            "100",
+            "--latency-for",
+            "300ms",
+        ],
+        cache.path(),
+    );
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    let printed = stdout(&out);
+    // The warm-up runs are not counted: exactly the runs asked for, every one recorded.
+    for expected in [
+        "no-op: 300 executions in",
+        "(300 COMPLETED, every one recorded",
+        "burn iterations ≈ 1 ms of CPU",
+        "1 ms CPU: 30 executions in",
+        "(30 COMPLETED, every one recorded",
+        "dispatch latency at 100 executions/s (30 runs): p50",
+    ] {
+        assert!(printed.contains(expected), "no `{expected}` in:\n{printed}");
+    }
+}
+
+#[test]
+fn the_server_bench_wants_a_shared_database_for_several_nodes() {
+    let cache = tempfile::tempdir().unwrap();
+    let out = runcell(&["bench", "server", "--nodes", "2"], cache.path());
+    assert!(!out.status.success());
+    assert!(
+        error_line(&out).contains("--nodes above 1 needs a shared database and queue"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -417,6 +417,54 @@ fn work_is_spread_over_the_nodes_and_each_execution_completes_exactly_once() {
 }
 
 #[test]
+fn the_server_bench_runs_on_two_nodes_of_one_deployment() {
+    let _turn = one_at_a_time();
+    let database = TestDatabase::create();
+    let prefix = TestPrefix::new();
+    let hello = guests::guest("hello");
+    let hostile = guests::guest("hostile");
+    let redis = redis_url();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_runcell"))
+        .args(["bench", "server", "--nodes", "2", "--noop-module"])
+        .arg(&hello)
+        .arg("--probe-module")
+        .arg(&hostile)
+        .args([
+            "--noop",
+            "400",
+            "--cpu",
+            "40",
+            "--rate",
+            "100",
+            "--latency-for",
+            "300ms",
+        ])
+        .args(["--", "--database-url", &database.url, "--redis-url", &redis])
+        .args(["--redis-prefix", &prefix.0])
+        .output()
+        .expect("runcell starts");
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{printed}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Both servers answer, and the warm-up runs (one per node and phase) are not counted.
+    let servers = printed
+        .lines()
+        .find_map(|line| line.strip_prefix("runcell bench server — "))
+        .unwrap_or_else(|| panic!("no server line in:\n{printed}"));
+    assert_eq!(servers.split(", ").count(), 2, "{printed}");
+    for expected in [
+        "(400 COMPLETED, every one recorded",
+        "(40 COMPLETED, every one recorded",
+        "dispatch latency at 100 executions/s (30 runs): p50",
+    ] {
+        assert!(printed.contains(expected), "no `{expected}` in:\n{printed}");
+    }
+}
+
+#[test]
 fn a_node_killed_mid_batch_leaves_every_execution_final_exactly_once() {
     let _turn = one_at_a_time();
     let mut cluster = Cluster::start(2, 2);
