@@ -1,8 +1,9 @@
 //! `runcell bench server`: the whole execution path measured as a client sees it. Starts a
 //! real `runcell serve` on a fresh data directory, installs the benchmark module over the
 //! API, and measures (1) throughput of no-op executions enqueued in bulk, every one
-//! recorded; (2) the same for ~1 ms CPU jobs; (3) latency from `execute` to the handler's
-//! first instruction at a paced rate. With `--nodes N` it starts N servers on the same
+//! recorded, after one run on each server has loaded the module there; (2) the same for
+//! ~1 ms CPU jobs; (3) latency from `execute` to the handler's first instruction at a
+//! paced rate. With `--nodes N` it starts N servers on the same
 //! PostgreSQL database and Redis prefix (given after `--`), sends the requests to each in
 //! turn and reads the results through the first. Figures are printed, never asserted.
 
@@ -334,8 +335,8 @@ fn throughput(servers: &[Server], label: &str, job_id: &str, total: u32) -> Benc
 /// clock starts: a node compiles a module it has not seen in the background, within
 /// seconds of its install, and that one-time cost (measured by `runcell bench runtime`)
 /// would otherwise land in whichever phase it overlaps. A single execute starts on the
-/// node that takes it while that node has a free worker.
-/// Returns the runs it made.
+/// node that takes it while that node has a free worker besides the one standing by for
+/// the queue (so with `--workers 1` a run may warm another node). Returns the runs made.
 fn warm_up(servers: &[Server], job_id: &str) -> BenchResult<usize> {
     for server in servers {
         let id = server.post(&format!("/jobs/{job_id}/execute"), &json!({}))?["executionId"]
