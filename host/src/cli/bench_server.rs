@@ -3,9 +3,9 @@
 //! API, and measures (1) throughput of no-op executions enqueued in bulk, every one
 //! recorded, after one run on each server has loaded the module there; (2) the same for
 //! ~1 ms CPU jobs; (3) latency from `execute` to the handler's first instruction at a
-//! paced rate. With `--nodes N` it starts N servers on the same
-//! PostgreSQL database and Redis prefix (given after `--`), sends the requests to each in
-//! turn and reads the results through the first. Figures are printed, never asserted.
+//! paced rate. With `--nodes N` it starts N servers on the same PostgreSQL database and
+//! Redis prefix (given after `--`), sends the requests to each in turn and reads the
+//! results through the first. Figures are printed, never asserted.
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -187,6 +187,14 @@ impl Server {
             .ok_or_else(|| "job without id".into())
     }
 
+    /// Runs `job_id` once, with its stored input; returns the execution's id.
+    fn execute(&self, job_id: &str) -> BenchResult<String> {
+        self.post(&format!("/jobs/{job_id}/execute"), &json!({}))?["executionId"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| "execute answered without executionId".into())
+    }
+
     /// Waits until no execution of `job_id` is queued or running.
     fn wait_idle(&self, job_id: &str) -> BenchResult<()> {
         loop {
@@ -339,10 +347,7 @@ fn throughput(servers: &[Server], label: &str, job_id: &str, total: u32) -> Benc
 /// the queue (so with `--workers 1` a run may warm another node). Returns the runs made.
 fn warm_up(servers: &[Server], job_id: &str) -> BenchResult<usize> {
     for server in servers {
-        let id = server.post(&format!("/jobs/{job_id}/execute"), &json!({}))?["executionId"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
+        let id = server.execute(job_id)?;
         let execution = wait_final(server, &id)?;
         if execution["status"] != "COMPLETED" {
             return Err(format!("warm-up run of {job_id} ended {execution}"));
@@ -362,10 +367,7 @@ fn calibrate_burn(server: &Server) -> BenchResult<u64> {
     )?;
     let mut best = f64::MAX;
     for _ in 0..5 {
-        let id = server.post(&format!("/jobs/{job}/execute"), &json!({}))?["executionId"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
+        let id = server.execute(&job)?;
         let execution = wait_final(server, &id)?;
         best = best.min(execution["durationMs"].as_f64().unwrap_or(f64::MAX));
     }
@@ -406,10 +408,7 @@ fn latency(servers: &[Server], rate: u32, duration: Duration) -> BenchResult<()>
         }
         let at = now_ns();
         let target = &servers[i as usize % servers.len()];
-        let id = target.post(&format!("/jobs/{job}/execute"), &json!({}))?["executionId"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
+        let id = target.execute(&job)?;
         sent.push((id, at));
     }
     server.wait_idle(&job)?;
