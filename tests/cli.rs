@@ -361,16 +361,18 @@ fn serve_refuses_settings_it_cannot_honour_before_starting() {
 #[test]
 fn the_server_bench_measures_a_real_server_and_counts_every_execution() {
     let cache = tempfile::tempdir().unwrap();
-    let hello = guests::guest("hello");
-    let hostile = guests::guest("hostile");
-    let out = runcell(
-        &[
+    // Built where the bench looks by default; it is run as a newcomer would, from another
+    // directory and with no CARGO_TARGET_DIR, so it must find them beside its own binary.
+    guests::guest("hello");
+    guests::guest("hostile");
+    let elsewhere = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_runcell"))
+        .current_dir(elsewhere.path())
+        .env_remove("CARGO_TARGET_DIR")
+        .env("RUNCELL_CACHE_DIR", cache.path())
+        .args([
             "bench",
             "server",
-            "--noop-module",
-            hello.to_str().unwrap(),
-            "--probe-module",
-            hostile.to_str().unwrap(),
             "--noop",
             "300",
             "--cpu",
@@ -379,9 +381,9 @@ fn the_server_bench_measures_a_real_server_and_counts_every_execution() {
             "100",
             "--latency-for",
             "300ms",
-        ],
-        cache.path(),
-    );
+        ])
+        .output()
+        .expect("runcell starts");
     assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
     let printed = stdout(&out);
     // The warm-up runs are not counted: exactly the runs asked for, every one recorded.
@@ -400,7 +402,22 @@ fn the_server_bench_measures_a_real_server_and_counts_every_execution() {
 #[test]
 fn the_server_bench_wants_a_shared_database_for_several_nodes() {
     let cache = tempfile::tempdir().unwrap();
-    let out = runcell(&["bench", "server", "--nodes", "2"], cache.path());
+    // Said before the bench looks for its modules, wherever it is run from.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_runcell"))
+        .current_dir(elsewhere.path())
+        .env_remove("CARGO_TARGET_DIR")
+        .env("RUNCELL_CACHE_DIR", cache.path())
+        .args([
+            "bench",
+            "server",
+            "--nodes",
+            "2",
+            "--noop-module",
+            "/nonexistent.wasm",
+        ])
+        .output()
+        .expect("runcell starts");
     assert!(!out.status.success());
     assert!(
         error_line(&out).contains("--nodes above 1 needs a shared database and queue"),

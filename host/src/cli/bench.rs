@@ -30,12 +30,28 @@ pub(super) struct BenchArgs {
     overhead_only: bool,
 }
 
-/// Where `./dev build` puts the guest `file`.
+/// Where `./dev build` put the guest `file`: below `CARGO_TARGET_DIR` when it is set,
+/// else below the target directory this binary was built into (`<target>/release/runcell`),
+/// else below the workspace's `target/`. Never relative to the working directory, which
+/// says nothing about where the build went.
 pub(super) fn guest_path(file: &str) -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("target"));
-    target.join("guests/wasm32-wasip2/guest").join(file)
+    let below = |target: PathBuf| target.join("guests/wasm32-wasip2/guest").join(file);
+    if let Some(target) = std::env::var_os("CARGO_TARGET_DIR") {
+        return below(std::path::absolute(target).unwrap_or_default());
+    }
+    let built_into = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.parent()?.to_path_buf()));
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(|root| root.join("target"));
+    let candidates: Vec<PathBuf> = built_into.into_iter().chain(workspace).map(below).collect();
+    candidates
+        .iter()
+        .find(|path| path.exists())
+        .or(candidates.first())
+        .cloned()
+        .unwrap_or_else(|| below(PathBuf::from("target")))
 }
 
 fn guest(path: Option<PathBuf>, file: &str) -> PathBuf {

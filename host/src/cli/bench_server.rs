@@ -251,8 +251,7 @@ fn bench(args: &ServerBenchArgs) -> BenchResult<()> {
             )
         })
     };
-    let noop_wasm = read(args.noop_module.clone(), "hello.wasm")?;
-    let probe_wasm = read(args.probe_module.clone(), "hostile.wasm")?;
+    // The arguments first: a wrong command line is said before anything is looked for.
     let distributed = args
         .serve_args
         .iter()
@@ -264,6 +263,8 @@ fn bench(args: &ServerBenchArgs) -> BenchResult<()> {
                 .into(),
         );
     }
+    let noop_wasm = read(args.noop_module.clone(), "hello.wasm")?;
+    let probe_wasm = read(args.probe_module.clone(), "hostile.wasm")?;
     let admin_password = crate::services::auth::random_secret(18);
     // One after the other: the first migrates the database and creates the admin.
     let servers = (0..args.nodes)
