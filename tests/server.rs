@@ -792,6 +792,47 @@ fn following_a_run_streams_its_lines_in_order_then_end() {
 // ---- crashes -------------------------------------------------------------------------------
 
 #[test]
+fn a_crash_fails_the_run_whose_handler_began_and_requeues_the_one_that_never_did() {
+    let mut server = Server::start_with(ServerOptions {
+        workers: 1,
+        ..ServerOptions::default()
+    });
+    server.upload(&guests::guest("hostile"));
+    let spin = id(&server.create_job(&json!({
+        "name": "spin", "module": "hostile", "job": "spin",
+        "fuel": 400_000_000_000_u64, "timeoutMs": 30_000,
+    })));
+    let echo = id(&server.create_job(&json!({"name": "echo", "module": "hostile", "job": "echo"})));
+    let spinning = server.execute(&spin, None);
+    assert!(server.wait_until(RUN, || server.execution(&spinning)["status"] == "RUNNING"));
+    // Its one worker is busy: this one waits in the queue, unclaimed.
+    let waiting = server.execute(&echo, None);
+    // Long enough for the node to write down that the spin's handler began.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(server.execution(&waiting)["status"], "QUEUED");
+    server.kill();
+    server.restart();
+
+    let spun = server.wait_final(&spinning, RUN);
+    assert_eq!(spun["status"], "FAILED", "{spun}");
+    assert_eq!(spun["errorKind"], "LEASE_EXPIRED", "{spun}");
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    assert!(
+        spun["finishedAt"].as_i64().unwrap() <= now_ms,
+        "finished in the future: {spun}"
+    );
+    let echoed = server.wait_final(&waiting, RUN);
+    assert_eq!(echoed["status"], "COMPLETED", "{echoed}");
+    assert_eq!(echoed["attempt"], 1, "{echoed}");
+    // maxAttempts is 1: the failed run is not tried again, and nothing else appears.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(server.executions(&format!("jobId={spin}")).len(), 1);
+}
+
+#[test]
 fn killing_the_server_mid_bulk_loses_no_execution_and_finishes_each_exactly_once() {
     const BULK: usize = 500;
     let mut server = Server::start();
@@ -866,6 +907,26 @@ fn killing_the_server_mid_bulk_loses_no_execution_and_finishes_each_exactly_once
         by_status.get("COMPLETED").copied().unwrap_or(0) > 0,
         "{by_status:?}"
     );
+    // Only what was running at the kill can have failed: a node claims no more than it
+    // has workers for, and what it claimed but never started goes back to the queue.
+    let workers = ServerOptions::default().workers;
+    let failed = by_status.get("FAILED").copied().unwrap_or(0);
+    assert!(
+        failed <= workers,
+        "{failed} failed, but only {workers} could be running: {by_status:?}"
+    );
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let restarted_by = now_ms + 1_000;
+    for execution in executions.iter().filter(|e| e["status"] == "FAILED") {
+        let finished = execution["finishedAt"].as_i64().unwrap_or(i64::MAX);
+        assert!(
+            finished <= restarted_by,
+            "finished in the future: {execution}"
+        );
+    }
     // Nothing more happens to them.
     std::thread::sleep(Duration::from_millis(500));
     let again = server.executions(&format!("jobId={job}"));

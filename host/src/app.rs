@@ -281,7 +281,7 @@ pub async fn serve(config: ServeConfig) -> Result<(), StartError> {
     }
     let sole_node = config.distributed.is_none();
     if let Err(err) =
-        crate::reconciler::reconcile(&services, &worker_settings, true, sole_node).await
+        crate::reconciler::reconcile(&services, &worker_settings, true, sole_node, true).await
     {
         tracing::warn!(error = %err, "start-up reconciliation failed; the periodic pass will retry");
     }

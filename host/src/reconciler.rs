@@ -2,13 +2,13 @@
 //! queue holds are offered again, and running executions whose node stopped renewing
 //! their lease are failed (and retried if their job allows). Started by `app`.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use crate::domain::{Millis, now_millis};
+use crate::domain::{Execution, ExecutionStatus, Millis, now_millis};
 use crate::services::Services;
-use crate::store::ClaimedExecution;
+use crate::store::{ClaimedExecution, Settled};
 use crate::worker::{WorkerSettings, next_attempt};
 
 /// How often a pass runs.
@@ -27,12 +27,14 @@ const PAGE: u32 = 10_000;
 /// empty); later passes only those that look stranded. `sole_node` says no other
 /// process can hold a lease (the embedded deployment, whose data directory is locked):
 /// every running row left from before this start belongs to a dead process and is taken
-/// over at once instead of after its lease runs out.
+/// over at once instead of after its lease runs out. `judge_leases` is false while the
+/// database has only just come back (see [`run`]): expired leases are then left alone.
 pub async fn reconcile(
     services: &Services,
     settings: &WorkerSettings,
     startup: bool,
     sole_node: bool,
+    judge_leases: bool,
 ) -> Result<(), crate::services::ServiceError> {
     let stale = if sole_node {
         STALE_QUEUED_EMBEDDED
@@ -57,45 +59,85 @@ pub async fn reconcile(
         }
         services.queue.push(&queued).await?;
     }
+    if !judge_leases {
+        return Ok(());
+    }
+    if startup && !sole_node {
+        // Rows this node id holds belong to its previous process, which is dead: this
+        // one has not claimed anything yet. Taken back now, not a lease later.
+        for execution in services
+            .store
+            .executions_held_by(&settings.node_id, 1_000)
+            .await?
+        {
+            settle_expired(services, settings, &execution, Millis::MAX, now).await?;
+        }
+    }
     for execution in services
         .store
         .expired_executions(expiry_horizon, 1_000)
         .await?
     {
-        let failed = services
-            .store
-            .fail_expired_execution(
-                &execution.id,
-                "its node stopped while running it (lease expired)",
-                expiry_horizon,
-            )
-            .await?;
-        if !failed {
-            continue;
+        settle_expired(services, settings, &execution, expiry_horizon, now).await?;
+    }
+    Ok(())
+}
+
+/// Settles one execution whose node stopped renewing its lease: back to the queue if its
+/// handler never began, else failed, with its next attempt if its job allows one.
+async fn settle_expired(
+    services: &Services,
+    settings: &WorkerSettings,
+    execution: &Execution,
+    expired_before: Millis,
+    now: Millis,
+) -> Result<(), crate::services::ServiceError> {
+    // Worked out before the settlement, which creates it in the same commit as the
+    // failure (and not at all if the execution turns out not to have begun).
+    let retry = match services.store.get_job(&execution.job_id).await? {
+        Some(job) => {
+            let claimed = ClaimedExecution {
+                id: execution.id.clone(),
+                job_id: execution.job_id.clone(),
+                attempt: execution.attempt,
+                trigger: execution.trigger,
+                retry_of: execution.retry_of.clone(),
+                input: execution.input.to_string(),
+                scheduled_at: execution.scheduled_at,
+                job_revision: None,
+            };
+            next_attempt(settings, &claimed, &job, now)
         }
-        tracing::warn!(execution = %execution.id, node = ?execution.node_id, "execution lease expired");
-        services
-            .logs
-            .finish(&execution.id, crate::domain::ExecutionStatus::Failed);
-        let Some(job) = services.store.get_job(&execution.job_id).await? else {
-            continue;
-        };
-        let claimed = ClaimedExecution {
-            id: execution.id.clone(),
-            job_id: execution.job_id.clone(),
-            attempt: execution.attempt,
-            trigger: execution.trigger,
-            retry_of: execution.retry_of.clone(),
-            input: execution.input.to_string(),
-            scheduled_at: execution.scheduled_at,
-            job_revision: None,
-        };
-        if let Some(retry) = next_attempt(settings, &claimed, &job, now) {
-            let created = services
-                .store
-                .enqueue_executions(std::slice::from_ref(&retry))
+        None => None,
+    };
+    let settled = services
+        .store
+        .settle_expired_execution(
+            &execution.id,
+            expired_before,
+            now,
+            "its node stopped while running it (lease expired)",
+            retry.as_ref(),
+        )
+        .await?;
+    match settled {
+        Settled::NotExpired => {}
+        Settled::Requeued => {
+            tracing::info!(execution = %execution.id, node = ?execution.node_id, "execution lease expired before its handler began; back in the queue");
+            services
+                .queue
+                .push(std::slice::from_ref(&execution.id))
                 .await?;
-            if !created.is_empty() {
+        }
+        Settled::Cancelled => {
+            services
+                .logs
+                .finish(&execution.id, ExecutionStatus::Cancelled);
+        }
+        Settled::Failed => {
+            tracing::warn!(execution = %execution.id, node = ?execution.node_id, "execution lease expired");
+            services.logs.finish(&execution.id, ExecutionStatus::Failed);
+            if let Some(retry) = retry {
                 services
                     .queue
                     .push_delayed(&retry.id, retry.run_after)
@@ -107,19 +149,34 @@ pub async fn reconcile(
 }
 
 /// Runs a pass every [`RECONCILE_EVERY`] until `stop` turns true.
+///
+/// After the database was unreachable, expired leases are not judged until it has
+/// answered for a third of a lease: during an outage no node can renew, so every lease
+/// may have run out although its node is alive and still running its executions. Live
+/// nodes renew at their keeper's next tick once the database is back, well within that
+/// wait; only leases of nodes that stay silent are then taken over.
 pub async fn run(
     services: Services,
     settings: WorkerSettings,
     sole_node: bool,
     mut stop: watch::Receiver<bool>,
 ) {
+    let grace = settings.lease / 3;
+    let mut answering_since = Some(Instant::now());
     loop {
         tokio::select! {
             () = tokio::time::sleep(RECONCILE_EVERY) => {}
             _ = stop.changed() => return,
         }
-        if let Err(err) = reconcile(&services, &settings, false, sole_node).await {
-            tracing::warn!(error = %err, "reconciler pass failed; retrying");
+        let judge_leases = answering_since.is_some_and(|since| since.elapsed() >= grace);
+        match reconcile(&services, &settings, false, sole_node, judge_leases).await {
+            Ok(()) => {
+                answering_since.get_or_insert_with(Instant::now);
+            }
+            Err(err) => {
+                answering_since = None;
+                tracing::warn!(error = %err, "reconciler pass failed; retrying");
+            }
         }
     }
 }

@@ -16,10 +16,11 @@ use crate::domain::{
     ExecutionResult, ExecutionStatus, Grants, Job, Millis, NewExecution, Outcome, RunContext,
     Trigger, new_id, now_millis,
 };
+use crate::queue::Delivery;
 use crate::runtime::{CancelToken, RunRequest};
 use crate::services::jobs::effective_limits;
 use crate::services::{LocalRunner, Services, WorkerReservation};
-use crate::store::ClaimedExecution;
+use crate::store::{ClaimedExecution, Retry};
 
 /// How a node runs executions.
 #[derive(Debug, Clone)]
@@ -128,6 +129,7 @@ pub struct WorkerPool {
     dispatcher: JoinHandle<()>,
     recorder: JoinHandle<()>,
     keeper: JoinHandle<()>,
+    beginnings: JoinHandle<()>,
     running: Arc<Semaphore>,
     services: Services,
     concurrency: usize,
@@ -156,6 +158,7 @@ impl WorkerPool {
         let running = Arc::new(Semaphore::new(concurrency));
         let recorder = tokio::spawn(record(services.clone(), recorder_rx));
         let keeper = tokio::spawn(keep_leases(shared.clone(), stop_rx.clone()));
+        let beginnings = tokio::spawn(record_beginnings(shared.clone(), stop_rx.clone()));
         services.local_runner.attach(Arc::new(PoolRunner {
             shared: shared.clone(),
             running: running.clone(),
@@ -167,6 +170,7 @@ impl WorkerPool {
             dispatcher,
             recorder,
             keeper,
+            beginnings,
             running,
             services,
             concurrency,
@@ -201,6 +205,7 @@ impl WorkerPool {
             let _ = self.running.acquire_many(self.concurrency as u32).await;
         }
         self.keeper.abort();
+        self.beginnings.abort();
         // The recorder ends once every sender (the runners, the shared state) is gone.
         let _ = tokio::time::timeout(Duration::from_secs(10), self.recorder).await;
     }
@@ -212,20 +217,22 @@ async fn dispatch(shared: Arc<Shared>, running: Arc<Semaphore>, mut stop: watch:
         if *stop.borrow() {
             break;
         }
-        // Take work only with a slot free; claim in batches, because a database round
-        // trip per execution would cap throughput far below what the runtime can do.
-        // The slot is held through the blocking read, so the queue always has a worker
-        // however many runs requests start here (they take only the other slots), and
-        // the first execution claimed starts at once.
+        // Take work only with a slot free. The slot is held through the blocking read, so
+        // the queue always has a worker however many runs requests start here (they take
+        // only the other slots), and the first execution claimed starts at once.
         let first = tokio::select! {
             permit = running.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
             _ = stop.changed() => break,
         };
+        // No more than the free workers: a claim is a promise to run the execution now.
+        // One claimed beyond them would wait `RUNNING` under this node's lease, and be
+        // lost with the node should it die before a worker freed up.
+        let wanted = (1 + running.available_permits()).min(shared.settings.claim_batch.max(1));
         let deliveries = tokio::select! {
-            popped = services.queue.pop(shared.settings.claim_batch, Duration::from_millis(500)) => popped,
+            popped = services.queue.pop(wanted, Duration::from_millis(500)) => popped,
             _ = stop.changed() => break,
         };
-        let deliveries = match deliveries {
+        let mut deliveries = match deliveries {
             Ok(deliveries) if deliveries.is_empty() => continue,
             Ok(deliveries) => deliveries,
             Err(err) => {
@@ -234,6 +241,19 @@ async fn dispatch(shared: Arc<Shared>, running: Arc<Semaphore>, mut stop: watch:
                 continue;
             }
         };
+        // A worker for each delivery but the first; requests starting runs here may
+        // have taken some during the read, and what finds no worker goes back.
+        let mut permits = vec![first];
+        while permits.len() < deliveries.len() {
+            match running.clone().try_acquire_owned() {
+                Ok(permit) => permits.push(permit),
+                Err(_) => break,
+            }
+        }
+        let surplus = deliveries.split_off(permits.len());
+        if !surplus.is_empty() {
+            give_back(services, surplus).await;
+        }
         let ids: Vec<String> = deliveries.iter().map(|d| d.id.clone()).collect();
         let now = now_millis();
         let lease_until = now + shared.settings.lease.as_millis() as Millis;
@@ -261,33 +281,38 @@ async fn dispatch(shared: Arc<Shared>, running: Arc<Semaphore>, mut stop: watch:
         if claimed.is_empty() {
             continue;
         }
-        // Registered at once, so a claimed execution waiting for a slot keeps its lease
-        // renewed and can be cancelled before it starts.
+        // Registered at once, so a claimed execution keeps its lease renewed and can be
+        // cancelled before it starts.
         let tokens = register(services, &claimed);
         let Some(jobs) = jobs_or_requeue(&shared, &claimed).await else {
             continue;
         };
-        let mut first = Some(first);
-        let mut pending = claimed.into_iter().zip(tokens);
-        while let Some((execution, cancel)) = pending.next() {
-            let permit = match first.take() {
-                Some(permit) => permit,
-                None => tokio::select! {
-                    permit = running.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
-                    _ = stop.changed() => {
-                        let rest: Vec<ClaimedExecution> =
-                            std::iter::once(execution).chain(pending.map(|(e, _)| e)).collect();
-                        requeue_unstarted(services, &rest).await;
-                        return;
-                    }
-                },
-            };
+        // Each claimed execution has its worker; those left over are freed here.
+        for ((execution, cancel), permit) in claimed.into_iter().zip(tokens).zip(permits) {
             let job = jobs.get(&execution.job_id).cloned();
             let shared = shared.clone();
             tokio::spawn(async move {
                 run_one(&shared, execution, job, cancel).await;
                 drop(permit);
             });
+        }
+    }
+}
+
+/// Puts deliveries this node took but will not claim back on the queue, for whichever
+/// worker is free first; the rows were never touched, so they are still `QUEUED`.
+async fn give_back(services: &Services, deliveries: Vec<Delivery>) {
+    let ids: Vec<String> = deliveries.iter().map(|d| d.id.clone()).collect();
+    // Offered again before the old entries are acknowledged: should the push fail,
+    // the unacknowledged entries (or, in-process, the reconciler) bring them back.
+    match services.queue.push(&ids).await {
+        Ok(()) => {
+            if let Err(err) = services.queue.ack(&deliveries).await {
+                tracing::warn!(error = %err, "could not acknowledge deliveries given back");
+            }
+        }
+        Err(err) => {
+            tracing::warn!(error = %err, "could not give deliveries back to the queue; the reconciler will offer them again");
         }
     }
 }
@@ -538,6 +563,9 @@ async fn run_one(
         cancel,
         log_observer: Some(services.logs.start(&claimed.id)),
     };
+    // From here on guest code runs: should this node die, the execution ran and is
+    // settled by its job's retry policy, not simply offered again.
+    services.running.mark_began(&claimed.id);
     let report = services.runtime.run(&module, request).await;
     services.running.unregister(&claimed.id);
     if matches!(report.outcome, Outcome::Cancelled) && shared.abandoning.load(Ordering::SeqCst) {
@@ -581,7 +609,10 @@ async fn record(services: Services, mut results: mpsc::Receiver<Recorded>) {
             match item {
                 Recorded::Finished { result, retry } => {
                     if let Some(retry) = retry {
-                        retries.push((result.id.clone(), *retry));
+                        retries.push(Retry {
+                            failed: result.id.clone(),
+                            next: *retry,
+                        });
                     }
                     finished.push(*result);
                 }
@@ -598,8 +629,9 @@ async fn record(services: Services, mut results: mpsc::Receiver<Recorded>) {
         if finished.is_empty() {
             continue;
         }
+        // A failure and its next attempt are written in one transaction.
         let recorded = retry_forever("record results", || {
-            services.store.record_results(&finished)
+            services.store.record_results(&finished, &retries)
         })
         .await;
         let recorded: std::collections::HashSet<&str> =
@@ -607,24 +639,25 @@ async fn record(services: Services, mut results: mpsc::Receiver<Recorded>) {
         for result in &finished {
             if recorded.contains(result.id.as_str()) {
                 services.logs.finish(&result.id, result.status);
+            } else {
+                // Not running under this node any more: its lease expired (the node was
+                // cut off from the database for longer than the lease) and it was
+                // settled without this result. Said loudly, since the run's work is lost.
+                tracing::warn!(
+                    execution = %result.id,
+                    status = result.status.as_str(),
+                    "result refused: the execution was no longer running here (its lease expired and it was settled meanwhile)"
+                );
             }
         }
-        let retries: Vec<NewExecution> = retries
-            .into_iter()
-            .filter(|(failed, _)| recorded.contains(failed.as_str()))
-            .map(|(_, retry)| retry)
-            .collect();
-        if !retries.is_empty() {
-            let created = retry_forever("enqueue retries", || {
-                services.store.enqueue_executions(&retries)
-            })
-            .await;
-            for retry in retries.iter().filter(|r| created.contains(&r.id)) {
-                let _ = services
-                    .queue
-                    .push_delayed(&retry.id, retry.run_after)
-                    .await;
-            }
+        for retry in retries
+            .iter()
+            .filter(|retry| recorded.contains(retry.failed.as_str()))
+        {
+            let _ = services
+                .queue
+                .push_delayed(&retry.next.id, retry.next.run_after)
+                .await;
         }
     }
 }
@@ -670,14 +703,51 @@ async fn keep_leases(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
             }
         }
         if last_renewal.elapsed() >= renew_every {
-            last_renewal = tokio::time::Instant::now();
             let until = now_millis() + shared.settings.lease.as_millis() as Millis;
-            if let Err(err) = services
+            match services
                 .store
                 .renew_leases(&ids, &shared.settings.node_id, until)
                 .await
             {
-                tracing::warn!(error = %err, "could not renew leases");
+                Ok(()) => last_renewal = tokio::time::Instant::now(),
+                // Tried again at the next tick, not a renewal period later: once the
+                // database answers again, this node's leases are renewed before other
+                // nodes' reconcilers judge them (they wait a while after an outage).
+                Err(err) => tracing::warn!(error = %err, "could not renew leases"),
+            }
+        }
+    }
+}
+
+/// How long the writer of beginnings gathers them before writing. A run that ends
+/// within it is recorded with its result and never needs the mark; one longer is marked
+/// about this long after its start. It bounds the window in which a node's death makes a
+/// run that did begin look as if it never had, so that it runs again as the same
+/// attempt instead of failing.
+const BEGINNINGS_GATHERED_FOR: Duration = Duration::from_millis(50);
+
+/// Writes down which executions' handlers began, in batches, off the path to the
+/// handlers: from then on a lost lease fails them (and retries them if their job
+/// allows) instead of putting them back in the queue.
+async fn record_beginnings(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let services = &shared.services;
+    loop {
+        tokio::select! {
+            () = services.running.some_began() => {}
+            _ = stop.changed() => return,
+        }
+        tokio::time::sleep(BEGINNINGS_GATHERED_FOR).await;
+        let began = services.running.began_unrecorded();
+        if began.is_empty() {
+            continue;
+        }
+        match services.store.mark_handlers_began(&began).await {
+            Ok(()) => services.running.began_recorded(&began),
+            Err(err) => {
+                tracing::warn!(error = %err, "could not record which runs began; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                // Still unrecorded: taken again at once.
+                services.running.retry_beginnings();
             }
         }
     }

@@ -236,7 +236,12 @@ impl TestApi {
             memory_peak_bytes: 65_536,
             logs,
         };
-        let recorded = self.services.store.record_results(&[result]).await.unwrap();
+        let recorded = self
+            .services
+            .store
+            .record_results(&[result], &[])
+            .await
+            .unwrap();
         assert_eq!(recorded, [id.to_owned()]);
     }
 }

@@ -12,10 +12,31 @@ use crate::queue::Queue;
 use crate::runtime::CancelToken;
 use crate::store::{CancelEffect, ClaimedExecution, ExecutionFilter};
 
-/// Executions running in this process, so a cancel reaches them at once.
+/// Executions running in this process, so a cancel reaches them at once, and whether
+/// their handlers began (which decides, should this node die, whether they are failed or
+/// put back in the queue).
 #[derive(Debug, Clone, Default)]
 pub struct RunningRegistry {
-    tokens: Arc<Mutex<HashMap<String, CancelToken>>>,
+    held: Arc<Mutex<HashMap<String, Held>>>,
+    /// Woken when a handler begins, for the task that writes that down.
+    began: Arc<tokio::sync::Notify>,
+}
+
+#[derive(Debug)]
+struct Held {
+    token: CancelToken,
+    began: Began,
+}
+
+/// Where an execution held here stands with its handler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Began {
+    /// Claimed, not started: its module is loading or it waits for its settings.
+    NotYet,
+    /// Started, not yet written to the database.
+    Unrecorded,
+    /// Started, and the database knows it.
+    Recorded,
 }
 
 /// Puts executions already stored as `QUEUED` on the queue. The rows are the truth: when
@@ -92,23 +113,67 @@ impl std::fmt::Debug for AttachedRunner {
 }
 
 impl RunningRegistry {
-    fn tokens(&self) -> std::sync::MutexGuard<'_, HashMap<String, CancelToken>> {
-        self.tokens.lock().unwrap_or_else(|e| e.into_inner())
+    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<String, Held>> {
+        self.held.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn register(&self, id: &str, token: CancelToken) {
-        self.tokens().insert(id.to_owned(), token);
+        let held = Held {
+            token,
+            began: Began::NotYet,
+        };
+        self.held().insert(id.to_owned(), held);
     }
 
     pub fn unregister(&self, id: &str) {
-        self.tokens().remove(id);
+        self.held().remove(id);
+    }
+
+    /// Notes that the execution's guest code is about to run; the worker pool writes it
+    /// to the database (see [`RunningRegistry::began_unrecorded`]).
+    pub fn mark_began(&self, id: &str) {
+        if let Some(held) = self.held().get_mut(id)
+            && held.began == Began::NotYet
+        {
+            held.began = Began::Unrecorded;
+            self.began.notify_one();
+        }
+    }
+
+    /// Wakes the writer of beginnings again, for those it could not write.
+    pub fn retry_beginnings(&self) {
+        self.began.notify_one();
+    }
+
+    /// Waits until a handler began since the last call.
+    pub async fn some_began(&self) {
+        self.began.notified().await;
+    }
+
+    /// Ids whose handlers began here and that the database does not know about yet.
+    pub fn began_unrecorded(&self) -> Vec<String> {
+        self.held()
+            .iter()
+            .filter(|(_, held)| held.began == Began::Unrecorded)
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// The database now knows that the handlers of `ids` began.
+    pub fn began_recorded(&self, ids: &[String]) {
+        let mut held = self.held();
+        for id in ids {
+            if let Some(held) = held.get_mut(id) {
+                held.began = Began::Recorded;
+            }
+        }
     }
 
     /// Cancels the execution if it runs here; `false` otherwise.
     pub fn cancel(&self, id: &str) -> bool {
-        match self.tokens().get(id) {
-            Some(token) => {
-                token.cancel();
+        match self.held().get(id) {
+            Some(held) => {
+                held.token.cancel();
                 true
             }
             None => false,
@@ -117,11 +182,11 @@ impl RunningRegistry {
 
     /// Ids running here now.
     pub fn ids(&self) -> Vec<String> {
-        self.tokens().keys().cloned().collect()
+        self.held().keys().cloned().collect()
     }
 
     pub fn len(&self) -> usize {
-        self.tokens().len()
+        self.held().len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -130,8 +195,8 @@ impl RunningRegistry {
 
     /// Cancels everything running here (shutdown).
     pub fn cancel_all(&self) {
-        for token in self.tokens().values() {
-            token.cancel();
+        for held in self.held().values() {
+            held.token.cancel();
         }
     }
 }

@@ -38,6 +38,49 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+/// Crash injection for tests: fails the operation at a named point between two steps of
+/// one transaction, as a lost connection or a killed process would, when the operation
+/// concerns an execution a test armed the point for (so tests running in parallel do not
+/// trip each other's points). Compiled to nothing outside tests.
+#[inline]
+fn failpoint<'a>(
+    point: &str,
+    executions: impl IntoIterator<Item = &'a str>,
+) -> Result<(), StoreError> {
+    #[cfg(test)]
+    if failpoints::armed(point, executions) {
+        return Err(StoreError::Database(format!("fail point `{point}`")));
+    }
+    #[cfg(not(test))]
+    let _ = (point, executions.into_iter());
+    Ok(())
+}
+
+#[cfg(test)]
+pub(crate) mod failpoints {
+    use std::sync::Mutex;
+
+    static ARMED: Mutex<Vec<(String, String)>> = Mutex::new(Vec::new());
+
+    /// Makes `point` fail every operation concerning `execution` until disarmed.
+    pub(crate) fn arm(point: &str, execution: &str) {
+        let mut armed = ARMED.lock().unwrap_or_else(|e| e.into_inner());
+        armed.push((point.to_owned(), execution.to_owned()));
+    }
+
+    pub(crate) fn disarm(point: &str, execution: &str) {
+        let mut armed = ARMED.lock().unwrap_or_else(|e| e.into_inner());
+        armed.retain(|(p, e)| !(p == point && e == execution));
+    }
+
+    pub(super) fn armed<'a>(point: &str, executions: impl IntoIterator<Item = &'a str>) -> bool {
+        let armed = ARMED.lock().unwrap_or_else(|e| e.into_inner());
+        executions
+            .into_iter()
+            .any(|id| armed.iter().any(|(p, e)| p == point && e == id))
+    }
+}
+
 /// Filters for listing executions.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ExecutionFilter {
@@ -71,6 +114,27 @@ pub struct ClaimedExecution {
     pub scheduled_at: Millis,
     /// The revision of its job's definition at the claim; `None` when the job is gone.
     pub job_revision: Option<i64>,
+}
+
+/// The next attempt of a failed execution, created only together with the failure.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Retry {
+    /// The execution whose failure it follows.
+    pub failed: String,
+    pub next: NewExecution,
+}
+
+/// What settling an execution whose lease expired did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settled {
+    /// Its handler never began: back in the queue, same attempt.
+    Requeued,
+    /// Its handler never began and a cancel was asked: `CANCELLED`.
+    Cancelled,
+    /// Its handler began: `FAILED`, with its retry if one was given.
+    Failed,
+    /// It is no longer running with an expired lease (renewed, or settled already).
+    NotExpired,
 }
 
 /// A manual run to queue.
@@ -241,9 +305,20 @@ pub trait Store: Send + Sync + 'static {
         lease_until: Millis,
     ) -> Result<(), StoreError>;
 
-    /// Records final results and their logs in one transaction. Only rows still
-    /// `RUNNING` are updated; returns the ids that were.
-    async fn record_results(&self, results: &[ExecutionResult]) -> Result<Vec<String>, StoreError>;
+    /// Records final results and their logs, and creates the next attempt of each
+    /// recorded failure in `retries`, all in one transaction: a crash cannot leave a
+    /// failure recorded without its retry. Only rows still `RUNNING` are updated; returns
+    /// the ids that were (a retry whose failure was not recorded is not created).
+    async fn record_results(
+        &self,
+        results: &[ExecutionResult],
+        retries: &[Retry],
+    ) -> Result<Vec<String>, StoreError>;
+
+    /// Notes that the handlers of running executions `ids` began (the worker calls it in
+    /// batches, about every half second): from then on a lost lease fails them rather
+    /// than putting them back in the queue.
+    async fn mark_handlers_began(&self, ids: &[String]) -> Result<(), StoreError>;
 
     /// Puts running executions back to `QUEUED` (graceful shutdown gave up on them).
     async fn requeue_executions(&self, ids: &[String]) -> Result<(), StoreError>;
@@ -289,14 +364,27 @@ pub trait Store: Send + Sync + 'static {
         limit: u32,
     ) -> Result<Vec<Execution>, StoreError>;
 
-    /// Marks a running execution whose lease expired as `FAILED` with `error`;
-    /// `false` if it is no longer running with an expired lease.
-    async fn fail_expired_execution(
+    /// Running executions held by node `node_id`, whatever their lease (a node that
+    /// restarts under the same id takes back what its previous process held).
+    async fn executions_held_by(
+        &self,
+        node_id: &str,
+        limit: u32,
+    ) -> Result<Vec<Execution>, StoreError>;
+
+    /// Settles running execution `id` if its lease expired before `expired_before`, in
+    /// one transaction. One whose handler never began goes back to `QUEUED` with the same
+    /// attempt (or ends `CANCELLED` if a cancel was asked meanwhile): it did not fail, it
+    /// never ran. One whose handler began is `FAILED` (`LEASE_EXPIRED`, with `error`,
+    /// finished at `now`), and `retry`, if given, is created with it.
+    async fn settle_expired_execution(
         &self,
         id: &str,
-        error: &str,
+        expired_before: Millis,
         now: Millis,
-    ) -> Result<bool, StoreError>;
+        error: &str,
+        retry: Option<&NewExecution>,
+    ) -> Result<Settled, StoreError>;
 
     // ---- events --------------------------------------------------------------------
 

@@ -119,7 +119,8 @@ use super::convert::{
     parse_trigger,
 };
 use super::{
-    CancelEffect, ClaimedExecution, ExecutionFilter, LeaseToken, ManualRun, Store, StoreError,
+    CancelEffect, ClaimedExecution, ExecutionFilter, LeaseToken, ManualRun, Retry, Settled, Store,
+    StoreError, failpoint,
 };
 use crate::domain::{
     Event, Execution, ExecutionResult, ExecutionStatus, Job, JobConfig, LogEntry, Manifest,
@@ -1265,7 +1266,11 @@ impl Store for PostgresStore {
         Ok(())
     }
 
-    async fn record_results(&self, results: &[ExecutionResult]) -> Result<Vec<String>, StoreError> {
+    async fn record_results(
+        &self,
+        results: &[ExecutionResult],
+        retries: &[Retry],
+    ) -> Result<Vec<String>, StoreError> {
         // One result per id: should a batch carry two, the first wins, as it would
         // have had they come in two batches.
         let mut seen = HashSet::with_capacity(results.len());
@@ -1279,13 +1284,26 @@ impl Store for PostgresStore {
         // Rows locked in id order, the same on every node.
         unique.sort_unstable_by(|a, b| a.id.cmp(&b.id));
         let mut updated: HashSet<String> = HashSet::with_capacity(unique.len());
-        if unique.len() <= MAX_ROWS {
+        if unique.len() <= MAX_ROWS && retries.is_empty() {
             let mut conn = self.pool.acquire().await.map_err(db)?;
             updated.extend(record_batch(&mut conn, &unique).await?);
         } else {
             let mut tx = self.pool.begin().await.map_err(db)?;
             for chunk in unique.chunks(MAX_ROWS) {
                 updated.extend(record_batch(&mut tx, chunk).await?);
+            }
+            failpoint(
+                "record_results.before_retries",
+                retries.iter().map(|r| r.failed.as_str()),
+            )?;
+            let mut retries: Vec<&NewExecution> = retries
+                .iter()
+                .filter(|retry| updated.contains(&retry.failed))
+                .map(|retry| &retry.next)
+                .collect();
+            retries.sort_by(|a, b| insertion_order(a).cmp(&insertion_order(b)));
+            for chunk in retries.chunks(MAX_ROWS) {
+                insert_executions(&mut tx, chunk).await?;
             }
             tx.commit().await.map_err(db)?;
         }
@@ -1481,25 +1499,106 @@ impl Store for PostgresStore {
         .collect()
     }
 
-    async fn fail_expired_execution(
+    async fn executions_held_by(
         &self,
-        id: &str,
-        error: &str,
-        now: Millis,
-    ) -> Result<bool, StoreError> {
-        let updated = sqlx::query(
-            "UPDATE executions SET status = 'FAILED', error = $1, \
-                 error_kind = 'LEASE_EXPIRED', finished_at = $2, lease_expires_at = NULL \
-             WHERE id = $3 AND status = 'RUNNING' AND lease_expires_at < $2",
-        )
-        .bind(pg_text(error))
-        .bind(now)
-        .bind(id)
-        .execute(&self.pool)
+        node_id: &str,
+        limit: u32,
+    ) -> Result<Vec<Execution>, StoreError> {
+        sqlx::query(concat!(
+            "SELECT ",
+            execution_columns!(),
+            " FROM executions WHERE status = 'RUNNING' AND node_id = $1 \
+              ORDER BY lease_expires_at, id LIMIT $2"
+        ))
+        .bind(node_id)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
         .await
         .map_err(db)?
-        .rows_affected();
-        Ok(updated > 0)
+        .iter()
+        .map(execution_from_row)
+        .collect()
+    }
+
+    async fn settle_expired_execution(
+        &self,
+        id: &str,
+        expired_before: Millis,
+        now: Millis,
+        error: &str,
+        retry: Option<&NewExecution>,
+    ) -> Result<Settled, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        let held: Option<(bool, bool)> = sqlx::query_as(
+            "SELECT handler_began, cancel_requested FROM executions \
+             WHERE id = $1 AND status = 'RUNNING' AND lease_expires_at < $2 FOR UPDATE",
+        )
+        .bind(id)
+        .bind(expired_before)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db)?;
+        let settled = match held {
+            None => return Ok(Settled::NotExpired),
+            Some((false, false)) => {
+                sqlx::query(
+                    "UPDATE executions SET status = 'QUEUED', started_at = NULL, node_id = NULL, \
+                         lease_expires_at = NULL WHERE id = $1",
+                )
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+                Settled::Requeued
+            }
+            Some((false, true)) => {
+                sqlx::query(
+                    "UPDATE executions SET status = 'CANCELLED', error = 'cancelled', \
+                         error_kind = 'CANCELLED', finished_at = $1, lease_expires_at = NULL \
+                     WHERE id = $2",
+                )
+                .bind(now)
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+                Settled::Cancelled
+            }
+            Some((true, _)) => {
+                sqlx::query(
+                    "UPDATE executions SET status = 'FAILED', error = $1, \
+                         error_kind = 'LEASE_EXPIRED', finished_at = $2, lease_expires_at = NULL \
+                     WHERE id = $3",
+                )
+                .bind(pg_text(error))
+                .bind(now)
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+                failpoint("settle_expired_execution.before_retry", [id])?;
+                if let Some(retry) = retry {
+                    insert_executions(&mut tx, &[retry]).await?;
+                }
+                Settled::Failed
+            }
+        };
+        tx.commit().await.map_err(db)?;
+        Ok(settled)
+    }
+
+    async fn mark_handlers_began(&self, ids: &[String]) -> Result<(), StoreError> {
+        for chunk in ids.chunks(MAX_ROWS) {
+            sqlx::query(
+                "UPDATE executions SET handler_began = TRUE \
+                 WHERE id = ANY($1) AND (status || '') = 'RUNNING'",
+            )
+            .bind(chunk)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        }
+        Ok(())
     }
 
     // ---- events --------------------------------------------------------------------

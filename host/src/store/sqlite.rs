@@ -56,7 +56,8 @@ use super::convert::{
     parse_trigger,
 };
 use super::{
-    CancelEffect, ClaimedExecution, ExecutionFilter, LeaseToken, ManualRun, Store, StoreError,
+    CancelEffect, ClaimedExecution, ExecutionFilter, LeaseToken, ManualRun, Retry, Settled, Store,
+    StoreError, failpoint,
 };
 use crate::domain::{
     Event, Execution, ExecutionResult, ExecutionStatus, Job, JobConfig, LogEntry, Manifest,
@@ -600,6 +601,37 @@ fn manual_statement(
     query
 }
 
+/// Creates the queued executions of `batch` (at most [`MAX_ROWS`]) and returns the ids
+/// of those created. Any uniqueness conflict skips the row: a (job, cron tick) that
+/// already fired, or an id already enqueued (a retried call).
+async fn insert_executions(
+    conn: &mut SqliteConnection,
+    batch: &[&NewExecution],
+) -> Result<Vec<String>, StoreError> {
+    let mut query = QueryBuilder::new(
+        "INSERT INTO executions (id, job_id, module, job, status, trigger, attempt, \
+         retry_of, input, scheduled_at, run_after, cron_tick, event_id, created_at) ",
+    );
+    query.push_values(padded(batch), |mut row, e| {
+        row.push_bind(e.id.as_str())
+            .push_bind(e.job_id.as_str())
+            .push_bind(e.module.as_str())
+            .push_bind(e.job.as_str())
+            .push("'QUEUED'")
+            .push_bind(e.trigger.as_str())
+            .push_bind(i64::from(e.attempt))
+            .push_bind(e.retry_of.as_deref())
+            .push_bind(e.input.as_str())
+            .push_bind(e.scheduled_at)
+            .push_bind(e.run_after)
+            .push_bind(e.cron_tick)
+            .push_bind(e.event_id.as_deref())
+            .push_bind(e.created_at);
+    });
+    query.push(" ON CONFLICT DO NOTHING RETURNING id");
+    query.build_query_scalar().fetch_all(conn).await.map_err(db)
+}
+
 /// The claim of up to [`MAX_ROWS`] executions (`prefix` is for `EXPLAIN` in tests).
 fn claim_statement(
     prefix: &str,
@@ -1050,36 +1082,9 @@ impl Store for SqliteStore {
         }
         let mut created = HashSet::with_capacity(executions.len());
         let mut write = self.write(executions.len().div_ceil(MAX_ROWS)).await?;
+        let executions: Vec<&NewExecution> = executions.iter().collect();
         for chunk in executions.chunks(MAX_ROWS) {
-            let mut query = QueryBuilder::new(
-                "INSERT INTO executions (id, job_id, module, job, status, trigger, attempt, \
-                 retry_of, input, scheduled_at, run_after, cron_tick, event_id, created_at) ",
-            );
-            query.push_values(padded(chunk), |mut row, e| {
-                row.push_bind(e.id.as_str())
-                    .push_bind(e.job_id.as_str())
-                    .push_bind(e.module.as_str())
-                    .push_bind(e.job.as_str())
-                    .push("'QUEUED'")
-                    .push_bind(e.trigger.as_str())
-                    .push_bind(i64::from(e.attempt))
-                    .push_bind(e.retry_of.as_deref())
-                    .push_bind(e.input.as_str())
-                    .push_bind(e.scheduled_at)
-                    .push_bind(e.run_after)
-                    .push_bind(e.cron_tick)
-                    .push_bind(e.event_id.as_deref())
-                    .push_bind(e.created_at);
-            });
-            // Any uniqueness conflict skips the row: a (job, cron tick) that already
-            // fired, or an id already enqueued (a retried call).
-            query.push(" ON CONFLICT DO NOTHING RETURNING id");
-            let ids: Vec<String> = query
-                .build_query_scalar()
-                .fetch_all(write.conn())
-                .await
-                .map_err(db)?;
-            created.extend(ids);
+            created.extend(insert_executions(write.conn(), chunk).await?);
         }
         write.commit().await?;
         Ok(in_given_order(executions.iter().map(|e| &e.id), created))
@@ -1169,7 +1174,11 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn record_results(&self, results: &[ExecutionResult]) -> Result<Vec<String>, StoreError> {
+    async fn record_results(
+        &self,
+        results: &[ExecutionResult],
+        retries: &[Retry],
+    ) -> Result<Vec<String>, StoreError> {
         // One result per id: should a batch carry two, the first wins, as it would
         // have had they come in two batches.
         let mut seen = HashSet::with_capacity(results.len());
@@ -1183,7 +1192,11 @@ impl Store for SqliteStore {
         let mut updated: HashSet<String> = HashSet::with_capacity(results.len());
         let log_lines: usize = results.iter().map(|r| r.logs.len()).sum();
         let mut write = self
-            .write(results.len().div_ceil(MAX_ROWS) + log_lines.div_ceil(MAX_ROWS))
+            .write(
+                results.len().div_ceil(MAX_ROWS)
+                    + log_lines.div_ceil(MAX_ROWS)
+                    + retries.len().div_ceil(MAX_ROWS),
+            )
             .await?;
         for chunk in results.chunks(MAX_ROWS) {
             let mut query = record_statement("", chunk);
@@ -1223,6 +1236,18 @@ impl Store for SqliteStore {
             });
             query.push(" ON CONFLICT DO NOTHING");
             query.build().execute(write.conn()).await.map_err(db)?;
+        }
+        failpoint(
+            "record_results.before_retries",
+            retries.iter().map(|r| r.failed.as_str()),
+        )?;
+        let retries: Vec<&NewExecution> = retries
+            .iter()
+            .filter(|retry| updated.contains(&retry.failed))
+            .map(|retry| &retry.next)
+            .collect();
+        for chunk in retries.chunks(MAX_ROWS) {
+            insert_executions(write.conn(), chunk).await?;
         }
         write.commit().await?;
         Ok(results
@@ -1464,26 +1489,104 @@ impl Store for SqliteStore {
         .collect()
     }
 
-    async fn fail_expired_execution(
+    async fn executions_held_by(
         &self,
-        id: &str,
-        error: &str,
-        now: Millis,
-    ) -> Result<bool, StoreError> {
-        let updated = sqlx::query(
-            "UPDATE executions SET status = 'FAILED', error = ?, error_kind = 'LEASE_EXPIRED', \
-                 finished_at = ?, lease_expires_at = NULL \
-             WHERE id = ? AND status = 'RUNNING' AND lease_expires_at < ?",
-        )
-        .bind(error)
-        .bind(now)
-        .bind(id)
-        .bind(now)
-        .execute(&self.writer)
+        node_id: &str,
+        limit: u32,
+    ) -> Result<Vec<Execution>, StoreError> {
+        sqlx::query(concat!(
+            "SELECT ",
+            execution_columns!(),
+            " FROM executions INDEXED BY executions_running_lease \
+              WHERE status = 'RUNNING' AND node_id = ? \
+              ORDER BY lease_expires_at, id LIMIT ?"
+        ))
+        .bind(node_id)
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
         .await
         .map_err(db)?
-        .rows_affected();
-        Ok(updated > 0)
+        .iter()
+        .map(execution_from_row)
+        .collect()
+    }
+
+    async fn settle_expired_execution(
+        &self,
+        id: &str,
+        expired_before: Millis,
+        now: Millis,
+        error: &str,
+        retry: Option<&NewExecution>,
+    ) -> Result<Settled, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let held: Option<(bool, bool)> = sqlx::query_as(
+            "SELECT handler_began, cancel_requested FROM executions \
+             WHERE id = ? AND status = 'RUNNING' AND lease_expires_at < ?",
+        )
+        .bind(id)
+        .bind(expired_before)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db)?;
+        let settled = match held {
+            None => return Ok(Settled::NotExpired),
+            Some((false, false)) => {
+                sqlx::query(
+                    "UPDATE executions SET status = 'QUEUED', started_at = NULL, node_id = NULL, \
+                         lease_expires_at = NULL WHERE id = ?",
+                )
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+                Settled::Requeued
+            }
+            Some((false, true)) => {
+                sqlx::query(
+                    "UPDATE executions SET status = 'CANCELLED', error = 'cancelled', \
+                         error_kind = 'CANCELLED', finished_at = ?, lease_expires_at = NULL \
+                     WHERE id = ?",
+                )
+                .bind(now)
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+                Settled::Cancelled
+            }
+            Some((true, _)) => {
+                sqlx::query(
+                    "UPDATE executions SET status = 'FAILED', error = ?, \
+                         error_kind = 'LEASE_EXPIRED', finished_at = ?, lease_expires_at = NULL \
+                     WHERE id = ?",
+                )
+                .bind(error)
+                .bind(now)
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+                failpoint("settle_expired_execution.before_retry", [id])?;
+                if let Some(retry) = retry {
+                    insert_executions(&mut tx, &[retry]).await?;
+                }
+                Settled::Failed
+            }
+        };
+        tx.commit().await.map_err(db)?;
+        Ok(settled)
+    }
+
+    async fn mark_handlers_began(&self, ids: &[String]) -> Result<(), StoreError> {
+        for chunk in ids.chunks(MAX_ROWS) {
+            let mut query = QueryBuilder::new(
+                "UPDATE executions SET handler_began = 1 WHERE +status = 'RUNNING' AND id IN ",
+            );
+            push_id_list(&mut query, chunk);
+            query.build().execute(&self.writer).await.map_err(db)?;
+        }
+        Ok(())
     }
 
     // ---- events --------------------------------------------------------------------

@@ -13,8 +13,8 @@ use std::time::Instant;
 use serde_json::json;
 
 use super::{
-    CancelEffect, ClaimedExecution, ExecutionFilter, LeaseToken, ManualRun, PostgresStore,
-    SqliteStore, Store, StoreError,
+    CancelEffect, ClaimedExecution, ExecutionFilter, LeaseToken, ManualRun, PostgresStore, Retry,
+    Settled, SqliteStore, Store, StoreError, failpoints,
 };
 use crate::domain::{
     Capabilities, Event, ExecutionResult, ExecutionStatus, Job, JobConfig, JobSpec, LogEntry,
@@ -740,7 +740,7 @@ async fn manual_runs_started_on_a_node_run_there_alone_under_its_lease(store: &d
     );
     assert_eq!(
         store
-            .record_results(&[completed(&ids[1], Vec::new())])
+            .record_results(&[completed(&ids[1], Vec::new())], &[])
             .await
             .unwrap(),
         ids[1..]
@@ -921,7 +921,7 @@ async fn results_are_recorded_once_with_their_logs(store: &dyn Store) {
     let result = completed(&id, vec![log(0, "start"), log(1, "done")]);
     assert_eq!(
         store
-            .record_results(std::slice::from_ref(&result))
+            .record_results(std::slice::from_ref(&result), &[])
             .await
             .unwrap(),
         [id.as_str()]
@@ -947,7 +947,7 @@ async fn results_are_recorded_once_with_their_logs(store: &dyn Store) {
         logs: vec![log(0, "late"), log(1, "late"), log(2, "late")],
         ..completed(&id, Vec::new())
     };
-    assert!(store.record_results(&[late]).await.unwrap().is_empty());
+    assert!(store.record_results(&[late], &[]).await.unwrap().is_empty());
     assert_eq!(store.get_execution(&id).await.unwrap().unwrap(), execution);
     assert_eq!(store.execution_logs(&id, None, 100).await.unwrap().len(), 2);
 }
@@ -960,11 +960,14 @@ async fn a_result_for_an_execution_never_claimed_is_ignored(store: &dyn Store) {
         .unwrap();
     let running = running(store, "job-1").await;
     let recorded = store
-        .record_results(&[
-            completed(&queued.id, vec![log(0, "nope")]),
-            completed(&running, Vec::new()),
-            completed("missing", vec![log(0, "nope")]),
-        ])
+        .record_results(
+            &[
+                completed(&queued.id, vec![log(0, "nope")]),
+                completed(&running, Vec::new()),
+                completed("missing", vec![log(0, "nope")]),
+            ],
+            &[],
+        )
         .await
         .unwrap();
     assert_eq!(recorded, [running]);
@@ -994,7 +997,7 @@ async fn two_results_for_one_execution_in_one_batch_record_the_first(store: &dyn
         ..completed(&id, Vec::new())
     };
     assert_eq!(
-        store.record_results(&[first, second]).await.unwrap(),
+        store.record_results(&[first, second], &[]).await.unwrap(),
         [id.as_str()]
     );
     assert_eq!(status_of(store, &id).await, ExecutionStatus::Completed);
@@ -1007,7 +1010,7 @@ async fn logs_are_read_in_order_after_a_position(store: &dyn Store) {
     let id = running(store, "job-1").await;
     let logs: Vec<LogEntry> = (0..10).map(|n| log(n, &format!("line {n}"))).collect();
     store
-        .record_results(&[completed(&id, logs.clone())])
+        .record_results(&[completed(&id, logs.clone())], &[])
         .await
         .unwrap();
     assert_eq!(store.execution_logs(&id, None, 3).await.unwrap(), logs[..3]);
@@ -1070,14 +1073,14 @@ async fn cancelling_a_running_execution_flags_it_for_its_worker(store: &dyn Stor
         status: ExecutionStatus::Cancelled,
         ..completed(&flagged, Vec::new())
     };
-    store.record_results(&[cancelled]).await.unwrap();
+    store.record_results(&[cancelled], &[]).await.unwrap();
     assert!(store.cancel_requested(&[flagged]).await.unwrap().is_empty());
 }
 
 async fn cancelling_an_ended_or_unknown_execution_changes_nothing(store: &dyn Store) {
     let id = running(store, "job-1").await;
     store
-        .record_results(&[completed(&id, Vec::new())])
+        .record_results(&[completed(&id, Vec::new())], &[])
         .await
         .unwrap();
     let before = store.get_execution(&id).await.unwrap();
@@ -1147,7 +1150,7 @@ async fn a_requeued_execution_that_was_asked_to_stop_ends_cancelled(store: &dyn 
 async fn requeueing_leaves_ended_executions_alone(store: &dyn Store) {
     let id = running(store, "job-1").await;
     store
-        .record_results(&[completed(&id, Vec::new())])
+        .record_results(&[completed(&id, Vec::new())], &[])
         .await
         .unwrap();
     store
@@ -1157,8 +1160,25 @@ async fn requeueing_leaves_ended_executions_alone(store: &dyn Store) {
     assert_eq!(status_of(store, &id).await, ExecutionStatus::Completed);
 }
 
-async fn an_expired_lease_is_found_and_failed_once(store: &dyn Store) {
-    let id = running(store, "job-1").await; // lease until T0 + 30 s
+/// A running execution whose handler began (as its worker records).
+async fn begun(store: &dyn Store, job_id: &str) -> String {
+    let id = running(store, job_id).await;
+    store
+        .mark_handlers_began(std::slice::from_ref(&id))
+        .await
+        .unwrap();
+    id
+}
+
+async fn settle(store: &dyn Store, id: &str, expired_before: Millis) -> Settled {
+    store
+        .settle_expired_execution(id, expired_before, T0 + 45 * SECOND, "lost", None)
+        .await
+        .unwrap()
+}
+
+async fn an_expired_lease_of_a_begun_run_is_found_and_failed_once(store: &dyn Store) {
+    let id = begun(store, "job-1").await; // lease until T0 + 30 s
     let lease_end = T0 + 30 * SECOND;
     assert!(
         store
@@ -1167,22 +1187,22 @@ async fn an_expired_lease_is_found_and_failed_once(store: &dyn Store) {
             .unwrap()
             .is_empty()
     );
-    assert!(
-        !store
-            .fail_expired_execution(&id, "lost", lease_end)
-            .await
-            .unwrap()
-    );
+    assert_eq!(settle(store, &id, lease_end).await, Settled::NotExpired);
 
     let expired = store.expired_executions(lease_end + 1, 10).await.unwrap();
     assert_eq!(expired.len(), 1);
     assert_eq!(expired[0].id, id);
-    assert!(
-        store
-            .fail_expired_execution(&id, "node-a stopped renewing its lease", lease_end + 1)
-            .await
-            .unwrap()
-    );
+    let settled = store
+        .settle_expired_execution(
+            &id,
+            lease_end + 1,
+            T0 + 31 * SECOND,
+            "node-a stopped renewing its lease",
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(settled, Settled::Failed);
     let execution = store.get_execution(&id).await.unwrap().unwrap();
     assert_eq!(execution.status, ExecutionStatus::Failed);
     assert_eq!(execution.error_kind.as_deref(), Some("LEASE_EXPIRED"));
@@ -1190,13 +1210,9 @@ async fn an_expired_lease_is_found_and_failed_once(store: &dyn Store) {
         execution.error.as_deref(),
         Some("node-a stopped renewing its lease")
     );
-    assert_eq!(execution.finished_at, Some(lease_end + 1));
-    assert!(
-        !store
-            .fail_expired_execution(&id, "again", Millis::MAX)
-            .await
-            .unwrap()
-    );
+    // The time it was settled, not the horizon it was judged against.
+    assert_eq!(execution.finished_at, Some(T0 + 31 * SECOND));
+    assert_eq!(settle(store, &id, Millis::MAX).await, Settled::NotExpired);
     assert!(
         store
             .expired_executions(Millis::MAX, 10)
@@ -1204,6 +1220,174 @@ async fn an_expired_lease_is_found_and_failed_once(store: &dyn Store) {
             .unwrap()
             .is_empty()
     );
+}
+
+async fn an_expired_run_whose_handler_never_began_goes_back_to_the_queue(store: &dyn Store) {
+    let id = running(store, "job-1").await; // claimed by node-a, never began
+    let retry = NewExecution {
+        attempt: 2,
+        ..manual("job-1", T0 + 40 * SECOND)
+    };
+    let settled = store
+        .settle_expired_execution(&id, Millis::MAX, T0 + 45 * SECOND, "lost", Some(&retry))
+        .await
+        .unwrap();
+    assert_eq!(settled, Settled::Requeued);
+    let execution = store.get_execution(&id).await.unwrap().unwrap();
+    assert_eq!(execution.status, ExecutionStatus::Queued);
+    assert_eq!(execution.attempt, 1, "the same attempt: it never ran");
+    assert_eq!(execution.node_id, None);
+    assert_eq!(execution.started_at, None);
+    assert_eq!(execution.error, None);
+    assert!(
+        store.get_execution(&retry.id).await.unwrap().is_none(),
+        "no next attempt for a run that never began"
+    );
+    assert_eq!(
+        store.due_queued_executions(Millis::MAX, 10).await.unwrap(),
+        vec![id.clone()]
+    );
+    // Claimable again, by any node.
+    let claimed = store
+        .claim_executions(
+            std::slice::from_ref(&id),
+            "node-b",
+            T0 + 50 * SECOND,
+            T0 + 80 * SECOND,
+        )
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].attempt, 1);
+}
+
+async fn an_expired_run_that_never_began_and_was_cancelled_ends_cancelled(store: &dyn Store) {
+    let id = running(store, "job-1").await;
+    store.cancel_execution(&id, T0 + SECOND).await.unwrap();
+    assert_eq!(settle(store, &id, Millis::MAX).await, Settled::Cancelled);
+    let execution = store.get_execution(&id).await.unwrap().unwrap();
+    assert_eq!(execution.status, ExecutionStatus::Cancelled);
+    assert_eq!(execution.finished_at, Some(T0 + 45 * SECOND));
+    assert!(
+        store
+            .due_queued_executions(Millis::MAX, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+async fn marking_handlers_began_leaves_ended_executions_alone(store: &dyn Store) {
+    let id = running(store, "job-1").await;
+    store
+        .record_results(&[completed(&id, Vec::new())], &[])
+        .await
+        .unwrap();
+    store
+        .mark_handlers_began(std::slice::from_ref(&id))
+        .await
+        .unwrap();
+    assert_eq!(status_of(store, &id).await, ExecutionStatus::Completed);
+    assert_eq!(settle(store, &id, Millis::MAX).await, Settled::NotExpired);
+}
+
+async fn a_lease_expiry_and_its_retry_commit_together(store: &dyn Store) {
+    let id = begun(store, "job-1").await;
+    let retry = NewExecution {
+        trigger: Trigger::Retry,
+        attempt: 2,
+        retry_of: Some(id.clone()),
+        ..manual("job-1", T0 + 40 * SECOND)
+    };
+    // A crash between the failure and its retry: neither is written.
+    failpoints::arm("settle_expired_execution.before_retry", &id);
+    let crashed = store
+        .settle_expired_execution(&id, Millis::MAX, T0 + 45 * SECOND, "lost", Some(&retry))
+        .await;
+    failpoints::disarm("settle_expired_execution.before_retry", &id);
+    assert!(crashed.is_err());
+    assert_eq!(status_of(store, &id).await, ExecutionStatus::Running);
+    assert!(store.get_execution(&retry.id).await.unwrap().is_none());
+    // The next pass settles both.
+    let settled = store
+        .settle_expired_execution(&id, Millis::MAX, T0 + 45 * SECOND, "lost", Some(&retry))
+        .await
+        .unwrap();
+    assert_eq!(settled, Settled::Failed);
+    assert_eq!(status_of(store, &id).await, ExecutionStatus::Failed);
+    let next = store.get_execution(&retry.id).await.unwrap().unwrap();
+    assert_eq!(next.status, ExecutionStatus::Queued);
+    assert_eq!(next.attempt, 2);
+    assert_eq!(next.retry_of.as_deref(), Some(id.as_str()));
+}
+
+async fn a_recorded_failure_and_its_retry_commit_together(store: &dyn Store) {
+    let failing = running(store, "job-1").await;
+    let other = running(store, "job-1").await;
+    let failed = ExecutionResult {
+        status: ExecutionStatus::Failed,
+        result: None,
+        error: Some("boom".to_owned()),
+        error_kind: Some("TRANSIENT".to_owned()),
+        ..completed(&failing, vec![log(0, "about to fail")])
+    };
+    let retry = Retry {
+        failed: failing.clone(),
+        next: NewExecution {
+            trigger: Trigger::Retry,
+            attempt: 2,
+            retry_of: Some(failing.clone()),
+            ..manual("job-1", T0 + 5 * SECOND)
+        },
+    };
+    let results = [failed, completed(&other, Vec::new())];
+    // A crash between recording the batch and creating the retry: nothing of the
+    // batch is written, so it is recorded whole when the worker tries again.
+    failpoints::arm("record_results.before_retries", &failing);
+    let crashed = store
+        .record_results(&results, std::slice::from_ref(&retry))
+        .await;
+    failpoints::disarm("record_results.before_retries", &failing);
+    assert!(crashed.is_err());
+    assert_eq!(status_of(store, &failing).await, ExecutionStatus::Running);
+    assert_eq!(status_of(store, &other).await, ExecutionStatus::Running);
+    assert!(store.get_execution(&retry.next.id).await.unwrap().is_none());
+    assert!(
+        store
+            .execution_logs(&failing, None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    let recorded = store
+        .record_results(&results, std::slice::from_ref(&retry))
+        .await
+        .unwrap();
+    assert_eq!(recorded, vec![failing.clone(), other.clone()]);
+    assert_eq!(status_of(store, &failing).await, ExecutionStatus::Failed);
+    let next = store.get_execution(&retry.next.id).await.unwrap().unwrap();
+    assert_eq!(next.status, ExecutionStatus::Queued);
+    assert_eq!(next.attempt, 2);
+
+    // A late duplicate of the failure creates no second retry.
+    let again = Retry {
+        failed: failing.clone(),
+        next: NewExecution {
+            trigger: Trigger::Retry,
+            attempt: 2,
+            retry_of: Some(failing.clone()),
+            ..manual("job-1", T0 + 6 * SECOND)
+        },
+    };
+    assert!(
+        store
+            .record_results(&results[..1], std::slice::from_ref(&again))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(store.get_execution(&again.next.id).await.unwrap().is_none());
 }
 
 async fn a_renewed_lease_does_not_expire(store: &dyn Store) {
@@ -1233,11 +1417,9 @@ async fn a_renewed_lease_does_not_expire(store: &dyn Store) {
             .unwrap()
             .is_empty()
     );
-    assert!(
-        !store
-            .fail_expired_execution(&id, "lost", T0 + 60 * SECOND)
-            .await
-            .unwrap()
+    assert_eq!(
+        settle(store, &id, T0 + 60 * SECOND).await,
+        Settled::NotExpired
     );
 }
 
@@ -1317,7 +1499,7 @@ async fn every_status_lists_on_its_own_newest_first(store: &dyn Store) {
                 status,
                 ..completed(&id, Vec::new())
             };
-            store.record_results(&[result]).await.unwrap();
+            store.record_results(&[result], &[]).await.unwrap();
             ids.push(id);
         }
         ids.reverse();
@@ -1424,7 +1606,7 @@ async fn batches_larger_than_one_statement_are_handled_whole(store: &dyn Store) 
         .map(|id| completed(id, vec![log(0, "a")]))
         .collect();
     let recorded: HashSet<String> = store
-        .record_results(&results)
+        .record_results(&results, &[])
         .await
         .unwrap()
         .into_iter()
@@ -1637,7 +1819,7 @@ async fn text_with_nul_characters_is_recorded(store: &dyn Store) {
         ..completed(&id, vec![log(0, "binary \0 output")])
     };
     assert_eq!(
-        store.record_results(&[result]).await.unwrap(),
+        store.record_results(&[result], &[]).await.unwrap(),
         [id.as_str()]
     );
     let execution = store.get_execution(&id).await.unwrap().unwrap();
@@ -2000,7 +2182,7 @@ async fn hot_path_throughput_of_20000_executions(store: &dyn Store) {
             let results: Vec<ExecutionResult> =
                 batch.iter().map(|e| completed(&e.id, Vec::new())).collect();
             assert_eq!(
-                store.record_results(&results).await.unwrap().len(),
+                store.record_results(&results, &[]).await.unwrap().len(),
                 batch.len()
             );
         }
@@ -2091,7 +2273,12 @@ macro_rules! every_behaviour {
                 a_requeued_execution_can_be_claimed_again,
                 a_requeued_execution_that_was_asked_to_stop_ends_cancelled,
                 requeueing_leaves_ended_executions_alone,
-                an_expired_lease_is_found_and_failed_once,
+                an_expired_lease_of_a_begun_run_is_found_and_failed_once,
+                an_expired_run_whose_handler_never_began_goes_back_to_the_queue,
+                an_expired_run_that_never_began_and_was_cancelled_ends_cancelled,
+                marking_handlers_began_leaves_ended_executions_alone,
+                a_lease_expiry_and_its_retry_commit_together,
+                a_recorded_failure_and_its_retry_commit_together,
                 a_renewed_lease_does_not_expire,
                 executions_list_newest_first_by_job_and_status_a_page_at_a_time,
                 every_status_lists_on_its_own_newest_first,
