@@ -149,6 +149,15 @@ impl TestPrefix {
         Self(format!("runcell-test-{}", uuid::Uuid::now_v7().simple()))
     }
 
+    /// Entries in the deployment's execution stream: offered, not yet acknowledged.
+    fn stream_length(&self) -> redis::RedisResult<usize> {
+        let client = redis::Client::open(redis_url())?;
+        let mut connection = client.get_connection()?;
+        redis::cmd("XLEN")
+            .arg(format!("{}:executions", self.0))
+            .query(&mut connection)
+    }
+
     /// Deletes every key of the prefix (SCAN + DEL); returns how many there were.
     fn delete_keys(&self) -> redis::RedisResult<usize> {
         let client = redis::Client::open(redis_url())?;
@@ -553,7 +562,19 @@ fn a_batch_survives_redis_losing_every_key() {
     let waiting = a.executions(&format!("jobId={job_id}&status=QUEUED")).len();
     assert!(waiting > 0, "the batch finished before Redis lost it");
 
-    // The reconciler re-offers rows queued for longer than 20 s.
+    // The node that finds the stream gone offers the queued rows again at once, not
+    // once they have waited 20 s: they are back in Redis well before that.
+    let lost_at = Instant::now();
+    let mut in_stream = 0;
+    let back = a.wait_until(Duration::from_secs(12), || {
+        in_stream = cluster.prefix.stream_length().expect("Redis answers");
+        in_stream > 0
+            || a.executions(&format!("jobId={job_id}&status=QUEUED"))
+                .is_empty()
+    });
+    assert!(back, "the queued rows were not offered again at once");
+    eprintln!("offered again {:?} after the loss", lost_at.elapsed());
+
     let executions = wait_all_final(a, &job_id, queued.len(), Duration::from_secs(90));
     let chains = chains(&executions);
     assert_eq!(chains.len(), queued.len());
@@ -571,6 +592,41 @@ fn a_batch_survives_redis_losing_every_key() {
 }
 
 #[test]
+fn a_backlog_waiting_its_turn_is_offered_again_at_most_once_by_one_node() {
+    let _turn = one_at_a_time();
+    let cluster = Cluster::start(2, 1);
+    let a = cluster.node(0);
+    // Longer than the 20 s after which a queued row looks stranded, on one worker a node.
+    let job_id = job(
+        a,
+        "hostile",
+        json!({"name": "spin", "module": "hostile", "job": "spin",
+               "fuel": 400_000_000_000_u64, "timeoutMs": 1_000}),
+    );
+    let queued = execute_bulk(a, &job_id, json!({"count": 70}));
+    let mut most = 0;
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(28) {
+        most = most.max(cluster.prefix.stream_length().expect("Redis answers"));
+        thread::sleep(Duration::from_millis(250));
+    }
+    // Every pass of every node offered every waiting row again before: the stream
+    // grew by twice the backlog every two seconds. Once by one node, it holds each row
+    // at most twice.
+    assert!(
+        most <= 2 * queued.len(),
+        "{most} stream entries for {} executions",
+        queued.len()
+    );
+    let still_queued = a.executions(&format!("jobId={job_id}&status=QUEUED")).len();
+    assert!(
+        still_queued > 0,
+        "the backlog was gone before it looked stranded"
+    );
+    eprintln!("at most {most} stream entries; {still_queued} still queued after 28 s");
+}
+
+#[test]
 fn cron_fires_once_per_tick_when_the_leader_is_killed() {
     let _turn = one_at_a_time();
     let mut cluster = Cluster::start(3, 2);
@@ -585,10 +641,30 @@ fn cron_fires_once_per_tick_when_the_leader_is_killed() {
         .database
         .scheduler_holder()
         .expect("a node holds the scheduler lease");
+    // Every node names the same leader in its listing.
+    for node in &cluster.nodes {
+        let listed = node.get("/api/v1/nodes");
+        let leaders: Vec<&str> = listed.body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|n| n["cronLeader"] == true)
+            .map(|n| n["nodeId"].as_str().unwrap())
+            .collect();
+        assert_eq!(leaders, [leader.as_str()], "{}", listed.body);
+    }
     let leader = cluster.index_of(&leader);
     cluster.nodes[leader].kill();
     let killed_at = now_ms();
     thread::sleep(Duration::from_secs(8));
+    let listed = cluster.node((leader + 1) % 3).get("/api/v1/nodes");
+    let leaders = listed.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["cronLeader"] == true)
+        .count();
+    assert_eq!(leaders, 1, "a survivor took over: {}", listed.body);
 
     let survivor = cluster.node((leader + 1) % 3);
     let reply = survivor.patch_json(
@@ -849,6 +925,14 @@ impl Relay {
         }
     }
 
+    /// `url` (a database URL) made to go through this relay.
+    fn url_for(&self, url: &str) -> String {
+        let mut relayed = url::Url::parse(url).unwrap();
+        relayed.set_host(Some("127.0.0.1")).unwrap();
+        relayed.set_port(Some(self.port)).unwrap();
+        relayed.to_string()
+    }
+
     fn cut(&self) {
         self.up.store(false, std::sync::atomic::Ordering::SeqCst);
         for connection in self.connections.lock().unwrap().drain(..) {
@@ -859,6 +943,12 @@ impl Relay {
     fn restore(&self) {
         self.up.store(true, std::sync::atomic::Ordering::SeqCst);
     }
+}
+
+/// The `host:port` a database URL names.
+fn upstream_of(url: &str) -> String {
+    let url = url::Url::parse(url).unwrap();
+    format!("{}:{}", url.host_str().unwrap(), url.port().unwrap_or(5432))
 }
 
 /// Copies `from` into `to` on a thread of its own until either side closes.
@@ -925,20 +1015,99 @@ fn a_node_rides_out_a_redis_outage_and_runs_what_was_asked_meanwhile() {
 }
 
 #[test]
+fn runs_outliving_a_database_outage_longer_than_their_lease_keep_their_node_and_results() {
+    let _turn = one_at_a_time();
+    let database = TestDatabase::create();
+    let prefix = TestPrefix::new();
+    let postgres = Relay::start(&upstream_of(&database.url));
+    let node = Server::start_with(ServerOptions {
+        workers: 3,
+        env: node_env(
+            &postgres.url_for(&database.url),
+            &redis_url(),
+            &prefix,
+            "node-a",
+        ),
+        ..ServerOptions::default()
+    });
+    // Runs that end by their clock, well after the outage; one attempt each, so a run
+    // wrongly taken from its live node would end FAILED and never be retried.
+    let job_id = job(
+        &node,
+        "hostile",
+        json!({"name": "spin", "module": "hostile", "job": "spin", "maxAttempts": 1,
+               "fuel": 400_000_000_000_u64, "timeoutMs": 9_000}),
+    );
+    let runs: Vec<String> = (0..2).map(|_| node.execute(&job_id, None)).collect();
+    assert!(node.wait_until(Duration::from_secs(10), || {
+        runs.iter()
+            .all(|run| node.execution(run)["status"] == "RUNNING")
+    }));
+    thread::sleep(Duration::from_millis(300));
+
+    // Cut for more than the lease (3 s): no lease can be renewed meanwhile.
+    postgres.cut();
+    thread::sleep(Duration::from_secs(5));
+    postgres.restore();
+
+    for run in &runs {
+        let execution = node.wait_final(run, Duration::from_secs(30));
+        assert_eq!(execution["status"], "TIMED_OUT", "{execution}");
+        assert_eq!(execution["attempt"], 1, "{execution}");
+        assert_eq!(execution["nodeId"], "node-a", "{execution}");
+    }
+    assert_eq!(
+        node.executions(&format!("jobId={job_id}")).len(),
+        runs.len()
+    );
+    assert!(
+        !node.output().contains("result refused"),
+        "{}",
+        node.output()
+    );
+}
+
+#[test]
+fn a_node_restarted_under_its_id_takes_back_at_once_what_its_previous_process_held() {
+    let _turn = one_at_a_time();
+    let database = TestDatabase::create();
+    let prefix = TestPrefix::new();
+    let mut env = node_env(&database.url, &redis_url(), &prefix, "node-a");
+    // A lease far longer than the test: only the restart can settle the run in time.
+    env.retain(|(key, _)| key != "RUNCELL_EXECUTION_LEASE");
+    env.push(("RUNCELL_EXECUTION_LEASE".to_owned(), "10m".to_owned()));
+    let mut node = Server::start_with(ServerOptions {
+        workers: 2,
+        env,
+        ..ServerOptions::default()
+    });
+    let job_id = job(
+        &node,
+        "hostile",
+        json!({"name": "spin", "module": "hostile", "job": "spin", "maxAttempts": 1,
+               "fuel": 400_000_000_000_u64, "timeoutMs": 60_000}),
+    );
+    let run = node.execute(&job_id, None);
+    assert!(
+        node.wait_until(Duration::from_secs(10), || node.execution(&run)["status"]
+            == "RUNNING")
+    );
+    thread::sleep(Duration::from_millis(300));
+    node.kill();
+    node.restart();
+
+    let execution = node.wait_final(&run, Duration::from_secs(10));
+    assert_eq!(execution["status"], "FAILED", "{execution}");
+    assert_eq!(execution["errorKind"], "LEASE_EXPIRED", "{execution}");
+}
+
+#[test]
 fn a_node_rides_out_a_postgres_outage_and_loses_nothing() {
     let _turn = one_at_a_time();
     let database = TestDatabase::create();
     let prefix = TestPrefix::new();
-    let mut relayed_url = url::Url::parse(&database.url).unwrap();
-    let upstream = format!(
-        "{}:{}",
-        relayed_url.host_str().unwrap(),
-        relayed_url.port().unwrap_or(5432)
-    );
-    let postgres = Relay::start(&upstream);
-    relayed_url.set_host(Some("127.0.0.1")).unwrap();
-    relayed_url.set_port(Some(postgres.port)).unwrap();
-    let relayed_url = relayed_url.to_string();
+    let postgres = Relay::start(&upstream_of(&database.url));
+    let relayed_url = postgres.url_for(&database.url);
     let node = Server::start_with(ServerOptions {
         workers: 2,
         env: node_env(&relayed_url, &redis_url(), &prefix, "node-a"),

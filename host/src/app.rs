@@ -280,9 +280,9 @@ pub async fn serve(config: ServeConfig) -> Result<(), StartError> {
         install_examples(&services, dir).await;
     }
     let sole_node = config.distributed.is_none();
-    if let Err(err) =
-        crate::reconciler::reconcile(&services, &worker_settings, true, sole_node, true).await
-    {
+    let mut reconciler =
+        crate::reconciler::Reconciler::new(services.clone(), worker_settings.clone(), sole_node);
+    if let Err(err) = reconciler.start_up().await {
         tracing::warn!(error = %err, "start-up reconciliation failed; the periodic pass will retry");
     }
 
@@ -293,12 +293,7 @@ pub async fn serve(config: ServeConfig) -> Result<(), StartError> {
         node_id.clone(),
         stop_rx.clone(),
     ));
-    let reconciler = tokio::spawn(crate::reconciler::run(
-        services.clone(),
-        worker_settings.clone(),
-        sole_node,
-        stop_rx.clone(),
-    ));
+    let reconciler = tokio::spawn(crate::reconciler::run(reconciler, stop_rx.clone()));
     let preloader = tokio::spawn({
         let services = services.clone();
         let stop = stop_rx.clone();

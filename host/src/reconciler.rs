@@ -1,13 +1,15 @@
 //! Makes the database the truth again after anything was lost: queued executions that no
 //! queue holds are offered again, and running executions whose node stopped renewing
-//! their lease are failed (and retried if their job allows). Started by `app`.
+//! their lease are settled (put back in the queue if they never began, else failed and
+//! retried if their job allows). Started by `app`.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
 use crate::domain::{Execution, ExecutionStatus, Millis, now_millis};
-use crate::services::Services;
+use crate::services::{ServiceError, Services};
 use crate::store::{ClaimedExecution, Settled};
 use crate::worker::{WorkerSettings, next_attempt};
 
@@ -18,69 +20,154 @@ pub const RECONCILE_EVERY: Duration = Duration::from_secs(2);
 pub const STALE_QUEUED_EMBEDDED: Duration = Duration::from_secs(2);
 /// The same for Redis, which does not deduplicate: an execution merely waiting behind a
 /// long backlog would be offered again and again, so wait longer before presuming it
-/// lost (a flushed or restarted Redis).
+/// lost.
 pub const STALE_QUEUED_DISTRIBUTED: Duration = Duration::from_secs(20);
+/// Distributed, how long before an execution offered again is offered once more. Redis
+/// does not deduplicate, and a long backlog keeps executions queued for long: offering
+/// them every pass grew the stream to 36 entries a queued row. A queue that loses its
+/// backlog says so ([`crate::queue::Queue::losses`]) and gets everything offered at once,
+/// so this only bounds how long an id lost some other way waits.
+const OFFERED_AGAIN_AFTER: Duration = Duration::from_secs(600);
+/// The lease of the one node that offers stranded executions again (distributed).
+pub const REOFFER_LEASE: &str = "reconciler";
 /// Rows handled per query.
 const PAGE: u32 = 10_000;
 
-/// One pass. `startup` re-offers every due queued row (the in-process queue starts
-/// empty); later passes only those that look stranded. `sole_node` says no other
-/// process can hold a lease (the embedded deployment, whose data directory is locked):
-/// every running row left from before this start belongs to a dead process and is taken
-/// over at once instead of after its lease runs out. `judge_leases` is false while the
-/// database has only just come back (see [`run`]): expired leases are then left alone.
-pub async fn reconcile(
-    services: &Services,
-    settings: &WorkerSettings,
-    startup: bool,
+/// The reconciler of one node, with what it remembers between passes.
+pub struct Reconciler {
+    services: Services,
+    settings: WorkerSettings,
+    /// No other process can hold a lease (the embedded deployment, whose data directory
+    /// is locked): every running row left from before this start belongs to a dead
+    /// process and is taken over at once instead of after its lease runs out.
     sole_node: bool,
-    judge_leases: bool,
-) -> Result<(), crate::services::ServiceError> {
-    let stale = if sole_node {
-        STALE_QUEUED_EMBEDDED
-    } else {
-        STALE_QUEUED_DISTRIBUTED
-    };
-    let now = now_millis();
-    let expiry_horizon = if startup && sole_node {
-        now + settings.lease.as_millis() as Millis + 1
-    } else {
-        now
-    };
-    let cutoff = if startup {
-        now
-    } else {
-        now - stale.as_millis() as Millis
-    };
-    let queued = services.store.due_queued_executions(cutoff, PAGE).await?;
-    if !queued.is_empty() {
-        if startup {
-            tracing::info!(count = queued.len(), "re-offering queued executions");
+    database: DatabaseWatch,
+    /// Distributed: when this node last offered each stranded execution again.
+    offered: HashMap<String, Instant>,
+    /// The queue's [`crate::queue::Queue::losses`] at the last pass.
+    losses_seen: u64,
+}
+
+impl Reconciler {
+    pub fn new(services: Services, settings: WorkerSettings, sole_node: bool) -> Self {
+        let losses_seen = services.queue.losses();
+        let database = DatabaseWatch::new(settings.lease / 3, Instant::now());
+        Self {
+            services,
+            settings,
+            sole_node,
+            database,
+            offered: HashMap::new(),
+            losses_seen,
         }
-        services.queue.push(&queued).await?;
     }
-    if !judge_leases {
-        return Ok(());
+
+    /// The pass before the workers start: every due queued execution is offered (the
+    /// in-process queue starts empty), and what a dead process held is taken over (all
+    /// running rows when this is the sole node, else those held under this node's id).
+    pub async fn start_up(&mut self) -> Result<(), ServiceError> {
+        let now = now_millis();
+        self.offer_due_queued(now).await?;
+        let held_by_the_dead = if self.sole_node {
+            self.services
+                .store
+                .expired_executions(Millis::MAX, 1_000)
+                .await?
+        } else {
+            self.services
+                .store
+                .executions_held_by(&self.settings.node_id, 1_000)
+                .await?
+        };
+        for execution in &held_by_the_dead {
+            settle_expired(&self.services, &self.settings, execution, Millis::MAX, now).await?;
+        }
+        self.settle_expired_leases(now).await
     }
-    if startup && !sole_node {
-        // Rows this node id holds belong to its previous process, which is dead: this
-        // one has not claimed anything yet. Taken back now, not a lease later.
-        for execution in services
+
+    /// One periodic pass.
+    async fn pass(&mut self) -> Result<(), ServiceError> {
+        let now = now_millis();
+        let losses = self.services.queue.losses();
+        if losses != self.losses_seen {
+            // The queue lost its backlog (Redis restarted empty): everything queued is
+            // offered now, not once it looks stale.
+            tracing::warn!("the queue lost its entries; offering every queued execution again");
+            self.losses_seen = losses;
+            self.offered.clear();
+            self.offer_due_queued(now).await?;
+        } else if self.sole_node {
+            let stale = now - STALE_QUEUED_EMBEDDED.as_millis() as Millis;
+            let queued = self
+                .services
+                .store
+                .due_queued_executions(stale, PAGE)
+                .await?;
+            if !queued.is_empty() {
+                self.services.queue.push(&queued).await?;
+            }
+        } else {
+            self.offer_stranded(now).await?;
+        }
+        if self.database.may_judge_leases(Instant::now()) {
+            self.settle_expired_leases(now).await?;
+        }
+        Ok(())
+    }
+
+    async fn offer_due_queued(&self, now: Millis) -> Result<(), ServiceError> {
+        let queued = self.services.store.due_queued_executions(now, PAGE).await?;
+        if !queued.is_empty() {
+            tracing::info!(count = queued.len(), "offering queued executions");
+            self.services.queue.push(&queued).await?;
+        }
+        Ok(())
+    }
+
+    /// Distributed: offers queued executions that look stranded again, by one node (the
+    /// holder of [`REOFFER_LEASE`]) and each once per [`OFFERED_AGAIN_AFTER`].
+    async fn offer_stranded(&mut self, now: Millis) -> Result<(), ServiceError> {
+        let ttl = 3 * RECONCILE_EVERY.as_millis() as Millis;
+        let leads = self
+            .services
             .store
-            .executions_held_by(&settings.node_id, 1_000)
+            .acquire_lease(REOFFER_LEASE, &self.settings.node_id, now, ttl)
             .await?
-        {
-            settle_expired(services, settings, &execution, Millis::MAX, now).await?;
+            .is_some();
+        if !leads {
+            self.offered.clear();
+            return Ok(());
         }
+        self.offered
+            .retain(|_, at| at.elapsed() < OFFERED_AGAIN_AFTER);
+        let stale = now - STALE_QUEUED_DISTRIBUTED.as_millis() as Millis;
+        let stranded: Vec<String> = self
+            .services
+            .store
+            .due_queued_executions(stale, PAGE)
+            .await?
+            .into_iter()
+            .filter(|id| !self.offered.contains_key(id))
+            .collect();
+        if stranded.is_empty() {
+            return Ok(());
+        }
+        tracing::info!(
+            count = stranded.len(),
+            "offering stranded queued executions again"
+        );
+        self.services.queue.push(&stranded).await?;
+        let at = Instant::now();
+        self.offered.extend(stranded.into_iter().map(|id| (id, at)));
+        Ok(())
     }
-    for execution in services
-        .store
-        .expired_executions(expiry_horizon, 1_000)
-        .await?
-    {
-        settle_expired(services, settings, &execution, expiry_horizon, now).await?;
+
+    async fn settle_expired_leases(&self, now: Millis) -> Result<(), ServiceError> {
+        for execution in self.services.store.expired_executions(now, 1_000).await? {
+            settle_expired(&self.services, &self.settings, &execution, now, now).await?;
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 /// Settles one execution whose node stopped renewing its lease: back to the queue if its
@@ -91,7 +178,7 @@ async fn settle_expired(
     execution: &Execution,
     expired_before: Millis,
     now: Millis,
-) -> Result<(), crate::services::ServiceError> {
+) -> Result<(), ServiceError> {
     // Worked out before the settlement, which creates it in the same commit as the
     // failure (and not at all if the execution turns out not to have begun).
     let retry = match services.store.get_job(&execution.job_id).await? {
@@ -149,34 +236,79 @@ async fn settle_expired(
 }
 
 /// Runs a pass every [`RECONCILE_EVERY`] until `stop` turns true.
-///
-/// After the database was unreachable, expired leases are not judged until it has
-/// answered for a third of a lease: during an outage no node can renew, so every lease
-/// may have run out although its node is alive and still running its executions. Live
-/// nodes renew at their keeper's next tick once the database is back, well within that
-/// wait; only leases of nodes that stay silent are then taken over.
-pub async fn run(
-    services: Services,
-    settings: WorkerSettings,
-    sole_node: bool,
-    mut stop: watch::Receiver<bool>,
-) {
-    let grace = settings.lease / 3;
-    let mut answering_since = Some(Instant::now());
+pub async fn run(mut reconciler: Reconciler, mut stop: watch::Receiver<bool>) {
     loop {
         tokio::select! {
             () = tokio::time::sleep(RECONCILE_EVERY) => {}
             _ = stop.changed() => return,
         }
-        let judge_leases = answering_since.is_some_and(|since| since.elapsed() >= grace);
-        match reconcile(&services, &settings, false, sole_node, judge_leases).await {
-            Ok(()) => {
-                answering_since.get_or_insert_with(Instant::now);
-            }
+        match reconciler.pass().await {
+            Ok(()) => reconciler.database.answered(Instant::now()),
             Err(err) => {
-                answering_since = None;
+                reconciler.database.failed();
                 tracing::warn!(error = %err, "reconciler pass failed; retrying");
             }
         }
+    }
+}
+
+/// Whether the database has answered long enough for expired leases to mean anything.
+///
+/// During an outage no node can renew, so every lease may run out although its node is
+/// alive and still running its executions. Once the database is back, live nodes renew
+/// at their lease keeper's next tick (half a second); leases are judged only after the
+/// database has answered for `grace`, well past that, so only nodes that stay silent
+/// lose theirs.
+#[derive(Debug)]
+struct DatabaseWatch {
+    grace: Duration,
+    answering_since: Option<Instant>,
+}
+
+impl DatabaseWatch {
+    /// Started after the start-up pass, which answered.
+    fn new(grace: Duration, now: Instant) -> Self {
+        Self {
+            grace,
+            answering_since: Some(now),
+        }
+    }
+
+    fn answered(&mut self, now: Instant) {
+        self.answering_since.get_or_insert(now);
+    }
+
+    fn failed(&mut self) {
+        self.answering_since = None;
+    }
+
+    fn may_judge_leases(&self, now: Instant) -> bool {
+        self.answering_since
+            .is_some_and(|since| now.duration_since(since) >= self.grace)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leases_are_judged_only_once_the_database_answered_for_the_grace_after_an_outage() {
+        let grace = Duration::from_secs(10);
+        let start = Instant::now();
+        let at = |secs: u64| start + Duration::from_secs(secs);
+        let mut database = DatabaseWatch::new(grace, start);
+        assert!(!database.may_judge_leases(at(9)));
+        assert!(database.may_judge_leases(at(10)));
+        database.answered(at(12));
+        assert!(database.may_judge_leases(at(12)), "answering all along");
+
+        database.failed();
+        assert!(!database.may_judge_leases(at(50)), "while it is down");
+        database.answered(at(60));
+        assert!(!database.may_judge_leases(at(60)));
+        database.answered(at(62));
+        assert!(!database.may_judge_leases(at(69)), "live nodes renew first");
+        assert!(database.may_judge_leases(at(70)));
     }
 }

@@ -17,8 +17,7 @@ use crate::store::LeaseToken;
 
 /// How often due jobs are looked for; a tick fires at most this late.
 pub const SCHEDULER_POLL: Duration = Duration::from_millis(200);
-/// The lease only one node's scheduler holds at a time.
-pub const SCHEDULER_LEASE: &str = "scheduler";
+pub use crate::domain::SCHEDULER_LEASE;
 /// How long the lease outlives its holder's last renewal: the longest cron pauses when
 /// the leader dies without releasing it. Many rounds long, so a slow round or a brief
 /// database hiccup does not hand the lease over.

@@ -257,15 +257,26 @@ async fn dispatch(shared: Arc<Shared>, running: Arc<Semaphore>, mut stop: watch:
         let ids: Vec<String> = deliveries.iter().map(|d| d.id.clone()).collect();
         let now = now_millis();
         let lease_until = now + shared.settings.lease.as_millis() as Millis;
-        let claimed = match services
+        let node_id = &shared.settings.node_id;
+        let mut claim = services
             .store
-            .claim_executions(&ids, &shared.settings.node_id, now, lease_until)
-            .await
-        {
+            .claim_executions(&ids, node_id, now, lease_until)
+            .await;
+        if claim.is_err() {
+            // Once more at once, on another connection: after a database restart the
+            // pool's first use of each old connection fails, and the entries in hand
+            // would otherwise wait out a lease before anyone took them again.
+            claim = services
+                .store
+                .claim_executions(&ids, node_id, now, lease_until)
+                .await;
+        }
+        let claimed = match claim {
             Ok(claimed) => claimed,
             Err(err) => {
-                // The rows stay QUEUED; the reconciler offers them again.
-                tracing::warn!(error = %err, "could not claim executions; retrying later");
+                // The rows stay QUEUED, offered again for whichever node claims first.
+                tracing::warn!(error = %err, "could not claim executions; giving them back");
+                give_back(services, deliveries).await;
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 continue;
             }

@@ -10,7 +10,7 @@ use utoipa_axum::routes;
 use super::ApiState;
 use super::error::{ApiError, ErrorBody};
 use super::openapi;
-use crate::domain::{Millis, NODE_HEARTBEAT_EVERY, NodeHeartbeat, now_millis};
+use crate::domain::{Millis, NODE_HEARTBEAT_EVERY, NodeHeartbeat, SCHEDULER_LEASE, now_millis};
 
 const TAG: &str = "nodes";
 
@@ -35,6 +35,10 @@ struct NodeView {
     version: String,
     /// Whether it reported within the last few heartbeat periods.
     alive: bool,
+    /// Whether it fires cron schedules now (holds the scheduler's lease). When the
+    /// holder dies, another node takes over once the lease (5 s) runs out; ticks due
+    /// meanwhile fire once, late.
+    cron_leader: bool,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -64,11 +68,18 @@ async fn list(State(state): State<ApiState>) -> Result<Json<Nodes>, ApiError> {
         .await
         .map_err(crate::services::ServiceError::from)?;
     let now = now_millis();
+    let cron_leader = state
+        .services
+        .store
+        .lease_holder(SCHEDULER_LEASE, now)
+        .await
+        .map_err(crate::services::ServiceError::from)?;
     let horizon = NODE_HEARTBEAT_EVERY.as_millis() as Millis * Millis::from(MISSED_HEARTBEATS);
     let items = nodes
         .into_iter()
         .map(|node: NodeHeartbeat| NodeView {
             alive: now - node.last_heartbeat_at <= horizon,
+            cron_leader: cron_leader.as_deref() == Some(node.node_id.as_str()),
             node_id: node.node_id,
             started_at: node.started_at,
             last_heartbeat_at: node.last_heartbeat_at,

@@ -19,7 +19,7 @@ pub use manifest::{
 pub use model::{
     Event, Execution, ExecutionResult, ExecutionStatus, Job, MetricSample, Millis, ModuleRecord,
     ModuleStatus, ModuleVersion, NODE_HEARTBEAT_EVERY, NewExecution, NodeHeartbeat, Page,
-    failure_kind_name, new_id, now_millis,
+    SCHEDULER_LEASE, failure_kind_name, new_id, now_millis,
 };
 pub use run::{
     FailureKind, Grants, LogEntry, LogLevel, Outcome, RunContext, RunReport, Trigger, Usage,

@@ -316,6 +316,9 @@ pub struct MetricSample {
 /// How often a node reports itself; a node is called gone after a few missed reports.
 pub const NODE_HEARTBEAT_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// The lease only one node's scheduler holds at a time: its holder fires cron schedules.
+pub const SCHEDULER_LEASE: &str = "scheduler";
+
 /// A node of a deployment as it last reported itself: one `runcell serve` process,
 /// upserted on every heartbeat.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

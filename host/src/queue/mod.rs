@@ -52,4 +52,11 @@ pub trait Queue: Send + Sync + 'static {
 
     /// Whether the backend answers now; called by `/readyz`.
     async fn ping(&self) -> Result<(), QueueError>;
+
+    /// How many times this queue found its backlog gone (Redis restarted empty or was
+    /// flushed) and started afresh. When it grows, the reconciler offers every queued
+    /// execution again at once. A queue that cannot lose entries keeps it at 0.
+    fn losses(&self) -> u64 {
+        0
+    }
 }

@@ -28,6 +28,7 @@
 
 use std::fmt;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use deadpool_redis::redis::{self, AsyncConnectionConfig, RedisError, Value};
@@ -113,6 +114,11 @@ pub struct RedisQueue {
     lease: Duration,
     promote: redis::Script,
     timers: Mutex<Timers>,
+    /// Groups this node recreated after having read through one: each is a backlog
+    /// Redis lost.
+    losses: AtomicU64,
+    /// Whether this node has read through the group (or created it).
+    group_seen: AtomicBool,
 }
 
 impl fmt::Debug for RedisQueue {
@@ -205,6 +211,8 @@ impl RedisQueue {
                 more_abandoned: false,
                 reclaim_cursor: "0-0".to_owned(),
             }),
+            losses: AtomicU64::new(0),
+            group_seen: AtomicBool::new(false),
         })
     }
 
@@ -235,7 +243,15 @@ impl RedisQueue {
             .await;
         match created {
             Err(err) if err.code() != Some("BUSYGROUP") => Err(unavailable(err)),
-            _ => Ok(()),
+            Err(_) => Ok(()),
+            Ok(()) => {
+                // A group this node had already read through is a lost backlog; the
+                // first one of a new deployment is not.
+                if self.group_seen.swap(true, Ordering::Relaxed) {
+                    self.losses.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(())
+            }
         }
     }
 
@@ -330,6 +346,9 @@ impl RedisQueue {
             }
             other => other,
         };
+        if reply.is_ok() {
+            self.group_seen.store(true, Ordering::Relaxed);
+        }
         let reply = reply.map_err(|err| match err {
             ReadError::Redis(err) => unavailable(err),
             ReadError::TimedOut => QueueError::Unavailable(format!(
@@ -499,6 +518,10 @@ impl Queue for RedisQueue {
             .query_async::<()>(&mut conn)
             .await
             .map_err(unavailable)
+    }
+
+    fn losses(&self) -> u64 {
+        self.losses.load(Ordering::Relaxed)
     }
 }
 
@@ -803,6 +826,11 @@ mod tests {
         let got = queue.pop(10, Duration::from_secs(1)).await.unwrap();
         assert_eq!(ids(&got), ["before"]);
         queue.ack(&got).await.unwrap();
+        assert_eq!(
+            queue.losses(),
+            0,
+            "creating the group at first use loses nothing"
+        );
 
         // Lost between a push and a pop: the push recreates the stream, the pop the group.
         redis.delete(&["executions", "delayed"]);
@@ -810,6 +838,7 @@ mod tests {
         let got = queue.pop(10, Duration::from_secs(1)).await.unwrap();
         assert_eq!(ids(&got), ["after push"]);
         queue.ack(&got).await.unwrap();
+        assert_eq!(queue.losses(), 1, "the reconciler learns of the loss");
 
         // Lost while idle: the next pop recreates both.
         redis.delete(&["executions"]);

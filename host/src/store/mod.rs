@@ -455,6 +455,9 @@ pub trait Store: Send + Sync + 'static {
         ttl_ms: Millis,
     ) -> Result<Option<LeaseToken>, StoreError>;
 
+    /// Who holds the lease `name` at `now`, if anyone.
+    async fn lease_holder(&self, name: &str, now: Millis) -> Result<Option<String>, StoreError>;
+
     /// Gives up the lease `name` if `holder` holds it, so another may take it without
     /// waiting for it to expire (a leader shutting down). `false` if `holder` did not.
     async fn release_lease(&self, name: &str, holder: &str) -> Result<bool, StoreError>;

@@ -1854,6 +1854,17 @@ impl Store for PostgresStore {
             .transpose()
     }
 
+    async fn lease_holder(&self, name: &str, now: Millis) -> Result<Option<String>, StoreError> {
+        let holder: Option<Option<String>> =
+            sqlx::query_scalar("SELECT holder FROM leases WHERE name = $1 AND expires_at > $2")
+                .bind(name)
+                .bind(now)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db)?;
+        Ok(holder.flatten())
+    }
+
     async fn release_lease(&self, name: &str, holder: &str) -> Result<bool, StoreError> {
         let released =
             sqlx::query("UPDATE leases SET holder = NULL WHERE name = $1 AND holder = $2")

@@ -1835,6 +1835,17 @@ impl Store for SqliteStore {
             .transpose()
     }
 
+    async fn lease_holder(&self, name: &str, now: Millis) -> Result<Option<String>, StoreError> {
+        let holder: Option<Option<String>> =
+            sqlx::query_scalar("SELECT holder FROM leases WHERE name = ? AND expires_at > ?")
+                .bind(name)
+                .bind(now)
+                .fetch_optional(&self.reader)
+                .await
+                .map_err(db)?;
+        Ok(holder.flatten())
+    }
+
     async fn release_lease(&self, name: &str, holder: &str) -> Result<bool, StoreError> {
         let released = sqlx::query("UPDATE leases SET holder = NULL WHERE name = ? AND holder = ?")
             .bind(name)

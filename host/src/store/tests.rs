@@ -2006,6 +2006,34 @@ async fn a_released_lease_is_free_at_once_under_a_new_token(store: &dyn Store) {
     assert!(second > first);
 }
 
+async fn a_lease_holder_is_named_while_its_lease_lasts(store: &dyn Store) {
+    assert_eq!(store.lease_holder(LEADER, T0).await.unwrap(), None);
+    store
+        .acquire_lease(LEADER, "node-a", T0, TTL)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        store
+            .lease_holder(LEADER, T0 + TTL - 1)
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("node-a")
+    );
+    assert_eq!(
+        store.lease_holder(LEADER, T0 + TTL).await.unwrap(),
+        None,
+        "expired"
+    );
+    assert!(store.release_lease(LEADER, "node-a").await.unwrap());
+    assert_eq!(
+        store.lease_holder(LEADER, T0).await.unwrap(),
+        None,
+        "released"
+    );
+}
+
 async fn two_would_be_leaders_racing_for_a_free_lease_get_one_lease(store: &dyn Store) {
     let holders: Vec<String> = (0..8).map(|n| format!("node-{n}")).collect();
     let attempts = holders
@@ -2296,6 +2324,7 @@ macro_rules! every_behaviour {
                 renewing_a_lease_keeps_its_token_and_extends_it,
                 a_takeover_after_expiry_bumps_the_token,
                 a_released_lease_is_free_at_once_under_a_new_token,
+                a_lease_holder_is_named_while_its_lease_lasts,
                 two_would_be_leaders_racing_for_a_free_lease_get_one_lease,
                 the_lease_holder_advances_every_schedule_at_once,
                 a_stale_holder_s_fenced_write_is_refused,
