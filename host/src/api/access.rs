@@ -47,6 +47,9 @@ pub fn required(method: &Method, route: &str) -> Option<Access> {
         ("POST", "/api/v1/modules/{name}/enable" | "/api/v1/modules/{name}/disable") => R(Operator),
         ("DELETE", "/api/v1/modules/{name}") => R(Admin),
         ("POST", "/api/v1/modules/{name}/capabilities/approve") => R(Admin),
+        ("GET", "/api/v1/modules/{name}/publisher-keys") => R(Viewer),
+        ("POST", "/api/v1/modules/{name}/publisher-keys") => R(Admin),
+        ("DELETE", "/api/v1/modules/{name}/publisher-keys/{id}") => R(Admin),
 
         ("GET", "/api/v1/jobs" | "/api/v1/jobs/{id}") => R(Viewer),
         ("POST", "/api/v1/jobs") => R(Operator),

@@ -1,13 +1,15 @@
-//! `/api/v1/modules`: upload (raw component bytes or a multipart field `module`), list,
-//! show, versions, enable/disable, delete.
+//! `/api/v1/modules`: upload (raw component bytes or a multipart field `module`, with an
+//! optional publisher signature), list, show, versions, enable/disable, approval,
+//! publisher keys, delete.
 
 use axum::extract::multipart::MultipartError;
 use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Path, Request, State};
+use axum::http::HeaderMap;
 use axum::http::StatusCode;
 use axum::http::header::LOCATION;
 use axum::response::IntoResponse;
 use axum::{Extension, Json};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::ToSchema;
 use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
@@ -15,13 +17,19 @@ use utoipa_axum::routes;
 
 use super::ApiState;
 use super::error::{ApiError, ErrorBody, ErrorCode};
-use super::extract::{Params, media_type, read_body, too_large};
+use super::extract::{ApiJson, Params, media_type, read_body, too_large};
 use super::openapi;
 use crate::domain::{
-    Capabilities, JobSpec, Millis, ModuleRecord, ModuleStatus, ModuleVersion, Page, Principal, Role,
+    Capabilities, CodeApproval, Credential, JobSpec, Millis, ModuleRecord, ModuleStatus,
+    ModuleVersion, Page, Principal, PublisherKey, Role, Uploader,
 };
+use crate::services::modules::ModuleUpload;
+use crate::services::publishers::public_key_pem;
 
 const TAG: &str = "modules";
+
+/// The header a raw upload carries its publisher signature in.
+const SIGNATURE_HEADER: &str = "x-runcell-signature";
 
 /// Room for multipart framing (boundaries, part headers) around a module of the largest
 /// accepted size.
@@ -48,6 +56,8 @@ pub(super) fn routes(max_module_bytes: usize) -> OpenApiRouter<ApiState> {
     .routes(routes!(enable))
     .routes(routes!(disable))
     .routes(routes!(approve))
+    .routes(routes!(list_publisher_keys, pin_publisher_key))
+    .routes(routes!(unpin_publisher_key))
 }
 
 /// A module as clients see it: its current version flattened into the record.
@@ -69,9 +79,17 @@ pub(super) struct ModuleView {
     capabilities: Capabilities,
     /// What an admin approved. Nothing is granted by default.
     approved_capabilities: Capabilities,
-    /// What the current version asks for beyond the approval; while this is not empty
-    /// its jobs do not run (an admin approves with `POST .../capabilities/approve`).
+    /// Why the current version does not run yet, one item each: `new code by operator
+    /// `ci`` when nobody approved its bytes (an operator's upload without a valid
+    /// signature by a pinned publisher key), then what it asks for beyond the approval.
+    /// While this is not empty its jobs do not run and its routes are not served (an
+    /// admin approves with `POST .../capabilities/approve`).
     awaiting_approval: Vec<String>,
+    /// Who uploaded the current version; `null` for versions uploaded before this was
+    /// recorded.
+    uploaded_by: Option<Uploader>,
+    /// Who approved the current version's code; `null` while it waits for an admin.
+    code_approval: Option<CodeApproval>,
     /// When the current version was uploaded (milliseconds since the Unix epoch).
     #[schema(value_type = i64)]
     uploaded_at: Millis,
@@ -84,24 +102,32 @@ pub(super) struct ModuleView {
 }
 
 /// A multipart upload: the component in the field `module`. Only the OpenAPI document
-/// uses this type; the handler reads the field itself (see [`module_bytes`]).
+/// uses this type; the handler reads the fields itself (see [`module_upload`]).
 #[derive(ToSchema)]
-#[schema(description = "A multipart upload: the component in the field `module`.")]
+#[schema(
+    description = "A multipart upload: the component in the field `module`, and optionally its publisher signature in the field `signature`."
+)]
 #[expect(dead_code, reason = "describes the multipart upload form; never built")]
 struct ModuleForm {
     /// The component (`.wasm` file).
     #[schema(value_type = String, content_media_type = "application/wasm")]
     module: Vec<u8>,
+    /// A publisher signature, `ed25519:<key id>:<base64>` (as `runcell sign` prints it),
+    /// as the `X-Runcell-Signature` header carries it for a raw upload.
+    signature: Option<String>,
 }
 
 impl From<ModuleRecord> for ModuleView {
     fn from(record: ModuleRecord) -> Self {
+        let awaiting_approval = record.current.awaiting_approval(&record.approved);
         let ModuleVersion {
             version,
             content_hash,
             size_bytes,
             manifest,
             uploaded_at,
+            uploaded_by,
+            approval,
             ..
         } = record.current;
         Self {
@@ -112,7 +138,9 @@ impl From<ModuleRecord> for ModuleView {
             content_hash,
             size_bytes,
             jobs: manifest.jobs,
-            awaiting_approval: manifest.capabilities.beyond(&record.approved),
+            awaiting_approval,
+            uploaded_by,
+            code_approval: approval,
             capabilities: manifest.capabilities,
             approved_capabilities: record.approved,
             uploaded_at,
@@ -137,6 +165,12 @@ struct VersionView {
     /// Milliseconds since the Unix epoch.
     #[schema(value_type = i64)]
     uploaded_at: Millis,
+    /// Who uploaded it; `null` for versions uploaded before this was recorded.
+    uploaded_by: Option<Uploader>,
+    /// The publisher key id the upload's signature named, if it carried one.
+    signed_by: Option<String>,
+    /// Who approved its code; `null` if it would wait for an admin.
+    code_approval: Option<CodeApproval>,
     /// Whether this is the version jobs run.
     current: bool,
 }
@@ -146,6 +180,13 @@ struct VersionView {
 /// Installs a module, or a new version of an installed one, which becomes its current
 /// version. The server compiles the component and reads its manifest first; a file it
 /// cannot run is refused with `invalid_module`, saying why.
+///
+/// An approval binds to code: a version uploaded by an operator (or an operator's API
+/// token) waits for an admin, whatever it asks for (`awaitingApproval` says why), unless
+/// its bytes were approved before or the upload carries a valid signature by a publisher
+/// key pinned to the module (`X-Runcell-Signature` header, or the multipart field
+/// `signature`) and it asks for no more than was approved. An admin's upload approves
+/// its code; `approve=true` also approves what it asks for.
 #[utoipa::path(
     post,
     path = "/modules",
@@ -159,14 +200,18 @@ struct VersionView {
             (ModuleForm = "multipart/form-data"),
         ),
     ),
-    params(("approve" = Option<bool>, Query, description = "Also approve the capabilities the module asks for (admins only; default `false`).")),
+    params(
+        ("approve" = Option<bool>, Query, description = "Also approve the capabilities the module asks for (admins only; default `false`)."),
+        ("x-runcell-signature" = Option<String>, Header, description = "A publisher signature over the uploaded file, `ed25519:<key id>:<base64>` (as `runcell sign --key <file> module.wasm` prints it)."),
+    ),
     responses(
-        (status = 201, description = "Installed; `Location` is the module's URL.", body = ModuleView,
+        (status = 201, description = "Installed; `Location` is the module's URL. `awaitingApproval` says whether it waits for an admin.", body = ModuleView,
             headers(("location" = String, description = "`/api/v1/modules/{name}`"))),
-        (status = 400, description = "A malformed multipart body, or one without a `module` field.", body = ErrorBody),
+        (status = 400, description = "A malformed multipart body, one without a `module` field, or a malformed signature (`details.field` is `signature`).", body = ErrorBody),
+        (status = 403, description = "`approve=true` from someone who is not an admin.", body = ErrorBody),
         (status = 413, description = "The file is larger than the server accepts (`details.limitBytes`).", body = ErrorBody),
         (status = 415, description = "Not one of the accepted media types (`details.accepted`).", body = ErrorBody),
-        (status = 422, description = "`invalid_module`: not a component Runcell can run; the message says why.", body = ErrorBody),
+        (status = 422, description = "`invalid_module`: not a component Runcell can run; the message says why. `unprocessable` with `details.field` `signature`: the signature names a key pinned to the module but does not verify for this file.", body = ErrorBody),
         (status = 503, description = "The database is unavailable; retry later.", body = ErrorBody),
     ),
 )]
@@ -180,25 +225,37 @@ async fn upload(
     let limit = state.services.settings.max_module_bytes;
     // Read before refusing: answering while the client still sends makes it see a broken
     // connection instead of the answer.
-    let wasm = module_bytes(request, limit).await?;
+    let header_signature = signature_header(request.headers())?;
+    let (wasm, form_signature) = module_upload(request, limit).await?;
     if approve && principal.role != Role::Admin {
         return Err(ApiError::new(
             ErrorCode::Forbidden,
             "approve: only an admin may approve capabilities; upload without `approve=true` and ask one",
         ));
     }
-    let mut record = state.services.upload_module(wasm).await?;
+    let upload = ModuleUpload {
+        uploader: uploader(&state, &principal).await,
+        actor: principal.actor(),
+        signature: form_signature.or(header_signature),
+    };
+    let mut record = state.services.upload_module_as(wasm, upload).await?;
     state
         .auth
         .audit(
             &principal.actor(),
             "module.install",
             &record.name,
-            json!({"version": record.current.version, "contentHash": record.current.content_hash}),
+            json!({
+                "version": record.current.version,
+                "contentHash": record.current.content_hash,
+                "signedBy": record.current.signed_by,
+                "codeApprovedBy": record.current.approval.as_ref().map(|a| &a.by),
+            }),
         )
         .await;
     if approve {
-        record = approve_and_audit(&state, &principal, &record.name).await?;
+        let hash = record.current.content_hash.clone();
+        record = approve_and_audit(&state, &principal, &record.name, Some(&hash)).await?;
     }
     let location = format!("/api/v1/modules/{}", record.name);
     Ok((
@@ -208,15 +265,57 @@ async fn upload(
     ))
 }
 
-/// The component bytes of an upload, from a raw body or the multipart field `module`.
-async fn module_bytes(request: Request, limit: usize) -> Result<Vec<u8>, ApiError> {
+/// Who uploads, as a module version records them: the token's name when a token was used
+/// (its id if the name cannot be read now).
+async fn uploader(state: &ApiState, principal: &Principal) -> Uploader {
+    let token = match &principal.via {
+        Credential::Session { .. } => None,
+        Credential::ApiToken { token_id } => Some(
+            state
+                .auth
+                .list_api_tokens(principal)
+                .await
+                .ok()
+                .and_then(|tokens| tokens.into_iter().find(|t| &t.id == token_id))
+                .map_or_else(|| token_id.clone(), |t| t.name),
+        ),
+    };
+    Uploader {
+        username: principal.username.clone(),
+        role: principal.role,
+        token,
+    }
+}
+
+/// The signature a raw upload carries in its header, if any.
+fn signature_header(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    headers
+        .get(SIGNATURE_HEADER)
+        .map(|value| {
+            value.to_str().map(str::to_owned).map_err(|_| {
+                ApiError::field(
+                    ErrorCode::InvalidField,
+                    "signature",
+                    "signature: the X-Runcell-Signature header is not ASCII text",
+                )
+            })
+        })
+        .transpose()
+}
+
+/// The component bytes of an upload, from a raw body or the multipart field `module`,
+/// and the signature in the multipart field `signature`, if there is one.
+async fn module_upload(
+    request: Request,
+    limit: usize,
+) -> Result<(Vec<u8>, Option<String>), ApiError> {
     match media_type(request.headers()).as_deref() {
         Some("application/wasm" | "application/octet-stream") => {
             let body = read_body(request, &(), limit + MULTIPART_OVERHEAD).await?;
             if body.len() > limit {
                 return Err(too_large(limit));
             }
-            Ok(body.to_vec())
+            Ok((body.to_vec(), None))
         }
         Some("multipart/form-data") => {
             let mut multipart =
@@ -228,27 +327,41 @@ async fn module_bytes(request: Request, limit: usize) -> Result<Vec<u8>, ApiErro
                             format!("the multipart body is malformed: {}", rejection.body_text()),
                         )
                     })?;
+            let (mut module, mut signature) = (None, None);
             while let Some(field) = multipart
                 .next_field()
                 .await
                 .map_err(|err| multipart_error(&err, limit))?
             {
-                if field.name() == Some("module") {
-                    let bytes = field
-                        .bytes()
-                        .await
-                        .map_err(|err| multipart_error(&err, limit))?;
-                    if bytes.len() > limit {
-                        return Err(too_large(limit));
+                match field.name() {
+                    Some("module") if module.is_none() => {
+                        let bytes = field
+                            .bytes()
+                            .await
+                            .map_err(|err| multipart_error(&err, limit))?;
+                        if bytes.len() > limit {
+                            return Err(too_large(limit));
+                        }
+                        module = Some(bytes.to_vec());
                     }
-                    return Ok(bytes.to_vec());
+                    Some("signature") if signature.is_none() => {
+                        let text = field
+                            .text()
+                            .await
+                            .map_err(|err| multipart_error(&err, limit))?;
+                        signature = Some(text);
+                    }
+                    _ => {}
                 }
             }
-            Err(ApiError::field(
-                ErrorCode::InvalidField,
-                "module",
-                "module: the multipart body has no field named `module`; put the .wasm file in it",
-            ))
+            let module = module.ok_or_else(|| {
+                ApiError::field(
+                    ErrorCode::InvalidField,
+                    "module",
+                    "module: the multipart body has no field named `module`; put the .wasm file in it",
+                )
+            })?;
+            Ok((module, signature))
         }
         other => {
             let refused = media_type_refusal(other);
@@ -362,6 +475,9 @@ async fn versions(
             jobs: version.manifest.jobs,
             capabilities: version.manifest.capabilities,
             uploaded_at: version.uploaded_at,
+            uploaded_by: version.uploaded_by,
+            signed_by: version.signed_by,
+            code_approval: version.approval,
         })
         .collect();
     Ok(Json(Page {
@@ -434,20 +550,26 @@ async fn set_status(
     Ok(Json(record.into()))
 }
 
-/// Approve a module's capabilities
+/// Approve a module's current version
 ///
-/// Approves what the module's current version asks for (outbound hosts, event topics,
-/// key-value, routes): its jobs run from now on, and so do those of later versions that
-/// ask for no more. A version asking for more waits for another approval.
+/// Approves the module's current version: its code (its content hash) and what it asks
+/// for (outbound hosts, event topics, key-value, routes). Its jobs run from now on, and
+/// so do those of later versions whose code is approved (an admin's upload, the same
+/// bytes again, or a valid signature by a pinned publisher key) and that ask for no
+/// more. Pass `contentHash` to approve only the version you looked at.
 #[utoipa::path(
     post,
     path = "/modules/{name}/capabilities/approve",
     tag = TAG,
     operation_id = "approveModuleCapabilities",
-    params(("name" = String, Path, description = "The module's name.")),
+    params(
+        ("name" = String, Path, description = "The module's name."),
+        ("contentHash" = Option<String>, Query, description = "Approve only if this is still the current version's content hash."),
+    ),
     responses(
-        (status = 200, description = "The module, its request approved.", body = ModuleView),
+        (status = 200, description = "The module, its current version approved.", body = ModuleView),
         (status = 404, description = "No module by that name.", body = ErrorBody),
+        (status = 409, description = "Another version became current (than `contentHash`, or while approving); look again.", body = ErrorBody),
         (status = 503, description = "The database is unavailable; retry later.", body = ErrorBody),
     ),
 )]
@@ -455,9 +577,13 @@ async fn approve(
     State(state): State<ApiState>,
     Extension(principal): Extension<Principal>,
     Path(name): Path<String>,
+    params: Params,
 ) -> Result<Json<ModuleView>, ApiError> {
+    let content_hash = params.text("contentHash");
     Ok(Json(
-        approve_and_audit(&state, &principal, &name).await?.into(),
+        approve_and_audit(&state, &principal, &name, content_hash)
+            .await?
+            .into(),
     ))
 }
 
@@ -465,18 +591,175 @@ async fn approve_and_audit(
     state: &ApiState,
     principal: &Principal,
     name: &str,
+    content_hash: Option<&str>,
 ) -> Result<ModuleRecord, ApiError> {
-    let record = state.services.approve_module_capabilities(name).await?;
+    let record = state
+        .services
+        .approve_module(name, content_hash, &principal.actor())
+        .await?;
     state
         .auth
         .audit(
             &principal.actor(),
             "module.capabilities.approve",
             name,
-            json!({"version": record.current.version, "capabilities": record.approved}),
+            json!({
+                "version": record.current.version,
+                "contentHash": record.current.content_hash,
+                "capabilities": record.approved,
+            }),
         )
         .await;
     Ok(record)
+}
+
+/// A publisher key pinned to a module.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(as = PublisherKey)]
+struct PublisherKeyView {
+    /// The first 16 hex digits of the SHA-256 of the 32-byte key: what a signature names.
+    key_id: String,
+    /// The Ed25519 public key, PEM (SubjectPublicKeyInfo).
+    public_key: String,
+    comment: String,
+    /// The admin who pinned it.
+    pinned_by: String,
+    /// Milliseconds since the Unix epoch.
+    #[schema(value_type = i64)]
+    pinned_at: Millis,
+}
+
+impl From<PublisherKey> for PublisherKeyView {
+    fn from(key: PublisherKey) -> Self {
+        Self {
+            public_key: public_key_pem(&key.public_key),
+            key_id: key.id,
+            comment: key.comment,
+            pinned_by: key.pinned_by,
+            pinned_at: key.pinned_at,
+        }
+    }
+}
+
+/// A key to pin.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct PinKey {
+    /// An Ed25519 public key: PEM (`-----BEGIN PUBLIC KEY-----`, as `runcell keygen` and
+    /// `openssl pkey -pubout` write it) or the base64 of its 32 bytes.
+    public_key: String,
+    /// What the key is for (e.g. `release pipeline`); shown in listings.
+    #[serde(default)]
+    comment: String,
+}
+
+/// List a module's publisher keys
+///
+/// The Ed25519 keys whose signatures let a new version keep the module's approval.
+#[utoipa::path(
+    get,
+    path = "/modules/{name}/publisher-keys",
+    tag = TAG,
+    operation_id = "listPublisherKeys",
+    params(("name" = String, Path, description = "The module's name.")),
+    responses(
+        (status = 200, description = "The pinned keys, oldest first.", body = Page<PublisherKeyView>),
+        (status = 404, description = "No module by that name.", body = ErrorBody),
+        (status = 503, description = "The database is unavailable; retry later.", body = ErrorBody),
+    ),
+)]
+async fn list_publisher_keys(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+) -> Result<Json<Page<PublisherKeyView>>, ApiError> {
+    let keys = state.services.publisher_keys(&name).await?;
+    Ok(Json(Page {
+        items: keys.into_iter().map(PublisherKeyView::from).collect(),
+        next_cursor: None,
+    }))
+}
+
+/// Pin a publisher key to a module
+///
+/// A new version uploaded with a valid signature by this key (`runcell sign`) keeps the
+/// module's approval as long as it asks for no more than was approved: a CI pipeline
+/// holding the private key deploys without waiting for an admin. Pinning a key already
+/// pinned updates its comment. Admins only; recorded in the audit trail.
+#[utoipa::path(
+    post,
+    path = "/modules/{name}/publisher-keys",
+    tag = TAG,
+    operation_id = "pinPublisherKey",
+    params(("name" = String, Path, description = "The module's name.")),
+    request_body = PinKey,
+    responses(
+        (status = 200, description = "The key, pinned.", body = PublisherKeyView),
+        (status = 400, description = "`publicKey` is not an Ed25519 public key.", body = ErrorBody),
+        (status = 403, description = "Not an admin.", body = ErrorBody),
+        (status = 404, description = "No module by that name.", body = ErrorBody),
+        (status = 503, description = "The database is unavailable; retry later.", body = ErrorBody),
+    ),
+)]
+async fn pin_publisher_key(
+    State(state): State<ApiState>,
+    Extension(principal): Extension<Principal>,
+    Path(name): Path<String>,
+    ApiJson(pin): ApiJson<PinKey>,
+) -> Result<Json<PublisherKeyView>, ApiError> {
+    let key = state
+        .services
+        .pin_publisher_key(&name, &pin.public_key, &pin.comment, &principal.actor())
+        .await?;
+    state
+        .auth
+        .audit(
+            &principal.actor(),
+            "module.publisher_key.pin",
+            &name,
+            json!({"keyId": key.id, "comment": key.comment}),
+        )
+        .await;
+    Ok(Json(key.into()))
+}
+
+/// Unpin a publisher key
+///
+/// Uploads signed by the key no longer keep the approval, and the versions its
+/// signatures approved wait for an admin again (a key removed because it leaked must not
+/// leave what it signed running). Admins only; recorded in the audit trail.
+#[utoipa::path(
+    delete,
+    path = "/modules/{name}/publisher-keys/{id}",
+    tag = TAG,
+    operation_id = "unpinPublisherKey",
+    params(
+        ("name" = String, Path, description = "The module's name."),
+        ("id" = String, Path, description = "The key id (16 hex digits)."),
+    ),
+    responses(
+        (status = 204, description = "Unpinned."),
+        (status = 403, description = "Not an admin.", body = ErrorBody),
+        (status = 404, description = "No module by that name, or no such key pinned to it.", body = ErrorBody),
+        (status = 503, description = "The database is unavailable; retry later.", body = ErrorBody),
+    ),
+)]
+async fn unpin_publisher_key(
+    State(state): State<ApiState>,
+    Extension(principal): Extension<Principal>,
+    Path((name, key_id)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    state.services.unpin_publisher_key(&name, &key_id).await?;
+    state
+        .auth
+        .audit(
+            &principal.actor(),
+            "module.publisher_key.unpin",
+            &name,
+            json!({"keyId": key_id}),
+        )
+        .await;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// Delete a module

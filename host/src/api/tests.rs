@@ -14,13 +14,13 @@ use tower::ServiceExt;
 
 use super::{ApiState, Readiness, router};
 use crate::domain::{
-    Capabilities, ExecutionResult, ExecutionStatus, JobSpec, LogEntry, LogLevel, Manifest, Setting,
-    now_millis,
+    Capabilities, CodeApproval, ExecutionResult, ExecutionStatus, JobSpec, LogEntry, LogLevel,
+    Manifest, Role, Setting, Uploader, now_millis,
 };
 use crate::queue::{MemoryQueue, Queue};
 use crate::services::secrets::{KEY_BYTES, SecretBox};
 use crate::services::{ServiceSettings, Services};
-use crate::store::{SqliteStore, Store};
+use crate::store::{SqliteStore, Store, VersionUpload};
 
 struct TestApi {
     router: Router,
@@ -118,13 +118,36 @@ fn line(seq: u32, message: &str) -> LogEntry {
     }
 }
 
+/// An upload by an admin, whose code is approved as installed.
+fn by_admin() -> VersionUpload {
+    VersionUpload {
+        uploaded_by: Some(Uploader {
+            username: "admin".to_owned(),
+            role: Role::Admin,
+            token: None,
+        }),
+        signed_by: None,
+        approval: Some(CodeApproval {
+            by: "admin".to_owned(),
+            at: now_millis(),
+            key: None,
+        }),
+    }
+}
+
 impl TestApi {
     /// Installs module `fake` (version `version`) without wasm: the API never runs it.
     async fn install_fake(&self, version: &str) {
         let hash = format!("hash-{version}");
         self.services
             .store
-            .install_module_version(&manifest(version), &hash, b"not wasm", now_millis())
+            .install_module_version(
+                &manifest(version),
+                &hash,
+                b"not wasm",
+                &by_admin(),
+                now_millis(),
+            )
             .await
             .unwrap();
     }
@@ -1403,7 +1426,7 @@ async fn a_version_asking_for_more_than_was_approved_waits_for_a_new_approval() 
     v1.capabilities.key_value = true;
     let store = &api.services.store;
     store
-        .install_module_version(&v1, "hash-1", b"not wasm", now_millis())
+        .install_module_version(&v1, "hash-1", b"not wasm", &by_admin(), now_millis())
         .await
         .unwrap();
     let reply = api.get("/api/v1/modules/fake").await;
@@ -1417,7 +1440,7 @@ async fn a_version_asking_for_more_than_was_approved_waits_for_a_new_approval() 
     // Asking for less is fine.
     let v2 = manifest("2.0.0");
     store
-        .install_module_version(&v2, "hash-2", b"not wasm", now_millis())
+        .install_module_version(&v2, "hash-2", b"not wasm", &by_admin(), now_millis())
         .await
         .unwrap();
     assert_eq!(
@@ -1430,7 +1453,7 @@ async fn a_version_asking_for_more_than_was_approved_waits_for_a_new_approval() 
     v3.capabilities.key_value = true;
     v3.capabilities.outbound_hosts = vec!["api.example.com".to_owned()];
     store
-        .install_module_version(&v3, "hash-3", b"not wasm", now_millis())
+        .install_module_version(&v3, "hash-3", b"not wasm", &by_admin(), now_millis())
         .await
         .unwrap();
     api.services.modules.invalidate("fake");

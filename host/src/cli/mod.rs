@@ -5,6 +5,7 @@ mod bench;
 mod bench_server;
 mod local;
 mod serve;
+mod sign;
 mod user;
 
 use std::path::PathBuf;
@@ -30,6 +31,11 @@ enum Command {
     /// Run one job of a module locally, without a server: output JSON on stdout, logs
     /// and a usage summary on stderr.
     Run(local::RunArgs),
+    /// Make a publisher key pair for signing modules (`<out>` and `<out>.pub`).
+    Keygen(sign::KeygenArgs),
+    /// Print a publisher signature of a module file (for the `X-Runcell-Signature`
+    /// header of its upload).
+    Sign(sign::SignArgs),
     /// Manage users directly in a deployment's database.
     #[command(subcommand)]
     User(user::UserCommand),
@@ -89,6 +95,8 @@ pub fn main() -> ExitCode {
         Command::Serve(args) => serve::run(args),
         Command::Inspect(args) => local::inspect(args),
         Command::Run(args) => local::run(args),
+        Command::Keygen(args) => sign::keygen(args),
+        Command::Sign(args) => sign::sign(args),
         Command::User(command) => user::run(command),
         Command::Bench(BenchCommand::Runtime(args)) => bench::run(args),
         Command::Bench(BenchCommand::Server(args)) => bench_server::run(args),

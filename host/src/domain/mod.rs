@@ -9,6 +9,7 @@ mod manifest;
 mod model;
 mod run;
 
+pub use approval::{CodeApproval, PublisherKey, Uploader};
 pub use auth::{ApiToken, AuditEntry, Credential, Principal, RefreshToken, Role, User};
 pub use config::{JobConfig, SECRET_MASK, SecretValue, Setting, SettingValue};
 pub use limits::{FUEL_PER_CPU_MS, Limits, LimitsError, parse_byte_size};

@@ -86,6 +86,12 @@ pub struct ModuleVersion {
     pub size_bytes: u64,
     pub manifest: Manifest,
     pub uploaded_at: Millis,
+    /// Who uploaded it; `None` for versions uploaded before this was recorded.
+    pub uploaded_by: Option<super::Uploader>,
+    /// The publisher key id the upload's signature named, if it carried one.
+    pub signed_by: Option<String>,
+    /// Who vouched for these bytes; `None` while the code waits for an admin.
+    pub approval: Option<super::CodeApproval>,
 }
 
 /// A module: its status and its current version.
@@ -95,8 +101,8 @@ pub struct ModuleRecord {
     pub name: String,
     pub status: ModuleStatus,
     pub current: ModuleVersion,
-    /// What an administrator approved; the current version runs only if it asks for no
-    /// more (see [`super::Capabilities::beyond`]).
+    /// What an administrator approved; the current version runs only if its code is
+    /// approved and it asks for no more (see [`ModuleVersion::awaiting_approval`]).
     pub approved: super::Capabilities,
     pub created_at: Millis,
     pub updated_at: Millis,

@@ -10,6 +10,7 @@ pub mod job_config;
 pub mod jobs;
 pub mod loghub;
 pub mod modules;
+pub mod publishers;
 pub mod routes;
 pub mod schedule;
 pub mod secrets;

@@ -1,5 +1,7 @@
-//! Module lifecycle: upload (validate, describe, store), versions, enable/disable, delete;
-//! and the catalog workers use to find a module's runnable code.
+//! Module lifecycle: upload (validate, describe, store), approval of code and
+//! capabilities, publisher keys, versions, enable/disable, delete; and the catalog
+//! workers and module routes use to find a module's runnable code, which refuses code
+//! nobody approved.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -7,11 +9,15 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
+use super::publishers::{Signature, parse_public_key};
 use super::schedule::Schedule;
 use super::{ServiceError, Services};
-use crate::domain::{ModuleRecord, ModuleStatus, ModuleVersion, now_millis};
+use crate::domain::{
+    CodeApproval, ModuleRecord, ModuleStatus, ModuleVersion, PublisherKey, Role, Uploader,
+    now_millis,
+};
 use crate::runtime::{LoadedModule, Runtime};
-use crate::store::Store;
+use crate::store::{Store, VersionUpload};
 
 /// How long a worker trusts what it learnt about a module before asking the database
 /// again. Local changes invalidate at once; this bounds what other nodes see.
@@ -31,16 +37,29 @@ pub enum Unrunnable {
     #[error("module `{module}` could not be loaded: {reason}")]
     Broken { module: String, reason: String },
     #[error(
-        "module `{module}` version {version} asks for {} beyond what an admin approved; an admin must approve it (POST /api/v1/modules/{module}/capabilities/approve) before its jobs run",
+        "module `{module}` version {version} waits for an admin's approval ({}); an admin must approve it (POST /api/v1/modules/{module}/capabilities/approve) before it runs",
         missing.join(", ")
     )]
     Unapproved {
         module: String,
         version: String,
+        /// Why, one item each: its code if nobody approved it, then each capability
+        /// beyond the approval.
         missing: Vec<String>,
     },
     #[error("{0}")]
     Unavailable(String),
+}
+
+/// Who uploads a module, as the caller authenticated them.
+#[derive(Debug, Clone)]
+pub struct ModuleUpload {
+    pub uploader: Uploader,
+    /// How the audit trail names the uploader; recorded as the approver of the code
+    /// when the uploader is an admin.
+    pub actor: String,
+    /// The signature the upload carried (`ed25519:<key id>:<base64>`), as sent.
+    pub signature: Option<String>,
 }
 
 /// What the catalog learnt about a module, and when.
@@ -102,11 +121,9 @@ impl ModuleCatalog {
         if record.status == ModuleStatus::Disabled {
             return Err(Unrunnable::Disabled(name.to_owned()));
         }
-        let missing = record
-            .current
-            .manifest
-            .capabilities
-            .beyond(&record.approved);
+        // Code nobody approved never runs, whatever it asks for: it would get the jobs'
+        // settings and secrets through `config`, and its results and logs are readable.
+        let missing = record.current.awaiting_approval(&record.approved);
         if !missing.is_empty() {
             return Err(Unrunnable::Unapproved {
                 module: name.to_owned(),
@@ -186,9 +203,36 @@ impl Services {
         Ok(loaded)
     }
 
-    /// Validates and installs a module file; a new version of an existing module becomes
-    /// its current version, the old ones stay listed.
+    /// Installs a module file uploaded by the deployment itself (`--examples`, or a
+    /// program embedding Runcell), which vouches for its code as an admin's upload does;
+    /// what it asks for still needs [`Services::approve_module_capabilities`].
     pub async fn upload_module(&self, wasm: Vec<u8>) -> Result<ModuleRecord, ServiceError> {
+        self.upload_module_as(
+            wasm,
+            ModuleUpload {
+                uploader: Uploader {
+                    username: "system".to_owned(),
+                    role: Role::Admin,
+                    token: None,
+                },
+                actor: "system".to_owned(),
+                signature: None,
+            },
+        )
+        .await
+    }
+
+    /// Validates and installs a module file; a new version of an existing module becomes
+    /// its current version, the old ones stay listed. Its code is approved at once when
+    /// the uploader is an admin, when the bytes were approved before, or when the upload
+    /// carries a valid signature by a key pinned to the module; otherwise it waits for an
+    /// admin. A signature naming a pinned key that does not verify refuses the upload; one
+    /// naming a key not pinned counts for nothing (the version says so while it waits).
+    pub async fn upload_module_as(
+        &self,
+        wasm: Vec<u8>,
+        upload: ModuleUpload,
+    ) -> Result<ModuleRecord, ServiceError> {
         if wasm.len() > self.settings.max_module_bytes {
             return Err(ServiceError::unprocessable(
                 "module",
@@ -199,6 +243,12 @@ impl Services {
                 ),
             ));
         }
+        let signature = upload
+            .signature
+            .as_deref()
+            .map(Signature::parse)
+            .transpose()
+            .map_err(|err| ServiceError::bad("signature", err.to_string()))?;
         let bytes: Arc<[u8]> = Arc::from(wasm);
         let module = self.runtime.load(bytes.clone()).await?;
         for job in &module.manifest.jobs {
@@ -213,30 +263,136 @@ impl Services {
                 })?;
             }
         }
+        let now = now_millis();
+        let name = &module.manifest.name;
+        let mut approval = None;
+        if let Some(signature) = &signature {
+            let keys = self.store.publisher_keys(name).await?;
+            if let Some(key) = keys.iter().find(|key| key.id == signature.key_id) {
+                if !signature.verifies(key, &module.hash) {
+                    return Err(ServiceError::unprocessable(
+                        "signature",
+                        format!(
+                            "the signature is not valid for this file under key `{}` pinned to module `{name}`: sign the exact bytes you upload (`runcell sign --key <file> module.wasm`)",
+                            key.id
+                        ),
+                    ));
+                }
+                approval = Some(CodeApproval {
+                    by: format!("publisher key `{}`", key.id),
+                    at: now,
+                    key: Some(key.id.clone()),
+                });
+            }
+        }
+        if upload.uploader.role == Role::Admin {
+            // An admin may approve: uploading the code is vouching for it. Capabilities
+            // beyond the approved set still wait for an explicit approval.
+            approval = Some(CodeApproval {
+                by: upload.actor.clone(),
+                at: now,
+                key: None,
+            });
+        }
+        let version_upload = VersionUpload {
+            uploaded_by: Some(upload.uploader),
+            signed_by: signature.map(|s| s.key_id),
+            approval,
+        };
         let record = self
             .store
-            .install_module_version(&module.manifest, &module.hash, &bytes, now_millis())
+            .install_module_version(&module.manifest, &module.hash, &bytes, &version_upload, now)
             .await?;
         self.modules.invalidate(&record.name);
-        tracing::info!(module = %record.name, version = %record.current.version, hash = %record.current.content_hash, "module installed");
+        tracing::info!(
+            module = %record.name,
+            version = %record.current.version,
+            hash = %record.current.content_hash,
+            approved = record.current.approval.is_some(),
+            "module installed"
+        );
         Ok(record)
     }
 
-    /// Approves what the module's current version asks for. Its jobs run from now on, and
-    /// so do those of later versions asking for no more.
+    /// Approves, on the deployment's own behalf, what the module's current version asks
+    /// for and its code (see [`Services::approve_module`]).
     pub async fn approve_module_capabilities(
         &self,
         name: &str,
     ) -> Result<ModuleRecord, ServiceError> {
+        self.approve_module(name, None, "system").await
+    }
+
+    /// Approves the module's current version: its code and what it asks for. Its jobs
+    /// run from now on, and so do those of later versions whose code is approved (an
+    /// admin's upload, a pinned key's signature) and that ask for no more. With
+    /// `content_hash`, approves only if that is still the current version, so an admin
+    /// never approves code other than what they looked at.
+    pub async fn approve_module(
+        &self,
+        name: &str,
+        content_hash: Option<&str>,
+        approver: &str,
+    ) -> Result<ModuleRecord, ServiceError> {
         let record = self.get_module(name).await?;
+        let current = &record.current.content_hash;
+        if let Some(expected) = content_hash
+            && expected != current
+        {
+            return Err(ServiceError::Conflict(format!(
+                "module `{name}`'s current version is {current}, not {expected}: look at it again and approve what you see"
+            )));
+        }
         let requested = record.current.manifest.capabilities.clone();
         let approved = self
             .store
-            .approve_module_capabilities(name, &requested, now_millis())
+            .approve_module_version(name, current, &requested, approver, now_millis())
             .await?
             .ok_or_else(|| ServiceError::not_found("module", name))?;
         self.modules.invalidate(name);
         Ok(approved)
+    }
+
+    /// The publisher keys pinned to module `name`.
+    pub async fn publisher_keys(&self, name: &str) -> Result<Vec<PublisherKey>, ServiceError> {
+        self.get_module(name).await?;
+        Ok(self.store.publisher_keys(name).await?)
+    }
+
+    /// Pins the Ed25519 public key `public_key` (PEM or base64) to module `name`:
+    /// uploads signed by it keep the approval as long as they ask for no more.
+    pub async fn pin_publisher_key(
+        &self,
+        name: &str,
+        public_key: &str,
+        comment: &str,
+        actor: &str,
+    ) -> Result<PublisherKey, ServiceError> {
+        let public_key = parse_public_key(public_key)
+            .map_err(|err| ServiceError::bad("publicKey", err.to_string()))?;
+        let key = PublisherKey {
+            id: PublisherKey::id_of(&public_key),
+            public_key,
+            comment: comment.to_owned(),
+            pinned_by: actor.to_owned(),
+            pinned_at: now_millis(),
+        };
+        self.store
+            .pin_publisher_key(name, &key)
+            .await?
+            .ok_or_else(|| ServiceError::not_found("module", name))
+    }
+
+    /// Unpins key `key_id` from module `name`. The versions its signatures approved wait
+    /// for an admin again: a key removed because it leaked must not leave what it signed
+    /// running.
+    pub async fn unpin_publisher_key(&self, name: &str, key_id: &str) -> Result<(), ServiceError> {
+        self.get_module(name).await?;
+        if !self.store.unpin_publisher_key(name, key_id).await? {
+            return Err(ServiceError::not_found("publisher key", key_id));
+        }
+        self.modules.invalidate(name);
+        Ok(())
     }
 
     pub async fn list_modules(&self) -> Result<Vec<ModuleRecord>, ServiceError> {

@@ -123,7 +123,7 @@ impl Services {
                     "module `{name}` is disabled; enable it to serve its routes"
                 )),
                 Unrunnable::Unapproved { missing, .. } => ServiceError::Forbidden(format!(
-                    "module `{name}` is not served until an admin approves what it asks for: {}",
+                    "module `{name}` is not served until an admin approves it: {}",
                     missing.join(", ")
                 )),
                 Unrunnable::Broken { reason, .. } => ServiceError::Unavailable(format!(

@@ -8,7 +8,9 @@ use std::fmt::Display;
 use serde::Serialize;
 
 use super::{ClaimedExecution, ManualRun, StoreError};
-use crate::domain::{ExecutionStatus, JobConfig, LogLevel, Millis, Page, Trigger};
+use crate::domain::{
+    CodeApproval, ExecutionStatus, JobConfig, LogLevel, Millis, Page, Role, Trigger, Uploader,
+};
 
 /// The ids of `given` that are in `created`, in the order given and each once: what an
 /// insert reports back, since `RETURNING` promises no order.
@@ -133,4 +135,42 @@ pub(super) fn last_update_per_job(
     // A fixed order: concurrent writers lock the rows in the same order.
     updates.sort_unstable_by_key(|(id, _)| *id);
     updates
+}
+
+/// Who uploaded a version, from its three columns (all `NULL` before migration 0014).
+pub(super) fn uploader(
+    username: Option<String>,
+    role: Option<&str>,
+    token: Option<String>,
+) -> Result<Option<Uploader>, StoreError> {
+    let (Some(username), Some(role)) = (username, role) else {
+        return Ok(None);
+    };
+    let role =
+        Role::parse(role).ok_or_else(|| corrupt("uploader_role", format!("unknown `{role}`")))?;
+    Ok(Some(Uploader {
+        username,
+        role,
+        token,
+    }))
+}
+
+/// A version's approval, from its three columns (`approved_at` `NULL`: none).
+pub(super) fn code_approval(
+    at: Option<Millis>,
+    by: Option<String>,
+    key: Option<String>,
+) -> Option<CodeApproval> {
+    Some(CodeApproval {
+        at: at?,
+        by: by.unwrap_or_default(),
+        key,
+    })
+}
+
+/// Why an approval of version `approving` was refused: `current` became current meanwhile.
+pub(super) fn approval_raced(module: &str, approving: &str, current: &str) -> StoreError {
+    StoreError::Conflict(format!(
+        "module `{module}` changed while it was being approved: its current version is now {current}, not {approving}; look at it again and approve what you see"
+    ))
 }

@@ -20,8 +20,9 @@ pub use sqlite::SqliteStore;
 use std::sync::Arc;
 
 use crate::domain::{
-    Event, Execution, ExecutionResult, ExecutionStatus, Job, LogEntry, Manifest, MetricSample,
-    Millis, ModuleRecord, ModuleStatus, ModuleVersion, NewExecution, NodeHeartbeat, Page,
+    CodeApproval, Event, Execution, ExecutionResult, ExecutionStatus, Job, LogEntry, Manifest,
+    MetricSample, Millis, ModuleRecord, ModuleStatus, ModuleVersion, NewExecution, NodeHeartbeat,
+    Page, PublisherKey, Uploader,
 };
 
 /// Why a storage call failed.
@@ -145,6 +146,17 @@ pub struct ManualRun {
     pub input: Option<String>,
 }
 
+/// Who uploaded a module version, and whether its bytes are approved as installed.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct VersionUpload {
+    pub uploaded_by: Option<Uploader>,
+    /// The publisher key id the upload's signature named, verified or not.
+    pub signed_by: Option<String>,
+    /// Set when the uploader may vouch for the code (an admin), or a pinned key signed
+    /// it (`approval.key`): then the version's code is approved. `None`: it waits.
+    pub approval: Option<CodeApproval>,
+}
+
 /// The fencing token of one tenure of a lease: it grows by one each time the lease
 /// changes hands and never goes back, so a write carrying an older token is known to
 /// come from a holder that has since lost the lease.
@@ -161,13 +173,16 @@ pub trait Store: Send + Sync + 'static {
 
     /// Records an uploaded version and makes it the module's current one, creating the
     /// module (`ENABLED`) on its first upload. Uploading bytes the module already has
-    /// makes that version current again without a duplicate. Atomic: a failure leaves
-    /// nothing behind.
+    /// makes that version current again without a duplicate: it keeps its first upload's
+    /// time and uploader, and its approval, which `upload.approval` gives it if it had
+    /// none. An approval by a publisher key counts only while the key is pinned to the
+    /// module (checked in the same transaction). Atomic: a failure leaves nothing behind.
     async fn install_module_version(
         &self,
         manifest: &Manifest,
         content_hash: &str,
         wasm: &[u8],
+        upload: &VersionUpload,
         now: Millis,
     ) -> Result<ModuleRecord, StoreError>;
 
@@ -187,14 +202,34 @@ pub trait Store: Send + Sync + 'static {
         now: Millis,
     ) -> Result<Option<ModuleRecord>, StoreError>;
 
-    /// Records that an administrator approved `capabilities` for module `name`; `None` if
+    /// Records that administrator `approver` approved `capabilities` for module `name`
+    /// and the code of its version `content_hash` (kept as it was if already approved),
+    /// only while that version is current: `Conflict` if another version became current
+    /// meanwhile (an approval must never reach code its approver did not see); `None` if
     /// the module does not exist.
-    async fn approve_module_capabilities(
+    async fn approve_module_version(
         &self,
         name: &str,
+        content_hash: &str,
         capabilities: &crate::domain::Capabilities,
+        approver: &str,
         now: Millis,
     ) -> Result<Option<ModuleRecord>, StoreError>;
+
+    /// Pins a publisher key to module `name`, or updates the comment of a key already
+    /// pinned; returns the key as stored, `None` if the module does not exist.
+    async fn pin_publisher_key(
+        &self,
+        name: &str,
+        key: &PublisherKey,
+    ) -> Result<Option<PublisherKey>, StoreError>;
+
+    /// Unpins key `key_id` from module `name` and withdraws the approvals its signatures
+    /// gave (those versions wait for an admin again); `false` if it was not pinned.
+    async fn unpin_publisher_key(&self, name: &str, key_id: &str) -> Result<bool, StoreError>;
+
+    /// The keys pinned to module `name`, oldest first.
+    async fn publisher_keys(&self, name: &str) -> Result<Vec<PublisherKey>, StoreError>;
 
     /// Removes a module, its versions, its key-value data and, with `with_jobs`, the jobs
     /// that use it (their executions stay as history). `false` if it did not exist.

@@ -114,18 +114,18 @@ use sqlx::postgres::{
 use sqlx::{ConnectOptions, Connection, QueryBuilder, Row};
 
 use super::convert::{
-    claimed_in_given_order, corrupt, db, in_given_order, int, is_unique_violation, json_text,
-    last_update_per_job, page, page_fetch, parse_job_config, parse_level, parse_status,
-    parse_trigger,
+    approval_raced, claimed_in_given_order, code_approval, corrupt, db, in_given_order, int,
+    is_unique_violation, json_text, last_update_per_job, page, page_fetch, parse_job_config,
+    parse_level, parse_status, parse_trigger, uploader,
 };
 use super::{
     CancelEffect, ClaimedExecution, ExecutionFilter, LeaseToken, ManualRun, Retry, Settled, Store,
-    StoreError, failpoint,
+    StoreError, VersionUpload, failpoint,
 };
 use crate::domain::{
     Event, Execution, ExecutionResult, ExecutionStatus, Job, JobConfig, LogEntry, Manifest,
     MetricSample, Millis, ModuleRecord, ModuleStatus, ModuleVersion, NewExecution, NodeHeartbeat,
-    Page, now_millis,
+    Page, PublisherKey, now_millis,
 };
 
 /// Applied by [`PostgresStore::connect`]. Nodes starting together do not race on it:
@@ -180,7 +180,11 @@ macro_rules! select_module {
                 m.updated_at AS updated_at, m.approved_capabilities AS approved_capabilities, \
                 v.version AS version, \
                 v.content_hash AS content_hash, v.size_bytes AS size_bytes, \
-                v.manifest AS manifest, v.uploaded_at AS uploaded_at \
+                v.manifest AS manifest, v.uploaded_at AS uploaded_at, \
+                v.uploaded_by AS uploaded_by, v.uploader_role AS uploader_role, \
+                v.uploader_token AS uploader_token, v.signed_by AS signed_by, \
+                v.approved_at AS approved_at, v.approved_by AS approved_by, \
+                v.approved_key AS approved_key \
          FROM modules m \
          JOIN module_versions v ON v.module = m.name AND v.content_hash = m.current_hash"
     };
@@ -396,6 +400,27 @@ fn version_from_row(row: &PgRow, module: String) -> Result<ModuleVersion, StoreE
         size_bytes: col_u64(row, "size_bytes")?,
         manifest: col_json::<Manifest>(row, "manifest")?,
         uploaded_at: col(row, "uploaded_at")?,
+        uploaded_by: uploader(
+            col(row, "uploaded_by")?,
+            col(row, "uploader_role")?,
+            col(row, "uploader_token")?,
+        )?,
+        signed_by: col(row, "signed_by")?,
+        approval: code_approval(
+            col(row, "approved_at")?,
+            col(row, "approved_by")?,
+            col(row, "approved_key")?,
+        ),
+    })
+}
+
+fn publisher_key_from_row(row: &PgRow) -> Result<PublisherKey, StoreError> {
+    Ok(PublisherKey {
+        id: col(row, "key_id")?,
+        public_key: col(row, "public_key")?,
+        comment: col(row, "comment")?,
+        pinned_by: col(row, "pinned_by")?,
+        pinned_at: col(row, "pinned_at")?,
     })
 }
 
@@ -790,10 +815,30 @@ impl Store for PostgresStore {
         manifest: &Manifest,
         content_hash: &str,
         wasm: &[u8],
+        upload: &VersionUpload,
         now: Millis,
     ) -> Result<ModuleRecord, StoreError> {
         let manifest_json = json_text("manifest", manifest)?;
         let mut tx = self.pool.begin().await.map_err(db)?;
+        let approval = match &upload.approval {
+            Some(approval) if approval.key.is_some() => {
+                // A key unpinned since the upload was checked approves nothing; the share
+                // lock makes an unpinning that races this upload wait, then withdraw
+                // what this upload recorded.
+                let pinned: Option<i32> = sqlx::query_scalar(
+                    "SELECT 1 FROM module_publisher_keys WHERE module = $1 AND key_id = $2 \
+                     FOR SHARE",
+                )
+                .bind(&manifest.name)
+                .bind(&approval.key)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db)?;
+                pinned.and(Some(approval))
+            }
+            other => other.as_ref(),
+        };
+        let uploader = upload.uploaded_by.as_ref();
         sqlx::query(
             "INSERT INTO module_blobs (content_hash, bytes) VALUES ($1, $2) \
              ON CONFLICT DO NOTHING",
@@ -817,12 +862,20 @@ impl Store for PostgresStore {
         .execute(&mut *tx)
         .await
         .map_err(db)?;
-        // Bytes this module already had: the existing version row stays as it was.
+        // Bytes this module already had: the existing version row stays as it was, but
+        // gains the approval this upload brings if it had none.
         sqlx::query(
             "INSERT INTO module_versions \
-                 (module, version, content_hash, size_bytes, manifest, uploaded_at) \
-             VALUES ($1, $2, $3, $4, $5, $6) \
-             ON CONFLICT (module, content_hash) DO NOTHING",
+                 (module, version, content_hash, size_bytes, manifest, uploaded_at, \
+                  uploaded_by, uploader_role, uploader_token, signed_by, \
+                  approved_at, approved_by, approved_key) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+             ON CONFLICT (module, content_hash) DO UPDATE SET \
+                 approved_by = CASE WHEN module_versions.approved_at IS NULL \
+                     THEN excluded.approved_by ELSE module_versions.approved_by END, \
+                 approved_key = CASE WHEN module_versions.approved_at IS NULL \
+                     THEN excluded.approved_key ELSE module_versions.approved_key END, \
+                 approved_at = COALESCE(module_versions.approved_at, excluded.approved_at)",
         )
         .bind(&manifest.name)
         .bind(&manifest.version)
@@ -830,6 +883,13 @@ impl Store for PostgresStore {
         .bind(int(wasm.len() as u64))
         .bind(manifest_json)
         .bind(now)
+        .bind(uploader.map(|u| u.username.as_str()))
+        .bind(uploader.map(|u| u.role.as_str()))
+        .bind(uploader.and_then(|u| u.token.as_deref()))
+        .bind(upload.signed_by.as_deref())
+        .bind(approval.map(|a| a.at))
+        .bind(approval.map(|a| a.by.as_str()))
+        .bind(approval.and_then(|a| a.key.as_deref()))
         .execute(&mut *tx)
         .await
         .map_err(db)?;
@@ -862,7 +922,9 @@ impl Store for PostgresStore {
 
     async fn list_module_versions(&self, name: &str) -> Result<Vec<ModuleVersion>, StoreError> {
         sqlx::query(
-            "SELECT version, content_hash, size_bytes, manifest, uploaded_at \
+            "SELECT version, content_hash, size_bytes, manifest, uploaded_at, uploaded_by, \
+                    uploader_role, uploader_token, signed_by, approved_at, approved_by, \
+                    approved_key \
              FROM module_versions WHERE module = $1 \
              ORDER BY uploaded_at DESC, seq DESC",
         )
@@ -899,14 +961,30 @@ impl Store for PostgresStore {
         Ok(record)
     }
 
-    async fn approve_module_capabilities(
+    async fn approve_module_version(
         &self,
         name: &str,
+        content_hash: &str,
         capabilities: &crate::domain::Capabilities,
+        approver: &str,
         now: Millis,
     ) -> Result<Option<ModuleRecord>, StoreError> {
         let mut tx = self.pool.begin().await.map_err(db)?;
-        let updated = sqlx::query(
+        // Locked: an upload racing this approval waits, then finds it done.
+        let current: Option<String> =
+            sqlx::query_scalar("SELECT current_hash FROM modules WHERE name = $1 FOR UPDATE")
+                .bind(name)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db)?;
+        match current {
+            None => return Ok(None),
+            Some(current) if current != content_hash => {
+                return Err(approval_raced(name, content_hash, &current));
+            }
+            Some(_) => {}
+        }
+        sqlx::query(
             "UPDATE modules SET approved_capabilities = $1, updated_at = $2 WHERE name = $3",
         )
         .bind(json_text("approved_capabilities", capabilities)?)
@@ -914,14 +992,99 @@ impl Store for PostgresStore {
         .bind(name)
         .execute(&mut *tx)
         .await
-        .map_err(db)?
-        .rows_affected();
-        if updated == 0 {
-            return Ok(None);
-        }
+        .map_err(db)?;
+        sqlx::query(
+            "UPDATE module_versions SET approved_at = $1, approved_by = $2, approved_key = NULL \
+             WHERE module = $3 AND content_hash = $4 AND approved_at IS NULL",
+        )
+        .bind(now)
+        .bind(approver)
+        .bind(name)
+        .bind(content_hash)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
         let record = fetch_module(&mut tx, name).await?;
         tx.commit().await.map_err(db)?;
         Ok(record)
+    }
+
+    async fn pin_publisher_key(
+        &self,
+        name: &str,
+        key: &PublisherKey,
+    ) -> Result<Option<PublisherKey>, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        // Inserted only if the module exists (the foreign key would fail loudly).
+        sqlx::query(
+            "INSERT INTO module_publisher_keys \
+                 (module, key_id, public_key, comment, pinned_by, pinned_at) \
+             SELECT name, $1, $2, $3, $4, $5 FROM modules WHERE name = $6 \
+             ON CONFLICT (module, key_id) DO UPDATE SET comment = excluded.comment",
+        )
+        .bind(&key.id)
+        .bind(&key.public_key)
+        .bind(&key.comment)
+        .bind(&key.pinned_by)
+        .bind(key.pinned_at)
+        .bind(name)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        let stored = sqlx::query(
+            "SELECT key_id, public_key, comment, pinned_by, pinned_at \
+             FROM module_publisher_keys WHERE module = $1 AND key_id = $2",
+        )
+        .bind(name)
+        .bind(&key.id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db)?
+        .as_ref()
+        .map(publisher_key_from_row)
+        .transpose()?;
+        tx.commit().await.map_err(db)?;
+        Ok(stored)
+    }
+
+    async fn unpin_publisher_key(&self, name: &str, key_id: &str) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        let deleted =
+            sqlx::query("DELETE FROM module_publisher_keys WHERE module = $1 AND key_id = $2")
+                .bind(name)
+                .bind(key_id)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?
+                .rows_affected();
+        if deleted == 0 {
+            return Ok(false);
+        }
+        sqlx::query(
+            "UPDATE module_versions SET approved_at = NULL, approved_by = NULL, approved_key = NULL \
+             WHERE module = $1 AND approved_key = $2",
+        )
+        .bind(name)
+        .bind(key_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        Ok(true)
+    }
+
+    async fn publisher_keys(&self, name: &str) -> Result<Vec<PublisherKey>, StoreError> {
+        sqlx::query(
+            "SELECT key_id, public_key, comment, pinned_by, pinned_at \
+             FROM module_publisher_keys WHERE module = $1 ORDER BY pinned_at, key_id",
+        )
+        .bind(name)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?
+        .iter()
+        .map(publisher_key_from_row)
+        .collect()
     }
 
     async fn delete_module(&self, name: &str, with_jobs: bool) -> Result<bool, StoreError> {

@@ -51,18 +51,18 @@ use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool, Transaction};
 
 use self::checkpoint::Checkpointer;
 use super::convert::{
-    claimed_in_given_order, corrupt, db, in_given_order, int, is_unique_violation, json_text,
-    last_update_per_job, page, page_fetch, parse_job_config, parse_level, parse_status,
-    parse_trigger,
+    approval_raced, claimed_in_given_order, code_approval, corrupt, db, in_given_order, int,
+    is_unique_violation, json_text, last_update_per_job, page, page_fetch, parse_job_config,
+    parse_level, parse_status, parse_trigger, uploader,
 };
 use super::{
     CancelEffect, ClaimedExecution, ExecutionFilter, LeaseToken, ManualRun, Retry, Settled, Store,
-    StoreError, failpoint,
+    StoreError, VersionUpload, failpoint,
 };
 use crate::domain::{
     Event, Execution, ExecutionResult, ExecutionStatus, Job, JobConfig, LogEntry, Manifest,
     MetricSample, Millis, ModuleRecord, ModuleStatus, ModuleVersion, NewExecution, NodeHeartbeat,
-    Page, Trigger, now_millis,
+    Page, PublisherKey, Trigger, now_millis,
 };
 
 static MIGRATOR: Migrator = sqlx::migrate!("../migrations/sqlite");
@@ -120,7 +120,11 @@ macro_rules! select_module {
                 m.updated_at AS updated_at, m.approved_capabilities AS approved_capabilities, \
                 v.version AS version, \
                 v.content_hash AS content_hash, v.size_bytes AS size_bytes, \
-                v.manifest AS manifest, v.uploaded_at AS uploaded_at \
+                v.manifest AS manifest, v.uploaded_at AS uploaded_at, \
+                v.uploaded_by AS uploaded_by, v.uploader_role AS uploader_role, \
+                v.uploader_token AS uploader_token, v.signed_by AS signed_by, \
+                v.approved_at AS approved_at, v.approved_by AS approved_by, \
+                v.approved_key AS approved_key \
          FROM modules m \
          JOIN module_versions v ON v.module = m.name AND v.content_hash = m.current_hash"
     };
@@ -412,6 +416,27 @@ fn version_from_row(row: &SqliteRow, module: String) -> Result<ModuleVersion, St
         size_bytes: col_u64(row, "size_bytes")?,
         manifest: col_json::<Manifest>(row, "manifest")?,
         uploaded_at: col(row, "uploaded_at")?,
+        uploaded_by: uploader(
+            col(row, "uploaded_by")?,
+            col(row, "uploader_role")?,
+            col(row, "uploader_token")?,
+        )?,
+        signed_by: col(row, "signed_by")?,
+        approval: code_approval(
+            col(row, "approved_at")?,
+            col(row, "approved_by")?,
+            col(row, "approved_key")?,
+        ),
+    })
+}
+
+fn publisher_key_from_row(row: &SqliteRow) -> Result<PublisherKey, StoreError> {
+    Ok(PublisherKey {
+        id: col(row, "key_id")?,
+        public_key: col(row, "public_key")?,
+        comment: col(row, "comment")?,
+        pinned_by: col(row, "pinned_by")?,
+        pinned_at: col(row, "pinned_at")?,
     })
 }
 
@@ -726,10 +751,27 @@ impl Store for SqliteStore {
         manifest: &Manifest,
         content_hash: &str,
         wasm: &[u8],
+        upload: &VersionUpload,
         now: Millis,
     ) -> Result<ModuleRecord, StoreError> {
         let manifest_json = json_text("manifest", manifest)?;
         let mut tx = self.begin_write().await?;
+        let approval = match &upload.approval {
+            Some(approval) if approval.key.is_some() => {
+                // A key unpinned since the upload was checked approves nothing.
+                let pinned: Option<i64> = sqlx::query_scalar(
+                    "SELECT 1 FROM module_publisher_keys WHERE module = ? AND key_id = ?",
+                )
+                .bind(&manifest.name)
+                .bind(&approval.key)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db)?;
+                pinned.and(Some(approval))
+            }
+            other => other.as_ref(),
+        };
+        let uploader = upload.uploaded_by.as_ref();
         sqlx::query(
             "INSERT INTO module_blobs (content_hash, bytes) VALUES (?, ?) ON CONFLICT DO NOTHING",
         )
@@ -753,12 +795,20 @@ impl Store for SqliteStore {
         .execute(&mut *tx)
         .await
         .map_err(db)?;
-        // Bytes this module already had: the existing version row stays as it was.
+        // Bytes this module already had: the existing version row stays as it was, but
+        // gains the approval this upload brings if it had none.
         sqlx::query(
             "INSERT INTO module_versions \
-                 (module, version, content_hash, size_bytes, manifest, uploaded_at) \
-             VALUES (?, ?, ?, ?, ?, ?) \
-             ON CONFLICT (module, content_hash) DO NOTHING",
+                 (module, version, content_hash, size_bytes, manifest, uploaded_at, \
+                  uploaded_by, uploader_role, uploader_token, signed_by, \
+                  approved_at, approved_by, approved_key) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (module, content_hash) DO UPDATE SET \
+                 approved_by = CASE WHEN module_versions.approved_at IS NULL \
+                     THEN excluded.approved_by ELSE module_versions.approved_by END, \
+                 approved_key = CASE WHEN module_versions.approved_at IS NULL \
+                     THEN excluded.approved_key ELSE module_versions.approved_key END, \
+                 approved_at = COALESCE(module_versions.approved_at, excluded.approved_at)",
         )
         .bind(&manifest.name)
         .bind(&manifest.version)
@@ -766,6 +816,13 @@ impl Store for SqliteStore {
         .bind(int(wasm.len() as u64))
         .bind(manifest_json)
         .bind(now)
+        .bind(uploader.map(|u| u.username.as_str()))
+        .bind(uploader.map(|u| u.role.as_str()))
+        .bind(uploader.and_then(|u| u.token.as_deref()))
+        .bind(upload.signed_by.as_deref())
+        .bind(approval.map(|a| a.at))
+        .bind(approval.map(|a| a.by.as_str()))
+        .bind(approval.and_then(|a| a.key.as_deref()))
         .execute(&mut *tx)
         .await
         .map_err(db)?;
@@ -798,7 +855,9 @@ impl Store for SqliteStore {
 
     async fn list_module_versions(&self, name: &str) -> Result<Vec<ModuleVersion>, StoreError> {
         sqlx::query(
-            "SELECT version, content_hash, size_bytes, manifest, uploaded_at \
+            "SELECT version, content_hash, size_bytes, manifest, uploaded_at, uploaded_by, \
+                    uploader_role, uploader_token, signed_by, approved_at, approved_by, \
+                    approved_key \
              FROM module_versions WHERE module = ? \
              ORDER BY uploaded_at DESC, rowid DESC",
         )
@@ -834,29 +893,127 @@ impl Store for SqliteStore {
         Ok(record)
     }
 
-    async fn approve_module_capabilities(
+    async fn approve_module_version(
         &self,
         name: &str,
+        content_hash: &str,
         capabilities: &crate::domain::Capabilities,
+        approver: &str,
         now: Millis,
     ) -> Result<Option<ModuleRecord>, StoreError> {
         let mut tx = self.begin_write().await?;
-        let updated = sqlx::query(
-            "UPDATE modules SET approved_capabilities = ?, updated_at = ? WHERE name = ?",
+        let current: Option<String> =
+            sqlx::query_scalar("SELECT current_hash FROM modules WHERE name = ?")
+                .bind(name)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db)?;
+        match current {
+            None => return Ok(None),
+            Some(current) if current != content_hash => {
+                return Err(approval_raced(name, content_hash, &current));
+            }
+            Some(_) => {}
+        }
+        sqlx::query("UPDATE modules SET approved_capabilities = ?, updated_at = ? WHERE name = ?")
+            .bind(json_text("approved_capabilities", capabilities)?)
+            .bind(now)
+            .bind(name)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        sqlx::query(
+            "UPDATE module_versions SET approved_at = ?, approved_by = ?, approved_key = NULL \
+             WHERE module = ? AND content_hash = ? AND approved_at IS NULL",
         )
-        .bind(json_text("approved_capabilities", capabilities)?)
         .bind(now)
+        .bind(approver)
         .bind(name)
+        .bind(content_hash)
         .execute(&mut *tx)
         .await
-        .map_err(db)?
-        .rows_affected();
-        if updated == 0 {
-            return Ok(None);
-        }
+        .map_err(db)?;
         let record = fetch_module(&mut tx, name).await?;
         tx.commit().await.map_err(db)?;
         Ok(record)
+    }
+
+    async fn pin_publisher_key(
+        &self,
+        name: &str,
+        key: &PublisherKey,
+    ) -> Result<Option<PublisherKey>, StoreError> {
+        let mut tx = self.begin_write().await?;
+        // Inserted only if the module exists (the foreign key would fail loudly).
+        sqlx::query(
+            "INSERT INTO module_publisher_keys \
+                 (module, key_id, public_key, comment, pinned_by, pinned_at) \
+             SELECT name, ?, ?, ?, ?, ? FROM modules WHERE name = ? \
+             ON CONFLICT (module, key_id) DO UPDATE SET comment = excluded.comment",
+        )
+        .bind(&key.id)
+        .bind(&key.public_key)
+        .bind(&key.comment)
+        .bind(&key.pinned_by)
+        .bind(key.pinned_at)
+        .bind(name)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        let stored = sqlx::query(
+            "SELECT key_id, public_key, comment, pinned_by, pinned_at \
+             FROM module_publisher_keys WHERE module = ? AND key_id = ?",
+        )
+        .bind(name)
+        .bind(&key.id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db)?
+        .as_ref()
+        .map(publisher_key_from_row)
+        .transpose()?;
+        tx.commit().await.map_err(db)?;
+        Ok(stored)
+    }
+
+    async fn unpin_publisher_key(&self, name: &str, key_id: &str) -> Result<bool, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let deleted =
+            sqlx::query("DELETE FROM module_publisher_keys WHERE module = ? AND key_id = ?")
+                .bind(name)
+                .bind(key_id)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?
+                .rows_affected();
+        if deleted == 0 {
+            return Ok(false);
+        }
+        sqlx::query(
+            "UPDATE module_versions SET approved_at = NULL, approved_by = NULL, approved_key = NULL \
+             WHERE module = ? AND approved_key = ?",
+        )
+        .bind(name)
+        .bind(key_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        Ok(true)
+    }
+
+    async fn publisher_keys(&self, name: &str) -> Result<Vec<PublisherKey>, StoreError> {
+        sqlx::query(
+            "SELECT key_id, public_key, comment, pinned_by, pinned_at \
+             FROM module_publisher_keys WHERE module = ? ORDER BY pinned_at, key_id",
+        )
+        .bind(name)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(db)?
+        .iter()
+        .map(publisher_key_from_row)
+        .collect()
     }
 
     async fn delete_module(&self, name: &str, with_jobs: bool) -> Result<bool, StoreError> {
@@ -2038,19 +2195,37 @@ mod tests {
         };
 
         let failed = store
-            .install_module_version(&manifest("refused"), "hash-new", b"new", 1)
+            .install_module_version(
+                &manifest("refused"),
+                "hash-new",
+                b"new",
+                &VersionUpload::default(),
+                1,
+            )
             .await;
         assert!(matches!(failed, Err(StoreError::Database(_))), "{failed:?}");
         assert_eq!(store.get_module("sync").await.unwrap(), None);
         assert_eq!(store.module_wasm("hash-new").await.unwrap(), None);
 
         let installed = store
-            .install_module_version(&manifest("1"), "hash-1", b"one", 1)
+            .install_module_version(
+                &manifest("1"),
+                "hash-1",
+                b"one",
+                &VersionUpload::default(),
+                1,
+            )
             .await
             .unwrap();
         assert!(
             store
-                .install_module_version(&manifest("refused"), "hash-new", b"new", 2)
+                .install_module_version(
+                    &manifest("refused"),
+                    "hash-new",
+                    b"new",
+                    &VersionUpload::default(),
+                    2
+                )
                 .await
                 .is_err()
         );

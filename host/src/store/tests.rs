@@ -14,12 +14,12 @@ use serde_json::json;
 
 use super::{
     CancelEffect, ClaimedExecution, ExecutionFilter, LeaseToken, ManualRun, PostgresStore, Retry,
-    Settled, SqliteStore, Store, StoreError, failpoints,
+    Settled, SqliteStore, Store, StoreError, VersionUpload, failpoints,
 };
 use crate::domain::{
-    Capabilities, Event, ExecutionResult, ExecutionStatus, Job, JobConfig, JobSpec, LogEntry,
-    LogLevel, Manifest, MetricSample, Millis, ModuleStatus, NewExecution, NodeHeartbeat, Setting,
-    Trigger, new_id,
+    Capabilities, CodeApproval, Event, ExecutionResult, ExecutionStatus, Job, JobConfig, JobSpec,
+    LogEntry, LogLevel, Manifest, MetricSample, Millis, ModuleStatus, NewExecution, NodeHeartbeat,
+    PublisherKey, Role, Setting, Trigger, Uploader, new_id,
 };
 
 /// A fixed "now" (2023-11-14), so expectations do not depend on the clock.
@@ -164,7 +164,13 @@ async fn a_fresh_store_answers_pings(store: &dyn Store) {
 
 async fn the_first_upload_creates_an_enabled_module(store: &dyn Store) {
     let record = store
-        .install_module_version(&manifest("sync", "1.0.0"), "hash-1", b"wasm-1", T0)
+        .install_module_version(
+            &manifest("sync", "1.0.0"),
+            "hash-1",
+            b"wasm-1",
+            &VersionUpload::default(),
+            T0,
+        )
         .await
         .unwrap();
     assert_eq!(record.name, "sync");
@@ -184,11 +190,23 @@ async fn the_first_upload_creates_an_enabled_module(store: &dyn Store) {
 
 async fn a_new_version_becomes_current_and_old_ones_stay_listed_newest_first(store: &dyn Store) {
     store
-        .install_module_version(&manifest("sync", "1.0.0"), "hash-1", b"one", T0)
+        .install_module_version(
+            &manifest("sync", "1.0.0"),
+            "hash-1",
+            b"one",
+            &VersionUpload::default(),
+            T0,
+        )
         .await
         .unwrap();
     let record = store
-        .install_module_version(&manifest("sync", "2.0.0"), "hash-2", b"two", T0 + SECOND)
+        .install_module_version(
+            &manifest("sync", "2.0.0"),
+            "hash-2",
+            b"two",
+            &VersionUpload::default(),
+            T0 + SECOND,
+        )
         .await
         .unwrap();
     assert_eq!(record.current.version, "2.0.0");
@@ -203,11 +221,23 @@ async fn a_new_version_becomes_current_and_old_ones_stay_listed_newest_first(sto
 
 async fn reuploading_known_bytes_makes_them_current_without_a_duplicate(store: &dyn Store) {
     store
-        .install_module_version(&manifest("sync", "1.0.0"), "hash-1", b"one", T0)
+        .install_module_version(
+            &manifest("sync", "1.0.0"),
+            "hash-1",
+            b"one",
+            &VersionUpload::default(),
+            T0,
+        )
         .await
         .unwrap();
     store
-        .install_module_version(&manifest("sync", "2.0.0"), "hash-2", b"two", T0 + SECOND)
+        .install_module_version(
+            &manifest("sync", "2.0.0"),
+            "hash-2",
+            b"two",
+            &VersionUpload::default(),
+            T0 + SECOND,
+        )
         .await
         .unwrap();
     let record = store
@@ -215,6 +245,7 @@ async fn reuploading_known_bytes_makes_them_current_without_a_duplicate(store: &
             &manifest("sync", "1.0.0"),
             "hash-1",
             b"one",
+            &VersionUpload::default(),
             T0 + 2 * SECOND,
         )
         .await
@@ -231,11 +262,23 @@ async fn reuploading_known_bytes_makes_them_current_without_a_duplicate(store: &
 
 async fn identical_bytes_of_two_modules_outlive_the_deletion_of_one(store: &dyn Store) {
     store
-        .install_module_version(&manifest("first", "1"), "shared", b"same", T0)
+        .install_module_version(
+            &manifest("first", "1"),
+            "shared",
+            b"same",
+            &VersionUpload::default(),
+            T0,
+        )
         .await
         .unwrap();
     store
-        .install_module_version(&manifest("second", "1"), "shared", b"same", T0)
+        .install_module_version(
+            &manifest("second", "1"),
+            "shared",
+            b"same",
+            &VersionUpload::default(),
+            T0,
+        )
         .await
         .unwrap();
     assert!(store.delete_module("first", false).await.unwrap());
@@ -247,9 +290,250 @@ async fn identical_bytes_of_two_modules_outlive_the_deletion_of_one(store: &dyn 
     assert_eq!(store.module_wasm("shared").await.unwrap(), None);
 }
 
+fn uploader(username: &str, role: Role) -> Uploader {
+    Uploader {
+        username: username.to_owned(),
+        role,
+        token: None,
+    }
+}
+
+/// An upload by operator `ci`, approved by nobody.
+fn by_operator() -> VersionUpload {
+    VersionUpload {
+        uploaded_by: Some(uploader("ci", Role::Operator)),
+        ..VersionUpload::default()
+    }
+}
+
+/// An upload whose code `by` approved (with `key`, when a pinned key signed it).
+fn approved_upload(by: &str, key: Option<&str>, at: Millis) -> VersionUpload {
+    VersionUpload {
+        uploaded_by: Some(uploader("ci", Role::Operator)),
+        signed_by: key.map(str::to_owned),
+        approval: Some(CodeApproval {
+            by: by.to_owned(),
+            at,
+            key: key.map(str::to_owned),
+        }),
+    }
+}
+
+fn publisher_key(id: &str, comment: &str) -> PublisherKey {
+    PublisherKey {
+        id: id.to_owned(),
+        public_key: vec![7; 32],
+        comment: comment.to_owned(),
+        pinned_by: "admin".to_owned(),
+        pinned_at: T0,
+    }
+}
+
+async fn an_approval_binds_to_the_bytes_it_approved(store: &dyn Store) {
+    let first = store
+        .install_module_version(&manifest("sync", "1"), "hash-1", b"one", &by_operator(), T0)
+        .await
+        .unwrap();
+    assert_eq!(
+        first.current.uploaded_by,
+        Some(uploader("ci", Role::Operator))
+    );
+    assert_eq!(first.current.approval, None);
+    let caps = first.current.manifest.capabilities.clone();
+    let approved = store
+        .approve_module_version("sync", "hash-1", &caps, "admin", T0 + SECOND)
+        .await
+        .unwrap()
+        .unwrap();
+    let admin_approval = CodeApproval {
+        by: "admin".to_owned(),
+        at: T0 + SECOND,
+        key: None,
+    };
+    assert_eq!(approved.current.approval, Some(admin_approval.clone()));
+    assert_eq!(approved.approved, caps);
+
+    // New bytes under the same name wait; the approved ones again keep their approval.
+    let second = store
+        .install_module_version(
+            &manifest("sync", "2"),
+            "hash-2",
+            b"two",
+            &by_operator(),
+            T0 + 2 * SECOND,
+        )
+        .await
+        .unwrap();
+    assert_eq!(second.current.approval, None);
+    assert_eq!(second.approved, caps, "the capabilities stay approved");
+    let back = store
+        .install_module_version(
+            &manifest("sync", "1"),
+            "hash-1",
+            b"one",
+            &by_operator(),
+            T0 + 3 * SECOND,
+        )
+        .await
+        .unwrap();
+    assert_eq!(back.current.approval, Some(admin_approval));
+
+    // Unapproved bytes gain the approval an upload brings, and keep the first one.
+    let gained = store
+        .install_module_version(
+            &manifest("sync", "2"),
+            "hash-2",
+            b"two",
+            &approved_upload("root", None, T0 + 4 * SECOND),
+            T0 + 4 * SECOND,
+        )
+        .await
+        .unwrap();
+    assert_eq!(gained.current.approval.as_ref().unwrap().by, "root");
+    assert_eq!(
+        gained.current.uploaded_by,
+        Some(uploader("ci", Role::Operator)),
+        "the first uploader stays"
+    );
+    let kept = store
+        .install_module_version(
+            &manifest("sync", "2"),
+            "hash-2",
+            b"two",
+            &approved_upload("someone else", None, T0 + 5 * SECOND),
+            T0 + 5 * SECOND,
+        )
+        .await
+        .unwrap();
+    assert_eq!(kept.current.approval, gained.current.approval);
+    let versions = store.list_module_versions("sync").await.unwrap();
+    assert!(
+        versions.iter().all(|v| v.approval.is_some()),
+        "{versions:?}"
+    );
+    assert_eq!(store.get_module("sync").await.unwrap(), Some(kept));
+}
+
+async fn an_approval_reaches_only_the_version_its_approver_saw(store: &dyn Store) {
+    store
+        .install_module_version(&manifest("sync", "1"), "hash-1", b"one", &by_operator(), T0)
+        .await
+        .unwrap();
+    store
+        .install_module_version(&manifest("sync", "2"), "hash-2", b"two", &by_operator(), T0)
+        .await
+        .unwrap();
+    let everything = Capabilities {
+        key_value: true,
+        outbound_hosts: vec!["*".to_owned()],
+        ..Capabilities::default()
+    };
+    let raced = store
+        .approve_module_version("sync", "hash-1", &everything, "admin", T0)
+        .await;
+    assert!(matches!(raced, Err(StoreError::Conflict(_))), "{raced:?}");
+    let record = store.get_module("sync").await.unwrap().unwrap();
+    assert_eq!(record.current.approval, None);
+    assert_eq!(
+        record.approved,
+        Capabilities::default(),
+        "nothing was approved"
+    );
+    assert_eq!(
+        store
+            .approve_module_version("missing", "hash-1", &everything, "admin", T0)
+            .await
+            .unwrap(),
+        None
+    );
+}
+
+async fn a_pinned_key_approves_uploads_until_it_is_unpinned(store: &dyn Store) {
+    let key = publisher_key("00112233aabbccdd", "release");
+    assert_eq!(store.pin_publisher_key("sync", &key).await.unwrap(), None);
+    store
+        .install_module_version(&manifest("sync", "1"), "hash-1", b"one", &by_operator(), T0)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.pin_publisher_key("sync", &key).await.unwrap(),
+        Some(key.clone())
+    );
+    let renamed = store
+        .pin_publisher_key("sync", &publisher_key("00112233aabbccdd", "ci"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(renamed.comment, "ci");
+    assert_eq!(renamed.pinned_at, T0);
+    assert_eq!(store.publisher_keys("sync").await.unwrap(), vec![renamed]);
+    assert_eq!(store.publisher_keys("other").await.unwrap(), vec![]);
+
+    let signed = store
+        .install_module_version(
+            &manifest("sync", "2"),
+            "hash-2",
+            b"two",
+            &approved_upload("publisher key `00112233aabbccdd`", Some(&key.id), T0),
+            T0,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        signed.current.approval.unwrap().key.as_deref(),
+        Some(key.id.as_str())
+    );
+    assert_eq!(signed.current.signed_by.as_deref(), Some(key.id.as_str()));
+    // A key that is not pinned (unpinned since it was checked) approves nothing.
+    let stray = store
+        .install_module_version(
+            &manifest("sync", "3"),
+            "hash-3",
+            b"three",
+            &approved_upload(
+                "publisher key `ffffffffffffffff`",
+                Some("ffffffffffffffff"),
+                T0,
+            ),
+            T0,
+        )
+        .await
+        .unwrap();
+    assert_eq!(stray.current.approval, None);
+
+    assert!(store.unpin_publisher_key("sync", &key.id).await.unwrap());
+    assert!(!store.unpin_publisher_key("sync", &key.id).await.unwrap());
+    assert_eq!(store.publisher_keys("sync").await.unwrap(), vec![]);
+    let versions = store.list_module_versions("sync").await.unwrap();
+    let two = versions
+        .iter()
+        .find(|v| v.content_hash == "hash-2")
+        .unwrap();
+    assert_eq!(
+        two.approval, None,
+        "unpinning withdraws what the key approved"
+    );
+    assert_eq!(two.signed_by.as_deref(), Some(key.id.as_str()));
+
+    // A deleted module takes its keys along.
+    store.pin_publisher_key("sync", &key).await.unwrap();
+    assert!(store.delete_module("sync", false).await.unwrap());
+    store
+        .install_module_version(&manifest("sync", "1"), "hash-1", b"one", &by_operator(), T0)
+        .await
+        .unwrap();
+    assert_eq!(store.publisher_keys("sync").await.unwrap(), vec![]);
+}
+
 async fn a_module_can_be_disabled_and_enabled_again(store: &dyn Store) {
     store
-        .install_module_version(&manifest("sync", "1"), "hash-1", b"one", T0)
+        .install_module_version(
+            &manifest("sync", "1"),
+            "hash-1",
+            b"one",
+            &VersionUpload::default(),
+            T0,
+        )
         .await
         .unwrap();
     let disabled = store
@@ -261,7 +545,13 @@ async fn a_module_can_be_disabled_and_enabled_again(store: &dyn Store) {
     assert_eq!(disabled.updated_at, T0 + SECOND);
     // A new upload does not re-enable it behind the administrator's back.
     let reuploaded = store
-        .install_module_version(&manifest("sync", "2"), "hash-2", b"two", T0 + 2 * SECOND)
+        .install_module_version(
+            &manifest("sync", "2"),
+            "hash-2",
+            b"two",
+            &VersionUpload::default(),
+            T0 + 2 * SECOND,
+        )
         .await
         .unwrap();
     assert_eq!(reuploaded.status, ModuleStatus::Disabled);
@@ -282,11 +572,23 @@ async fn a_module_can_be_disabled_and_enabled_again(store: &dyn Store) {
 
 async fn deleting_a_module_without_its_jobs_leaves_them_and_removes_its_data(store: &dyn Store) {
     store
-        .install_module_version(&manifest("sync", "1"), "hash-1", b"one", T0)
+        .install_module_version(
+            &manifest("sync", "1"),
+            "hash-1",
+            b"one",
+            &VersionUpload::default(),
+            T0,
+        )
         .await
         .unwrap();
     store
-        .install_module_version(&manifest("sync", "2"), "hash-2", b"two", T0)
+        .install_module_version(
+            &manifest("sync", "2"),
+            "hash-2",
+            b"two",
+            &VersionUpload::default(),
+            T0,
+        )
         .await
         .unwrap();
     let kept = job("nightly", "sync");
@@ -311,7 +613,13 @@ async fn deleting_a_module_without_its_jobs_leaves_them_and_removes_its_data(sto
 
 async fn deleting_a_module_with_its_jobs_keeps_their_executions(store: &dyn Store) {
     store
-        .install_module_version(&manifest("sync", "1"), "hash-1", b"one", T0)
+        .install_module_version(
+            &manifest("sync", "1"),
+            "hash-1",
+            b"one",
+            &VersionUpload::default(),
+            T0,
+        )
         .await
         .unwrap();
     let doomed = job("nightly", "sync");
@@ -565,7 +873,13 @@ async fn an_enqueued_execution_reads_back_queued_with_what_it_was_given(store: &
 
 async fn manual_runs_take_the_jobs_names_and_stored_input_unless_given_one(store: &dyn Store) {
     store
-        .install_module_version(&manifest("m", "1"), "hash-1", b"one", T0)
+        .install_module_version(
+            &manifest("m", "1"),
+            "hash-1",
+            b"one",
+            &VersionUpload::default(),
+            T0,
+        )
         .await
         .unwrap();
     let job = job("sync", "m");
@@ -616,7 +930,13 @@ async fn manual_runs_take_the_jobs_names_and_stored_input_unless_given_one(store
 
 async fn manual_runs_of_a_job_that_cannot_run_queue_nothing(store: &dyn Store) {
     store
-        .install_module_version(&manifest("m", "1"), "hash-1", b"one", T0)
+        .install_module_version(
+            &manifest("m", "1"),
+            "hash-1",
+            b"one",
+            &VersionUpload::default(),
+            T0,
+        )
         .await
         .unwrap();
     let enabled = job("enabled", "m");
@@ -665,7 +985,13 @@ async fn manual_runs_of_a_job_that_cannot_run_queue_nothing(store: &dyn Store) {
 
 async fn manual_runs_started_on_a_node_run_there_alone_under_its_lease(store: &dyn Store) {
     store
-        .install_module_version(&manifest("m", "1"), "hash-1", b"one", T0)
+        .install_module_version(
+            &manifest("m", "1"),
+            "hash-1",
+            b"one",
+            &VersionUpload::default(),
+            T0,
+        )
         .await
         .unwrap();
     let job = job("sync", "m");
@@ -2269,6 +2595,9 @@ macro_rules! every_behaviour {
                 reuploading_known_bytes_makes_them_current_without_a_duplicate,
                 identical_bytes_of_two_modules_outlive_the_deletion_of_one,
                 a_module_can_be_disabled_and_enabled_again,
+                an_approval_binds_to_the_bytes_it_approved,
+                an_approval_reaches_only_the_version_its_approver_saw,
+                a_pinned_key_approves_uploads_until_it_is_unpinned,
                 deleting_a_module_without_its_jobs_leaves_them_and_removes_its_data,
                 deleting_a_module_with_its_jobs_keeps_their_executions,
                 a_job_reads_back_as_it_was_written,
@@ -2475,7 +2804,13 @@ async fn a_role_that_may_not_write_wal_messages_starts_runs_durably_instead() {
     use sqlx::{Connection, Executor};
     let (owner, database) = fresh_postgres().await;
     owner
-        .install_module_version(&manifest("m", "1"), "hash-1", b"one", T0)
+        .install_module_version(
+            &manifest("m", "1"),
+            "hash-1",
+            b"one",
+            &VersionUpload::default(),
+            T0,
+        )
         .await
         .unwrap();
     let job = job("sync", "m");
@@ -2631,4 +2966,95 @@ async fn a_sqlite_file_keeps_its_data_when_reopened() {
     }
     let store = SqliteStore::open(&path).await.unwrap();
     assert_eq!(store.get_job(&written.id).await.unwrap(), Some(written));
+}
+
+// ---- migration 0014: approvals bound to code -----------------------------------------
+
+/// Rows as a deployment from before migration 0014 holds them: module `sync` with an old
+/// version (`hash-1`) and its current one (`hash-2`), whose key-value request an admin
+/// approved. `blob` is the backend's literal for a one-byte blob.
+fn rows_before_0014(blob: &str) -> Vec<String> {
+    let approved = serde_json::to_string(&manifest("sync", "2").capabilities).unwrap();
+    let old = serde_json::to_string(&manifest("sync", "1")).unwrap();
+    let current = serde_json::to_string(&manifest("sync", "2")).unwrap();
+    vec![
+        format!(
+            "INSERT INTO module_blobs (content_hash, bytes) VALUES ('hash-1', {blob}), ('hash-2', {blob})"
+        ),
+        format!(
+            "INSERT INTO modules (name, status, current_hash, created_at, updated_at, approved_capabilities) \
+             VALUES ('sync', 'ENABLED', 'hash-2', {T0}, {T0}, '{approved}')"
+        ),
+        format!(
+            "INSERT INTO module_versions (module, version, content_hash, size_bytes, manifest, uploaded_at) \
+             VALUES ('sync', '1', 'hash-1', 1, '{old}', {T0}), ('sync', '2', 'hash-2', 1, '{current}', {})",
+            T0 + SECOND
+        ),
+    ]
+}
+
+/// What migration 0014 must have made of [`rows_before_0014`]: the running version keeps
+/// running; the old one was never vouched for and would wait.
+async fn running_installs_keep_running_after_0014(store: &dyn Store) {
+    let record = store.get_module("sync").await.unwrap().unwrap();
+    assert_eq!(record.current.content_hash, "hash-2");
+    assert!(
+        record
+            .current
+            .awaiting_approval(&record.approved)
+            .is_empty(),
+        "{record:?}"
+    );
+    let approval = record.current.approval.unwrap();
+    assert_eq!(approval.by, "approved before approvals bound to code");
+    assert_eq!(approval.at, T0 + SECOND);
+    assert_eq!(record.current.uploaded_by, None);
+    let versions = store.list_module_versions("sync").await.unwrap();
+    let old = versions
+        .iter()
+        .find(|v| v.content_hash == "hash-1")
+        .unwrap();
+    assert_eq!(old.approval, None);
+    assert_eq!(
+        old.awaiting_approval(&record.approved),
+        ["new code uploaded before approvals were bound to code"]
+    );
+}
+
+#[tokio::test]
+async fn migrating_sqlite_to_0014_keeps_the_current_version_of_each_module_approved() {
+    use sqlx::Executor;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("runcell.db");
+    let options = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(&path)
+        .create_if_missing(true);
+    let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
+    sqlx::migrate!("../migrations/sqlite")
+        .run_to(13, &pool)
+        .await
+        .unwrap();
+    for statement in rows_before_0014("X'00'") {
+        pool.execute(sqlx::AssertSqlSafe(statement)).await.unwrap();
+    }
+    pool.close().await;
+    let store = SqliteStore::open(&path).await.unwrap();
+    running_installs_keep_running_after_0014(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrating_postgres_to_0014_keeps_the_current_version_of_each_module_approved() {
+    use sqlx::Executor;
+    let database = PostgresDatabase::create().await;
+    let pool = sqlx::PgPool::connect(&database.url).await.unwrap();
+    sqlx::migrate!("../migrations/postgres")
+        .run_to(13, &pool)
+        .await
+        .unwrap();
+    for statement in rows_before_0014("'\\x00'::bytea") {
+        pool.execute(sqlx::AssertSqlSafe(statement)).await.unwrap();
+    }
+    pool.close().await;
+    let store = PostgresStore::connect(&database.url).await.unwrap();
+    running_installs_keep_running_after_0014(&store).await;
 }
