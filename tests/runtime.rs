@@ -373,10 +373,60 @@ async fn huge_output_is_refused() {
         .await;
     let (kind, message) = failure(&report);
     assert_eq!(*kind, FailureKind::OutputTooLarge);
-    assert!(
-        message.contains("above its limit of 1048576 bytes"),
-        "{message}"
+    assert!(message.contains("limit of 1048576 bytes"), "{message}");
+}
+
+/// Limits under which the guest can hold 100 MB of output.
+fn big_output_limits() -> Limits {
+    Limits {
+        memory_bytes: 512 << 20,
+        timeout: Duration::from_secs(60),
+        ..Limits::default()
+    }
+}
+
+#[tokio::test]
+async fn a_100_mb_output_is_refused_in_guest_memory_before_any_copy() {
+    let h = harness();
+    let module = load(&h.runtime, "hostile").await;
+    let report = h
+        .runtime
+        .run(&module, request("big-output", "null", big_output_limits()))
+        .await;
+    let (kind, message) = failure(&report);
+    assert_eq!(*kind, FailureKind::OutputTooLarge);
+    // The host never learns the size: it refused the output where it lay.
+    assert!(message.contains("before any copy"), "{message}");
+    assert!(message.contains("limit of 1048576 bytes"), "{message}");
+    assert!(report.usage.memory_peak_bytes >= 100_000_000);
+}
+
+#[tokio::test]
+async fn output_at_the_cap_is_kept_and_one_byte_more_is_refused() {
+    let h = harness();
+    let module = load(&h.runtime, "hostile").await;
+    let cap = Limits::default().max_output_bytes;
+    let at_cap = h
+        .runtime
+        .run(
+            &module,
+            request("big-output", &cap.to_string(), big_output_limits()),
+        )
+        .await;
+    assert_eq!(
+        output(&at_cap).as_str().map(str::len),
+        Some(cap as usize - 2)
     );
+    let over = h
+        .runtime
+        .run(
+            &module,
+            request("big-output", &(cap + 1).to_string(), big_output_limits()),
+        )
+        .await;
+    let (kind, message) = failure(&over);
+    assert_eq!(*kind, FailureKind::OutputTooLarge);
+    assert!(message.contains("above its limit"), "{message}");
 }
 
 #[tokio::test]
@@ -549,6 +599,7 @@ async fn the_host_is_unharmed_after_every_attack() {
         "memory-bomb",
         "deep-recursion",
         "huge-output",
+        "big-output",
         "panic",
         "trap",
     ] {

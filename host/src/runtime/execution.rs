@@ -9,7 +9,7 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use wasmtime::component::ResourceTable;
-use wasmtime::{Store, Trap, UpdateDeadline};
+use wasmtime::{Store, Trap, UpdateDeadline, WasmBacktrace};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
@@ -30,6 +30,25 @@ use crate::domain::{
 /// may take before its future is dropped. Epoch ticks stop guest code on time; this
 /// bounds the time spent where epochs cannot fire.
 pub(crate) const HOST_CALL_GRACE: Duration = Duration::from_millis(20);
+
+/// Room beside the largest string or list in one call for the call's other arguments.
+const HOST_COPY_SLACK_BYTES: usize = 64 * 1024;
+
+/// The most bytes one call may copy out of guest memory into the host: the run's output
+/// cap or the largest value a host call accepts (a key-value value), whichever is larger,
+/// plus [`HOST_COPY_SLACK_BYTES`].
+///
+/// Wasmtime counts the bytes of the strings and lists it lifts out of guest memory against
+/// this "hostcall fuel" and refuses a lift that would pass it *before* allocating, both for
+/// the arguments of a host call and for the result of `run`. So a guest that fills its
+/// memory and returns (or logs) all of it costs the host at most this much, never the size
+/// of its memory: output above the cap is refused where it lies.
+pub(crate) fn host_copy_bound(limits: &Limits) -> usize {
+    let output = usize::try_from(limits.max_output_bytes).unwrap_or(usize::MAX);
+    output
+        .max(super::host::kv::MAX_VALUE_BYTES)
+        .saturating_add(HOST_COPY_SLACK_BYTES)
+}
 
 /// Everything a run needs besides the module.
 #[derive(Clone)]
@@ -231,6 +250,7 @@ pub(crate) fn new_store(
     };
     let mut store = Store::new(&lane.engine, state);
     store.limiter(|state| &mut state.limiter);
+    store.set_hostcall_fuel(host_copy_bound(&limits));
     store
         .set_fuel(limits.fuel)
         .expect("the engine is built with fuel enabled");
@@ -380,6 +400,9 @@ pub(crate) fn classify_error(
             timeout: limits.timeout,
         };
     }
+    if let Some(outcome) = copy_refused(error, limits) {
+        return outcome;
+    }
     let memory_exceeded = || Outcome::Failed {
         kind: FailureKind::MemoryLimitExceeded,
         message: format!(
@@ -421,6 +444,42 @@ pub(crate) fn classify_error(
             message: super::logs::truncate(&format!("{error:#}"), MAX_ERROR_MESSAGE_BYTES),
         },
     }
+}
+
+/// What wasmtime says when a lift out of guest memory would pass [`host_copy_bound`]. Its
+/// error type is private, so its text is all there is to match; the end-to-end test of
+/// `big-output` fails if the text ever changes.
+const HOST_COPY_REFUSED: &str = "fuel allocated for hostcalls has been exhausted";
+
+/// The outcome of a run whose guest tried to pass more than [`host_copy_bound`] to the
+/// host in one call. Nothing was copied. A refusal while guest code was on the stack (the
+/// error carries a wasm backtrace) was the arguments of a host call; otherwise it was the
+/// result of `run`, which is lifted after the guest has returned.
+fn copy_refused(error: &wasmtime::Error, limits: &Limits) -> Option<Outcome> {
+    if !error
+        .chain()
+        .any(|cause| cause.to_string().contains(HOST_COPY_REFUSED))
+    {
+        return None;
+    }
+    let bound = host_copy_bound(limits);
+    Some(if error.downcast_ref::<WasmBacktrace>().is_some() {
+        Outcome::Failed {
+            kind: FailureKind::Trap,
+            message: format!(
+                "the guest passed more than {bound} bytes to one host call; it was refused before any copy"
+            ),
+        }
+    } else {
+        Outcome::Failed {
+            kind: FailureKind::OutputTooLarge,
+            message: format!(
+                "the job returned more than {bound} bytes, above its output limit of {} bytes; \
+                 it was refused in the guest's memory, before any copy",
+                limits.max_output_bytes
+            ),
+        }
+    })
 }
 
 /// Rust guests print `thread '…' panicked at file:line:col:` and then the message on
