@@ -153,6 +153,31 @@ fn each_kind_of_failure_has_its_exit_code_and_one_clear_line() {
 }
 
 #[test]
+fn run_says_when_log_lines_were_dropped() {
+    let cache = tempfile::tempdir().unwrap();
+    let hostile = guests::guest("hostile");
+    let out = runcell(
+        &[
+            "run",
+            hostile.to_str().unwrap(),
+            "log-flood",
+            "--timeout",
+            "2m",
+        ],
+        cache.path(),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    let notice = err
+        .lines()
+        .find(|line| line.contains("log cap reached"))
+        .unwrap_or_else(|| panic!("no drop notice after {} lines", err.lines().count()));
+    assert!(notice.starts_with("WARN"), "{notice}");
+    // 100,000 lines against the default cap of 10,000.
+    assert!(notice.contains("90000 more lines were dropped"), "{notice}");
+}
+
+#[test]
 fn files_that_are_not_modules_are_refused_with_the_reason() {
     let cache = tempfile::tempdir().unwrap();
     let dir = tempfile::tempdir().unwrap();

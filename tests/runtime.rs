@@ -326,6 +326,23 @@ async fn deep_recursion_traps_with_a_stack_overflow() {
 }
 
 #[tokio::test]
+async fn a_shadow_stack_overflow_is_reported_as_a_stack_overflow() {
+    let h = harness();
+    let module = load(&h.runtime, "hostile").await;
+    let report = h
+        .runtime
+        .run(
+            &module,
+            request("shadow-stack-overflow", "null", short_limits()),
+        )
+        .await;
+    let (kind, message) = failure(&report);
+    assert_eq!(*kind, FailureKind::Trap);
+    assert!(message.starts_with("stack overflow"), "{message}");
+    assert!(message.contains("linear memory"), "{message}");
+}
+
+#[tokio::test]
 async fn a_log_flood_is_capped_and_the_drop_is_reported() {
     let h = harness();
     let module = load(&h.runtime, "hostile").await;
@@ -598,6 +615,7 @@ async fn the_host_is_unharmed_after_every_attack() {
         "spin",
         "memory-bomb",
         "deep-recursion",
+        "shadow-stack-overflow",
         "huge-output",
         "big-output",
         "panic",

@@ -426,6 +426,13 @@ pub(crate) fn classify_error(
             kind: FailureKind::Trap,
             message: "stack overflow: the guest recursed too deeply".into(),
         },
+        Some(Trap::MemoryOutOfBounds) if is_runaway_recursion(error) => Outcome::Failed {
+            kind: FailureKind::Trap,
+            message: "stack overflow: the guest recursed until its stack in linear memory ran \
+                      out (an out-of-bounds access under the same few functions, frame after \
+                      frame)"
+                .into(),
+        },
         // A guest whose allocation was refused usually aborts right after; report the
         // cause, not the abort.
         Some(_) | None if memory_limit_hit => memory_exceeded(),
@@ -444,6 +451,41 @@ pub(crate) fn classify_error(
             message: super::logs::truncate(&format!("{error:#}"), MAX_ERROR_MESSAGE_BYTES),
         },
     }
+}
+
+/// Innermost frames of a trap's backtrace (wasmtime captures 20) that must be there, and
+/// the most distinct functions among them, for an out-of-bounds access to be read as the
+/// end of a runaway recursion.
+const RECURSION_MIN_FRAMES: usize = 16;
+const RECURSION_MAX_FUNCTIONS: usize = 4;
+
+/// Whether an out-of-bounds access is, most likely, a stack overflow in linear memory.
+///
+/// Compilers for wasm (Rust, C, Zig through LLVM) keep locals whose address is taken on a
+/// "shadow" stack in linear memory, usually placed first and growing down towards address
+/// 0. A recursion that runs it out takes the stack pointer below 0 and the next store
+/// faults: wasmtime reports an out-of-bounds access, with no address (memories here are
+/// bounds-checked explicitly, not by guard pages). What tells it apart is the
+/// stack it happened on: the innermost frames are a few functions calling each other over
+/// and over. An out-of-bounds bug in ordinary code has a varied stack; a bug deep inside
+/// a legitimate recursion would be misnamed "stack overflow", which still points at the
+/// right place.
+fn is_runaway_recursion(error: &wasmtime::Error) -> bool {
+    let Some(trace) = error.downcast_ref::<WasmBacktrace>() else {
+        return false;
+    };
+    let frames = trace.frames();
+    if frames.len() < RECURSION_MIN_FRAMES {
+        return false;
+    }
+    let mut functions: Vec<(Option<&str>, u32)> = Vec::new();
+    for frame in frames {
+        let function = (frame.module().name(), frame.func_index());
+        if !functions.contains(&function) {
+            functions.push(function);
+        }
+    }
+    functions.len() <= RECURSION_MAX_FUNCTIONS
 }
 
 /// What wasmtime says when a lift out of guest memory would pass [`host_copy_bound`]. Its
@@ -531,6 +573,17 @@ mod tests {
             Some("fixture panic: boom (at src/lib.rs:10:5)")
         );
         assert_eq!(panic_message(&[]), None);
+    }
+
+    #[test]
+    fn an_out_of_bounds_access_without_a_recursive_stack_stays_out_of_bounds() {
+        let error = wasmtime::Error::new(Trap::MemoryOutOfBounds);
+        assert!(!is_runaway_recursion(&error));
+        let outcome = classify_error(&error, false, &Limits::default(), &[]);
+        assert!(
+            matches!(&outcome, Outcome::Failed { message, .. } if message.contains("out of bounds")),
+            "{outcome:?}"
+        );
     }
 
     #[test]

@@ -147,13 +147,19 @@ impl LogCollector {
             let seq = buffer.entries.len() as u32;
             let mut fields = serde_json::Map::new();
             fields.insert("droppedLines".into(), dropped.into());
-            buffer.entries.push(LogEntry {
+            let notice = LogEntry {
                 seq,
                 ts_ms: now_ms(),
                 level: LogLevel::Warn,
                 message: format!("log cap reached: {dropped} more lines were dropped"),
                 fields,
-            });
+            };
+            // A live reader (`runcell run`'s terminal, a log stream) is told too, not
+            // only whoever reads the stored log.
+            if let Some(observer) = &buffer.observer {
+                observer(&notice);
+            }
+            buffer.entries.push(notice);
         }
         (std::mem::take(&mut buffer.entries), dropped)
     }
@@ -257,6 +263,23 @@ mod tests {
         assert_eq!(dropped, 7);
         assert_eq!(entries.len(), 4, "three lines and the notice");
         assert!(entries[3].message.contains("7 more lines were dropped"));
+    }
+
+    #[test]
+    fn a_live_observer_is_told_that_lines_were_dropped() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sink = seen.clone();
+        let observer: LogObserver = Arc::new(move |e: &LogEntry| {
+            sink.lock().unwrap().push(e.message.clone());
+        });
+        let logs = LogCollector::new(2, 1 << 20, Some(observer));
+        for i in 0..5 {
+            logs.push(LogLevel::Info, &format!("line {i}"), Default::default());
+        }
+        logs.finish();
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 3, "{seen:?}");
+        assert_eq!(seen[2], "log cap reached: 3 more lines were dropped");
     }
 
     #[test]
