@@ -301,24 +301,31 @@ async fn a_granted_host_at_a_forbidden_address_is_denied() {
     let server = TestServer::start().await;
     let port = server.port;
     // Granted by name and address, but loopback is closed by default.
+    // Granted by name and address, or by `*`: the address policy alone refuses, and the
+    // guest is told so rather than to ask for a host it already has.
     let (runtime, module) = client(OutboundSettings::default()).await;
-    let grant = [format!("127.0.0.1:{port}"), format!("localhost:{port}")];
-    for (url, host) in [
-        (server.url("/hello"), "127.0.0.1"),
-        (format!("http://localhost:{port}/hello"), "localhost"),
-    ] {
-        let report = fetch(&runtime, &module, &grant, json!({ "url": url }), limits()).await;
-        assert!(guest_error(&report).ends_with("HttpRequestDenied"));
-        let lines = http_lines(&report);
-        let message = &lines[0].message;
-        assert!(
-            message.starts_with(&format!("http GET {host} -> denied: `{host}` is ")),
-            "{message}"
-        );
-        assert!(
-            message.ends_with("a loopback address, which this server does not allow"),
-            "{message}"
-        );
+    let named = [format!("127.0.0.1:{port}"), format!("localhost:{port}")];
+    let any = ["*".to_owned()];
+    for grant in [&named[..], &any[..]] {
+        for (url, host) in [
+            (server.url("/hello"), "127.0.0.1"),
+            (format!("http://localhost:{port}/hello"), "localhost"),
+        ] {
+            let report = fetch(&runtime, &module, grant, json!({ "url": url }), limits()).await;
+            let error = guest_error(&report);
+            assert!(error.ends_with("DestinationIpProhibited"), "{error}");
+            let lines = http_lines(&report);
+            let message = &lines[0].message;
+            assert!(
+                message.starts_with(&format!("http GET {host} -> denied: `{host}` is ")),
+                "{message}"
+            );
+            assert!(
+                message.contains("a loopback address, which this server does not allow"),
+                "{message}"
+            );
+            assert!(message.contains("--outbound-allow"), "{message}");
+        }
     }
     assert!(server.hits().is_empty());
 }
@@ -361,7 +368,7 @@ async fn the_servers_own_address_is_never_reachable() {
         limits(),
     )
     .await;
-    assert!(guest_error(&report).ends_with("HttpRequestDenied"));
+    assert!(guest_error(&report).ends_with("DestinationIpProhibited"));
     assert!(
         http_lines(&report)[0]
             .message
@@ -405,15 +412,19 @@ async fn redirects_reach_the_guest_and_each_hop_is_checked_again() {
     let message = guest_error(&followed);
     assert!(
         message.ends_with(&format!(
-            "http://127.0.0.2:{port}/hello: ErrorCode::HttpRequestDenied"
+            "http://127.0.0.2:{port}/hello: ErrorCode::DestinationIpProhibited"
         )),
         "{message}"
     );
     let lines = http_lines(&followed);
     assert_eq!(lines[0].message, "http GET 127.0.0.1 -> 302");
-    assert_eq!(
-        lines[1].message,
-        "http GET 127.0.0.2 -> denied: `127.0.0.2` is 127.0.0.2, a loopback address, which this server does not allow"
+    assert!(
+        lines[1].message.starts_with(
+            "http GET 127.0.0.2 -> denied: `127.0.0.2` is 127.0.0.2, a loopback address, \
+             which this server does not allow"
+        ),
+        "{}",
+        lines[1].message
     );
 
     let away = fetch(

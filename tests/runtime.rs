@@ -602,6 +602,41 @@ async fn a_secret_reaches_the_guest_but_not_the_report_of_its_run() {
 }
 
 #[tokio::test]
+async fn masking_catches_a_secret_and_its_common_encodings_but_not_a_deliberate_transform() {
+    const SECRET: &str = "correct horse/battery+staple";
+    let h = harness();
+    let module = load(&h.runtime, "hostile").await;
+    let mut run = request("leak-secret", "null", short_limits());
+    run.config = Arc::new(BTreeMap::from([("token".to_owned(), SECRET.to_owned())]));
+    run.redact = Redactor::new([SECRET.to_owned()]);
+    let report = h.runtime.run(&module, run).await;
+    let leaked = output(&report);
+    for form in ["plain", "hex", "base64", "urlEncoded"] {
+        assert_eq!(leaked[form], "***", "{form}: {leaked}");
+    }
+    let basic = leaked["basicAuth"].as_str().unwrap();
+    assert!(
+        basic.starts_with("Basic ") && basic.contains("***"),
+        "{basic}"
+    );
+    assert!(
+        basic.len() < 24,
+        "only the edges shared with `user:` stay: {basic}"
+    );
+    // Reversed and hex-encoded, the secret goes through: masking is for accidents, and a
+    // module that can read a secret can always send it out.
+    let reversed: String = SECRET.chars().rev().collect();
+    let reversed_hex: String = reversed.bytes().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(leaked["reversedHex"], reversed_hex.as_str());
+    let printed: Vec<&str> = report.logs.iter().map(|l| l.message.as_str()).collect();
+    assert!(printed.contains(&"plain ***"), "{printed:?}");
+    assert!(printed.contains(&"hex ***"), "{printed:?}");
+    assert!(printed.contains(&"base64 ***"), "{printed:?}");
+    let reversed_line = format!("reversed-hex {reversed_hex}");
+    assert!(printed.contains(&reversed_line.as_str()), "{printed:?}");
+}
+
+#[tokio::test]
 async fn the_host_is_unharmed_after_every_attack() {
     let h = harness();
     let hostile = load(&h.runtime, "hostile").await;

@@ -274,7 +274,12 @@ pub(crate) fn classify(code: &ErrorCode, target: &Target) -> (ErrorKind, String)
         ),
         ErrorCode::DestinationIpProhibited => (
             Denied,
-            format!("denied: the server's address policy forbids the address of `{host}`"),
+            format!(
+                "denied: `{host}` has a loopback, private, link-local or cloud-metadata \
+                 address, which the server's address policy closes whatever the module's \
+                 grants; an operator can open that address (`runcell serve \
+                 --outbound-allow`, `runcell run --allow-address`)"
+            ),
         ),
         ErrorCode::DnsTimeout => (Timeout, format!("timed out resolving `{host}`")),
         ErrorCode::DnsError(payload) => {
@@ -407,6 +412,8 @@ mod tests {
         let policy = error(ErrorCode::DestinationIpProhibited);
         assert_eq!(policy.kind(), ErrorKind::Denied);
         assert!(policy.detail().contains("address policy"));
+        assert!(policy.detail().contains("--outbound-allow"));
+        assert!(!policy.detail().contains("outbound_hosts"));
     }
 
     #[test]

@@ -75,8 +75,23 @@ type ResponseFuture = Box<
         > + Send,
 >;
 
-fn denied() -> ResponseFuture {
-    Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) })
+fn denied(denial: &Denial) -> ResponseFuture {
+    let code = error_code(denial);
+    Box::new(async move { Err(code) })
+}
+
+/// The `wasi:http` error code a guest is given for `denial`: an address the operator's
+/// policy closes is `destination-ip-prohibited`, whatever the module's grant says, so that
+/// the guest (and its author) is not told to ask for a host it was already granted.
+pub(crate) fn error_code(denial: &Denial) -> wasmtime_wasi_http::Error {
+    match denial {
+        Denial::Address { .. } | Denial::OwnAddress { .. } => {
+            wasmtime_wasi_http::Error::DestinationIpProhibited
+        }
+        Denial::NotGranted { .. } | Denial::UnsupportedScheme(_) | Denial::BadHost(_) => {
+            wasmtime_wasi_http::Error::HttpRequestDenied
+        }
+    }
 }
 
 impl WasiHttpHooks for OutboundHttp {
@@ -107,12 +122,13 @@ impl WasiHttpHooks for OutboundHttp {
             return Box::new(async { Err(wasmtime_wasi_http::Error::ConnectionLimitReached) });
         }
         let Ok(host) = host else {
-            exchange.end(Ending::Denied(&Denial::BadHost(raw_host)));
-            return denied();
+            let denial = Denial::BadHost(raw_host);
+            exchange.end(Ending::Denied(&denial));
+            return denied(&denial);
         };
         if let Err(denial) = self.policy.check_target(&scheme, &host, port) {
             exchange.end(Ending::Denied(&denial));
-            return denied();
+            return denied(&denial);
         }
 
         let policy = self.policy.clone();

@@ -56,7 +56,7 @@ pub(super) async fn send(
         .map_err(|_| Error::DnsTimeout)??;
     if let Err(denial) = policy.check_addresses(&target.host, &addrs) {
         exchange.end(Ending::Denied(&denial));
-        return Err(Error::HttpRequestDenied);
+        return Err(super::error_code(&denial));
     }
     let stream = tokio::time::timeout_at(connect_by, connect(&addrs))
         .await

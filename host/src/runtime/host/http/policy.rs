@@ -303,7 +303,11 @@ pub enum Denial {
     UnsupportedScheme(String),
     #[error("`{0}` is not a valid host")]
     BadHost(String),
-    #[error("`{host}` is {ip}, a {class} address, which this server does not allow")]
+    #[error(
+        "`{host}` is {ip}, a {class} address, which this server does not allow whatever the \
+         module's grant; an operator can open it (`runcell serve --outbound-allow`, \
+         `runcell run --allow-address`)"
+    )]
     Address {
         host: String,
         ip: IpAddr,
@@ -646,7 +650,9 @@ mod tests {
         let denial = p.check_addresses(&name, &[public, metadata]).unwrap_err();
         assert_eq!(
             denial.to_string(),
-            "`rebind.example` is 169.254.169.254, a cloud metadata address, which this server does not allow"
+            "`rebind.example` is 169.254.169.254, a cloud metadata address, which this server \
+             does not allow whatever the module's grant; an operator can open it \
+             (`runcell serve --outbound-allow`, `runcell run --allow-address`)"
         );
     }
 
