@@ -72,7 +72,10 @@ fn run_prints_output_on_stdout_and_logs_and_usage_on_stderr() {
     let summary = err.lines().last().unwrap();
     assert!(summary.starts_with("completed: "), "{summary}");
     assert!(
-        summary.contains("ms wall") && summary.contains("fuel") && summary.contains("peak memory"),
+        summary.contains("ms wall")
+            && summary.contains("ms CPU")
+            && summary.contains("fuel")
+            && summary.contains("peak memory"),
         "{summary}"
     );
 }

@@ -343,6 +343,43 @@ async fn a_shadow_stack_overflow_is_reported_as_a_stack_overflow() {
 }
 
 #[tokio::test]
+async fn a_loop_stopped_by_the_clock_reports_the_fuel_it_burned_and_its_cpu_time() {
+    let h = harness();
+    let module = load(&h.runtime, "hostile").await;
+    let spin = |ms: u64| {
+        let limits = Limits {
+            fuel: Limits::default_ceiling().fuel,
+            timeout: Duration::from_millis(ms),
+            ..Limits::default()
+        };
+        h.runtime.run(&module, request("spin", "null", limits))
+    };
+    let short = spin(200).await;
+    let long = spin(1_000).await;
+    let mut rates = Vec::new();
+    for report in [&short, &long] {
+        assert!(
+            matches!(report.outcome, Outcome::TimedOut { .. }),
+            "{:?}",
+            report.outcome
+        );
+        let usage = report.usage;
+        // Far more than the thousand-odd units of the calls before the loop.
+        assert!(usage.fuel_consumed > 100_000_000, "{usage:?}");
+        assert!(usage.cpu_time > Duration::ZERO, "{usage:?}");
+        assert!(usage.cpu_time <= usage.wall_time * 2, "{usage:?}");
+        rates.push(usage.fuel_consumed as f64 / usage.cpu_time.as_secs_f64());
+    }
+    assert!(long.usage.fuel_consumed > short.usage.fuel_consumed);
+    // Fuel follows the CPU the loop had, whatever the machine's load.
+    let ratio = rates[1] / rates[0];
+    assert!(
+        (0.5..2.0).contains(&ratio),
+        "fuel per CPU second: {rates:?}"
+    );
+}
+
+#[tokio::test]
 async fn a_log_flood_is_capped_and_the_drop_is_reported() {
     let h = harness();
     let module = load(&h.runtime, "hostile").await;

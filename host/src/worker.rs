@@ -507,6 +507,7 @@ async fn refuse(shared: &Shared, claimed: &ClaimedExecution, reason: String) {
         duration_ms: 0.0,
         fuel_consumed: 0,
         memory_peak_bytes: 0,
+        cpu_time_ms: 0.0,
         logs: Vec::new(),
     };
     let _ = shared

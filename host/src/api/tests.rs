@@ -257,6 +257,7 @@ impl TestApi {
             duration_ms: 1.0,
             fuel_consumed: 10,
             memory_peak_bytes: 65_536,
+            cpu_time_ms: 2.5,
             logs,
         };
         let recorded = self
@@ -1116,6 +1117,7 @@ async fn executions_filter_by_status_and_a_bad_status_lists_the_allowed_ones() {
     assert_eq!(execution["status"], "COMPLETED");
     assert_eq!(execution["result"], json!({"ok": true}));
     assert_eq!(execution["fuelConsumed"], 10);
+    assert_eq!(execution["cpuTimeMs"], 2.5);
     assert_eq!(execution["memoryPeakBytes"], 65_536);
     assert!(execution["durationMs"].is_number());
 }

@@ -57,8 +57,8 @@ pub(super) struct RunArgs {
     /// Read the job's input from a JSON file (`-` for stdin).
     #[arg(long)]
     input_file: Option<PathBuf>,
-    /// Fuel the run may burn (about 8 million units per millisecond of CPU)
-    /// [default: the job's hint, else 8000000000].
+    /// Fuel the run may burn: guest instructions, roughly 11 to 24 million per CPU
+    /// millisecond of compiled Rust [default: the job's hint, else 8000000000].
     #[arg(long)]
     fuel: Option<u64>,
     /// Wall-clock limit, e.g. 500ms, 2s, 1m [default: the job's hint, else 30s].
@@ -274,8 +274,9 @@ fn format_log_line(entry: &LogEntry) -> String {
 fn finish(report: &RunReport) -> ExitStatus {
     let usage = &report.usage;
     let summary = format!(
-        "{:.2} ms wall · {} fuel · {} peak memory",
+        "{:.2} ms wall · {:.2} ms CPU · {} fuel · {} peak memory",
         usage.wall_time.as_secs_f64() * 1000.0,
+        usage.cpu_time.as_secs_f64() * 1000.0,
         usage.fuel_consumed,
         bytesize::ByteSize(usage.memory_peak_bytes).display().iec(),
     );

@@ -2,9 +2,19 @@
 
 use std::time::Duration;
 
-/// Fuel burns at roughly 8 million units per millisecond of tight-loop CPU on the
-/// reference machine (2 cores, 2026), so fuel is presented to users in those terms.
+/// The unit fuel limits are written in: 8 million units, a nominal millisecond. It is not
+/// a calibration. Fuel counts guest instructions (about one unit each), so its rate
+/// depends on the code: measured on the reference machine (2 cores, 2026), compiled Rust
+/// burns 11 to 24 million units per CPU millisecond ([`RUST_FUEL_PER_CPU_MS`]), so
+/// 8,000,000,000 fuel lasts roughly 330 to 750 ms of it; an interpreted guest (Python)
+/// lasts 0.6 to 2.5 s. Work the host does for a guest's calls is not fuel: it is measured
+/// as CPU time beside it (`Usage::cpu_time`).
 pub const FUEL_PER_CPU_MS: u64 = 8_000_000;
+
+/// The fuel compiled Rust burned per CPU millisecond on the reference machine, lowest
+/// and highest measured (a tight `burn` loop: 18 million; a spin: 24 million), for telling
+/// users roughly what a fuel limit buys.
+pub const RUST_FUEL_PER_CPU_MS: (u64, u64) = (11_000_000, 24_000_000);
 
 /// What one execution may use. Each limit, when hit, ends the run with its own outcome so
 /// the author knows which knob to turn.
@@ -25,7 +35,8 @@ pub struct Limits {
 }
 
 impl Default for Limits {
-    /// Safe defaults for a job that did not ask for more: about a second of CPU,
+    /// Safe defaults for a job that did not ask for more: 8,000,000,000 fuel (roughly 0.3 to
+    /// 0.75 s of CPU for compiled Rust),
     /// thirty seconds of wall time, 64 MiB of memory, 1 MiB of output.
     fn default() -> Self {
         Self {

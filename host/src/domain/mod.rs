@@ -12,7 +12,7 @@ mod run;
 pub use approval::{CodeApproval, PublisherKey, Uploader};
 pub use auth::{ApiToken, AuditEntry, Credential, Principal, RefreshToken, Role, User};
 pub use config::{JobConfig, SECRET_MASK, SecretValue, Setting, SettingValue};
-pub use limits::{FUEL_PER_CPU_MS, Limits, LimitsError, parse_byte_size};
+pub use limits::{FUEL_PER_CPU_MS, Limits, LimitsError, RUST_FUEL_PER_CPU_MS, parse_byte_size};
 pub use manifest::{
     Capabilities, DEFAULT_HTTP_PORTS, HostName, HostPattern, HostPatternError, JobSpec, Manifest,
     ManifestError, RouteAccess,

@@ -210,6 +210,9 @@ pub struct Execution {
     pub duration_ms: Option<f64>,
     pub fuel_consumed: Option<u64>,
     pub memory_peak_bytes: Option<u64>,
+    /// CPU time the host spent on the run, in milliseconds: guest code and the host
+    /// calls it made. Fuel counts guest instructions only.
+    pub cpu_time_ms: Option<f64>,
     pub node_id: Option<String>,
     pub cancel_requested: bool,
 }
@@ -227,6 +230,7 @@ pub struct ExecutionResult {
     pub duration_ms: f64,
     pub fuel_consumed: u64,
     pub memory_peak_bytes: u64,
+    pub cpu_time_ms: f64,
     pub logs: Vec<LogEntry>,
 }
 
@@ -275,6 +279,7 @@ impl ExecutionResult {
             duration_ms: usage.wall_time.as_secs_f64() * 1000.0,
             fuel_consumed: usage.fuel_consumed,
             memory_peak_bytes: usage.memory_peak_bytes,
+            cpu_time_ms: usage.cpu_time.as_secs_f64() * 1000.0,
             logs,
         }
     }

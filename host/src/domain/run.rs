@@ -133,8 +133,16 @@ pub struct LogEntry {
 pub struct Usage {
     #[serde(serialize_with = "serialize_ms")]
     pub wall_time: Duration,
+    /// Guest instructions executed (wasmtime fuel: about one unit per instruction). Work
+    /// the host does for the guest's calls (copying, hashing, I/O) is not in it; see
+    /// `cpu_time`.
     pub fuel_consumed: u64,
     pub memory_peak_bytes: u64,
+    /// CPU time the host's threads spent on the run: instantiation, guest code and the
+    /// host calls made on the run's thread. Not a limit: recorded beside fuel so that a
+    /// guest whose host calls cost more than its own code shows up.
+    #[serde(rename = "cpuTimeMs", serialize_with = "serialize_ms")]
+    pub cpu_time: Duration,
 }
 
 fn serialize_ms<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {

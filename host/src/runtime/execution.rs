@@ -14,6 +14,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use super::bindings::{JobModulePre, types};
+use super::cpu::CpuMeter;
 use super::host::http::OutboundHttp;
 use super::host::{HostCallTimedOut, HostContext};
 use super::lanes::Lane;
@@ -22,8 +23,8 @@ use super::logs::{LogCollector, LogObserver, Stream};
 use super::redact::Redactor;
 use super::stdio::CapturedStream;
 use crate::domain::{
-    FUEL_PER_CPU_MS, FailureKind, Grants, Limits, LogEntry, LogLevel, Outcome, RunContext,
-    RunReport, Trigger, Usage,
+    FUEL_PER_CPU_MS, FailureKind, Grants, Limits, LogEntry, LogLevel, Outcome,
+    RUST_FUEL_PER_CPU_MS, RunContext, RunReport, Trigger, Usage,
 };
 
 /// How long past its deadline a run stuck in a host call (a WASI sleep, a slow backend)
@@ -49,6 +50,15 @@ pub(crate) fn host_copy_bound(limits: &Limits) -> usize {
         .max(super::host::kv::MAX_VALUE_BYTES)
         .saturating_add(HOST_COPY_SLACK_BYTES)
 }
+
+/// Fuel the guest gets at a time out of its run's budget. Wasmtime's compiled code keeps
+/// its fuel count in a register and writes it back only at calls, returns and the end of
+/// a slice; an epoch interruption (the deadline, a cancellation) reads the count without
+/// that write-back, so a tight loop stopped by the clock used to report the fuel of its
+/// last call (about a thousand units) whatever it ran. With slices, what is reported
+/// after such a stop is at most one slice short. About a millisecond of guest CPU: the
+/// refill costs a yield, negligible at that interval.
+const FUEL_SLICE: u64 = FUEL_PER_CPU_MS;
 
 /// Everything a run needs besides the module.
 #[derive(Clone)]
@@ -187,6 +197,7 @@ pub(crate) fn conclude<T>(
         wall_time: started.elapsed(),
         fuel_consumed: limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0)),
         memory_peak_bytes: state.limiter.peak_bytes(),
+        cpu_time: Duration::ZERO,
     };
     state.http_hooks.finish(match result {
         Err(error) if is_deadline(error) => "the run hit its deadline",
@@ -252,6 +263,9 @@ pub(crate) fn new_store(
     store.limiter(|state| &mut state.limiter);
     store.set_hostcall_fuel(host_copy_bound(&limits));
     store
+        .fuel_async_yield_interval(Some(FUEL_SLICE))
+        .expect("the engine is built with fuel and async support");
+    store
         .set_fuel(limits.fuel)
         .expect("the engine is built with fuel enabled");
     store.set_epoch_deadline(1);
@@ -300,6 +314,7 @@ pub(crate) async fn execute(
         scheduled_at_ms: request.context.scheduled_at_ms,
     };
     let deadline = tokio::time::Instant::now() + limits.timeout + HOST_CALL_GRACE;
+    let cpu = CpuMeter::default();
     let result = {
         let call = async {
             let instance = pre.instantiate_async(&mut store).await?;
@@ -307,7 +322,8 @@ pub(crate) async fn execute(
                 .call_run(&mut store, &request.job, &context, &request.input)
                 .await
         };
-        let mut call = std::pin::pin!(call);
+        let call = std::pin::pin!(call);
+        let mut call = std::pin::pin!(cpu.meter(call));
         // The guest runs on a fiber until it returns or waits, so a short run ends within
         // this first poll. Only a run that waits gets a timer and a cancellation waiter:
         // creating a timer writes the runtime's handle, which all worker threads share.
@@ -323,7 +339,8 @@ pub(crate) async fn execute(
             },
         }
     };
-    let (usage, memory_limit_hit) = conclude(&store, &limits, started, &result);
+    let (mut usage, memory_limit_hit) = conclude(&store, &limits, started, &result);
+    usage.cpu_time = cpu.spent();
     let (entries, dropped_log_lines) = logs.finish();
     let outcome = match result {
         Ok(Ok(output)) => completed(output, &limits),
@@ -414,9 +431,10 @@ pub(crate) fn classify_error(
         Some(Trap::OutOfFuel) => Outcome::Failed {
             kind: FailureKind::OutOfFuel,
             message: format!(
-                "used all of its {} fuel units (about {} ms of CPU); raise the fuel limit or do less work per run",
+                "used all of its {} fuel units (roughly {} to {} ms of CPU for compiled Rust); raise the fuel limit or do less work per run",
                 limits.fuel,
-                limits.fuel / FUEL_PER_CPU_MS
+                limits.fuel / RUST_FUEL_PER_CPU_MS.1,
+                limits.fuel / RUST_FUEL_PER_CPU_MS.0
             ),
         },
         Some(Trap::Interrupt) => Outcome::TimedOut {

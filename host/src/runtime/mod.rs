@@ -7,6 +7,7 @@
 
 mod bindings;
 mod cache;
+mod cpu;
 mod engine;
 mod execution;
 pub mod host;

@@ -161,7 +161,8 @@ macro_rules! execution_columns {
     () => {
         "id, job_id, module, job, status, trigger, attempt, retry_of, input, result, error, \
          error_kind, scheduled_at, run_after, cron_tick, event_id, created_at, started_at, \
-         finished_at, duration_ms, fuel_consumed, memory_peak_bytes, node_id, cancel_requested"
+         finished_at, duration_ms, fuel_consumed, memory_peak_bytes, node_id, cancel_requested, \
+         cpu_time_ms"
     };
 }
 
@@ -469,6 +470,7 @@ fn execution_from_row(row: &PgRow) -> Result<Execution, StoreError> {
         duration_ms: col(row, "duration_ms")?,
         fuel_consumed: col_opt_u64(row, "fuel_consumed")?,
         memory_peak_bytes: col_opt_u64(row, "memory_peak_bytes")?,
+        cpu_time_ms: col(row, "cpu_time_ms")?,
         node_id: col(row, "node_id")?,
         cancel_requested: col(row, "cancel_requested")?,
     })
@@ -711,19 +713,19 @@ async fn insert_executions(
     .map_err(db)
 }
 
-/// The recording of up to [`MAX_ROWS`] results (`$1` to `$9`, a column each) and the
-/// log lines (`$10` to `$15`) of the executions it recorded.
+/// The recording of up to [`MAX_ROWS`] results (`$1` to `$9` and `$16`, a column each)
+/// and the log lines (`$10` to `$15`) of the executions it recorded.
 /// `(e.status || '')`: see "Finding executions by a list of ids" above.
 const RECORD: &str = "WITH recorded AS ( \
          UPDATE executions e SET status = r.status, result = r.result, \
              error = r.error, error_kind = r.error_kind, \
              finished_at = r.finished_at, duration_ms = r.duration_ms, \
              fuel_consumed = r.fuel_consumed, memory_peak_bytes = r.memory_peak_bytes, \
-             lease_expires_at = NULL \
+             cpu_time_ms = r.cpu_time_ms, lease_expires_at = NULL \
          FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
-                     $6::int8[], $7::float8[], $8::int8[], $9::int8[]) \
+                     $6::int8[], $7::float8[], $8::int8[], $9::int8[], $16::float8[]) \
              AS r (id, status, result, error, error_kind, finished_at, duration_ms, \
-                   fuel_consumed, memory_peak_bytes) \
+                   fuel_consumed, memory_peak_bytes, cpu_time_ms) \
          WHERE e.id = r.id AND (e.status || '') = 'RUNNING' \
          RETURNING e.id \
      ), logged AS ( \
@@ -793,6 +795,7 @@ async fn record_batch(
                 .map(|(_, _, fields)| fields.as_deref())
                 .bind_iter(),
         )
+        .bind(results.iter().map(|r| r.cpu_time_ms).bind_iter())
         .fetch_all(conn)
         .await
         .map_err(db)
@@ -2164,11 +2167,11 @@ mod tests {
             let plan: Vec<String> = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
                 "SET plan_cache_mode = {mode}; \
                  PREPARE record (text[], text[], text[], text[], text[], int8[], float8[], \
-                     int8[], int8[], text[], int4[], int8[], text[], text[], text[]) \
+                     int8[], int8[], text[], int4[], int8[], text[], text[], text[], float8[]) \
                      AS {RECORD}; \
                  EXPLAIN EXECUTE record('{{{wanted}}}', '{{}}', '{{}}', '{{}}', '{{}}', \
                      '{{}}', '{{}}', '{{}}', '{{}}', '{{}}', '{{}}', '{{}}', '{{}}', '{{}}', \
-                     '{{}}'); \
+                     '{{}}', '{{}}'); \
                  DEALLOCATE record; \
                  RESET plan_cache_mode;"
             )))

@@ -101,7 +101,8 @@ macro_rules! execution_columns {
     () => {
         "id, job_id, module, job, status, trigger, attempt, retry_of, input, result, error, \
          error_kind, scheduled_at, run_after, cron_tick, event_id, created_at, started_at, \
-         finished_at, duration_ms, fuel_consumed, memory_peak_bytes, node_id, cancel_requested"
+         finished_at, duration_ms, fuel_consumed, memory_peak_bytes, node_id, cancel_requested, \
+         cpu_time_ms"
     };
 }
 
@@ -485,6 +486,7 @@ fn execution_from_row(row: &SqliteRow) -> Result<Execution, StoreError> {
         duration_ms: col(row, "duration_ms")?,
         fuel_consumed: col_opt_u64(row, "fuel_consumed")?,
         memory_peak_bytes: col_opt_u64(row, "memory_peak_bytes")?,
+        cpu_time_ms: col(row, "cpu_time_ms")?,
         node_id: col(row, "node_id")?,
         cancel_requested: col(row, "cancel_requested")?,
     })
@@ -692,7 +694,7 @@ fn claim_statement(
 fn record_statement(prefix: &str, results: &[&ExecutionResult]) -> QueryBuilder<Sqlite> {
     let mut query = QueryBuilder::new(format!(
         "{prefix}WITH r (id, status, result, error, error_kind, finished_at, duration_ms, \
-                 fuel_consumed, memory_peak_bytes) AS ("
+                 fuel_consumed, memory_peak_bytes, cpu_time_ms) AS ("
     ));
     query.push_values(padded(results), |mut row, r| {
         row.push_bind(r.id.as_str())
@@ -703,7 +705,8 @@ fn record_statement(prefix: &str, results: &[&ExecutionResult]) -> QueryBuilder<
             .push_bind(r.finished_at)
             .push_bind(r.duration_ms)
             .push_bind(int(r.fuel_consumed))
-            .push_bind(int(r.memory_peak_bytes));
+            .push_bind(int(r.memory_peak_bytes))
+            .push_bind(r.cpu_time_ms);
     });
     // `+` as in the claim: each row of `r` finds its execution by key, rather than every
     // running execution being matched against all of `r`.
@@ -712,7 +715,7 @@ fn record_statement(prefix: &str, results: &[&ExecutionResult]) -> QueryBuilder<
              error = r.error, error_kind = r.error_kind, \
              finished_at = r.finished_at, duration_ms = r.duration_ms, \
              fuel_consumed = r.fuel_consumed, memory_peak_bytes = r.memory_peak_bytes, \
-             lease_expires_at = NULL \
+             cpu_time_ms = r.cpu_time_ms, lease_expires_at = NULL \
          FROM r WHERE executions.id = r.id AND +executions.status = 'RUNNING' \
          RETURNING executions.id",
     );
@@ -2144,6 +2147,7 @@ mod tests {
                 duration_ms: 0.0,
                 fuel_consumed: 0,
                 memory_peak_bytes: 0,
+                cpu_time_ms: 0.0,
                 logs: Vec::new(),
             })
             .collect();

@@ -106,6 +106,7 @@ fn completed(id: &str, logs: Vec<LogEntry>) -> ExecutionResult {
         duration_ms: 12.5,
         fuel_consumed: 1_234,
         memory_peak_bytes: 65_536,
+        cpu_time_ms: 3.25,
         logs,
     }
 }
@@ -1259,6 +1260,7 @@ async fn results_are_recorded_once_with_their_logs(store: &dyn Store) {
     assert_eq!(execution.duration_ms, Some(12.5));
     assert_eq!(execution.fuel_consumed, Some(1_234));
     assert_eq!(execution.memory_peak_bytes, Some(65_536));
+    assert_eq!(execution.cpu_time_ms, Some(3.25));
     assert_eq!(
         store.execution_logs(&id, None, 100).await.unwrap(),
         result.logs
