@@ -380,6 +380,35 @@ async fn a_loop_stopped_by_the_clock_reports_the_fuel_it_burned_and_its_cpu_time
 }
 
 #[tokio::test]
+async fn a_route_stopped_by_the_clock_reports_its_fuel_and_cpu_time() {
+    let h = harness();
+    let module = load(&h.runtime, "route-probe").await;
+    let limits = Limits {
+        timeout: Duration::from_millis(200),
+        fuel: Limits::default_ceiling().fuel,
+        ..Limits::default()
+    };
+    let request = http::Request::get("http://runcell.test/spin")
+        .body(bytes::Bytes::new())
+        .unwrap();
+    let served = h
+        .runtime
+        .serve_http(&module, request, limits, granted(&module), 1 << 20)
+        .await;
+    assert!(
+        matches!(served.response, Err(Outcome::TimedOut { .. })),
+        "{:?}",
+        served.response.as_ref().err()
+    );
+    assert!(
+        served.usage.fuel_consumed > 100_000_000,
+        "{:?}",
+        served.usage
+    );
+    assert!(served.usage.cpu_time > Duration::ZERO, "{:?}", served.usage);
+}
+
+#[tokio::test]
 async fn a_log_flood_is_capped_and_the_drop_is_reported() {
     let h = harness();
     let module = load(&h.runtime, "hostile").await;

@@ -219,10 +219,20 @@ pub(super) async fn serve(
         }
     };
     let read_by = tokio::time::Instant::now() + limits.timeout + execution::HOST_CALL_GRACE;
-    let ((result, usage, memory_limit_hit), response) = tokio::join!(
-        call_handler(store, &in_lane.pre, handler, incoming, outparam, &run),
+    let cpu = super::cpu::CpuMeter::default();
+    let call = std::pin::pin!(call_handler(
+        store,
+        &in_lane.pre,
+        handler,
+        incoming,
+        outparam,
+        &run
+    ));
+    let ((result, mut usage, memory_limit_hit), response) = tokio::join!(
+        cpu.meter(call),
         read_response(answer, max_response_bytes, read_by),
     );
+    usage.cpu_time = cpu.spent();
     let (entries, dropped_log_lines) = logs.finish();
     let response = match (result, response) {
         // Checked first: a guest whose write hit the closed pipe may trap afterwards.
