@@ -1236,3 +1236,55 @@ fn endpoint_monitor_checks_the_endpoints_of_its_setting_set_through_the_api() {
         "{logs:?}"
     );
 }
+
+#[test]
+fn a_corrupt_row_is_a_500_whose_error_id_leads_to_the_logged_cause() {
+    let mut server = Server::start();
+    server.upload(&guests::guest("hello"));
+    let job = server.create_job(&json!({"name": "greet", "module": "hello", "job": "greet"}));
+    let execution = server.execute(&id(&job), Some(json!({"name": "Ada"})));
+    server.wait_final(&execution, RUN);
+
+    // A row no version of Runcell writes, as a bad hand edit or a bug would leave it.
+    server.stop();
+    let database = server.data_dir().join("runcell.db");
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let url = format!("sqlite://{}", database.display());
+        let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(&url)
+            .await
+            .unwrap();
+        // The schema's own CHECK would refuse it, as it should.
+        sqlx::query("PRAGMA ignore_check_constraints = ON")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        sqlx::query("UPDATE executions SET status = 'EXPLODED' WHERE id = ?")
+            .bind(&execution)
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    });
+    server.restart();
+
+    let reply = server.get(&format!("/api/v1/executions/{execution}"));
+    assert_eq!(reply.status, 500, "not a `retry later`: {}", reply.body);
+    assert_eq!(reply.code(), "internal");
+    let error_id = reply.body["error"]["details"]["errorId"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error id: {}", reply.body))
+        .to_owned();
+    assert!(
+        !reply.body.to_string().contains("EXPLODED"),
+        "{}",
+        reply.body
+    );
+    let output = server.output();
+    let line = output
+        .lines()
+        .find(|line| line.contains(&error_id))
+        .unwrap_or_else(|| panic!("{error_id} is in no log line:\n{output}"));
+    assert!(line.contains("ERROR"), "{line}");
+    assert!(line.contains("EXPLODED"), "the cause: {line}");
+    // The rest of the server is fine.
+    assert_eq!(server.get("/api/v1/jobs").status, 200);
+}

@@ -11,6 +11,12 @@
 //! is one. Server-side faults (`internal`, `unavailable`) send a generic message; their
 //! real cause rides in a response extension to [`log_failures`], which logs it once,
 //! inside the request's span (so with its request id), and never sends it.
+//!
+//! Only a dependency that cannot serve now (a lost database connection, a read-only
+//! database, the queue down) is `503 unavailable`: retrying later may help. Any other
+//! server-side fault (a corrupt row, a statement the database refused, a failure to hash
+//! a password) is `500 internal` with `details.errorId`, a fresh id that the error-level
+//! log line carries too, so a report quoting it leads to the cause.
 
 use std::any::Any;
 use std::fmt::Display;
@@ -24,6 +30,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
+use crate::domain::new_id;
 use crate::services::ServiceError;
 
 /// The stable, machine-readable part of an error. Clients match on [`ErrorCode::as_str`];
@@ -75,7 +82,9 @@ pub enum ErrorCode {
     Unavailable,
     /// 503 from `/readyz`: the server cannot take work (`details.checks` says what is down).
     NotReady,
-    /// 500: a bug; the server logged the cause with the request id.
+    /// 500: a fault on the server's side that retrying will not fix (a bug, a corrupt
+    /// row); the server logged the cause under `details.errorId`, which a report
+    /// should quote.
     Internal,
 }
 
@@ -141,7 +150,7 @@ pub struct ErrorDetail {
     /// Present only when there is something in it: `field` (the offending field, as a JSON
     /// path, or query parameter), `resource` and `id` (what does not exist), `limitBytes`
     /// (the body limit), `accepted` (media types), `allowed` (values), `checks` (what is
-    /// down).
+    /// down), `errorId` (a `500`'s id, also in the server's log line about it).
     #[serde(skip_serializing_if = "Map::is_empty")]
     details: Map<String, Value>,
 }
@@ -155,9 +164,13 @@ pub struct ApiError {
     cause: Option<String>,
 }
 
-/// The cause of a server-side fault, carried from [`ApiError`] to [`log_failures`].
+/// The cause of a server-side fault, carried from [`ApiError`] to [`log_failures`], with
+/// the id the client was given for it (internal faults only).
 #[derive(Debug, Clone)]
-struct FailureCause(String);
+struct FailureCause {
+    cause: String,
+    error_id: Option<String>,
+}
 
 impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
@@ -179,14 +192,19 @@ impl ApiError {
         self
     }
 
-    /// A bug or an unexpected failure: the client learns only that it happened.
+    /// A bug or an unexpected failure: the client learns only that it happened, and the
+    /// id under which the server logged the cause.
     pub fn internal(cause: impl Display) -> Self {
+        let error_id = new_id();
         Self {
             cause: Some(cause.to_string()),
             ..Self::new(
                 ErrorCode::Internal,
-                "internal server error; the server logged the cause under this request's x-request-id",
+                format!(
+                    "internal server error {error_id}; the server logged its cause under this id: quote it when reporting the problem"
+                ),
             )
+            .with_detail("errorId", error_id)
         }
     }
 
@@ -231,6 +249,7 @@ impl From<ServiceError> for ApiError {
             ServiceError::Conflict(_) => Self::new(ErrorCode::Conflict, message),
             ServiceError::InvalidModule(_) => Self::new(ErrorCode::InvalidModule, message),
             ServiceError::Unavailable(cause) => Self::unavailable(cause),
+            ServiceError::Internal(cause) => Self::internal(cause),
             ServiceError::Unauthenticated(_) => Self::new(ErrorCode::Unauthenticated, message),
             ServiceError::Forbidden(_) => Self::new(ErrorCode::Forbidden, message),
             ServiceError::Busy(_) => {
@@ -254,6 +273,11 @@ impl IntoResponse for ApiError {
             _ => None,
         };
         let unauthenticated = self.code == ErrorCode::Unauthenticated;
+        let error_id = self
+            .details
+            .get("errorId")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
         let body = ErrorBody {
             error: ErrorDetail {
                 code: self.code.as_str(),
@@ -274,7 +298,9 @@ impl IntoResponse for ApiError {
             );
         }
         if let Some(cause) = self.cause {
-            response.extensions_mut().insert(FailureCause(cause));
+            response
+                .extensions_mut()
+                .insert(FailureCause { cause, error_id });
         }
         response
     }
@@ -283,12 +309,16 @@ impl IntoResponse for ApiError {
 /// Middleware: logs the cause of every server-side fault, once, in the request's span.
 pub(super) async fn log_failures(request: Request, next: Next) -> Response {
     let response = next.run(request).await;
-    if let Some(FailureCause(cause)) = response.extensions().get::<FailureCause>() {
+    if let Some(FailureCause { cause, error_id }) = response.extensions().get::<FailureCause>() {
         let status = response.status().as_u16();
-        if response.status() == StatusCode::SERVICE_UNAVAILABLE {
-            tracing::warn!(status, cause = %cause, "request failed: dependency unavailable");
-        } else {
-            tracing::error!(status, cause = %cause, "request failed");
+        match error_id {
+            Some(error_id) => {
+                tracing::error!(status, error_id = %error_id, cause = %cause, "request failed");
+            }
+            None if response.status() == StatusCode::SERVICE_UNAVAILABLE => {
+                tracing::warn!(status, cause = %cause, "request failed: dependency unavailable");
+            }
+            None => tracing::error!(status, cause = %cause, "request failed"),
         }
     }
     response
@@ -302,4 +332,101 @@ pub(super) fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response {
         .or_else(|| panic.downcast_ref::<&str>().copied())
         .unwrap_or("(no message)");
     ApiError::internal(format!("handler panicked: {message}")).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+
+    use axum::Router;
+    use axum::body::{Body, to_bytes};
+    use axum::routing::get;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    /// Log lines written while a test runs, as text.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// `failure` answered by a route behind [`log_failures`]: the response's status and
+    /// body, and what was logged.
+    async fn answer(failure: fn() -> ServiceError) -> (StatusCode, Value, String) {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let app = Router::new()
+            .route(
+                "/",
+                get(move || async move { ApiError::from(failure()).into_response() }),
+            )
+            .layer(axum::middleware::from_fn(log_failures));
+        let response = app
+            .oneshot(Request::get("/").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let status = response.status();
+        let body = to_bytes(response.into_body(), usize::MAX).await.unwrap();
+        let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        (status, serde_json::from_slice(&body).unwrap(), log)
+    }
+
+    #[tokio::test]
+    async fn an_internal_fault_is_a_500_whose_id_is_in_the_error_log_line_and_not_its_cause() {
+        let (status, body, log) =
+            answer(|| ServiceError::Internal("corrupt row: status: unknown `DONE`".into())).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(body["error"]["code"], "internal");
+        let id = body["error"]["details"]["errorId"].as_str().expect("an id");
+        assert!(uuid::Uuid::parse_str(id).is_ok(), "{id}");
+        assert!(
+            body["error"]["message"].as_str().unwrap().contains(id),
+            "{body}"
+        );
+        assert!(
+            !body.to_string().contains("DONE"),
+            "the cause stays out: {body}"
+        );
+        let line = log
+            .lines()
+            .find(|line| line.contains(id))
+            .unwrap_or_else(|| panic!("no log line with {id}:\n{log}"));
+        assert!(line.contains("ERROR"), "{line}");
+        assert!(line.contains("unknown `DONE`"), "{line}");
+    }
+
+    #[tokio::test]
+    async fn only_a_dependency_that_cannot_serve_is_a_503_to_retry() {
+        let (status, body, log) =
+            answer(|| ServiceError::Unavailable("pool timed out".into())).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body["error"]["code"], "unavailable");
+        assert!(body["error"].get("details").is_none(), "{body}");
+        assert!(
+            log.contains("WARN") && log.contains("pool timed out"),
+            "{log}"
+        );
+        let (status, _, _) = answer(|| {
+            ServiceError::from(crate::store::StoreError::Database(
+                "no such column: x".into(),
+            ))
+        })
+        .await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    }
 }

@@ -118,7 +118,9 @@ pub(super) fn frame() -> OpenApi {
         )
         .response(
             INTERNAL,
-            error("A bug: the server logged the cause under the response's `x-request-id`."),
+            error(
+                "A fault on the server's side that retrying will not fix (a bug, a corrupt row): the server logged the cause under `details.errorId`; quote it when reporting the problem.",
+            ),
         )
         .build();
     OpenApiBuilder::new()

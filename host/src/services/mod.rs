@@ -54,9 +54,14 @@ pub enum ServiceError {
     /// The uploaded file is not a module Runcell can run.
     #[error("{0}")]
     InvalidModule(#[from] LoadError),
-    /// A dependency (database, queue) is down; retry later.
+    /// A dependency (database, queue) cannot serve now; retry later.
     #[error("{0}")]
     Unavailable(String),
+    /// A fault on the server's side that retrying will not fix (a corrupt row, a query
+    /// the database refused, a failure to hash): a bug to report. The text is for the log,
+    /// never for the caller.
+    #[error("{0}")]
+    Internal(String),
     /// No valid credential: log in (again) or present a valid token.
     #[error("{0}")]
     Unauthenticated(String),
@@ -101,8 +106,31 @@ impl From<StoreError> for ServiceError {
     fn from(err: StoreError) -> Self {
         match err {
             StoreError::Conflict(message) => ServiceError::Conflict(message),
-            other => ServiceError::Unavailable(other.to_string()),
+            StoreError::Unavailable(_) => ServiceError::Unavailable(err.to_string()),
+            StoreError::Database(_) | StoreError::Corrupt(_) => {
+                ServiceError::Internal(err.to_string())
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_an_unreachable_database_asks_the_caller_to_retry() {
+        let unavailable = ServiceError::from(StoreError::Unavailable("pool timed out".into()));
+        assert!(matches!(unavailable, ServiceError::Unavailable(_)));
+        for fault in [
+            StoreError::Database("no such column: x".into()),
+            StoreError::Corrupt("status: unknown `DONE`".into()),
+        ] {
+            let mapped = ServiceError::from(fault);
+            assert!(matches!(mapped, ServiceError::Internal(_)), "{mapped:?}");
+        }
+        let conflict = ServiceError::from(StoreError::Conflict("taken".into()));
+        assert!(matches!(conflict, ServiceError::Conflict(_)));
     }
 }
 

@@ -40,8 +40,59 @@ pub(super) fn claimed_in_given_order(
         .collect()
 }
 
+/// A database failure, classified: [`StoreError::Unavailable`] when retrying later may
+/// succeed (see [`is_unavailable`]), [`StoreError::Database`] when it will not.
 pub(super) fn db(err: sqlx::Error) -> StoreError {
-    StoreError::Database(err.to_string())
+    if is_unavailable(&err) {
+        StoreError::Unavailable(err.to_string())
+    } else {
+        StoreError::Database(err.to_string())
+    }
+}
+
+/// Whether `err` says the database cannot serve now rather than that a statement is
+/// wrong: no connection (pool timeout, I/O, TLS, closed pool, a crashed driver worker),
+/// a read-only database, a server shutting down or out of resources, or a transaction
+/// that lost to a concurrent one. Everything else (syntax, schema, constraints, rows
+/// that do not decode) is a fault to fix, and retrying it would only repeat it.
+pub(super) fn is_unavailable(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(e) => {
+            use sqlx::error::DatabaseError as _;
+            if let Some(sqlite) = e.try_downcast_ref::<sqlx::sqlite::SqliteError>() {
+                let extended = sqlite.code().and_then(|c| c.parse::<i32>().ok());
+                extended.is_some_and(|code| SQLITE_UNAVAILABLE.contains(&(code & 0xff)))
+            } else if let Some(pg) = e.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
+                postgres_unavailable(pg.code())
+            } else {
+                false
+            }
+        }
+        _ => false,
+    }
+}
+
+/// SQLite's primary result codes that mean "not now": `BUSY` (5, another writer held the
+/// lock past the busy timeout), `READONLY` (8), `IOERR` (10), `FULL` (13, the disk) and
+/// `CANTOPEN` (14).
+const SQLITE_UNAVAILABLE: [i32; 5] = [5, 8, 10, 13, 14];
+
+/// PostgreSQL's SQLSTATEs that mean "not now": class 08 (connection exception), 25006
+/// (read-only transaction, e.g. a standby), 40001 and 40P01 (serialization failure,
+/// deadlock: retry the transaction), class 53 (insufficient resources: disk, memory,
+/// connections) and 57P01..57P03 (the server is shutting down or starting).
+fn postgres_unavailable(sqlstate: &str) -> bool {
+    sqlstate.starts_with("08")
+        || sqlstate.starts_with("53")
+        || matches!(
+            sqlstate,
+            "25006" | "40001" | "40P01" | "57P01" | "57P02" | "57P03"
+        )
 }
 
 pub(super) fn corrupt(column: &str, problem: impl Display) -> StoreError {
@@ -173,4 +224,113 @@ pub(super) fn approval_raced(module: &str, approving: &str, current: &str) -> St
     StoreError::Conflict(format!(
         "module `{module}` changed while it was being approved: its current version is now {current}, not {approving}; look at it again and approve what you see"
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::str::FromStr;
+
+    use sqlx::sqlite::SqliteConnectOptions;
+    use sqlx::{ConnectOptions, Connection};
+
+    use super::*;
+
+    fn classified(err: sqlx::Error) -> StoreError {
+        db(err)
+    }
+
+    #[tokio::test]
+    async fn a_lost_connection_is_unavailable_but_a_wrong_statement_is_not() {
+        let pool = sqlx::SqlitePool::connect("sqlite::memory:").await.unwrap();
+        let wrong = sqlx::query("SELEC 1").execute(&pool).await.unwrap_err();
+        assert!(matches!(classified(wrong), StoreError::Database(_)));
+        let missing = sqlx::query("SELECT * FROM nowhere")
+            .execute(&pool)
+            .await
+            .unwrap_err();
+        assert!(matches!(classified(missing), StoreError::Database(_)));
+        pool.close().await;
+        let closed = sqlx::query("SELECT 1").execute(&pool).await.unwrap_err();
+        assert!(
+            matches!(classified(closed), StoreError::Unavailable(_)),
+            "a closed pool"
+        );
+        assert!(matches!(
+            classified(sqlx::Error::PoolTimedOut),
+            StoreError::Unavailable(_)
+        ));
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
+        assert!(matches!(
+            classified(sqlx::Error::Io(io)),
+            StoreError::Unavailable(_)
+        ));
+        assert!(matches!(
+            classified(sqlx::Error::RowNotFound),
+            StoreError::Database(_)
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_read_only_sqlite_database_is_unavailable() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ro.db");
+        let mut writer = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))
+            .unwrap()
+            .create_if_missing(true)
+            .connect()
+            .await
+            .unwrap();
+        sqlx::query("CREATE TABLE t (x INTEGER)")
+            .execute(&mut writer)
+            .await
+            .unwrap();
+        let mut reader = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))
+            .unwrap()
+            .read_only(true)
+            .connect()
+            .await
+            .unwrap();
+        let refused = sqlx::query("INSERT INTO t VALUES (1)")
+            .execute(&mut reader)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(classified(refused), StoreError::Unavailable(_)),
+            "read-only"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_read_only_postgres_transaction_is_unavailable_and_bad_sql_is_not() {
+        let url = std::env::var("RUNCELL_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+        let mut conn = sqlx::postgres::PgConnection::connect(&url).await.unwrap();
+        sqlx::query("SET default_transaction_read_only = on")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let refused = sqlx::query("CREATE TEMP TABLE runcell_ro_probe (x int)")
+            .execute(&mut conn)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(classified(refused), StoreError::Unavailable(_)),
+            "read-only"
+        );
+        let wrong = sqlx::query("SELEC 1").execute(&mut conn).await.unwrap_err();
+        assert!(matches!(classified(wrong), StoreError::Database(_)));
+    }
+
+    #[test]
+    fn postgres_connection_read_only_and_shutdown_states_are_unavailable() {
+        for state in [
+            "08006", "08001", "25006", "40001", "40P01", "53100", "57P01",
+        ] {
+            assert!(postgres_unavailable(state), "{state}");
+        }
+        // Syntax, undefined table, not-null, check: faults to fix, not to retry.
+        for state in ["42601", "42P01", "23502", "23514", "22P02"] {
+            assert!(!postgres_unavailable(state), "{state}");
+        }
+    }
 }

@@ -31,7 +31,14 @@ pub enum StoreError {
     /// A uniqueness rule was violated; the message names what already exists.
     #[error("{0}")]
     Conflict(String),
-    /// The database could not be reached or answered with an error.
+    /// The database cannot serve now: the connection was lost or never came (pool
+    /// timeout, I/O, closed pool), it is shutting down or out of resources, it refused a
+    /// write as read-only, or a transaction lost to a concurrent one. Retrying later may
+    /// succeed.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// The database answered, but refused the statement (a constraint other than
+    /// uniqueness, a schema mismatch, a bug in a query). Retrying will not help.
     #[error("database error: {0}")]
     Database(String),
     /// Stored data could not be read back (a bug or a hand-edited row).

@@ -59,10 +59,10 @@ pub async fn hash(cost: HashCost, password: String) -> Result<String, ServiceErr
         cost.hasher()
             .hash_password(password.as_bytes())
             .map(|hash| hash.to_string())
-            .map_err(|err| ServiceError::Unavailable(format!("cannot hash a password: {err}")))
+            .map_err(|err| ServiceError::Internal(format!("cannot hash a password: {err}")))
     })
     .await
-    .map_err(|err| ServiceError::Unavailable(format!("password hashing failed: {err}")))?
+    .map_err(|err| ServiceError::Internal(format!("password hashing failed: {err}")))?
 }
 
 /// Whether `password` matches `phc`. The comparison of the derived key is constant-time
