@@ -408,8 +408,8 @@ fn disabling_removes_routes_at_once_and_a_new_version_takes_over_after_its_appro
     let anonymous = version(None);
     assert_eq!(anonymous.status, 200, "{}", anonymous.text());
     assert_eq!(anonymous.text(), "2.0.0");
-    // A public route passes the client's own Authorization through: it is the module's
-    // scheme, not Runcell's, and no caller is claimed.
+    // A public route claims no caller, and passes no Authorization, whatever its
+    // scheme: Runcell cannot tell the module's scheme from its own credentials.
     let echo = call(
         &server,
         None,
@@ -418,7 +418,7 @@ fn disabling_removes_routes_at_once_and_a_new_version_takes_over_after_its_appro
         &[("authorization", "Signature abc")],
         None,
     );
-    assert_eq!(echo.json()["headers"]["authorization"], "Signature abc");
+    assert!(echo.json()["headers"].get("authorization").is_none());
     assert!(echo.json()["headers"].get("x-runcell-user").is_none());
 
     // Deleting the module removes its routes too.
@@ -429,4 +429,88 @@ fn disabling_removes_routes_at_once_and_a_new_version_takes_over_after_its_appro
         204
     );
     assert_eq!(version(None).status, 404);
+}
+
+/// What route-probe's `/headers` received, as `name: value` lines.
+fn headers_seen(answer: &Answer) -> Vec<String> {
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    answer.json()["headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|pair| {
+            format!(
+                "{}: {}",
+                pair[0].as_str().unwrap(),
+                pair[1].as_str().unwrap()
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn no_kind_of_route_hands_a_module_the_callers_runcell_credentials() {
+    let server = start();
+    server.upload(&guests::guest("route-probe"));
+    let admin = server.token().to_owned();
+    let created = server.post_json("/api/v1/tokens", &json!({"name": "ci", "role": "viewer"}));
+    assert_eq!(created.status, 201, "{}", created.body);
+    let api_token = created.body["secret"].as_str().unwrap().to_owned();
+    let cookie = format!("theme=dark; rc_session={admin}; rc_ci={api_token}");
+    let smuggled = [
+        ("cookie", cookie.as_str()),
+        ("x-api-key", api_token.as_str()),
+        ("x-forwarded-authorization", admin.as_str()),
+        ("x-custom", "kept"),
+    ];
+    let leaks = |seen: &[String]| {
+        seen.iter()
+            .filter(|line| line.contains(admin.as_str()) || line.contains(api_token.as_str()))
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+
+    // An authenticated route: the caller is named, its credentials are not passed.
+    let seen = headers_seen(&call(
+        &server,
+        Some(&admin),
+        "GET",
+        "/m/route-probe/headers",
+        &smuggled,
+        None,
+    ));
+    assert_eq!(leaks(&seen), Vec::<String>::new(), "{seen:?}");
+    assert!(
+        seen.contains(&"x-runcell-user: admin".to_owned()),
+        "{seen:?}"
+    );
+    assert!(seen.contains(&"x-custom: kept".to_owned()), "{seen:?}");
+    assert!(seen.contains(&"cookie: theme=dark".to_owned()), "{seen:?}");
+
+    // A public route (2.0.0, approved): a real admin token sent to it, however it is
+    // sent, never reaches the module, which could replay it against the API.
+    let bytes = std::fs::read(guests::guest("route-probe-v2")).unwrap();
+    let upgraded = server.post_bytes("/api/v1/modules?approve=true", "application/wasm", &bytes);
+    assert_eq!(upgraded.status, 201, "{}", upgraded.body);
+    let seen = headers_seen(&call(
+        &server,
+        Some(&admin),
+        "GET",
+        "/m/route-probe/headers",
+        &smuggled,
+        None,
+    ));
+    assert_eq!(leaks(&seen), Vec::<String>::new(), "{seen:?}");
+    assert!(
+        !seen.iter().any(|line| line.starts_with("authorization:")),
+        "{seen:?}"
+    );
+    assert!(
+        !seen.iter().any(|line| line.starts_with("x-runcell-")),
+        "{seen:?}"
+    );
+    assert!(seen.contains(&"x-custom: kept".to_owned()), "{seen:?}");
+    assert!(seen.contains(&"cookie: theme=dark".to_owned()), "{seen:?}");
+    // The token was real: the API still takes it.
+    assert_eq!(server.get("/api/v1/auth/me").status, 200);
 }

@@ -5,9 +5,14 @@
 //! limits, concurrency — is the services' business.
 //!
 //! The module sees the path below its prefix (`/m/data-sync/status?x=1` arrives as
-//! `/status?x=1`) and the client's headers, except hop-by-hop ones, the caller's Runcell
-//! token (replaced by `x-runcell-user` and `x-runcell-role`) and any `x-runcell-*` header
-//! the client sent. Its responses are served on the API's origin, so they carry
+//! `/status?x=1`) and the client's headers, except hop-by-hop ones, any `x-runcell-*`
+//! header the client sent (Runcell sets `x-runcell-user` and `x-runcell-role` for a
+//! signed-in caller) and anything that could carry a Runcell credential, on every kind
+//! of route, public ones included: `Authorization` always (it is where the API reads
+//! credentials, and a module cannot be trusted to tell a Runcell token from its own), and
+//! any other header or cookie whose value holds a Runcell token (an API or refresh
+//! token, or an access token this deployment signed). A module that wants a credential of
+//! its own reads it from a header of its own choosing. Its responses are served on the API's origin, so they carry
 //! `Content-Security-Policy: sandbox`: a page a module serves runs in an opaque origin and
 //! cannot reach the dashboard's storage or the API with its user's credentials.
 
@@ -118,7 +123,9 @@ async fn forward(state: &ApiState, request: Request) -> Result<Response, ApiErro
                 format!("the request cannot be passed to the module: {err}"),
             )
         })?;
-    *forwarded.headers_mut() = request_headers(&parts.headers, caller.as_ref());
+    *forwarded.headers_mut() = request_headers(&parts.headers, caller.as_ref(), |value| {
+        state.auth.carries_credential(value)
+    });
 
     let served = services.serve_route(&target, forwarded).await?;
     match served.response {
@@ -161,13 +168,29 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
     HOP_BY_HOP.contains(&name.as_str())
 }
 
-fn request_headers(client: &HeaderMap, caller: Option<&Principal>) -> HeaderMap {
+/// What the module is given of the client's headers: see the module's documentation.
+/// `is_credential` tells whether a header value carries a Runcell credential.
+fn request_headers(
+    client: &HeaderMap,
+    caller: Option<&Principal>,
+    is_credential: impl Fn(&str) -> bool,
+) -> HeaderMap {
     let mut headers = HeaderMap::with_capacity(client.len() + 2);
     for (name, value) in client {
         let runcells_own = name.as_str().starts_with(RUNCELL_HEADER_PREFIX);
-        // The caller's Runcell token is not the module's to see or replay.
-        let token = caller.is_some() && name == header::AUTHORIZATION;
-        if !runcells_own && !token && !is_hop_by_hop(name) {
+        if runcells_own || is_hop_by_hop(name) || name == header::AUTHORIZATION {
+            continue;
+        }
+        // Header values are not always text; a credential is, so other bytes pass.
+        let Ok(text) = value.to_str() else {
+            headers.append(name, value.clone());
+            continue;
+        };
+        if name == header::COOKIE {
+            if let Some(kept) = cookies_without_credentials(text, &is_credential) {
+                headers.append(name, kept);
+            }
+        } else if !is_credential(text) {
             headers.append(name, value.clone());
         }
     }
@@ -181,6 +204,23 @@ fn request_headers(client: &HeaderMap, caller: Option<&Principal>) -> HeaderMap 
         );
     }
     headers
+}
+
+/// A `Cookie` header without the cookies that carry a credential (a module's own cookies
+/// pass); `None` when none is left.
+fn cookies_without_credentials(
+    header: &str,
+    is_credential: impl Fn(&str) -> bool,
+) -> Option<HeaderValue> {
+    let kept: Vec<&str> = header
+        .split(';')
+        .map(str::trim)
+        .filter(|pair| !pair.is_empty() && !is_credential(pair))
+        .collect();
+    if kept.is_empty() {
+        return None;
+    }
+    HeaderValue::from_str(&kept.join("; ")).ok()
 }
 
 fn module_response(response: http::Response<bytes::Bytes>) -> Response {
@@ -240,6 +280,11 @@ mod tests {
         assert_eq!(split_path("/api/v1/jobs"), None);
     }
 
+    /// Stands in for the auth service's check: anything with `rct_` in it.
+    fn api_token_like(value: &str) -> bool {
+        value.contains("rct_")
+    }
+
     #[test]
     fn a_client_cannot_pass_its_token_or_runcell_headers_to_the_module() {
         let mut client = HeaderMap::new();
@@ -256,19 +301,39 @@ mod tests {
                 token_id: "t1".into(),
             },
         };
-        let headers = request_headers(&client, Some(&caller));
+        let headers = request_headers(&client, Some(&caller), api_token_like);
         assert!(headers.get(header::AUTHORIZATION).is_none());
         assert!(headers.get(header::CONNECTION).is_none());
         assert_eq!(headers["x-runcell-user"], "viewer-user");
         assert_eq!(headers["x-runcell-role"], "viewer");
         assert_eq!(headers[header::ACCEPT], "application/json");
 
-        // A public route has no caller: a token the client sends is its own business,
-        // but it still cannot claim to be someone.
-        let headers = request_headers(&client, None);
-        assert_eq!(headers[header::AUTHORIZATION], "Bearer secret");
+        // A public route has no caller: still no Authorization, and no claim to be
+        // someone.
+        let headers = request_headers(&client, None, api_token_like);
+        assert!(headers.get(header::AUTHORIZATION).is_none());
         assert!(headers.get("x-runcell-user").is_none());
         assert!(headers.get("x-runcell-role").is_none());
+        assert_eq!(headers[header::ACCEPT], "application/json");
+    }
+
+    #[test]
+    fn a_credential_in_another_header_or_a_cookie_is_kept_from_the_module() {
+        let mut client = HeaderMap::new();
+        client.insert("x-api-key", "rct_abc".parse().unwrap());
+        client.insert("x-trace", "kept".parse().unwrap());
+        client.insert(
+            header::COOKIE,
+            "theme=dark; session=rct_abc;lang=en".parse().unwrap(),
+        );
+        let headers = request_headers(&client, None, api_token_like);
+        assert!(headers.get("x-api-key").is_none());
+        assert_eq!(headers["x-trace"], "kept");
+        assert_eq!(headers[header::COOKIE], "theme=dark; lang=en");
+
+        client.insert(header::COOKIE, "session=rct_abc".parse().unwrap());
+        let headers = request_headers(&client, None, api_token_like);
+        assert!(headers.get(header::COOKIE).is_none());
     }
 
     #[test]

@@ -123,6 +123,12 @@ impl TokenCodec {
         (token, claims)
     }
 
+    /// Whether `token` is an access token this codec signed, whether or not it is still
+    /// valid: what must never be handed to a module, even expired.
+    pub fn signed_by_us(&self, token: &str) -> bool {
+        jsonwebtoken::decode::<Claims>(token, &self.key.decoding, &self.validation).is_ok()
+    }
+
     pub fn verify(&self, token: &str, now: Millis) -> Result<Claims, TokenError> {
         let claims = jsonwebtoken::decode::<Claims>(token, &self.key.decoding, &self.validation)
             .map_err(|err| TokenError::Invalid(err.to_string()))?

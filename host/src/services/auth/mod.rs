@@ -429,6 +429,20 @@ impl AuthService {
         Ok(principal)
     }
 
+    /// Whether `text` (a header value) carries a Runcell credential: an API or refresh
+    /// token (recognised by their prefixes), or an access token this deployment signed,
+    /// expired or not. For keeping credentials from modules, which must not see them
+    /// however a client sends them.
+    pub fn carries_credential(&self, text: &str) -> bool {
+        if text.contains(API_TOKEN_PREFIX) || text.contains(REFRESH_TOKEN_PREFIX) {
+            return true;
+        }
+        // A JWT is three base64url parts joined by dots; anything else separates words.
+        text.split(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+            .filter(|word| word.len() > 20 && word.matches('.').count() == 2)
+            .any(|word| self.inner.codec.signed_by_us(word))
+    }
+
     async fn api_token_principal(
         &self,
         hash: &str,

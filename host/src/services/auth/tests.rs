@@ -492,6 +492,49 @@ async fn usernames_are_validated_and_unique(h: &Harness) {
     assert!(matches!(odd, Err(ServiceError::BadField { .. })));
 }
 
+#[tokio::test]
+async fn every_kind_of_runcell_credential_is_recognised_in_a_header_value() {
+    let h = harness(false).await;
+    user(&h, "alice", Role::Operator).await;
+    let session = h.auth.login("alice", PASSWORD, None).await.unwrap();
+    let principal = h.auth.authenticate(&session.access_token).await.unwrap();
+    let (_, api_token) = h
+        .auth
+        .create_api_token(
+            &principal,
+            NewApiToken {
+                name: "ci".into(),
+                role: Role::Viewer,
+                expires_at: None,
+            },
+        )
+        .await
+        .unwrap();
+    for value in [
+        session.access_token.clone(),
+        format!("Bearer {}", session.access_token),
+        format!("theme=dark; s={}", session.access_token),
+        api_token,
+        session.refresh_token.clone(),
+    ] {
+        assert!(h.auth.carries_credential(&value), "{value}");
+    }
+    // Expired, it is still not the module's to see.
+    h.advance(24 * 60 * MINUTE);
+    assert!(h.auth.carries_credential(&session.access_token));
+    // Someone else's JWT, and ordinary values, are not Runcell's.
+    let other = TokenCodec::new(
+        SigningKey::from_secret(&[9; 32]).unwrap(),
+        "runcell",
+        "runcell-api",
+    )
+    .issue("u", "s", T0, MINUTE)
+    .0;
+    for value in [other.as_str(), "theme=dark", "Signature abc", "a.b.c"] {
+        assert!(!h.auth.carries_credential(value), "{value}");
+    }
+}
+
 /// Runs each test against both store backends.
 macro_rules! on_both_backends {
     ($($test:ident),* $(,)?) => {
