@@ -10,7 +10,7 @@ mod server;
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use serde_json::json;
+use serde_json::{Value, json};
 
 use server::{Server, ServerOptions};
 
@@ -230,4 +230,86 @@ fn a_module_runs_only_once_an_admin_approved_what_it_asks_for() {
 
     let audit = server.get("/api/v1/audit").body.to_string();
     assert!(audit.contains("module.capabilities.approve"), "{audit}");
+}
+
+/// A request with no token, for what the harness's replies leave out: the status, the
+/// headers, the body as text.
+fn raw(server: &Server, method: &str, path: &str, body: Option<&Value>) -> RawReply {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let url = server.url(path);
+    let mut response = match body {
+        Some(body) => agent
+            .post(&url)
+            .header("content-type", "application/json")
+            .send(body.to_string().as_bytes()),
+        None if method == "GET" => agent.get(&url).call(),
+        None => agent.post(&url).send_empty(),
+    }
+    .unwrap_or_else(|err| panic!("{method} {path}: {err}"));
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    RawReply {
+        status: response.status().as_u16(),
+        retry_after: header("retry-after"),
+        body: response.body_mut().read_to_string().unwrap_or_default(),
+    }
+}
+
+struct RawReply {
+    status: u16,
+    retry_after: Option<String>,
+    body: String,
+}
+
+fn login_reply(server: &Server, username: &str, password: &str) -> RawReply {
+    raw(
+        server,
+        "POST",
+        "/api/v1/auth/login",
+        Some(&json!({"username": username, "password": password})),
+    )
+}
+
+#[test]
+fn a_burst_of_wrong_passwords_gets_no_more_guesses_than_the_limit() {
+    let server = Server::start();
+    let created = server.post_json(
+        "/api/v1/users",
+        &json!({"username": "bob", "password": "bobs real password", "role": "viewer"}),
+    );
+    assert_eq!(created.status, 201, "{}", created.body);
+    let answers: Vec<RawReply> = std::thread::scope(|scope| {
+        let burst: Vec<_> = (0..30)
+            .map(|_| scope.spawn(|| login_reply(&server, "bob", "a wrong password!")))
+            .collect();
+        burst.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    let count = |status: u16| answers.iter().filter(|a| a.status == status).count();
+    // A 401 is only ever answered after the password was hashed: these were guesses.
+    assert_eq!(
+        count(401),
+        5,
+        "{:?}",
+        answers.iter().map(|a| &a.body).collect::<Vec<_>>()
+    );
+    assert_eq!(count(429), 25);
+    assert!(
+        answers
+            .iter()
+            .filter(|a| a.status == 429)
+            .all(|a| a.retry_after.is_some())
+    );
+    // The right password is refused too from this address, for the window.
+    assert_eq!(
+        login_reply(&server, "bob", "bobs real password").status,
+        429
+    );
 }

@@ -100,7 +100,7 @@ impl SessionResponse {
         (status = 400, description = "Malformed body (`details.field`).", body = ErrorBody),
         (status = 401, description = "Invalid username or password (the same answer for both).", body = ErrorBody),
         (status = 429, description = "Too many failed logins; retry after `Retry-After` seconds.", body = ErrorBody),
-        (status = 503, description = "The database is unavailable; retry later.", body = ErrorBody),
+        (status = 503, description = "The database is unavailable (`unavailable`), or the server is checking too many passwords at once (`overloaded`, retry after `Retry-After` seconds).", body = ErrorBody),
     ),
 )]
 pub(super) async fn login(

@@ -80,6 +80,9 @@ pub enum ErrorCode {
     ModuleTimedOut,
     /// 503: the database or the queue is unavailable; retry later.
     Unavailable,
+    /// 503: the server is at its bound for costly work (checking passwords) and refused
+    /// this at once; retry after the `Retry-After` header's seconds.
+    Overloaded,
     /// 503 from `/readyz`: the server cannot take work (`details.checks` says what is down).
     NotReady,
     /// 500: a fault on the server's side that retrying will not fix (a bug, a corrupt
@@ -107,6 +110,7 @@ impl ErrorCode {
             Self::ModuleBusy => "module_busy",
             Self::ModuleTimedOut => "module_timed_out",
             Self::Unavailable => "unavailable",
+            Self::Overloaded => "overloaded",
             Self::NotReady => "not_ready",
             Self::Internal => "internal",
         }
@@ -126,7 +130,7 @@ impl ErrorCode {
             Self::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
             Self::ModuleFailed => StatusCode::BAD_GATEWAY,
             Self::ModuleTimedOut => StatusCode::GATEWAY_TIMEOUT,
-            Self::Unavailable | Self::NotReady | Self::ModuleBusy => {
+            Self::Unavailable | Self::NotReady | Self::ModuleBusy | Self::Overloaded => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -259,6 +263,10 @@ impl From<ServiceError> for ApiError {
                 retry_after_secs, ..
             } => Self::new(ErrorCode::TooManyRequests, message)
                 .with_detail("retryAfterSeconds", retry_after_secs),
+            ServiceError::Overloaded {
+                retry_after_secs, ..
+            } => Self::new(ErrorCode::Overloaded, message)
+                .with_detail("retryAfterSeconds", retry_after_secs),
         }
     }
 }
@@ -266,7 +274,7 @@ impl From<ServiceError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let retry_after = match self.code {
-            ErrorCode::TooManyRequests | ErrorCode::ModuleBusy => self
+            ErrorCode::TooManyRequests | ErrorCode::ModuleBusy | ErrorCode::Overloaded => self
                 .details
                 .get("retryAfterSeconds")
                 .and_then(Value::as_i64),

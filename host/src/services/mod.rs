@@ -71,6 +71,13 @@ pub enum ServiceError {
     /// At capacity (a module's concurrent requests); retry shortly.
     #[error("{0}")]
     Busy(String),
+    /// The server is at its bound for costly work (password hashing) and refused this
+    /// at once rather than queue it; retry after `retry_after_secs`.
+    #[error("{message}")]
+    Overloaded {
+        message: String,
+        retry_after_secs: i64,
+    },
     /// Too many attempts; retry after `retry_after_secs`.
     #[error("{message}")]
     Throttled {

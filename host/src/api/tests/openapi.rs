@@ -380,7 +380,7 @@ async fn documented_bounds_of_query_parameters_are_the_enforced_ones() {
 
 #[test]
 fn the_documented_error_codes_are_the_ones_sent() {
-    const ALL: [ErrorCode; 18] = [
+    const ALL: [ErrorCode; 19] = [
         ErrorCode::MalformedJson,
         ErrorCode::InvalidField,
         ErrorCode::Unauthenticated,
@@ -397,6 +397,7 @@ fn the_documented_error_codes_are_the_ones_sent() {
         ErrorCode::ModuleBusy,
         ErrorCode::ModuleTimedOut,
         ErrorCode::Unavailable,
+        ErrorCode::Overloaded,
         ErrorCode::NotReady,
         ErrorCode::Internal,
     ];

@@ -27,7 +27,7 @@ use crate::store::auth::{NewRefreshToken, Rotation};
 
 use super::ServiceError;
 use jwt::{SigningKey, TokenCodec};
-use password::HashCost;
+use password::{HashCost, HashGate, HashLimits};
 use throttle::{Throttle, ThrottleLimits, account_key, address_key};
 
 /// Where API token secrets start: lets the server tell them from JWTs at a glance, and
@@ -54,6 +54,8 @@ pub struct AuthSettings {
     pub issuer: String,
     pub audience: String,
     pub hash_cost: HashCost,
+    /// How many password hashes run and wait at once (each holds 19 MiB while it runs).
+    pub hash_limits: HashLimits,
     pub throttle: ThrottleLimits,
 }
 
@@ -65,6 +67,7 @@ impl Default for AuthSettings {
             issuer: "runcell".to_owned(),
             audience: "runcell-api".to_owned(),
             hash_cost: HashCost::default(),
+            hash_limits: HashLimits::for_this_machine(),
             throttle: ThrottleLimits::default(),
         }
     }
@@ -79,6 +82,11 @@ impl AuthSettings {
             hash_cost: HashCost {
                 memory_kib: 64,
                 passes: 1,
+            },
+            // Fixed, so tests of bursts answer alike on any machine.
+            hash_limits: HashLimits {
+                running: 2,
+                waiting: 8,
             },
             ..Self::default()
         }
@@ -135,6 +143,8 @@ struct Inner {
     codec: TokenCodec,
     clock: Clock,
     throttle: Throttle,
+    /// Every password hash and verification goes through it.
+    hashes: HashGate,
     /// Verified against when the username is unknown, so that answer takes as long as a
     /// wrong password does and does not reveal which usernames exist.
     decoy_hash: String,
@@ -194,6 +204,7 @@ impl AuthService {
                 store,
                 codec: TokenCodec::new(key, &settings.issuer, &settings.audience),
                 throttle: Throttle::new(settings.throttle),
+                hashes: HashGate::new(settings.hash_limits),
                 settings,
                 clock,
                 decoy_hash,
@@ -254,37 +265,37 @@ impl AuthService {
     // ---- sessions ------------------------------------------------------------------
 
     /// Logs in with a password. Unknown users, wrong passwords and disabled users get
-    /// the same answer after the same work.
+    /// the same answer after the same work. The attempt is counted against the throttle
+    /// before its password is hashed (see [`throttle`]).
     pub async fn login(
         &self,
         username: &str,
         password: &str,
         client: Option<IpAddr>,
     ) -> Result<Session, ServiceError> {
-        let now = self.now();
         let mut keys = vec![account_key(username)];
         keys.extend(client.map(address_key));
-        if let Some(wait_ms) = self.inner.throttle.blocked_for(&keys, now) {
-            return Err(ServiceError::Throttled {
+        self.inner
+            .throttle
+            .begin(&keys, self.now())
+            .map_err(|wait_ms| ServiceError::Throttled {
                 message: "too many failed logins; wait before trying again".to_owned(),
                 retry_after_secs: (wait_ms + 999) / 1000,
-            });
-        }
-        let found = self.store().user_by_name(username).await?;
-        let (hash, user) = match found {
-            Some((user, hash)) => (hash, Some(user)),
-            None => (self.inner.decoy_hash.clone(), None),
-        };
-        let matches = password::verify(hash, password.to_owned()).await;
-        let user = match user {
-            Some(user) if matches && !user.disabled => user,
-            _ => {
-                self.inner.throttle.record_failure(&keys, now);
+            })?;
+        let checked = self.check_login(username, password).await;
+        let user = match checked {
+            Ok(Some(user)) => user,
+            Ok(None) => {
                 tracing::info!(username, "login failed");
                 return Err(unauthenticated("invalid username or password"));
             }
+            Err(err) => {
+                self.inner.throttle.abandoned(&keys);
+                return Err(err);
+            }
         };
-        self.inner.throttle.clear(&keys[0]);
+        self.inner.throttle.succeeded(&keys);
+        let now = self.now();
         let refresh_token = format!("{REFRESH_TOKEN_PREFIX}{}", random_secret(32));
         let first = RefreshToken {
             id: new_id(),
@@ -297,6 +308,26 @@ impl AuthService {
         self.store().insert_refresh_token(&first).await?;
         tracing::info!(username = %user.username, "logged in");
         Ok(self.session(user, &first, refresh_token, now))
+    }
+
+    /// The enabled user `username` names if `password` is theirs.
+    async fn check_login(
+        &self,
+        username: &str,
+        password: &str,
+    ) -> Result<Option<User>, ServiceError> {
+        let found = self.store().user_by_name(username).await?;
+        let (hash, user) = match found {
+            Some((user, hash)) => (hash, Some(user)),
+            None => (self.inner.decoy_hash.clone(), None),
+        };
+        let matches = self.inner.hashes.verify(hash, password.to_owned()).await?;
+        Ok(user.filter(|user| matches && !user.disabled))
+    }
+
+    /// How many password hashes and verifications this service has run.
+    pub fn hashes_started(&self) -> u64 {
+        self.inner.hashes.started()
     }
 
     fn session(&self, user: User, refresh: &RefreshToken, secret: String, now: Millis) -> Session {
@@ -507,7 +538,11 @@ impl AuthService {
     pub async fn create_user(&self, actor: &str, new: NewUser) -> Result<User, ServiceError> {
         check_username(&new.username)?;
         password::check_policy("password", &new.password)?;
-        let hash = password::hash(self.inner.settings.hash_cost, new.password).await?;
+        let hash = self
+            .inner
+            .hashes
+            .hash(self.inner.settings.hash_cost, new.password)
+            .await?;
         let now = self.now();
         let user = User {
             id: new_id(),
@@ -566,7 +601,12 @@ impl AuthService {
         let hash = match patch.password {
             Some(password) => {
                 password::check_policy("password", &password)?;
-                Some(password::hash(self.inner.settings.hash_cost, password).await?)
+                Some(
+                    self.inner
+                        .hashes
+                        .hash(self.inner.settings.hash_cost, password)
+                        .await?,
+                )
             }
             None => None,
         };
@@ -625,7 +665,7 @@ impl AuthService {
         let Some((_, hash)) = self.store().user_by_id(&principal.user_id).await? else {
             return Err(unauthenticated("the account is gone"));
         };
-        if !password::verify(hash, current.to_owned()).await {
+        if !self.inner.hashes.verify(hash, current.to_owned()).await? {
             return Err(ServiceError::Forbidden(
                 "currentPassword: does not match your password".to_owned(),
             ));

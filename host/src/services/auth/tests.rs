@@ -240,6 +240,34 @@ async fn one_address_guessing_many_accounts_is_throttled(h: &Harness) {
     ));
 }
 
+async fn a_burst_of_wrong_passwords_reaches_the_hash_at_most_the_limit_times(h: &Harness) {
+    user(h, "alice", Role::Viewer).await;
+    let address: IpAddr = "192.0.2.7".parse().unwrap();
+    let before = h.auth.hashes_started();
+    let mut burst = tokio::task::JoinSet::new();
+    for _ in 0..30 {
+        let auth = h.auth.clone();
+        burst.spawn(async move {
+            auth.login("alice", "wrong password!!", Some(address))
+                .await
+                .map(drop)
+        });
+    }
+    let (mut refused, mut throttled) = (0, 0);
+    while let Some(answer) = burst.join_next().await {
+        match answer.unwrap() {
+            Err(ServiceError::Unauthenticated(_)) => refused += 1,
+            Err(ServiceError::Throttled { .. }) => throttled += 1,
+            other => panic!("{other:?}"),
+        }
+    }
+    let hashed = h.auth.hashes_started() - before;
+    let limit = ThrottleLimits::default().per_account;
+    assert_eq!(refused, limit, "answered after a hash");
+    assert_eq!(hashed, u64::from(limit), "hashes run");
+    assert_eq!(throttled, 30 - limit);
+}
+
 async fn an_api_token_works_until_revoked_and_its_secret_is_not_stored(h: &Harness) {
     user(h, "ci", Role::Operator).await;
     let session = h.auth.login("ci", PASSWORD, None).await.unwrap();
@@ -569,6 +597,7 @@ on_both_backends!(
     logout_ends_the_session_at_once,
     repeated_failures_throttle_the_account_until_the_window_ends,
     one_address_guessing_many_accounts_is_throttled,
+    a_burst_of_wrong_passwords_reaches_the_hash_at_most_the_limit_times,
     an_api_token_works_until_revoked_and_its_secret_is_not_stored,
     an_api_token_expires,
     a_token_never_outranks_its_creator,

@@ -3,6 +3,10 @@
 //! ends. Per account it stops guessing one user's password from many addresses; per
 //! address it stops one client from spraying many accounts.
 //!
+//! An attempt is counted as a failure when it starts, before its password is hashed, and
+//! taken back if it succeeds or never reaches the hash: a burst of concurrent guesses
+//! cannot all pass the check before the first of them is recorded.
+//!
 //! Counts live in this process: with several nodes behind a balancer an attacker gets
 //! the limit once per node, which still bounds guessing to a handful of tries per
 //! minute against argon2id hashes.
@@ -66,22 +70,22 @@ impl Throttle {
         }
     }
 
-    /// If any of `keys` is over its limit at `now`, how many milliseconds until it
-    /// may try again.
-    pub fn blocked_for(&self, keys: &[String], now: Millis) -> Option<Millis> {
-        let windows = self.windows();
-        keys.iter()
+    /// Starts an attempt counted against `keys` at `now`: refused with the milliseconds
+    /// until it may try again when any key is over its limit; otherwise counted as a
+    /// failure at once, so concurrent attempts see it.
+    pub fn begin(&self, keys: &[String], now: Millis) -> Result<(), Millis> {
+        let mut windows = self.windows();
+        let blocked = keys
+            .iter()
             .filter_map(|key| {
                 let window = windows.get(key)?;
                 let ends_at = window.started_at + self.limits.window_ms;
                 (now < ends_at && window.failures >= self.limit_of(key)).then_some(ends_at - now)
             })
-            .max()
-    }
-
-    /// Counts one failure against each key.
-    pub fn record_failure(&self, keys: &[String], now: Millis) {
-        let mut windows = self.windows();
+            .max();
+        if let Some(wait) = blocked {
+            return Err(wait);
+        }
         if windows.len() >= SWEEP_AT {
             let window_ms = self.limits.window_ms;
             windows.retain(|_, w| now < w.started_at + window_ms);
@@ -99,11 +103,31 @@ impl Throttle {
             }
             window.failures += 1;
         }
+        Ok(())
     }
 
-    /// Forgets the failures of `key` (a successful login clears its account).
-    pub fn clear(&self, key: &str) {
-        self.windows().remove(key);
+    /// The attempt counted against `keys` succeeded: the account (`keys[0]`) may try
+    /// afresh, and the attempt no longer counts against the others.
+    pub fn succeeded(&self, keys: &[String]) {
+        let mut windows = self.windows();
+        if let Some((account, others)) = keys.split_first() {
+            windows.remove(account);
+            Self::take_back(&mut windows, others);
+        }
+    }
+
+    /// The attempt counted against `keys` never reached a password check (the server
+    /// was too busy, or failed): it is not counted.
+    pub fn abandoned(&self, keys: &[String]) {
+        Self::take_back(&mut self.windows(), keys);
+    }
+
+    fn take_back(windows: &mut HashMap<String, Window>, keys: &[String]) {
+        for key in keys {
+            if let Some(window) = windows.get_mut(key) {
+                window.failures = window.failures.saturating_sub(1);
+            }
+        }
     }
 }
 
@@ -132,15 +156,21 @@ mod tests {
         let throttle = Throttle::new(LIMITS);
         let keys = [account_key("alice")];
         for at in [0, 1_000, 2_000] {
-            assert_eq!(throttle.blocked_for(&keys, at), None);
-            throttle.record_failure(&keys, at);
+            assert_eq!(throttle.begin(&keys, at), Ok(()));
         }
-        assert_eq!(throttle.blocked_for(&keys, 2_000), Some(58_000));
-        assert_eq!(throttle.blocked_for(&keys, 59_999), Some(1));
-        assert_eq!(throttle.blocked_for(&keys, 60_000), None);
+        assert_eq!(throttle.begin(&keys, 2_000), Err(58_000));
+        assert_eq!(throttle.begin(&keys, 59_999), Err(1));
         // A new window starts from zero.
-        throttle.record_failure(&keys, 60_000);
-        assert_eq!(throttle.blocked_for(&keys, 60_001), None);
+        assert_eq!(throttle.begin(&keys, 60_000), Ok(()));
+    }
+
+    #[test]
+    fn an_attempt_counts_when_it_starts_so_a_burst_cannot_pass_together() {
+        let throttle = Throttle::new(LIMITS);
+        let keys = [account_key("alice")];
+        // Nothing has finished yet: no failure was reported, still only the limit passes.
+        let passed = (0..50).filter(|_| throttle.begin(&keys, 0).is_ok()).count();
+        assert_eq!(passed, 3);
     }
 
     #[test]
@@ -149,30 +179,33 @@ mod tests {
         let address = address_key("10.0.0.1".parse().unwrap());
         for (n, user) in ["a", "b", "c", "d", "e"].into_iter().enumerate() {
             let keys = [account_key(user), address.clone()];
-            assert_eq!(throttle.blocked_for(&keys, 0), None, "attempt {n}");
-            throttle.record_failure(&keys, 0);
+            assert_eq!(throttle.begin(&keys, 0), Ok(()), "attempt {n}");
         }
         assert!(
             throttle
-                .blocked_for(&[account_key("f"), address.clone()], 0)
-                .is_some()
+                .begin(&[account_key("f"), address.clone()], 0)
+                .is_err()
         );
         // Another address is not affected.
-        assert_eq!(
-            throttle.blocked_for(&[address_key("10.0.0.2".parse().unwrap())], 0),
-            None
-        );
+        let elsewhere = [account_key("f"), address_key("10.0.0.2".parse().unwrap())];
+        assert_eq!(throttle.begin(&elsewhere, 0), Ok(()));
     }
 
     #[test]
-    fn success_clears_the_account_and_names_compare_without_case() {
+    fn success_clears_the_account_and_an_abandoned_attempt_does_not_count() {
         let throttle = Throttle::new(LIMITS);
         let keys = [account_key("Bob")];
-        for _ in 0..3 {
-            throttle.record_failure(&keys, 0);
+        for _ in 0..2 {
+            throttle.begin(&keys, 0).unwrap();
         }
-        assert!(throttle.blocked_for(&[account_key("bob")], 0).is_some());
-        throttle.clear(&account_key("BOB"));
-        assert_eq!(throttle.blocked_for(&keys, 0), None);
+        throttle.succeeded(&[account_key("BOB")]);
+        for _ in 0..3 {
+            throttle.begin(&keys, 0).unwrap();
+            throttle.abandoned(&keys);
+        }
+        for _ in 0..3 {
+            assert!(throttle.begin(&keys, 0).is_ok());
+        }
+        assert!(throttle.begin(&keys, 0).is_err());
     }
 }
