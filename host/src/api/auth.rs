@@ -87,7 +87,9 @@ impl SessionResponse {
 /// Log in
 ///
 /// Trades a username and password for a short-lived access token and a refresh token.
-/// Failed attempts are throttled per account and per client address.
+/// Failed attempts are throttled: hard per account and client address and per client
+/// address (`429`), softly per account (each attempt on an account under attack waits a
+/// few seconds at most; never a lockout).
 #[utoipa::path(
     post,
     path = "/auth/login",
@@ -99,7 +101,7 @@ impl SessionResponse {
         (status = 200, description = "Logged in.", body = SessionResponse),
         (status = 400, description = "Malformed body (`details.field`).", body = ErrorBody),
         (status = 401, description = "Invalid username or password (the same answer for both).", body = ErrorBody),
-        (status = 429, description = "Too many failed logins; retry after `Retry-After` seconds.", body = ErrorBody),
+        (status = 429, description = "Too many failed logins from this address; retry after `Retry-After` seconds.", body = ErrorBody),
         (status = 503, description = "The database is unavailable (`unavailable`), or the server is checking too many passwords at once (`overloaded`, retry after `Retry-After` seconds).", body = ErrorBody),
     ),
 )]

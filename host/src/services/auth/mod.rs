@@ -28,7 +28,7 @@ use crate::store::auth::{NewRefreshToken, Rotation};
 use super::ServiceError;
 use jwt::{SigningKey, TokenCodec};
 use password::{HashCost, HashGate, HashLimits};
-use throttle::{Throttle, ThrottleLimits, account_key, address_key};
+use throttle::{Attempt, Throttle, ThrottleLimits};
 
 /// Where API token secrets start: lets the server tell them from JWTs at a glance, and
 /// lets secret scanners recognise a leaked one.
@@ -87,6 +87,11 @@ impl AuthSettings {
             hash_limits: HashLimits {
                 running: 2,
                 waiting: 8,
+            },
+            throttle: ThrottleLimits {
+                account_delay_ms: 10,
+                account_delay_max_ms: 40,
+                ..ThrottleLimits::default()
             },
             ..Self::default()
         }
@@ -266,35 +271,46 @@ impl AuthService {
 
     /// Logs in with a password. Unknown users, wrong passwords and disabled users get
     /// the same answer after the same work. The attempt is counted against the throttle
-    /// before its password is hashed (see [`throttle`]).
+    /// before its password is hashed (see [`throttle`]), and an account under attack
+    /// makes each attempt wait a bounded delay first.
     pub async fn login(
         &self,
         username: &str,
         password: &str,
         client: Option<IpAddr>,
     ) -> Result<Session, ServiceError> {
-        let mut keys = vec![account_key(username)];
-        keys.extend(client.map(address_key));
-        self.inner
+        let attempt = Attempt::login(username, client);
+        let delay_ms = self
+            .inner
             .throttle
-            .begin(&keys, self.now())
+            .begin(&attempt, self.now())
             .map_err(|wait_ms| ServiceError::Throttled {
-                message: "too many failed logins; wait before trying again".to_owned(),
+                message: "too many failed logins from this address; wait before trying again"
+                    .to_owned(),
                 retry_after_secs: (wait_ms + 999) / 1000,
             })?;
+        if delay_ms > 0 {
+            tracing::info!(
+                username,
+                delay_ms,
+                "login delayed: the account is under attack"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(delay_ms.unsigned_abs())).await;
+        }
         let checked = self.check_login(username, password).await;
         let user = match checked {
             Ok(Some(user)) => user,
             Ok(None) => {
+                self.inner.throttle.failed(&attempt);
                 tracing::info!(username, "login failed");
                 return Err(unauthenticated("invalid username or password"));
             }
             Err(err) => {
-                self.inner.throttle.abandoned(&keys);
+                self.inner.throttle.abandoned(&attempt);
                 return Err(err);
             }
         };
-        self.inner.throttle.succeeded(&keys);
+        self.inner.throttle.succeeded(&attempt);
         let now = self.now();
         let refresh_token = format!("{REFRESH_TOKEN_PREFIX}{}", random_secret(32));
         let first = RefreshToken {

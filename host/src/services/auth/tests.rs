@@ -262,10 +262,38 @@ async fn a_burst_of_wrong_passwords_reaches_the_hash_at_most_the_limit_times(h: 
         }
     }
     let hashed = h.auth.hashes_started() - before;
-    let limit = ThrottleLimits::default().per_account;
+    let limit = ThrottleLimits::default().per_account_address;
     assert_eq!(refused, limit, "answered after a hash");
     assert_eq!(hashed, u64::from(limit), "hashes run");
     assert_eq!(throttled, 30 - limit);
+}
+
+async fn an_attacker_elsewhere_cannot_lock_the_real_admin_out(h: &Harness) {
+    user(h, "admin", Role::Admin).await;
+    for n in 1..=3 {
+        let attacker: IpAddr = format!("198.51.100.{n}").parse().unwrap();
+        for _ in 0..5 {
+            let guess = h
+                .auth
+                .login("admin", "wrong password!!", Some(attacker))
+                .await;
+            assert!(is_unauthenticated(guess));
+        }
+        // That address is done with `admin` for the window, right password or not.
+        let again = h.auth.login("admin", PASSWORD, Some(attacker)).await;
+        assert!(
+            matches!(again, Err(ServiceError::Throttled { .. })),
+            "{again:?}"
+        );
+    }
+    // The real admin, from their own address, logs in (after a short, bounded delay).
+    let home: IpAddr = "192.0.2.1".parse().unwrap();
+    let session = h.auth.login("admin", PASSWORD, Some(home)).await.unwrap();
+    assert_eq!(session.user.username, "admin");
+    // Their own typo does not lock them out either.
+    let typo = h.auth.login("admin", "wrong password!!", Some(home)).await;
+    assert!(is_unauthenticated(typo));
+    h.auth.login("admin", PASSWORD, Some(home)).await.unwrap();
 }
 
 async fn an_api_token_works_until_revoked_and_its_secret_is_not_stored(h: &Harness) {
@@ -598,6 +626,7 @@ on_both_backends!(
     repeated_failures_throttle_the_account_until_the_window_ends,
     one_address_guessing_many_accounts_is_throttled,
     a_burst_of_wrong_passwords_reaches_the_hash_at_most_the_limit_times,
+    an_attacker_elsewhere_cannot_lock_the_real_admin_out,
     an_api_token_works_until_revoked_and_its_secret_is_not_stored,
     an_api_token_expires,
     a_token_never_outranks_its_creator,
