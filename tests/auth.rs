@@ -258,6 +258,8 @@ fn raw(server: &Server, method: &str, path: &str, body: Option<&Value>) -> RawRe
     };
     RawReply {
         status: response.status().as_u16(),
+        cache_control: header("cache-control"),
+        nosniff: header("x-content-type-options"),
         retry_after: header("retry-after"),
         body: response.body_mut().read_to_string().unwrap_or_default(),
     }
@@ -265,6 +267,8 @@ fn raw(server: &Server, method: &str, path: &str, body: Option<&Value>) -> RawRe
 
 struct RawReply {
     status: u16,
+    cache_control: Option<String>,
+    nosniff: Option<String>,
     retry_after: Option<String>,
     body: String,
 }
@@ -312,4 +316,64 @@ fn a_burst_of_wrong_passwords_gets_no_more_guesses_than_the_limit() {
         login_reply(&server, "bob", "bobs real password").status,
         429
     );
+}
+
+#[test]
+fn usernames_log_in_in_any_case_and_cannot_be_taken_in_another() {
+    let server = Server::start();
+    let taken = server.post_json(
+        "/api/v1/users",
+        &json!({"username": "ADMIN", "password": "another password 1", "role": "admin"}),
+    );
+    assert_eq!(taken.status, 409, "{}", taken.body);
+    let token = server.login("Admin", server::ADMIN_PASSWORD);
+    let me = server.request_as(Some(&token), "GET", "/api/v1/auth/me", None);
+    assert_eq!(me.body["user"]["username"], "admin");
+}
+
+#[test]
+fn token_responses_are_never_stored_and_no_response_is_sniffed() {
+    let server = Server::start();
+    let login = login_reply(&server, "admin", server::ADMIN_PASSWORD);
+    assert_eq!(login.status, 200, "{}", login.body);
+    assert_eq!(login.cache_control.as_deref(), Some("no-store"));
+    let session: Value = serde_json::from_str(&login.body).unwrap();
+    let refreshed = raw(
+        &server,
+        "POST",
+        "/api/v1/auth/refresh",
+        Some(&json!({"refreshToken": session["refreshToken"]})),
+    );
+    assert_eq!(refreshed.status, 200, "{}", refreshed.body);
+    assert_eq!(refreshed.cache_control.as_deref(), Some("no-store"));
+
+    for path in [
+        "/api/v1/openapi.json",
+        "/api/docs",
+        "/healthz",
+        "/api/v1/jobs",
+        "/nowhere",
+    ] {
+        let reply = raw(&server, "GET", path, None);
+        assert_eq!(reply.nosniff.as_deref(), Some("nosniff"), "{path}");
+    }
+    assert_eq!(login.nosniff.as_deref(), Some("nosniff"));
+}
+
+#[cfg(unix)]
+#[test]
+fn the_embedded_data_dir_is_readable_by_its_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let server = Server::start();
+    let mode = |name: &str| {
+        std::fs::metadata(server.data_dir().join(name))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode(""), 0o700);
+    for name in ["runcell.db", "runcell.db-wal", "jwt-secret", "secret-key"] {
+        assert_eq!(mode(name), 0o600, "{name}");
+    }
 }

@@ -204,10 +204,7 @@ pub async fn build_services(
 
 /// Runs the server until SIGTERM or Ctrl-C.
 pub async fn serve(config: ServeConfig) -> Result<(), StartError> {
-    std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
-        path: config.data_dir.clone(),
-        source,
-    })?;
+    prepare_data_dir(&config.data_dir, config.distributed.is_none())?;
     let node_id = config.node_id.clone().unwrap_or_else(default_node_id);
     let backend = open_backend(&config, &node_id).await?;
     // Bound first: its real address (port 0 picks one) must be closed to modules.
@@ -547,6 +544,60 @@ fn read_or_create_secret_file(
     }
 }
 
+/// The files of an embedded deployment that hold its data or its keys.
+const PRIVATE_FILES: [&str; 6] = [
+    "runcell.db",
+    "runcell.db-wal",
+    "runcell.db-shm",
+    "runcell.lock",
+    JWT_SECRET_FILE,
+    SECRET_KEY_FILE,
+];
+
+/// Creates the data directory, and, embedded, keeps it and the files in it readable by
+/// this user only: the database holds password hashes, sealed secrets and module data,
+/// and the key files unseal them. The directory becomes 0700 and the files 0600, also on
+/// a deployment made before this rule; the database file is created 0600 before SQLite
+/// opens it, and SQLite gives its `-wal` and `-shm` files the database file's mode.
+fn prepare_data_dir(dir: &Path, embedded: bool) -> Result<(), StartError> {
+    let failed = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| StartError::DataDir { path, source }
+    };
+    std::fs::create_dir_all(dir).map_err(failed(dir))?;
+    #[cfg(unix)]
+    if embedded {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let private = |path: &Path, mode: u32| -> Result<(), StartError> {
+            let current = std::fs::metadata(path).map_err(failed(path))?.permissions();
+            if current.mode() & 0o777 != mode {
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+                    .map_err(failed(path))?;
+                tracing::info!(path = %path.display(), mode = format!("{mode:o}"), "made private");
+            }
+            Ok(())
+        };
+        private(dir, 0o700)?;
+        let database = dir.join("runcell.db");
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&database)
+            .map_err(failed(&database))?;
+        for name in PRIVATE_FILES {
+            let path = dir.join(name);
+            if path.exists() {
+                private(&path, 0o600)?;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = embedded;
+    Ok(())
+}
+
 /// The embedded database is this process's alone: a second server on the same data
 /// directory would take over executions the first is running. Held until dropped.
 fn lock_data_dir(dir: &Path) -> Result<std::fs::File, StartError> {
@@ -688,6 +739,41 @@ mod tests {
                 .is_none()
         );
         assert!(!empty.path().join(SECRET_KEY_FILE).exists());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn an_embedded_data_dir_and_its_files_are_made_private_even_when_they_were_not() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+        let parent = tempfile::tempdir().unwrap();
+        let dir = parent.path().join("data");
+        prepare_data_dir(&dir, true).unwrap();
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&dir.join("runcell.db")), 0o600);
+
+        // A deployment from before: everything world-readable.
+        let open = std::fs::Permissions::from_mode(0o644);
+        std::fs::write(dir.join(JWT_SECRET_FILE), "old").unwrap();
+        std::fs::write(dir.join("runcell.db-wal"), "").unwrap();
+        for name in ["runcell.db", "runcell.db-wal", JWT_SECRET_FILE] {
+            std::fs::set_permissions(dir.join(name), open.clone()).unwrap();
+        }
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        prepare_data_dir(&dir, true).unwrap();
+        assert_eq!(mode(&dir), 0o700);
+        for name in ["runcell.db", "runcell.db-wal", JWT_SECRET_FILE] {
+            assert_eq!(mode(&dir.join(name)), 0o600, "{name}");
+        }
+        assert_eq!(
+            std::fs::read_to_string(dir.join(JWT_SECRET_FILE)).unwrap(),
+            "old"
+        );
+
+        // Distributed, the directory holds no database and is left as it is.
+        let shared = parent.path().join("shared");
+        prepare_data_dir(&shared, false).unwrap();
+        assert!(!shared.join("runcell.db").exists());
     }
 
     #[test]

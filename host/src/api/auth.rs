@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::StatusCode;
-use axum::http::header::LOCATION;
+use axum::http::header::{CACHE_CONTROL, HeaderName, HeaderValue, LOCATION};
 use axum::response::IntoResponse;
 use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
@@ -22,6 +22,9 @@ use crate::domain::{ApiToken, AuditEntry, Credential, Millis, Page, Principal, R
 use crate::services::auth::{NewApiToken, NewUser, Session, UserPatch};
 
 const TAG: &str = "auth";
+
+/// On every response that hands out a secret: no cache, shared or private, may keep it.
+const NO_STORE: (HeaderName, HeaderValue) = (CACHE_CONTROL, HeaderValue::from_static("no-store"));
 
 pub(super) fn routes() -> OpenApiRouter<ApiState> {
     openapi::tagged(
@@ -89,7 +92,7 @@ impl SessionResponse {
 /// Trades a username and password for a short-lived access token and a refresh token.
 /// Failed attempts are throttled: hard per account and client address and per client
 /// address (`429`), softly per account (each attempt on an account under attack waits a
-/// few seconds at most; never a lockout).
+/// few seconds at most; never a lockout). Username comparison ignores letter case.
 #[utoipa::path(
     post,
     path = "/auth/login",
@@ -109,13 +112,13 @@ pub(super) async fn login(
     State(state): State<ApiState>,
     client: Option<Extension<ConnectInfo<SocketAddr>>>,
     ApiJson(request): ApiJson<LoginRequest>,
-) -> Result<Json<SessionResponse>, ApiError> {
+) -> Result<impl IntoResponse, ApiError> {
     let address = client.map(|Extension(ConnectInfo(addr))| addr.ip());
     let session = state
         .auth
         .login(&request.username, &request.password, address)
         .await?;
-    Ok(Json(SessionResponse::new(session)))
+    Ok(([NO_STORE], Json(SessionResponse::new(session))))
 }
 
 /// Refresh a session
@@ -139,9 +142,9 @@ pub(super) async fn login(
 pub(super) async fn refresh(
     State(state): State<ApiState>,
     ApiJson(request): ApiJson<RefreshRequest>,
-) -> Result<Json<SessionResponse>, ApiError> {
+) -> Result<impl IntoResponse, ApiError> {
     let session = state.auth.refresh(&request.refresh_token).await?;
-    Ok(Json(SessionResponse::new(session)))
+    Ok(([NO_STORE], Json(SessionResponse::new(session))))
 }
 
 /// Log out
@@ -228,6 +231,7 @@ pub(super) struct PasswordChange {
         (status = 400, description = "Malformed body (`details.field`).", body = ErrorBody),
         (status = 403, description = "`currentPassword` is wrong.", body = ErrorBody),
         (status = 422, description = "The new password is too short or too long (`details.field`).", body = ErrorBody),
+        (status = 429, description = "Too many wrong `currentPassword` guesses; retry after `Retry-After` seconds.", body = ErrorBody),
     ),
 )]
 pub(super) async fn change_password(
@@ -456,7 +460,11 @@ pub(super) async fn create_token(
             },
         )
         .await?;
-    Ok((StatusCode::CREATED, Json(CreatedToken { token, secret })))
+    Ok((
+        StatusCode::CREATED,
+        [NO_STORE],
+        Json(CreatedToken { token, secret }),
+    ))
 }
 
 /// List API tokens

@@ -61,8 +61,8 @@ use tokio::sync::watch;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, OriginalUri};
-use axum::http::header::{AUTHORIZATION, COOKIE};
-use axum::http::{HeaderName, Method, Request};
+use axum::http::header::{AUTHORIZATION, COOKIE, X_CONTENT_TYPE_OPTIONS};
+use axum::http::{HeaderName, HeaderValue, Method, Request};
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -156,6 +156,7 @@ pub fn router(state: ApiState) -> Router {
         )
         .layer(PropagateRequestIdLayer::new(request_id))
         .layer(axum::middleware::from_fn(error::log_failures))
+        .layer(axum::middleware::from_fn(no_sniffing))
         .layer(CatchPanicLayer::custom(error::panic_response));
     openapi::serve_reference(api_routes(max_module_bytes))
         .method_not_allowed_fallback(method_not_allowed)
@@ -170,6 +171,21 @@ pub fn router(state: ApiState) -> Router {
         .layer(DefaultBodyLimit::max(extract::JSON_BODY_LIMIT))
         .layer(middleware)
         .with_state(state)
+}
+
+/// Middleware on every response (API, docs, probes, errors, module routes): a browser
+/// must take the declared `Content-Type` at its word, so a JSON body holding markup a
+/// client sent is never run as a page.
+async fn no_sniffing(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let mut response = next.run(request).await;
+    response
+        .headers_mut()
+        .entry(X_CONTENT_TYPE_OPTIONS)
+        .or_insert(HeaderValue::from_static("nosniff"));
+    response
 }
 
 /// Every route of the API, each with its OpenAPI description. A new area adds its

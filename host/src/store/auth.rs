@@ -25,16 +25,26 @@ pub struct NewRefreshToken {
     pub expires_at: Millis,
 }
 
+/// The answer to creating a user whose name is taken (in any letter case).
+pub(crate) fn username_taken(username: &str) -> StoreError {
+    StoreError::Conflict(format!(
+        "a user named `{username}` already exists (usernames compare without letter case)"
+    ))
+}
+
 #[async_trait::async_trait]
 pub trait AuthStore: Send + Sync + 'static {
     // ---- users ---------------------------------------------------------------------
 
     async fn count_users(&self) -> Result<u64, StoreError>;
 
-    /// Creates a user; `Conflict` if the username is taken.
+    /// Creates a user; `Conflict` if the username is taken, in any letter case (`Admin`
+    /// cannot join `admin`).
     async fn insert_user(&self, user: &User, password_hash: &str) -> Result<(), StoreError>;
 
-    /// A user and their password hash, by username.
+    /// A user and their password hash, by username in any letter case. A deployment
+    /// that holds names differing only in case (created before names compared so) finds
+    /// the exact spelling first, else the oldest of them.
     async fn user_by_name(&self, username: &str) -> Result<Option<(User, String)>, StoreError>;
 
     /// A user and their password hash, by id.

@@ -179,10 +179,27 @@ fn unauthenticated(message: &str) -> ServiceError {
     ServiceError::Unauthenticated(message.to_owned())
 }
 
-/// Usernames are short, printable and unambiguous in logs and URLs.
+/// The longest username: what a login may name, logs show and the throttle keeps.
+pub const MAX_USERNAME_BYTES: usize = 64;
+
+/// A username as a log line may show it: at most [`MAX_USERNAME_BYTES`], with a mark
+/// when cut, so a login naming megabytes cannot fill the log.
+fn loggable(username: &str) -> String {
+    if username.len() <= MAX_USERNAME_BYTES {
+        return username.to_owned();
+    }
+    let mut end = MAX_USERNAME_BYTES;
+    while !username.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes)", &username[..end], username.len())
+}
+
+/// Usernames are short, printable and unambiguous in logs and URLs; they compare
+/// without letter case.
 fn check_username(username: &str) -> Result<(), ServiceError> {
     let valid = !username.is_empty()
-        && username.len() <= 64
+        && username.len() <= MAX_USERNAME_BYTES
         && username
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@'));
@@ -279,6 +296,11 @@ impl AuthService {
         password: &str,
         client: Option<IpAddr>,
     ) -> Result<Session, ServiceError> {
+        if username.is_empty() || username.len() > MAX_USERNAME_BYTES {
+            // No such user can exist; not worth a hash, nor a throttle entry.
+            tracing::info!(username = %loggable(username), "login failed");
+            return Err(unauthenticated("invalid username or password"));
+        }
         let attempt = Attempt::login(username, client);
         let delay_ms = self
             .inner
@@ -671,20 +693,40 @@ impl AuthService {
     }
 
     /// A user changes their own password, proving they know the current one. Every
-    /// session of theirs ends, this one included.
+    /// session of theirs ends, this one included. Wrong guesses are throttled as logins
+    /// are (per user, hard), so a stolen access token cannot be used to guess the
+    /// password behind it.
     pub async fn change_own_password(
         &self,
         principal: &Principal,
         current: &str,
         new: String,
     ) -> Result<(), ServiceError> {
-        let Some((_, hash)) = self.store().user_by_id(&principal.user_id).await? else {
-            return Err(unauthenticated("the account is gone"));
+        let attempt = Attempt::password_check(&principal.user_id);
+        self.inner
+            .throttle
+            .begin(&attempt, self.now())
+            .map_err(|wait_ms| ServiceError::Throttled {
+                message: "too many wrong current passwords; wait before trying again".to_owned(),
+                retry_after_secs: (wait_ms + 999) / 1000,
+            })?;
+        let checked = match self.store().user_by_id(&principal.user_id).await {
+            Ok(Some((_, hash))) => self.inner.hashes.verify(hash, current.to_owned()).await,
+            Ok(None) => Err(unauthenticated("the account is gone")),
+            Err(err) => Err(err.into()),
         };
-        if !self.inner.hashes.verify(hash, current.to_owned()).await? {
-            return Err(ServiceError::Forbidden(
-                "currentPassword: does not match your password".to_owned(),
-            ));
+        match checked {
+            Ok(true) => self.inner.throttle.succeeded(&attempt),
+            Ok(false) => {
+                self.inner.throttle.failed(&attempt);
+                return Err(ServiceError::Forbidden(
+                    "currentPassword: does not match your password".to_owned(),
+                ));
+            }
+            Err(err) => {
+                self.inner.throttle.abandoned(&attempt);
+                return Err(err);
+            }
         }
         self.update_user(
             &principal.actor(),

@@ -286,14 +286,78 @@ async fn an_attacker_elsewhere_cannot_lock_the_real_admin_out(h: &Harness) {
             "{again:?}"
         );
     }
-    // The real admin, from their own address, logs in (after a short, bounded delay).
+    // The real admin, from their own address, logs in (after a short, bounded delay),
+    // and under any letter case.
     let home: IpAddr = "192.0.2.1".parse().unwrap();
-    let session = h.auth.login("admin", PASSWORD, Some(home)).await.unwrap();
+    let session = h.auth.login("Admin", PASSWORD, Some(home)).await.unwrap();
     assert_eq!(session.user.username, "admin");
     // Their own typo does not lock them out either.
     let typo = h.auth.login("admin", "wrong password!!", Some(home)).await;
     assert!(is_unauthenticated(typo));
     h.auth.login("admin", PASSWORD, Some(home)).await.unwrap();
+}
+
+async fn guessing_the_current_password_is_throttled(h: &Harness) {
+    user(h, "alice", Role::Viewer).await;
+    let session = h.auth.login("alice", PASSWORD, None).await.unwrap();
+    let principal = h.auth.authenticate(&session.access_token).await.unwrap();
+    let change = |current: &'static str| {
+        h.auth
+            .change_own_password(&principal, current, "a brand new password".into())
+    };
+    for _ in 0..5 {
+        let guess = change("wrong password!!").await;
+        assert!(
+            matches!(guess, Err(ServiceError::Forbidden(_))),
+            "{guess:?}"
+        );
+    }
+    let before = h.auth.hashes_started();
+    match change(PASSWORD).await {
+        Err(ServiceError::Throttled {
+            retry_after_secs, ..
+        }) => assert_eq!(retry_after_secs, 15 * 60),
+        other => panic!("expected throttling, got {other:?}"),
+    }
+    assert_eq!(h.auth.hashes_started(), before, "refused before hashing");
+    h.advance(15 * MINUTE);
+    change(PASSWORD).await.unwrap();
+}
+
+async fn usernames_compare_without_letter_case_and_long_ones_cost_nothing(h: &Harness) {
+    user(h, "alice", Role::Viewer).await;
+    for taken in ["ALICE", "Alice"] {
+        let again = h
+            .auth
+            .create_user(
+                SYSTEM_ACTOR,
+                NewUser {
+                    username: taken.into(),
+                    password: PASSWORD.into(),
+                    role: Role::Admin,
+                },
+            )
+            .await;
+        assert!(matches!(again, Err(ServiceError::Conflict(_))), "{again:?}");
+    }
+    let session = h.auth.login("ALICE", PASSWORD, None).await.unwrap();
+    assert_eq!(session.user.username, "alice");
+    assert_eq!(session.user.role, Role::Viewer);
+    let before = h.auth.hashes_started();
+    let long = "a".repeat(MAX_USERNAME_BYTES + 1);
+    assert!(is_unauthenticated(
+        h.auth.login(&long, PASSWORD, None).await
+    ));
+    assert_eq!(h.auth.hashes_started(), before);
+}
+
+#[test]
+fn a_long_username_is_cut_in_logs() {
+    let long = "é".repeat(100);
+    let shown = loggable(&long);
+    assert!(shown.len() < MAX_USERNAME_BYTES + 20, "{shown}");
+    assert!(shown.ends_with("(200 bytes)"), "{shown}");
+    assert_eq!(loggable("alice"), "alice");
 }
 
 async fn an_api_token_works_until_revoked_and_its_secret_is_not_stored(h: &Harness) {
@@ -627,6 +691,8 @@ on_both_backends!(
     one_address_guessing_many_accounts_is_throttled,
     a_burst_of_wrong_passwords_reaches_the_hash_at_most_the_limit_times,
     an_attacker_elsewhere_cannot_lock_the_real_admin_out,
+    guessing_the_current_password_is_throttled,
+    usernames_compare_without_letter_case_and_long_ones_cost_nothing,
     an_api_token_works_until_revoked_and_its_secret_is_not_stored,
     an_api_token_expires,
     a_token_never_outranks_its_creator,

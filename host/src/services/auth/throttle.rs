@@ -79,7 +79,7 @@ struct Window {
 /// The keys one attempt counts against.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Attempt {
-    /// Hard: this account from this address.
+    /// Hard: this account from this address (or this user's password changes).
     pair: String,
     /// Hard: this address against any account.
     address: Option<String>,
@@ -97,6 +97,16 @@ impl Attempt {
             pair: format!("pair:{account}|{}", address.as_deref().unwrap_or("unknown")),
             address: address.map(|a| format!("address:{a}")),
             account: Some(format!("account:{account}")),
+        }
+    }
+
+    /// A guess at the current password of user `user_id` (to change it): a stolen access
+    /// token must not become an oracle for the password behind it.
+    pub fn password_check(user_id: &str) -> Self {
+        Self {
+            pair: format!("password:{user_id}"),
+            address: None,
+            account: None,
         }
     }
 }

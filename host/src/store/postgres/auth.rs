@@ -7,7 +7,7 @@ use super::super::convert::{db, is_unique_violation, page, page_fetch};
 use super::{PostgresStore, col};
 use crate::domain::{ApiToken, AuditEntry, Millis, Page, RefreshToken, Role, User};
 use crate::store::StoreError;
-use crate::store::auth::{AuthStore, NewRefreshToken, Rotation};
+use crate::store::auth::{AuthStore, NewRefreshToken, Rotation, username_taken};
 
 macro_rules! user_columns {
     () => {
@@ -112,9 +112,18 @@ impl AuthStore for PostgresStore {
     }
 
     async fn insert_user(&self, user: &User, password_hash: &str) -> Result<(), StoreError> {
-        sqlx::query(
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        // Two creators of `Admin` and `ADMIN` at once would both see neither: the lock,
+        // held to the commit, makes the second wait and then see the first.
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('runcell.username:' || lower($1)))")
+            .bind(&user.username)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        let inserted = sqlx::query(
             "INSERT INTO users (id, username, role, password_hash, disabled, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+             SELECT $1, $2, $3, $4, $5, $6, $7 \
+             WHERE NOT EXISTS (SELECT 1 FROM users WHERE lower(username) = lower($2))",
         )
         .bind(&user.id)
         .bind(&user.username)
@@ -123,15 +132,19 @@ impl AuthStore for PostgresStore {
         .bind(user.disabled)
         .bind(user.created_at)
         .bind(user.updated_at)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(|err| {
             if is_unique_violation(&err) {
-                StoreError::Conflict(format!("a user named `{}` already exists", user.username))
+                StoreError::Conflict(format!("a user with id `{}` already exists", user.id))
             } else {
                 db(err)
             }
         })?;
+        if inserted.rows_affected() == 0 {
+            return Err(username_taken(&user.username));
+        }
+        tx.commit().await.map_err(db)?;
         Ok(())
     }
 
@@ -139,7 +152,7 @@ impl AuthStore for PostgresStore {
         sqlx::query(concat!(
             "SELECT ",
             user_columns!(),
-            " FROM users WHERE username = $1"
+            " FROM users WHERE lower(username) = lower($1) ORDER BY username = $1 DESC, created_at, id LIMIT 1"
         ))
         .bind(username)
         .fetch_optional(&self.pool)

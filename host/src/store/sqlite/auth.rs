@@ -6,7 +6,7 @@ use sqlx::sqlite::SqliteRow;
 use super::{SqliteStore, col, db, is_unique_violation, page, page_fetch};
 use crate::domain::{ApiToken, AuditEntry, Millis, Page, RefreshToken, Role, User};
 use crate::store::StoreError;
-use crate::store::auth::{AuthStore, NewRefreshToken, Rotation};
+use crate::store::auth::{AuthStore, NewRefreshToken, Rotation, username_taken};
 
 macro_rules! user_columns {
     () => {
@@ -109,9 +109,12 @@ impl AuthStore for SqliteStore {
     }
 
     async fn insert_user(&self, user: &User, password_hash: &str) -> Result<(), StoreError> {
-        sqlx::query(
+        // One statement on the one writer: the check and the insert cannot interleave
+        // with another's.
+        let inserted = sqlx::query(
             "INSERT INTO users (id, username, role, password_hash, disabled, created_at, updated_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?)",
+             SELECT ?, ?, ?, ?, ?, ?, ? \
+             WHERE NOT EXISTS (SELECT 1 FROM users WHERE lower(username) = lower(?))",
         )
         .bind(&user.id)
         .bind(&user.username)
@@ -120,15 +123,19 @@ impl AuthStore for SqliteStore {
         .bind(i64::from(user.disabled))
         .bind(user.created_at)
         .bind(user.updated_at)
+        .bind(&user.username)
         .execute(&self.writer)
         .await
         .map_err(|err| {
             if is_unique_violation(&err) {
-                StoreError::Conflict(format!("a user named `{}` already exists", user.username))
+                StoreError::Conflict(format!("a user with id `{}` already exists", user.id))
             } else {
                 db(err)
             }
         })?;
+        if inserted.rows_affected() == 0 {
+            return Err(username_taken(&user.username));
+        }
         Ok(())
     }
 
@@ -136,8 +143,9 @@ impl AuthStore for SqliteStore {
         sqlx::query(concat!(
             "SELECT ",
             user_columns!(),
-            " FROM users WHERE username = ?"
+            " FROM users WHERE lower(username) = lower(?) ORDER BY username = ? DESC, created_at, id LIMIT 1"
         ))
+        .bind(username)
         .bind(username)
         .fetch_optional(&self.reader)
         .await
@@ -441,5 +449,52 @@ impl AuthStore for SqliteStore {
             .await
             .map_err(db)?;
         row.try_get("value").map_err(db)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A user row as an older version wrote it, when names still compared with case.
+    async fn old_user(store: &SqliteStore, id: &str, username: &str, created_at: Millis) {
+        sqlx::query(
+            "INSERT INTO users (id, username, role, password_hash, disabled, created_at, updated_at) \
+             VALUES (?, ?, 'viewer', 'hash', 0, ?, ?)",
+        )
+        .bind(id)
+        .bind(username)
+        .bind(created_at)
+        .bind(created_at)
+        .execute(&store.writer)
+        .await
+        .unwrap();
+    }
+
+    #[tokio::test]
+    async fn names_that_differ_only_in_case_from_before_keep_working_and_no_new_one_joins() {
+        let store = SqliteStore::open_in_memory().await.unwrap();
+        old_user(&store, "u1", "Admin", 1).await;
+        old_user(&store, "u2", "admin", 2).await;
+        let found = |name: &'static str| {
+            let store = store.clone();
+            async move { store.user_by_name(name).await.unwrap().unwrap().0.id }
+        };
+        assert_eq!(found("Admin").await, "u1");
+        assert_eq!(found("admin").await, "u2");
+        // Another spelling reaches the oldest.
+        assert_eq!(found("ADMIN").await, "u1");
+
+        let user = User {
+            id: "u3".into(),
+            username: "aDmin".into(),
+            role: Role::Viewer,
+            disabled: false,
+            created_at: 3,
+            updated_at: 3,
+        };
+        let taken = store.insert_user(&user, "hash").await;
+        assert!(matches!(taken, Err(StoreError::Conflict(_))), "{taken:?}");
+        assert_eq!(store.count_users().await.unwrap(), 2);
     }
 }
