@@ -409,6 +409,8 @@ fn the_server_bench_measures_a_real_server_and_counts_every_execution() {
             "100",
             "--latency-for",
             "300ms",
+            "--storm-for",
+            "300ms",
         ])
         .output()
         .expect("runcell starts");
@@ -422,6 +424,10 @@ fn the_server_bench_measures_a_real_server_and_counts_every_execution() {
         "1 ms CPU: 30 executions in",
         "(30 COMPLETED, every one recorded",
         "dispatch latency at 100 executions/s (30 runs): p50",
+        "cpu storm (",
+        "  GET /healthz: ",
+        "  GET /api/v1/executions?limit=20: ",
+        "  POST /api/v1/jobs/{id}/execute: ",
     ] {
         assert!(printed.contains(expected), "no `{expected}` in:\n{printed}");
     }

@@ -447,6 +447,8 @@ fn the_server_bench_runs_on_two_nodes_of_one_deployment() {
             "100",
             "--latency-for",
             "300ms",
+            "--storm-for",
+            "300ms",
         ])
         .args(["--", "--database-url", &database.url, "--redis-url", &redis])
         .args(["--redis-prefix", &prefix.0])

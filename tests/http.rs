@@ -153,7 +153,7 @@ async fn client(settings: OutboundSettings) -> (Runtime, Arc<LoadedModule>) {
 
 async fn fetch(
     runtime: &Runtime,
-    module: &LoadedModule,
+    module: &Arc<LoadedModule>,
     hosts: &[String],
     input: Value,
     limits: Limits,

@@ -298,11 +298,13 @@ async fn dispatch(shared: Arc<Shared>, running: Arc<Semaphore>, mut stop: watch:
         let Some(jobs) = jobs_or_requeue(&shared, &claimed).await else {
             continue;
         };
-        // Each claimed execution has its worker; those left over are freed here.
+        // Each claimed execution has its worker; those left over are freed here. Runs
+        // start on the guest threads, where their guest code will run: one hop, not two.
+        let guest_threads = services.runtime.guest_threads();
         for ((execution, cancel), permit) in claimed.into_iter().zip(tokens).zip(permits) {
             let job = jobs.get(&execution.job_id).cloned();
             let shared = shared.clone();
-            tokio::spawn(async move {
+            guest_threads.spawn(async move {
                 run_one(&shared, execution, job, cancel).await;
                 drop(permit);
             });
@@ -363,7 +365,8 @@ impl LocalRunner for PoolRunner {
         let tokens = register(services, &executions);
         let shared = self.shared.clone();
         let WorkerReservation(permits) = reservation;
-        tokio::spawn(async move {
+        let guest_threads = services.runtime.guest_threads().clone();
+        guest_threads.clone().spawn(async move {
             let Some(jobs) = jobs_or_requeue(&shared, &executions).await else {
                 return;
             };
@@ -378,7 +381,7 @@ impl LocalRunner for PoolRunner {
                     break;
                 }
                 let shared = shared.clone();
-                tokio::spawn(async move {
+                guest_threads.spawn(async move {
                     run_one(&shared, execution, job, cancel).await;
                     drop(permit);
                 });

@@ -155,22 +155,29 @@ fn bench_overhead(
         .block_on(runtime.load(Arc::from(noop)))
         .expect("noop module loads");
     let request = RunRequest::new("noop", "null", Limits::default());
-    let durations = single.block_on(async {
-        for _ in 0..1_000 {
-            runtime.run(&module, fresh(&request)).await;
-        }
-        let mut durations = Vec::with_capacity(runs as usize);
-        for _ in 0..runs {
-            let started = Instant::now();
-            let report = runtime.run(&module, fresh(&request)).await;
-            durations.push(started.elapsed());
-            debug_assert!(matches!(
-                report.outcome,
-                crate::domain::Outcome::Completed { .. }
-            ));
-        }
-        durations
-    });
+    // On a guest thread, as a worker's runs are: `Runtime::run` called from any other
+    // thread hops to one first.
+    let durations = single
+        .block_on(runtime.guest_threads().spawn({
+            let (runtime, module, request) = (runtime.clone(), module.clone(), request.clone());
+            async move {
+                for _ in 0..1_000 {
+                    runtime.run(&module, fresh(&request)).await;
+                }
+                let mut durations = Vec::with_capacity(runs as usize);
+                for _ in 0..runs {
+                    let started = Instant::now();
+                    let report = runtime.run(&module, fresh(&request)).await;
+                    durations.push(started.elapsed());
+                    debug_assert!(matches!(
+                        report.outcome,
+                        crate::domain::Outcome::Completed { .. }
+                    ));
+                }
+                durations
+            }
+        }))
+        .expect("the measuring task ends");
     let one_thread_rate = f64::from(runs) / durations.iter().sum::<Duration>().as_secs_f64();
     println!(
         "no-op run overhead, 1 thread, {runs} runs, all limits on: median {:.1} µs, p99 {:.1} µs, {:.0} runs/s",
@@ -186,45 +193,27 @@ fn bench_overhead(
     if overhead_only {
         return;
     }
+    // Loops on the runtime's guest threads (one per core), as the worker pool's runs:
+    // one alone, then one per thread. Rounds alternate the two in this one process, so
+    // that what differs between processes (where the allocator and the pools land) weighs
+    // on both alike. Both are wall-clock rates over whole loops.
     let workers = 2;
-    let runtime_of = |threads| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(threads)
-            .enable_all()
-            .build()
-            .expect("tokio")
-    };
-    let (one_worker_runtime, multi) = (runtime_of(1), runtime_of(workers));
-    // Rounds alternate the three set-ups in this one process, so that what differs
-    // between processes (where the allocator and the pools land) weighs on all figures
-    // alike. All are wall-clock rates over whole loops. One tokio worker is the baseline
-    // for scaling: same scheduler as two, one thread fewer.
-    let (mut one_thread, mut one_worker, mut two) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut one, mut two) = (Vec::new(), Vec::new());
     for _ in 0..SCALING_ROUNDS {
-        let elapsed = single.block_on(run_loop(
-            runtime.clone(),
-            module.clone(),
-            request.clone(),
-            runs,
-        ));
-        one_thread.push(f64::from(runs) / elapsed.as_secs_f64());
-        let elapsed = one_worker_runtime.block_on(on_workers(&runtime, &module, &request, 1, runs));
-        one_worker.push(f64::from(runs) / elapsed.as_secs_f64());
-        let elapsed = multi.block_on(on_workers(&runtime, &module, &request, workers, runs));
+        let elapsed = single.block_on(on_guest_threads(&runtime, &module, &request, 1, runs));
+        one.push(f64::from(runs) / elapsed.as_secs_f64());
+        let elapsed = single.block_on(on_guest_threads(&runtime, &module, &request, workers, runs));
         two.push((runs as usize * workers) as f64 / elapsed.as_secs_f64());
     }
-    let ratios: Vec<f64> = two.iter().zip(&one_worker).map(|(t, o)| t / o).collect();
+    let ratios: Vec<f64> = two.iter().zip(&one).map(|(t, o)| t / o).collect();
     println!(
-        "no-op runs/s, medians of {SCALING_ROUNDS} alternating rounds of {runs} runs per thread: \
-         1 thread {:.0}; 1 tokio worker {:.0}; {workers} tokio workers {:.0} = {:.2}× one worker \
-         (rounds {:.2}–{:.2}×), {:.2}× one thread",
-        median(&one_thread),
-        median(&one_worker),
+        "no-op runs/s, medians of {SCALING_ROUNDS} alternating rounds of {runs} runs per loop on the guest threads: \
+         1 loop {:.0}; {workers} loops {:.0} = {:.2}× one (rounds {:.2}–{:.2}×)",
+        median(&one),
         median(&two),
-        median(&two) / median(&one_worker),
+        median(&two) / median(&one),
         ratios.iter().copied().fold(f64::INFINITY, f64::min),
         ratios.iter().copied().fold(0.0, f64::max),
-        median(&two) / median(&one_thread),
     );
 }
 
@@ -251,19 +240,18 @@ async fn run_loop(
     started.elapsed()
 }
 
-/// One [`run_loop`] per worker, as tasks of the current tokio runtime; the time until the
-/// last is done.
-async fn on_workers(
+/// `loops` [`run_loop`]s on the runtime's guest threads; the time until the last is done.
+async fn on_guest_threads(
     runtime: &Runtime,
     module: &Arc<LoadedModule>,
     request: &RunRequest,
-    workers: usize,
+    loops: usize,
     runs: u32,
 ) -> Duration {
     let started = Instant::now();
-    let tasks: Vec<_> = (0..workers)
+    let tasks: Vec<_> = (0..loops)
         .map(|_| {
-            tokio::spawn(run_loop(
+            runtime.guest_threads().spawn(run_loop(
                 runtime.clone(),
                 module.clone(),
                 request.clone(),

@@ -37,6 +37,9 @@ pub(super) struct ServerBenchArgs {
     /// Duration of the latency run.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     latency_for: Duration,
+    /// How long API requests are timed while every worker runs a spinning guest.
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    storm_for: Duration,
     /// Worker count of the server under test [default: the server's default].
     #[arg(long)]
     workers: Option<usize>,
@@ -145,6 +148,31 @@ impl Server {
             return Err(format!("POST {path}: {status}: {body}"));
         }
         Ok(body)
+    }
+
+    /// Times one request to `path` (below the server's root, not the API's); fails
+    /// unless it answers 2xx.
+    fn timed(&self, method: &str, path: &str) -> BenchResult<Duration> {
+        let url = format!("{}{path}", self.base);
+        let started = Instant::now();
+        let response = match method {
+            "POST" => self
+                .agent
+                .post(&url)
+                .header("authorization", &self.authorization)
+                .send_json(json!({})),
+            _ => self
+                .agent
+                .get(&url)
+                .header("authorization", &self.authorization)
+                .call(),
+        }
+        .map_err(|e| e.to_string())?;
+        let took = started.elapsed();
+        if !response.status().is_success() {
+            return Err(format!("{method} {path}: {}", response.status()));
+        }
+        Ok(took)
     }
 
     fn get(&self, path: &str) -> BenchResult<Value> {
@@ -289,6 +317,7 @@ fn bench(args: &ServerBenchArgs) -> BenchResult<()> {
     throughput(&servers, "1 ms CPU", &cpu, args.cpu)?;
 
     latency(&servers, args.rate, args.latency_for)?;
+    cpu_storm(server, &noop, args.storm_for)?;
     Ok(())
 }
 
@@ -431,5 +460,91 @@ fn latency(servers: &[Server], rate: u32, duration: Duration) -> BenchResult<()>
         pick(0.99).as_secs_f64() * 1000.0,
         pick(1.0).as_secs_f64() * 1000.0
     );
+    Ok(())
+}
+
+/// Every worker of `server` runs a guest that spins without calling the host; meanwhile
+/// the API is asked, paced, for `/healthz`, a page of executions and a run of `noop_job`
+/// (queued, since no worker is free), and each answer is timed as the client sees it.
+/// Guests must not slow the API: they run on threads of their own.
+fn cpu_storm(server: &Server, noop_job: &str, duration: Duration) -> BenchResult<()> {
+    let nodes = server.get("/nodes")?;
+    let workers = nodes["items"]
+        .as_array()
+        .and_then(|items| items.first())
+        .and_then(|node| node["workers"].as_u64())
+        .ok_or("GET /nodes names no worker count")?;
+    let timeout_ms = (duration + Duration::from_secs(30)).as_millis() as u64;
+    let spin = server.post(
+        "/jobs",
+        &json!({"name": "bench-spin", "module": "hostile", "job": "spin",
+                "fuel": 400_000_000_000_u64, "timeoutMs": timeout_ms}),
+    )?;
+    let spin = spin["id"].as_str().ok_or("job without id")?.to_owned();
+    let queued = server.post(
+        &format!("/jobs/{spin}/execute-bulk"),
+        &json!({"count": workers}),
+    )?;
+    let spinning: Vec<String> = queued["executionIds"]
+        .as_array()
+        .map(|ids| {
+            ids.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default();
+    let all_running = Instant::now();
+    loop {
+        let page = server.get(&format!(
+            "/executions?jobId={spin}&status=RUNNING&limit=500"
+        ))?;
+        if page["items"].as_array().map_or(0, Vec::len) as u64 >= workers {
+            break;
+        }
+        if all_running.elapsed() > Duration::from_secs(30) {
+            return Err("the spinning guests did not all start within 30 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let probes = [
+        ("GET", "/healthz".to_owned(), "/healthz"),
+        (
+            "GET",
+            "/api/v1/executions?limit=20".to_owned(),
+            "/api/v1/executions?limit=20",
+        ),
+        (
+            "POST",
+            format!("/api/v1/jobs/{noop_job}/execute"),
+            "/api/v1/jobs/{id}/execute",
+        ),
+    ];
+    let mut timings: Vec<Vec<Duration>> = vec![Vec::new(); probes.len()];
+    let started = Instant::now();
+    let mut turn = 0;
+    while started.elapsed() < duration {
+        let (method, path, _) = &probes[turn % probes.len()];
+        timings[turn % probes.len()].push(server.timed(method, path)?);
+        turn += 1;
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    for id in &spinning {
+        server.post(&format!("/executions/{id}/cancel"), &json!({}))?;
+    }
+    server.wait_idle(&spin)?;
+    server.wait_idle(noop_job)?;
+    println!("cpu storm ({workers} guests spinning, one per worker):");
+    for ((method, _, shown), mut taken) in probes.iter().zip(timings) {
+        taken.sort();
+        let pick = |q: f64| taken[((taken.len() - 1) as f64 * q).round() as usize];
+        println!(
+            "  {method} {shown}: {} requests, p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
+            taken.len(),
+            pick(0.5).as_secs_f64() * 1000.0,
+            pick(0.99).as_secs_f64() * 1000.0,
+            pick(1.0).as_secs_f64() * 1000.0
+        );
+    }
     Ok(())
 }

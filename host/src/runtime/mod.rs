@@ -10,6 +10,7 @@ mod cache;
 mod cpu;
 mod engine;
 mod execution;
+mod guests;
 pub mod host;
 mod incoming;
 mod lanes;
@@ -37,6 +38,7 @@ use crate::domain::{
 pub use cache::{LoadSource, content_hash};
 pub use engine::{EPOCH_TICK, EngineSettings};
 pub use execution::{CancelToken, RunRequest};
+pub use guests::GUEST_NICENESS;
 pub use host::HostServices;
 pub use host::http::{
     AddressClass, BadNetwork, Denial, IpNetwork, OutboundPolicy, OutboundSettings, OutboundTls,
@@ -150,6 +152,8 @@ struct Shared {
     /// their own.
     loading: LoadingGates,
     _ticker: engine::EpochTicker,
+    /// Where guest code runs: never on the threads of the caller (the API's).
+    guests: guests::GuestThreads,
 }
 
 impl std::fmt::Debug for Shared {
@@ -213,6 +217,10 @@ impl Runtime {
             cache::ArtifactCache::new(config.cache_dir, engine::engine_key(&lanes[0].engine));
         let ticker =
             engine::EpochTicker::start(lanes.iter().map(|lane| lane.engine.clone()).collect())?;
+        // A thread per lane: each keeps its lane, so runs on different cores share no
+        // engine state.
+        let guests = guests::GuestThreads::start(lanes.len())
+            .map_err(|err| RuntimeError::Engine(format!("could not start guest threads: {err}")))?;
         Ok(Self {
             shared: Arc::new(Shared {
                 lanes,
@@ -220,8 +228,15 @@ impl Runtime {
                 loaded: Mutex::new(HashMap::new()),
                 loading: Mutex::new(HashMap::new()),
                 _ticker: ticker,
+                guests,
             }),
         })
+    }
+
+    /// Where to spawn work that runs guest code (a worker's whole run), so that it starts
+    /// on a guest thread and [`Runtime::run`] needs no hop.
+    pub fn guest_threads(&self) -> &tokio::runtime::Handle {
+        self.shared.guests.handle()
     }
 
     /// Compilations performed by this runtime (cached loads excluded).
@@ -259,7 +274,18 @@ impl Runtime {
                 .await
                 .map_err(|err| LoadError::Describe(format!("compilation task failed: {err}")))??;
         let load_time = started.elapsed();
-        let manifest = self.describe(&lanes).await?;
+        let lanes = Arc::new(lanes);
+        let runtime = self.clone();
+        let described = lanes.clone();
+        let manifest = self
+            .shared
+            .guests
+            .run(async move { runtime.describe(&described).await })
+            .await
+            .map_err(|err| LoadError::Describe(format!("`describe` ended abnormally: {err}")))??;
+        let lanes = Arc::into_inner(lanes).ok_or_else(|| {
+            LoadError::Describe("the module's code is still in use by `describe`".into())
+        })?;
         manifest.validate()?;
         incoming::check_routes_export(&manifest, lanes[0].handler.is_some())?;
         let lanes = lanes
@@ -319,8 +345,27 @@ impl Runtime {
         convert_manifest(manifest)
     }
 
-    /// Runs one job on a fresh instance of `module`.
-    pub async fn run(&self, module: &LoadedModule, request: RunRequest) -> RunReport {
+    /// Runs one job on a fresh instance of `module`, on a guest thread.
+    pub async fn run(&self, module: &Arc<LoadedModule>, request: RunRequest) -> RunReport {
+        let runtime = self.clone();
+        let module = module.clone();
+        let run = async move { runtime.run_here(&module, request).await };
+        match self.shared.guests.run(run).await {
+            Ok(report) => report,
+            Err(err) => RunReport {
+                outcome: Outcome::Failed {
+                    kind: FailureKind::HostError,
+                    message: format!("the run ended abnormally: {err}"),
+                },
+                usage: Usage::default(),
+                logs: Vec::new(),
+                dropped_log_lines: 0,
+            },
+        }
+    }
+
+    /// Runs one job on a fresh instance of `module`, on the calling thread.
+    async fn run_here(&self, module: &LoadedModule, request: RunRequest) -> RunReport {
         if module.manifest.job(&request.job).is_none() {
             let offered: Vec<&str> = module
                 .manifest
@@ -354,7 +399,7 @@ impl Runtime {
     /// (below `/m/{module}`).
     pub async fn serve_http(
         &self,
-        module: &LoadedModule,
+        module: &Arc<LoadedModule>,
         request: http::Request<bytes::Bytes>,
         limits: Limits,
         grants: Arc<crate::domain::Grants>,
@@ -362,7 +407,23 @@ impl Runtime {
     ) -> ServedRequest {
         let mut run = RunRequest::new("http", "", limits);
         run.grants = grants;
-        incoming::serve(&self.shared, module, run, request, max_response_bytes).await
+        let shared = self.shared.clone();
+        let module = module.clone();
+        let serve = async move {
+            incoming::serve(&shared, &module, run, request, max_response_bytes).await
+        };
+        match self.shared.guests.run(serve).await {
+            Ok(served) => served,
+            Err(err) => ServedRequest {
+                response: Err(Outcome::Failed {
+                    kind: FailureKind::HostError,
+                    message: format!("the request's handling ended abnormally: {err}"),
+                }),
+                usage: Usage::default(),
+                logs: Vec::new(),
+                dropped_log_lines: 0,
+            },
+        }
     }
 }
 
