@@ -739,6 +739,151 @@ fn every_hostile_job_ends_with_a_fitting_status_while_the_server_stays_healthy()
     assert_eq!(server.get("/readyz").status, 200);
 }
 
+// ---- bulk runs: storage and idempotency -----------------------------------------------------
+
+/// Bytes the SQLite database of `server` takes on disk: the file and its log.
+fn database_bytes(server: &Server) -> u64 {
+    ["runcell.db", "runcell.db-wal"]
+        .iter()
+        .map(|name| std::fs::metadata(server.data_dir().join(name)).map_or(0, |meta| meta.len()))
+        .sum()
+}
+
+/// How many executions of job `job_id` (in state `status`, if given) the SQLite file of
+/// `server` holds (listing them over the API would carry every run's 1 MB input).
+fn executions_in_database(server: &Server, job_id: &str, status: Option<&str>) -> i64 {
+    use sqlx::Connection;
+    let path = server.data_dir().join("runcell.db");
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let options = sqlx::sqlite::SqliteConnectOptions::new()
+                .filename(&path)
+                .read_only(true);
+            let mut connection = sqlx::SqliteConnection::connect_with(&options)
+                .await
+                .expect("the database file opens");
+            let count = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM executions WHERE job_id = ? AND status = COALESCE(?, status)",
+            )
+            .bind(job_id)
+            .bind(status)
+            .fetch_one(&mut connection)
+            .await
+            .expect("a count");
+            let _ = connection.close().await;
+            count
+        })
+}
+
+/// `POST path` with `body` and the header `Idempotency-Key: key`, as the admin; the
+/// status, whether `Idempotent-Replayed: true` came back, and the body.
+fn post_keyed(server: &Server, path: &str, key: &str, body: &Value) -> (u16, bool, Value) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(60)))
+        .build()
+        .into();
+    let mut response = agent
+        .post(server.url(path))
+        .header("authorization", format!("Bearer {}", server.token()))
+        .header("content-type", "application/json")
+        .header("idempotency-key", key)
+        .send(body.to_string().as_bytes())
+        .unwrap_or_else(|err| panic!("POST {path}: {err}"));
+    let replayed = response
+        .headers()
+        .get("idempotent-replayed")
+        .is_some_and(|value| value == "true");
+    let text = response.body_mut().read_to_string().unwrap();
+    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (response.status().as_u16(), replayed, body)
+}
+
+#[test]
+fn a_bulk_run_of_a_large_stored_input_stores_it_once_and_a_retried_request_runs_nothing_twice() {
+    let server = Server::start_with(ServerOptions {
+        workers: 1,
+        ..ServerOptions::default()
+    });
+    server.upload(&guests::guest("hostile"));
+    // The only worker spins, so the bulk's runs wait in the queue while the database is
+    // measured; nothing they produce is written before then.
+    let spin = id(&server.create_job(&json!({
+        "name": "spin", "module": "hostile", "job": "spin",
+        "fuel": 400_000_000_000_u64, "timeoutMs": 120_000,
+    })));
+    let spinning = server.execute(&spin, None);
+    assert!(
+        server.wait_until(RUN, || server.execution(&spinning)["status"] == "RUNNING"),
+        "the spin never started: {}",
+        server.execution(&spinning)
+    );
+    // ~1 MiB, with room for what `echo` adds under the 1 MiB output cap.
+    let input = json!({"blob": "x".repeat(1_000_000)});
+    let echo = id(&server.create_job(&json!({
+        "name": "echo", "module": "hostile", "job": "echo", "input": input,
+    })));
+    // Once the checkpointer (every 250 ms) has copied the log back, the file sizes
+    // change only by what is written next.
+    std::thread::sleep(Duration::from_secs(1));
+    let before = database_bytes(&server);
+
+    let bulk = format!("/api/v1/jobs/{echo}/execute-bulk");
+    let (status, replayed, first) = post_keyed(&server, &bulk, "bulk-0001", &json!({"count": 200}));
+    assert_eq!(status, 202, "{first}");
+    assert!(!replayed);
+    assert_eq!(first["count"], 200);
+    let ids: Vec<String> = first["executionIds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|id| id.as_str().unwrap().to_owned())
+        .collect();
+    std::thread::sleep(Duration::from_secs(1));
+    let grown = database_bytes(&server).saturating_sub(before);
+    println!("200 runs of a 1 MB stored input grew the database by {grown} bytes");
+    // Each run copying the input would be ~200 MB.
+    assert!(
+        grown < 4 << 20,
+        "200 runs of a 1 MB input grew the database by {grown} bytes"
+    );
+
+    // The client timed out and retries: the same runs, nothing new.
+    let (status, replayed, again) = post_keyed(&server, &bulk, "bulk-0001", &json!({"count": 200}));
+    assert_eq!(status, 202, "{again}");
+    assert!(replayed);
+    assert_eq!(again, first);
+    assert_eq!(executions_in_database(&server, &echo, None), 200);
+    // The key cannot be spent on another request.
+    let (status, _, refused) = post_keyed(&server, &bulk, "bulk-0001", &json!({"count": 201}));
+    assert_eq!(status, 422, "{refused}");
+    assert_eq!(refused["error"]["details"]["field"], "Idempotency-Key");
+    let (status, _, refused) = post_keyed(&server, &bulk, "not a key", &json!({"count": 1}));
+    assert_eq!(status, 400, "{refused}");
+
+    // Once the worker is free, every run sees the whole input.
+    let reply = server.post(&format!("/api/v1/executions/{spinning}/cancel"));
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let done = server.wait_until(Duration::from_secs(300), || {
+        ["QUEUED", "RUNNING"]
+            .iter()
+            .all(|status| executions_in_database(&server, &echo, Some(status)) == 0)
+    });
+    assert!(done, "not all 200 runs ended");
+    for id in &ids {
+        let execution = server.execution(id);
+        assert_eq!(execution["status"], "COMPLETED", "{}", execution["error"]);
+        assert!(
+            execution["result"]["input"] == input,
+            "execution {id} saw another input"
+        );
+    }
+    assert_eq!(executions_in_database(&server, &echo, None), 200);
+}
+
 // ---- following logs -----------------------------------------------------------------------
 
 #[test]

@@ -16,6 +16,7 @@ use serde_json::error::Category;
 use utoipa::IntoParams;
 
 use super::error::{ApiError, ErrorCode};
+use crate::services::jobs::IDEMPOTENCY_KEY_FIELD;
 
 /// Largest body of any route but module uploads. Job definitions, inputs and event
 /// payloads are configuration and messages, not data sets.
@@ -183,6 +184,64 @@ fn hide_type_names(text: &str) -> String {
     match text.find("expected struct ") {
         Some(at) => format!("{}expected a JSON object", &text[..at]),
         None => text.to_owned(),
+    }
+}
+
+/// The header a client sends with a manual trigger to make a retry of it harmless.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// The longest idempotency key accepted: room for any UUID, ULID or hash a client
+/// would use, with a prefix, and no more (keys are stored for a day).
+pub const MAX_IDEMPOTENCY_KEY: usize = 255;
+
+/// The `Idempotency-Key` header, if sent: 1 to [`MAX_IDEMPOTENCY_KEY`] visible ASCII
+/// characters other than `"` and `\`, bare (`abc-123`) or as a quoted string
+/// (`"abc-123"`, the form of the IETF draft; the quotes are not part of the key).
+/// Anything else, or the header twice, is a `400` naming it: a key the server read
+/// differently from the client would make a retry a new request.
+#[derive(Debug, Default)]
+pub struct IdempotencyKeyHeader(pub Option<String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKeyHeader {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        let mut values = parts.headers.get_all(IDEMPOTENCY_KEY).iter();
+        let Some(value) = values.next() else {
+            return Ok(Self(None));
+        };
+        let invalid = |why: &str| {
+            ApiError::field(
+                ErrorCode::InvalidField,
+                IDEMPOTENCY_KEY_FIELD,
+                format!(
+                    "Idempotency-Key: {why}; send one key of 1 to {MAX_IDEMPOTENCY_KEY} visible \
+                     ASCII characters other than `\"` and `\\` (a UUID, say), bare or quoted"
+                ),
+            )
+        };
+        if values.next().is_some() {
+            return Err(invalid("sent more than once"));
+        }
+        let bytes = value.as_bytes();
+        let key = match bytes {
+            [b'"', inner @ .., b'"'] => inner,
+            _ => bytes,
+        };
+        if key.is_empty() {
+            return Err(invalid("empty"));
+        }
+        if key.len() > MAX_IDEMPOTENCY_KEY {
+            return Err(invalid(&format!("{} bytes long", key.len())));
+        }
+        if !key
+            .iter()
+            .all(|&byte| byte.is_ascii_graphic() && byte != b'"' && byte != b'\\')
+        {
+            return Err(invalid("contains a character not allowed"));
+        }
+        // Visible ASCII only, so always UTF-8.
+        Ok(Self(Some(String::from_utf8_lossy(key).into_owned())))
     }
 }
 

@@ -3,8 +3,8 @@
 
 use axum::Json;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
 use axum::http::header::LOCATION;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::IntoResponse;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -13,10 +13,28 @@ use utoipa_axum::routes;
 
 use super::ApiState;
 use super::error::{ApiError, ErrorBody, ErrorCode};
-use super::extract::{ApiJson, OptionalJson, PageRequest, Params};
+use super::extract::{ApiJson, IdempotencyKeyHeader, OptionalJson, PageRequest, Params};
 use super::openapi;
 use crate::domain::{ExecutionStatus, Job, Page};
-use crate::services::{ExecuteRequest, JobDraft, JobPatch};
+use crate::services::{ExecuteRequest, JobDraft, JobPatch, ManualRuns};
+
+/// Set to `true` on the answer to a manual trigger that an earlier request under the
+/// same `Idempotency-Key` created (nothing was created now).
+const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
+
+/// What every manual trigger's documentation says about `Idempotency-Key`.
+macro_rules! idempotency_key_doc {
+    () => {
+        "Optional. Makes a retry of this request harmless: the first request under a key \
+         records what it created; a request under the same key within 24 hours that asks \
+         the same (job and inputs) creates nothing and gets the same answer (the same \
+         execution ids, and `Idempotent-Replayed: true`), even while the first is still \
+         being carried out. Under a key already used for something else it is refused \
+         (`422`). 1 to 255 visible ASCII characters other than `\"` and `\\`, bare or as \
+         a quoted string; use a fresh random value (a UUID) per request. Keys are shared \
+         by every client of the server."
+    };
+}
 
 const TAG: &str = "jobs";
 
@@ -178,38 +196,62 @@ struct Queued {
     path = "/jobs/{id}/execute",
     tag = TAG,
     operation_id = "executeJob",
-    params(("id" = String, Path, description = "The job's id.")),
+    params(
+        ("id" = String, Path, description = "The job's id."),
+        ("Idempotency-Key" = Option<String>, Header, description = idempotency_key_doc!()),
+    ),
     request_body(content = Option<ExecuteRequest>, description = "Optional."),
     responses(
-        (status = 202, description = "Started or queued (`status`); `Location` is the execution's URL.", body = Queued,
-            headers(("location" = String, description = "`/api/v1/executions/{executionId}`"))),
-        (status = 400, description = "Malformed JSON, or an unknown field.", body = ErrorBody),
+        (status = 202, description = "Started or queued (`status`); `Location` is the execution's URL. For a retry under an `Idempotency-Key`, what the first request created.", body = Queued,
+            headers(
+                ("location" = String, description = "`/api/v1/executions/{executionId}`"),
+                ("idempotent-replayed" = String, description = "`true` when an earlier request under the same `Idempotency-Key` created the run; absent otherwise."),
+            )),
+        (status = 400, description = "Malformed JSON, an unknown field, or a malformed `Idempotency-Key` (`details.field`).", body = ErrorBody),
         (status = 404, description = "No job with that id.", body = ErrorBody),
         (status = 409, description = "The job or its module is disabled, or the module is gone.", body = ErrorBody),
         (status = 413, description = "The body is larger than 1 MiB.", body = ErrorBody),
         (status = 415, description = "A body not declared `application/json`.", body = ErrorBody),
+        (status = 422, description = "The `Idempotency-Key` was used for a request with another job or input in the last 24 hours (`details.field`).", body = ErrorBody),
         (status = 503, description = "The database or the queue is unavailable; retry later.", body = ErrorBody),
     ),
 )]
 async fn execute(
     State(state): State<ApiState>,
     Path(id): Path<String>,
+    IdempotencyKeyHeader(key): IdempotencyKeyHeader,
     OptionalJson(request): OptionalJson<ExecuteRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
     let runs = state
         .services
-        .execute_job(&id, request.unwrap_or_default())
+        .execute_job(&id, request.unwrap_or_default(), key.as_deref())
         .await?;
+    let mut headers = replay_headers(&runs);
     let execution_id = runs.ids.into_iter().next().unwrap_or_default();
     let location = format!("/api/v1/executions/{execution_id}");
+    if let Ok(location) = HeaderValue::from_str(&location) {
+        headers.insert(LOCATION, location);
+    }
     Ok((
         StatusCode::ACCEPTED,
-        [(LOCATION, location)],
+        headers,
         Json(Queued {
             execution_id,
             status: runs.status,
         }),
     ))
+}
+
+/// `Idempotent-Replayed: true` for runs an earlier request created.
+fn replay_headers(runs: &ManualRuns) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    if runs.replayed {
+        headers.insert(
+            HeaderName::from_static(IDEMPOTENT_REPLAYED),
+            HeaderValue::from_static("true"),
+        );
+    }
+    headers
 }
 
 /// Many manual runs at once: one per element of `inputs` (`null` uses the job's stored
@@ -247,22 +289,27 @@ struct BulkQueued {
     path = "/jobs/{id}/execute-bulk",
     tag = TAG,
     operation_id = "executeJobBulk",
-    params(("id" = String, Path, description = "The job's id.")),
+    params(
+        ("id" = String, Path, description = "The job's id."),
+        ("Idempotency-Key" = Option<String>, Header, description = idempotency_key_doc!()),
+    ),
     request_body = BulkRequest,
     responses(
-        (status = 202, description = "Started or queued (`status`).", body = BulkQueued),
-        (status = 400, description = "Malformed JSON, an unknown field, or both or neither of `inputs` and `count`.", body = ErrorBody),
+        (status = 202, description = "Started or queued (`status`). For a retry under an `Idempotency-Key`, what the first request created.", body = BulkQueued,
+            headers(("idempotent-replayed" = String, description = "`true` when an earlier request under the same `Idempotency-Key` created the runs; absent otherwise."))),
+        (status = 400, description = "Malformed JSON, an unknown field, both or neither of `inputs` and `count`, or a malformed `Idempotency-Key` (`details.field`).", body = ErrorBody),
         (status = 404, description = "No job with that id.", body = ErrorBody),
         (status = 409, description = "The job or its module is disabled, or the module is gone.", body = ErrorBody),
         (status = 413, description = "The body is larger than 1 MiB.", body = ErrorBody),
         (status = 415, description = "The body is not declared `application/json`.", body = ErrorBody),
-        (status = 422, description = "More runs than the server accepts at once, or none (`details.field`).", body = ErrorBody),
+        (status = 422, description = "More runs than the server accepts at once, or none; or the `Idempotency-Key` was used for a request with another job or inputs in the last 24 hours (`details.field`).", body = ErrorBody),
         (status = 503, description = "The database or the queue is unavailable; retry later.", body = ErrorBody),
     ),
 )]
 async fn execute_bulk(
     State(state): State<ApiState>,
     Path(id): Path<String>,
+    IdempotencyKeyHeader(key): IdempotencyKeyHeader,
     ApiJson(request): ApiJson<BulkRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
     let max = state.services.settings.max_bulk;
@@ -284,9 +331,13 @@ async fn execute_bulk(
             ));
         }
     };
-    let runs = state.services.execute_job_bulk(&id, inputs).await?;
+    let runs = state
+        .services
+        .execute_job_bulk(&id, inputs, key.as_deref())
+        .await?;
     Ok((
         StatusCode::ACCEPTED,
+        replay_headers(&runs),
         Json(BulkQueued {
             count: runs.ids.len(),
             execution_ids: runs.ids,

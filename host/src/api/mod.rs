@@ -14,8 +14,8 @@
 //! | `POST /api/v1/jobs` | 201 job |
 //! | `GET /api/v1/jobs?cursor=&limit=` | 200 `{items, nextCursor}` |
 //! | `GET`, `PATCH`, `DELETE /api/v1/jobs/{id}` | 200 job, 200 job, 204 |
-//! | `POST /api/v1/jobs/{id}/execute` `{input?}` | 202 `{executionId, status}` |
-//! | `POST /api/v1/jobs/{id}/execute-bulk` `{inputs}` or `{count}` | 202 `{executionIds, count, status}` |
+//! | `POST /api/v1/jobs/{id}/execute` `{input?}`, `Idempotency-Key?` | 202 `{executionId, status}` |
+//! | `POST /api/v1/jobs/{id}/execute-bulk` `{inputs}` or `{count}`, `Idempotency-Key?` | 202 `{executionIds, count, status}` |
 //! | `GET /api/v1/executions?jobId=&status=&cursor=&limit=` | 200 `{items, nextCursor}` |
 //! | `GET /api/v1/executions/{id}` | 200 execution |
 //! | `GET /api/v1/executions/{id}/logs?after=&limit=` | 200 `{items, nextAfter}` |

@@ -1076,6 +1076,123 @@ async fn execute_bulk_takes_inputs_or_a_count_but_not_both() {
     assert_eq!(listed.body["items"].as_array().unwrap().len(), 5);
 }
 
+impl TestApi {
+    /// POSTs `body` to `uri` with these `Idempotency-Key` header values (none: no header).
+    async fn keyed(&self, uri: &str, keys: &[&[u8]], body: &Value) -> Reply {
+        let mut request = Request::builder()
+            .method(Method::POST)
+            .uri(uri)
+            .header(header::CONTENT_TYPE, "application/json");
+        for key in keys {
+            request = request.header("idempotency-key", *key);
+        }
+        self.send(request.body(Body::from(body.to_string())).unwrap())
+            .await
+    }
+}
+
+fn replayed(reply: &Reply) -> bool {
+    reply
+        .headers
+        .get("idempotent-replayed")
+        .map(|v| v.as_bytes())
+        == Some(b"true".as_slice())
+}
+
+#[tokio::test]
+async fn a_trigger_retried_under_its_idempotency_key_creates_nothing_and_answers_the_same() {
+    let api = api().await;
+    let job = api.fake_job("keyed").await;
+    let bulk = format!("/api/v1/jobs/{job}/execute-bulk");
+    let first = api.keyed(&bulk, &[b"bulk-1"], &json!({"count": 3})).await;
+    assert_eq!(first.status, StatusCode::ACCEPTED, "{}", first.body);
+    assert!(!replayed(&first));
+    // The same request again, spaced differently, even in the quoted form of the key.
+    let again = api
+        .keyed(
+            &bulk,
+            &[b"\"bulk-1\""],
+            &json!({"inputs": [null, null, null]}),
+        )
+        .await;
+    assert_eq!(again.status, StatusCode::ACCEPTED, "{}", again.body);
+    assert_eq!(again.body, first.body);
+    assert!(replayed(&again));
+    // Another request under the key is refused.
+    let other = api.keyed(&bulk, &[b"bulk-1"], &json!({"count": 4})).await;
+    assert_eq!(
+        (other.status, other.error_field()),
+        (StatusCode::UNPROCESSABLE_ENTITY, "Idempotency-Key"),
+        "{}",
+        other.body
+    );
+    assert!(other.message().contains("new key"), "{}", other.message());
+
+    // One run, the same: same id, same `Location`.
+    let execute = format!("/api/v1/jobs/{job}/execute");
+    let input = json!({"input": {"n": 1}});
+    let first = api.keyed(&execute, &[b"one-1"], &input).await;
+    assert_eq!(first.status, StatusCode::ACCEPTED, "{}", first.body);
+    let again = api.keyed(&execute, &[b"one-1"], &input).await;
+    assert_eq!(again.body, first.body);
+    assert_eq!(
+        again.headers[header::LOCATION],
+        first.headers[header::LOCATION]
+    );
+    assert!(replayed(&again));
+    let other = api
+        .keyed(&execute, &[b"one-1"], &json!({"input": {"n": 2}}))
+        .await;
+    assert_eq!(other.status, StatusCode::UNPROCESSABLE_ENTITY);
+    // Keys are the client's: another key is another request.
+    let fresh = api.keyed(&execute, &[b"one-2"], &input).await;
+    assert_ne!(fresh.body["executionId"], first.body["executionId"]);
+
+    let listed = api
+        .get(&format!("/api/v1/executions?jobId={job}&limit=500"))
+        .await;
+    assert_eq!(listed.body["items"].as_array().unwrap().len(), 5);
+}
+
+#[tokio::test]
+async fn a_malformed_idempotency_key_is_refused_before_anything_is_created() {
+    let api = api().await;
+    let job = api.fake_job("malformed").await;
+    let uri = format!("/api/v1/jobs/{job}/execute-bulk");
+    let too_long = vec![b'k'; 256];
+    let malformed: [&[&[u8]]; 6] = [
+        &[b""],
+        &[b"\"\""],
+        &[b"with space"],
+        &[b"quote\"inside"],
+        &[too_long.as_slice()],
+        &[b"twice", b"twice"],
+    ];
+    for keys in malformed {
+        let reply = api.keyed(&uri, keys, &json!({"count": 1})).await;
+        assert_eq!(
+            (reply.status, reply.error_field()),
+            (StatusCode::BAD_REQUEST, "Idempotency-Key"),
+            "{keys:?}: {}",
+            reply.body
+        );
+    }
+    // Non-ASCII bytes cannot even be a header value `http` accepts as text.
+    let reply = api
+        .keyed(&uri, &["clé".as_bytes()], &json!({"count": 1}))
+        .await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{}", reply.body);
+    let longest = vec![b'k'; 255];
+    let reply = api
+        .keyed(&uri, &[longest.as_slice()], &json!({"count": 1}))
+        .await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.body);
+    let listed = api
+        .get(&format!("/api/v1/executions?jobId={job}&limit=500"))
+        .await;
+    assert_eq!(listed.body["items"].as_array().unwrap().len(), 1);
+}
+
 #[tokio::test]
 async fn executions_filter_by_status_and_a_bad_status_lists_the_allowed_ones() {
     let api = api().await;

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 
 use super::schedule::Schedule;
@@ -13,7 +14,7 @@ use crate::domain::{
     new_id, now_millis,
 };
 use crate::runtime::host::events::is_valid_topic;
-use crate::store::ManualRun;
+use crate::store::{EarlierRuns, IdempotencyKey, ManualOutcome, ManualRun};
 
 /// Jobs retry at most this many times; more is a loop, not resilience.
 pub const MAX_ATTEMPTS: u32 = 25;
@@ -369,22 +370,32 @@ impl Services {
         Ok(())
     }
 
-    /// Creates one manual run; returns its execution id and state.
+    /// Creates one manual run; returns its execution id and state. With an idempotency
+    /// key, as [`Services::execute_job_bulk`].
     pub async fn execute_job(
         &self,
         id: &str,
         request: ExecuteRequest,
+        idempotency_key: Option<&str>,
     ) -> Result<ManualRuns, ServiceError> {
-        self.execute_job_bulk(id, vec![request.input]).await
+        self.execute_job_bulk(id, vec![request.input], idempotency_key)
+            .await
     }
 
     /// Creates one manual run per input (`None` uses the job's stored input), in one
     /// transaction; returns the execution ids in order. With a worker of this node free
     /// for each, the runs start here at once; otherwise they are queued for any node.
+    ///
+    /// With an idempotency key (the API has checked its syntax), a request under a key
+    /// taken in the last [`ServiceSettings::idempotency_ttl`](super::ServiceSettings)
+    /// creates nothing: if it asks the same (job and inputs) it gets the runs the first
+    /// request created, as they were answered then (`replayed`); if it asks something
+    /// else it is refused. Concurrent requests under one key create one batch.
     pub async fn execute_job_bulk(
         &self,
         id: &str,
         inputs: Vec<Option<serde_json::Value>>,
+        idempotency_key: Option<&str>,
     ) -> Result<ManualRuns, ServiceError> {
         if inputs.is_empty() || inputs.len() > self.settings.max_bulk {
             return Err(ServiceError::unprocessable(
@@ -392,6 +403,13 @@ impl Services {
                 format!("give between 1 and {} inputs", self.settings.max_bulk),
             ));
         }
+        let now = now_millis();
+        let key = idempotency_key.map(|key| IdempotencyKey {
+            key: key.to_owned(),
+            fingerprint: request_fingerprint(id, &inputs),
+            expires_at: now.saturating_add(self.settings.idempotency_ttl.as_millis() as Millis),
+        });
+        let key = key.as_ref();
         let runs: Vec<ManualRun> = inputs
             .into_iter()
             .map(|input| ManualRun {
@@ -399,19 +417,23 @@ impl Services {
                 input: input.map(|value| value.to_string()),
             })
             .collect();
-        let now = now_millis();
         let runner = self.local_runner.get();
         if let Some((runner, reservation)) = runner
             .as_ref()
             .and_then(|runner| Some((runner, runner.reserve(runs.len())?)))
         {
             let lease_until = now + runner.lease().as_millis() as Millis;
-            let started = self
+            let outcome = self
                 .store
-                .start_manual(id, &runs, now, runner.node_id(), lease_until)
+                .start_manual(id, &runs, now, runner.node_id(), lease_until, key)
                 .await?;
-            let Some(started) = started else {
-                return Err(self.why_not_runnable(id).await);
+            // Any outcome but `Created` started nothing: dropping the reservation frees
+            // its workers.
+            let started = match outcome {
+                ManualOutcome::Created(started) => started,
+                ManualOutcome::NotRunnable => return Err(self.why_not_runnable(id).await),
+                ManualOutcome::Replayed(earlier) => return self.replay(earlier).await,
+                ManualOutcome::KeyReused => return Err(self.key_reused(key)),
             };
             let ids = started.iter().map(|run| run.id.clone()).collect();
             runner.start(reservation, started);
@@ -420,16 +442,45 @@ impl Services {
             return Ok(ManualRuns {
                 ids,
                 status: ExecutionStatus::Running,
+                replayed: false,
             });
         }
-        let Some(ids) = self.store.enqueue_manual(id, &runs, now).await? else {
-            return Err(self.why_not_runnable(id).await);
+        let ids = match self.store.enqueue_manual(id, &runs, now, key).await? {
+            ManualOutcome::Created(ids) => ids,
+            ManualOutcome::NotRunnable => return Err(self.why_not_runnable(id).await),
+            ManualOutcome::Replayed(earlier) => return self.replay(earlier).await,
+            ManualOutcome::KeyReused => return Err(self.key_reused(key)),
         };
         super::executions::offer(self.queue.as_ref(), &ids).await;
         Ok(ManualRuns {
             ids,
             status: ExecutionStatus::Queued,
+            replayed: false,
         })
+    }
+
+    /// The answer to a retry of a request that created `earlier`, once what it created
+    /// is durable (the first request may still be waiting for that itself).
+    async fn replay(&self, earlier: EarlierRuns) -> Result<ManualRuns, ServiceError> {
+        self.store.flush().await?;
+        Ok(ManualRuns {
+            ids: earlier.ids,
+            status: earlier.status,
+            replayed: true,
+        })
+    }
+
+    /// Why a request under an idempotency key taken by another request is refused.
+    fn key_reused(&self, key: Option<&IdempotencyKey>) -> ServiceError {
+        let key = key.map_or("", |key| key.key.as_str());
+        ServiceError::unprocessable(
+            IDEMPOTENCY_KEY_FIELD,
+            format!(
+                "`{key}` was used in the last {} hours for a request with another job or other \
+                 inputs; a retry must repeat its request exactly, and a new request needs a new key",
+                self.settings.idempotency_ttl.as_secs().div_ceil(3_600)
+            ),
+        )
     }
 
     /// Why runs of job `id` could not be created: read only after the attempt, which
@@ -449,14 +500,38 @@ impl Services {
     }
 }
 
-/// Manual runs just created.
+/// Manual runs just created, or created by the first request under the same
+/// idempotency key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ManualRuns {
     /// In the order of the inputs.
     pub ids: Vec<String>,
     /// `RUNNING` when this node had a free worker for each run and started them,
-    /// `QUEUED` when they wait for any node's worker.
+    /// `QUEUED` when they wait for any node's worker (for a replay: as first answered).
     pub status: ExecutionStatus,
+    /// Created by an earlier request under the same idempotency key, not by this one.
+    pub replayed: bool,
+}
+
+/// How errors name the idempotency key, which comes in a header.
+pub const IDEMPOTENCY_KEY_FIELD: &str = "Idempotency-Key";
+
+/// What a manual trigger asks, as an idempotency key remembers it: SHA-256 over the job
+/// and the inputs as parsed (so `{"count": 2}` and `{"inputs": [null, null]}` ask the
+/// same, and so do the same bodies spaced differently), lower-case hex.
+fn request_fingerprint(job_id: &str, inputs: &[Option<serde_json::Value>]) -> String {
+    let mut digest = Sha256::new();
+    digest.update(job_id.as_bytes());
+    digest.update([0]);
+    for input in inputs {
+        match input {
+            // Serializing a value cannot fail.
+            Some(value) => digest.update(value.to_string().as_bytes()),
+            None => digest.update(b"-"),
+        }
+        digest.update([0]);
+    }
+    hex::encode(digest.finalize())
 }
 
 #[cfg(test)]

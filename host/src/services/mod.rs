@@ -158,6 +158,11 @@ pub struct ServiceSettings {
     pub max_module_bytes: usize,
     /// Most executions one bulk request may create.
     pub max_bulk: usize,
+    /// How long an idempotency key of a manual trigger holds: a retry within it is
+    /// answered with what the first request created. Long enough for any client's
+    /// retries (a day, as the payment APIs that made the header common keep theirs),
+    /// short enough that keys do not pile up.
+    pub idempotency_ttl: std::time::Duration,
     /// What requests to modules' HTTP routes may use.
     pub routes: RouteSettings,
 }
@@ -169,6 +174,7 @@ impl Default for ServiceSettings {
             defaults: Limits::default(),
             max_module_bytes: 64 * 1024 * 1024,
             max_bulk: 10_000,
+            idempotency_ttl: std::time::Duration::from_secs(24 * 60 * 60),
             routes: RouteSettings::default(),
         }
     }

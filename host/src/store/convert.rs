@@ -6,8 +6,12 @@ use std::collections::{HashMap, HashSet};
 use std::fmt::Display;
 
 use serde::Serialize;
+use sha2::{Digest, Sha256};
 
-use super::{ClaimedExecution, ManualRun, StoreError};
+use super::{
+    ClaimedExecution, EarlierRuns, INLINE_INPUT_MAX, IdempotencyKey, ManualOutcome, ManualRun,
+    StoreError,
+};
 use crate::domain::{
     CodeApproval, ExecutionStatus, JobConfig, LogLevel, Millis, Page, Role, Trigger, Uploader,
 };
@@ -333,4 +337,82 @@ mod tests {
             assert!(!postgres_unavailable(state), "{state}");
         }
     }
+}
+
+/// One row's input as stored: the `input` column (`None` where the row takes its job's
+/// stored input) and the `input_hash` column (set for a large input, whose column is
+/// then empty).
+pub(super) type StoredInput<'a> = (Option<&'a str>, Option<String>);
+
+/// The inputs of a batch of executions as they are stored (see [`INLINE_INPUT_MAX`]).
+#[derive(Debug, Default, PartialEq)]
+pub(super) struct StoredInputs<'a> {
+    /// Per row, in order.
+    pub rows: Vec<StoredInput<'a>>,
+    /// Each distinct large input once, `(hash, body)`: to write to `execution_inputs`
+    /// before the rows that refer to it.
+    pub bodies: Vec<(String, &'a str)>,
+}
+
+/// Splits `inputs` (JSON text; `None` for a job's stored input) into what rows store
+/// and the bodies to store once. Inputs at most [`INLINE_INPUT_MAX`] long stay in their
+/// rows and are not hashed.
+pub(super) fn stored_inputs<'a>(
+    inputs: impl IntoIterator<Item = Option<&'a str>>,
+) -> StoredInputs<'a> {
+    let mut stored = StoredInputs::default();
+    let mut seen = HashSet::new();
+    for input in inputs {
+        let row = match input.map(|text| (text, large_input_hash(text))) {
+            Some((text, Some(hash))) => {
+                if seen.insert(hash.clone()) {
+                    stored.bodies.push((hash.clone(), text));
+                }
+                (Some(""), Some(hash))
+            }
+            Some((text, None)) => (Some(text), None),
+            None => (None, None),
+        };
+        stored.rows.push(row);
+    }
+    stored
+}
+
+/// The hash of `text` if it is a large input, stored once; `None` for one kept inline.
+pub(super) fn large_input_hash(text: &str) -> Option<String> {
+    (text.len() > INLINE_INPUT_MAX).then(|| input_hash(text))
+}
+
+/// The hash of a large input, under which it is stored once: SHA-256 of its text,
+/// lower-case hex.
+pub(super) fn input_hash(text: &str) -> String {
+    hex::encode(Sha256::digest(text.as_bytes()))
+}
+
+/// The ids of `runs` as an idempotency key records them: a JSON array.
+pub(super) fn run_ids_json(runs: &[ManualRun]) -> Result<String, StoreError> {
+    json_text(
+        "execution_ids",
+        &runs.iter().map(|run| run.id.as_str()).collect::<Vec<_>>(),
+    )
+}
+
+/// What a request under `key` gets when the key is held, unexpired, by an earlier
+/// request that asked `fingerprint` and created `execution_ids` (a JSON array) in
+/// state `status`.
+pub(super) fn earlier_request<T>(
+    key: &IdempotencyKey,
+    fingerprint: &str,
+    execution_ids: &str,
+    status: &str,
+) -> Result<ManualOutcome<T>, StoreError> {
+    if fingerprint != key.fingerprint {
+        return Ok(ManualOutcome::KeyReused);
+    }
+    let ids: Vec<String> =
+        serde_json::from_str(execution_ids).map_err(|err| corrupt("execution_ids", err))?;
+    Ok(ManualOutcome::Replayed(EarlierRuns {
+        ids,
+        status: parse_status(status)?,
+    }))
 }

@@ -6,6 +6,19 @@
 //! backend (SQLite embedded, PostgreSQL distributed) implements [`Store`] and passes the
 //! same behavioural tests. Knows nothing of wasm or HTTP.
 
+/// The `input` of an execution as read back: its own column, or, when the input is
+/// stored once in `execution_inputs` (see [`INLINE_INPUT_MAX`]), that body. `CASE` is
+/// evaluated lazily by both databases, so a row with its input inline (nearly every
+/// row, and every row of the hot path's benchmarks) costs one `IS NULL` test, no
+/// lookup. Written for a query whose only `executions` is unaliased; the subquery's
+/// `input_hash` is the outer row's, `execution_inputs` having no column of that name.
+macro_rules! execution_input {
+    () => {
+        "CASE WHEN input_hash IS NULL THEN input \
+         ELSE (SELECT i.body FROM execution_inputs i WHERE i.hash = input_hash) END AS input"
+    };
+}
+
 pub mod auth;
 mod convert;
 mod postgres;
@@ -87,6 +100,103 @@ pub(crate) mod failpoints {
             .into_iter()
             .any(|id| armed.iter().any(|(p, e)| p == point && e == id))
     }
+}
+
+/// The longest input, in bytes of JSON text, stored in an execution's own row. A longer
+/// one is written once to `execution_inputs`, keyed by its SHA-256, and rows refer to
+/// it (migration 0017 explains the tables).
+///
+/// The threat is amplification: a bulk request of 15 bytes creating 10,000 executions
+/// (the most one request may) of a job whose stored input is 1 MiB (the most a body may
+/// carry) wrote 10 GiB. With the limit, inputs copied into rows amount to at most
+/// `10,000 × 1 KiB`, 10 MiB a request, next to the 2–3 MiB its rows take anyway.
+/// Nearly every real input (`null`, `{}`, a few ids or settings) is far below it, and
+/// those keep the hot path exactly as it was: no hash, no second write, no lookup when
+/// a claim reads them back. Above it, one hash per distinct input (SHA-256 runs at
+/// several hundred MB/s, so 1 MiB costs a few milliseconds) and one
+/// `INSERT ... ON CONFLICT DO NOTHING` per batch.
+pub(crate) const INLINE_INPUT_MAX: usize = 1024;
+
+/// Expired idempotency keys each keyed request deletes, at most. A request takes one key
+/// and deletes up to this many expired ones in the same transaction, so expired keys
+/// are cleared far faster than keys are taken and the table stays near the keys of the
+/// last expiry period, with a bounded cost per request (one walk of the expiry index).
+pub(crate) const EXPIRED_KEYS_PER_REQUEST: i64 = 32;
+
+/// A client's key for one request that creates manual runs, so that a retry of it (say,
+/// after a timeout that hid whether it was carried out) creates nothing new.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyKey {
+    /// The client's key, as it sent it.
+    pub key: String,
+    /// A digest of what the request asked (route, job, inputs): a request under the same
+    /// key must ask the same to be answered as a retry.
+    pub fingerprint: String,
+    /// Until when the key holds; from then on it is free for a new request.
+    pub expires_at: Millis,
+}
+
+/// What a request for manual runs did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ManualOutcome<T> {
+    /// The runs were created.
+    Created(T),
+    /// The job cannot run now (gone, disabled, or its module gone or disabled); nothing
+    /// was created (the caller reads why).
+    NotRunnable,
+    /// An earlier request under the same key asked the same and created these runs;
+    /// nothing new was created.
+    Replayed(EarlierRuns),
+    /// An earlier request under the same key, still unexpired, asked something else;
+    /// nothing was created.
+    KeyReused,
+}
+
+impl<T> ManualOutcome<T> {
+    /// The runs, if they were created now.
+    pub fn created(self) -> Option<T> {
+        match self {
+            Self::Created(runs) => Some(runs),
+            Self::NotRunnable | Self::Replayed(_) | Self::KeyReused => None,
+        }
+    }
+
+    /// The same outcome with the created runs converted by `convert`.
+    pub(crate) fn try_map<U, E>(
+        self,
+        convert: impl FnOnce(T) -> Result<U, E>,
+    ) -> Result<ManualOutcome<U>, E> {
+        Ok(match self {
+            Self::Created(runs) => ManualOutcome::Created(convert(runs)?),
+            Self::NotRunnable => ManualOutcome::NotRunnable,
+            Self::Replayed(earlier) => ManualOutcome::Replayed(earlier),
+            Self::KeyReused => ManualOutcome::KeyReused,
+        })
+    }
+}
+
+/// The runs an earlier request under an idempotency key created, as it was answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EarlierRuns {
+    /// In the order of that request's inputs.
+    pub ids: Vec<String>,
+    /// `RUNNING` if they were started on the node that took the request, `QUEUED`
+    /// otherwise (what they were then, not what they are now).
+    pub status: ExecutionStatus,
+}
+
+/// What inputs and idempotency keys take in a database, for tests to see that a large
+/// input is stored once and expired keys go.
+#[cfg(test)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StorageCounts {
+    /// Bytes of input text in `executions` rows.
+    pub inline_input_bytes: i64,
+    /// Rows of `execution_inputs`, and the bytes of their bodies.
+    pub stored_inputs: i64,
+    pub stored_input_bytes: i64,
+    /// Rows of `idempotency_keys`, expired or not.
+    pub idempotency_keys: i64,
 }
 
 /// Filters for listing executions.
@@ -175,6 +285,10 @@ pub struct LeaseToken(pub u64);
 pub trait Store: Send + Sync + 'static {
     /// Answers when the database is reachable (for `/readyz`).
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// What inputs and idempotency keys take now; tests only.
+    #[cfg(test)]
+    async fn storage_counts(&self) -> Result<StorageCounts, StoreError>;
 
     // ---- modules -------------------------------------------------------------------
 
@@ -293,21 +407,30 @@ pub trait Store: Send + Sync + 'static {
     /// Queues manual runs of job `job_id` in one transaction, reading the job as it
     /// writes (one round trip where reading first would take three): only while the job
     /// is enabled and its module exists and is enabled. Each run takes the job's module,
-    /// job name and, without an input of its own, its stored input. Returns the ids
-    /// created in the order given, or `None` when the job cannot run now and nothing was
-    /// queued (the caller reads why).
+    /// job name and, without an input of its own, its stored input (by reference when it
+    /// is large: never copied per run). Returns the ids created in the order given, or
+    /// [`ManualOutcome::NotRunnable`] when the job cannot run now and nothing was queued.
+    ///
+    /// With `key`, the key is taken in the same transaction, with the ids it answers:
+    /// a request under a key already taken and unexpired creates nothing and gets the
+    /// earlier runs ([`ManualOutcome::Replayed`]) if it asks the same (same
+    /// fingerprint), [`ManualOutcome::KeyReused`] otherwise. Of concurrent requests
+    /// under one key exactly one creates runs; the others wait for it and replay it. A
+    /// request that creates nothing (the job cannot run) does not take the key. Each
+    /// keyed request also deletes a few expired keys.
     async fn enqueue_manual(
         &self,
         job_id: &str,
         runs: &[ManualRun],
         now: Millis,
-    ) -> Result<Option<Vec<String>>, StoreError>;
+        key: Option<&IdempotencyKey>,
+    ) -> Result<ManualOutcome<Vec<String>>, StoreError>;
 
     /// Creates manual runs as [`Store::enqueue_manual`] does, but already `RUNNING` on
     /// `node_id` with a lease until `lease_until`, as if queued and claimed at `now`: for
     /// a node with a free worker for each run, which starts them itself without a trip
-    /// through the queue and a claim. Returns them as claimed, in the order given, or
-    /// `None` when the job cannot run now and nothing was created.
+    /// through the queue and a claim. Returns them as claimed, in the order given; the
+    /// other outcomes are those of [`Store::enqueue_manual`], and create nothing.
     ///
     /// Like a claim, the rows may not yet be durable when this returns: start them, then
     /// await [`Store::flush`] before telling anyone they exist.
@@ -318,7 +441,8 @@ pub trait Store: Send + Sync + 'static {
         now: Millis,
         node_id: &str,
         lease_until: Millis,
-    ) -> Result<Option<Vec<ClaimedExecution>>, StoreError>;
+        key: Option<&IdempotencyKey>,
+    ) -> Result<ManualOutcome<Vec<ClaimedExecution>>, StoreError>;
 
     /// Waits until every write committed before the call survives a crash of the
     /// database server.

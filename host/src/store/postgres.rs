@@ -114,13 +114,15 @@ use sqlx::postgres::{
 use sqlx::{ConnectOptions, Connection, QueryBuilder, Row};
 
 use super::convert::{
-    approval_raced, claimed_in_given_order, code_approval, corrupt, db, in_given_order, int,
-    is_unique_violation, json_text, last_update_per_job, page, page_fetch, parse_job_config,
-    parse_level, parse_status, parse_trigger, uploader,
+    StoredInput, approval_raced, claimed_in_given_order, code_approval, corrupt, db,
+    earlier_request, in_given_order, input_hash, int, is_unique_violation, json_text,
+    large_input_hash, last_update_per_job, page, page_fetch, parse_job_config, parse_level,
+    parse_status, parse_trigger, run_ids_json, stored_inputs, uploader,
 };
 use super::{
-    CancelEffect, ClaimedExecution, ExecutionFilter, LeaseToken, ManualRun, Retry, Settled, Store,
-    StoreError, VersionUpload, failpoint,
+    CancelEffect, ClaimedExecution, EXPIRED_KEYS_PER_REQUEST, ExecutionFilter, INLINE_INPUT_MAX,
+    IdempotencyKey, LeaseToken, ManualOutcome, ManualRun, Retry, Settled, Store, StoreError,
+    VersionUpload, failpoint,
 };
 use crate::domain::{
     Event, Execution, ExecutionResult, ExecutionStatus, Job, JobConfig, LogEntry, Manifest,
@@ -159,10 +161,37 @@ const MAX_ROWS: usize = 1_000;
 /// Columns of `executions` read into [`Execution`], in one place for every query.
 macro_rules! execution_columns {
     () => {
-        "id, job_id, module, job, status, trigger, attempt, retry_of, input, result, error, \
-         error_kind, scheduled_at, run_after, cron_tick, event_id, created_at, started_at, \
-         finished_at, duration_ms, fuel_consumed, memory_peak_bytes, node_id, cancel_requested, \
-         cpu_time_ms"
+        concat!(
+            "id, job_id, module, job, status, trigger, attempt, retry_of, ",
+            execution_input!(),
+            ", result, error, error_kind, scheduled_at, run_after, cron_tick, event_id, \
+             created_at, started_at, finished_at, duration_ms, fuel_consumed, \
+             memory_peak_bytes, node_id, cancel_requested, cpu_time_ms"
+        )
+    };
+}
+
+/// The `WITH` clause that stores a job's input (parameter `$input`) once when it is
+/// large: `$hash` is its hash, NULL for an input kept inline only; `$now` the time. In
+/// the statement that writes the job, whose foreign key is checked at its end, when the
+/// body is there.
+macro_rules! store_job_input {
+    ($input:literal, $hash:literal, $now:literal) => {
+        concat!(
+            "WITH input AS ( \
+                 INSERT INTO execution_inputs (hash, body, created_at) \
+                 SELECT ",
+            $hash,
+            "::text, ",
+            $input,
+            ", ",
+            $now,
+            " WHERE ",
+            $hash,
+            "::text IS NOT NULL \
+                 ON CONFLICT DO NOTHING \
+             ) "
+        )
     };
 }
 
@@ -265,6 +294,7 @@ impl PostgresStore {
             .connect_with(options)
             .await
             .map_err(connect_error)?;
+        adopt_large_job_inputs(&pool).await?;
         Ok(Self {
             pool,
             claims,
@@ -272,15 +302,17 @@ impl PostgresStore {
         })
     }
 
-    /// The rows of manual runs of `job_id`, created in one transaction; `None` when the
-    /// job cannot run now and nothing was created.
+    /// The rows of manual runs of `job_id`, created in one transaction, or why none were
+    /// (see [`Store::enqueue_manual`]).
     async fn create_manual(
         &self,
         job_id: &str,
         runs: &[ManualRun],
         now: Millis,
         started_by: Option<(&str, Millis)>,
-    ) -> Result<Option<Vec<PgRow>>, StoreError> {
+        key: Option<&IdempotencyKey>,
+    ) -> Result<ManualOutcome<Vec<PgRow>>, StoreError> {
+        let inputs = stored_inputs(runs.iter().map(|run| run.input.as_deref()));
         let mut created = Vec::with_capacity(runs.len());
         // Started runs are claimed: committed as claims are (see "Durability" above).
         let pool = if started_by.is_some() && self.flushes {
@@ -288,24 +320,158 @@ impl PostgresStore {
         } else {
             &self.pool
         };
-        if runs.len() <= MAX_ROWS {
+        let rows: Vec<_> = runs.iter().zip(&inputs.rows).collect();
+        // The common case, one statement: atomic by itself.
+        if runs.len() <= MAX_ROWS && inputs.bodies.is_empty() && key.is_none() {
             let mut conn = pool.acquire().await.map_err(db)?;
-            created.extend(insert_manual(&mut conn, job_id, runs, now, started_by).await?);
-        } else {
-            let mut tx = pool.begin().await.map_err(db)?;
-            for chunk in runs.chunks(MAX_ROWS) {
-                let rows = insert_manual(&mut tx, job_id, chunk, now, started_by).await?;
-                // The job cannot run; later chunks would see the same job. Returning
-                // drops (rolls back) the transaction.
-                if rows.is_empty() {
-                    return Ok(None);
-                }
-                created.extend(rows);
-            }
-            tx.commit().await.map_err(db)?;
+            created.extend(insert_manual(&mut conn, job_id, &rows, now, started_by).await?);
+            return Ok(if created.is_empty() {
+                ManualOutcome::NotRunnable
+            } else {
+                ManualOutcome::Created(created)
+            });
         }
-        Ok((!created.is_empty()).then_some(created))
+        let mut tx = pool.begin().await.map_err(db)?;
+        if let Some(key) = key {
+            let status = if started_by.is_some() {
+                ExecutionStatus::Running
+            } else {
+                ExecutionStatus::Queued
+            };
+            if let Some(earlier) =
+                take_idempotency_key(&mut tx, key, job_id, runs, status, now).await?
+            {
+                return Ok(earlier);
+            }
+        }
+        // A statement of their own, before the runs: a body written by a `WITH` clause
+        // of the insert would be invisible to its `RETURNING`, which reads the input.
+        insert_inputs(&mut tx, &inputs.bodies, now).await?;
+        for chunk in rows.chunks(MAX_ROWS) {
+            let rows = insert_manual(&mut tx, job_id, chunk, now, started_by).await?;
+            // The job cannot run; later chunks would see the same job. Returning drops
+            // (rolls back) the transaction, with the key and the inputs written before.
+            if rows.is_empty() {
+                return Ok(ManualOutcome::NotRunnable);
+            }
+            created.extend(rows);
+        }
+        tx.commit().await.map_err(db)?;
+        Ok(ManualOutcome::Created(created))
     }
+}
+
+/// Stores once the large inputs of jobs written before inputs were stored once
+/// (migration 0017), so that their manual runs refer to the input instead of copying
+/// it. Runs at every start; after the first, it finds nothing to do. Nodes starting
+/// together may both store one: the writes are the same and idempotent.
+async fn adopt_large_job_inputs(pool: &PgPool) -> Result<(), StoreError> {
+    let jobs: Vec<(String, String)> = sqlx::query_as(
+        "SELECT id, input FROM jobs WHERE input_hash IS NULL AND octet_length(input) > $1",
+    )
+    .bind(INLINE_INPUT_MAX as i64)
+    .fetch_all(pool)
+    .await
+    .map_err(db)?;
+    for (id, input) in jobs {
+        let hash = input_hash(&input);
+        let mut tx = pool.begin().await.map_err(db)?;
+        insert_inputs(&mut tx, &[(hash.clone(), input.as_str())], now_millis()).await?;
+        sqlx::query("UPDATE jobs SET input_hash = $1 WHERE id = $2 AND input = $3")
+            .bind(&hash)
+            .bind(&id)
+            .bind(&input)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+    }
+    Ok(())
+}
+
+/// Writes each of `bodies` (`(hash, body)`, see [`stored_inputs`]) to
+/// `execution_inputs` unless it is there already.
+async fn insert_inputs(
+    conn: &mut PgConnection,
+    bodies: &[(String, &str)],
+    now: Millis,
+) -> Result<(), StoreError> {
+    if bodies.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO execution_inputs (hash, body, created_at) \
+         SELECT hash, body, $3 FROM UNNEST($1::text[], $2::text[]) AS b (hash, body) \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(bodies.iter().map(|(hash, _)| hash.as_str()).bind_iter())
+    .bind(bodies.iter().map(|(_, body)| *body).bind_iter())
+    .bind(now)
+    .execute(conn)
+    .await
+    .map_err(db)?;
+    Ok(())
+}
+
+/// Takes idempotency key `key` for manual runs `runs` of `job_id` (answered with
+/// `status`), first deleting a few expired keys; `None` once taken, or what the
+/// earlier request that holds it means for this one. Only in the transaction that
+/// creates the runs. A concurrent request under the same key waits at the insert
+/// until this transaction ends: if it committed, that request finds the key taken and
+/// reads what this one created; if it rolled back, that request takes the key.
+async fn take_idempotency_key(
+    conn: &mut PgConnection,
+    key: &IdempotencyKey,
+    job_id: &str,
+    runs: &[ManualRun],
+    status: ExecutionStatus,
+    now: Millis,
+) -> Result<Option<ManualOutcome<Vec<PgRow>>>, StoreError> {
+    // `SKIP LOCKED`: requests pruning at once share the work instead of waiting for
+    // (or deadlocking on) each other's rows.
+    sqlx::query(
+        "DELETE FROM idempotency_keys WHERE key IN \
+             (SELECT key FROM idempotency_keys WHERE expires_at <= $1 \
+              ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED)",
+    )
+    .bind(now)
+    .bind(EXPIRED_KEYS_PER_REQUEST)
+    .execute(&mut *conn)
+    .await
+    .map_err(db)?;
+    // An expired row under the key (one the deletion above did not reach) is replaced.
+    let taken: Option<String> = sqlx::query_scalar(
+        "INSERT INTO idempotency_keys \
+             (key, fingerprint, job_id, execution_ids, status, created_at, expires_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7) \
+         ON CONFLICT (key) DO UPDATE SET fingerprint = EXCLUDED.fingerprint, \
+             job_id = EXCLUDED.job_id, execution_ids = EXCLUDED.execution_ids, \
+             status = EXCLUDED.status, created_at = EXCLUDED.created_at, \
+             expires_at = EXCLUDED.expires_at \
+         WHERE idempotency_keys.expires_at <= EXCLUDED.created_at \
+         RETURNING key",
+    )
+    .bind(pg_text(&key.key))
+    .bind(&key.fingerprint)
+    .bind(job_id)
+    .bind(run_ids_json(runs)?)
+    .bind(status.as_str())
+    .bind(now)
+    .bind(key.expires_at)
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(db)?;
+    if taken.is_some() {
+        return Ok(None);
+    }
+    let (fingerprint, execution_ids, status): (String, String, String) = sqlx::query_as(
+        "SELECT fingerprint, execution_ids, status FROM idempotency_keys WHERE key = $1",
+    )
+    .bind(pg_text(&key.key))
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(db)?;
+    earlier_request(key, &fingerprint, &execution_ids, &status).map(Some)
 }
 
 // ---- conversions ---------------------------------------------------------------------
@@ -578,55 +744,77 @@ fn insertion_order(execution: &NewExecution) -> (bool, &str, Millis, &str) {
 
 /// The claim of up to [`MAX_ROWS`] executions by id (`$1`) for node `$2` at time `$3`,
 /// leased until `$4`. See the module documentation for the form of the status test.
-const CLAIM: &str = "UPDATE executions e SET status = 'RUNNING', node_id = $2, started_at = $3, \
+const CLAIM: &str = concat!(
+    "UPDATE executions e SET status = 'RUNNING', node_id = $2, started_at = $3, \
          lease_expires_at = $4 \
      FROM (SELECT id FROM executions \
            WHERE id = ANY($1) AND (status || '') = 'QUEUED' AND NOT cancel_requested \
                AND run_after <= $3 \
            FOR UPDATE SKIP LOCKED) c \
      WHERE e.id = c.id \
-     RETURNING e.id, e.job_id, e.attempt, e.trigger, e.retry_of, e.input, e.scheduled_at, \
-         (SELECT revision FROM jobs j WHERE j.id = e.job_id) AS job_revision";
+     RETURNING e.id, e.job_id, e.attempt, e.trigger, e.retry_of, ",
+    execution_input!(),
+    ", e.scheduled_at, (SELECT revision FROM jobs j WHERE j.id = e.job_id) AS job_revision"
+);
 
 /// The manual runs of one job (`$1` ids, `$2` inputs or NULL for the job's stored input,
-/// `$3` now, `$4` the job), created only while the job and its module are enabled.
+/// `$3` the hashes of inputs stored once (see [`stored_inputs`]), `$4` now, `$5` the
+/// job), created only while the job and its module are enabled. A run without an input
+/// of its own takes the job's stored input, by reference when the job has it stored
+/// once.
 macro_rules! runnable_manual_runs {
     () => {
-        " FROM UNNEST($1::text[], $2::text[]) WITH ORDINALITY AS r (id, input, position) \
+        " FROM UNNEST($1::text[], $2::text[], $3::text[]) WITH ORDINALITY \
+                 AS r (id, input, input_hash, position) \
              CROSS JOIN jobs j JOIN modules m ON m.name = j.module \
-         WHERE j.id = $4 AND j.enabled AND m.status = 'ENABLED' \
+         WHERE j.id = $5 AND j.enabled AND m.status = 'ENABLED' \
          ORDER BY r.position \
          ON CONFLICT DO NOTHING "
     };
 }
 
+/// The `input, input_hash` of a manual run (see [`runnable_manual_runs`]).
+macro_rules! manual_run_input {
+    () => {
+        "COALESCE(r.input, CASE WHEN j.input_hash IS NULL THEN j.input ELSE '' END), \
+         CASE WHEN r.input IS NULL THEN j.input_hash ELSE r.input_hash END"
+    };
+}
+
 const ENQUEUE_MANUAL: &str = concat!(
     "INSERT INTO executions (id, job_id, module, job, status, trigger, attempt, input, \
-         scheduled_at, run_after, created_at) \
-     SELECT r.id, j.id, j.module, j.job, 'QUEUED', 'manual', 1, COALESCE(r.input, j.input), \
-         $3, $3, $3",
+         input_hash, scheduled_at, run_after, created_at) \
+     SELECT r.id, j.id, j.module, j.job, 'QUEUED', 'manual', 1, ",
+    manual_run_input!(),
+    ", $4, $4, $4",
     runnable_manual_runs!(),
     "RETURNING id"
 );
 
-/// The same runs already claimed by node `$5`, leased until `$6`; returns what [`CLAIM`]
+/// The same runs already claimed by node `$6`, leased until `$7`; returns what [`CLAIM`]
 /// does.
 const START_MANUAL: &str = concat!(
     "INSERT INTO executions (id, job_id, module, job, status, trigger, attempt, input, \
-         scheduled_at, run_after, created_at, started_at, node_id, lease_expires_at) \
-     SELECT r.id, j.id, j.module, j.job, 'RUNNING', 'manual', 1, COALESCE(r.input, j.input), \
-         $3, $3, $3, $3, $5, $6",
+         input_hash, scheduled_at, run_after, created_at, started_at, node_id, \
+         lease_expires_at) \
+     SELECT r.id, j.id, j.module, j.job, 'RUNNING', 'manual', 1, ",
+    manual_run_input!(),
+    ", $4, $4, $4, $4, $6, $7",
     runnable_manual_runs!(),
-    "RETURNING id, job_id, attempt, trigger, retry_of, input, scheduled_at, \
+    "RETURNING id, job_id, attempt, trigger, retry_of, ",
+    execution_input!(),
+    ", scheduled_at, \
          (SELECT revision FROM jobs WHERE jobs.id = executions.job_id) AS job_revision"
 );
 
-/// Creates up to [`MAX_ROWS`] manual runs, queued or, given a node and its lease, already
-/// started there; returns the rows [`ENQUEUE_MANUAL`] or [`START_MANUAL`] return.
+/// Creates up to [`MAX_ROWS`] manual runs, each with its input as stored, queued or,
+/// given a node and its lease, already started there; returns the rows
+/// [`ENQUEUE_MANUAL`] or [`START_MANUAL`] return. The inputs stored once must be
+/// written before.
 async fn insert_manual(
     conn: &mut PgConnection,
     job_id: &str,
-    runs: &[ManualRun],
+    runs: &[(&ManualRun, &StoredInput<'_>)],
     now: Millis,
     started_by: Option<(&str, Millis)>,
 ) -> Result<Vec<PgRow>, StoreError> {
@@ -636,8 +824,13 @@ async fn insert_manual(
         ENQUEUE_MANUAL
     };
     let mut query = sqlx::query(statement)
-        .bind(runs.iter().map(|run| run.id.as_str()).bind_iter())
-        .bind(runs.iter().map(|run| run.input.as_deref()).bind_iter())
+        .bind(runs.iter().map(|(run, _)| run.id.as_str()).bind_iter())
+        .bind(runs.iter().map(|(_, (input, _))| *input).bind_iter())
+        .bind(
+            runs.iter()
+                .map(|(_, (_, hash))| hash.as_deref())
+                .bind_iter(),
+        )
         .bind(now)
         .bind(job_id);
     if let Some((node_id, lease_until)) = started_by {
@@ -676,21 +869,31 @@ fn push_list_executions(
 
 /// Creates the queued executions of `batch` (at most [`MAX_ROWS`]) and returns the ids
 /// of those created. Rows are inserted in the order given (`WITH ORDINALITY`), so of two
-/// rows with one cron tick the first is kept.
+/// rows with one cron tick the first is kept. Large inputs are written once to
+/// `execution_inputs` by the `WITH` clause (`$14`, `$15`), in the same statement: the
+/// rows' foreign keys are checked at its end, when those are there.
 async fn insert_executions(
     conn: &mut PgConnection,
     batch: &[&NewExecution],
 ) -> Result<Vec<String>, StoreError> {
+    let inputs = stored_inputs(batch.iter().map(|e| Some(e.input.as_str())));
     sqlx::query_scalar(
-        "INSERT INTO executions (id, job_id, module, job, status, trigger, attempt, \
-             retry_of, input, scheduled_at, run_after, cron_tick, event_id, created_at) \
+        "WITH inputs AS ( \
+             INSERT INTO execution_inputs (hash, body, created_at) \
+             SELECT hash, body, $16 FROM UNNEST($14::text[], $15::text[]) AS b (hash, body) \
+             ON CONFLICT DO NOTHING \
+         ) \
+         INSERT INTO executions (id, job_id, module, job, status, trigger, attempt, \
+             retry_of, input, input_hash, scheduled_at, run_after, cron_tick, event_id, \
+             created_at) \
          SELECT id, job_id, module, job, 'QUEUED', trigger, attempt, retry_of, input, \
-             scheduled_at, run_after, cron_tick, event_id, created_at \
+             input_hash, scheduled_at, run_after, cron_tick, event_id, created_at \
          FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
                      $6::int4[], $7::text[], $8::text[], $9::int8[], $10::int8[], \
-                     $11::int8[], $12::text[], $13::int8[]) \
+                     $11::int8[], $12::text[], $13::int8[], $17::text[]) \
              WITH ORDINALITY AS n (id, job_id, module, job, trigger, attempt, retry_of, \
-                 input, scheduled_at, run_after, cron_tick, event_id, created_at, position) \
+                 input, scheduled_at, run_after, cron_tick, event_id, created_at, \
+                 input_hash, position) \
          ORDER BY position \
          ON CONFLICT DO NOTHING \
          RETURNING id",
@@ -702,12 +905,28 @@ async fn insert_executions(
     .bind(batch.iter().map(|e| e.trigger.as_str()).bind_iter())
     .bind(batch.iter().map(|e| int4(e.attempt)).bind_iter())
     .bind(batch.iter().map(|e| e.retry_of.as_deref()).bind_iter())
-    .bind(batch.iter().map(|e| e.input.as_str()).bind_iter())
+    .bind(inputs.rows.iter().map(|(input, _)| *input).bind_iter())
     .bind(batch.iter().map(|e| e.scheduled_at).bind_iter())
     .bind(batch.iter().map(|e| e.run_after).bind_iter())
     .bind(batch.iter().map(|e| e.cron_tick).bind_iter())
     .bind(batch.iter().map(|e| e.event_id.as_deref()).bind_iter())
     .bind(batch.iter().map(|e| e.created_at).bind_iter())
+    .bind(
+        inputs
+            .bodies
+            .iter()
+            .map(|(hash, _)| hash.as_str())
+            .bind_iter(),
+    )
+    .bind(inputs.bodies.iter().map(|(_, body)| *body).bind_iter())
+    .bind(batch.first().map_or(0, |e| e.created_at))
+    .bind(
+        inputs
+            .rows
+            .iter()
+            .map(|(_, hash)| hash.as_deref())
+            .bind_iter(),
+    )
     .fetch_all(conn)
     .await
     .map_err(db)
@@ -803,6 +1022,26 @@ async fn record_batch(
 
 #[async_trait::async_trait]
 impl Store for PostgresStore {
+    #[cfg(test)]
+    async fn storage_counts(&self) -> Result<super::StorageCounts, StoreError> {
+        let (inline_input_bytes, stored_inputs, stored_input_bytes, idempotency_keys) =
+            sqlx::query_as(
+                "SELECT (SELECT COALESCE(SUM(octet_length(input)), 0)::int8 FROM executions), \
+                        (SELECT COUNT(*) FROM execution_inputs), \
+                        (SELECT COALESCE(SUM(octet_length(body)), 0)::int8 FROM execution_inputs), \
+                        (SELECT COUNT(*) FROM idempotency_keys)",
+            )
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(super::StorageCounts {
+            inline_input_bytes,
+            stored_inputs,
+            stored_input_bytes,
+            idempotency_keys,
+        })
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1")
             .execute(&self.pool)
@@ -1149,16 +1388,18 @@ impl Store for PostgresStore {
     async fn insert_job(&self, job: &Job) -> Result<(), StoreError> {
         let input = json_text("input", &job.input)?;
         sqlx::query(concat!(
+            store_job_input!("$6", "$17", "$16"),
             "INSERT INTO jobs (",
             job_columns!(),
-            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
+            ", input_hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, \
+             $14, $15, $16, $17)"
         ))
         .bind(&job.id)
         .bind(&job.name)
         .bind(&job.module)
         .bind(&job.job)
         .bind(&job.schedule)
-        .bind(input)
+        .bind(&input)
         .bind(job.enabled)
         .bind(int4(job.max_attempts))
         .bind(job.timeout_ms.map(int))
@@ -1169,6 +1410,7 @@ impl Store for PostgresStore {
         .bind(job.next_run_at)
         .bind(job.created_at)
         .bind(job.updated_at)
+        .bind(large_input_hash(&input))
         .execute(&self.pool)
         .await
         .map_err(|err| job_conflict(job, err))?;
@@ -1223,18 +1465,19 @@ impl Store for PostgresStore {
 
     async fn update_job(&self, job: &Job) -> Result<bool, StoreError> {
         let input = json_text("input", &job.input)?;
-        let updated = sqlx::query(
+        let updated = sqlx::query(concat!(
+            store_job_input!("$5", "$16", "$14"),
             "UPDATE jobs SET name = $1, module = $2, job = $3, schedule = $4, input = $5, \
                  enabled = $6, max_attempts = $7, timeout_ms = $8, fuel = $9, \
                  memory_bytes = $10, on_event = $11, config = $12, next_run_at = $13, \
-                 updated_at = $14, revision = revision + 1 \
-             WHERE id = $15",
-        )
+                 updated_at = $14, revision = revision + 1, input_hash = $16 \
+             WHERE id = $15"
+        ))
         .bind(&job.name)
         .bind(&job.module)
         .bind(&job.job)
         .bind(&job.schedule)
-        .bind(input)
+        .bind(&input)
         .bind(job.enabled)
         .bind(int4(job.max_attempts))
         .bind(job.timeout_ms.map(int))
@@ -1245,6 +1488,7 @@ impl Store for PostgresStore {
         .bind(job.next_run_at)
         .bind(job.updated_at)
         .bind(&job.id)
+        .bind(large_input_hash(&input))
         .execute(&self.pool)
         .await
         .map_err(|err| job_conflict(job, err))?
@@ -1337,18 +1581,17 @@ impl Store for PostgresStore {
         job_id: &str,
         runs: &[ManualRun],
         now: Millis,
-    ) -> Result<Option<Vec<String>>, StoreError> {
-        let Some(rows) = self.create_manual(job_id, runs, now, None).await? else {
-            return Ok(None);
-        };
-        let created = rows
-            .iter()
-            .map(|row| col(row, "id"))
-            .collect::<Result<HashSet<String>, _>>()?;
-        Ok(Some(in_given_order(
-            runs.iter().map(|run| &run.id),
-            created,
-        )))
+        key: Option<&IdempotencyKey>,
+    ) -> Result<ManualOutcome<Vec<String>>, StoreError> {
+        self.create_manual(job_id, runs, now, None, key)
+            .await?
+            .try_map(|rows| {
+                let created = rows
+                    .iter()
+                    .map(|row| col(row, "id"))
+                    .collect::<Result<HashSet<String>, _>>()?;
+                Ok(in_given_order(runs.iter().map(|run| &run.id), created))
+            })
     }
 
     async fn start_manual(
@@ -1358,18 +1601,18 @@ impl Store for PostgresStore {
         now: Millis,
         node_id: &str,
         lease_until: Millis,
-    ) -> Result<Option<Vec<ClaimedExecution>>, StoreError> {
-        let Some(rows) = self
-            .create_manual(job_id, runs, now, Some((node_id, lease_until)))
+        key: Option<&IdempotencyKey>,
+    ) -> Result<ManualOutcome<Vec<ClaimedExecution>>, StoreError> {
+        let started_by = Some((node_id, lease_until));
+        self.create_manual(job_id, runs, now, started_by, key)
             .await?
-        else {
-            return Ok(None);
-        };
-        let started = rows
-            .iter()
-            .map(claimed_from_row)
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(Some(claimed_in_given_order(runs, started)))
+            .try_map(|rows| {
+                let started = rows
+                    .iter()
+                    .map(claimed_from_row)
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(claimed_in_given_order(runs, started))
+            })
     }
 
     async fn flush(&self) -> Result<(), StoreError> {

@@ -51,13 +51,15 @@ use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool, Transaction};
 
 use self::checkpoint::Checkpointer;
 use super::convert::{
-    approval_raced, claimed_in_given_order, code_approval, corrupt, db, in_given_order, int,
-    is_unique_violation, json_text, last_update_per_job, page, page_fetch, parse_job_config,
-    parse_level, parse_status, parse_trigger, uploader,
+    StoredInput, approval_raced, claimed_in_given_order, code_approval, corrupt, db,
+    earlier_request, in_given_order, input_hash, int, is_unique_violation, json_text,
+    last_update_per_job, page, page_fetch, parse_job_config, parse_level, parse_status,
+    parse_trigger, run_ids_json, stored_inputs, uploader,
 };
 use super::{
-    CancelEffect, ClaimedExecution, ExecutionFilter, LeaseToken, ManualRun, Retry, Settled, Store,
-    StoreError, VersionUpload, failpoint,
+    CancelEffect, ClaimedExecution, EXPIRED_KEYS_PER_REQUEST, ExecutionFilter, INLINE_INPUT_MAX,
+    IdempotencyKey, LeaseToken, ManualOutcome, ManualRun, Retry, Settled, Store, StoreError,
+    VersionUpload, failpoint,
 };
 use crate::domain::{
     Event, Execution, ExecutionResult, ExecutionStatus, Job, JobConfig, LogEntry, Manifest,
@@ -99,10 +101,13 @@ const ENDED_BADLY: &str = "(status = 'FAILED' OR status = 'TIMED_OUT' OR status 
 /// Columns of `executions` read into [`Execution`], in one place for every query.
 macro_rules! execution_columns {
     () => {
-        "id, job_id, module, job, status, trigger, attempt, retry_of, input, result, error, \
-         error_kind, scheduled_at, run_after, cron_tick, event_id, created_at, started_at, \
-         finished_at, duration_ms, fuel_consumed, memory_peak_bytes, node_id, cancel_requested, \
-         cpu_time_ms"
+        concat!(
+            "id, job_id, module, job, status, trigger, attempt, retry_of, ",
+            execution_input!(),
+            ", result, error, error_kind, scheduled_at, run_after, cron_tick, event_id, \
+             created_at, started_at, finished_at, duration_ms, fuel_consumed, \
+             memory_peak_bytes, node_id, cancel_requested, cpu_time_ms"
+        )
     };
 }
 
@@ -179,6 +184,7 @@ impl SqliteStore {
             .run(&writer)
             .await
             .map_err(|err| StoreError::Database(format!("migrating {}: {err}", path.display())))?;
+        adopt_large_job_inputs(&writer).await?;
         let checkpointer = Checkpointer::start(&options)
             .await
             .map_err(|err| open_error(path, &err))?;
@@ -210,6 +216,7 @@ impl SqliteStore {
             .run(&writer)
             .await
             .map_err(|err| StoreError::Database(format!("migrating: {err}")))?;
+        adopt_large_job_inputs(&writer).await?;
         Ok(Self {
             reader: writer.clone(),
             writer,
@@ -234,33 +241,83 @@ impl SqliteStore {
         })
     }
 
-    /// The rows of manual runs of `job_id`, created in one transaction; `None` when the
-    /// job cannot run now and nothing was created.
+    /// The rows of manual runs of `job_id`, created in one transaction, or why none were
+    /// (see [`Store::enqueue_manual`]).
     async fn create_manual(
         &self,
         job_id: &str,
         runs: &[ManualRun],
         now: Millis,
         started_by: Option<(&str, Millis)>,
-    ) -> Result<Option<Vec<SqliteRow>>, StoreError> {
+        key: Option<&IdempotencyKey>,
+    ) -> Result<ManualOutcome<Vec<SqliteRow>>, StoreError> {
+        let inputs = stored_inputs(runs.iter().map(|run| run.input.as_deref()));
+        let statements = runs.len().div_ceil(MAX_ROWS)
+            + usize::from(!inputs.bodies.is_empty())
+            + if key.is_some() { 2 } else { 0 };
+        let mut write = self.write(statements).await?;
+        if let Some(key) = key {
+            let status = if started_by.is_some() {
+                ExecutionStatus::Running
+            } else {
+                ExecutionStatus::Queued
+            };
+            if let Some(earlier) =
+                take_idempotency_key(write.conn(), key, job_id, runs, status, now).await?
+            {
+                // Dropping the transaction rolls back the expired keys' deletion too;
+                // the next keyed request does it.
+                return Ok(earlier);
+            }
+        }
+        insert_inputs(write.conn(), &inputs.bodies, now).await?;
         let mut created = Vec::with_capacity(runs.len());
-        let mut write = self.write(runs.len().div_ceil(MAX_ROWS)).await?;
-        for chunk in runs.chunks(MAX_ROWS) {
+        let rows: Vec<_> = runs.iter().zip(&inputs.rows).collect();
+        for chunk in rows.chunks(MAX_ROWS) {
             let rows = manual_statement(chunk, job_id, now, started_by)
                 .build()
                 .fetch_all(write.conn())
                 .await
                 .map_err(db)?;
             // The write lock is held from the first chunk on, so only the first can
-            // find the job not runnable; returning drops (rolls back) the transaction.
+            // find the job not runnable; returning drops (rolls back) the transaction,
+            // with the key and the inputs written before it.
             if rows.is_empty() {
-                return Ok(None);
+                return Ok(ManualOutcome::NotRunnable);
             }
             created.extend(rows);
         }
         write.commit().await?;
-        Ok(Some(created))
+        Ok(ManualOutcome::Created(created))
     }
+}
+
+/// Stores once the large inputs of jobs written before inputs were stored once
+/// (migration 0017), so that their manual runs refer to the input instead of copying
+/// it. Runs at every start; after the first, it finds nothing to do (jobs are few, and
+/// every job written since has its hash).
+async fn adopt_large_job_inputs(writer: &SqlitePool) -> Result<(), StoreError> {
+    let jobs: Vec<(String, String)> = sqlx::query_as(
+        "SELECT id, input FROM jobs WHERE input_hash IS NULL AND length(CAST(input AS BLOB)) > ?",
+    )
+    .bind(INLINE_INPUT_MAX as i64)
+    .fetch_all(writer)
+    .await
+    .map_err(db)?;
+    for (id, input) in jobs {
+        let hash = input_hash(&input);
+        let mut tx = writer.begin_with("BEGIN IMMEDIATE").await.map_err(db)?;
+        insert_inputs(&mut tx, &[(hash.clone(), input.as_str())], now_millis()).await?;
+        sqlx::query("UPDATE jobs SET input_hash = ? WHERE id = ? AND input = ?")
+            .bind(&hash)
+            .bind(&id)
+            .bind(&input)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+    }
+    Ok(())
 }
 
 /// The writing connection for one unit of work; see [`SqliteStore::write`].
@@ -576,23 +633,27 @@ fn push_id_list(query: &mut QueryBuilder<Sqlite>, ids: &[String]) {
     query.push(")");
 }
 
-/// The creation of up to [`MAX_ROWS`] manual runs of `job_id`, only while the job and its
-/// module are enabled: queued, or, given a node and its lease, already started there
-/// (returning what [`claim_statement`] returns).
+/// The creation of up to [`MAX_ROWS`] manual runs of `job_id`, each with its input as
+/// stored (see [`stored_inputs`]), only while the job and its module are enabled:
+/// queued, or, given a node and its lease, already started there (returning what
+/// [`claim_statement`] returns). A run without an input of its own takes the job's
+/// stored input, by reference when the job has it stored once.
 fn manual_statement(
-    runs: &[ManualRun],
+    runs: &[(&ManualRun, &StoredInput<'_>)],
     job_id: &str,
     now: Millis,
     started_by: Option<(&str, Millis)>,
 ) -> QueryBuilder<Sqlite> {
-    let mut query = QueryBuilder::new("WITH runs (id, input) AS (");
-    query.push_values(padded(runs), |mut row, run| {
+    let mut query = QueryBuilder::new("WITH runs (id, input, input_hash) AS (");
+    query.push_values(padded(runs), |mut row, (run, (input, hash))| {
         row.push_bind(run.id.as_str())
-            .push_bind(run.input.as_deref());
+            .push_bind(*input)
+            .push_bind(hash.as_deref());
     });
     query.push(
         ") INSERT INTO executions (id, job_id, module, job, status, trigger, attempt, input, \
-             scheduled_at, run_after, created_at, started_at, node_id, lease_expires_at) \
+             input_hash, scheduled_at, run_after, created_at, started_at, node_id, \
+             lease_expires_at) \
          SELECT runs.id, jobs.id, jobs.module, jobs.job, ",
     );
     query
@@ -601,7 +662,11 @@ fn manual_statement(
         } else {
             "QUEUED"
         })
-        .push(", 'manual', 1, COALESCE(runs.input, jobs.input), ")
+        .push(
+            ", 'manual', 1, \
+             COALESCE(runs.input, CASE WHEN jobs.input_hash IS NULL THEN jobs.input ELSE '' END), \
+             CASE WHEN runs.input IS NULL THEN jobs.input_hash ELSE runs.input_hash END, ",
+        )
         .push_bind(now)
         .push(", ")
         .push_bind(now)
@@ -618,28 +683,113 @@ fn manual_statement(
         // The padding repeats the last run; its id conflicts and is skipped.
         .push(" AND jobs.enabled AND modules.status = 'ENABLED' ON CONFLICT DO NOTHING");
     if started_by.is_some() {
-        query.push(
-            " RETURNING id, job_id, attempt, trigger, retry_of, input, scheduled_at, \
-             (SELECT revision FROM jobs WHERE jobs.id = executions.job_id) AS job_revision",
-        );
+        query.push(concat!(
+            " RETURNING id, job_id, attempt, trigger, retry_of, ",
+            execution_input!(),
+            ", scheduled_at, \
+             (SELECT revision FROM jobs WHERE jobs.id = executions.job_id) AS job_revision"
+        ));
     } else {
         query.push(" RETURNING id");
     }
     query
 }
 
+/// Writes each of `bodies` (`(hash, body)`, see [`stored_inputs`]) to
+/// `execution_inputs` unless it is there already.
+async fn insert_inputs(
+    conn: &mut SqliteConnection,
+    bodies: &[(String, &str)],
+    now: Millis,
+) -> Result<(), StoreError> {
+    // Three values a row: far below SQLite's limit of bound values per statement.
+    for chunk in bodies.chunks(MAX_ROWS) {
+        let mut query = QueryBuilder::new("INSERT INTO execution_inputs (hash, body, created_at) ");
+        query.push_values(chunk, |mut row, (hash, body)| {
+            row.push_bind(hash.as_str()).push_bind(*body).push_bind(now);
+        });
+        query.push(" ON CONFLICT DO NOTHING");
+        query.build().execute(&mut *conn).await.map_err(db)?;
+    }
+    Ok(())
+}
+
+/// Takes idempotency key `key` for manual runs `runs` of `job_id` (answered with
+/// `status`), first deleting a few expired keys; `None` once taken, or what the
+/// earlier request that holds it means for this one. Only in the transaction that
+/// creates the runs: the single writer holds the write lock from here to its commit,
+/// so no other request can take the key in between.
+async fn take_idempotency_key(
+    conn: &mut SqliteConnection,
+    key: &IdempotencyKey,
+    job_id: &str,
+    runs: &[ManualRun],
+    status: ExecutionStatus,
+    now: Millis,
+) -> Result<Option<ManualOutcome<Vec<SqliteRow>>>, StoreError> {
+    sqlx::query(
+        "DELETE FROM idempotency_keys WHERE key IN \
+             (SELECT key FROM idempotency_keys WHERE expires_at <= ? ORDER BY expires_at LIMIT ?)",
+    )
+    .bind(now)
+    .bind(EXPIRED_KEYS_PER_REQUEST)
+    .execute(&mut *conn)
+    .await
+    .map_err(db)?;
+    // An expired row under the key (one the deletion above did not reach) is replaced.
+    let taken = sqlx::query(
+        "INSERT INTO idempotency_keys \
+             (key, fingerprint, job_id, execution_ids, status, created_at, expires_at) \
+         VALUES (?, ?, ?, ?, ?, ?, ?) \
+         ON CONFLICT (key) DO UPDATE SET fingerprint = excluded.fingerprint, \
+             job_id = excluded.job_id, execution_ids = excluded.execution_ids, \
+             status = excluded.status, created_at = excluded.created_at, \
+             expires_at = excluded.expires_at \
+         WHERE idempotency_keys.expires_at <= excluded.created_at \
+         RETURNING key",
+    )
+    .bind(&key.key)
+    .bind(&key.fingerprint)
+    .bind(job_id)
+    .bind(run_ids_json(runs)?)
+    .bind(status.as_str())
+    .bind(now)
+    .bind(key.expires_at)
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(db)?;
+    if taken.is_some() {
+        return Ok(None);
+    }
+    let (fingerprint, execution_ids, status): (String, String, String) = sqlx::query_as(
+        "SELECT fingerprint, execution_ids, status FROM idempotency_keys WHERE key = ?",
+    )
+    .bind(&key.key)
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(db)?;
+    earlier_request(key, &fingerprint, &execution_ids, &status).map(Some)
+}
+
 /// Creates the queued executions of `batch` (at most [`MAX_ROWS`]) and returns the ids
 /// of those created. Any uniqueness conflict skips the row: a (job, cron tick) that
-/// already fired, or an id already enqueued (a retried call).
+/// already fired, or an id already enqueued (a retried call). Large inputs are written
+/// once to `execution_inputs` first, a second statement: see [`statements_for`].
 async fn insert_executions(
     conn: &mut SqliteConnection,
     batch: &[&NewExecution],
 ) -> Result<Vec<String>, StoreError> {
+    let inputs = stored_inputs(batch.iter().map(|e| Some(e.input.as_str())));
+    if let Some(now) = batch.first().map(|e| e.created_at) {
+        insert_inputs(conn, &inputs.bodies, now).await?;
+    }
+    let rows: Vec<_> = batch.iter().zip(&inputs.rows).collect();
     let mut query = QueryBuilder::new(
         "INSERT INTO executions (id, job_id, module, job, status, trigger, attempt, \
-         retry_of, input, scheduled_at, run_after, cron_tick, event_id, created_at) ",
+         retry_of, input, input_hash, scheduled_at, run_after, cron_tick, event_id, \
+         created_at) ",
     );
-    query.push_values(padded(batch), |mut row, e| {
+    query.push_values(padded(&rows), |mut row, (e, (input, hash))| {
         row.push_bind(e.id.as_str())
             .push_bind(e.job_id.as_str())
             .push_bind(e.module.as_str())
@@ -648,7 +798,8 @@ async fn insert_executions(
             .push_bind(e.trigger.as_str())
             .push_bind(i64::from(e.attempt))
             .push_bind(e.retry_of.as_deref())
-            .push_bind(e.input.as_str())
+            .push_bind(*input)
+            .push_bind(hash.as_deref())
             .push_bind(e.scheduled_at)
             .push_bind(e.run_after)
             .push_bind(e.cron_tick)
@@ -657,6 +808,16 @@ async fn insert_executions(
     });
     query.push(" ON CONFLICT DO NOTHING RETURNING id");
     query.build_query_scalar().fetch_all(conn).await.map_err(db)
+}
+
+/// How many statements [`insert_executions`] runs for `executions` in chunks of
+/// [`MAX_ROWS`], for [`SqliteStore::write`]: one per chunk, and one more for a chunk
+/// with a large input.
+fn statements_for(executions: &[&NewExecution]) -> usize {
+    executions
+        .chunks(MAX_ROWS)
+        .map(|chunk| 1 + usize::from(chunk.iter().any(|e| e.input.len() > INLINE_INPUT_MAX)))
+        .sum()
 }
 
 /// The claim of up to [`MAX_ROWS`] executions (`prefix` is for `EXPLAIN` in tests).
@@ -682,10 +843,12 @@ fn claim_statement(
         .push_bind(now)
         .push(" AND id IN ");
     push_id_list(&mut query, ids);
-    query.push(
-        " RETURNING id, job_id, attempt, trigger, retry_of, input, scheduled_at, \
-         (SELECT revision FROM jobs WHERE jobs.id = executions.job_id) AS job_revision",
-    );
+    query.push(concat!(
+        " RETURNING id, job_id, attempt, trigger, retry_of, ",
+        execution_input!(),
+        ", scheduled_at, \
+         (SELECT revision FROM jobs WHERE jobs.id = executions.job_id) AS job_revision"
+    ));
     query
 }
 
@@ -739,6 +902,26 @@ fn job_conflict(job: &Job, err: sqlx::Error) -> StoreError {
 
 #[async_trait::async_trait]
 impl Store for SqliteStore {
+    #[cfg(test)]
+    async fn storage_counts(&self) -> Result<super::StorageCounts, StoreError> {
+        let (inline_input_bytes, stored_inputs, stored_input_bytes, idempotency_keys) =
+            sqlx::query_as(
+                "SELECT (SELECT COALESCE(SUM(length(CAST(input AS BLOB))), 0) FROM executions), \
+                        (SELECT COUNT(*) FROM execution_inputs), \
+                        (SELECT COALESCE(SUM(length(CAST(body AS BLOB))), 0) FROM execution_inputs), \
+                        (SELECT COUNT(*) FROM idempotency_keys)",
+            )
+            .fetch_one(&self.writer)
+            .await
+            .map_err(db)?;
+        Ok(super::StorageCounts {
+            inline_input_bytes,
+            stored_inputs,
+            stored_input_bytes,
+            idempotency_keys,
+        })
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1")
             .execute(&self.reader)
@@ -1075,17 +1258,21 @@ impl Store for SqliteStore {
 
     async fn insert_job(&self, job: &Job) -> Result<(), StoreError> {
         let input = json_text("input", &job.input)?;
+        // A large input is also stored once, for the job's manual runs to refer to.
+        let stored = stored_inputs([Some(input.as_str())]);
+        let mut write = self.write(1 + stored.bodies.len()).await?;
+        insert_inputs(write.conn(), &stored.bodies, job.updated_at).await?;
         sqlx::query(concat!(
             "INSERT INTO jobs (",
             job_columns!(),
-            ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            ", input_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         ))
         .bind(&job.id)
         .bind(&job.name)
         .bind(&job.module)
         .bind(&job.job)
         .bind(&job.schedule)
-        .bind(input)
+        .bind(&input)
         .bind(job.enabled)
         .bind(i64::from(job.max_attempts))
         .bind(job.timeout_ms.map(int))
@@ -1096,10 +1283,11 @@ impl Store for SqliteStore {
         .bind(job.next_run_at)
         .bind(job.created_at)
         .bind(job.updated_at)
-        .execute(&self.writer)
+        .bind(stored.rows[0].1.as_deref())
+        .execute(write.conn())
         .await
         .map_err(|err| job_conflict(job, err))?;
-        Ok(())
+        write.commit().await
     }
 
     async fn get_job(&self, id: &str) -> Result<Option<Job>, StoreError> {
@@ -1148,10 +1336,13 @@ impl Store for SqliteStore {
 
     async fn update_job(&self, job: &Job) -> Result<bool, StoreError> {
         let input = json_text("input", &job.input)?;
+        let stored = stored_inputs([Some(input.as_str())]);
+        let mut write = self.write(1 + stored.bodies.len()).await?;
+        insert_inputs(write.conn(), &stored.bodies, job.updated_at).await?;
         let updated = sqlx::query(
             "UPDATE jobs SET name = ?, module = ?, job = ?, schedule = ?, input = ?, \
-                 enabled = ?, max_attempts = ?, timeout_ms = ?, fuel = ?, memory_bytes = ?, \
-                 on_event = ?, config = ?, next_run_at = ?, updated_at = ?, \
+                 input_hash = ?, enabled = ?, max_attempts = ?, timeout_ms = ?, fuel = ?, \
+                 memory_bytes = ?, on_event = ?, config = ?, next_run_at = ?, updated_at = ?, \
                  revision = revision + 1 \
              WHERE id = ?",
         )
@@ -1159,7 +1350,8 @@ impl Store for SqliteStore {
         .bind(&job.module)
         .bind(&job.job)
         .bind(&job.schedule)
-        .bind(input)
+        .bind(&input)
+        .bind(stored.rows[0].1.as_deref())
         .bind(job.enabled)
         .bind(i64::from(job.max_attempts))
         .bind(job.timeout_ms.map(int))
@@ -1170,10 +1362,11 @@ impl Store for SqliteStore {
         .bind(job.next_run_at)
         .bind(job.updated_at)
         .bind(&job.id)
-        .execute(&self.writer)
+        .execute(write.conn())
         .await
         .map_err(|err| job_conflict(job, err))?
         .rows_affected();
+        write.commit().await?;
         Ok(updated > 0)
     }
 
@@ -1241,8 +1434,8 @@ impl Store for SqliteStore {
             return Ok(Vec::new());
         }
         let mut created = HashSet::with_capacity(executions.len());
-        let mut write = self.write(executions.len().div_ceil(MAX_ROWS)).await?;
         let executions: Vec<&NewExecution> = executions.iter().collect();
+        let mut write = self.write(statements_for(&executions)).await?;
         for chunk in executions.chunks(MAX_ROWS) {
             created.extend(insert_executions(write.conn(), chunk).await?);
         }
@@ -1255,18 +1448,17 @@ impl Store for SqliteStore {
         job_id: &str,
         runs: &[ManualRun],
         now: Millis,
-    ) -> Result<Option<Vec<String>>, StoreError> {
-        let Some(rows) = self.create_manual(job_id, runs, now, None).await? else {
-            return Ok(None);
-        };
-        let created = rows
-            .iter()
-            .map(|row| col(row, "id"))
-            .collect::<Result<HashSet<String>, _>>()?;
-        Ok(Some(in_given_order(
-            runs.iter().map(|run| &run.id),
-            created,
-        )))
+        key: Option<&IdempotencyKey>,
+    ) -> Result<ManualOutcome<Vec<String>>, StoreError> {
+        self.create_manual(job_id, runs, now, None, key)
+            .await?
+            .try_map(|rows| {
+                let created = rows
+                    .iter()
+                    .map(|row| col(row, "id"))
+                    .collect::<Result<HashSet<String>, _>>()?;
+                Ok(in_given_order(runs.iter().map(|run| &run.id), created))
+            })
     }
 
     async fn start_manual(
@@ -1276,18 +1468,18 @@ impl Store for SqliteStore {
         now: Millis,
         node_id: &str,
         lease_until: Millis,
-    ) -> Result<Option<Vec<ClaimedExecution>>, StoreError> {
-        let Some(rows) = self
-            .create_manual(job_id, runs, now, Some((node_id, lease_until)))
+        key: Option<&IdempotencyKey>,
+    ) -> Result<ManualOutcome<Vec<ClaimedExecution>>, StoreError> {
+        let started_by = Some((node_id, lease_until));
+        self.create_manual(job_id, runs, now, started_by, key)
             .await?
-        else {
-            return Ok(None);
-        };
-        let started = rows
-            .iter()
-            .map(claimed_from_row)
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(Some(claimed_in_given_order(runs, started)))
+            .try_map(|rows| {
+                let started = rows
+                    .iter()
+                    .map(claimed_from_row)
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(claimed_in_given_order(runs, started))
+            })
     }
 
     async fn flush(&self) -> Result<(), StoreError> {

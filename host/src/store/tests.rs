@@ -13,7 +13,8 @@ use std::time::Instant;
 use serde_json::json;
 
 use super::{
-    CancelEffect, ClaimedExecution, ExecutionFilter, LeaseToken, ManualRun, PostgresStore, Retry,
+    CancelEffect, ClaimedExecution, EXPIRED_KEYS_PER_REQUEST, EarlierRuns, ExecutionFilter,
+    INLINE_INPUT_MAX, IdempotencyKey, LeaseToken, ManualOutcome, ManualRun, PostgresStore, Retry,
     Settled, SqliteStore, Store, StoreError, VersionUpload, failpoints,
 };
 use crate::domain::{
@@ -895,8 +896,14 @@ async fn manual_runs_take_the_jobs_names_and_stored_input_unless_given_one(store
             input: Some(r#"{"n":2}"#.to_owned()),
         },
     ];
-    let created = store.enqueue_manual(&job.id, &runs, T0).await.unwrap();
-    assert_eq!(created, Some(vec![runs[0].id.clone(), runs[1].id.clone()]));
+    let created = store
+        .enqueue_manual(&job.id, &runs, T0, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        created,
+        ManualOutcome::Created(vec![runs[0].id.clone(), runs[1].id.clone()])
+    );
     for (run, input) in runs.iter().zip([json!({"n": 1}), json!({"n": 2})]) {
         let execution = store.get_execution(&run.id).await.unwrap().unwrap();
         assert_eq!(execution.status, ExecutionStatus::Queued);
@@ -922,10 +929,13 @@ async fn manual_runs_take_the_jobs_names_and_stored_input_unless_given_one(store
             input: None,
         })
         .collect();
-    let created = store.enqueue_manual(&job.id, &many, T0).await.unwrap();
+    let created = store
+        .enqueue_manual(&job.id, &many, T0, None)
+        .await
+        .unwrap();
     assert_eq!(
         created,
-        Some(many.iter().map(|run| run.id.clone()).collect::<Vec<_>>())
+        ManualOutcome::Created(many.iter().map(|run| run.id.clone()).collect::<Vec<_>>())
     );
 }
 
@@ -965,8 +975,11 @@ async fn manual_runs_of_a_job_that_cannot_run_queue_nothing(store: &dyn Store) {
     ] {
         let batch = runs(n);
         assert_eq!(
-            store.enqueue_manual(job_id, &batch, T0).await.unwrap(),
-            None
+            store
+                .enqueue_manual(job_id, &batch, T0, None)
+                .await
+                .unwrap(),
+            ManualOutcome::NotRunnable
         );
         assert_eq!(store.get_execution(&batch[0].id).await.unwrap(), None);
     }
@@ -976,8 +989,11 @@ async fn manual_runs_of_a_job_that_cannot_run_queue_nothing(store: &dyn Store) {
         .unwrap();
     let batch = runs(1_300);
     assert_eq!(
-        store.enqueue_manual(&enabled.id, &batch, T0).await.unwrap(),
-        None
+        store
+            .enqueue_manual(&enabled.id, &batch, T0, None)
+            .await
+            .unwrap(),
+        ManualOutcome::NotRunnable
     );
     for run in [&batch[0], &batch[1_299]] {
         assert_eq!(store.get_execution(&run.id).await.unwrap(), None);
@@ -1009,9 +1025,10 @@ async fn manual_runs_started_on_a_node_run_there_alone_under_its_lease(store: &d
     ];
     let lease_end = T0 + 30 * SECOND;
     let started = store
-        .start_manual(&job.id, &runs, T0, "node-a", lease_end)
+        .start_manual(&job.id, &runs, T0, "node-a", lease_end, None)
         .await
         .unwrap()
+        .created()
         .expect("the job can run");
     let revision = started[0].job_revision;
     assert!(revision.is_some(), "{started:?}");
@@ -1083,12 +1100,561 @@ async fn manual_runs_started_on_a_node_run_there_alone_under_its_lease(store: &d
     }];
     assert_eq!(
         store
-            .start_manual(&job.id, &refused, T0, "node-a", lease_end)
+            .start_manual(&job.id, &refused, T0, "node-a", lease_end, None)
             .await
             .unwrap(),
-        None
+        ManualOutcome::NotRunnable
     );
     assert_eq!(store.get_execution(&refused[0].id).await.unwrap(), None);
+}
+
+// ---- large inputs, stored once; idempotency keys -------------------------------------
+
+/// About `kib` KiB of JSON, far over the inline limit, different for each `tag`.
+fn large_input(tag: &str, kib: usize) -> serde_json::Value {
+    json!({"tag": tag, "blob": "x".repeat(kib * 1024)})
+}
+
+fn fresh_runs(n: usize) -> Vec<ManualRun> {
+    (0..n)
+        .map(|_| ManualRun {
+            id: new_id(),
+            input: None,
+        })
+        .collect()
+}
+
+fn run_ids(runs: &[ManualRun]) -> Vec<String> {
+    runs.iter().map(|run| run.id.clone()).collect()
+}
+
+async fn install_m(store: &dyn Store) {
+    store
+        .install_module_version(
+            &manifest("m", "1"),
+            "hash-1",
+            b"one",
+            &VersionUpload::default(),
+            T0,
+        )
+        .await
+        .unwrap();
+}
+
+/// Asserts that each execution read has the input `expected` says for its id.
+fn assert_inputs<'a>(
+    read: impl IntoIterator<Item = (&'a str, serde_json::Value)>,
+    expected: &std::collections::HashMap<String, serde_json::Value>,
+) {
+    let mut checked = 0;
+    for (id, input) in read {
+        let want = expected
+            .get(id)
+            .unwrap_or_else(|| panic!("unexpected {id}"));
+        assert!(&input == want, "execution {id} read back another input");
+        checked += 1;
+    }
+    assert!(checked > 0, "nothing was read");
+}
+
+async fn large_inputs_are_stored_once_and_read_back_whole(store: &dyn Store) {
+    install_m(store).await;
+    let stored = large_input("stored", 16);
+    let mut job = Job {
+        input: stored.clone(),
+        ..job("big", "m")
+    };
+    store.insert_job(&job).await.unwrap();
+    let own = large_input("own", 16);
+    let small = json!({"n": 7});
+    // More runs with the stored input than one statement holds, two with one large
+    // input of their own, and one with a small input.
+    let mut runs = fresh_runs(600);
+    for input in [&own, &own, &small] {
+        runs.push(ManualRun {
+            id: new_id(),
+            input: Some(input.to_string()),
+        });
+    }
+    let mut expected: std::collections::HashMap<String, serde_json::Value> = runs
+        .iter()
+        .map(|run| {
+            let input = run
+                .input
+                .as_deref()
+                .map_or(stored.clone(), |text| serde_json::from_str(text).unwrap());
+            (run.id.clone(), input)
+        })
+        .collect();
+    let queued = store
+        .enqueue_manual(&job.id, &runs, T0, None)
+        .await
+        .unwrap();
+    assert_eq!(queued, ManualOutcome::Created(run_ids(&runs)));
+    // Started at once: the claim's answer carries the whole input.
+    let started_input = large_input("started", 16);
+    let started_runs = [
+        ManualRun {
+            id: new_id(),
+            input: None,
+        },
+        ManualRun {
+            id: new_id(),
+            input: Some(started_input.to_string()),
+        },
+    ];
+    let started = store
+        .start_manual(&job.id, &started_runs, T0, "node-a", T0 + 30 * SECOND, None)
+        .await
+        .unwrap()
+        .created()
+        .expect("the job can run");
+    assert_eq!(started[0].input, stored.to_string());
+    assert_eq!(started[1].input, started_input.to_string());
+    expected.insert(started_runs[0].id.clone(), stored.clone());
+    expected.insert(started_runs[1].id.clone(), started_input.clone());
+
+    // Every way an execution is read gives its whole input.
+    for run in [&runs[0], &runs[599], &runs[600], &runs[601], &runs[602]] {
+        let execution = store.get_execution(&run.id).await.unwrap().unwrap();
+        assert_inputs([(run.id.as_str(), execution.input)], &expected);
+    }
+    let filter = ExecutionFilter {
+        job_id: Some(job.id.clone()),
+        status: None,
+    };
+    let page = store.list_executions(&filter, None, 500).await.unwrap();
+    assert_eq!(page.items.len(), 500);
+    assert_inputs(
+        page.items.iter().map(|e| (e.id.as_str(), e.input.clone())),
+        &expected,
+    );
+    let claimed = store
+        .claim_executions(&run_ids(&runs), "node-b", T0, T0 + 30 * SECOND)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), runs.len());
+    assert_inputs(
+        claimed
+            .iter()
+            .map(|c| (c.id.as_str(), serde_json::from_str(&c.input).unwrap())),
+        &expected,
+    );
+    let held = store.executions_held_by("node-a", 10).await.unwrap();
+    assert_eq!(held.len(), 2);
+    assert_inputs(
+        held.iter().map(|e| (e.id.as_str(), e.input.clone())),
+        &expected,
+    );
+    let expired = store
+        .expired_executions(T0 + 31 * SECOND, 1_000)
+        .await
+        .unwrap();
+    assert_eq!(expired.len(), runs.len() + 2);
+    assert_inputs(
+        expired.iter().map(|e| (e.id.as_str(), e.input.clone())),
+        &expected,
+    );
+
+    // Retries (by the reconciler, by a worker) and cron runs with large inputs.
+    store
+        .mark_handlers_began(std::slice::from_ref(&started[1].id))
+        .await
+        .unwrap();
+    let settled_retry = NewExecution {
+        trigger: Trigger::Retry,
+        attempt: 2,
+        retry_of: Some(started[1].id.clone()),
+        input: started_input.to_string(),
+        ..manual(&job.id, T0 + 40 * SECOND)
+    };
+    assert_eq!(
+        store
+            .settle_expired_execution(
+                &started[1].id,
+                Millis::MAX,
+                T0 + 45 * SECOND,
+                "lost",
+                Some(&settled_retry),
+            )
+            .await
+            .unwrap(),
+        Settled::Failed
+    );
+    let recorded_retry = Retry {
+        failed: runs[600].id.clone(),
+        next: NewExecution {
+            trigger: Trigger::Retry,
+            attempt: 2,
+            retry_of: Some(runs[600].id.clone()),
+            input: own.to_string(),
+            ..manual(&job.id, T0 + 5 * SECOND)
+        },
+    };
+    let failed = ExecutionResult {
+        status: ExecutionStatus::Failed,
+        result: None,
+        error: Some("boom".to_owned()),
+        ..completed(&runs[600].id, Vec::new())
+    };
+    store
+        .record_results(&[failed], std::slice::from_ref(&recorded_retry))
+        .await
+        .unwrap();
+    let ticks: Vec<NewExecution> = (1..=3)
+        .map(|n| NewExecution {
+            input: stored.to_string(),
+            ..cron(&job.id, T0 + n * 60 * SECOND)
+        })
+        .collect();
+    assert_eq!(store.enqueue_executions(&ticks).await.unwrap().len(), 3);
+    expected.insert(settled_retry.id.clone(), started_input.clone());
+    expected.insert(recorded_retry.next.id.clone(), own.clone());
+    for tick in &ticks {
+        expected.insert(tick.id.clone(), stored.clone());
+    }
+    for id in [&settled_retry.id, &recorded_retry.next.id, &ticks[2].id] {
+        let execution = store.get_execution(id).await.unwrap().unwrap();
+        assert_inputs([(id.as_str(), execution.input)], &expected);
+    }
+
+    // Each large input is stored once; rows hold only the small one.
+    let counts = store.storage_counts().await.unwrap();
+    assert_eq!(counts.stored_inputs, 3, "{counts:?}");
+    let large_bytes: usize = [&stored, &own, &started_input]
+        .iter()
+        .map(|input| input.to_string().len())
+        .sum();
+    assert_eq!(counts.stored_input_bytes, large_bytes as i64, "{counts:?}");
+    assert_eq!(
+        counts.inline_input_bytes,
+        small.to_string().len() as i64,
+        "{counts:?}"
+    );
+
+    // A job's new large input is stored once too; earlier runs keep theirs.
+    let changed = large_input("changed", 16);
+    job.input = changed.clone();
+    job.updated_at = T0 + SECOND;
+    assert!(store.update_job(&job).await.unwrap());
+    let later = fresh_runs(2);
+    store
+        .enqueue_manual(&job.id, &later, T0 + SECOND, None)
+        .await
+        .unwrap();
+    for (id, input) in [(&later[1].id, &changed), (&runs[0].id, &stored)] {
+        assert_eq!(
+            &store.get_execution(id).await.unwrap().unwrap().input,
+            input
+        );
+    }
+    assert_eq!(store.storage_counts().await.unwrap().stored_inputs, 4);
+    // A small input is copied into rows again.
+    job.input = json!({"n": 1});
+    assert!(store.update_job(&job).await.unwrap());
+    let small_runs = fresh_runs(1);
+    store
+        .enqueue_manual(&job.id, &small_runs, T0 + SECOND, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .get_execution(&small_runs[0].id)
+            .await
+            .unwrap()
+            .unwrap()
+            .input,
+        json!({"n": 1})
+    );
+    assert_eq!(
+        store.storage_counts().await.unwrap().inline_input_bytes,
+        (small.to_string().len() + json!({"n": 1}).to_string().len()) as i64
+    );
+}
+
+async fn an_input_at_the_inline_limit_stays_in_its_row(store: &dyn Store) {
+    install_m(store).await;
+    let job = job("edge", "m");
+    store.insert_job(&job).await.unwrap();
+    // `"xx…x"`: the quotes count.
+    let at_limit = serde_json::Value::String("x".repeat(INLINE_INPUT_MAX - 2));
+    let over = serde_json::Value::String("x".repeat(INLINE_INPUT_MAX - 1));
+    let runs: Vec<ManualRun> = [&at_limit, &over]
+        .iter()
+        .map(|input| ManualRun {
+            id: new_id(),
+            input: Some(input.to_string()),
+        })
+        .collect();
+    store
+        .enqueue_manual(&job.id, &runs, T0, None)
+        .await
+        .unwrap();
+    let counts = store.storage_counts().await.unwrap();
+    assert_eq!(counts.inline_input_bytes, INLINE_INPUT_MAX as i64);
+    assert_eq!(counts.stored_input_bytes, INLINE_INPUT_MAX as i64 + 1);
+    for (run, input) in runs.iter().zip([&at_limit, &over]) {
+        assert_eq!(
+            &store.get_execution(&run.id).await.unwrap().unwrap().input,
+            input
+        );
+    }
+}
+
+fn key(key: &str, fingerprint: &str) -> IdempotencyKey {
+    IdempotencyKey {
+        key: key.to_owned(),
+        fingerprint: fingerprint.to_owned(),
+        expires_at: T0 + 24 * 3_600 * SECOND,
+    }
+}
+
+async fn executions_of(store: &dyn Store, job_id: &str) -> usize {
+    let filter = ExecutionFilter {
+        job_id: Some(job_id.to_owned()),
+        status: None,
+    };
+    store
+        .list_executions(&filter, None, 500)
+        .await
+        .unwrap()
+        .items
+        .len()
+}
+
+async fn a_keyed_request_creates_its_runs_once_and_its_retries_get_them_back(store: &dyn Store) {
+    install_m(store).await;
+    let job = job("sync", "m");
+    store.insert_job(&job).await.unwrap();
+    let first = fresh_runs(3);
+    let k1 = key("k-1", "ask-a");
+    assert_eq!(
+        store
+            .enqueue_manual(&job.id, &first, T0, Some(&k1))
+            .await
+            .unwrap(),
+        ManualOutcome::Created(run_ids(&first))
+    );
+    // A retry comes with run ids of its own; it creates nothing and gets the first
+    // request's ids, as they were answered, whichever way it would have created them.
+    let earlier = ManualOutcome::Replayed(EarlierRuns {
+        ids: run_ids(&first),
+        status: ExecutionStatus::Queued,
+    });
+    let retry = fresh_runs(3);
+    assert_eq!(
+        store
+            .enqueue_manual(&job.id, &retry, T0 + SECOND, Some(&k1))
+            .await
+            .unwrap(),
+        earlier
+    );
+    let started = store
+        .start_manual(
+            &job.id,
+            &retry,
+            T0 + SECOND,
+            "node-a",
+            T0 + 30 * SECOND,
+            Some(&k1),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        started.try_map(|_| Ok::<_, ()>(())).unwrap(),
+        ManualOutcome::Replayed(EarlierRuns {
+            ids: run_ids(&first),
+            status: ExecutionStatus::Queued,
+        })
+    );
+    assert_eq!(store.get_execution(&retry[0].id).await.unwrap(), None);
+    assert_eq!(executions_of(store, &job.id).await, 3);
+    // The same key asking something else is refused, and creates nothing.
+    let other = fresh_runs(1);
+    assert_eq!(
+        store
+            .enqueue_manual(&job.id, &other, T0 + SECOND, Some(&key("k-1", "ask-b")))
+            .await
+            .unwrap(),
+        ManualOutcome::KeyReused
+    );
+    assert_eq!(executions_of(store, &job.id).await, 3);
+
+    // Runs started at once are replayed as started.
+    let k2 = key("k-2", "ask-a");
+    let begun = fresh_runs(2);
+    assert!(
+        store
+            .start_manual(&job.id, &begun, T0, "node-a", T0 + 30 * SECOND, Some(&k2))
+            .await
+            .unwrap()
+            .created()
+            .is_some()
+    );
+    assert_eq!(
+        store
+            .enqueue_manual(&job.id, &fresh_runs(2), T0 + SECOND, Some(&k2))
+            .await
+            .unwrap(),
+        ManualOutcome::Replayed(EarlierRuns {
+            ids: run_ids(&begun),
+            status: ExecutionStatus::Running,
+        })
+    );
+    assert_eq!(executions_of(store, &job.id).await, 5);
+
+    // A request that creates nothing (its job cannot run) does not take its key; a
+    // replay does not care that the job cannot run now.
+    store
+        .set_module_status("m", ModuleStatus::Disabled, T0)
+        .await
+        .unwrap();
+    let k3 = key("k-3", "ask-c");
+    assert_eq!(
+        store
+            .enqueue_manual(&job.id, &fresh_runs(1), T0 + SECOND, Some(&k3))
+            .await
+            .unwrap(),
+        ManualOutcome::NotRunnable
+    );
+    assert_eq!(
+        store
+            .enqueue_manual(&job.id, &fresh_runs(3), T0 + SECOND, Some(&k1))
+            .await
+            .unwrap(),
+        earlier
+    );
+    store
+        .set_module_status("m", ModuleStatus::Enabled, T0)
+        .await
+        .unwrap();
+    let third = fresh_runs(1);
+    assert_eq!(
+        store
+            .enqueue_manual(&job.id, &third, T0 + 2 * SECOND, Some(&k3))
+            .await
+            .unwrap(),
+        ManualOutcome::Created(run_ids(&third))
+    );
+
+    // Once expired, a key is free for any request.
+    let reused = IdempotencyKey {
+        expires_at: k1.expires_at + k1.expires_at - T0,
+        ..key("k-1", "ask-b")
+    };
+    let fourth = fresh_runs(2);
+    assert_eq!(
+        store
+            .enqueue_manual(&job.id, &fourth, k1.expires_at, Some(&reused))
+            .await
+            .unwrap(),
+        ManualOutcome::Created(run_ids(&fourth))
+    );
+    assert_eq!(
+        store
+            .enqueue_manual(&job.id, &fresh_runs(2), k1.expires_at + 1, Some(&reused))
+            .await
+            .unwrap(),
+        ManualOutcome::Replayed(EarlierRuns {
+            ids: run_ids(&fourth),
+            status: ExecutionStatus::Queued,
+        })
+    );
+    assert_eq!(executions_of(store, &job.id).await, 8);
+}
+
+async fn concurrent_requests_under_one_key_create_one_batch(store: &dyn Store) {
+    install_m(store).await;
+    let job = job("sync", "m");
+    store.insert_job(&job).await.unwrap();
+    let k = key("k", "ask");
+    let attempts: Vec<Vec<ManualRun>> = (0..8).map(|_| fresh_runs(50)).collect();
+    let outcomes = futures_util::future::join_all(attempts.iter().enumerate().map(|(n, runs)| {
+        let k = &k;
+        let job_id = job.id.as_str();
+        async move {
+            // Half would start their runs at once, half would queue them.
+            if n % 2 == 0 {
+                store
+                    .enqueue_manual(job_id, runs, T0, Some(k))
+                    .await
+                    .unwrap()
+            } else {
+                store
+                    .start_manual(job_id, runs, T0, "node-a", T0 + 30 * SECOND, Some(k))
+                    .await
+                    .unwrap()
+                    .try_map(|started| Ok::<_, ()>(started.into_iter().map(|run| run.id).collect()))
+                    .unwrap()
+            }
+        }
+    }))
+    .await;
+    let created: Vec<&Vec<String>> = outcomes
+        .iter()
+        .filter_map(|outcome| match outcome {
+            ManualOutcome::Created(ids) => Some(ids),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(created.len(), 1, "{outcomes:?}");
+    let winner = created[0];
+    assert_eq!(winner.len(), 50);
+    for outcome in &outcomes {
+        match outcome {
+            ManualOutcome::Created(ids) => assert_eq!(ids, winner),
+            ManualOutcome::Replayed(earlier) => assert_eq!(&earlier.ids, winner),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(executions_of(store, &job.id).await, 50);
+    assert_eq!(store.storage_counts().await.unwrap().idempotency_keys, 1);
+}
+
+async fn expired_keys_are_deleted_a_few_at_a_time_by_later_keyed_requests(store: &dyn Store) {
+    install_m(store).await;
+    let job = job("sync", "m");
+    store.insert_job(&job).await.unwrap();
+    let old = EXPIRED_KEYS_PER_REQUEST + 8;
+    for n in 0..old {
+        let short = IdempotencyKey {
+            expires_at: T0 + SECOND,
+            ..key(&format!("old-{n}"), "ask")
+        };
+        store
+            .enqueue_manual(&job.id, &fresh_runs(1), T0, Some(&short))
+            .await
+            .unwrap();
+    }
+    let keys = || async { store.storage_counts().await.unwrap().idempotency_keys };
+    assert_eq!(keys().await, old);
+    // Requests without a key leave keys alone.
+    store
+        .enqueue_manual(&job.id, &fresh_runs(1), T0 + 2 * SECOND, None)
+        .await
+        .unwrap();
+    assert_eq!(keys().await, old);
+    // Each keyed request takes its key and deletes a bounded batch of expired ones.
+    store
+        .enqueue_manual(
+            &job.id,
+            &fresh_runs(1),
+            T0 + 2 * SECOND,
+            Some(&key("new-1", "ask")),
+        )
+        .await
+        .unwrap();
+    assert_eq!(keys().await, old - EXPIRED_KEYS_PER_REQUEST + 1);
+    store
+        .enqueue_manual(
+            &job.id,
+            &fresh_runs(1),
+            T0 + 2 * SECOND,
+            Some(&key("new-2", "ask")),
+        )
+        .await
+        .unwrap();
+    assert_eq!(keys().await, 2, "only the unexpired keys are left");
 }
 
 async fn a_claim_tells_the_revision_of_each_job_which_grows_with_every_change(store: &dyn Store) {
@@ -2616,6 +3182,11 @@ macro_rules! every_behaviour {
                 manual_runs_take_the_jobs_names_and_stored_input_unless_given_one,
                 manual_runs_of_a_job_that_cannot_run_queue_nothing,
                 manual_runs_started_on_a_node_run_there_alone_under_its_lease,
+                large_inputs_are_stored_once_and_read_back_whole,
+                an_input_at_the_inline_limit_stays_in_its_row,
+                a_keyed_request_creates_its_runs_once_and_its_retries_get_them_back,
+                concurrent_requests_under_one_key_create_one_batch,
+                expired_keys_are_deleted_a_few_at_a_time_by_later_keyed_requests,
                 a_claim_tells_the_revision_of_each_job_which_grows_with_every_change,
                 a_cron_tick_fires_once,
                 a_tick_repeated_within_one_batch_is_created_once,
@@ -2846,9 +3417,10 @@ async fn a_role_that_may_not_write_wal_messages_starts_runs_durably_instead() {
         input: None,
     }];
     let started = store
-        .start_manual(&job.id, &runs, T0, "node-a", T0 + 30 * SECOND)
+        .start_manual(&job.id, &runs, T0, "node-a", T0 + 30 * SECOND, None)
         .await
         .unwrap()
+        .created()
         .expect("the job can run");
     assert_eq!(started.len(), 1);
     store.flush().await.expect("nothing to wait for");
@@ -3059,4 +3631,80 @@ async fn migrating_postgres_to_0014_keeps_the_current_version_of_each_module_app
     pool.close().await;
     let store = PostgresStore::connect(&database.url).await.unwrap();
     running_installs_keep_running_after_0014(&store).await;
+}
+
+// ---- migration 0017: large inputs stored once ----------------------------------------
+
+/// A job whose stored input is large, as a deployment from before migration 0017 holds
+/// it; `enabled` is the backend's literal for true.
+fn rows_before_0017(enabled: &str) -> Vec<String> {
+    let input = large_input("before", 16).to_string();
+    vec![format!(
+        "INSERT INTO jobs (id, name, module, job, input, enabled, max_attempts, created_at, \
+         updated_at) VALUES ('job-big', 'big', 'm', 'work', '{input}', {enabled}, 1, {T0}, {T0})"
+    )]
+}
+
+/// What opening a store must have made of [`rows_before_0017`]: the job's input stored
+/// once, for its manual runs to refer to.
+async fn large_job_inputs_from_before_0017_are_stored_once(store: &dyn Store) {
+    install_m(store).await;
+    let runs = fresh_runs(20);
+    assert_eq!(
+        store
+            .enqueue_manual("job-big", &runs, T0, None)
+            .await
+            .unwrap(),
+        ManualOutcome::Created(run_ids(&runs))
+    );
+    let counts = store.storage_counts().await.unwrap();
+    assert_eq!(counts.stored_inputs, 1, "{counts:?}");
+    assert_eq!(counts.inline_input_bytes, 0, "{counts:?}");
+    assert_eq!(
+        store
+            .get_execution(&runs[19].id)
+            .await
+            .unwrap()
+            .unwrap()
+            .input,
+        large_input("before", 16)
+    );
+}
+
+#[tokio::test]
+async fn migrating_sqlite_to_0017_stores_large_job_inputs_once() {
+    use sqlx::Executor;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("runcell.db");
+    let options = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(&path)
+        .create_if_missing(true);
+    let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
+    sqlx::migrate!("../migrations/sqlite")
+        .run_to(16, &pool)
+        .await
+        .unwrap();
+    for statement in rows_before_0017("1") {
+        pool.execute(sqlx::AssertSqlSafe(statement)).await.unwrap();
+    }
+    pool.close().await;
+    let store = SqliteStore::open(&path).await.unwrap();
+    large_job_inputs_from_before_0017_are_stored_once(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrating_postgres_to_0017_stores_large_job_inputs_once() {
+    use sqlx::Executor;
+    let database = PostgresDatabase::create().await;
+    let pool = sqlx::PgPool::connect(&database.url).await.unwrap();
+    sqlx::migrate!("../migrations/postgres")
+        .run_to(16, &pool)
+        .await
+        .unwrap();
+    for statement in rows_before_0017("true") {
+        pool.execute(sqlx::AssertSqlSafe(statement)).await.unwrap();
+    }
+    pool.close().await;
+    let store = PostgresStore::connect(&database.url).await.unwrap();
+    large_job_inputs_from_before_0017_are_stored_once(&store).await;
 }
