@@ -1423,6 +1423,10 @@ fn a_corrupt_row_is_a_500_whose_error_id_leads_to_the_logged_cause() {
         "{}",
         reply.body
     );
+    // The log line may reach the pipe from the server a moment after the answer did.
+    server.wait_until(Duration::from_secs(5), || {
+        server.output().contains(&error_id)
+    });
     let output = server.output();
     let line = output
         .lines()
