@@ -749,9 +749,13 @@ fn database_bytes(server: &Server) -> u64 {
         .sum()
 }
 
-/// How many executions of job `job_id` (in state `status`, if given) the SQLite file of
-/// `server` holds (listing them over the API would carry every run's 1 MB input).
-fn executions_in_database(server: &Server, job_id: &str, status: Option<&str>) -> i64 {
+/// Runs `work` on a connection of its own to the SQLite file of `server` (stopped, when
+/// `work` writes), read-only unless `writable`.
+fn on_database<T>(
+    server: &Server,
+    writable: bool,
+    work: impl AsyncFnOnce(&mut sqlx::SqliteConnection) -> T,
+) -> T {
     use sqlx::Connection;
     let path = server.data_dir().join("runcell.db");
     tokio::runtime::Builder::new_current_thread()
@@ -761,21 +765,29 @@ fn executions_in_database(server: &Server, job_id: &str, status: Option<&str>) -
         .block_on(async {
             let options = sqlx::sqlite::SqliteConnectOptions::new()
                 .filename(&path)
-                .read_only(true);
+                .read_only(!writable);
             let mut connection = sqlx::SqliteConnection::connect_with(&options)
                 .await
                 .expect("the database file opens");
-            let count = sqlx::query_scalar(
-                "SELECT COUNT(*) FROM executions WHERE job_id = ? AND status = COALESCE(?, status)",
-            )
-            .bind(job_id)
-            .bind(status)
-            .fetch_one(&mut connection)
-            .await
-            .expect("a count");
+            let done = work(&mut connection).await;
             let _ = connection.close().await;
-            count
+            done
         })
+}
+
+/// How many executions of job `job_id` (in state `status`, if given) the SQLite file of
+/// `server` holds (listing them over the API would carry every run's 1 MB input).
+fn executions_in_database(server: &Server, job_id: &str, status: Option<&str>) -> i64 {
+    on_database(server, false, async |connection| {
+        sqlx::query_scalar(
+            "SELECT COUNT(*) FROM executions WHERE job_id = ? AND status = COALESCE(?, status)",
+        )
+        .bind(job_id)
+        .bind(status)
+        .fetch_one(connection)
+        .await
+        .expect("a count")
+    })
 }
 
 /// `POST path` with `body` and the header `Idempotency-Key: key`, as the admin; the
@@ -1112,27 +1124,13 @@ const SECRET: &str = "hunter2-super-secret-token";
 
 /// The `config` column of job `id`, read straight from the SQLite file of `server`.
 fn raw_config_row(server: &Server, id: &str) -> String {
-    use sqlx::Connection;
-    let path = server.data_dir().join("runcell.db");
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(async {
-            let options = sqlx::sqlite::SqliteConnectOptions::new()
-                .filename(&path)
-                .read_only(true);
-            let mut connection = sqlx::SqliteConnection::connect_with(&options)
-                .await
-                .expect("the database file opens");
-            let config: String = sqlx::query_scalar("SELECT config FROM jobs WHERE id = ?")
-                .bind(id)
-                .fetch_one(&mut connection)
-                .await
-                .expect("the job's row");
-            let _ = connection.close().await;
-            config
-        })
+    on_database(server, false, async |connection| {
+        sqlx::query_scalar("SELECT config FROM jobs WHERE id = ?")
+            .bind(id)
+            .fetch_one(connection)
+            .await
+            .expect("the job's row")
+    })
 }
 
 /// Whether any file of the data directory's database holds `needle`.
@@ -1392,20 +1390,15 @@ fn a_corrupt_row_is_a_500_whose_error_id_leads_to_the_logged_cause() {
 
     // A row no version of Runcell writes, as a bad hand edit or a bug would leave it.
     server.stop();
-    let database = server.data_dir().join("runcell.db");
-    tokio::runtime::Runtime::new().unwrap().block_on(async {
-        let url = format!("sqlite://{}", database.display());
-        let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(&url)
-            .await
-            .unwrap();
+    on_database(&server, true, async |connection| {
         // The schema's own CHECK would refuse it, as it should.
         sqlx::query("PRAGMA ignore_check_constraints = ON")
-            .execute(&mut conn)
+            .execute(&mut *connection)
             .await
             .unwrap();
         sqlx::query("UPDATE executions SET status = 'EXPLODED' WHERE id = ?")
             .bind(&execution)
-            .execute(&mut conn)
+            .execute(&mut *connection)
             .await
             .unwrap();
     });

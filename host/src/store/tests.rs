@@ -3595,8 +3595,12 @@ async fn running_installs_keep_running_after_0014(store: &dyn Store) {
     );
 }
 
-#[tokio::test]
-async fn migrating_sqlite_to_0014_keeps_the_current_version_of_each_module_approved() {
+/// A SQLite database file migrated up to `version`, with `statements` run on it, as a
+/// deployment of that version would have left it; its directory goes with the first half.
+async fn sqlite_migrated_to(
+    version: i64,
+    statements: Vec<String>,
+) -> (tempfile::TempDir, std::path::PathBuf) {
     use sqlx::Executor;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("runcell.db");
@@ -3605,30 +3609,42 @@ async fn migrating_sqlite_to_0014_keeps_the_current_version_of_each_module_appro
         .create_if_missing(true);
     let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
     sqlx::migrate!("../migrations/sqlite")
-        .run_to(13, &pool)
+        .run_to(version, &pool)
         .await
         .unwrap();
-    for statement in rows_before_0014("X'00'") {
+    for statement in statements {
         pool.execute(sqlx::AssertSqlSafe(statement)).await.unwrap();
     }
     pool.close().await;
+    (dir, path)
+}
+
+/// The same for a PostgreSQL database of its own.
+async fn postgres_migrated_to(version: i64, statements: Vec<String>) -> PostgresDatabase {
+    use sqlx::Executor;
+    let database = PostgresDatabase::create().await;
+    let pool = sqlx::PgPool::connect(&database.url).await.unwrap();
+    sqlx::migrate!("../migrations/postgres")
+        .run_to(version, &pool)
+        .await
+        .unwrap();
+    for statement in statements {
+        pool.execute(sqlx::AssertSqlSafe(statement)).await.unwrap();
+    }
+    pool.close().await;
+    database
+}
+
+#[tokio::test]
+async fn migrating_sqlite_to_0014_keeps_the_current_version_of_each_module_approved() {
+    let (_dir, path) = sqlite_migrated_to(13, rows_before_0014("X'00'")).await;
     let store = SqliteStore::open(&path).await.unwrap();
     running_installs_keep_running_after_0014(&store).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrating_postgres_to_0014_keeps_the_current_version_of_each_module_approved() {
-    use sqlx::Executor;
-    let database = PostgresDatabase::create().await;
-    let pool = sqlx::PgPool::connect(&database.url).await.unwrap();
-    sqlx::migrate!("../migrations/postgres")
-        .run_to(13, &pool)
-        .await
-        .unwrap();
-    for statement in rows_before_0014("'\\x00'::bytea") {
-        pool.execute(sqlx::AssertSqlSafe(statement)).await.unwrap();
-    }
-    pool.close().await;
+    let database = postgres_migrated_to(13, rows_before_0014("'\\x00'::bytea")).await;
     let store = PostgresStore::connect(&database.url).await.unwrap();
     running_installs_keep_running_after_0014(&store).await;
 }
@@ -3673,38 +3689,14 @@ async fn large_job_inputs_from_before_0017_are_stored_once(store: &dyn Store) {
 
 #[tokio::test]
 async fn migrating_sqlite_to_0017_stores_large_job_inputs_once() {
-    use sqlx::Executor;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("runcell.db");
-    let options = sqlx::sqlite::SqliteConnectOptions::new()
-        .filename(&path)
-        .create_if_missing(true);
-    let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
-    sqlx::migrate!("../migrations/sqlite")
-        .run_to(16, &pool)
-        .await
-        .unwrap();
-    for statement in rows_before_0017("1") {
-        pool.execute(sqlx::AssertSqlSafe(statement)).await.unwrap();
-    }
-    pool.close().await;
+    let (_dir, path) = sqlite_migrated_to(16, rows_before_0017("1")).await;
     let store = SqliteStore::open(&path).await.unwrap();
     large_job_inputs_from_before_0017_are_stored_once(&store).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrating_postgres_to_0017_stores_large_job_inputs_once() {
-    use sqlx::Executor;
-    let database = PostgresDatabase::create().await;
-    let pool = sqlx::PgPool::connect(&database.url).await.unwrap();
-    sqlx::migrate!("../migrations/postgres")
-        .run_to(16, &pool)
-        .await
-        .unwrap();
-    for statement in rows_before_0017("true") {
-        pool.execute(sqlx::AssertSqlSafe(statement)).await.unwrap();
-    }
-    pool.close().await;
+    let database = postgres_migrated_to(16, rows_before_0017("true")).await;
     let store = PostgresStore::connect(&database.url).await.unwrap();
     large_job_inputs_from_before_0017_are_stored_once(&store).await;
 }
