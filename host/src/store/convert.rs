@@ -1,6 +1,6 @@
 //! Conversions every backend shares between domain values and what a database stores:
 //! errors, integers, JSON text, enumerations as text, pages. Pure functions; the
-//! mapping of whole rows stays with each backend, whose column types differ.
+//! mapping of whole rows is in `sql`.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt::Display;
@@ -379,7 +379,7 @@ pub(super) fn stored_inputs<'a>(
 }
 
 /// The hash of `text` if it is a large input, stored once; `None` for one kept inline.
-pub(super) fn large_input_hash(text: &str) -> Option<String> {
+fn large_input_hash(text: &str) -> Option<String> {
     (text.len() > INLINE_INPUT_MAX).then(|| input_hash(text))
 }
 

@@ -20,8 +20,12 @@ macro_rules! execution_input {
 }
 
 pub mod auth;
+#[cfg(test)]
+mod callers;
 mod convert;
 mod postgres;
+mod shared;
+mod sql;
 mod sqlite;
 #[cfg(test)]
 pub(crate) mod tests;
@@ -290,6 +294,17 @@ pub trait Store: Send + Sync + 'static {
     #[cfg(test)]
     async fn storage_counts(&self) -> Result<StorageCounts, StoreError>;
 
+    /// Samples of `module`'s metric `name` since `since`, oldest first; tests only
+    /// (the API reads metrics as series).
+    #[cfg(test)]
+    async fn metric_samples(
+        &self,
+        module: &str,
+        name: &str,
+        since: Millis,
+        limit: u32,
+    ) -> Result<Vec<MetricSample>, StoreError>;
+
     // ---- modules -------------------------------------------------------------------
 
     /// Records an uploaded version and makes it the module's current one, creating the
@@ -520,9 +535,6 @@ pub trait Store: Send + Sync + 'static {
         limit: u32,
     ) -> Result<Vec<String>, StoreError>;
 
-    /// The earliest `run_after` among queued executions, if any.
-    async fn next_queued_due(&self) -> Result<Option<Millis>, StoreError>;
-
     /// Running executions whose lease expired before `now`.
     async fn expired_executions(
         &self,
@@ -587,15 +599,6 @@ pub trait Store: Send + Sync + 'static {
         module: &str,
         samples: &[MetricSample],
     ) -> Result<(), StoreError>;
-
-    /// Samples of `module`'s metric `name` since `since`, oldest first.
-    async fn metric_samples(
-        &self,
-        module: &str,
-        name: &str,
-        since: Millis,
-        limit: u32,
-    ) -> Result<Vec<MetricSample>, StoreError>;
 
     // ---- nodes and leases ------------------------------------------------------------
 

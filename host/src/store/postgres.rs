@@ -1,6 +1,8 @@
-//! The distributed backend: one PostgreSQL database shared by every node. Owns the SQL
-//! for PostgreSQL and the mapping between rows and domain types; decides no policy (that
-//! is the services' job).
+//! The distributed backend: one PostgreSQL database shared by every node. Brings its
+//! connections and what PostgreSQL does its own way (the hot path's array statements,
+//! row locks, commit durability, the words of [`Sql`] it spells differently); the rest
+//! of the store is written once in `shared`. Decides no policy (that is the services'
+//! job).
 //!
 //! # Many nodes, one database
 //!
@@ -100,8 +102,6 @@
 //! rather than losing the whole record to an encoding error; key-value keys are bytes
 //! (see the migration) and keep it.
 
-mod auth;
-
 use std::borrow::Cow;
 use std::collections::HashSet;
 use std::str::FromStr;
@@ -111,25 +111,19 @@ use sqlx::migrate::Migrator;
 use sqlx::postgres::{
     PgBindIterExt, PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow, Postgres,
 };
-use sqlx::{ConnectOptions, Connection, QueryBuilder, Row};
+use sqlx::query::Query;
+use sqlx::{ConnectOptions, Connection, Pool, QueryBuilder, Transaction};
 
-use super::convert::{
-    StoredInput, approval_raced, claimed_in_given_order, code_approval, corrupt, db,
-    earlier_request, in_given_order, input_hash, int, is_unique_violation, json_text,
-    large_input_hash, last_update_per_job, page, page_fetch, parse_job_config, parse_level,
-    parse_status, parse_trigger, run_ids_json, stored_inputs, uploader,
+use super::convert::{StoredInput, corrupt, db, in_given_order, int, json_text, stored_inputs};
+use super::shared::{
+    Backend, adopt_large_job_inputs, claimed_columns, insert_inputs, int4, take_idempotency_key,
 };
+use super::sql::{BoxFuture, Sql, claimed_from_row};
 use super::{
-    CancelEffect, ClaimedExecution, EXPIRED_KEYS_PER_REQUEST, ExecutionFilter, INLINE_INPUT_MAX,
-    IdempotencyKey, LeaseToken, ManualOutcome, ManualRun, Retry, Settled, Store, StoreError,
-    VersionUpload, failpoint,
+    ClaimedExecution, ExecutionFilter, IdempotencyKey, ManualOutcome, ManualRun, Retry, StoreError,
+    failpoint,
 };
-use crate::domain::{
-    Event, Execution, ExecutionResult, ExecutionStatus, Job, JobConfig, LogEntry, Manifest,
-    MetricSample, Millis, ModuleRecord, ModuleStatus, ModuleVersion, NewExecution, NodeHeartbeat,
-    Page, PublisherKey, now_millis,
-};
-
+use crate::domain::{ExecutionResult, ExecutionStatus, Millis, NewExecution};
 /// Applied by [`PostgresStore::connect`]. Nodes starting together do not race on it:
 /// sqlx 0.9's PostgreSQL migrator (`Migrator::run`, locking on by default) takes
 /// `pg_advisory_lock` on a key derived from the database name before it reads the
@@ -157,68 +151,6 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// locks one statement holds and how large one message grows; per-statement overhead is
 /// already negligible at a few hundred rows.
 const MAX_ROWS: usize = 1_000;
-
-/// Columns of `executions` read into [`Execution`], in one place for every query.
-macro_rules! execution_columns {
-    () => {
-        concat!(
-            "id, job_id, module, job, status, trigger, attempt, retry_of, ",
-            execution_input!(),
-            ", result, error, error_kind, scheduled_at, run_after, cron_tick, event_id, \
-             created_at, started_at, finished_at, duration_ms, fuel_consumed, \
-             memory_peak_bytes, node_id, cancel_requested, cpu_time_ms"
-        )
-    };
-}
-
-/// The `WITH` clause that stores a job's input (parameter `$input`) once when it is
-/// large: `$hash` is its hash, NULL for an input kept inline only; `$now` the time. In
-/// the statement that writes the job, whose foreign key is checked at its end, when the
-/// body is there.
-macro_rules! store_job_input {
-    ($input:literal, $hash:literal, $now:literal) => {
-        concat!(
-            "WITH input AS ( \
-                 INSERT INTO execution_inputs (hash, body, created_at) \
-                 SELECT ",
-            $hash,
-            "::text, ",
-            $input,
-            ", ",
-            $now,
-            " WHERE ",
-            $hash,
-            "::text IS NOT NULL \
-                 ON CONFLICT DO NOTHING \
-             ) "
-        )
-    };
-}
-
-/// Columns of `jobs` read into [`Job`].
-macro_rules! job_columns {
-    () => {
-        "id, name, module, job, schedule, input, enabled, max_attempts, timeout_ms, fuel, \
-         memory_bytes, on_event, config, next_run_at, created_at, updated_at"
-    };
-}
-
-/// A module joined with its current version, read into [`ModuleRecord`].
-macro_rules! select_module {
-    () => {
-        "SELECT m.name AS name, m.status AS status, m.created_at AS created_at, \
-                m.updated_at AS updated_at, m.approved_capabilities AS approved_capabilities, \
-                v.version AS version, \
-                v.content_hash AS content_hash, v.size_bytes AS size_bytes, \
-                v.manifest AS manifest, v.uploaded_at AS uploaded_at, \
-                v.uploaded_by AS uploaded_by, v.uploader_role AS uploader_role, \
-                v.uploader_token AS uploader_token, v.signed_by AS signed_by, \
-                v.approved_at AS approved_at, v.approved_by AS approved_by, \
-                v.approved_key AS approved_key \
-         FROM modules m \
-         JOIN module_versions v ON v.module = m.name AND v.content_hash = m.current_hash"
-    };
-}
 
 /// The PostgreSQL store of a distributed deployment.
 #[derive(Debug, Clone)]
@@ -294,192 +226,16 @@ impl PostgresStore {
             .connect_with(options)
             .await
             .map_err(connect_error)?;
-        adopt_large_job_inputs(&pool).await?;
-        Ok(Self {
+        let store = Self {
             pool,
             claims,
             flushes,
-        })
-    }
-
-    /// The rows of manual runs of `job_id`, created in one transaction, or why none were
-    /// (see [`Store::enqueue_manual`]).
-    async fn create_manual(
-        &self,
-        job_id: &str,
-        runs: &[ManualRun],
-        now: Millis,
-        started_by: Option<(&str, Millis)>,
-        key: Option<&IdempotencyKey>,
-    ) -> Result<ManualOutcome<Vec<PgRow>>, StoreError> {
-        let inputs = stored_inputs(runs.iter().map(|run| run.input.as_deref()));
-        let mut created = Vec::with_capacity(runs.len());
-        // Started runs are claimed: committed as claims are (see "Durability" above).
-        let pool = if started_by.is_some() && self.flushes {
-            &self.claims
-        } else {
-            &self.pool
         };
-        let rows: Vec<_> = runs.iter().zip(&inputs.rows).collect();
-        // The common case, one statement: atomic by itself.
-        if runs.len() <= MAX_ROWS && inputs.bodies.is_empty() && key.is_none() {
-            let mut conn = pool.acquire().await.map_err(db)?;
-            created.extend(insert_manual(&mut conn, job_id, &rows, now, started_by).await?);
-            return Ok(if created.is_empty() {
-                ManualOutcome::NotRunnable
-            } else {
-                ManualOutcome::Created(created)
-            });
-        }
-        let mut tx = pool.begin().await.map_err(db)?;
-        if let Some(key) = key {
-            let status = if started_by.is_some() {
-                ExecutionStatus::Running
-            } else {
-                ExecutionStatus::Queued
-            };
-            if let Some(earlier) =
-                take_idempotency_key(&mut tx, key, job_id, runs, status, now).await?
-            {
-                return Ok(earlier);
-            }
-        }
-        // A statement of their own, before the runs: a body written by a `WITH` clause
-        // of the insert would be invisible to its `RETURNING`, which reads the input.
-        insert_inputs(&mut tx, &inputs.bodies, now).await?;
-        for chunk in rows.chunks(MAX_ROWS) {
-            let rows = insert_manual(&mut tx, job_id, chunk, now, started_by).await?;
-            // The job cannot run; later chunks would see the same job. Returning drops
-            // (rolls back) the transaction, with the key and the inputs written before.
-            if rows.is_empty() {
-                return Ok(ManualOutcome::NotRunnable);
-            }
-            created.extend(rows);
-        }
-        tx.commit().await.map_err(db)?;
-        Ok(ManualOutcome::Created(created))
+        // Nodes starting together may both store one input: the writes are the same and
+        // idempotent.
+        adopt_large_job_inputs(&store).await?;
+        Ok(store)
     }
-}
-
-/// Stores once the large inputs of jobs written before inputs were stored once
-/// (migration 0017), so that their manual runs refer to the input instead of copying
-/// it. Runs at every start; after the first, it finds nothing to do. Nodes starting
-/// together may both store one: the writes are the same and idempotent.
-async fn adopt_large_job_inputs(pool: &PgPool) -> Result<(), StoreError> {
-    let jobs: Vec<(String, String)> = sqlx::query_as(
-        "SELECT id, input FROM jobs WHERE input_hash IS NULL AND octet_length(input) > $1",
-    )
-    .bind(INLINE_INPUT_MAX as i64)
-    .fetch_all(pool)
-    .await
-    .map_err(db)?;
-    for (id, input) in jobs {
-        let hash = input_hash(&input);
-        let mut tx = pool.begin().await.map_err(db)?;
-        insert_inputs(&mut tx, &[(hash.clone(), input.as_str())], now_millis()).await?;
-        sqlx::query("UPDATE jobs SET input_hash = $1 WHERE id = $2 AND input = $3")
-            .bind(&hash)
-            .bind(&id)
-            .bind(&input)
-            .execute(&mut *tx)
-            .await
-            .map_err(db)?;
-        tx.commit().await.map_err(db)?;
-    }
-    Ok(())
-}
-
-/// Writes each of `bodies` (`(hash, body)`, see [`stored_inputs`]) to
-/// `execution_inputs` unless it is there already.
-async fn insert_inputs(
-    conn: &mut PgConnection,
-    bodies: &[(String, &str)],
-    now: Millis,
-) -> Result<(), StoreError> {
-    if bodies.is_empty() {
-        return Ok(());
-    }
-    sqlx::query(
-        "INSERT INTO execution_inputs (hash, body, created_at) \
-         SELECT hash, body, $3 FROM UNNEST($1::text[], $2::text[]) AS b (hash, body) \
-         ON CONFLICT DO NOTHING",
-    )
-    .bind(bodies.iter().map(|(hash, _)| hash.as_str()).bind_iter())
-    .bind(bodies.iter().map(|(_, body)| *body).bind_iter())
-    .bind(now)
-    .execute(conn)
-    .await
-    .map_err(db)?;
-    Ok(())
-}
-
-/// Takes idempotency key `key` for manual runs `runs` of `job_id` (answered with
-/// `status`), first deleting a few expired keys; `None` once taken, or what the
-/// earlier request that holds it means for this one. Only in the transaction that
-/// creates the runs. A concurrent request under the same key waits at the insert
-/// until this transaction ends: if it committed, that request finds the key taken and
-/// reads what this one created; if it rolled back, that request takes the key.
-async fn take_idempotency_key(
-    conn: &mut PgConnection,
-    key: &IdempotencyKey,
-    job_id: &str,
-    runs: &[ManualRun],
-    status: ExecutionStatus,
-    now: Millis,
-) -> Result<Option<ManualOutcome<Vec<PgRow>>>, StoreError> {
-    // `SKIP LOCKED`: requests pruning at once share the work instead of waiting for
-    // (or deadlocking on) each other's rows.
-    sqlx::query(
-        "DELETE FROM idempotency_keys WHERE key IN \
-             (SELECT key FROM idempotency_keys WHERE expires_at <= $1 \
-              ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED)",
-    )
-    .bind(now)
-    .bind(EXPIRED_KEYS_PER_REQUEST)
-    .execute(&mut *conn)
-    .await
-    .map_err(db)?;
-    // An expired row under the key (one the deletion above did not reach) is replaced.
-    let taken: Option<String> = sqlx::query_scalar(
-        "INSERT INTO idempotency_keys \
-             (key, fingerprint, job_id, execution_ids, status, created_at, expires_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7) \
-         ON CONFLICT (key) DO UPDATE SET fingerprint = EXCLUDED.fingerprint, \
-             job_id = EXCLUDED.job_id, execution_ids = EXCLUDED.execution_ids, \
-             status = EXCLUDED.status, created_at = EXCLUDED.created_at, \
-             expires_at = EXCLUDED.expires_at \
-         WHERE idempotency_keys.expires_at <= EXCLUDED.created_at \
-         RETURNING key",
-    )
-    .bind(pg_text(&key.key))
-    .bind(&key.fingerprint)
-    .bind(job_id)
-    .bind(run_ids_json(runs)?)
-    .bind(status.as_str())
-    .bind(now)
-    .bind(key.expires_at)
-    .fetch_optional(&mut *conn)
-    .await
-    .map_err(db)?;
-    if taken.is_some() {
-        return Ok(None);
-    }
-    let (fingerprint, execution_ids, status): (String, String, String) = sqlx::query_as(
-        "SELECT fingerprint, execution_ids, status FROM idempotency_keys WHERE key = $1",
-    )
-    .bind(pg_text(&key.key))
-    .fetch_one(&mut *conn)
-    .await
-    .map_err(db)?;
-    earlier_request(key, &fingerprint, &execution_ids, &status).map(Some)
-}
-
-// ---- conversions ---------------------------------------------------------------------
-
-/// PostgreSQL's INTEGER is signed 32-bit; a count above `i32::MAX` (never a real
-/// attempt number, log position or worker count) is stored as `i32::MAX`.
-fn int4(value: u32) -> i32 {
-    i32::try_from(value).unwrap_or(i32::MAX)
 }
 
 /// `text` as PostgreSQL can store it: NUL, which `TEXT` rejects, becomes U+FFFD.
@@ -503,232 +259,6 @@ fn prefix_upper_bound(prefix: &[u8]) -> Option<Vec<u8>> {
         }
     }
     None
-}
-
-/// Reads one column, reporting which one was wrong.
-fn col<'r, T>(row: &'r PgRow, name: &str) -> Result<T, StoreError>
-where
-    T: sqlx::Decode<'r, Postgres> + sqlx::Type<Postgres>,
-{
-    row.try_get(name).map_err(|err| corrupt(name, err))
-}
-
-fn col_u64(row: &PgRow, name: &str) -> Result<u64, StoreError> {
-    let value: i64 = col(row, name)?;
-    u64::try_from(value).map_err(|_| corrupt(name, format!("negative value {value}")))
-}
-
-fn col_opt_u64(row: &PgRow, name: &str) -> Result<Option<u64>, StoreError> {
-    let value: Option<i64> = col(row, name)?;
-    value
-        .map(|v| u64::try_from(v).map_err(|_| corrupt(name, format!("negative value {v}"))))
-        .transpose()
-}
-
-fn col_u32(row: &PgRow, name: &str) -> Result<u32, StoreError> {
-    let value: i32 = col(row, name)?;
-    u32::try_from(value).map_err(|_| corrupt(name, format!("negative value {value}")))
-}
-
-fn col_json<T: serde::de::DeserializeOwned>(row: &PgRow, name: &str) -> Result<T, StoreError> {
-    let text: &str = col(row, name)?;
-    serde_json::from_str(text).map_err(|err| corrupt(name, err))
-}
-
-fn col_config(row: &PgRow) -> Result<JobConfig, StoreError> {
-    parse_job_config(col(row, "config")?)
-}
-
-fn col_opt_json(row: &PgRow, name: &str) -> Result<Option<serde_json::Value>, StoreError> {
-    let text: Option<&str> = col(row, name)?;
-    text.map(|t| serde_json::from_str(t).map_err(|err| corrupt(name, err)))
-        .transpose()
-}
-
-fn module_from_row(row: &PgRow) -> Result<ModuleRecord, StoreError> {
-    let name: String = col(row, "name")?;
-    let status: &str = col(row, "status")?;
-    Ok(ModuleRecord {
-        status: ModuleStatus::parse(status)
-            .ok_or_else(|| corrupt("status", format!("unknown `{status}`")))?,
-        current: version_from_row(row, name.clone())?,
-        approved: col_json(row, "approved_capabilities")?,
-        created_at: col(row, "created_at")?,
-        updated_at: col(row, "updated_at")?,
-        name,
-    })
-}
-
-fn version_from_row(row: &PgRow, module: String) -> Result<ModuleVersion, StoreError> {
-    Ok(ModuleVersion {
-        module,
-        version: col(row, "version")?,
-        content_hash: col(row, "content_hash")?,
-        size_bytes: col_u64(row, "size_bytes")?,
-        manifest: col_json::<Manifest>(row, "manifest")?,
-        uploaded_at: col(row, "uploaded_at")?,
-        uploaded_by: uploader(
-            col(row, "uploaded_by")?,
-            col(row, "uploader_role")?,
-            col(row, "uploader_token")?,
-        )?,
-        signed_by: col(row, "signed_by")?,
-        approval: code_approval(
-            col(row, "approved_at")?,
-            col(row, "approved_by")?,
-            col(row, "approved_key")?,
-        ),
-    })
-}
-
-fn publisher_key_from_row(row: &PgRow) -> Result<PublisherKey, StoreError> {
-    Ok(PublisherKey {
-        id: col(row, "key_id")?,
-        public_key: col(row, "public_key")?,
-        comment: col(row, "comment")?,
-        pinned_by: col(row, "pinned_by")?,
-        pinned_at: col(row, "pinned_at")?,
-    })
-}
-
-fn job_from_row(row: &PgRow) -> Result<Job, StoreError> {
-    Ok(Job {
-        id: col(row, "id")?,
-        name: col(row, "name")?,
-        module: col(row, "module")?,
-        job: col(row, "job")?,
-        schedule: col(row, "schedule")?,
-        input: col_json(row, "input")?,
-        enabled: col(row, "enabled")?,
-        max_attempts: col_u32(row, "max_attempts")?,
-        timeout_ms: col_opt_u64(row, "timeout_ms")?,
-        fuel: col_opt_u64(row, "fuel")?,
-        memory_bytes: col_opt_u64(row, "memory_bytes")?,
-        on_event: col(row, "on_event")?,
-        config: col_config(row)?,
-        next_run_at: col(row, "next_run_at")?,
-        created_at: col(row, "created_at")?,
-        updated_at: col(row, "updated_at")?,
-    })
-}
-
-fn execution_from_row(row: &PgRow) -> Result<Execution, StoreError> {
-    Ok(Execution {
-        id: col(row, "id")?,
-        job_id: col(row, "job_id")?,
-        module: col(row, "module")?,
-        job: col(row, "job")?,
-        status: parse_status(col(row, "status")?)?,
-        trigger: parse_trigger(col(row, "trigger")?)?,
-        attempt: col_u32(row, "attempt")?,
-        retry_of: col(row, "retry_of")?,
-        input: col_json(row, "input")?,
-        result: col_opt_json(row, "result")?,
-        error: col(row, "error")?,
-        error_kind: col(row, "error_kind")?,
-        scheduled_at: col(row, "scheduled_at")?,
-        run_after: col(row, "run_after")?,
-        cron_tick: col(row, "cron_tick")?,
-        event_id: col(row, "event_id")?,
-        created_at: col(row, "created_at")?,
-        started_at: col(row, "started_at")?,
-        finished_at: col(row, "finished_at")?,
-        duration_ms: col(row, "duration_ms")?,
-        fuel_consumed: col_opt_u64(row, "fuel_consumed")?,
-        memory_peak_bytes: col_opt_u64(row, "memory_peak_bytes")?,
-        cpu_time_ms: col(row, "cpu_time_ms")?,
-        node_id: col(row, "node_id")?,
-        cancel_requested: col(row, "cancel_requested")?,
-    })
-}
-
-fn claimed_from_row(row: &PgRow) -> Result<ClaimedExecution, StoreError> {
-    Ok(ClaimedExecution {
-        id: col(row, "id")?,
-        job_id: col(row, "job_id")?,
-        attempt: col_u32(row, "attempt")?,
-        trigger: parse_trigger(col(row, "trigger")?)?,
-        retry_of: col(row, "retry_of")?,
-        input: col(row, "input")?,
-        scheduled_at: col(row, "scheduled_at")?,
-        job_revision: col(row, "job_revision")?,
-    })
-}
-
-fn log_from_row(row: &PgRow) -> Result<LogEntry, StoreError> {
-    let fields: Option<serde_json::Map<String, serde_json::Value>> = {
-        let text: Option<&str> = col(row, "fields")?;
-        text.map(|t| serde_json::from_str(t).map_err(|err| corrupt("fields", err)))
-            .transpose()?
-    };
-    Ok(LogEntry {
-        seq: col_u32(row, "seq")?,
-        ts_ms: col_u64(row, "ts")?,
-        level: parse_level(col(row, "level")?)?,
-        message: col(row, "message")?,
-        fields: fields.unwrap_or_default(),
-    })
-}
-
-fn event_from_row(row: &PgRow) -> Result<Event, StoreError> {
-    Ok(Event {
-        id: col(row, "id")?,
-        topic: col(row, "topic")?,
-        payload: col_json(row, "payload")?,
-        source: col(row, "source")?,
-        created_at: col(row, "created_at")?,
-    })
-}
-
-fn sample_from_row(row: &PgRow) -> Result<MetricSample, StoreError> {
-    Ok(MetricSample {
-        name: col(row, "name")?,
-        value: col(row, "value")?,
-        labels: col_json(row, "labels")?,
-        ts_ms: col(row, "ts")?,
-    })
-}
-
-fn node_from_row(row: &PgRow) -> Result<NodeHeartbeat, StoreError> {
-    Ok(NodeHeartbeat {
-        node_id: col(row, "node_id")?,
-        started_at: col(row, "started_at")?,
-        last_heartbeat_at: col(row, "last_heartbeat_at")?,
-        workers: col_u32(row, "workers")?,
-        running: col_u32(row, "running")?,
-        version: col(row, "version")?,
-    })
-}
-
-/// The module called `name` with its current version, read on `conn` (which may be in
-/// a transaction).
-async fn fetch_module(
-    conn: &mut PgConnection,
-    name: &str,
-) -> Result<Option<ModuleRecord>, StoreError> {
-    sqlx::query(concat!(select_module!(), " WHERE m.name = $1"))
-        .bind(name)
-        .fetch_optional(conn)
-        .await
-        .map_err(db)?
-        .as_ref()
-        .map(module_from_row)
-        .transpose()
-}
-
-/// A failed job write as the service needs it: a taken name is a `Conflict` that names
-/// the name.
-fn job_conflict(job: &Job, err: sqlx::Error) -> StoreError {
-    if is_unique_violation(&err) {
-        match &err {
-            sqlx::Error::Database(e) if e.constraint() == Some("jobs_name_unique") => {
-                StoreError::Conflict(format!("a job named `{}` already exists", job.name))
-            }
-            _ => StoreError::Conflict(format!("a job with id `{}` already exists", job.id)),
-        }
-    } else {
-        db(err)
-    }
 }
 
 /// The order enqueuers insert rows in, the same on every node: rows that may collide
@@ -801,10 +331,8 @@ const START_MANUAL: &str = concat!(
     manual_run_input!(),
     ", $4, $4, $4, $4, $6, $7",
     runnable_manual_runs!(),
-    "RETURNING id, job_id, attempt, trigger, retry_of, ",
-    execution_input!(),
-    ", scheduled_at, \
-         (SELECT revision FROM jobs WHERE jobs.id = executions.job_id) AS job_revision"
+    "RETURNING ",
+    claimed_columns!()
 );
 
 /// Creates up to [`MAX_ROWS`] manual runs, each with its input as stored, queued or,
@@ -837,34 +365,6 @@ async fn insert_manual(
         query = query.bind(node_id).bind(lease_until);
     }
     query.fetch_all(conn).await.map_err(db)
-}
-
-/// Pushes the statement listing one page (`fetch` rows) of the executions `filter`
-/// selects, newest first, after `cursor`.
-fn push_list_executions(
-    query: &mut QueryBuilder<Postgres>,
-    filter: &ExecutionFilter,
-    cursor: Option<&str>,
-    fetch: i64,
-) {
-    query.push(concat!(
-        "SELECT ",
-        execution_columns!(),
-        " FROM executions WHERE true"
-    ));
-    if let Some(job_id) = &filter.job_id {
-        query.push(" AND job_id = ").push_bind(job_id.as_str());
-    }
-    if let Some(status) = filter.status {
-        // A literal, not a parameter: only then can the planner see that the query
-        // implies a partial index's predicate (the migration lists which serves
-        // which status). The value is one of our own constants.
-        query.push(format_args!(" AND status = '{}'", status.as_str()));
-    }
-    if let Some(cursor) = cursor {
-        query.push(" AND id < ").push_bind(cursor);
-    }
-    query.push(" ORDER BY id DESC LIMIT ").push_bind(fetch);
 }
 
 /// Creates the queued executions of `batch` (at most [`MAX_ROWS`]) and returns the ids
@@ -1021,7 +521,21 @@ async fn record_batch(
 }
 
 #[async_trait::async_trait]
-impl Store for PostgresStore {
+impl Backend for PostgresStore {
+    type Db = Postgres;
+
+    fn reader(&self) -> &Pool<Postgres> {
+        &self.pool
+    }
+
+    fn writer(&self) -> &Pool<Postgres> {
+        &self.pool
+    }
+
+    async fn begin(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
+        self.pool.begin().await.map_err(db)
+    }
+
     #[cfg(test)]
     async fn storage_counts(&self) -> Result<super::StorageCounts, StoreError> {
         let (inline_input_bytes, stored_inputs, stored_input_bytes, idempotency_keys) =
@@ -1042,520 +556,16 @@ impl Store for PostgresStore {
         })
     }
 
-    async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1")
-            .execute(&self.pool)
-            .await
-            .map_err(db)?;
-        Ok(())
-    }
-
-    // ---- modules -------------------------------------------------------------------
-
-    async fn install_module_version(
-        &self,
-        manifest: &Manifest,
-        content_hash: &str,
-        wasm: &[u8],
-        upload: &VersionUpload,
-        now: Millis,
-    ) -> Result<ModuleRecord, StoreError> {
-        let manifest_json = json_text("manifest", manifest)?;
-        let mut tx = self.pool.begin().await.map_err(db)?;
-        let approval = match &upload.approval {
-            Some(approval) if approval.key.is_some() => {
-                // A key unpinned since the upload was checked approves nothing; the share
-                // lock makes an unpinning that races this upload wait, then withdraw
-                // what this upload recorded.
-                let pinned: Option<i32> = sqlx::query_scalar(
-                    "SELECT 1 FROM module_publisher_keys WHERE module = $1 AND key_id = $2 \
-                     FOR SHARE",
-                )
-                .bind(&manifest.name)
-                .bind(&approval.key)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(db)?;
-                pinned.and(Some(approval))
-            }
-            other => other.as_ref(),
-        };
-        let uploader = upload.uploaded_by.as_ref();
-        sqlx::query(
-            "INSERT INTO module_blobs (content_hash, bytes) VALUES ($1, $2) \
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(content_hash)
-        .bind(wasm)
-        .execute(&mut *tx)
-        .await
-        .map_err(db)?;
-        // A new module starts enabled; an existing one keeps its status and switches
-        // its current version.
-        sqlx::query(
-            "INSERT INTO modules (name, status, current_hash, created_at, updated_at) \
-             VALUES ($1, 'ENABLED', $2, $3, $3) \
-             ON CONFLICT (name) DO UPDATE SET \
-                 current_hash = excluded.current_hash, updated_at = excluded.updated_at",
-        )
-        .bind(&manifest.name)
-        .bind(content_hash)
-        .bind(now)
-        .execute(&mut *tx)
-        .await
-        .map_err(db)?;
-        // Bytes this module already had: the existing version row stays as it was, but
-        // gains the approval this upload brings if it had none.
-        sqlx::query(
-            "INSERT INTO module_versions \
-                 (module, version, content_hash, size_bytes, manifest, uploaded_at, \
-                  uploaded_by, uploader_role, uploader_token, signed_by, \
-                  approved_at, approved_by, approved_key) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
-             ON CONFLICT (module, content_hash) DO UPDATE SET \
-                 approved_by = CASE WHEN module_versions.approved_at IS NULL \
-                     THEN excluded.approved_by ELSE module_versions.approved_by END, \
-                 approved_key = CASE WHEN module_versions.approved_at IS NULL \
-                     THEN excluded.approved_key ELSE module_versions.approved_key END, \
-                 approved_at = COALESCE(module_versions.approved_at, excluded.approved_at)",
-        )
-        .bind(&manifest.name)
-        .bind(&manifest.version)
-        .bind(content_hash)
-        .bind(int(wasm.len() as u64))
-        .bind(manifest_json)
-        .bind(now)
-        .bind(uploader.map(|u| u.username.as_str()))
-        .bind(uploader.map(|u| u.role.as_str()))
-        .bind(uploader.and_then(|u| u.token.as_deref()))
-        .bind(upload.signed_by.as_deref())
-        .bind(approval.map(|a| a.at))
-        .bind(approval.map(|a| a.by.as_str()))
-        .bind(approval.and_then(|a| a.key.as_deref()))
-        .execute(&mut *tx)
-        .await
-        .map_err(db)?;
-        let record = fetch_module(&mut tx, &manifest.name)
-            .await?
-            .ok_or_else(|| {
-                StoreError::Database(format!(
-                    "module `{}` vanished while installing",
-                    manifest.name
-                ))
-            })?;
-        tx.commit().await.map_err(db)?;
-        Ok(record)
-    }
-
-    async fn get_module(&self, name: &str) -> Result<Option<ModuleRecord>, StoreError> {
-        let mut conn = self.pool.acquire().await.map_err(db)?;
-        fetch_module(&mut conn, name).await
-    }
-
-    async fn list_modules(&self) -> Result<Vec<ModuleRecord>, StoreError> {
-        sqlx::query(concat!(select_module!(), " ORDER BY m.name"))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db)?
-            .iter()
-            .map(module_from_row)
-            .collect()
-    }
-
-    async fn list_module_versions(&self, name: &str) -> Result<Vec<ModuleVersion>, StoreError> {
-        sqlx::query(
-            "SELECT version, content_hash, size_bytes, manifest, uploaded_at, uploaded_by, \
-                    uploader_role, uploader_token, signed_by, approved_at, approved_by, \
-                    approved_key \
-             FROM module_versions WHERE module = $1 \
-             ORDER BY uploaded_at DESC, seq DESC",
-        )
-        .bind(name)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db)?
-        .iter()
-        .map(|row| version_from_row(row, name.to_owned()))
-        .collect()
-    }
-
-    async fn set_module_status(
-        &self,
-        name: &str,
-        status: ModuleStatus,
-        now: Millis,
-    ) -> Result<Option<ModuleRecord>, StoreError> {
-        let mut tx = self.pool.begin().await.map_err(db)?;
-        let updated =
-            sqlx::query("UPDATE modules SET status = $1, updated_at = $2 WHERE name = $3")
-                .bind(status.as_str())
-                .bind(now)
-                .bind(name)
-                .execute(&mut *tx)
-                .await
-                .map_err(db)?
-                .rows_affected();
-        if updated == 0 {
-            return Ok(None);
-        }
-        let record = fetch_module(&mut tx, name).await?;
-        tx.commit().await.map_err(db)?;
-        Ok(record)
-    }
-
-    async fn approve_module_version(
-        &self,
-        name: &str,
-        content_hash: &str,
-        capabilities: &crate::domain::Capabilities,
-        approver: &str,
-        now: Millis,
-    ) -> Result<Option<ModuleRecord>, StoreError> {
-        let mut tx = self.pool.begin().await.map_err(db)?;
-        // Locked: an upload racing this approval waits, then finds it done.
-        let current: Option<String> =
-            sqlx::query_scalar("SELECT current_hash FROM modules WHERE name = $1 FOR UPDATE")
-                .bind(name)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(db)?;
-        match current {
-            None => return Ok(None),
-            Some(current) if current != content_hash => {
-                return Err(approval_raced(name, content_hash, &current));
-            }
-            Some(_) => {}
-        }
-        sqlx::query(
-            "UPDATE modules SET approved_capabilities = $1, updated_at = $2 WHERE name = $3",
-        )
-        .bind(json_text("approved_capabilities", capabilities)?)
-        .bind(now)
-        .bind(name)
-        .execute(&mut *tx)
-        .await
-        .map_err(db)?;
-        sqlx::query(
-            "UPDATE module_versions SET approved_at = $1, approved_by = $2, approved_key = NULL \
-             WHERE module = $3 AND content_hash = $4 AND approved_at IS NULL",
-        )
-        .bind(now)
-        .bind(approver)
-        .bind(name)
-        .bind(content_hash)
-        .execute(&mut *tx)
-        .await
-        .map_err(db)?;
-        let record = fetch_module(&mut tx, name).await?;
-        tx.commit().await.map_err(db)?;
-        Ok(record)
-    }
-
-    async fn pin_publisher_key(
-        &self,
-        name: &str,
-        key: &PublisherKey,
-    ) -> Result<Option<PublisherKey>, StoreError> {
-        let mut tx = self.pool.begin().await.map_err(db)?;
-        // Inserted only if the module exists (the foreign key would fail loudly).
-        sqlx::query(
-            "INSERT INTO module_publisher_keys \
-                 (module, key_id, public_key, comment, pinned_by, pinned_at) \
-             SELECT name, $1, $2, $3, $4, $5 FROM modules WHERE name = $6 \
-             ON CONFLICT (module, key_id) DO UPDATE SET comment = excluded.comment",
-        )
-        .bind(&key.id)
-        .bind(&key.public_key)
-        .bind(&key.comment)
-        .bind(&key.pinned_by)
-        .bind(key.pinned_at)
-        .bind(name)
-        .execute(&mut *tx)
-        .await
-        .map_err(db)?;
-        let stored = sqlx::query(
-            "SELECT key_id, public_key, comment, pinned_by, pinned_at \
-             FROM module_publisher_keys WHERE module = $1 AND key_id = $2",
-        )
-        .bind(name)
-        .bind(&key.id)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(db)?
-        .as_ref()
-        .map(publisher_key_from_row)
-        .transpose()?;
-        tx.commit().await.map_err(db)?;
-        Ok(stored)
-    }
-
-    async fn unpin_publisher_key(&self, name: &str, key_id: &str) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await.map_err(db)?;
-        let deleted =
-            sqlx::query("DELETE FROM module_publisher_keys WHERE module = $1 AND key_id = $2")
-                .bind(name)
-                .bind(key_id)
-                .execute(&mut *tx)
-                .await
-                .map_err(db)?
-                .rows_affected();
-        if deleted == 0 {
-            return Ok(false);
-        }
-        sqlx::query(
-            "UPDATE module_versions SET approved_at = NULL, approved_by = NULL, approved_key = NULL \
-             WHERE module = $1 AND approved_key = $2",
-        )
-        .bind(name)
-        .bind(key_id)
-        .execute(&mut *tx)
-        .await
-        .map_err(db)?;
-        tx.commit().await.map_err(db)?;
-        Ok(true)
-    }
-
-    async fn publisher_keys(&self, name: &str) -> Result<Vec<PublisherKey>, StoreError> {
-        sqlx::query(
-            "SELECT key_id, public_key, comment, pinned_by, pinned_at \
-             FROM module_publisher_keys WHERE module = $1 ORDER BY pinned_at, key_id",
-        )
-        .bind(name)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db)?
-        .iter()
-        .map(publisher_key_from_row)
-        .collect()
-    }
-
-    async fn delete_module(&self, name: &str, with_jobs: bool) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await.map_err(db)?;
-        // Its versions go with it (ON DELETE CASCADE).
-        let deleted = sqlx::query("DELETE FROM modules WHERE name = $1")
-            .bind(name)
-            .execute(&mut *tx)
-            .await
-            .map_err(db)?
-            .rows_affected();
-        if deleted == 0 {
-            return Ok(false);
-        }
-        sqlx::query("DELETE FROM kv WHERE module = $1")
-            .bind(name)
-            .execute(&mut *tx)
-            .await
-            .map_err(db)?;
-        if with_jobs {
-            sqlx::query("DELETE FROM jobs WHERE module = $1")
-                .bind(name)
-                .execute(&mut *tx)
-                .await
-                .map_err(db)?;
-        }
-        // Bytes no other module's version shares are garbage now. A concurrent install
-        // of the same bytes holds a key-share lock on the blob through its foreign key,
-        // so the blob is either kept for it or the install fails; never a dangling row.
-        sqlx::query(
-            "DELETE FROM module_blobs WHERE NOT EXISTS \
-                 (SELECT 1 FROM module_versions v WHERE v.content_hash = module_blobs.content_hash)",
-        )
-        .execute(&mut *tx)
-        .await
-        .map_err(db)?;
-        tx.commit().await.map_err(db)?;
-        Ok(true)
-    }
-
-    async fn module_wasm(&self, content_hash: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        sqlx::query_scalar("SELECT bytes FROM module_blobs WHERE content_hash = $1")
-            .bind(content_hash)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db)
-    }
-
-    async fn jobs_using_module(&self, name: &str) -> Result<Vec<String>, StoreError> {
-        sqlx::query_scalar("SELECT name FROM jobs WHERE module = $1 ORDER BY name")
-            .bind(name)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db)
-    }
-
-    // ---- jobs ----------------------------------------------------------------------
-
-    async fn insert_job(&self, job: &Job) -> Result<(), StoreError> {
-        let input = json_text("input", &job.input)?;
-        sqlx::query(concat!(
-            store_job_input!("$6", "$17", "$16"),
-            "INSERT INTO jobs (",
-            job_columns!(),
-            ", input_hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, \
-             $14, $15, $16, $17)"
-        ))
-        .bind(&job.id)
-        .bind(&job.name)
-        .bind(&job.module)
-        .bind(&job.job)
-        .bind(&job.schedule)
-        .bind(&input)
-        .bind(job.enabled)
-        .bind(int4(job.max_attempts))
-        .bind(job.timeout_ms.map(int))
-        .bind(job.fuel.map(int))
-        .bind(job.memory_bytes.map(int))
-        .bind(&job.on_event)
-        .bind(job.config.to_stored_json())
-        .bind(job.next_run_at)
-        .bind(job.created_at)
-        .bind(job.updated_at)
-        .bind(large_input_hash(&input))
-        .execute(&self.pool)
-        .await
-        .map_err(|err| job_conflict(job, err))?;
-        Ok(())
-    }
-
-    async fn get_job(&self, id: &str) -> Result<Option<Job>, StoreError> {
-        sqlx::query(concat!(
-            "SELECT ",
-            job_columns!(),
-            " FROM jobs WHERE id = $1"
-        ))
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(db)?
-        .as_ref()
-        .map(job_from_row)
-        .transpose()
-    }
-
-    async fn get_jobs(&self, ids: &[String]) -> Result<Vec<Job>, StoreError> {
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        sqlx::query(concat!(
-            "SELECT ",
-            job_columns!(),
-            " FROM jobs WHERE id = ANY($1) ORDER BY id"
-        ))
-        .bind(ids)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db)?
-        .iter()
-        .map(job_from_row)
-        .collect()
-    }
-
-    async fn list_jobs(&self, cursor: Option<&str>, limit: u32) -> Result<Page<Job>, StoreError> {
-        let (limit, fetch) = page_fetch(limit);
-        let mut query =
-            QueryBuilder::<Postgres>::new(concat!("SELECT ", job_columns!(), " FROM jobs"));
-        if let Some(cursor) = cursor {
-            query.push(" WHERE id > ").push_bind(cursor);
-        }
-        query.push(" ORDER BY id LIMIT ").push_bind(fetch);
-        let rows = query.build().fetch_all(&self.pool).await.map_err(db)?;
-        let jobs = rows.iter().map(job_from_row).collect::<Result<_, _>>()?;
-        Ok(page(jobs, limit, |job: &Job| &job.id))
-    }
-
-    async fn update_job(&self, job: &Job) -> Result<bool, StoreError> {
-        let input = json_text("input", &job.input)?;
-        let updated = sqlx::query(concat!(
-            store_job_input!("$5", "$16", "$14"),
-            "UPDATE jobs SET name = $1, module = $2, job = $3, schedule = $4, input = $5, \
-                 enabled = $6, max_attempts = $7, timeout_ms = $8, fuel = $9, \
-                 memory_bytes = $10, on_event = $11, config = $12, next_run_at = $13, \
-                 updated_at = $14, revision = revision + 1, input_hash = $16 \
-             WHERE id = $15"
-        ))
-        .bind(&job.name)
-        .bind(&job.module)
-        .bind(&job.job)
-        .bind(&job.schedule)
-        .bind(&input)
-        .bind(job.enabled)
-        .bind(int4(job.max_attempts))
-        .bind(job.timeout_ms.map(int))
-        .bind(job.fuel.map(int))
-        .bind(job.memory_bytes.map(int))
-        .bind(&job.on_event)
-        .bind(job.config.to_stored_json())
-        .bind(job.next_run_at)
-        .bind(job.updated_at)
-        .bind(&job.id)
-        .bind(large_input_hash(&input))
-        .execute(&self.pool)
-        .await
-        .map_err(|err| job_conflict(job, err))?
-        .rows_affected();
-        Ok(updated > 0)
-    }
-
-    async fn delete_job(&self, id: &str) -> Result<bool, StoreError> {
-        let deleted = sqlx::query("DELETE FROM jobs WHERE id = $1")
-            .bind(id)
-            .execute(&self.pool)
-            .await
-            .map_err(db)?
-            .rows_affected();
-        Ok(deleted > 0)
-    }
-
-    async fn due_scheduled_jobs(&self, now: Millis) -> Result<Vec<Job>, StoreError> {
-        sqlx::query(concat!(
-            "SELECT ",
-            job_columns!(),
-            " FROM jobs WHERE enabled AND schedule IS NOT NULL AND next_run_at <= $1 \
-              ORDER BY next_run_at, id"
-        ))
-        .bind(now)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db)?
-        .iter()
-        .map(job_from_row)
-        .collect()
-    }
-
-    async fn set_job_next_run(
-        &self,
-        id: &str,
-        next_run_at: Option<Millis>,
-    ) -> Result<(), StoreError> {
-        sqlx::query("UPDATE jobs SET next_run_at = $1 WHERE id = $2")
-            .bind(next_run_at)
-            .bind(id)
-            .execute(&self.pool)
-            .await
-            .map_err(db)?;
-        Ok(())
-    }
-
-    async fn event_subscribed_jobs(&self) -> Result<Vec<Job>, StoreError> {
-        sqlx::query(concat!(
-            "SELECT ",
-            job_columns!(),
-            " FROM jobs WHERE enabled AND on_event IS NOT NULL ORDER BY id"
-        ))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db)?
-        .iter()
-        .map(job_from_row)
-        .collect()
-    }
-
-    // ---- executions ----------------------------------------------------------------
-
-    async fn enqueue_executions(
-        &self,
-        executions: &[NewExecution],
+    async fn insert_executions(
+        conn: &mut PgConnection,
+        batch: &[&NewExecution],
     ) -> Result<Vec<String>, StoreError> {
+        let mut batch = batch.to_vec();
+        batch.sort_by(|a, b| insertion_order(a).cmp(&insertion_order(b)));
+        insert_executions(conn, &batch).await
+    }
+
+    async fn enqueue(&self, executions: &[NewExecution]) -> Result<Vec<String>, StoreError> {
         if executions.is_empty() {
             return Ok(Vec::new());
         }
@@ -1576,56 +586,63 @@ impl Store for PostgresStore {
         Ok(in_given_order(executions.iter().map(|e| &e.id), created))
     }
 
-    async fn enqueue_manual(
+    async fn create_manual(
         &self,
         job_id: &str,
         runs: &[ManualRun],
         now: Millis,
+        started_by: Option<(&str, Millis)>,
         key: Option<&IdempotencyKey>,
-    ) -> Result<ManualOutcome<Vec<String>>, StoreError> {
-        self.create_manual(job_id, runs, now, None, key)
-            .await?
-            .try_map(|rows| {
-                let created = rows
-                    .iter()
-                    .map(|row| col(row, "id"))
-                    .collect::<Result<HashSet<String>, _>>()?;
-                Ok(in_given_order(runs.iter().map(|run| &run.id), created))
-            })
-    }
-
-    async fn start_manual(
-        &self,
-        job_id: &str,
-        runs: &[ManualRun],
-        now: Millis,
-        node_id: &str,
-        lease_until: Millis,
-        key: Option<&IdempotencyKey>,
-    ) -> Result<ManualOutcome<Vec<ClaimedExecution>>, StoreError> {
-        let started_by = Some((node_id, lease_until));
-        self.create_manual(job_id, runs, now, started_by, key)
-            .await?
-            .try_map(|rows| {
-                let started = rows
-                    .iter()
-                    .map(claimed_from_row)
-                    .collect::<Result<Vec<_>, _>>()?;
-                Ok(claimed_in_given_order(runs, started))
-            })
-    }
-
-    async fn flush(&self) -> Result<(), StoreError> {
-        if self.flushes {
-            sqlx::query("SELECT pg_logical_emit_message(true, 'runcell', '')")
-                .execute(&self.pool)
-                .await
-                .map_err(db)?;
+    ) -> Result<ManualOutcome<Vec<PgRow>>, StoreError> {
+        let inputs = stored_inputs(runs.iter().map(|run| run.input.as_deref()));
+        let mut created = Vec::with_capacity(runs.len());
+        // Started runs are claimed: committed as claims are (see "Durability" above).
+        let pool = if started_by.is_some() && self.flushes {
+            &self.claims
+        } else {
+            &self.pool
+        };
+        let rows: Vec<_> = runs.iter().zip(&inputs.rows).collect();
+        // The common case, one statement: atomic by itself.
+        if runs.len() <= MAX_ROWS && inputs.bodies.is_empty() && key.is_none() {
+            let mut conn = pool.acquire().await.map_err(db)?;
+            created.extend(insert_manual(&mut conn, job_id, &rows, now, started_by).await?);
+            return Ok(if created.is_empty() {
+                ManualOutcome::NotRunnable
+            } else {
+                ManualOutcome::Created(created)
+            });
         }
-        Ok(())
+        let mut tx = pool.begin().await.map_err(db)?;
+        if let Some(key) = key {
+            let status = if started_by.is_some() {
+                ExecutionStatus::Running
+            } else {
+                ExecutionStatus::Queued
+            };
+            if let Some(earlier) =
+                take_idempotency_key::<Postgres>(&mut tx, key, job_id, runs, status, now).await?
+            {
+                return Ok(earlier);
+            }
+        }
+        // A statement of their own, before the runs: a body written by a `WITH` clause
+        // of the insert would be invisible to its `RETURNING`, which reads the input.
+        insert_inputs::<Postgres>(&mut tx, &inputs.bodies, now).await?;
+        for chunk in rows.chunks(MAX_ROWS) {
+            let rows = insert_manual(&mut tx, job_id, chunk, now, started_by).await?;
+            // The job cannot run; later chunks would see the same job. Returning drops
+            // (rolls back) the transaction, with the key and the inputs written before.
+            if rows.is_empty() {
+                return Ok(ManualOutcome::NotRunnable);
+            }
+            created.extend(rows);
+        }
+        tx.commit().await.map_err(db)?;
+        Ok(ManualOutcome::Created(created))
     }
 
-    async fn claim_executions(
+    async fn claim(
         &self,
         ids: &[String],
         node_id: &str,
@@ -1654,28 +671,7 @@ impl Store for PostgresStore {
         Ok(claimed)
     }
 
-    async fn renew_leases(
-        &self,
-        ids: &[String],
-        node_id: &str,
-        lease_until: Millis,
-    ) -> Result<(), StoreError> {
-        for chunk in ids.chunks(MAX_ROWS) {
-            sqlx::query(
-                "UPDATE executions SET lease_expires_at = $1 \
-                 WHERE id = ANY($2) AND (status || '') = 'RUNNING' AND node_id = $3",
-            )
-            .bind(lease_until)
-            .bind(chunk)
-            .bind(node_id)
-            .execute(&self.pool)
-            .await
-            .map_err(db)?;
-        }
-        Ok(())
-    }
-
-    async fn record_results(
+    async fn record(
         &self,
         results: &[ExecutionResult],
         retries: &[Retry],
@@ -1724,384 +720,30 @@ impl Store for PostgresStore {
             .collect())
     }
 
-    async fn requeue_executions(&self, ids: &[String]) -> Result<(), StoreError> {
-        if ids.is_empty() {
-            return Ok(());
-        }
-        let now = now_millis();
-        let mut tx = self.pool.begin().await.map_err(db)?;
-        for chunk in ids.chunks(MAX_ROWS) {
-            // Requeued, unless someone asked it to stop: a queued row with the flag set
-            // would never be claimed again, so it ends cancelled instead.
-            sqlx::query(
-                "UPDATE executions SET \
-                     status = CASE WHEN cancel_requested THEN 'CANCELLED' ELSE 'QUEUED' END, \
-                     finished_at = CASE WHEN cancel_requested THEN $1 END, \
-                     error = CASE WHEN cancel_requested THEN 'cancelled' END, \
-                     error_kind = CASE WHEN cancel_requested THEN 'CANCELLED' END, \
-                     started_at = CASE WHEN cancel_requested THEN started_at END, \
-                     node_id = NULL, lease_expires_at = NULL \
-                 WHERE id = ANY($2) AND (status || '') = 'RUNNING'",
-            )
-            .bind(now)
-            .bind(chunk)
-            .execute(&mut *tx)
-            .await
-            .map_err(db)?;
-        }
-        tx.commit().await.map_err(db)?;
-        Ok(())
-    }
-
-    async fn get_execution(&self, id: &str) -> Result<Option<Execution>, StoreError> {
-        sqlx::query(concat!(
-            "SELECT ",
-            execution_columns!(),
-            " FROM executions WHERE id = $1"
-        ))
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(db)?
-        .as_ref()
-        .map(execution_from_row)
-        .transpose()
-    }
-
-    async fn list_executions(
-        &self,
-        filter: &ExecutionFilter,
-        cursor: Option<&str>,
-        limit: u32,
-    ) -> Result<Page<Execution>, StoreError> {
-        let (limit, fetch) = page_fetch(limit);
-        let mut query = QueryBuilder::<Postgres>::new("");
-        push_list_executions(&mut query, filter, cursor, fetch);
-        let rows = query.build().fetch_all(&self.pool).await.map_err(db)?;
-        let executions = rows
-            .iter()
-            .map(execution_from_row)
-            .collect::<Result<_, _>>()?;
-        Ok(page(executions, limit, |e: &Execution| &e.id))
-    }
-
-    async fn execution_logs(
-        &self,
-        id: &str,
-        after: Option<u32>,
-        limit: u32,
-    ) -> Result<Vec<LogEntry>, StoreError> {
-        sqlx::query(
-            "SELECT seq, ts, level, message, fields FROM execution_logs \
-             WHERE execution_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
-        )
-        .bind(id)
-        .bind(after.map_or(-1, i64::from))
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db)?
-        .iter()
-        .map(log_from_row)
-        .collect()
-    }
-
-    async fn cancel_execution(&self, id: &str, now: Millis) -> Result<CancelEffect, StoreError> {
-        let mut tx = self.pool.begin().await.map_err(db)?;
-        // Locked, so a claim running now either took it before (and it is flagged) or
-        // skips it and finds it cancelled.
-        let status: Option<String> =
-            sqlx::query_scalar("SELECT status FROM executions WHERE id = $1 FOR UPDATE")
-                .bind(id)
-                .fetch_optional(&mut *tx)
+    async fn flush_commits(&self) -> Result<(), StoreError> {
+        if self.flushes {
+            sqlx::query("SELECT pg_logical_emit_message(true, 'runcell', '')")
+                .execute(&self.pool)
                 .await
                 .map_err(db)?;
-        let Some(status) = status else {
-            return Ok(CancelEffect::NotFound);
-        };
-        let effect = match parse_status(&status)? {
-            ExecutionStatus::Queued => {
-                sqlx::query(
-                    "UPDATE executions SET status = 'CANCELLED', finished_at = $1, \
-                         error = 'cancelled before it started', error_kind = 'CANCELLED' \
-                     WHERE id = $2",
-                )
-                .bind(now)
-                .bind(id)
-                .execute(&mut *tx)
-                .await
-                .map_err(db)?;
-                CancelEffect::CancelledQueued
-            }
-            ExecutionStatus::Running => {
-                sqlx::query("UPDATE executions SET cancel_requested = true WHERE id = $1")
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db)?;
-                CancelEffect::FlaggedRunning
-            }
-            final_status => CancelEffect::AlreadyFinal(final_status),
-        };
-        tx.commit().await.map_err(db)?;
-        Ok(effect)
-    }
-
-    async fn cancel_requested(&self, ids: &[String]) -> Result<Vec<String>, StoreError> {
-        let mut flagged = Vec::new();
-        for chunk in ids.chunks(MAX_ROWS) {
-            let ids: Vec<String> = sqlx::query_scalar(
-                "SELECT id FROM executions \
-                 WHERE id = ANY($1) AND (status || '') = 'RUNNING' AND cancel_requested",
-            )
-            .bind(chunk)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db)?;
-            flagged.extend(ids);
-        }
-        Ok(flagged)
-    }
-
-    async fn due_queued_executions(
-        &self,
-        now: Millis,
-        limit: u32,
-    ) -> Result<Vec<String>, StoreError> {
-        sqlx::query_scalar(
-            "SELECT id FROM executions \
-             WHERE status = 'QUEUED' AND run_after <= $1 AND NOT cancel_requested \
-             ORDER BY run_after, id LIMIT $2",
-        )
-        .bind(now)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db)
-    }
-
-    async fn next_queued_due(&self) -> Result<Option<Millis>, StoreError> {
-        sqlx::query_scalar("SELECT MIN(run_after) FROM executions WHERE status = 'QUEUED'")
-            .fetch_one(&self.pool)
-            .await
-            .map_err(db)
-    }
-
-    async fn expired_executions(
-        &self,
-        now: Millis,
-        limit: u32,
-    ) -> Result<Vec<Execution>, StoreError> {
-        sqlx::query(concat!(
-            "SELECT ",
-            execution_columns!(),
-            " FROM executions WHERE status = 'RUNNING' AND lease_expires_at < $1 \
-              ORDER BY lease_expires_at, id LIMIT $2"
-        ))
-        .bind(now)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db)?
-        .iter()
-        .map(execution_from_row)
-        .collect()
-    }
-
-    async fn executions_held_by(
-        &self,
-        node_id: &str,
-        limit: u32,
-    ) -> Result<Vec<Execution>, StoreError> {
-        sqlx::query(concat!(
-            "SELECT ",
-            execution_columns!(),
-            " FROM executions WHERE status = 'RUNNING' AND node_id = $1 \
-              ORDER BY lease_expires_at, id LIMIT $2"
-        ))
-        .bind(node_id)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db)?
-        .iter()
-        .map(execution_from_row)
-        .collect()
-    }
-
-    async fn settle_expired_execution(
-        &self,
-        id: &str,
-        expired_before: Millis,
-        now: Millis,
-        error: &str,
-        retry: Option<&NewExecution>,
-    ) -> Result<Settled, StoreError> {
-        let mut tx = self.pool.begin().await.map_err(db)?;
-        let held: Option<(bool, bool)> = sqlx::query_as(
-            "SELECT handler_began, cancel_requested FROM executions \
-             WHERE id = $1 AND status = 'RUNNING' AND lease_expires_at < $2 FOR UPDATE",
-        )
-        .bind(id)
-        .bind(expired_before)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(db)?;
-        let settled = match held {
-            None => return Ok(Settled::NotExpired),
-            Some((false, false)) => {
-                sqlx::query(
-                    "UPDATE executions SET status = 'QUEUED', started_at = NULL, node_id = NULL, \
-                         lease_expires_at = NULL WHERE id = $1",
-                )
-                .bind(id)
-                .execute(&mut *tx)
-                .await
-                .map_err(db)?;
-                Settled::Requeued
-            }
-            Some((false, true)) => {
-                sqlx::query(
-                    "UPDATE executions SET status = 'CANCELLED', error = 'cancelled', \
-                         error_kind = 'CANCELLED', finished_at = $1, lease_expires_at = NULL \
-                     WHERE id = $2",
-                )
-                .bind(now)
-                .bind(id)
-                .execute(&mut *tx)
-                .await
-                .map_err(db)?;
-                Settled::Cancelled
-            }
-            Some((true, _)) => {
-                sqlx::query(
-                    "UPDATE executions SET status = 'FAILED', error = $1, \
-                         error_kind = 'LEASE_EXPIRED', finished_at = $2, lease_expires_at = NULL \
-                     WHERE id = $3",
-                )
-                .bind(pg_text(error))
-                .bind(now)
-                .bind(id)
-                .execute(&mut *tx)
-                .await
-                .map_err(db)?;
-                failpoint("settle_expired_execution.before_retry", [id])?;
-                if let Some(retry) = retry {
-                    insert_executions(&mut tx, &[retry]).await?;
-                }
-                Settled::Failed
-            }
-        };
-        tx.commit().await.map_err(db)?;
-        Ok(settled)
-    }
-
-    async fn mark_handlers_began(&self, ids: &[String]) -> Result<(), StoreError> {
-        for chunk in ids.chunks(MAX_ROWS) {
-            sqlx::query(
-                "UPDATE executions SET handler_began = TRUE \
-                 WHERE id = ANY($1) AND (status || '') = 'RUNNING'",
-            )
-            .bind(chunk)
-            .execute(&self.pool)
-            .await
-            .map_err(db)?;
         }
         Ok(())
     }
 
-    // ---- events --------------------------------------------------------------------
-
-    async fn insert_event(&self, event: &Event) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO events (id, topic, payload, source, created_at) \
-             VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(&event.id)
-        .bind(pg_text(&event.topic))
-        .bind(json_text("payload", &event.payload)?)
-        .bind(pg_text(&event.source))
-        .bind(event.created_at)
-        .execute(&self.pool)
-        .await
-        .map_err(|err| {
-            if is_unique_violation(&err) {
-                StoreError::Conflict(format!("an event with id `{}` already exists", event.id))
-            } else {
-                db(err)
-            }
-        })?;
-        Ok(())
-    }
-
-    async fn list_events(
-        &self,
-        topic: Option<&str>,
-        cursor: Option<&str>,
-        limit: u32,
-    ) -> Result<Page<Event>, StoreError> {
-        let (limit, fetch) = page_fetch(limit);
-        let mut query = QueryBuilder::<Postgres>::new(
-            "SELECT id, topic, payload, source, created_at FROM events WHERE true",
-        );
-        if let Some(topic) = topic {
-            query
-                .push(" AND topic = ")
-                .push_bind(pg_text(topic).into_owned());
+    fn push_execution_filter(query: &mut QueryBuilder<Postgres>, filter: &ExecutionFilter) {
+        query.push(" WHERE true");
+        if let Some(job_id) = &filter.job_id {
+            query.push(" AND job_id = ").push_bind(job_id.as_str());
         }
-        if let Some(cursor) = cursor {
-            query.push(" AND id < ").push_bind(cursor);
+        if let Some(status) = filter.status {
+            // A literal, not a parameter: only then can the planner see that the query
+            // implies a partial index's predicate (the migration lists which serves
+            // which status). The value is one of our own constants.
+            query.push(format_args!(" AND status = '{}'", status.as_str()));
         }
-        query.push(" ORDER BY id DESC LIMIT ").push_bind(fetch);
-        let rows = query.build().fetch_all(&self.pool).await.map_err(db)?;
-        let events = rows.iter().map(event_from_row).collect::<Result<_, _>>()?;
-        Ok(page(events, limit, |e: &Event| &e.id))
     }
 
-    // ---- module data ---------------------------------------------------------------
-
-    async fn kv_get(&self, module: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        sqlx::query_scalar("SELECT value FROM kv WHERE module = $1 AND key = $2")
-            .bind(module)
-            .bind(key.as_bytes())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db)
-    }
-
-    async fn kv_set(
-        &self,
-        module: &str,
-        key: &str,
-        value: &[u8],
-        now: Millis,
-    ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO kv (module, key, value, updated_at) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (module, key) DO UPDATE SET \
-                 value = excluded.value, updated_at = excluded.updated_at",
-        )
-        .bind(module)
-        .bind(key.as_bytes())
-        .bind(value)
-        .bind(now)
-        .execute(&self.pool)
-        .await
-        .map_err(db)?;
-        Ok(())
-    }
-
-    async fn kv_delete(&self, module: &str, key: &str) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM kv WHERE module = $1 AND key = $2")
-            .bind(module)
-            .bind(key.as_bytes())
-            .execute(&self.pool)
-            .await
-            .map_err(db)?;
-        Ok(())
-    }
-
-    async fn kv_list_keys(
+    async fn list_keys(
         &self,
         module: &str,
         prefix: &str,
@@ -2128,219 +770,73 @@ impl Store for PostgresStore {
             .map(|key| String::from_utf8(key).map_err(|err| corrupt("key", err)))
             .collect()
     }
+}
 
-    async fn insert_metric_samples(
-        &self,
-        module: &str,
-        samples: &[MetricSample],
-    ) -> Result<(), StoreError> {
-        if samples.is_empty() {
-            return Ok(());
-        }
-        let mut rows = Vec::with_capacity(samples.len());
-        for sample in samples {
-            rows.push((sample, json_text("labels", &sample.labels)?));
-        }
-        let mut tx = self.pool.begin().await.map_err(db)?;
-        for chunk in rows.chunks(MAX_ROWS) {
-            // In the order given: the identity column is the order among equal times.
-            sqlx::query(
-                "INSERT INTO metric_samples (module, name, labels, value, ts) \
-                 SELECT $1, name, labels, value, ts \
-                 FROM UNNEST($2::text[], $3::text[], $4::float8[], $5::int8[]) \
-                     WITH ORDINALITY AS s (name, labels, value, ts, position) \
-                 ORDER BY position",
-            )
-            .bind(module)
-            .bind(chunk.iter().map(|(s, _)| pg_text(&s.name)).bind_iter())
-            .bind(chunk.iter().map(|(_, labels)| labels.as_str()).bind_iter())
-            .bind(chunk.iter().map(|(s, _)| s.value).bind_iter())
-            .bind(chunk.iter().map(|(s, _)| s.ts_ms).bind_iter())
-            .execute(&mut *tx)
-            .await
-            .map_err(db)?;
-        }
-        tx.commit().await.map_err(db)?;
-        Ok(())
+impl Sql for Postgres {
+    fn fetch_all<'e>(
+        query: Query<'e, Self, Self::Arguments>,
+        conn: &'e mut PgConnection,
+    ) -> BoxFuture<'e, Result<Vec<PgRow>, sqlx::Error>> {
+        Box::pin(query.fetch_all(conn))
     }
 
-    async fn metric_samples(
-        &self,
-        module: &str,
-        name: &str,
-        since: Millis,
-        limit: u32,
-    ) -> Result<Vec<MetricSample>, StoreError> {
-        sqlx::query(
-            "SELECT name, labels, value, ts FROM metric_samples \
-             WHERE module = $1 AND name = $2 AND ts >= $3 ORDER BY ts, id LIMIT $4",
-        )
-        .bind(module)
-        .bind(pg_text(name))
-        .bind(since)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db)?
-        .iter()
-        .map(sample_from_row)
-        .collect()
+    fn fetch_optional<'e>(
+        query: Query<'e, Self, Self::Arguments>,
+        conn: &'e mut PgConnection,
+    ) -> BoxFuture<'e, Result<Option<PgRow>, sqlx::Error>> {
+        Box::pin(query.fetch_optional(conn))
     }
 
-    // ---- nodes and leases ------------------------------------------------------------
-
-    async fn heartbeat_node(&self, node: &NodeHeartbeat) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO nodes \
-                 (node_id, started_at, last_heartbeat_at, workers, running, version) \
-             VALUES ($1, $2, $3, $4, $5, $6) \
-             ON CONFLICT (node_id) DO UPDATE SET \
-                 started_at = excluded.started_at, \
-                 last_heartbeat_at = excluded.last_heartbeat_at, \
-                 workers = excluded.workers, running = excluded.running, \
-                 version = excluded.version",
-        )
-        .bind(&node.node_id)
-        .bind(node.started_at)
-        .bind(node.last_heartbeat_at)
-        .bind(int4(node.workers))
-        .bind(int4(node.running))
-        .bind(&node.version)
-        .execute(&self.pool)
-        .await
-        .map_err(db)?;
-        Ok(())
+    fn execute<'e>(
+        query: Query<'e, Self, Self::Arguments>,
+        conn: &'e mut PgConnection,
+    ) -> BoxFuture<'e, Result<u64, sqlx::Error>> {
+        Box::pin(async move { Ok(query.execute(conn).await?.rows_affected()) })
     }
 
-    async fn list_nodes(&self) -> Result<Vec<NodeHeartbeat>, StoreError> {
-        sqlx::query(
-            "SELECT node_id, started_at, last_heartbeat_at, workers, running, version \
-             FROM nodes ORDER BY node_id",
-        )
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db)?
-        .iter()
-        .map(node_from_row)
-        .collect()
+    fn text(text: &str) -> Cow<'_, str> {
+        pg_text(text)
     }
 
-    async fn acquire_lease(
-        &self,
-        name: &str,
-        holder: &str,
-        now: Millis,
-        ttl_ms: Millis,
-    ) -> Result<Option<LeaseToken>, StoreError> {
-        // One statement: the row either does not exist (first tenure, token 1) or is
-        // updated only if free, expired or ours. Two would-be holders racing serialise
-        // on the row lock, and the second re-evaluates the condition against the
-        // first's committed row, so it cannot also win. Every SET expression reads the
-        // row as it was.
-        let token: Option<i64> = sqlx::query_scalar(
-            "INSERT INTO leases (name, holder, token, expires_at) VALUES ($1, $2, 1, $3) \
-             ON CONFLICT (name) DO UPDATE SET \
-                 token = CASE WHEN leases.holder = excluded.holder \
-                              THEN leases.token ELSE leases.token + 1 END, \
-                 holder = excluded.holder, expires_at = excluded.expires_at \
-             WHERE leases.holder = excluded.holder OR leases.holder IS NULL \
-                 OR leases.expires_at <= $4 \
-             RETURNING token",
-        )
-        .bind(name)
-        .bind(holder)
-        .bind(now.saturating_add(ttl_ms))
-        .bind(now)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(db)?;
-        token
-            .map(|t| {
-                u64::try_from(t)
-                    .map(LeaseToken)
-                    .map_err(|_| corrupt("token", format!("negative value {t}")))
-            })
-            .transpose()
+    fn push_ids(query: &mut QueryBuilder<Self>, column: &str, ids: &[String]) {
+        query.push(format_args!("{column} = ANY("));
+        query.push_bind(ids);
+        query.push(")");
     }
 
-    async fn lease_holder(&self, name: &str, now: Millis) -> Result<Option<String>, StoreError> {
-        let holder: Option<Option<String>> =
-            sqlx::query_scalar("SELECT holder FROM leases WHERE name = $1 AND expires_at > $2")
-                .bind(name)
-                .bind(now)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(db)?;
-        Ok(holder.flatten())
+    fn bind_key<'q>(
+        query: Query<'q, Self, Self::Arguments>,
+        key: &str,
+    ) -> Query<'q, Self, Self::Arguments> {
+        query.bind(key.as_bytes())
     }
 
-    async fn release_lease(&self, name: &str, holder: &str) -> Result<bool, StoreError> {
-        let released =
-            sqlx::query("UPDATE leases SET holder = NULL WHERE name = $1 AND holder = $2")
-                .bind(name)
-                .bind(holder)
-                .execute(&self.pool)
-                .await
-                .map_err(db)?
-                .rows_affected();
-        Ok(released > 0)
-    }
+    const MAX_ROWS: usize = MAX_ROWS;
+    const FOR_UPDATE: &'static str = " FOR UPDATE";
+    const FOR_SHARE: &'static str = " FOR SHARE";
+    const FOR_UPDATE_SKIP_LOCKED: &'static str = " FOR UPDATE SKIP LOCKED";
 
-    async fn advance_schedules(
-        &self,
-        updates: &[(String, Option<Millis>)],
-        lease: &str,
-        holder: &str,
-        token: LeaseToken,
-        now: Millis,
-    ) -> Result<bool, StoreError> {
-        let updates = last_update_per_job(updates);
-        let mut tx = self.pool.begin().await.map_err(db)?;
-        // FOR SHARE holds off a takeover (an update of this row) until this transaction
-        // ends, so the lease cannot change hands between the check and the updates; and
-        // should a takeover have committed since the statement began, the lock reads
-        // the new row, which no longer matches.
-        let held: Option<i32> = sqlx::query_scalar(
-            "SELECT 1 FROM leases \
-             WHERE name = $1 AND holder = $2 AND token = $3 AND expires_at > $4 \
-             FOR SHARE",
-        )
-        .bind(lease)
-        .bind(holder)
-        .bind(int(token.0))
-        .bind(now)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(db)?;
-        if held.is_none() {
-            return Ok(false);
-        }
-        for chunk in updates.chunks(MAX_ROWS) {
-            sqlx::query(
-                "UPDATE jobs SET next_run_at = u.next_run_at \
-                 FROM UNNEST($1::text[], $2::int8[]) AS u (id, next_run_at) \
-                 WHERE jobs.id = u.id",
-            )
-            .bind(chunk.iter().map(|(id, _)| *id).bind_iter())
-            .bind(
-                chunk
-                    .iter()
-                    .map(|(_, next_run_at)| *next_run_at)
-                    .bind_iter(),
-            )
-            .execute(&mut *tx)
-            .await
-            .map_err(db)?;
-        }
-        tx.commit().await.map_err(db)?;
-        Ok(true)
-    }
+    /// See "Finding executions by a list of ids" above.
+    const BY_KEY_STATUS: &'static str = "(status || '')";
+
+    /// PostgreSQL plans by statistics, and `enable_seqscan = off` leaves it the index.
+    const QUEUED_DUE_INDEX: &'static str = "";
+    const RUNNING_LEASE_INDEX: &'static str = "";
+
+    const VERSION_UPLOAD_ORDER: &'static str = "seq";
+
+    const USERNAME_LOCK: Option<&'static str> =
+        Some("SELECT pg_advisory_xact_lock(hashtext('runcell.username:' || lower($1)))");
 }
 
 #[cfg(test)]
 mod tests {
+    use sqlx::Row;
+
+    use super::super::shared::list_executions_statement;
     use super::*;
     use crate::domain::{Trigger, new_id};
+    use crate::store::Store;
 
     /// Queues 2,000 executions and returns the ids of the first 100 as an array
     /// literal's contents: a backlog enqueued faster than statistics follow.
@@ -2463,8 +959,8 @@ mod tests {
             (&completed_of_job, None),
             (&completed_of_job, Some(middle)),
         ] {
-            let mut query = QueryBuilder::new("EXPLAIN ");
-            push_list_executions(&mut query, filter, cursor, 51);
+            let mut query =
+                list_executions_statement::<PostgresStore>("EXPLAIN ", filter, cursor, 51);
             let plan: Vec<String> = query
                 .build()
                 .fetch_all(&mut *conn)

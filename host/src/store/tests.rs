@@ -1942,7 +1942,10 @@ async fn cancelling_a_queued_execution_ends_it_before_it_starts(store: &dyn Stor
     assert_eq!(execution.status, ExecutionStatus::Cancelled);
     assert_eq!(execution.finished_at, Some(T0 + SECOND));
     assert_eq!(execution.error_kind.as_deref(), Some("CANCELLED"));
-    assert_eq!(store.next_queued_due().await.unwrap(), None);
+    assert_eq!(
+        store.due_queued_executions(Millis::MAX, 10).await.unwrap(),
+        Vec::<String>::new()
+    );
 }
 
 async fn cancelling_a_running_execution_flags_it_for_its_worker(store: &dyn Store) {
@@ -2432,7 +2435,10 @@ async fn every_status_lists_on_its_own_newest_first(store: &dyn Store) {
 }
 
 async fn the_reconciler_sees_due_queued_executions_oldest_first(store: &dyn Store) {
-    assert_eq!(store.next_queued_due().await.unwrap(), None);
+    assert_eq!(
+        store.due_queued_executions(Millis::MAX, 10).await.unwrap(),
+        Vec::<String>::new()
+    );
     let late = NewExecution {
         run_after: T0 + 10 * SECOND,
         ..manual("job-1", T0)
@@ -2448,7 +2454,10 @@ async fn the_reconciler_sees_due_queued_executions_oldest_first(store: &dyn Stor
         .unwrap();
     running(store, "job-1").await;
 
-    assert_eq!(store.next_queued_due().await.unwrap(), Some(T0));
+    assert_eq!(
+        store.due_queued_executions(T0, 10).await.unwrap(),
+        std::slice::from_ref(&now.id)
+    );
     assert_eq!(
         store
             .due_queued_executions(T0 + 5 * SECOND, 10)
@@ -2468,8 +2477,8 @@ async fn the_reconciler_sees_due_queued_executions_oldest_first(store: &dyn Stor
         .await
         .unwrap();
     assert_eq!(
-        store.next_queued_due().await.unwrap(),
-        Some(T0 + 5 * SECOND)
+        store.due_queued_executions(Millis::MAX, 10).await.unwrap(),
+        [early.id.clone(), late.id.clone()]
     );
 }
 
