@@ -118,7 +118,7 @@ use super::convert::{StoredInput, corrupt, db, in_given_order, int, json_text, s
 use super::shared::{
     Backend, adopt_large_job_inputs, claimed_columns, insert_inputs, int4, take_idempotency_key,
 };
-use super::sql::{BoxFuture, Sql, claimed_from_row};
+use super::sql::{Sql, claimed_from_row, statement_runners};
 use super::{
     ClaimedExecution, ExecutionFilter, IdempotencyKey, ManualOutcome, ManualRun, Retry, StoreError,
     failpoint,
@@ -773,26 +773,7 @@ impl Backend for PostgresStore {
 }
 
 impl Sql for Postgres {
-    fn fetch_all<'e>(
-        query: Query<'e, Self, Self::Arguments>,
-        conn: &'e mut PgConnection,
-    ) -> BoxFuture<'e, Result<Vec<PgRow>, sqlx::Error>> {
-        Box::pin(query.fetch_all(conn))
-    }
-
-    fn fetch_optional<'e>(
-        query: Query<'e, Self, Self::Arguments>,
-        conn: &'e mut PgConnection,
-    ) -> BoxFuture<'e, Result<Option<PgRow>, sqlx::Error>> {
-        Box::pin(query.fetch_optional(conn))
-    }
-
-    fn execute<'e>(
-        query: Query<'e, Self, Self::Arguments>,
-        conn: &'e mut PgConnection,
-    ) -> BoxFuture<'e, Result<u64, sqlx::Error>> {
-        Box::pin(async move { Ok(query.execute(conn).await?.rows_affected()) })
-    }
+    statement_runners!();
 
     fn text(text: &str) -> Cow<'_, str> {
         pg_text(text)

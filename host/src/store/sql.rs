@@ -133,6 +133,34 @@ pub(crate) trait Sql:
     const USERNAME_LOCK: Option<&'static str>;
 }
 
+/// [`Sql`]'s ways of running a statement, for the `impl Sql` of a concrete database:
+/// there sqlx's executor bounds hold, where generic code cannot state them.
+macro_rules! statement_runners {
+    () => {
+        fn fetch_all<'e>(
+            query: sqlx::query::Query<'e, Self, Self::Arguments>,
+            conn: &'e mut Self::Connection,
+        ) -> $crate::store::sql::BoxFuture<'e, Result<Vec<Self::Row>, sqlx::Error>> {
+            Box::pin(query.fetch_all(conn))
+        }
+
+        fn fetch_optional<'e>(
+            query: sqlx::query::Query<'e, Self, Self::Arguments>,
+            conn: &'e mut Self::Connection,
+        ) -> $crate::store::sql::BoxFuture<'e, Result<Option<Self::Row>, sqlx::Error>> {
+            Box::pin(query.fetch_optional(conn))
+        }
+
+        fn execute<'e>(
+            query: sqlx::query::Query<'e, Self, Self::Arguments>,
+            conn: &'e mut Self::Connection,
+        ) -> $crate::store::sql::BoxFuture<'e, Result<u64, sqlx::Error>> {
+            Box::pin(async move { Ok(query.execute(conn).await?.rows_affected()) })
+        }
+    };
+}
+pub(crate) use statement_runners;
+
 /// A database that binds values of type `T`, which may borrow for `'t`, as statement
 /// parameters.
 pub(crate) trait Binds<'t, T>: Database {

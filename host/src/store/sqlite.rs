@@ -57,7 +57,7 @@ use super::shared::{
     Backend, Write, adopt_large_job_inputs, claimed_columns, insert_inputs, padded,
     take_idempotency_key,
 };
-use super::sql::{BoxFuture, Sql, claimed_from_row};
+use super::sql::{Sql, claimed_from_row, statement_runners};
 use super::{
     ClaimedExecution, ExecutionFilter, INLINE_INPUT_MAX, IdempotencyKey, ManualOutcome, ManualRun,
     Retry, StoreError, failpoint,
@@ -667,26 +667,7 @@ impl Backend for SqliteStore {
 }
 
 impl Sql for Sqlite {
-    fn fetch_all<'e>(
-        query: Query<'e, Self, Self::Arguments>,
-        conn: &'e mut SqliteConnection,
-    ) -> BoxFuture<'e, Result<Vec<SqliteRow>, sqlx::Error>> {
-        Box::pin(query.fetch_all(conn))
-    }
-
-    fn fetch_optional<'e>(
-        query: Query<'e, Self, Self::Arguments>,
-        conn: &'e mut SqliteConnection,
-    ) -> BoxFuture<'e, Result<Option<SqliteRow>, sqlx::Error>> {
-        Box::pin(query.fetch_optional(conn))
-    }
-
-    fn execute<'e>(
-        query: Query<'e, Self, Self::Arguments>,
-        conn: &'e mut SqliteConnection,
-    ) -> BoxFuture<'e, Result<u64, sqlx::Error>> {
-        Box::pin(async move { Ok(query.execute(conn).await?.rows_affected()) })
-    }
+    statement_runners!();
 
     fn text(text: &str) -> Cow<'_, str> {
         Cow::Borrowed(text)
