@@ -970,7 +970,7 @@ fn runs_on_many_threads_each_get_a_working_lane() {
 /// The services of one node on `store`, with a queue of its own.
 async fn node_on(store: &Arc<dyn runcell::store::Store>) -> runcell::services::Services {
     let queue: Arc<dyn runcell::queue::Queue> = Arc::new(runcell::queue::MemoryQueue::default());
-    runcell::app::build_services(
+    runcell::services::Services::new(
         store.clone(),
         queue,
         None,
@@ -978,7 +978,6 @@ async fn node_on(store: &Arc<dyn runcell::store::Store>) -> runcell::services::S
         Default::default(),
         Default::default(),
     )
-    .await
     .unwrap()
 }
 

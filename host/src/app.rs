@@ -9,19 +9,17 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::domain::{NODE_HEARTBEAT_EVERY, NodeHeartbeat, now_millis};
+use crate::domain::{NODE_HEARTBEAT_EVERY, NodeHeartbeat, RetryPolicy, now_millis};
 use crate::queue::{
-    MemoryQueue, Queue, RedisLogRelay, RedisLogRelayConfig, RedisQueue, RedisQueueConfig,
+    LogRelay, MemoryQueue, Queue, RedisLogRelay, RedisLogRelayConfig, RedisQueue, RedisQueueConfig,
 };
-use crate::runtime::{EngineSettings, HostServices, OutboundSettings, Runtime, RuntimeConfig};
+use crate::reconciler::{Reconciler, ReconcilerSettings};
+use crate::runtime::OutboundSettings;
 use crate::services::LogHub as LiveLogs;
 use crate::services::auth::jwt::{KeyError, SigningKey};
 use crate::services::auth::{AuthService, AuthSettings, random_secret};
 use crate::services::secrets::SecretBox;
-use crate::services::{
-    AttachedRunner, EventBus, JobDraft, LogHub, ModuleCatalog, RouteGate, RunningRegistry,
-    ServiceSettings, Services, StoreEventSink, StoreKeyValue, StoreMetricsSink,
-};
+use crate::services::{JobDraft, ServiceSettings, Services};
 use crate::store::{AuthStore, PostgresStore, SqliteStore, Store};
 use crate::worker::{WorkerPool, WorkerSettings};
 
@@ -159,49 +157,6 @@ pub fn default_workers() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get()) * 4
 }
 
-/// Builds the services of one node.
-pub async fn build_services(
-    store: Arc<dyn Store>,
-    queue: Arc<dyn Queue>,
-    cache_dir: Option<PathBuf>,
-    workers: usize,
-    outbound: OutboundSettings,
-    settings: ServiceSettings,
-) -> Result<Services, StartError> {
-    let events = EventBus::new(store.clone(), queue.clone());
-    let host = HostServices {
-        kv: Arc::new(StoreKeyValue(store.clone())),
-        events: Arc::new(StoreEventSink(events.clone())),
-        metrics: Arc::new(StoreMetricsSink(store.clone())),
-    };
-    let runtime = Runtime::new(
-        RuntimeConfig {
-            engine: EngineSettings {
-                // Runs, requests to module routes, and describe calls of uploads
-                // happening meanwhile.
-                max_concurrent_instances: (workers + settings.routes.total_concurrency + 8) as u32,
-                ..EngineSettings::default()
-            },
-            cache_dir,
-            outbound,
-        },
-        host,
-    )?;
-    Ok(Services {
-        modules: ModuleCatalog::new(store.clone(), runtime.clone()),
-        store,
-        queue,
-        runtime,
-        logs: LogHub::default(),
-        events,
-        running: RunningRegistry::default(),
-        local_runner: AttachedRunner::default(),
-        routes: Arc::new(RouteGate::new(&settings.routes)),
-        settings: Arc::new(settings),
-        secrets: None,
-    })
-}
-
 /// Runs the server until SIGTERM or Ctrl-C.
 pub async fn serve(config: ServeConfig) -> Result<(), StartError> {
     prepare_data_dir(&config.data_dir, config.distributed.is_none())?;
@@ -224,7 +179,7 @@ pub async fn serve(config: ServeConfig) -> Result<(), StartError> {
         tls: config.outbound_tls.clone(),
         ..OutboundSettings::default()
     };
-    let mut services = build_services(
+    let mut services = Services::new(
         backend.store.clone(),
         backend.queue,
         Some(config.data_dir.join("cache")),
@@ -234,8 +189,7 @@ pub async fn serve(config: ServeConfig) -> Result<(), StartError> {
             routes: config.routes.clone(),
             ..ServiceSettings::default()
         },
-    )
-    .await?;
+    )?;
     if let Some(relay) = backend.log_relay {
         services.logs = LiveLogs::with_relay(relay);
     }
@@ -265,9 +219,13 @@ pub async fn serve(config: ServeConfig) -> Result<(), StartError> {
         None => load_or_create_key_file(&config.data_dir.join(JWT_SECRET_FILE))?,
     };
     let auth = build_auth(backend.auth_store, key, &config.auth).await?;
+    let retry = RetryPolicy {
+        base_delay: config.retry_base_delay,
+        ..RetryPolicy::default()
+    };
     let worker_settings = WorkerSettings {
         concurrency: config.workers,
-        retry_base_delay: config.retry_base_delay,
+        retry,
         lease: config.execution_lease,
         node_id: node_id.clone(),
         ..WorkerSettings::default()
@@ -277,13 +235,17 @@ pub async fn serve(config: ServeConfig) -> Result<(), StartError> {
         install_examples(&services, dir).await;
     }
     let sole_node = config.distributed.is_none();
-    let mut reconciler =
-        crate::reconciler::Reconciler::new(services.clone(), worker_settings.clone(), sole_node);
+    let reconciler_settings = ReconcilerSettings {
+        node_id: node_id.clone(),
+        lease: config.execution_lease,
+        retry,
+    };
+    let mut reconciler = Reconciler::new(services.clone(), reconciler_settings, sole_node);
     if let Err(err) = reconciler.start_up().await {
         tracing::warn!(error = %err, "start-up reconciliation failed; the periodic pass will retry");
     }
 
-    let pool = WorkerPool::start(services.clone(), worker_settings.clone());
+    let pool = WorkerPool::start(services.clone(), worker_settings);
     let (stop, stop_rx) = watch::channel(false);
     let scheduler = tokio::spawn(crate::scheduler::run(
         services.clone(),
@@ -367,7 +329,7 @@ struct Backend {
     store: Arc<dyn Store>,
     auth_store: Arc<dyn AuthStore>,
     queue: Arc<dyn Queue>,
-    log_relay: Option<Arc<dyn crate::services::loghub::LogRelay>>,
+    log_relay: Option<Arc<dyn LogRelay>>,
     /// The embedded database's lock on its data directory, held while serving.
     _data_dir_lock: Option<std::fs::File>,
 }

@@ -8,10 +8,9 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use crate::domain::{Execution, ExecutionStatus, Millis, now_millis};
-use crate::services::{ServiceError, Services};
+use crate::domain::{Execution, ExecutionStatus, Millis, RetryPolicy, now_millis};
+use crate::services::{ServiceError, Services, next_attempt};
 use crate::store::{ClaimedExecution, Settled};
-use crate::worker::{WorkerSettings, next_attempt};
 
 /// How often a pass runs.
 pub const RECONCILE_EVERY: Duration = Duration::from_secs(2);
@@ -33,10 +32,21 @@ pub const REOFFER_LEASE: &str = "reconciler";
 /// Rows handled per query.
 const PAGE: u32 = 10_000;
 
+/// What the reconciler of a node must agree on with its workers.
+#[derive(Debug, Clone)]
+pub struct ReconcilerSettings {
+    /// This node's id, under which its workers hold their leases.
+    pub node_id: String,
+    /// How long the workers' claims last without renewal.
+    pub lease: Duration,
+    /// The backoff of an execution failed because its node died.
+    pub retry: RetryPolicy,
+}
+
 /// The reconciler of one node, with what it remembers between passes.
 pub struct Reconciler {
     services: Services,
-    settings: WorkerSettings,
+    settings: ReconcilerSettings,
     /// No other process can hold a lease (the embedded deployment, whose data directory
     /// is locked): every running row left from before this start belongs to a dead
     /// process and is taken over at once instead of after its lease runs out.
@@ -49,7 +59,7 @@ pub struct Reconciler {
 }
 
 impl Reconciler {
-    pub fn new(services: Services, settings: WorkerSettings, sole_node: bool) -> Self {
+    pub fn new(services: Services, settings: ReconcilerSettings, sole_node: bool) -> Self {
         let losses_seen = services.queue.losses();
         let database = DatabaseWatch::new(settings.lease / 3, Instant::now());
         Self {
@@ -174,7 +184,7 @@ impl Reconciler {
 /// handler never began, else failed, with its next attempt if its job allows one.
 async fn settle_expired(
     services: &Services,
-    settings: &WorkerSettings,
+    settings: &ReconcilerSettings,
     execution: &Execution,
     expired_before: Millis,
     now: Millis,
@@ -193,7 +203,7 @@ async fn settle_expired(
                 scheduled_at: execution.scheduled_at,
                 job_revision: None,
             };
-            next_attempt(settings, &claimed, &job, now)
+            next_attempt(&settings.retry, &claimed, &job, now)
         }
         None => None,
     };

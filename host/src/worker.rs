@@ -8,18 +8,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use rand::Rng;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::domain::{
-    ExecutionResult, ExecutionStatus, Grants, Job, Millis, NewExecution, Outcome, RunContext,
-    Trigger, new_id, now_millis,
+    ExecutionResult, ExecutionStatus, Grants, Job, Millis, NewExecution, Outcome, RetryPolicy,
+    RunContext, new_id, now_millis,
 };
 use crate::queue::Delivery;
 use crate::runtime::{CancelToken, RunRequest};
 use crate::services::jobs::effective_limits;
-use crate::services::{LocalRunner, Services, WorkerReservation};
+use crate::services::{LocalRunner, Services, WorkerReservation, next_attempt};
 use crate::store::{ClaimedExecution, Retry};
 
 /// How a node runs executions.
@@ -33,9 +32,7 @@ pub struct WorkerSettings {
     /// executions to the reconciler after this.
     pub lease: Duration,
     pub node_id: String,
-    /// First retry delay; each later attempt doubles it, with ±20 % jitter.
-    pub retry_base_delay: Duration,
-    pub retry_max_delay: Duration,
+    pub retry: RetryPolicy,
 }
 
 impl Default for WorkerSettings {
@@ -45,19 +42,9 @@ impl Default for WorkerSettings {
             claim_batch: 128,
             lease: Duration::from_secs(30),
             node_id: format!("node-{}", &new_id()[24..]),
-            retry_base_delay: Duration::from_secs(1),
-            retry_max_delay: Duration::from_secs(300),
+            retry: RetryPolicy::default(),
         }
     }
-}
-
-/// When attempt `attempt` failed, how long to wait before the next one.
-pub fn retry_delay(settings: &WorkerSettings, attempt: u32) -> Duration {
-    let exponent = attempt.saturating_sub(1).min(20);
-    let base = settings.retry_base_delay.saturating_mul(1 << exponent);
-    let capped = base.min(settings.retry_max_delay);
-    let jitter = rand::rng().random_range(0.8..1.2);
-    capped.mul_f64(jitter)
 }
 
 /// Whether an outcome deserves another attempt.
@@ -67,39 +54,6 @@ fn is_retryable(outcome: &Outcome) -> bool {
         Outcome::TimedOut { .. } => true,
         Outcome::Completed { .. } | Outcome::Cancelled => false,
     }
-}
-
-/// The next attempt of a failed execution, if its job allows one.
-pub fn next_attempt(
-    settings: &WorkerSettings,
-    claimed: &ClaimedExecution,
-    job: &Job,
-    now: Millis,
-) -> Option<NewExecution> {
-    if claimed.attempt >= job.max_attempts {
-        return None;
-    }
-    let run_after = now + retry_delay(settings, claimed.attempt).as_millis() as Millis;
-    Some(NewExecution {
-        id: new_id(),
-        job_id: job.id.clone(),
-        module: job.module.clone(),
-        job: job.job.clone(),
-        trigger: Trigger::Retry,
-        attempt: claimed.attempt + 1,
-        retry_of: Some(
-            claimed
-                .retry_of
-                .clone()
-                .unwrap_or_else(|| claimed.id.clone()),
-        ),
-        input: claimed.input.clone(),
-        scheduled_at: claimed.scheduled_at,
-        run_after,
-        cron_tick: None,
-        event_id: None,
-        created_at: now,
-    })
 }
 
 enum Recorded {
@@ -589,7 +543,7 @@ async fn run_one(
     }
     let now = now_millis();
     let retry = if is_retryable(&report.outcome) {
-        next_attempt(&shared.settings, &claimed, &job, now)
+        next_attempt(&shared.settings.retry, &claimed, &job, now)
     } else {
         None
     };
@@ -771,29 +725,6 @@ async fn record_beginnings(shared: Arc<Shared>, mut stop: watch::Receiver<bool>)
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn retry_delays_double_with_jitter_and_are_capped() {
-        let settings = WorkerSettings {
-            retry_base_delay: Duration::from_secs(1),
-            retry_max_delay: Duration::from_secs(10),
-            ..WorkerSettings::default()
-        };
-        for (attempt, base) in [
-            (1, 1.0),
-            (2, 2.0),
-            (3, 4.0),
-            (4, 8.0),
-            (5, 10.0),
-            (30, 10.0),
-        ] {
-            let delay = retry_delay(&settings, attempt).as_secs_f64();
-            assert!(
-                delay >= base * 0.8 && delay <= base * 1.2,
-                "attempt {attempt}: {delay}"
-            );
-        }
-    }
 
     #[test]
     fn only_temporary_failures_and_timeouts_are_retried() {

@@ -12,6 +12,7 @@ use tower::ServiceExt;
 use super::{ApiState, Readiness, router};
 use crate::domain::Role;
 use crate::queue::{MemoryQueue, Queue};
+use crate::services::Services;
 use crate::services::auth::jwt::SigningKey;
 use crate::services::auth::{AuthService, AuthSettings, NewUser, SYSTEM_ACTOR};
 use crate::store::{SqliteStore, Store};
@@ -62,7 +63,7 @@ async fn harness() -> Harness {
     let store = Arc::new(SqliteStore::open_in_memory().await.unwrap());
     let dyn_store: Arc<dyn Store> = store.clone();
     let queue: Arc<dyn Queue> = Arc::new(MemoryQueue::default());
-    let services = crate::app::build_services(
+    let services = Services::new(
         dyn_store,
         queue,
         None,
@@ -70,7 +71,6 @@ async fn harness() -> Harness {
         Default::default(),
         Default::default(),
     )
-    .await
     .unwrap();
     let auth = auth_service(store).await;
     let readiness = Readiness::new();

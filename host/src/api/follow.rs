@@ -22,8 +22,7 @@ use tracing::Instrument;
 use super::Readiness;
 use super::error::ApiError;
 use super::executions::LogLine;
-use crate::domain::{ExecutionStatus, LogEntry};
-use crate::services::loghub::LogMessage;
+use crate::domain::{ExecutionStatus, LogEntry, LogMessage};
 use crate::services::{ServiceError, Services};
 
 /// How often a follower re-reads the execution: the longest a missed end can go unseen.

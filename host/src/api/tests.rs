@@ -70,10 +70,7 @@ async fn api_with_secret_key() -> TestApi {
 async fn built_api(settings: ServiceSettings, secrets: Option<SecretBox>) -> TestApi {
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open_in_memory().await.unwrap());
     let queue: Arc<dyn Queue> = Arc::new(MemoryQueue::default());
-    let mut services =
-        crate::app::build_services(store, queue, None, 1, Default::default(), settings)
-            .await
-            .unwrap();
+    let mut services = Services::new(store, queue, None, 1, Default::default(), settings).unwrap();
     services.secrets = secrets;
     let readiness = Readiness::new();
     readiness.set_workers_running(true);

@@ -7,6 +7,7 @@ mod config;
 mod limits;
 mod manifest;
 mod model;
+mod retry;
 mod run;
 
 pub use approval::{CodeApproval, PublisherKey, Uploader};
@@ -22,7 +23,8 @@ pub use model::{
     ModuleStatus, ModuleVersion, NODE_HEARTBEAT_EVERY, NewExecution, NodeHeartbeat, Page,
     SCHEDULER_LEASE, failure_kind_name, new_id, now_millis,
 };
+pub use retry::RetryPolicy;
 pub use run::{
-    FailureKind, Grants, LogEntry, LogLevel, Outcome, RunContext, RunReport, Trigger, Usage,
-    topic_matches,
+    FailureKind, Grants, LogEntry, LogLevel, LogMessage, Outcome, RunContext, RunReport, Trigger,
+    Usage, topic_matches,
 };

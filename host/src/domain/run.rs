@@ -5,7 +5,7 @@ use std::time::Duration;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::{HostName, HostPattern};
+use super::{ExecutionStatus, HostName, HostPattern};
 
 /// What caused a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, ToSchema)]
@@ -125,6 +125,13 @@ pub struct LogEntry {
     pub message: String,
     /// Structured fields; empty for captured stdout/stderr, which carry `stream`.
     pub fields: serde_json::Map<String, serde_json::Value>,
+}
+
+/// What a follower of a live log receives: each line as it is logged, then the end.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LogMessage {
+    Line(LogEntry),
+    End(ExecutionStatus),
 }
 
 /// Resources a run used.

@@ -1,17 +1,22 @@
-//! Transport of execution ids from whoever created them to the workers. Carries ids only:
-//! the `executions` table is the truth, so a lost or duplicated delivery costs at most a
-//! redundant claim, never a lost or doubled execution.
+//! Transport between nodes: execution ids from whoever created them to the workers, and
+//! live log lines from the node running an execution to its followers on other nodes.
+//! Carries ids only: the `executions` table is the truth, so a lost or duplicated delivery
+//! costs at most a redundant claim, never a lost or doubled execution. Log lines are best
+//! effort (the store has them once a run ends).
 
 mod memory;
 mod redis;
 mod redis_logs;
 mod redis_pool;
 #[cfg(test)]
-mod testing;
+pub(crate) mod testing;
 
 use std::time::Duration;
 
-use crate::domain::Millis;
+use futures_util::stream::BoxStream;
+use tokio::sync::broadcast;
+
+use crate::domain::{LogMessage, Millis};
 
 pub use memory::MemoryQueue;
 pub use redis::{RedisQueue, RedisQueueConfig};
@@ -59,4 +64,28 @@ pub trait Queue: Send + Sync + 'static {
     fn losses(&self) -> u64 {
         0
     }
+}
+
+/// Carries live log lines between nodes. One side appends the lines of runs on this node
+/// that followers elsewhere asked for; the other follows runs on other nodes. The log hub
+/// of the services decides who follows what; a relay only carries.
+pub trait LogRelay: Send + Sync + 'static {
+    /// Whether a follower on another node asked for `id` recently. Called when `id`
+    /// starts here, with the hub's lock held: answers from memory, without I/O.
+    fn followed_elsewhere(&self, id: &str) -> bool;
+
+    /// Ids followers on other nodes ask for, as the requests arrive (repeated while they
+    /// follow). Subscribed once, when the hub is given the relay.
+    fn interest(&self) -> broadcast::Receiver<String>;
+
+    /// Appends messages of a run of this node for its followers elsewhere, after those
+    /// appended before for the same id. Called with the hub's lock held, for every line
+    /// of a followed run: queues them and returns, without waiting for I/O.
+    fn append(&self, id: &str, messages: Vec<LogMessage>);
+
+    /// Follows a run on another node: asks for it (again while the stream is polled) and
+    /// yields its lines from the first, then its end. Called when a follower here
+    /// subscribes to an execution not running here; dropped when nobody here follows it
+    /// any more.
+    fn follow(&self, id: &str) -> BoxStream<'static, LogMessage>;
 }

@@ -1,7 +1,7 @@
 //! Live log lines between nodes through Redis: the [`LogRelay`] of the distributed
 //! deployment. Owns the `{prefix}:logs:{id}` streams and the `{prefix}:logs:follow`
-//! channel; it must not decide who follows what (the [`LogHub`](crate::services::LogHub)
-//! does) and must never hold up a run.
+//! channel; it must not decide who follows what (the log hub of the services does) and
+//! must never hold up a run.
 //!
 //! A follower of execution X on node B publishes `B\nX` on the follow channel, which every
 //! node subscribes to once, and repeats it every `announce_every` while it follows. A node
@@ -24,11 +24,10 @@ use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use super::QueueError;
 use super::redis::{Entry, read_reply, unavailable};
 use super::redis_pool::{Pool, lend};
-use crate::domain::{ExecutionStatus, LogEntry, LogLevel};
-use crate::services::loghub::{LogMessage, LogRelay};
+use super::{LogRelay, QueueError};
+use crate::domain::{ExecutionStatus, LogEntry, LogLevel, LogMessage};
 
 /// How often a follower repeats its request by default.
 const ANNOUNCE_EVERY: Duration = Duration::from_secs(2);
@@ -500,20 +499,18 @@ fn decode(entry: &Entry) -> Option<LogMessage> {
 mod tests {
     use super::*;
     use crate::queue::testing::TestPrefix;
-    use crate::services::LogHub;
 
     const WITHIN: Duration = Duration::from_secs(5);
 
-    async fn hub(redis: &TestPrefix, node: &str) -> LogHub {
-        let relay = RedisLogRelay::connect(RedisLogRelayConfig {
+    async fn relay(redis: &TestPrefix, node: &str) -> RedisLogRelay {
+        RedisLogRelay::connect(RedisLogRelayConfig {
             url: redis.url.clone(),
             key_prefix: redis.prefix.clone(),
             node_id: node.to_owned(),
             announce_every: Duration::from_millis(200),
         })
         .await
-        .expect("the test Redis server is reachable");
-        LogHub::with_relay(Arc::new(relay))
+        .expect("the test Redis server is reachable")
     }
 
     fn line(seq: u32, message: &str) -> LogEntry {
@@ -530,129 +527,23 @@ mod tests {
         }
     }
 
-    async fn next(rx: &mut broadcast::Receiver<LogMessage>) -> LogMessage {
-        tokio::time::timeout(WITHIN, rx.recv())
-            .await
-            .expect("a message in time")
-            .expect("an open channel")
-    }
-
-    #[tokio::test]
-    async fn a_line_logged_on_one_node_reaches_a_follower_on_another_with_the_backlog_and_the_end()
-    {
-        let redis = TestPrefix::new();
-        let (runner, follower) = (hub(&redis, "node-a").await, hub(&redis, "node-b").await);
-        let observer = runner.start("x");
-        observer(&line(0, "before anyone followed"));
-        observer(&line(1, "still before"));
-
-        let (backlog, mut rx) = follower.subscribe("x");
-        assert!(backlog.is_empty(), "nothing runs here");
-        assert_eq!(
-            next(&mut rx).await,
-            LogMessage::Line(line(0, "before anyone followed"))
-        );
-        assert_eq!(
-            next(&mut rx).await,
-            LogMessage::Line(line(1, "still before"))
-        );
-        observer(&line(2, "live"));
-        assert_eq!(next(&mut rx).await, LogMessage::Line(line(2, "live")));
-        runner.finish("x", ExecutionStatus::Completed);
-        assert_eq!(
-            next(&mut rx).await,
-            LogMessage::End(ExecutionStatus::Completed)
-        );
-
-        // A second follower there after the end finds nothing live: the store has it.
-        let (backlog, _rx) = follower.subscribe("x");
-        assert!(backlog.is_empty());
-        follower.forget_if_idle("x");
-    }
-
-    #[tokio::test]
-    async fn a_run_that_starts_after_a_follower_elsewhere_asked_is_relayed_from_its_start() {
-        let redis = TestPrefix::new();
-        let (runner, follower) = (hub(&redis, "node-a").await, hub(&redis, "node-b").await);
-        let (_, mut rx) = follower.subscribe("queued");
-        // The request has to reach the runner before the run starts.
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let observer = runner.start("queued");
-        observer(&line(0, "first"));
-        runner.finish("queued", ExecutionStatus::Failed);
-        assert_eq!(next(&mut rx).await, LogMessage::Line(line(0, "first")));
-        assert_eq!(
-            next(&mut rx).await,
-            LogMessage::End(ExecutionStatus::Failed)
-        );
-    }
-
-    #[tokio::test]
-    async fn a_run_nobody_follows_elsewhere_writes_nothing_to_redis() {
-        let redis = TestPrefix::new();
-        let (runner, follower) = (hub(&redis, "node-a").await, hub(&redis, "node-b").await);
-        // Followers of other runs, elsewhere and on the same node, change nothing.
-        let (_, _other) = follower.subscribe("other");
-        let (_, mut local) = runner.subscribe("lonely");
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let observer = runner.start("lonely");
-        for seq in 0..3 {
-            observer(&line(seq, "unseen elsewhere"));
-        }
-        runner.finish("lonely", ExecutionStatus::Completed);
-        for seq in 0..3 {
-            assert_eq!(
-                next(&mut local).await,
-                LogMessage::Line(line(seq, "unseen elsewhere"))
-            );
-        }
-        assert_eq!(
-            next(&mut local).await,
-            LogMessage::End(ExecutionStatus::Completed)
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        assert!(!redis.exists(&format!("{}:logs:lonely", redis.prefix)));
-        assert!(!redis.exists(&format!("{}:logs:other", redis.prefix)));
-    }
-
     #[tokio::test]
     async fn a_relayed_stream_expires_after_its_last_write() {
         let redis = TestPrefix::new();
-        let (runner, follower) = (hub(&redis, "node-a").await, hub(&redis, "node-b").await);
-        let (_, mut rx) = follower.subscribe("x");
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let observer = runner.start("x");
-        observer(&line(0, "one"));
-        assert_eq!(next(&mut rx).await, LogMessage::Line(line(0, "one")));
+        let runner = relay(&redis, "node-a").await;
+        let follower = relay(&redis, "node-b").await;
+        runner.append("x", vec![LogMessage::Line(line(0, "one"))]);
+        let mut followed = follower.follow("x");
+        let first = tokio::time::timeout(WITHIN, followed.next())
+            .await
+            .expect("a message in time");
+        assert_eq!(first, Some(LogMessage::Line(line(0, "one"))));
         let key = format!("{}:logs:x", redis.prefix);
         let ttl: i64 = redis::cmd("PTTL")
             .arg(&key)
             .query(&mut redis.connection())
             .unwrap();
         assert!(ttl > 0 && ttl <= STREAM_TTL.as_millis() as i64, "ttl {ttl}");
-        runner.finish("x", ExecutionStatus::Completed);
-    }
-
-    #[tokio::test]
-    async fn a_run_stops_being_relayed_once_its_followers_elsewhere_leave() {
-        let redis = TestPrefix::new();
-        let (runner, follower) = (hub(&redis, "node-a").await, hub(&redis, "node-b").await);
-        let observer = runner.start("x");
-        observer(&line(0, "followed"));
-        let (_, mut rx) = follower.subscribe("x");
-        assert_eq!(next(&mut rx).await, LogMessage::Line(line(0, "followed")));
-        drop(rx);
-        follower.forget_if_idle("x");
-        // Three request periods: the runner no longer counts the request.
-        tokio::time::sleep(Duration::from_millis(700)).await;
-        observer(&line(1, "after they left"));
-        runner.finish("x", ExecutionStatus::Completed);
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let entries: u64 = redis::cmd("XLEN")
-            .arg(format!("{}:logs:x", redis.prefix))
-            .query(&mut redis.connection())
-            .unwrap();
-        assert_eq!(entries, 1, "only the line logged while followed");
     }
 
     #[tokio::test]

@@ -1,4 +1,5 @@
-//! Reading executions and their logs, and cancelling them.
+//! Reading executions and their logs, cancelling them, and what a failed one is tried
+//! again as.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -7,7 +8,10 @@ use std::time::Duration;
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::{ServiceError, Services};
-use crate::domain::{Execution, ExecutionStatus, LogEntry, Page, now_millis};
+use crate::domain::{
+    Execution, ExecutionStatus, Job, LogEntry, Millis, NewExecution, Page, RetryPolicy, Trigger,
+    new_id, now_millis,
+};
 use crate::queue::Queue;
 use crate::runtime::CancelToken;
 use crate::store::{CancelEffect, ClaimedExecution, ExecutionFilter};
@@ -249,4 +253,38 @@ impl Services {
         }
         self.get_execution(id).await
     }
+}
+
+/// The next attempt of a failed execution, if its job allows one: for the worker when a
+/// run fails, and for the reconciler when a run's node died under it.
+pub fn next_attempt(
+    retry: &RetryPolicy,
+    claimed: &ClaimedExecution,
+    job: &Job,
+    now: Millis,
+) -> Option<NewExecution> {
+    if claimed.attempt >= job.max_attempts {
+        return None;
+    }
+    let run_after = now + retry.delay(claimed.attempt).as_millis() as Millis;
+    Some(NewExecution {
+        id: new_id(),
+        job_id: job.id.clone(),
+        module: job.module.clone(),
+        job: job.job.clone(),
+        trigger: Trigger::Retry,
+        attempt: claimed.attempt + 1,
+        retry_of: Some(
+            claimed
+                .retry_of
+                .clone()
+                .unwrap_or_else(|| claimed.id.clone()),
+        ),
+        input: claimed.input.clone(),
+        scheduled_at: claimed.scheduled_at,
+        run_after,
+        cron_tick: None,
+        event_id: None,
+        created_at: now,
+    })
 }

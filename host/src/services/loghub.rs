@@ -18,41 +18,12 @@ use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
 use tokio::sync::broadcast;
 
-use crate::domain::{ExecutionStatus, LogEntry};
+use crate::domain::{ExecutionStatus, LogEntry, LogMessage};
+use crate::queue::LogRelay;
 use crate::runtime::LogObserver;
 
 /// Lines a slow follower may lag behind before it is told it missed some.
 const FOLLOW_BUFFER: usize = 1024;
-
-/// What a follower receives.
-#[derive(Debug, Clone, PartialEq)]
-pub enum LogMessage {
-    Line(LogEntry),
-    End(ExecutionStatus),
-}
-
-/// Carries live log lines between nodes. One side appends the lines of runs on this node
-/// that followers elsewhere asked for; the other follows runs on other nodes.
-pub trait LogRelay: Send + Sync + 'static {
-    /// Whether a follower on another node asked for `id` recently. Called when `id`
-    /// starts here, with the hub's lock held: answers from memory, without I/O.
-    fn followed_elsewhere(&self, id: &str) -> bool;
-
-    /// Ids followers on other nodes ask for, as the requests arrive (repeated while they
-    /// follow). Subscribed once, by [`LogHub::with_relay`].
-    fn interest(&self) -> broadcast::Receiver<String>;
-
-    /// Appends messages of a run of this node for its followers elsewhere, after those
-    /// appended before for the same id. Called with the hub's lock held, for every line
-    /// of a followed run: queues them and returns, without waiting for I/O.
-    fn append(&self, id: &str, messages: Vec<LogMessage>);
-
-    /// Follows a run on another node: asks for it (again while the stream is polled) and
-    /// yields its lines from the first, then its end. Called when a follower here
-    /// subscribes to an execution not running here; dropped when nobody here follows it
-    /// any more.
-    fn follow(&self, id: &str) -> BoxStream<'static, LogMessage>;
-}
 
 #[derive(Clone, Default)]
 pub struct LogHub {
@@ -374,5 +345,154 @@ mod tests {
             rx.recv().await.unwrap(),
             LogMessage::End(ExecutionStatus::Failed)
         );
+    }
+
+    /// The hub of two nodes over one real Redis relay each.
+    mod over_redis {
+        use std::sync::Arc;
+        use std::time::Duration;
+
+        use deadpool_redis::redis;
+        use tokio::sync::broadcast;
+
+        use super::super::LogHub;
+        use crate::domain::{ExecutionStatus, LogEntry, LogLevel, LogMessage};
+        use crate::queue::testing::TestPrefix;
+        use crate::queue::{RedisLogRelay, RedisLogRelayConfig};
+
+        const WITHIN: Duration = Duration::from_secs(5);
+
+        async fn hub(redis: &TestPrefix, node: &str) -> LogHub {
+            let relay = RedisLogRelay::connect(RedisLogRelayConfig {
+                url: redis.url.clone(),
+                key_prefix: redis.prefix.clone(),
+                node_id: node.to_owned(),
+                announce_every: Duration::from_millis(200),
+            })
+            .await
+            .expect("the test Redis server is reachable");
+            LogHub::with_relay(Arc::new(relay))
+        }
+
+        fn line(seq: u32, message: &str) -> LogEntry {
+            let mut fields = serde_json::Map::new();
+            if seq.is_multiple_of(2) {
+                fields.insert("n".into(), seq.into());
+            }
+            LogEntry {
+                seq,
+                ts_ms: 1_700_000_000_000 + u64::from(seq),
+                level: LogLevel::Warn,
+                message: message.into(),
+                fields,
+            }
+        }
+
+        async fn next(rx: &mut broadcast::Receiver<LogMessage>) -> LogMessage {
+            tokio::time::timeout(WITHIN, rx.recv())
+                .await
+                .expect("a message in time")
+                .expect("an open channel")
+        }
+
+        #[tokio::test]
+        async fn a_line_logged_on_one_node_reaches_a_follower_on_another_with_the_backlog_and_the_end()
+         {
+            let redis = TestPrefix::new();
+            let (runner, follower) = (hub(&redis, "node-a").await, hub(&redis, "node-b").await);
+            let observer = runner.start("x");
+            observer(&line(0, "before anyone followed"));
+            observer(&line(1, "still before"));
+
+            let (backlog, mut rx) = follower.subscribe("x");
+            assert!(backlog.is_empty(), "nothing runs here");
+            assert_eq!(
+                next(&mut rx).await,
+                LogMessage::Line(line(0, "before anyone followed"))
+            );
+            assert_eq!(
+                next(&mut rx).await,
+                LogMessage::Line(line(1, "still before"))
+            );
+            observer(&line(2, "live"));
+            assert_eq!(next(&mut rx).await, LogMessage::Line(line(2, "live")));
+            runner.finish("x", ExecutionStatus::Completed);
+            assert_eq!(
+                next(&mut rx).await,
+                LogMessage::End(ExecutionStatus::Completed)
+            );
+
+            // A second follower there after the end finds nothing live: the store has it.
+            let (backlog, _rx) = follower.subscribe("x");
+            assert!(backlog.is_empty());
+            follower.forget_if_idle("x");
+        }
+
+        #[tokio::test]
+        async fn a_run_that_starts_after_a_follower_elsewhere_asked_is_relayed_from_its_start() {
+            let redis = TestPrefix::new();
+            let (runner, follower) = (hub(&redis, "node-a").await, hub(&redis, "node-b").await);
+            let (_, mut rx) = follower.subscribe("queued");
+            // The request has to reach the runner before the run starts.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let observer = runner.start("queued");
+            observer(&line(0, "first"));
+            runner.finish("queued", ExecutionStatus::Failed);
+            assert_eq!(next(&mut rx).await, LogMessage::Line(line(0, "first")));
+            assert_eq!(
+                next(&mut rx).await,
+                LogMessage::End(ExecutionStatus::Failed)
+            );
+        }
+
+        #[tokio::test]
+        async fn a_run_nobody_follows_elsewhere_writes_nothing_to_redis() {
+            let redis = TestPrefix::new();
+            let (runner, follower) = (hub(&redis, "node-a").await, hub(&redis, "node-b").await);
+            // Followers of other runs, elsewhere and on the same node, change nothing.
+            let (_, _other) = follower.subscribe("other");
+            let (_, mut local) = runner.subscribe("lonely");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let observer = runner.start("lonely");
+            for seq in 0..3 {
+                observer(&line(seq, "unseen elsewhere"));
+            }
+            runner.finish("lonely", ExecutionStatus::Completed);
+            for seq in 0..3 {
+                assert_eq!(
+                    next(&mut local).await,
+                    LogMessage::Line(line(seq, "unseen elsewhere"))
+                );
+            }
+            assert_eq!(
+                next(&mut local).await,
+                LogMessage::End(ExecutionStatus::Completed)
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            assert!(!redis.exists(&format!("{}:logs:lonely", redis.prefix)));
+            assert!(!redis.exists(&format!("{}:logs:other", redis.prefix)));
+        }
+
+        #[tokio::test]
+        async fn a_run_stops_being_relayed_once_its_followers_elsewhere_leave() {
+            let redis = TestPrefix::new();
+            let (runner, follower) = (hub(&redis, "node-a").await, hub(&redis, "node-b").await);
+            let observer = runner.start("x");
+            observer(&line(0, "followed"));
+            let (_, mut rx) = follower.subscribe("x");
+            assert_eq!(next(&mut rx).await, LogMessage::Line(line(0, "followed")));
+            drop(rx);
+            follower.forget_if_idle("x");
+            // Three request periods: the runner no longer counts the request.
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            observer(&line(1, "after they left"));
+            runner.finish("x", ExecutionStatus::Completed);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let entries: u64 = redis::cmd("XLEN")
+                .arg(format!("{}:logs:x", redis.prefix))
+                .query(&mut redis.connection())
+                .unwrap();
+            assert_eq!(entries, 1, "only the line logged while followed");
+        }
     }
 }

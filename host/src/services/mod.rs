@@ -15,18 +15,23 @@ pub mod routes;
 pub mod schedule;
 pub mod secrets;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::domain::Limits;
 use crate::queue::{Queue, QueueError};
-use crate::runtime::{LoadError, Runtime};
+use crate::runtime::{
+    EngineSettings, HostServices, LoadError, OutboundSettings, Runtime, RuntimeConfig, RuntimeError,
+};
 use crate::store::{Store, StoreError};
 use secrets::SecretBox;
 
 pub use auth::AuthService;
 pub use backends::{StoreEventSink, StoreKeyValue, StoreMetricsSink};
 pub use events::{EventBus, PublishEvent};
-pub use executions::{AttachedRunner, LocalRunner, RunningRegistry, WorkerReservation};
+pub use executions::{
+    AttachedRunner, LocalRunner, RunningRegistry, WorkerReservation, next_attempt,
+};
 pub use job_config::{ConfigOpenError, OpenedConfig};
 pub use jobs::{ExecuteRequest, JobDraft, JobPatch, ManualRuns};
 pub use loghub::LogHub;
@@ -198,6 +203,53 @@ pub struct Services {
     /// Seals and opens jobs' secret settings; `None` on a node given no key (distributed
     /// without `RUNCELL_SECRET_KEY`), where secrets can be neither set nor read.
     pub secrets: Option<SecretBox>,
+}
+
+impl Services {
+    /// The services of one node on `store` and `queue`, with a runtime sized for
+    /// `workers` runs at once.
+    pub fn new(
+        store: Arc<dyn Store>,
+        queue: Arc<dyn Queue>,
+        cache_dir: Option<PathBuf>,
+        workers: usize,
+        outbound: OutboundSettings,
+        settings: ServiceSettings,
+    ) -> Result<Self, RuntimeError> {
+        let events = EventBus::new(store.clone(), queue.clone());
+        let host = HostServices {
+            kv: Arc::new(StoreKeyValue(store.clone())),
+            events: Arc::new(StoreEventSink(events.clone())),
+            metrics: Arc::new(StoreMetricsSink(store.clone())),
+        };
+        let runtime = Runtime::new(
+            RuntimeConfig {
+                engine: EngineSettings {
+                    // Runs, requests to module routes, and describe calls of uploads
+                    // happening meanwhile.
+                    max_concurrent_instances: (workers + settings.routes.total_concurrency + 8)
+                        as u32,
+                    ..EngineSettings::default()
+                },
+                cache_dir,
+                outbound,
+            },
+            host,
+        )?;
+        Ok(Self {
+            modules: ModuleCatalog::new(store.clone(), runtime.clone()),
+            store,
+            queue,
+            runtime,
+            logs: LogHub::default(),
+            events,
+            running: RunningRegistry::default(),
+            local_runner: AttachedRunner::default(),
+            routes: Arc::new(RouteGate::new(&settings.routes)),
+            settings: Arc::new(settings),
+            secrets: None,
+        })
+    }
 }
 
 impl std::fmt::Debug for Services {
