@@ -10,6 +10,8 @@ pub mod cli;
 pub mod domain;
 pub mod queue;
 pub mod reconciler;
+#[cfg(test)]
+mod rooms;
 pub mod runtime;
 pub mod scheduler;
 pub mod services;
