@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use runcell::domain::{FailureKind, Grants, Limits, Outcome, RunReport};
+use runcell::domain::{Capabilities, FailureKind, Grants, Limits, Outcome, RouteAccess, RunReport};
 use runcell::runtime::host::{
     BackendError, KeyValueStore, MemoryEventSink, MemoryKeyValue, MemoryMetricsSink,
 };
@@ -89,6 +89,161 @@ fn output(report: &RunReport) -> &serde_json::Value {
         Outcome::Completed { output } => output,
         other => panic!("expected completion, got {other:?}"),
     }
+}
+
+// Every guest module has a test here named after it (`guest_<name>`) that checks what the
+// other tests rely on it being; a guest without one does not compile.
+include!(concat!(env!("OUT_DIR"), "/foreach_guest.rs"));
+
+macro_rules! assert_test_exists {
+    ($test:ident) => {
+        #[expect(unused_imports, reason = "only names the test, so that it must exist")]
+        use self::$test as _;
+    };
+}
+
+foreach_guest!(assert_test_exists);
+
+fn job_names(module: &LoadedModule) -> Vec<&str> {
+    module
+        .manifest
+        .jobs
+        .iter()
+        .map(|job| job.name.as_str())
+        .collect()
+}
+
+/// `hello` greets, asks for nothing, and offers the no-op job overhead is measured with.
+#[tokio::test]
+async fn guest_hello() {
+    let h = harness();
+    let module = load(&h.runtime, "hello").await;
+    assert_eq!(module.manifest.name, "hello");
+    assert_eq!(job_names(&module), ["greet", "noop"]);
+    assert_eq!(module.manifest.capabilities, Capabilities::default());
+    let report = h
+        .runtime
+        .run(
+            &module,
+            request("greet", r#"{"name":"Ada"}"#, short_limits()),
+        )
+        .await;
+    assert_eq!(output(&report)["greeting"], "Hello, Ada!");
+    let report = h
+        .runtime
+        .run(&module, request("noop", "null", short_limits()))
+        .await;
+    assert_eq!(*output(&report), serde_json::Value::Null);
+}
+
+/// `data-sync` uses key-value, publishes its report, serves routes to callers with
+/// credentials, and runs its three jobs on schedules.
+#[tokio::test]
+async fn guest_data_sync() {
+    let h = harness();
+    let module = load(&h.runtime, "data-sync").await;
+    assert_eq!(module.manifest.name, "data-sync");
+    assert_eq!(
+        job_names(&module),
+        ["hourly-sync", "daily-report", "health-check"]
+    );
+    assert!(
+        module
+            .manifest
+            .jobs
+            .iter()
+            .all(|job| job.default_schedule.is_some())
+    );
+    assert_eq!(
+        module.manifest.capabilities,
+        Capabilities {
+            key_value: true,
+            publishes: vec!["report.generated".to_owned()],
+            routes: RouteAccess::Authenticated,
+            ..Capabilities::default()
+        }
+    );
+}
+
+/// `endpoint-monitor` asks to reach any host, which an administrator narrows.
+#[tokio::test]
+async fn guest_endpoint_monitor() {
+    let h = harness();
+    let module = load(&h.runtime, "endpoint-monitor").await;
+    assert_eq!(module.manifest.name, "endpoint-monitor");
+    assert_eq!(job_names(&module), ["check-endpoints"]);
+    assert_eq!(module.manifest.capabilities.outbound_hosts, ["*"]);
+}
+
+/// `hostile` offers one job per attack on the sandbox, and `echo`, which returns its
+/// input and context.
+#[tokio::test]
+async fn guest_hostile() {
+    let h = harness();
+    let module = load(&h.runtime, "hostile").await;
+    assert_eq!(module.manifest.name, "hostile");
+    let jobs = job_names(&module);
+    for job in [
+        "spin",
+        "memory-bomb",
+        "log-flood",
+        "slow-host-call",
+        "burn",
+        "clock",
+    ] {
+        assert!(jobs.contains(&job), "{job} in {jobs:?}");
+    }
+    let report = h
+        .runtime
+        .run(&module, request("echo", r#"{"a":[1]}"#, short_limits()))
+        .await;
+    assert_eq!(output(&report)["input"], serde_json::json!({"a": [1]}));
+}
+
+/// `http-client` is written against `wasi:http` without the SDK and asks for one host.
+#[tokio::test]
+async fn guest_http_client() {
+    let h = harness();
+    let module = load(&h.runtime, "http-client").await;
+    assert_eq!(module.manifest.name, "http-client");
+    assert_eq!(job_names(&module), ["fetch"]);
+    assert_eq!(
+        module.manifest.capabilities.outbound_hosts,
+        ["api.example.com"]
+    );
+}
+
+/// `route-probe` 1.0.0 serves its probing routes to callers with credentials.
+#[tokio::test]
+async fn guest_route_probe() {
+    let h = harness();
+    let module = load(&h.runtime, "route-probe").await;
+    assert_eq!(
+        (
+            module.manifest.name.as_str(),
+            module.manifest.version.as_str()
+        ),
+        ("route-probe", "1.0.0")
+    );
+    assert_eq!(
+        module.manifest.capabilities.routes,
+        RouteAccess::Authenticated
+    );
+}
+
+/// `route-probe-v2` is the next version of `route-probe`, its routes open to anyone.
+#[tokio::test]
+async fn guest_route_probe_v2() {
+    let h = harness();
+    let module = load(&h.runtime, "route-probe-v2").await;
+    assert_eq!(
+        (
+            module.manifest.name.as_str(),
+            module.manifest.version.as_str()
+        ),
+        ("route-probe", "2.0.0")
+    );
+    assert_eq!(module.manifest.capabilities.routes, RouteAccess::Public);
 }
 
 #[tokio::test]
@@ -782,8 +937,10 @@ async fn a_component_without_the_exports_is_refused_naming_the_export() {
     );
 }
 
+/// `unknown-import` imports an interface nobody offers (`evil:thing/backdoor`): it is
+/// refused at load, naming the import.
 #[tokio::test]
-async fn a_component_importing_something_not_offered_is_refused_naming_it() {
+async fn guest_unknown_import() {
     let h = harness();
     let err = h
         .runtime

@@ -1,22 +1,13 @@
 //! Builds the example and fixture modules once per test process and says where they are.
-//! Tests name a module; this makes sure it exists, so adding a module means adding it here
-//! and a test that loads it.
+//! The guests are the packages under `example-modules/` and `tests/fixtures/`, listed by
+//! the host's build script; `tests/runtime.rs` must hold a test named after each one.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-/// Every guest the tests use, by package name.
-pub const GUESTS: &[&str] = &[
-    "hello",
-    "data-sync",
-    "endpoint-monitor",
-    "hostile",
-    "unknown-import",
-    "http-client",
-    "route-probe",
-    "route-probe-v2",
-];
+/// Every guest module, by package name.
+pub const GUESTS: &[&str] = include!(concat!(env!("OUT_DIR"), "/guests.rs"));
 
 fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -30,12 +30,18 @@ pub(super) struct BenchArgs {
     overhead_only: bool,
 }
 
-/// Where `./dev build` put the guest `file`: below `CARGO_TARGET_DIR` when it is set,
+/// The guests the benches run by default, by package name.
+pub(super) const NOOP_GUEST: &str = "hello";
+pub(super) const LOAD_GUEST: &str = "data-sync";
+pub(super) const PROBE_GUEST: &str = "hostile";
+
+/// Where `./dev build` put the guest `package`: below `CARGO_TARGET_DIR` when it is set,
 /// else below the target directory this binary was built into (`<target>/release/runcell`),
 /// else below the workspace's `target/`. Never relative to the working directory, which
 /// says nothing about where the build went.
-pub(super) fn guest_path(file: &str) -> PathBuf {
-    let below = |target: PathBuf| target.join("guests/wasm32-wasip2/guest").join(file);
+pub(super) fn guest_path(package: &str) -> PathBuf {
+    let file = format!("{}.wasm", package.replace('-', "_"));
+    let below = |target: PathBuf| target.join("guests/wasm32-wasip2/guest").join(&file);
     if let Some(target) = std::env::var_os("CARGO_TARGET_DIR") {
         return below(std::path::absolute(target).unwrap_or_default());
     }
@@ -54,13 +60,13 @@ pub(super) fn guest_path(file: &str) -> PathBuf {
         .unwrap_or_else(|| below(PathBuf::from("target")))
 }
 
-fn guest(path: Option<PathBuf>, file: &str) -> PathBuf {
-    path.unwrap_or_else(|| guest_path(file))
+fn guest(path: Option<PathBuf>, package: &str) -> PathBuf {
+    path.unwrap_or_else(|| guest_path(package))
 }
 
 pub(super) fn run(args: BenchArgs) -> ExitStatus {
-    let noop_path = guest(args.noop_module, "hello.wasm");
-    let load_path = guest(args.load_module, "data_sync.wasm");
+    let noop_path = guest(args.noop_module, NOOP_GUEST);
+    let load_path = guest(args.load_module, LOAD_GUEST);
     let (noop, data_sync) = match (std::fs::read(&noop_path), std::fs::read(&load_path)) {
         (Ok(a), Ok(b)) => (a, b),
         (Err(err), _) | (_, Err(err)) => {
@@ -285,4 +291,24 @@ fn ms(d: Duration) -> f64 {
 
 fn us(d: Duration) -> f64 {
     d.as_secs_f64() * 1_000_000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The guest modules of the workspace, as the build script found them.
+    const GUESTS: &[&str] = include!(concat!(env!("OUT_DIR"), "/guests.rs"));
+
+    #[test]
+    fn the_default_bench_modules_are_guests_of_the_workspace() {
+        for guest in [NOOP_GUEST, LOAD_GUEST, PROBE_GUEST] {
+            assert!(GUESTS.contains(&guest), "{guest} is not in {GUESTS:?}");
+        }
+    }
+
+    #[test]
+    fn a_guest_is_found_under_its_library_name() {
+        assert!(guest_path("data-sync").ends_with("guests/wasm32-wasip2/guest/data_sync.wasm"));
+    }
 }

@@ -270,8 +270,8 @@ pub(super) fn run(args: ServerBenchArgs) -> ExitStatus {
 }
 
 fn bench(args: &ServerBenchArgs) -> BenchResult<()> {
-    let read = |path: Option<PathBuf>, file: &str| {
-        let path = path.unwrap_or_else(|| super::bench::guest_path(file));
+    let read = |path: Option<PathBuf>, package: &str| {
+        let path = path.unwrap_or_else(|| super::bench::guest_path(package));
         std::fs::read(&path).map_err(|e| {
             format!(
                 "cannot read {}: {e}; build it with `./dev build`",
@@ -291,8 +291,8 @@ fn bench(args: &ServerBenchArgs) -> BenchResult<()> {
                 .into(),
         );
     }
-    let noop_wasm = read(args.noop_module.clone(), "hello.wasm")?;
-    let probe_wasm = read(args.probe_module.clone(), "hostile.wasm")?;
+    let noop_wasm = read(args.noop_module.clone(), super::bench::NOOP_GUEST)?;
+    let probe_wasm = read(args.probe_module.clone(), super::bench::PROBE_GUEST)?;
     let admin_password = crate::services::auth::random_secret(18);
     // One after the other: the first migrates the database and creates the admin.
     let servers = (0..args.nodes)
