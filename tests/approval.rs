@@ -6,7 +6,10 @@
 
 #[path = "support/guests.rs"]
 mod guests;
-#[allow(dead_code)]
+#[allow(
+    dead_code,
+    reason = "shared with other test binaries, each of which uses a different part of it"
+)]
 #[path = "support/server.rs"]
 mod server;
 
