@@ -15,14 +15,5 @@ mod rooms;
 pub mod runtime;
 pub mod scheduler;
 pub mod services;
-// Until the store's rewrite lands with a reason on each of its allows. Outside tests only:
-// the two allows are `cfg_attr(not(test), ...)`.
-#[cfg_attr(
-    not(test),
-    expect(
-        clippy::allow_attributes_without_reason,
-        reason = "the store is being rewritten; its allows get their reasons there"
-    )
-)]
 pub mod store;
 pub mod worker;

@@ -103,7 +103,10 @@ pub struct SqliteStore {
     reader: SqlitePool,
     /// Copies the log into the database file (none for an in-memory database); held
     /// for as long as the store lives, read only by tests.
-    #[cfg_attr(not(test), allow(dead_code))]
+    #[cfg_attr(
+        not(test),
+        expect(dead_code, reason = "held only to keep the checkpointer running")
+    )]
     checkpointer: Option<Arc<Checkpointer>>,
 }
 

@@ -24,7 +24,7 @@ const EVERY: Duration = Duration::from_millis(250);
 #[derive(Debug)]
 pub(super) struct Checkpointer {
     _stop: oneshot::Sender<()>,
-    #[cfg_attr(not(test), allow(dead_code))]
+    #[cfg_attr(not(test), expect(dead_code, reason = "read only by tests"))]
     checkpointed: Arc<AtomicU64>,
 }
 
