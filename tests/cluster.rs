@@ -252,7 +252,7 @@ impl Cluster {
                 .map(|(name, value)| ((*name).to_owned(), (*value).to_owned())),
         );
         self.nodes.push(Server::start_with(ServerOptions {
-            workers,
+            workers: Some(workers),
             retry_base_delay: "50ms".to_owned(),
             env: variables,
             generated_admin_password: false,
@@ -974,7 +974,7 @@ fn a_node_rides_out_a_redis_outage_and_runs_what_was_asked_meanwhile() {
     let redis = Relay::start("127.0.0.1:6379");
     let relayed_url = format!("redis://127.0.0.1:{}", redis.port);
     let node = Server::start_with(ServerOptions {
-        workers: 2,
+        workers: Some(2),
         env: node_env(&database.url, &relayed_url, &prefix, "node-a"),
         ..ServerOptions::default()
     });
@@ -1025,7 +1025,7 @@ fn runs_outliving_a_database_outage_longer_than_their_lease_keep_their_node_and_
     let prefix = TestPrefix::new();
     let postgres = Relay::start(&upstream_of(&database.url));
     let node = Server::start_with(ServerOptions {
-        workers: 3,
+        workers: Some(3),
         env: node_env(
             &postgres.url_for(&database.url),
             &redis_url(),
@@ -1081,7 +1081,7 @@ fn a_node_restarted_under_its_id_takes_back_at_once_what_its_previous_process_he
     env.retain(|(key, _)| key != "RUNCELL_EXECUTION_LEASE");
     env.push(("RUNCELL_EXECUTION_LEASE".to_owned(), "10m".to_owned()));
     let mut node = Server::start_with(ServerOptions {
-        workers: 2,
+        workers: Some(2),
         env,
         ..ServerOptions::default()
     });
@@ -1113,7 +1113,7 @@ fn a_node_rides_out_a_postgres_outage_and_loses_nothing() {
     let postgres = Relay::start(&upstream_of(&database.url));
     let relayed_url = postgres.url_for(&database.url);
     let node = Server::start_with(ServerOptions {
-        workers: 2,
+        workers: Some(2),
         env: node_env(&relayed_url, &redis_url(), &prefix, "node-a"),
         ..ServerOptions::default()
     });

@@ -1131,7 +1131,7 @@ async fn node_on(store: &Arc<dyn runcell::store::Store>) -> runcell::services::S
         store.clone(),
         queue,
         None,
-        1,
+        runcell::services::Capacity::with_workers(1),
         Default::default(),
         Default::default(),
     )

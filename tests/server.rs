@@ -544,7 +544,7 @@ fn a_changed_job_runs_with_its_new_definition_from_the_next_execution_on() {
 #[test]
 fn a_cancelled_queued_execution_never_starts_and_a_cancelled_spin_stops_quickly() {
     let server = Server::start_with(ServerOptions {
-        workers: 1,
+        workers: Some(1),
         ..ServerOptions::default()
     });
     server.upload(&guests::guest("hostile"));
@@ -592,7 +592,7 @@ fn a_cancelled_queued_execution_never_starts_and_a_cancelled_spin_stops_quickly(
 fn a_run_requested_while_a_worker_is_free_starts_at_once_and_waits_in_the_queue_otherwise() {
     // One worker stands by for the queue; the other two take runs requested here.
     let server = Server::start_with(ServerOptions {
-        workers: 3,
+        workers: Some(3),
         ..ServerOptions::default()
     });
     server.upload(&guests::guest("hostile"));
@@ -643,7 +643,7 @@ fn a_run_requested_while_a_worker_is_free_starts_at_once_and_waits_in_the_queue_
 #[test]
 fn every_hostile_job_ends_with_a_fitting_status_while_the_server_stays_healthy() {
     let server = Server::start_with(ServerOptions {
-        workers: 4,
+        workers: Some(4),
         ..ServerOptions::default()
     });
     server.upload(&guests::guest("hostile"));
@@ -819,7 +819,7 @@ fn post_keyed(server: &Server, path: &str, key: &str, body: &Value) -> (u16, boo
 #[test]
 fn a_bulk_run_of_a_large_stored_input_stores_it_once_and_a_retried_request_runs_nothing_twice() {
     let server = Server::start_with(ServerOptions {
-        workers: 1,
+        workers: Some(1),
         ..ServerOptions::default()
     });
     server.upload(&guests::guest("hostile"));
@@ -953,7 +953,7 @@ fn following_a_run_streams_its_lines_in_order_then_end() {
 #[test]
 fn a_crash_fails_the_run_whose_handler_began_and_requeues_the_one_that_never_did() {
     let mut server = Server::start_with(ServerOptions {
-        workers: 1,
+        workers: Some(1),
         ..ServerOptions::default()
     });
     server.upload(&guests::guest("hostile"));
@@ -1068,7 +1068,7 @@ fn killing_the_server_mid_bulk_loses_no_execution_and_finishes_each_exactly_once
     );
     // Only what was running at the kill can have failed: a node claims no more than it
     // has workers for, and what it claimed but never started goes back to the queue.
-    let workers = ServerOptions::default().workers;
+    let workers = ServerOptions::default().workers.unwrap();
     let failed = by_status.get("FAILED").copied().unwrap_or(0);
     assert!(
         failed <= workers,
@@ -1379,6 +1379,149 @@ fn endpoint_monitor_checks_the_endpoints_of_its_setting_set_through_the_api() {
         logs.iter()
             .any(|line| line["message"] == "endpoint down" && line["fields"]["endpoint"] == "gone"),
         "{logs:?}"
+    );
+}
+
+// ---- runs in flight and guests on a CPU ----------------------------------------------
+
+/// An HTTP server on 127.0.0.1 that answers every request `200 ok` after `delay`, on a
+/// thread per connection; returns its port and the most requests it held at once.
+fn slow_http_server(delay: Duration) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{BufRead, BufReader, Write};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (waiting, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let most_seen = most.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let (waiting, most) = (waiting.clone(), most.clone());
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut line = String::new();
+                while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+                    line.clear();
+                }
+                most.fetch_max(waiting.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+                std::thread::sleep(delay);
+                waiting.fetch_sub(1, Ordering::SeqCst);
+                let _ = stream.write_all(
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                );
+            });
+        }
+    });
+    (port, most_seen)
+}
+
+/// Queues `count` runs of `job`; returns their ids.
+fn execute_bulk(server: &Server, job: &str, count: usize) -> Vec<String> {
+    let reply = server.post_json(
+        &format!("/api/v1/jobs/{job}/execute-bulk"),
+        &json!({"count": count}),
+    );
+    assert_eq!(reply.status, 202, "{}", reply.body);
+    reply.body["executionIds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|id| id.as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Waits until every execution of `job` is final; returns them.
+fn wait_all_final(server: &Server, job: &str, count: usize, timeout: Duration) -> Vec<Value> {
+    let mut executions = Vec::new();
+    let done = server.wait_until(timeout, || {
+        executions = server.executions(&format!("jobId={job}"));
+        executions.len() == count && executions.iter().all(is_final)
+    });
+    let open = executions.iter().filter(|e| !is_final(e)).count();
+    assert!(
+        done,
+        "{open} of {count} executions not final after {timeout:?}"
+    );
+    executions
+}
+
+#[test]
+fn by_default_hundreds_of_runs_wait_on_a_slow_endpoint_at_once() {
+    const RUNS: usize = 200;
+    let (port, most_waiting) = slow_http_server(Duration::from_secs(2));
+    let server = Server::start_with(ServerOptions {
+        workers: None,
+        env: vec![("RUNCELL_OUTBOUND_ALLOW".to_owned(), "127.0.0.1".to_owned())],
+        ..ServerOptions::default()
+    });
+    server.upload(&guests::guest("endpoint-monitor"));
+    let job = id(&server.create_job(&json!({
+        "name": "slow-check", "module": "endpoint-monitor", "job": "check-endpoints",
+        "maxAttempts": 1,
+        "input": {"endpoints": [{"name": "slow", "url": format!("http://127.0.0.1:{port}/")}]},
+    })));
+
+    execute_bulk(&server, &job, RUNS);
+    let executions = wait_all_final(&server, &job, RUNS, Duration::from_secs(120));
+    let completed = executions
+        .iter()
+        .filter(|e| e["status"] == "COMPLETED")
+        .count();
+    assert_eq!(completed, RUNS, "{:?}", executions.first());
+    // The former default, four workers per core, would have held eight at a time here;
+    // a run waiting on the network now holds a worker but no CPU.
+    let most = most_waiting.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        most >= RUNS / 2,
+        "at most {most} of {RUNS} runs waited on the endpoint at once"
+    );
+}
+
+#[test]
+fn guests_running_their_code_at_once_never_outnumber_the_cpu_permits() {
+    const RUNS: usize = 100;
+    const PERMITS: usize = 2;
+    let server = Server::start_with(ServerOptions {
+        workers: None,
+        env: vec![("RUNCELL_CPU_GUESTS".to_owned(), PERMITS.to_string())],
+        ..ServerOptions::default()
+    });
+    server.upload(&guests::guest("hostile"));
+    // A few milliseconds of CPU each (330,000 to 800,000 iterations a millisecond on the
+    // machines of BENCHMARKS.md): yields to other tasks on the way, well within the
+    // quantum (10 ms of CPU) after which a guest gives its CPU to a waiting one.
+    let job = id(&server.create_job(&json!({
+        "name": "timed-burn", "module": "hostile", "job": "timed-burn", "maxAttempts": 1,
+        "input": {"iterations": 1_000_000},
+    })));
+
+    execute_bulk(&server, &job, RUNS);
+    let executions = wait_all_final(&server, &job, RUNS, Duration::from_secs(120));
+    // Each run's guest code ran from its start to its end without waiting on the host,
+    // so it held its permit throughout: no more spans overlap than there are permits.
+    let mut edges: Vec<(u128, i32)> = Vec::new();
+    for execution in &executions {
+        assert_eq!(execution["status"], "COMPLETED", "{execution}");
+        let at = |field: &str| -> u128 {
+            execution["result"][field]
+                .as_str()
+                .and_then(|ns| ns.parse().ok())
+                .unwrap_or_else(|| panic!("no {field}: {execution}"))
+        };
+        edges.push((at("startedNs"), 1));
+        edges.push((at("endedNs"), -1));
+    }
+    // An end before a start at the same instant: touching spans do not overlap.
+    edges.sort();
+    let (mut running, mut most) = (0, 0);
+    for (_, step) in edges {
+        running += step;
+        most = most.max(running);
+    }
+    assert!(
+        (1..=PERMITS as i32).contains(&most),
+        "{most} guests ran their code at once on {PERMITS} permits"
     );
 }
 

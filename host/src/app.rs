@@ -19,7 +19,7 @@ use crate::services::LogHub as LiveLogs;
 use crate::services::auth::jwt::{KeyError, SigningKey};
 use crate::services::auth::{AuthService, AuthSettings, random_secret};
 use crate::services::secrets::SecretBox;
-use crate::services::{JobDraft, ServiceSettings, Services};
+use crate::services::{Capacity, JobDraft, ServiceSettings, Services};
 use crate::store::{AuthStore, PostgresStore, SqliteStore, Store};
 use crate::worker::{WorkerPool, WorkerSettings};
 
@@ -28,7 +28,8 @@ use crate::worker::{WorkerPool, WorkerSettings};
 pub struct ServeConfig {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
-    pub workers: usize,
+    /// Runs in flight at once (worker slots), and guests running their code at once.
+    pub capacity: Capacity,
     /// A directory of `.wasm` modules to install at start, with a demo job.
     pub examples: Option<PathBuf>,
     pub retry_base_delay: Duration,
@@ -151,10 +152,74 @@ pub enum StartError {
     },
 }
 
-/// The default worker count: guests that wait on host calls leave the CPU idle, so run
-/// more of them than there are cores.
+impl Default for Capacity {
+    fn default() -> Self {
+        Self::with_workers(default_workers())
+    }
+}
+
+/// The most runs a node keeps in flight by default, however large the machine.
+///
+/// A run in flight that waits on the network costs memory, not CPU (its guest gives its
+/// CPU permit up while it waits), so the number in flight is bounded by memory and by
+/// what a node should claim at once, not by cores: claims are sized to it, and a node
+/// that dies leaves that many runs to the reconciler for a lease. 256 runs that each wait
+/// 1 s on a slow endpoint get through 1,000 in about 4 s (`runcell bench server`,
+/// BENCHMARKS.md), where the former default of 4 × cores (8 on two cores) took 125 s.
+const DEFAULT_WORKERS_CAP: usize = 256;
+
+/// The memory one run in flight is budgeted at when the default is sized to a small
+/// machine: an idle run of a small guest measured about 0.3 MiB (its store, its fiber
+/// stack, its touched linear memory, an open connection), and a slot the pooling
+/// allocator has used keeps up to 2 MiB of linear memory resident for the next run.
+const MEMORY_PER_RUN_IN_FLIGHT: u64 = 2 * 1024 * 1024;
+
+/// The share of the machine's memory (or of the process's cgroup limit) the default
+/// number of runs in flight may be budgeted at; the rest is left to the database cache,
+/// compiled modules, the guests' own growth and everything else on the machine.
+const MEMORY_SHARE_FOR_RUNS: u64 = 4;
+
+/// The default number of runs in flight: [`DEFAULT_WORKERS_CAP`], fewer on a machine whose
+/// memory would not hold that many (see [`MEMORY_PER_RUN_IN_FLIGHT`]), never fewer than
+/// four per core.
 pub fn default_workers() -> usize {
-    std::thread::available_parallelism().map_or(2, |n| n.get()) * 4
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let by_memory = memory_limit().map_or(DEFAULT_WORKERS_CAP, |bytes| {
+        usize::try_from(bytes / MEMORY_SHARE_FOR_RUNS / MEMORY_PER_RUN_IN_FLIGHT)
+            .unwrap_or(usize::MAX)
+    });
+    by_memory.min(DEFAULT_WORKERS_CAP).max(cores * 4)
+}
+
+/// The default number of guests running their code at once: one per core.
+pub fn default_cpu_guests() -> usize {
+    crate::runtime::EngineSettings::default().cpu_guests
+}
+
+/// The memory this process may use: the machine's, or its cgroup's limit if lower.
+/// `None` where neither can be read.
+fn memory_limit() -> Option<u64> {
+    let machine = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|info| mem_total(&info));
+    let cgroup = [
+        "/sys/fs/cgroup/memory.max",
+        "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+    ]
+    .into_iter()
+    .find_map(|path| std::fs::read_to_string(path).ok())
+    .and_then(|limit| limit.trim().parse::<u64>().ok());
+    match (machine, cgroup) {
+        (Some(machine), Some(cgroup)) => Some(machine.min(cgroup)),
+        (machine, cgroup) => machine.or(cgroup),
+    }
+}
+
+/// `MemTotal` of `/proc/meminfo`, in bytes.
+fn mem_total(meminfo: &str) -> Option<u64> {
+    let line = meminfo.lines().find(|line| line.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
 }
 
 /// Runs the server until SIGTERM or Ctrl-C.
@@ -183,7 +248,7 @@ pub async fn serve(config: ServeConfig) -> Result<(), StartError> {
         backend.store.clone(),
         backend.queue,
         Some(config.data_dir.join("cache")),
-        config.workers,
+        config.capacity,
         outbound,
         ServiceSettings {
             routes: config.routes.clone(),
@@ -224,7 +289,7 @@ pub async fn serve(config: ServeConfig) -> Result<(), StartError> {
         ..RetryPolicy::default()
     };
     let worker_settings = WorkerSettings {
-        concurrency: config.workers,
+        concurrency: config.capacity.workers,
         retry,
         lease: config.execution_lease,
         node_id: node_id.clone(),
@@ -264,7 +329,7 @@ pub async fn serve(config: ServeConfig) -> Result<(), StartError> {
             node_id: node_id.clone(),
             started_at: now_millis(),
             last_heartbeat_at: now_millis(),
-            workers: config.workers as u32,
+            workers: config.capacity.workers as u32,
             running: 0,
             version: env!("CARGO_PKG_VERSION").to_owned(),
         },
@@ -295,7 +360,12 @@ pub async fn serve(config: ServeConfig) -> Result<(), StartError> {
         );
         println!("        or open http://{addr}/api/docs");
     }
-    tracing::info!(%addr, workers = config.workers, "runcell serving");
+    tracing::info!(
+        %addr,
+        workers = config.capacity.workers,
+        cpu_guests = config.capacity.cpu_guests,
+        "runcell serving"
+    );
 
     let served = axum::serve(
         listener,
@@ -673,6 +743,28 @@ async fn install_examples(services: &Services, dir: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_default_runs_in_flight_are_many_but_fit_the_memory() {
+        let workers = default_workers();
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        assert!(workers <= DEFAULT_WORKERS_CAP.max(cores * 4), "{workers}");
+        assert!(workers >= cores * 4, "{workers}");
+        if let Some(memory) = memory_limit()
+            && memory >= 2 * 1024 * 1024 * 1024
+        {
+            assert_eq!(
+                workers,
+                DEFAULT_WORKERS_CAP.max(cores * 4),
+                "{memory} bytes"
+            );
+        }
+        assert_eq!(
+            mem_total("MemFree:  10 kB\nMemTotal:       24683812 kB\n"),
+            Some(24_683_812 * 1024)
+        );
+        assert_eq!(mem_total("MemTotal: lots"), None);
+    }
 
     #[test]
     fn an_embedded_node_generates_its_secret_key_once_and_a_distributed_one_has_none() {

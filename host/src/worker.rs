@@ -16,7 +16,7 @@ use crate::domain::{
     RunContext, new_id, now_millis,
 };
 use crate::queue::Delivery;
-use crate::runtime::{CancelToken, RunRequest};
+use crate::runtime::{CancelToken, RunRequest, StartListener};
 use crate::services::jobs::effective_limits;
 use crate::services::{LocalRunner, Services, WorkerReservation, next_attempt};
 use crate::store::{ClaimedExecution, Retry};
@@ -74,6 +74,8 @@ struct Shared {
     abandoning: AtomicBool,
     /// Shared by the dispatcher and the runs requests start here.
     jobs: tokio::sync::Mutex<JobCache>,
+    /// Told by the runtime when a run's guest code starts: `services.running`.
+    began: Arc<dyn StartListener>,
 }
 
 /// The running pool; [`WorkerPool::shutdown`] stops it.
@@ -108,6 +110,7 @@ impl WorkerPool {
             recorder: recorder_tx,
             abandoning: AtomicBool::new(false),
             jobs: tokio::sync::Mutex::new(JobCache::default()),
+            began: Arc::new(services.running.clone()),
         });
         let running = Arc::new(Semaphore::new(concurrency));
         let recorder = tokio::spawn(record(services.clone(), recorder_rx));
@@ -531,10 +534,11 @@ async fn run_one(
         redact: config.redactor,
         cancel,
         log_observer: Some(services.logs.start(&claimed.id)),
+        // Once guest code runs, should this node die, the execution ran and is settled
+        // by its job's retry policy, not simply offered again. Not before: a run in
+        // flight may wait a while for a CPU.
+        start_listener: Some(shared.began.clone()),
     };
-    // From here on guest code runs: should this node die, the execution ran and is
-    // settled by its job's retry policy, not simply offered again.
-    services.running.mark_began(&claimed.id);
     let report = services.runtime.run(&module, request).await;
     services.running.unregister(&claimed.id);
     if matches!(report.outcome, Outcome::Cancelled) && shared.abandoning.load(Ordering::SeqCst) {

@@ -28,7 +28,8 @@ pub const ADMIN_PASSWORD: &str = "test admin password";
 /// How to start a server.
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
-    pub workers: usize,
+    /// `--workers`; `None` leaves the server's default.
+    pub workers: Option<usize>,
     /// `--retry-base-delay`, as humantime (`50ms`).
     pub retry_base_delay: String,
     /// More `RUNCELL_*` variables.
@@ -41,7 +42,7 @@ pub struct ServerOptions {
 impl Default for ServerOptions {
     fn default() -> Self {
         Self {
-            workers: 2,
+            workers: Some(2),
             retry_base_delay: "50ms".to_owned(),
             env: Vec::new(),
             generated_admin_password: false,
@@ -123,12 +124,14 @@ impl Server {
         command
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(self.data_dir.path())
-            .args(["--workers", &self.options.workers.to_string()])
             .args(["--retry-base-delay", &self.options.retry_base_delay])
             .env("RUNCELL_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        if let Some(workers) = self.options.workers {
+            command.args(["--workers", &workers.to_string()]);
+        }
         if self.options.generated_admin_password {
             command.env_remove("RUNCELL_ADMIN_PASSWORD");
         } else {

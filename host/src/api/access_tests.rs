@@ -67,7 +67,7 @@ async fn harness() -> Harness {
         dyn_store,
         queue,
         None,
-        1,
+        crate::services::Capacity::with_workers(1),
         Default::default(),
         Default::default(),
     )

@@ -70,7 +70,15 @@ async fn api_with_secret_key() -> TestApi {
 async fn built_api(settings: ServiceSettings, secrets: Option<SecretBox>) -> TestApi {
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open_in_memory().await.unwrap());
     let queue: Arc<dyn Queue> = Arc::new(MemoryQueue::default());
-    let mut services = Services::new(store, queue, None, 1, Default::default(), settings).unwrap();
+    let mut services = Services::new(
+        store,
+        queue,
+        None,
+        crate::services::Capacity::with_workers(1),
+        Default::default(),
+        settings,
+    )
+    .unwrap();
     services.secrets = secrets;
     let readiness = Readiness::new();
     readiness.set_workers_running(true);

@@ -8,9 +8,11 @@ use clap::Args;
 
 use super::ExitStatus;
 use crate::app::{
-    AuthConfig, DistributedConfig, Secret, SecretKeySource, ServeConfig, default_workers,
+    AuthConfig, DistributedConfig, Secret, SecretKeySource, ServeConfig, default_cpu_guests,
+    default_workers,
 };
 use crate::runtime::OutboundTls;
+use crate::services::Capacity;
 use crate::services::RouteSettings;
 
 #[derive(Debug, Args)]
@@ -21,10 +23,15 @@ pub(super) struct ServeArgs {
     /// Where the embedded database and compiled modules live.
     #[arg(long, env = "RUNCELL_DATA_DIR", default_value = "./runcell-data")]
     data_dir: PathBuf,
-    /// Executions running at once [default: 4 × cores]. One of them always stands by
-    /// for the queue; the others also start runs requested of this node at once.
+    /// Executions in flight at once [default: 256, fewer on a machine with under 2 GiB
+    /// of memory]. A run waiting on the network holds one but no CPU. One of them always
+    /// stands by for the queue; the others also start runs requested of this node at once.
     #[arg(long, env = "RUNCELL_WORKERS")]
     workers: Option<usize>,
+    /// Guests running their code at once [default: one per core]; the other executions in
+    /// flight wait for a CPU, and that wait does not count against their time limit.
+    #[arg(long, env = "RUNCELL_CPU_GUESTS")]
+    cpu_guests: Option<usize>,
     /// Install every `.wasm` module in this directory at start, plus a demo job.
     #[arg(long, env = "RUNCELL_EXAMPLES")]
     examples: Option<PathBuf>,
@@ -110,6 +117,11 @@ pub(super) fn run(args: ServeArgs) -> ExitStatus {
         eprintln!("error: --workers must be at least 1");
         return ExitStatus::Usage;
     }
+    let cpu_guests = args.cpu_guests.unwrap_or_else(default_cpu_guests);
+    if cpu_guests == 0 {
+        eprintln!("error: --cpu-guests must be at least 1");
+        return ExitStatus::Usage;
+    }
     let defaults = RouteSettings::default();
     if !(1..=defaults.total_concurrency).contains(&args.route_concurrency) {
         eprintln!(
@@ -142,7 +154,10 @@ pub(super) fn run(args: ServeArgs) -> ExitStatus {
     let config = ServeConfig {
         listen: args.listen,
         data_dir: args.data_dir,
-        workers,
+        capacity: Capacity {
+            workers,
+            cpu_guests,
+        },
         examples: args.examples,
         retry_base_delay: args.retry_base_delay,
         shutdown_grace: args.shutdown_grace,

@@ -43,6 +43,9 @@ pub struct EngineSettings {
     pub memory_ceiling_bytes: u64,
     /// Use the pooling allocator (fast instantiation); off falls back to mmap per run.
     pub pooling: bool,
+    /// Guests that run their code at once; the other runs in flight wait for a CPU (see
+    /// `cpu_permits`). One per core by default.
+    pub cpu_guests: usize,
 }
 
 impl Default for EngineSettings {
@@ -52,6 +55,7 @@ impl Default for EngineSettings {
             lanes: super::lanes::default_lane_count(),
             memory_ceiling_bytes: crate::domain::Limits::default_ceiling().memory_bytes,
             pooling: true,
+            cpu_guests: super::cpu_permits::default_cpu_permits(),
         }
     }
 }

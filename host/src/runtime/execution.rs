@@ -3,6 +3,7 @@
 //! end; nothing of a run survives into the next.
 
 use std::collections::BTreeMap;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::Poll;
@@ -14,7 +15,9 @@ use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use super::bindings::{JobModulePre, types};
+use super::clock::RunClock;
 use super::cpu::CpuMeter;
+use super::cpu_permits::CpuPermits;
 use super::host::http::OutboundHttp;
 use super::host::{HostCallTimedOut, HostContext};
 use super::lanes::Lane;
@@ -75,6 +78,15 @@ pub struct RunRequest {
     pub redact: Redactor,
     pub cancel: CancelToken,
     pub log_observer: Option<LogObserver>,
+    /// Told when the guest's code is about to start: once the run has a CPU, which may
+    /// be a while after it was handed to the runtime.
+    pub start_listener: Option<Arc<dyn StartListener>>,
+}
+
+/// Hears that a run's guest code is about to start.
+pub trait StartListener: Send + Sync {
+    /// Called once per run, on the run's thread, before instantiation.
+    fn started(&self, execution_id: &str);
 }
 
 impl std::fmt::Debug for RunRequest {
@@ -106,6 +118,7 @@ impl RunRequest {
             redact: Redactor::default(),
             cancel: CancelToken::default(),
             log_observer: None,
+            start_listener: None,
         }
     }
 }
@@ -216,12 +229,12 @@ pub(crate) fn deadline_passed() -> wasmtime::Error {
 
 /// Builds the store for one run in `lane`: WASI with no directories, environment,
 /// arguments or network; stdout/stderr into the log; fuel, memory limiter and epoch
-/// deadline set.
+/// deadline set. The run's clock starts now.
 pub(crate) fn new_store(
     lane: &Lane,
     module_name: Arc<str>,
     request: &RunRequest,
-) -> (Store<ExecutionState>, LogCollector) {
+) -> (Store<ExecutionState>, LogCollector, Arc<RunClock>) {
     let limits = request.limits;
     let logs = LogCollector::new(
         limits.max_log_lines,
@@ -236,7 +249,7 @@ pub(crate) fn new_store(
         .allow_udp(false)
         .allow_ip_name_lookup(false)
         .build();
-    let deadline = tokio::time::Instant::now() + limits.timeout;
+    let clock = Arc::new(RunClock::start(limits.timeout));
     let state = ExecutionState {
         wasi,
         table: ResourceTable::new(),
@@ -245,7 +258,7 @@ pub(crate) fn new_store(
             request.grants.clone(),
             lane.outbound.clone(),
             logs.clone(),
-            deadline,
+            clock.clone(),
         ),
         limiter: MemoryLimiter::new(limits.memory_bytes),
         host: HostContext {
@@ -254,7 +267,7 @@ pub(crate) fn new_store(
             config: request.config.clone(),
             services: lane.services.clone(),
             logs: logs.clone(),
-            deadline,
+            clock: clock.clone(),
             samples_recorded: 0,
             events_published: 0,
         },
@@ -269,24 +282,26 @@ pub(crate) fn new_store(
         .set_fuel(limits.fuel)
         .expect("the engine is built with fuel enabled");
     store.set_epoch_deadline(1);
-    let wall_deadline = Instant::now() + limits.timeout;
     let cancel = request.cancel.clone();
+    let run_clock = clock.clone();
     store.epoch_deadline_callback(move |_| {
         if cancel.is_cancelled() {
             return Err(wasmtime::Error::new(Interrupted::Cancelled));
         }
-        if Instant::now() >= wall_deadline {
+        if run_clock.passed() {
             return Err(wasmtime::Error::new(Interrupted::TimedOut));
         }
         // Not yet due: give the thread to other tasks for a moment, then go on.
         Ok(UpdateDeadline::Yield(1))
     });
-    (store, logs)
+    (store, logs, clock)
 }
 
-/// Runs `request` on a fresh instance of `pre`, which belongs to `lane`.
+/// Runs `request` on a fresh instance of `pre`, which belongs to `lane`, its guest code
+/// only while it holds one of `permits`.
 pub(crate) async fn execute(
     lane: &Lane,
+    permits: &CpuPermits,
     module_name: Arc<str>,
     pre: &JobModulePre<ExecutionState>,
     request: RunRequest,
@@ -301,7 +316,7 @@ pub(crate) async fn execute(
         };
     }
     let limits = request.limits;
-    let (mut store, logs) = new_store(lane, module_name, &request);
+    let (mut store, logs, clock) = new_store(lane, module_name, &request);
     let context = types::RunContext {
         execution_id: request.context.execution_id.clone(),
         attempt: request.context.attempt,
@@ -313,28 +328,30 @@ pub(crate) async fn execute(
         },
         scheduled_at_ms: request.context.scheduled_at_ms,
     };
-    let deadline = tokio::time::Instant::now() + limits.timeout + HOST_CALL_GRACE;
     let cpu = CpuMeter::default();
     let result = {
         let call = async {
+            if let Some(listener) = &request.start_listener {
+                listener.started(&request.context.execution_id);
+            }
             let instance = pre.instantiate_async(&mut store).await?;
             instance
                 .call_run(&mut store, &request.job, &context, &request.input)
                 .await
         };
         let call = std::pin::pin!(call);
-        let mut call = std::pin::pin!(cpu.meter(call));
-        // The guest runs on a fiber until it returns or waits, so a short run ends within
-        // this first poll. Only a run that waits gets a timer and a cancellation waiter:
-        // creating a timer writes the runtime's handle, which all worker threads share.
-        let first = std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await;
+        let mut call = permits.run(&clock, &cpu, call);
+        // The guest runs on a fiber until it returns or waits, so a short run that finds
+        // a CPU free ends within this first poll. Only a run that waits gets a timer and
+        // a cancellation waiter: creating a timer writes the runtime's handle, which all
+        // worker threads share.
+        let first = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut call).poll(cx))).await;
         match first {
             Poll::Ready(result) => result,
             Poll::Pending => tokio::select! {
-                result = tokio::time::timeout_at(deadline, call) => match result {
-                    Ok(result) => result,
-                    Err(_) => Err(deadline_passed()),
-                },
+                biased;
+                result = &mut call => result,
+                () = clock.expired(HOST_CALL_GRACE) => Err(deadline_passed()),
                 () = request.cancel.cancelled() => Err(wasmtime::Error::new(Interrupted::Cancelled)),
             },
         }

@@ -15,6 +15,9 @@ use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
 use wasmtime_wasi_http::p2::types::{HostIncomingRequest, HostResponseOutparam};
 
 use super::bindings::JobModulePre;
+use super::clock::RunClock;
+use super::cpu::CpuMeter;
+use super::cpu_permits::CpuPermits;
 use super::execution::{self, ExecutionState, RunRequest};
 use super::{LoadedModule, Shared, lanes};
 use crate::domain::{
@@ -68,6 +71,14 @@ pub struct ServedRequest {
     pub dropped_log_lines: u64,
 }
 
+/// What the guest's half of a request runs under: the CPU permits, the run's clock, the
+/// meter of its CPU time.
+struct Under<'a> {
+    permits: &'a CpuPermits,
+    clock: &'a RunClock,
+    cpu: &'a CpuMeter,
+}
+
 /// The guest's half of a request: instantiate, call `handle`, note what it used. The
 /// store is dropped at the end, which closes a response body the guest left open.
 async fn call_handler(
@@ -77,20 +88,24 @@ async fn call_handler(
     request: Resource<HostIncomingRequest>,
     outparam: Resource<HostResponseOutparam>,
     run: &RunRequest,
+    under: Under<'_>,
 ) -> (wasmtime::Result<()>, Usage, bool) {
     let started = Instant::now();
-    let deadline = tokio::time::Instant::now() + run.limits.timeout + execution::HOST_CALL_GRACE;
-    let call = async {
-        let instance = pre.instance_pre().instantiate_async(&mut store).await?;
-        let handle = instance.get_typed_func::<(
-            Resource<HostIncomingRequest>,
-            Resource<HostResponseOutparam>,
-        ), ()>(&mut store, handler)?;
-        handle.call_async(&mut store, (request, outparam)).await
-    };
-    let result = match tokio::time::timeout_at(deadline, call).await {
-        Ok(result) => result,
-        Err(_) => Err(execution::deadline_passed()),
+    let result = {
+        let call = async {
+            let instance = pre.instance_pre().instantiate_async(&mut store).await?;
+            let handle = instance.get_typed_func::<(
+                Resource<HostIncomingRequest>,
+                Resource<HostResponseOutparam>,
+            ), ()>(&mut store, handler)?;
+            handle.call_async(&mut store, (request, outparam)).await
+        };
+        let call = std::pin::pin!(call);
+        tokio::select! {
+            biased;
+            result = under.permits.run(under.clock, under.cpu, call) => result,
+            () = under.clock.expired(execution::HOST_CALL_GRACE) => Err(execution::deadline_passed()),
+        }
     };
     let (usage, memory_limit_hit) = execution::conclude(&store, &run.limits, started, &result);
     (result, usage, memory_limit_hit)
@@ -141,7 +156,7 @@ async fn read_response(
         Result<hyper::Response<wasmtime_wasi_http::p2::body::HyperOutgoingBody>, ErrorCode>,
     >,
     cap: u64,
-    deadline: tokio::time::Instant,
+    clock: &RunClock,
 ) -> Result<http::Response<Bytes>, ResponseProblem> {
     let read = async {
         let response = match answer.await {
@@ -159,9 +174,11 @@ async fn read_response(
             Err(err) => Err(ResponseProblem::BodyFailed(err.to_string())),
         }
     };
-    tokio::time::timeout_at(deadline, read)
-        .await
-        .unwrap_or(Err(ResponseProblem::TimedOut))
+    tokio::select! {
+        biased;
+        read = read => read,
+        () = clock.expired(execution::HOST_CALL_GRACE) => Err(ResponseProblem::TimedOut),
+    }
 }
 
 /// Serves `request` (its URI absolute, its path already relative to the module's
@@ -188,7 +205,7 @@ pub(super) async fn serve(
         };
     };
     let limits = run.limits;
-    let (mut store, logs) = execution::new_store(seat.lane(), in_lane.name.clone(), &run);
+    let (mut store, logs, clock) = execution::new_store(seat.lane(), in_lane.name.clone(), &run);
     let (parts, body) = request.into_parts();
     let request = hyper::Request::from_parts(
         parts,
@@ -218,19 +235,23 @@ pub(super) async fn serve(
             };
         }
     };
-    let read_by = tokio::time::Instant::now() + limits.timeout + execution::HOST_CALL_GRACE;
-    let cpu = super::cpu::CpuMeter::default();
-    let call = std::pin::pin!(call_handler(
-        store,
-        &in_lane.pre,
-        handler,
-        incoming,
-        outparam,
-        &run
-    ));
+    let cpu = CpuMeter::default();
+    let under = Under {
+        permits: &shared.cpu,
+        clock: &clock,
+        cpu: &cpu,
+    };
     let ((result, mut usage, memory_limit_hit), response) = tokio::join!(
-        cpu.meter(call),
-        read_response(answer, max_response_bytes, read_by),
+        call_handler(
+            store,
+            &in_lane.pre,
+            handler,
+            incoming,
+            outparam,
+            &run,
+            under
+        ),
+        read_response(answer, max_response_bytes, &clock),
     );
     usage.cpu_time = cpu.spent();
     let (entries, dropped_log_lines) = logs.finish();

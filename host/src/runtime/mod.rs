@@ -7,7 +7,9 @@
 
 mod bindings;
 mod cache;
+mod clock;
 mod cpu;
+mod cpu_permits;
 mod engine;
 mod execution;
 mod guests;
@@ -37,7 +39,7 @@ use crate::domain::{
 
 pub use cache::{LoadSource, content_hash};
 pub use engine::{EPOCH_TICK, EngineSettings};
-pub use execution::{CancelToken, RunRequest};
+pub use execution::{CancelToken, RunRequest, StartListener};
 pub use guests::GUEST_NICENESS;
 pub use host::HostServices;
 pub use host::http::{
@@ -154,6 +156,8 @@ struct Shared {
     _ticker: engine::EpochTicker,
     /// Where guest code runs: never on the threads of the caller (the API's).
     guests: guests::GuestThreads,
+    /// How many guests run their code at once, whatever the runs in flight.
+    cpu: cpu_permits::CpuPermits,
 }
 
 impl std::fmt::Debug for Shared {
@@ -229,6 +233,7 @@ impl Runtime {
                 loading: Mutex::new(HashMap::new()),
                 _ticker: ticker,
                 guests,
+                cpu: cpu_permits::CpuPermits::new(config.engine.cpu_guests),
             }),
         })
     }
@@ -237,6 +242,11 @@ impl Runtime {
     /// on a guest thread and [`Runtime::run`] needs no hop.
     pub fn guest_threads(&self) -> &tokio::runtime::Handle {
         self.shared.guests.handle()
+    }
+
+    /// How many guests may run their code at once.
+    pub fn cpu_guests(&self) -> usize {
+        self.shared.cpu.total()
     }
 
     /// Compilations performed by this runtime (cached loads excluded).
@@ -330,10 +340,13 @@ impl Runtime {
             .remove(hash);
     }
 
+    /// Calls `describe` without a CPU permit: it only builds a record, within 500 ms of
+    /// fuel, once per load, and an upload should not wait behind a storm of runs.
     async fn describe(&self, lanes: &[Linked]) -> Result<Manifest, LoadError> {
         let request = RunRequest::new("describe", "null", DESCRIBE_LIMITS);
         let seat = lanes::take_seat(&self.shared.lanes);
-        let (mut store, _logs) = execution::new_store(seat.lane(), Arc::from("describe"), &request);
+        let (mut store, _logs, _clock) =
+            execution::new_store(seat.lane(), Arc::from("describe"), &request);
         let call = async {
             let instance = lanes[seat.index].pre.instantiate_async(&mut store).await?;
             instance.call_describe(&mut store).await
@@ -390,7 +403,14 @@ impl Runtime {
         }
         let seat = lanes::take_seat(&self.shared.lanes);
         let in_lane = &module.lanes[seat.index];
-        execution::execute(seat.lane(), in_lane.name.clone(), &in_lane.pre, request).await
+        execution::execute(
+            seat.lane(),
+            &self.shared.cpu,
+            in_lane.name.clone(),
+            &in_lane.pre,
+            request,
+        )
+        .await
     }
 
     /// Serves one request for `module`'s routes on a fresh instance, with `limits` and

@@ -13,7 +13,7 @@ use crate::domain::{
     new_id, now_millis,
 };
 use crate::queue::Queue;
-use crate::runtime::CancelToken;
+use crate::runtime::{CancelToken, StartListener};
 use crate::store::{CancelEffect, ClaimedExecution, ExecutionFilter};
 
 /// Executions running in this process, so a cancel reaches them at once, and whether
@@ -116,6 +116,12 @@ impl std::fmt::Debug for AttachedRunner {
     }
 }
 
+impl StartListener for RunningRegistry {
+    fn started(&self, execution_id: &str) {
+        self.mark_began(execution_id);
+    }
+}
+
 impl RunningRegistry {
     fn held(&self) -> std::sync::MutexGuard<'_, HashMap<String, Held>> {
         self.held.lock().unwrap_or_else(|e| e.into_inner())
@@ -134,7 +140,8 @@ impl RunningRegistry {
     }
 
     /// Notes that the execution's guest code is about to run; the worker pool writes it
-    /// to the database (see [`RunningRegistry::began_unrecorded`]).
+    /// to the database (see [`RunningRegistry::began_unrecorded`]). The runtime says
+    /// when, through [`StartListener`]: a run may wait for a CPU after it was handed over.
     pub fn mark_began(&self, id: &str) {
         if let Some(held) = self.held().get_mut(id)
             && held.began == Began::NotYet

@@ -205,6 +205,27 @@ pub struct Services {
     pub secrets: Option<SecretBox>,
 }
 
+/// How much work a node takes on at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capacity {
+    /// Runs in flight (worker slots): what claims are sized to. A run waiting on the
+    /// network holds one but no CPU.
+    pub workers: usize,
+    /// Guests running their code at once (CPU permits); the other runs in flight wait
+    /// for one, their clocks stopped.
+    pub cpu_guests: usize,
+}
+
+impl Capacity {
+    /// `workers` runs in flight, one guest per core on a CPU.
+    pub fn with_workers(workers: usize) -> Self {
+        Self {
+            workers,
+            cpu_guests: EngineSettings::default().cpu_guests,
+        }
+    }
+}
+
 impl Services {
     /// The services of one node on `store` and `queue`, with a runtime sized for
     /// `workers` runs at once.
@@ -212,7 +233,7 @@ impl Services {
         store: Arc<dyn Store>,
         queue: Arc<dyn Queue>,
         cache_dir: Option<PathBuf>,
-        workers: usize,
+        capacity: Capacity,
         outbound: OutboundSettings,
         settings: ServiceSettings,
     ) -> Result<Self, RuntimeError> {
@@ -227,8 +248,10 @@ impl Services {
                 engine: EngineSettings {
                     // Runs, requests to module routes, and describe calls of uploads
                     // happening meanwhile.
-                    max_concurrent_instances: (workers + settings.routes.total_concurrency + 8)
-                        as u32,
+                    max_concurrent_instances: (capacity.workers
+                        + settings.routes.total_concurrency
+                        + 8) as u32,
+                    cpu_guests: capacity.cpu_guests,
                     ..EngineSettings::default()
                 },
                 cache_dir,

@@ -28,6 +28,7 @@ use std::sync::Arc;
 use http_body_util::BodyExt;
 use wasmtime_wasi_http::{RequestOptions, WasiBody, WasiHttpHooks};
 
+use super::super::clock::RunClock;
 use super::super::logs::LogCollector;
 use crate::domain::{Grants, HostName};
 
@@ -42,7 +43,7 @@ use exchange::{Ending, Journal};
 pub(crate) struct OutboundHttp {
     policy: OutboundPolicy,
     journal: Journal,
-    deadline: tokio::time::Instant,
+    clock: Arc<RunClock>,
 }
 
 impl OutboundHttp {
@@ -50,12 +51,12 @@ impl OutboundHttp {
         grants: Arc<Grants>,
         settings: Arc<OutboundSettings>,
         logs: LogCollector,
-        deadline: tokio::time::Instant,
+        clock: Arc<RunClock>,
     ) -> Self {
         Self {
             policy: OutboundPolicy::new(grants, settings),
             journal: Journal::new(logs),
-            deadline,
+            clock,
         }
     }
 
@@ -132,19 +133,17 @@ impl WasiHttpHooks for OutboundHttp {
         }
 
         let policy = self.policy.clone();
-        let deadline = self.deadline;
+        let clock = self.clock.clone();
         Box::new(async move {
             let target = Target {
                 host,
                 port,
                 tls: scheme == "https",
             };
-            let sent = tokio::time::timeout_at(
-                deadline,
-                client::send(request, &target, options, &policy, &exchange),
-            )
-            .await;
-            let Ok(sent) = sent else {
+            let sent = clock
+                .bound(client::send(request, &target, options, &policy, &exchange))
+                .await;
+            let Some(sent) = sent else {
                 // The run is over: the runtime is about to stop it as timed out and
                 // record this request as unfinished. Answering the guest now would
                 // only let it run past its deadline.

@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use crate::domain::Grants;
 
+use super::clock::RunClock;
 use super::logs::LogCollector;
 
 pub use events::{EventSink, MemoryEventSink, PublishedEvent};
@@ -65,7 +66,8 @@ pub(crate) struct HostContext {
     pub(crate) config: Arc<BTreeMap<String, String>>,
     pub(crate) services: Arc<HostServices>,
     pub(crate) logs: LogCollector,
-    pub(crate) deadline: tokio::time::Instant,
+    /// The run's deadline.
+    pub(crate) clock: Arc<RunClock>,
     pub(crate) samples_recorded: u32,
     pub(crate) events_published: u32,
 }
@@ -78,9 +80,10 @@ impl HostContext {
         call: &'static str,
         work: impl Future<Output = T>,
     ) -> wasmtime::Result<T> {
-        tokio::time::timeout_at(self.deadline, work)
+        self.clock
+            .bound(work)
             .await
-            .map_err(|_| wasmtime::Error::new(HostCallTimedOut { call }))
+            .ok_or_else(|| wasmtime::Error::new(HostCallTimedOut { call }))
     }
 
     /// Tells the author, in the execution's own log, why a call was refused.
