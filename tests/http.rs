@@ -18,11 +18,11 @@ use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use runcell::domain::{FailureKind, Grants, Limits, LogEntry, LogLevel, Outcome, RunReport};
-use runcell::runtime::{
+use runcell::embed::{
     EngineSettings, HostServices, IpNetwork, LoadedModule, OutboundSettings, OutboundTls,
     RunRequest, Runtime, RuntimeConfig,
 };
+use runcell::embed::{FailureKind, Grants, Limits, LogEntry, LogLevel, Outcome, RunReport};
 use serde_json::{Value, json};
 
 /// The response cap the tests run under, small so that exceeding it is cheap.

@@ -8,14 +8,14 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use runcell::domain::{Capabilities, FailureKind, Grants, Limits, Outcome, RouteAccess, RunReport};
-use runcell::runtime::host::{
+use runcell::embed::{
     BackendError, KeyValueStore, MemoryEventSink, MemoryKeyValue, MemoryMetricsSink,
 };
-use runcell::runtime::{
+use runcell::embed::{
     CancelToken, EngineSettings, HostServices, LoadError, LoadSource, LoadedModule, Redactor,
     RunRequest, Runtime, RuntimeConfig, ValidationError,
 };
+use runcell::embed::{Capabilities, FailureKind, Grants, Limits, Outcome, RouteAccess, RunReport};
 
 struct Harness {
     runtime: Runtime,
@@ -1125,13 +1125,13 @@ fn runs_on_many_threads_each_get_a_working_lane() {
 /// Two nodes on one database: a module installed through the first is loaded by the
 /// second before any of its runs arrive there, once; a disabled one is not.
 /// The services of one node on `store`, with a queue of its own.
-async fn node_on(store: &Arc<dyn runcell::store::Store>) -> runcell::services::Services {
-    let queue: Arc<dyn runcell::queue::Queue> = Arc::new(runcell::queue::MemoryQueue::default());
-    runcell::services::Services::new(
+async fn node_on(store: &Arc<dyn runcell::embed::Store>) -> runcell::embed::Services {
+    let queue: Arc<dyn runcell::embed::Queue> = Arc::new(runcell::embed::MemoryQueue::default());
+    runcell::embed::Services::new(
         store.clone(),
         queue,
         None,
-        runcell::services::Capacity::with_workers(1),
+        runcell::embed::Capacity::with_workers(1),
         Default::default(),
         Default::default(),
     )
@@ -1140,8 +1140,8 @@ async fn node_on(store: &Arc<dyn runcell::store::Store>) -> runcell::services::S
 
 #[tokio::test]
 async fn a_node_preloads_the_enabled_modules_installed_through_another() {
-    use runcell::domain::ModuleStatus;
-    use runcell::store::{SqliteStore, Store};
+    use runcell::embed::ModuleStatus;
+    use runcell::embed::{SqliteStore, Store};
 
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open_in_memory().await.unwrap());
     let (first, second) = (node_on(&store).await, node_on(&store).await);
@@ -1184,7 +1184,7 @@ async fn a_node_preloads_the_enabled_modules_installed_through_another() {
 async fn a_node_that_cannot_load_a_module_stops_trying_that_version() {
     use std::collections::HashSet;
 
-    use runcell::store::{SqliteStore, Store};
+    use runcell::embed::{SqliteStore, Store};
     use sqlx::Connection;
 
     let dir = tempfile::tempdir().unwrap();

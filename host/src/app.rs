@@ -25,7 +25,7 @@ use crate::worker::{WorkerPool, WorkerSettings};
 
 /// Everything `runcell serve` needs, parsed once at the edge.
 #[derive(Debug, Clone)]
-pub struct ServeConfig {
+pub(crate) struct ServeConfig {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
     /// Runs in flight at once (worker slots), and guests running their code at once.
@@ -54,7 +54,7 @@ pub struct ServeConfig {
 
 /// Where the key that seals jobs' secret settings comes from: base64 of 32 bytes.
 #[derive(Debug, Clone, Default)]
-pub enum SecretKeySource {
+pub(crate) enum SecretKeySource {
     /// Embedded: a key generated once into the data directory. Distributed: none, since
     /// keeping it in the database beside the ciphertexts would protect nothing; secrets
     /// can then be neither set nor read.
@@ -68,7 +68,7 @@ pub enum SecretKeySource {
 
 /// Where the nodes of a distributed deployment meet.
 #[derive(Debug, Clone)]
-pub struct DistributedConfig {
+pub(crate) struct DistributedConfig {
     pub database_url: Secret,
     pub redis_url: Secret,
     /// Prefix of every Redis key; one deployment, one prefix.
@@ -77,7 +77,7 @@ pub struct DistributedConfig {
 
 /// How the server authenticates.
 #[derive(Debug, Clone, Default)]
-pub struct AuthConfig {
+pub(crate) struct AuthConfig {
     /// The first-start `admin` password; generated and printed once when absent.
     pub admin_password: Option<Secret>,
     /// The HS256 signing key; generated and kept in the data directory when absent.
@@ -88,14 +88,14 @@ pub struct AuthConfig {
 
 /// A configured secret: usable, never printed (`Debug` shows `***`).
 #[derive(Clone)]
-pub struct Secret(String);
+pub(crate) struct Secret(String);
 
 impl Secret {
-    pub fn new(value: String) -> Self {
+    pub(crate) fn new(value: String) -> Self {
         Self(value)
     }
 
-    pub fn expose(&self) -> &str {
+    pub(crate) fn expose(&self) -> &str {
         &self.0
     }
 }
@@ -115,7 +115,7 @@ const SECRET_KEY_FILE: &str = "secret-key";
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
-pub enum StartError {
+pub(crate) enum StartError {
     #[error("cannot use data directory {path}: {source}")]
     DataDir {
         path: PathBuf,
@@ -182,7 +182,7 @@ const MEMORY_SHARE_FOR_RUNS: u64 = 4;
 /// The default number of runs in flight: [`DEFAULT_WORKERS_CAP`], fewer on a machine whose
 /// memory would not hold that many (see [`MEMORY_PER_RUN_IN_FLIGHT`]), never fewer than
 /// four per core.
-pub fn default_workers() -> usize {
+pub(crate) fn default_workers() -> usize {
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let by_memory = memory_limit().map_or(DEFAULT_WORKERS_CAP, |bytes| {
         usize::try_from(bytes / MEMORY_SHARE_FOR_RUNS / MEMORY_PER_RUN_IN_FLIGHT)
@@ -192,7 +192,7 @@ pub fn default_workers() -> usize {
 }
 
 /// The default number of guests running their code at once: one per core.
-pub fn default_cpu_guests() -> usize {
+pub(crate) fn default_cpu_guests() -> usize {
     crate::runtime::EngineSettings::default().cpu_guests
 }
 
@@ -223,7 +223,7 @@ fn mem_total(meminfo: &str) -> Option<u64> {
 }
 
 /// Runs the server until SIGTERM or Ctrl-C.
-pub async fn serve(config: ServeConfig) -> Result<(), StartError> {
+pub(crate) async fn serve(config: ServeConfig) -> Result<(), StartError> {
     prepare_data_dir(&config.data_dir, config.distributed.is_none())?;
     let node_id = config.node_id.clone().unwrap_or_else(default_node_id);
     let backend = open_backend(&config, &node_id).await?;
@@ -466,7 +466,7 @@ async fn heartbeat(services: Services, mut node: NodeHeartbeat, mut stop: watch:
 
 /// The auth service, with the first-start admin created if there is no user yet. A
 /// generated password is printed on the console once, never logged.
-pub async fn build_auth(
+pub(crate) async fn build_auth(
     store: Arc<dyn AuthStore>,
     key: SigningKey,
     config: &AuthConfig,

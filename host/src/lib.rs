@@ -1,19 +1,40 @@
 //! Runcell: a job runtime whose jobs are WebAssembly components.
 //!
-//! The binary's entry point is [`cli::main`]; everything else is reachable for tests and
-//! benchmarks through the small facades below.
+//! The binary's entry point is [`cli::main`]; of everything else, the integration tests
+//! reach only what [`embed`] re-exports. Every other module is the crate's own, and the
+//! `unreachable_pub` lint keeps its items `pub(crate)` at most.
 #![deny(unsafe_code)]
 
-pub mod api;
-pub mod app;
+mod api;
+mod app;
 pub mod cli;
-pub mod domain;
-pub mod queue;
-pub mod reconciler;
+mod domain;
+mod queue;
+mod reconciler;
 #[cfg(test)]
 mod rooms;
-pub mod runtime;
-pub mod scheduler;
-pub mod services;
-pub mod store;
-pub mod worker;
+mod runtime;
+mod scheduler;
+mod services;
+mod store;
+mod worker;
+
+/// The runtime on its own, and a node's services without its HTTP API: what the
+/// integration tests under `tests/` drive directly, and all they may.
+pub mod embed {
+    pub use crate::domain::{
+        Capabilities, FailureKind, Grants, Limits, LogEntry, LogLevel, ModuleStatus, Outcome,
+        RouteAccess, RunReport,
+    };
+    pub use crate::queue::{MemoryQueue, Queue};
+    pub use crate::runtime::host::{
+        BackendError, KeyValueStore, MemoryEventSink, MemoryKeyValue, MemoryMetricsSink,
+    };
+    pub use crate::runtime::{
+        CancelToken, EngineSettings, HostServices, IpNetwork, LoadError, LoadSource, LoadedModule,
+        OutboundSettings, OutboundTls, Redactor, RunRequest, Runtime, RuntimeConfig,
+        ValidationError,
+    };
+    pub use crate::services::{Capacity, Services};
+    pub use crate::store::{SqliteStore, Store};
+}

@@ -13,14 +13,14 @@ use crate::services::{ServiceError, Services, next_attempt};
 use crate::store::{ClaimedExecution, Settled};
 
 /// How often a pass runs.
-pub const RECONCILE_EVERY: Duration = Duration::from_secs(2);
+pub(crate) const RECONCILE_EVERY: Duration = Duration::from_secs(2);
 /// A queued execution this long past due is assumed lost by the in-process queue, which
 /// ignores an id it already holds, so offering too early costs nothing.
-pub const STALE_QUEUED_EMBEDDED: Duration = Duration::from_secs(2);
+pub(crate) const STALE_QUEUED_EMBEDDED: Duration = Duration::from_secs(2);
 /// The same for Redis, which does not deduplicate: an execution merely waiting behind a
 /// long backlog would be offered again and again, so wait longer before presuming it
 /// lost.
-pub const STALE_QUEUED_DISTRIBUTED: Duration = Duration::from_secs(20);
+pub(crate) const STALE_QUEUED_DISTRIBUTED: Duration = Duration::from_secs(20);
 /// Distributed, how long before an execution offered again is offered once more. Redis
 /// does not deduplicate, and a long backlog keeps executions queued for long: offering
 /// them every pass grew the stream to 36 entries a queued row. A queue that loses its
@@ -28,13 +28,13 @@ pub const STALE_QUEUED_DISTRIBUTED: Duration = Duration::from_secs(20);
 /// so this only bounds how long an id lost some other way waits.
 const OFFERED_AGAIN_AFTER: Duration = Duration::from_secs(600);
 /// The lease of the one node that offers stranded executions again (distributed).
-pub const REOFFER_LEASE: &str = "reconciler";
+pub(crate) const REOFFER_LEASE: &str = "reconciler";
 /// Rows handled per query.
 const PAGE: u32 = 10_000;
 
 /// What the reconciler of a node must agree on with its workers.
 #[derive(Debug, Clone)]
-pub struct ReconcilerSettings {
+pub(crate) struct ReconcilerSettings {
     /// This node's id, under which its workers hold their leases.
     pub node_id: String,
     /// How long the workers' claims last without renewal.
@@ -44,7 +44,7 @@ pub struct ReconcilerSettings {
 }
 
 /// The reconciler of one node, with what it remembers between passes.
-pub struct Reconciler {
+pub(crate) struct Reconciler {
     services: Services,
     settings: ReconcilerSettings,
     /// No other process can hold a lease (the embedded deployment, whose data directory
@@ -59,7 +59,7 @@ pub struct Reconciler {
 }
 
 impl Reconciler {
-    pub fn new(services: Services, settings: ReconcilerSettings, sole_node: bool) -> Self {
+    pub(crate) fn new(services: Services, settings: ReconcilerSettings, sole_node: bool) -> Self {
         let losses_seen = services.queue.losses();
         let database = DatabaseWatch::new(settings.lease / 3, Instant::now());
         Self {
@@ -75,7 +75,7 @@ impl Reconciler {
     /// The pass before the workers start: every due queued execution is offered (the
     /// in-process queue starts empty), and what a dead process held is taken over (all
     /// running rows when this is the sole node, else those held under this node's id).
-    pub async fn start_up(&mut self) -> Result<(), ServiceError> {
+    pub(crate) async fn start_up(&mut self) -> Result<(), ServiceError> {
         let now = now_millis();
         self.offer_due_queued(now).await?;
         let held_by_the_dead = if self.sole_node {
@@ -246,7 +246,7 @@ async fn settle_expired(
 }
 
 /// Runs a pass every [`RECONCILE_EVERY`] until `stop` turns true.
-pub async fn run(mut reconciler: Reconciler, mut stop: watch::Receiver<bool>) {
+pub(crate) async fn run(mut reconciler: Reconciler, mut stop: watch::Receiver<bool>) {
     loop {
         tokio::select! {
             () = tokio::time::sleep(RECONCILE_EVERY) => {}

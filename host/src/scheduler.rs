@@ -16,22 +16,22 @@ use crate::services::schedule::Schedule;
 use crate::store::LeaseToken;
 
 /// How often due jobs are looked for; a tick fires at most this late.
-pub const SCHEDULER_POLL: Duration = Duration::from_millis(200);
-pub use crate::domain::SCHEDULER_LEASE;
+pub(crate) const SCHEDULER_POLL: Duration = Duration::from_millis(200);
+pub(crate) use crate::domain::SCHEDULER_LEASE;
 /// How long the lease outlives its holder's last renewal: the longest cron pauses when
 /// the leader dies without releasing it. Many rounds long, so a slow round or a brief
 /// database hiccup does not hand the lease over.
-pub const SCHEDULER_LEASE_TTL: Duration = Duration::from_secs(5);
+pub(crate) const SCHEDULER_LEASE_TTL: Duration = Duration::from_secs(5);
 
 /// The scheduler's claim to fire: the lease it holds.
 #[derive(Debug, Clone)]
-pub struct Leadership {
+pub(crate) struct Leadership {
     pub holder: String,
     pub token: LeaseToken,
 }
 
 /// Runs until `stop` turns true, firing only while this node (`holder`) leads.
-pub async fn run(services: Services, holder: String, mut stop: watch::Receiver<bool>) {
+pub(crate) async fn run(services: Services, holder: String, mut stop: watch::Receiver<bool>) {
     let mut leading = false;
     loop {
         let now = now_millis();
@@ -75,7 +75,7 @@ pub async fn run(services: Services, holder: String, mut stop: watch::Receiver<b
 
 /// Creates the executions of every job due at `now` and moves each job to its next tick;
 /// with `leadership`, the move is fenced by the lease. Returns the ids created.
-pub async fn fire_due(
+pub(crate) async fn fire_due(
     services: &Services,
     now: Millis,
     leadership: Option<&Leadership>,

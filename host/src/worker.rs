@@ -23,7 +23,7 @@ use crate::store::{ClaimedExecution, Retry};
 
 /// How a node runs executions.
 #[derive(Debug, Clone)]
-pub struct WorkerSettings {
+pub(crate) struct WorkerSettings {
     /// Executions running at once on this node.
     pub concurrency: usize,
     /// Most ids claimed in one database round trip.
@@ -80,7 +80,7 @@ struct Shared {
 
 /// The running pool; [`WorkerPool::shutdown`] stops it.
 #[derive(Debug)]
-pub struct WorkerPool {
+pub(crate) struct WorkerPool {
     stop: watch::Sender<bool>,
     dispatcher: JoinHandle<()>,
     recorder: JoinHandle<()>,
@@ -100,7 +100,7 @@ impl std::fmt::Debug for Shared {
 }
 
 impl WorkerPool {
-    pub fn start(services: Services, settings: WorkerSettings) -> Self {
+    pub(crate) fn start(services: Services, settings: WorkerSettings) -> Self {
         let (recorder_tx, recorder_rx) = mpsc::channel(4096);
         let (stop, stop_rx) = watch::channel(false);
         let concurrency = settings.concurrency.max(1);
@@ -135,14 +135,9 @@ impl WorkerPool {
         }
     }
 
-    /// Executions running now.
-    pub fn busy(&self) -> usize {
-        self.concurrency - self.running.available_permits()
-    }
-
     /// Stops taking work, lets running executions finish for up to `grace`, then
     /// interrupts the rest and puts them back in the queue for the next start.
-    pub async fn shutdown(self, grace: Duration) {
+    pub(crate) async fn shutdown(self, grace: Duration) {
         // Detached first: the runner holds the shared state, whose recorder channel must
         // close for the recorder to end.
         self.services.local_runner.detach();

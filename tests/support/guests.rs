@@ -7,7 +7,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 /// Every guest module, by package name.
-pub const GUESTS: &[&str] = include!(concat!(env!("OUT_DIR"), "/guests.rs"));
+pub(crate) const GUESTS: &[&str] = include!(concat!(env!("OUT_DIR"), "/guests.rs"));
 
 fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -17,7 +17,7 @@ fn workspace_root() -> PathBuf {
 }
 
 /// The directory guest builds go to; `./dev` uses the same one.
-pub fn guest_target_dir() -> PathBuf {
+pub(crate) fn guest_target_dir() -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace_root().join("target"));
@@ -48,7 +48,7 @@ fn build_all() -> PathBuf {
 }
 
 /// Path of the built guest `package` (e.g. `data-sync`).
-pub fn guest(package: &str) -> PathBuf {
+pub(crate) fn guest(package: &str) -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     assert!(GUESTS.contains(&package), "{package} is not a known guest");
     let dir = BUILT.get_or_init(build_all);
@@ -57,6 +57,6 @@ pub fn guest(package: &str) -> PathBuf {
 
 /// The bytes of the built guest `package`.
 #[allow(dead_code, reason = "not every test binary reads bytes")]
-pub fn guest_bytes(package: &str) -> Vec<u8> {
+pub(crate) fn guest_bytes(package: &str) -> Vec<u8> {
     std::fs::read(guest(package)).expect("a built guest is readable")
 }

@@ -23,11 +23,11 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 /// Between two polls of a condition.
 const POLL: Duration = Duration::from_millis(50);
 /// The first-start admin's password in every test server.
-pub const ADMIN_PASSWORD: &str = "test admin password";
+pub(crate) const ADMIN_PASSWORD: &str = "test admin password";
 
 /// How to start a server.
 #[derive(Debug, Clone)]
-pub struct ServerOptions {
+pub(crate) struct ServerOptions {
     /// `--workers`; `None` leaves the server's default.
     pub workers: Option<usize>,
     /// `--retry-base-delay`, as humantime (`50ms`).
@@ -52,7 +52,7 @@ impl Default for ServerOptions {
 
 /// One HTTP answer.
 #[derive(Debug, Clone)]
-pub struct Reply {
+pub(crate) struct Reply {
     pub status: u16,
     /// The body as JSON; `Value::Null` when empty, a JSON string when not JSON.
     pub body: Value,
@@ -62,17 +62,17 @@ pub struct Reply {
 
 impl Reply {
     /// `error.code` of an error body.
-    pub fn code(&self) -> &str {
+    pub(crate) fn code(&self) -> &str {
         self.body["error"]["code"].as_str().unwrap_or_default()
     }
 
     /// `error.message` of an error body.
-    pub fn message(&self) -> &str {
+    pub(crate) fn message(&self) -> &str {
         self.body["error"]["message"].as_str().unwrap_or_default()
     }
 
     /// `error.details.field` of an error body.
-    pub fn field(&self) -> &str {
+    pub(crate) fn field(&self) -> &str {
         self.body["error"]["details"]["field"]
             .as_str()
             .unwrap_or_default()
@@ -80,7 +80,7 @@ impl Reply {
 }
 
 /// A running `runcell serve`.
-pub struct Server {
+pub(crate) struct Server {
     child: Option<Child>,
     base: String,
     data_dir: TempDir,
@@ -93,11 +93,11 @@ pub struct Server {
 
 impl Server {
     /// Starts a server with the default options.
-    pub fn start() -> Self {
+    pub(crate) fn start() -> Self {
         Self::start_with(ServerOptions::default())
     }
 
-    pub fn start_with(options: ServerOptions) -> Self {
+    pub(crate) fn start_with(options: ServerOptions) -> Self {
         let data_dir = tempfile::tempdir().expect("a temporary data directory");
         let output = Arc::new(Mutex::new(String::new()));
         let agent = ureq::Agent::config_builder()
@@ -161,7 +161,7 @@ impl Server {
     }
 
     /// The password the server generated for `admin` and printed, if it did.
-    pub fn generated_admin_password(&self) -> Option<String> {
+    pub(crate) fn generated_admin_password(&self) -> Option<String> {
         const MARK: &str = "created user `admin` with the generated password: ";
         let output = self.output();
         let line = output.lines().find(|line| line.contains(MARK))?;
@@ -169,16 +169,16 @@ impl Server {
     }
 
     /// The absolute URL of `path` on this server, for requests the helpers do not cover.
-    pub fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
 
-    pub fn data_dir(&self) -> &Path {
+    pub(crate) fn data_dir(&self) -> &Path {
         self.data_dir.path()
     }
 
     /// Logs in as a real client does; returns the access token.
-    pub fn login(&self, username: &str, password: &str) -> String {
+    pub(crate) fn login(&self, username: &str, password: &str) -> String {
         let body = serde_json::json!({"username": username, "password": password}).to_string();
         let reply = self.request_as(
             None,
@@ -191,7 +191,7 @@ impl Server {
     }
 
     /// The admin's access token of the current process.
-    pub fn token(&self) -> &str {
+    pub(crate) fn token(&self) -> &str {
         self.token.as_deref().expect("logged in")
     }
 
@@ -219,7 +219,7 @@ impl Server {
     }
 
     /// Everything the server wrote on stdout and stderr so far (all its lives).
-    pub fn output(&self) -> String {
+    pub(crate) fn output(&self) -> String {
         self.output.lock().unwrap().clone()
     }
 
@@ -228,7 +228,7 @@ impl Server {
     }
 
     /// Whether the process still runs.
-    pub fn is_running(&mut self) -> bool {
+    pub(crate) fn is_running(&mut self) -> bool {
         self.child.is_some() && self.exit_status().is_none()
     }
 
@@ -242,7 +242,7 @@ impl Server {
     }
 
     /// SIGTERM, then waits for the process to exit; returns its exit status.
-    pub fn stop(&mut self) -> ExitStatus {
+    pub(crate) fn stop(&mut self) -> ExitStatus {
         self.signal("-TERM");
         let deadline = Instant::now() + STOP_TIMEOUT;
         loop {
@@ -262,7 +262,7 @@ impl Server {
     }
 
     /// SIGKILL: the process dies at once, mid-whatever.
-    pub fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = Command::new("kill")
                 .args(["-9", &child.id().to_string()])
@@ -272,7 +272,7 @@ impl Server {
     }
 
     /// Starts a new process on the same data directory (and a new port).
-    pub fn restart(&mut self) {
+    pub(crate) fn restart(&mut self) {
         assert!(
             !self.is_running(),
             "stop or kill the server before restarting it"
@@ -341,12 +341,12 @@ impl Server {
     }
 
     /// A request that must reach the server, as the admin.
-    pub fn request(&self, method: &str, path: &str, body: Option<(&str, &[u8])>) -> Reply {
+    pub(crate) fn request(&self, method: &str, path: &str, body: Option<(&str, &[u8])>) -> Reply {
         self.request_as(self.token.as_deref(), method, path, body)
     }
 
     /// A request that must reach the server, with `token` (or none).
-    pub fn request_as(
+    pub(crate) fn request_as(
         &self,
         token: Option<&str>,
         method: &str,
@@ -357,37 +357,37 @@ impl Server {
             .unwrap_or_else(|err| panic!("{method} {path} failed: {err}\n{}", self.output()))
     }
 
-    pub fn get(&self, path: &str) -> Reply {
+    pub(crate) fn get(&self, path: &str) -> Reply {
         self.request("GET", path, None)
     }
 
-    pub fn delete(&self, path: &str) -> Reply {
+    pub(crate) fn delete(&self, path: &str) -> Reply {
         self.request("DELETE", path, None)
     }
 
     /// POST without a body.
-    pub fn post(&self, path: &str) -> Reply {
+    pub(crate) fn post(&self, path: &str) -> Reply {
         self.request("POST", path, None)
     }
 
-    pub fn post_json(&self, path: &str, body: &Value) -> Reply {
+    pub(crate) fn post_json(&self, path: &str, body: &Value) -> Reply {
         let bytes = body.to_string().into_bytes();
         self.request("POST", path, Some(("application/json", &bytes)))
     }
 
-    pub fn patch_json(&self, path: &str, body: &Value) -> Reply {
+    pub(crate) fn patch_json(&self, path: &str, body: &Value) -> Reply {
         let bytes = body.to_string().into_bytes();
         self.request("PATCH", path, Some(("application/json", &bytes)))
     }
 
-    pub fn post_bytes(&self, path: &str, content_type: &str, bytes: &[u8]) -> Reply {
+    pub(crate) fn post_bytes(&self, path: &str, content_type: &str, bytes: &[u8]) -> Reply {
         self.request("POST", path, Some((content_type, bytes)))
     }
 
     // ---- what tests do often -------------------------------------------------------------
 
     /// Uploads a built guest (`data-sync`, `hostile`, ...); returns the module record.
-    pub fn upload(&self, wasm: &Path) -> Value {
+    pub(crate) fn upload(&self, wasm: &Path) -> Value {
         let bytes = std::fs::read(wasm).expect("the guest is built");
         let reply = self.post_bytes("/api/v1/modules?approve=true", "application/wasm", &bytes);
         assert_eq!(
@@ -401,14 +401,14 @@ impl Server {
     }
 
     /// Creates a job; returns it.
-    pub fn create_job(&self, definition: &Value) -> Value {
+    pub(crate) fn create_job(&self, definition: &Value) -> Value {
         let reply = self.post_json("/api/v1/jobs", definition);
         assert_eq!(reply.status, 201, "create job {definition}: {}", reply.body);
         reply.body
     }
 
     /// Triggers a job by hand; returns the execution id.
-    pub fn execute(&self, job_id: &str, input: Option<Value>) -> String {
+    pub(crate) fn execute(&self, job_id: &str, input: Option<Value>) -> String {
         let path = format!("/api/v1/jobs/{job_id}/execute");
         let reply = match input {
             Some(input) => self.post_json(&path, &serde_json::json!({ "input": input })),
@@ -423,14 +423,14 @@ impl Server {
         reply.body["executionId"].as_str().unwrap().to_owned()
     }
 
-    pub fn execution(&self, id: &str) -> Value {
+    pub(crate) fn execution(&self, id: &str) -> Value {
         let reply = self.get(&format!("/api/v1/executions/{id}"));
         assert_eq!(reply.status, 200, "execution {id}: {}", reply.body);
         reply.body
     }
 
     /// Polls until execution `id` is final; returns it.
-    pub fn wait_final(&self, id: &str, timeout: Duration) -> Value {
+    pub(crate) fn wait_final(&self, id: &str, timeout: Duration) -> Value {
         let mut last = Value::Null;
         let found = self.wait_until(timeout, || {
             last = self.execution(id);
@@ -441,7 +441,11 @@ impl Server {
     }
 
     /// Polls `condition` until it holds (`true`) or `timeout` passes (`false`).
-    pub fn wait_until(&self, timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    pub(crate) fn wait_until(
+        &self,
+        timeout: Duration,
+        mut condition: impl FnMut() -> bool,
+    ) -> bool {
         let deadline = Instant::now() + timeout;
         loop {
             if condition() {
@@ -455,7 +459,7 @@ impl Server {
     }
 
     /// Every execution matching `query` (`jobId=...&status=...`), following cursors.
-    pub fn executions(&self, query: &str) -> Vec<Value> {
+    pub(crate) fn executions(&self, query: &str) -> Vec<Value> {
         let mut items = Vec::new();
         let mut cursor: Option<String> = None;
         loop {
@@ -474,7 +478,7 @@ impl Server {
     }
 
     /// Every stored log line of an execution, following `nextAfter`.
-    pub fn logs(&self, id: &str) -> Vec<Value> {
+    pub(crate) fn logs(&self, id: &str) -> Vec<Value> {
         let mut lines = Vec::new();
         let mut after: Option<u64> = None;
         loop {
@@ -493,7 +497,7 @@ impl Server {
     }
 
     /// Follows an execution's log to its end: every server-sent event as (name, data).
-    pub fn follow(&self, id: &str, timeout: Duration) -> Vec<(String, Value)> {
+    pub(crate) fn follow(&self, id: &str, timeout: Duration) -> Vec<(String, Value)> {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(timeout))
@@ -529,7 +533,7 @@ impl Drop for Server {
 }
 
 /// Whether an execution (as JSON) has reached a final status.
-pub fn is_final(execution: &Value) -> bool {
+pub(crate) fn is_final(execution: &Value) -> bool {
     matches!(
         execution["status"].as_str(),
         Some("COMPLETED" | "FAILED" | "TIMED_OUT" | "CANCELLED")

@@ -13,7 +13,7 @@ use crate::domain::Role;
 
 /// What a route requires.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Access {
+pub(super) enum Access {
     /// Anyone, with or without a token.
     Public,
     /// A token of at least this role (`Viewer`: any valid token).
@@ -22,7 +22,7 @@ pub enum Access {
 
 /// The decision for `method` on the route template `route` (as axum matched it, e.g.
 /// `/api/v1/jobs/{id}`); `None` when the table has none.
-pub fn required(method: &Method, route: &str) -> Option<Access> {
+pub(super) fn required(method: &Method, route: &str) -> Option<Access> {
     use Access::{Public, Role as R};
     use Role::{Admin, Operator, Viewer};
     let access = match (method.as_str(), route) {

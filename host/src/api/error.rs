@@ -41,7 +41,7 @@ use crate::services::ServiceError;
     rename_all = "snake_case",
     description = "What went wrong, for programs to match on; the HTTP status follows from it."
 )]
-pub enum ErrorCode {
+pub(crate) enum ErrorCode {
     /// 400: the body is not JSON at all (syntax error, truncated, trailing data, empty).
     MalformedJson,
     /// 400: a field or query parameter is missing, unknown, of the wrong type or
@@ -92,7 +92,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::MalformedJson => "malformed_json",
             Self::InvalidField => "invalid_field",
@@ -116,7 +116,7 @@ impl ErrorCode {
         }
     }
 
-    pub fn status(self) -> StatusCode {
+    pub(crate) fn status(self) -> StatusCode {
         match self {
             Self::MalformedJson | Self::InvalidField => StatusCode::BAD_REQUEST,
             Self::Unauthenticated => StatusCode::UNAUTHORIZED,
@@ -140,13 +140,13 @@ impl ErrorCode {
 
 /// The body of every error response.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct ErrorBody {
+pub(crate) struct ErrorBody {
     error: ErrorDetail,
 }
 
 /// What went wrong.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct ErrorDetail {
+pub(crate) struct ErrorDetail {
     #[schema(value_type = ErrorCode)]
     code: &'static str,
     /// What went wrong and what to do about it, for people (programs match on `code`).
@@ -161,7 +161,7 @@ pub struct ErrorDetail {
 
 /// A failed request, as the client will see it (plus, for server faults, the cause to log).
 #[derive(Debug)]
-pub struct ApiError {
+pub(crate) struct ApiError {
     code: ErrorCode,
     message: String,
     details: Map<String, Value>,
@@ -177,7 +177,7 @@ struct FailureCause {
 }
 
 impl ApiError {
-    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+    pub(crate) fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
             code,
             message: message.into(),
@@ -187,18 +187,22 @@ impl ApiError {
     }
 
     /// An error about one field; the message should start with the field's name.
-    pub fn field(code: ErrorCode, field: impl Into<String>, message: impl Into<String>) -> Self {
+    pub(crate) fn field(
+        code: ErrorCode,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
         Self::new(code, message).with_detail("field", field.into())
     }
 
-    pub fn with_detail(mut self, key: &str, value: impl Into<Value>) -> Self {
+    pub(crate) fn with_detail(mut self, key: &str, value: impl Into<Value>) -> Self {
         self.details.insert(key.to_owned(), value.into());
         self
     }
 
     /// A bug or an unexpected failure: the client learns only that it happened, and the
     /// id under which the server logged the cause.
-    pub fn internal(cause: impl Display) -> Self {
+    pub(crate) fn internal(cause: impl Display) -> Self {
         let error_id = new_id();
         Self {
             cause: Some(cause.to_string()),
@@ -213,7 +217,7 @@ impl ApiError {
     }
 
     /// A dependency is down; the client should retry.
-    pub fn unavailable(cause: impl Display) -> Self {
+    pub(crate) fn unavailable(cause: impl Display) -> Self {
         Self {
             cause: Some(cause.to_string()),
             ..Self::new(
@@ -223,15 +227,18 @@ impl ApiError {
         }
     }
 
-    pub fn code(&self) -> ErrorCode {
+    #[cfg(test)]
+    pub(crate) fn code(&self) -> ErrorCode {
         self.code
     }
 
-    pub fn message(&self) -> &str {
+    #[cfg(test)]
+    pub(crate) fn message(&self) -> &str {
         &self.message
     }
 
-    pub fn detail(&self, key: &str) -> Option<&Value> {
+    #[cfg(test)]
+    pub(crate) fn detail(&self, key: &str) -> Option<&Value> {
         self.details.get(key)
     }
 }

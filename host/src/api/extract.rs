@@ -20,18 +20,18 @@ use crate::services::jobs::IDEMPOTENCY_KEY_FIELD;
 
 /// Largest body of any route but module uploads. Job definitions, inputs and event
 /// payloads are configuration and messages, not data sets.
-pub const JSON_BODY_LIMIT: usize = 1024 * 1024;
+pub(crate) const JSON_BODY_LIMIT: usize = 1024 * 1024;
 
 /// Page size when the client gives none.
-pub const DEFAULT_PAGE_SIZE: u32 = 50;
+pub(crate) const DEFAULT_PAGE_SIZE: u32 = 50;
 /// Largest page a client may ask for: bounds one response's size and the query behind it.
-pub const MAX_PAGE_SIZE: u32 = 500;
+pub(crate) const MAX_PAGE_SIZE: u32 = 500;
 
 /// A JSON body, parsed into `T`. Malformed JSON, a missing body, unknown fields and values
 /// of the wrong type are a `400` naming the field; a body over [`JSON_BODY_LIMIT`] is a
 /// `413`; a body that is not declared as JSON is a `415`.
 #[derive(Debug)]
-pub struct ApiJson<T>(pub T);
+pub(crate) struct ApiJson<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
@@ -50,7 +50,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
 /// Like [`ApiJson`], but an empty body is `None` (for requests whose every field is
 /// optional, such as `execute`).
 #[derive(Debug)]
-pub struct OptionalJson<T>(pub Option<T>);
+pub(crate) struct OptionalJson<T>(pub Option<T>);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for OptionalJson<T> {
     type Rejection = ApiError;
@@ -77,7 +77,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for OptionalJson<T> {
 
 /// The media type of the body (`application/json` of `application/json; charset=utf-8`),
 /// lowercased; `None` without a `Content-Type`.
-pub fn media_type(headers: &HeaderMap) -> Option<String> {
+pub(crate) fn media_type(headers: &HeaderMap) -> Option<String> {
     let value = headers.get(CONTENT_TYPE)?.to_str().ok()?;
     let essence = value.split(';').next().unwrap_or_default().trim();
     Some(essence.to_ascii_lowercase())
@@ -89,7 +89,7 @@ fn is_json(headers: &HeaderMap) -> bool {
 
 /// Reads the whole body, refusing one above `limit` bytes with a `413` that says so. The
 /// route's `DefaultBodyLimit` must be at least `limit`; it is what actually stops reading.
-pub async fn read_body<S: Send + Sync>(
+pub(crate) async fn read_body<S: Send + Sync>(
     request: Request,
     state: &S,
     limit: usize,
@@ -111,7 +111,7 @@ fn body_error(rejection: &BytesRejection, limit: usize) -> ApiError {
 }
 
 /// The `413` of a body above `limit` bytes.
-pub fn too_large(limit: usize) -> ApiError {
+pub(crate) fn too_large(limit: usize) -> ApiError {
     ApiError::new(
         ErrorCode::PayloadTooLarge,
         format!(
@@ -132,7 +132,7 @@ fn human_bytes(bytes: usize) -> String {
 }
 
 /// Parses a JSON document into `T`, naming the offending field on failure.
-pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+pub(crate) fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     let mut deserializer = serde_json::Deserializer::from_slice(body);
     let value = serde_path_to_error::deserialize(&mut deserializer).map_err(json_error)?;
     deserializer.end().map_err(|err| malformed(&err))?;
@@ -188,11 +188,11 @@ fn hide_type_names(text: &str) -> String {
 }
 
 /// The header a client sends with a manual trigger to make a retry of it harmless.
-pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+pub(crate) const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
 /// The longest idempotency key accepted: room for any UUID, ULID or hash a client
 /// would use, with a prefix, and no more (keys are stored for a day).
-pub const MAX_IDEMPOTENCY_KEY: usize = 255;
+pub(crate) const MAX_IDEMPOTENCY_KEY: usize = 255;
 
 /// The `Idempotency-Key` header, if sent: 1 to [`MAX_IDEMPOTENCY_KEY`] visible ASCII
 /// characters other than `"` and `\`, bare (`abc-123`) or as a quoted string
@@ -200,7 +200,7 @@ pub const MAX_IDEMPOTENCY_KEY: usize = 255;
 /// Anything else, or the header twice, is a `400` naming it: a key the server read
 /// differently from the client would make a retry a new request.
 #[derive(Debug, Default)]
-pub struct IdempotencyKeyHeader(pub Option<String>);
+pub(crate) struct IdempotencyKeyHeader(pub Option<String>);
 
 impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKeyHeader {
     type Rejection = ApiError;
@@ -247,7 +247,7 @@ impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKeyHeader {
 
 /// The query string, as parameters; typed accessors say which parameter is wrong.
 #[derive(Debug, Default)]
-pub struct Params(HashMap<String, String>);
+pub(crate) struct Params(HashMap<String, String>);
 
 impl<S: Send + Sync> FromRequestParts<S> for Params {
     type Rejection = ApiError;
@@ -267,7 +267,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Params {
 
 impl Params {
     /// A text parameter; empty counts as absent.
-    pub fn text(&self, name: &str) -> Option<&str> {
+    pub(crate) fn text(&self, name: &str) -> Option<&str> {
         self.0
             .get(name)
             .map(String::as_str)
@@ -275,7 +275,7 @@ impl Params {
     }
 
     /// A number parameter.
-    pub fn number<T: FromStr>(&self, name: &str) -> Result<Option<T>, ApiError> {
+    pub(crate) fn number<T: FromStr>(&self, name: &str) -> Result<Option<T>, ApiError> {
         self.text(name)
             .map(|text| {
                 text.parse().map_err(|_| {
@@ -290,7 +290,7 @@ impl Params {
     }
 
     /// A boolean parameter: `true`/`false` (or `1`/`0`); absent is `false`.
-    pub fn flag(&self, name: &str) -> Result<bool, ApiError> {
+    pub(crate) fn flag(&self, name: &str) -> Result<bool, ApiError> {
         match self.text(name) {
             None | Some("false" | "0") => Ok(false),
             Some("true" | "1") => Ok(true),
@@ -303,7 +303,7 @@ impl Params {
     }
 
     /// `cursor` and `limit`.
-    pub fn page(&self) -> Result<PageRequest, ApiError> {
+    pub(crate) fn page(&self) -> Result<PageRequest, ApiError> {
         let limit = self.limit(DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)?;
         Ok(PageRequest {
             cursor: self.text("cursor").map(str::to_owned),
@@ -312,7 +312,7 @@ impl Params {
     }
 
     /// `limit`, `default` when absent, refused outside `1..=max`.
-    pub fn limit(&self, default: u32, max: u32) -> Result<u32, ApiError> {
+    pub(crate) fn limit(&self, default: u32, max: u32) -> Result<u32, ApiError> {
         let limit = self.number::<u32>("limit")?.unwrap_or(default);
         if !(1..=max).contains(&limit) {
             return Err(ApiError::field(
@@ -330,7 +330,7 @@ impl Params {
 /// them to [`DEFAULT_PAGE_SIZE`] and [`MAX_PAGE_SIZE`].
 #[derive(Debug, Clone, PartialEq, Eq, IntoParams)]
 #[into_params(parameter_in = Query)]
-pub struct PageRequest {
+pub(crate) struct PageRequest {
     /// The `nextCursor` of the previous page; absent: the first page.
     #[param(nullable = false)]
     pub cursor: Option<String>,

@@ -40,16 +40,16 @@ mod access;
 #[cfg(test)]
 mod access_tests;
 mod auth;
-pub mod error;
+pub(crate) mod error;
 mod events;
 mod executions;
-pub mod extract;
+pub(crate) mod extract;
 mod follow;
 mod jobs;
 mod module_routes;
 mod modules;
 mod nodes;
-pub mod openapi;
+pub(crate) mod openapi;
 mod probes;
 #[cfg(test)]
 mod tests;
@@ -74,11 +74,11 @@ use crate::services::{AuthService, Services};
 use error::{ApiError, ErrorCode};
 
 /// The header carrying the request id: the client's if it sent one, else a fresh UUID.
-pub const REQUEST_ID_HEADER: &str = "x-request-id";
+pub(crate) const REQUEST_ID_HEADER: &str = "x-request-id";
 
 /// What the handlers share.
 #[derive(Debug, Clone)]
-pub struct ApiState {
+pub(crate) struct ApiState {
     pub services: Services,
     pub auth: AuthService,
     pub readiness: Readiness,
@@ -89,7 +89,7 @@ pub struct ApiState {
 /// [`Readiness::begin_shutdown`] when shutdown begins, so a load balancer stops sending
 /// requests and open log streams close (a graceful shutdown waits for every connection).
 #[derive(Debug, Clone)]
-pub struct Readiness {
+pub(crate) struct Readiness {
     workers_running: Arc<AtomicBool>,
     shutdown: Arc<watch::Sender<bool>>,
 }
@@ -105,24 +105,24 @@ impl Default for Readiness {
 
 impl Readiness {
     /// Not ready until [`Readiness::set_workers_running`] says so.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
     /// Called by the composition root: `true` once the worker pool runs, `false` when it
     /// stops.
-    pub fn set_workers_running(&self, running: bool) {
+    pub(crate) fn set_workers_running(&self, running: bool) {
         self.workers_running.store(running, Ordering::Release);
     }
 
-    pub fn workers_running(&self) -> bool {
+    pub(crate) fn workers_running(&self) -> bool {
         self.workers_running.load(Ordering::Acquire)
     }
 
     /// Called by the composition root when shutdown begins: `/readyz` answers 503 from now
     /// on and every `logs?follow=true` stream ends (clients resume elsewhere with
     /// `Last-Event-ID`), so the HTTP server's graceful shutdown is not held up by them.
-    pub fn begin_shutdown(&self) {
+    pub(crate) fn begin_shutdown(&self) {
         self.set_workers_running(false);
         self.shutdown.send_replace(true);
     }
@@ -137,7 +137,7 @@ impl Readiness {
 }
 
 /// The whole HTTP surface, ready to serve (or to drive in tests with `tower::ServiceExt`).
-pub fn router(state: ApiState) -> Router {
+pub(crate) fn router(state: ApiState) -> Router {
     let max_module_bytes = state.services.settings.max_module_bytes;
     let request_id = HeaderName::from_static(REQUEST_ID_HEADER);
     let middleware = ServiceBuilder::new()

@@ -32,11 +32,11 @@ use super::ApiState;
 use super::error::ErrorBody;
 
 /// Where the document is served.
-pub const OPENAPI_PATH: &str = "/api/v1/openapi.json";
+pub(crate) const OPENAPI_PATH: &str = "/api/v1/openapi.json";
 /// Where the reference page is served.
-pub const DOCS_PATH: &str = "/api/docs";
+pub(crate) const DOCS_PATH: &str = "/api/docs";
 /// The name of the security scheme every operation needs unless it declares `security()`.
-pub const BEARER: &str = "bearer";
+pub(crate) const BEARER: &str = "bearer";
 
 const TAG: &str = "reference";
 

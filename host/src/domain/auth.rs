@@ -61,7 +61,7 @@ impl std::fmt::Display for Role {
 /// A person (or the first-start `admin`) who logs in with a password.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct User {
+pub(crate) struct User {
     pub id: String,
     pub username: String,
     pub role: Role,
@@ -75,7 +75,7 @@ pub struct User {
 /// creation; only its hash is kept.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct ApiToken {
+pub(crate) struct ApiToken {
     pub id: String,
     pub name: String,
     /// The user who created it; the token never outranks them.
@@ -88,7 +88,7 @@ pub struct ApiToken {
 
 impl ApiToken {
     /// Whether the token may be used at `now`.
-    pub fn is_active(&self, now: Millis) -> bool {
+    pub(crate) fn is_active(&self, now: Millis) -> bool {
         self.revoked_at.is_none() && self.expires_at.is_none_or(|at| now < at)
     }
 }
@@ -96,7 +96,7 @@ impl ApiToken {
 /// One rotating refresh token of a login session. Tokens of one login share a `family`:
 /// presenting a token that was already rotated means it leaked, and revokes the family.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RefreshToken {
+pub(crate) struct RefreshToken {
     pub id: String,
     pub family: String,
     pub user_id: String,
@@ -108,7 +108,7 @@ pub struct RefreshToken {
 
 /// Who made a request: a logged-in user or an API token acting for one.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Principal {
+pub(crate) struct Principal {
     pub user_id: String,
     pub username: String,
     /// The effective role: the user's, or the token's (never above its user's).
@@ -118,7 +118,7 @@ pub struct Principal {
 
 /// How a request proved who it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Credential {
+pub(crate) enum Credential {
     /// A JWT access token of login session `session` (its refresh-token family).
     Session { session: String },
     /// An API token.
@@ -127,7 +127,7 @@ pub enum Credential {
 
 impl Principal {
     /// How the audit trail names this principal: `alice`, or `alice (token ci-deploy)`.
-    pub fn actor(&self) -> String {
+    pub(crate) fn actor(&self) -> String {
         match &self.via {
             Credential::Session { .. } => self.username.clone(),
             Credential::ApiToken { token_id } => format!("{} (token {token_id})", self.username),
@@ -138,7 +138,7 @@ impl Principal {
 /// One recorded change: who did what to what, and when.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct AuditEntry {
+pub(crate) struct AuditEntry {
     pub id: String,
     pub at: Millis,
     /// The user (and token) who acted, or `system`.

@@ -12,7 +12,7 @@ use utoipa::ToSchema;
 
 /// What the API shows in place of a secret's value. In a request, `{"secret": "***"}`
 /// keeps the stored secret of that key, so this text can never be a secret's value.
-pub const SECRET_MASK: &str = "***";
+pub(crate) const SECRET_MASK: &str = "***";
 
 /// One setting as the server keeps it.
 #[derive(Clone, PartialEq, Eq)]

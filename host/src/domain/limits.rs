@@ -9,12 +9,12 @@ use std::time::Duration;
 /// 8,000,000,000 fuel lasts roughly 330 to 750 ms of it; an interpreted guest (Python)
 /// lasts 0.6 to 2.5 s. Work the host does for a guest's calls is not fuel: it is measured
 /// as CPU time beside it (`Usage::cpu_time`).
-pub const FUEL_PER_CPU_MS: u64 = 8_000_000;
+pub(crate) const FUEL_PER_CPU_MS: u64 = 8_000_000;
 
 /// The fuel compiled Rust burned per CPU millisecond on the reference machine, lowest
 /// and highest measured (a tight `burn` loop: 18 million; a spin: 24 million), for telling
 /// users roughly what a fuel limit buys.
-pub const RUST_FUEL_PER_CPU_MS: (u64, u64) = (11_000_000, 24_000_000);
+pub(crate) const RUST_FUEL_PER_CPU_MS: (u64, u64) = (11_000_000, 24_000_000);
 
 /// What one execution may use. Each limit, when hit, ends the run with its own outcome so
 /// the author knows which knob to turn.
@@ -137,7 +137,7 @@ pub enum LimitsError {
 }
 
 /// Parses a byte size such as `64MiB`, `512 KiB`, `1GB` or a plain number of bytes.
-pub fn parse_byte_size(text: &str) -> Result<u64, String> {
+pub(crate) fn parse_byte_size(text: &str) -> Result<u64, String> {
     let size: bytesize::ByteSize = text
         .trim()
         .parse()

@@ -81,7 +81,7 @@ const MAX_TEXT_BYTES: usize = 4096;
 const MAX_CAPABILITY_ENTRIES: usize = 64;
 
 /// Whether `name` is an acceptable module or job name.
-pub fn is_valid_name(name: &str) -> bool {
+pub(super) fn is_valid_name(name: &str) -> bool {
     let mut chars = name.chars();
     let starts_with_letter = chars.next().is_some_and(|c| c.is_ascii_lowercase());
     starts_with_letter
@@ -168,7 +168,7 @@ impl Manifest {
 /// The ports a host pattern without a port allows: plain HTTP and HTTPS. A grant for
 /// `api.example.com` is a grant for its web API, not for every service that machine
 /// runs (SSH, a database, an admin console on another port).
-pub const DEFAULT_HTTP_PORTS: [u16; 2] = [80, 443];
+pub(crate) const DEFAULT_HTTP_PORTS: [u16; 2] = [80, 443];
 
 /// Why an entry of `outboundHosts` (or a host a request names) was not understood.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -259,7 +259,7 @@ impl fmt::Display for HostName {
 ///
 /// An IP address is written as in a URL: `10.0.0.5:8080`, `[2001:db8::1]:8080`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HostPattern {
+pub(crate) struct HostPattern {
     hosts: HostMatch,
     port: Option<u16>,
 }
@@ -273,7 +273,7 @@ enum HostMatch {
 }
 
 impl HostPattern {
-    pub fn parse(text: &str) -> Result<Self, HostPatternError> {
+    pub(crate) fn parse(text: &str) -> Result<Self, HostPatternError> {
         let text = text.trim();
         let (host, port) = split_port(text)?;
         let port = port
@@ -303,7 +303,7 @@ impl HostPattern {
     }
 
     /// Whether a request to `host` on `port` is within this pattern.
-    pub fn matches(&self, host: &HostName, port: u16) -> bool {
+    pub(crate) fn matches(&self, host: &HostName, port: u16) -> bool {
         let port_allowed = match (self.port, &self.hosts) {
             (Some(allowed), _) => port == allowed,
             (None, HostMatch::Any) => true,

@@ -10,21 +10,19 @@ mod model;
 mod retry;
 mod run;
 
-pub use approval::{CodeApproval, PublisherKey, Uploader};
-pub use auth::{ApiToken, AuditEntry, Credential, Principal, RefreshToken, Role, User};
-pub use config::{JobConfig, SECRET_MASK, SecretValue, Setting, SettingValue};
-pub use limits::{FUEL_PER_CPU_MS, Limits, LimitsError, RUST_FUEL_PER_CPU_MS, parse_byte_size};
-pub use manifest::{
-    Capabilities, DEFAULT_HTTP_PORTS, HostName, HostPattern, HostPatternError, JobSpec, Manifest,
-    ManifestError, RouteAccess,
-};
-pub use model::{
+pub(crate) use approval::{CodeApproval, PublisherKey, Uploader};
+pub(crate) use auth::{ApiToken, AuditEntry, Credential, Principal, RefreshToken, Role, User};
+pub(crate) use config::{JobConfig, SECRET_MASK, SecretValue, Setting, SettingValue};
+pub use limits::Limits;
+pub(crate) use limits::{FUEL_PER_CPU_MS, RUST_FUEL_PER_CPU_MS, parse_byte_size};
+pub use manifest::{Capabilities, RouteAccess};
+pub(crate) use manifest::{HostName, HostPattern, JobSpec, Manifest, ManifestError};
+pub use model::ModuleStatus;
+pub(crate) use model::{
     Event, Execution, ExecutionResult, ExecutionStatus, Job, MetricSample, Millis, ModuleRecord,
-    ModuleStatus, ModuleVersion, NODE_HEARTBEAT_EVERY, NewExecution, NodeHeartbeat, Page,
-    SCHEDULER_LEASE, failure_kind_name, new_id, now_millis,
+    ModuleVersion, NODE_HEARTBEAT_EVERY, NewExecution, NodeHeartbeat, Page, SCHEDULER_LEASE,
+    new_id, now_millis,
 };
-pub use retry::RetryPolicy;
-pub use run::{
-    FailureKind, Grants, LogEntry, LogLevel, LogMessage, Outcome, RunContext, RunReport, Trigger,
-    Usage, topic_matches,
-};
+pub(crate) use retry::RetryPolicy;
+pub use run::{FailureKind, Grants, LogEntry, LogLevel, Outcome, RunReport};
+pub(crate) use run::{LogMessage, RunContext, Trigger, Usage, topic_matches};

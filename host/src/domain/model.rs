@@ -7,7 +7,7 @@ use utoipa::ToSchema;
 use super::{FailureKind, JobConfig, LogEntry, Manifest, Outcome, SettingValue, Trigger};
 
 /// Milliseconds since the Unix epoch, UTC.
-pub type Millis = i64;
+pub(crate) type Millis = i64;
 
 /// Where an execution is in its life. Only the last four are final.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
@@ -285,7 +285,7 @@ impl ExecutionResult {
     }
 }
 
-pub fn failure_kind_name(kind: &FailureKind) -> &'static str {
+pub(crate) fn failure_kind_name(kind: &FailureKind) -> &'static str {
     match kind {
         FailureKind::InvalidInput => "INVALID_INPUT",
         FailureKind::Transient => "TRANSIENT",
@@ -325,10 +325,10 @@ pub struct MetricSample {
 }
 
 /// How often a node reports itself; a node is called gone after a few missed reports.
-pub const NODE_HEARTBEAT_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+pub(crate) const NODE_HEARTBEAT_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The lease only one node's scheduler holds at a time: its holder fires cron schedules.
-pub const SCHEDULER_LEASE: &str = "scheduler";
+pub(crate) const SCHEDULER_LEASE: &str = "scheduler";
 
 /// A node of a deployment as it last reported itself: one `runcell serve` process,
 /// upserted on every heartbeat.
@@ -357,11 +357,11 @@ pub struct Page<T> {
 }
 
 /// Time-ordered unique ids (UUID v7): listing by id is listing by creation time.
-pub fn new_id() -> String {
+pub(crate) fn new_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }
 
-pub fn now_millis() -> Millis {
+pub(crate) fn now_millis() -> Millis {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as Millis)

@@ -7,7 +7,7 @@ use rand::Rng;
 
 /// Exponential backoff with jitter between the attempts of one execution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RetryPolicy {
+pub(crate) struct RetryPolicy {
     /// Delay after the first failed attempt; each later attempt doubles it.
     pub base_delay: Duration,
     /// The longest any delay grows to.
@@ -27,7 +27,7 @@ impl RetryPolicy {
     /// When attempt `attempt` failed, how long to wait before the next one. The ±20 %
     /// jitter keeps executions that failed together (a dependency went down) from all
     /// coming back in the same instant.
-    pub fn delay(&self, attempt: u32) -> Duration {
+    pub(crate) fn delay(&self, attempt: u32) -> Duration {
         let exponent = attempt.saturating_sub(1).min(20);
         let base = self.base_delay.saturating_mul(1 << exponent);
         let capped = base.min(self.max_delay);

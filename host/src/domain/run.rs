@@ -77,7 +77,7 @@ impl Grants {
 
 /// Matches an event topic against a pattern: `*` alone matches everything, a trailing
 /// `.*` matches one or more further segments, anything else must match exactly.
-pub fn topic_matches(pattern: &str, topic: &str) -> bool {
+pub(crate) fn topic_matches(pattern: &str, topic: &str) -> bool {
     if pattern == "*" {
         return true;
     }

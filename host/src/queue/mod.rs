@@ -19,8 +19,8 @@ use tokio::sync::broadcast;
 use crate::domain::{LogMessage, Millis};
 
 pub use memory::MemoryQueue;
-pub use redis::{RedisQueue, RedisQueueConfig};
-pub use redis_logs::{RedisLogRelay, RedisLogRelayConfig};
+pub(crate) use redis::{RedisQueue, RedisQueueConfig};
+pub(crate) use redis_logs::{RedisLogRelay, RedisLogRelayConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {

@@ -80,7 +80,7 @@ return {#due, next[2] or ''}
 
 /// Where and as whom a node uses the Redis queue.
 #[derive(Clone)]
-pub struct RedisQueueConfig {
+pub(crate) struct RedisQueueConfig {
     /// `redis://[user:password@]host:port[/db]`.
     pub url: String,
     /// Prefix of every key; one deployment, one prefix.
@@ -103,7 +103,7 @@ impl fmt::Debug for RedisQueueConfig {
     }
 }
 
-pub struct RedisQueue {
+pub(crate) struct RedisQueue {
     /// Non-blocking commands.
     commands: Pool,
     /// Blocking reads, so a read waiting for work never holds up a push or an ack.
@@ -178,7 +178,7 @@ impl Timers {
 impl RedisQueue {
     /// Prepares the connection pools; connects lazily, so a Redis that is down now makes
     /// calls fail with [`QueueError::Unavailable`] until it is back, not this.
-    pub fn new(config: RedisQueueConfig) -> Result<Self, QueueError> {
+    pub(crate) fn new(config: RedisQueueConfig) -> Result<Self, QueueError> {
         let commands = pool(
             &config.url,
             COMMAND_POOL,
@@ -589,7 +589,7 @@ pub(super) struct Entry {
 }
 
 impl Entry {
-    pub fn text(&self, name: &str) -> Option<&str> {
+    pub(super) fn text(&self, name: &str) -> Option<&str> {
         self.fields
             .iter()
             .find(|(field, _)| field == name)

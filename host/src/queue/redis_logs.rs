@@ -54,7 +54,7 @@ const PRUNE_AT: usize = 1_024;
 
 /// Where and as whom a node relays logs.
 #[derive(Clone)]
-pub struct RedisLogRelayConfig {
+pub(crate) struct RedisLogRelayConfig {
     /// `redis://[user:password@]host:port[/db]`.
     pub url: String,
     /// Prefix of every key and channel; one deployment, one prefix.
@@ -67,7 +67,7 @@ pub struct RedisLogRelayConfig {
 
 impl RedisLogRelayConfig {
     /// A configuration with the default request period.
-    pub fn new(url: String, key_prefix: String, node_id: String) -> Self {
+    pub(crate) fn new(url: String, key_prefix: String, node_id: String) -> Self {
         Self {
             url,
             key_prefix,
@@ -88,7 +88,7 @@ impl fmt::Debug for RedisLogRelayConfig {
     }
 }
 
-pub struct RedisLogRelay {
+pub(crate) struct RedisLogRelay {
     client: redis::Client,
     commands: Pool,
     key_prefix: String,
@@ -159,7 +159,7 @@ impl RedisLogRelay {
     /// Subscribes to the follow channel (and keeps subscribing after Redis failures) and
     /// starts the writer. Fails if Redis cannot be reached now. Must be called within a
     /// Tokio runtime.
-    pub async fn connect(config: RedisLogRelayConfig) -> Result<Self, QueueError> {
+    pub(crate) async fn connect(config: RedisLogRelayConfig) -> Result<Self, QueueError> {
         let client = redis::Client::open(config.url.as_str())
             .map_err(|err| QueueError::Config(format!("Redis URL: {err}")))?;
         let commands = super::redis::pool(

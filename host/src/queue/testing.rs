@@ -11,18 +11,18 @@ use tokio::task::JoinSet;
 use crate::domain::new_id;
 
 /// The Redis server of the tests; `RUNCELL_TEST_REDIS_URL` overrides the local one.
-pub fn redis_url() -> String {
+pub(crate) fn redis_url() -> String {
     std::env::var("RUNCELL_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
 
 /// A key prefix used by one test only; its keys are deleted on drop.
-pub struct TestPrefix {
+pub(crate) struct TestPrefix {
     pub url: String,
     pub prefix: String,
 }
 
 impl TestPrefix {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             url: redis_url(),
             prefix: format!("runcell-test:{}", new_id()),
@@ -30,14 +30,14 @@ impl TestPrefix {
     }
 
     /// A synchronous connection, for checks that must not depend on the code under test.
-    pub fn connection(&self) -> redis::Connection {
+    pub(crate) fn connection(&self) -> redis::Connection {
         redis::Client::open(self.url.as_str())
             .and_then(|client| client.get_connection())
             .expect("the test Redis server is reachable")
     }
 
     /// The keys under this prefix.
-    pub fn keys(&self) -> Vec<String> {
+    pub(crate) fn keys(&self) -> Vec<String> {
         let mut conn = self.connection();
         let mut cursor = 0_u64;
         let mut keys = Vec::new();
@@ -58,7 +58,7 @@ impl TestPrefix {
         }
     }
 
-    pub fn exists(&self, key: &str) -> bool {
+    pub(crate) fn exists(&self, key: &str) -> bool {
         redis::cmd("EXISTS")
             .arg(key)
             .query::<bool>(&mut self.connection())
@@ -66,7 +66,7 @@ impl TestPrefix {
     }
 
     /// Deletes keys under this prefix, as a Redis restart without persistence would.
-    pub fn delete(&self, keys: &[&str]) {
+    pub(crate) fn delete(&self, keys: &[&str]) {
         let keys: Vec<String> = keys
             .iter()
             .map(|key| format!("{}:{key}", self.prefix))
@@ -91,14 +91,14 @@ impl Drop for TestPrefix {
 
 /// Forwards a local port to the test Redis server until stopped; started again on the
 /// same port, it plays a Redis that went down and came back.
-pub struct Proxy {
+pub(crate) struct Proxy {
     pub addr: SocketAddr,
     target: SocketAddr,
     tasks: Option<JoinSet<()>>,
 }
 
 impl Proxy {
-    pub async fn start() -> Self {
+    pub(crate) async fn start() -> Self {
         let url = redis_url();
         let target = url
             .trim_start_matches("redis://")
@@ -117,7 +117,7 @@ impl Proxy {
         proxy
     }
 
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("redis://{}", self.addr)
     }
 
@@ -138,14 +138,14 @@ impl Proxy {
     }
 
     /// Closes the port and every connection through it.
-    pub async fn stop(&mut self) {
+    pub(crate) async fn stop(&mut self) {
         if let Some(mut tasks) = self.tasks.take() {
             tasks.abort_all();
             while tasks.join_next().await.is_some() {}
         }
     }
 
-    pub async fn restart(&mut self) {
+    pub(crate) async fn restart(&mut self) {
         let socket = TcpSocket::new_v4().expect("socket");
         socket.set_reuseaddr(true).expect("reuseaddr");
         let mut attempts = 0;

@@ -151,7 +151,7 @@ fn deserialize_own_bytes(engine: &Engine, bytes: &[u8]) -> wasmtime::Result<Comp
 }
 
 /// Hex SHA-256 of a component's bytes: its identity everywhere in Runcell.
-pub fn content_hash(wasm: &[u8]) -> String {
+pub(crate) fn content_hash(wasm: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(wasm))
 }

@@ -12,7 +12,7 @@ use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAlloc
 
 /// How often the epoch advances. A runaway guest is stopped at most one tick after its
 /// deadline, and a CPU-bound guest yields its thread to others once per tick.
-pub const EPOCH_TICK: Duration = Duration::from_millis(5);
+pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(5);
 
 /// wasm stack per instance. Deep enough for real recursive code; a runaway recursion
 /// traps with "stack overflow" long before the host stack is in danger.

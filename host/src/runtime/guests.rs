@@ -20,7 +20,7 @@ use tokio::runtime::{Builder, Handle};
 use tokio::task::JoinHandle;
 
 /// How much lower guest threads are scheduled than the process's other threads.
-pub const GUEST_NICENESS: i32 = 10;
+pub(crate) const GUEST_NICENESS: i32 = 10;
 
 thread_local! {
     static ON_GUEST_THREAD: Cell<bool> = const { Cell::new(false) };

@@ -18,7 +18,7 @@ const MAX_FIELDS: usize = 32;
 const MAX_PENDING_STREAM_BYTES: usize = 16 * 1024;
 
 /// Called with every line as it is kept, for live log streaming.
-pub type LogObserver = Arc<dyn Fn(&LogEntry) + Send + Sync>;
+pub(crate) type LogObserver = Arc<dyn Fn(&LogEntry) + Send + Sync>;
 
 /// Shared by the guest's log import and its stdout/stderr streams.
 #[derive(Clone)]

@@ -13,7 +13,7 @@ mod cpu_permits;
 mod engine;
 mod execution;
 mod guests;
-pub mod host;
+pub(crate) mod host;
 mod incoming;
 mod lanes;
 mod limiter;
@@ -37,18 +37,16 @@ use crate::domain::{
     RunReport, Usage,
 };
 
-pub use cache::{LoadSource, content_hash};
-pub use engine::{EPOCH_TICK, EngineSettings};
-pub use execution::{CancelToken, RunRequest, StartListener};
-pub use guests::GUEST_NICENESS;
+pub use cache::LoadSource;
+pub(crate) use cache::content_hash;
+pub use engine::EngineSettings;
+pub(crate) use execution::StartListener;
+pub use execution::{CancelToken, RunRequest};
 pub use host::HostServices;
-pub use host::http::{
-    AddressClass, BadNetwork, Denial, IpNetwork, OutboundPolicy, OutboundSettings, OutboundTls,
-    TlsSetupError,
-};
-pub use incoming::ServedRequest;
-pub use logs::LogObserver;
-pub use redact::{MIN_REDACTED_LEN, Redactor};
+pub use host::http::{IpNetwork, OutboundSettings, OutboundTls};
+pub(crate) use incoming::ServedRequest;
+pub(crate) use logs::LogObserver;
+pub use redact::Redactor;
 pub use validate::ValidationError;
 
 use bindings::JobModulePre;

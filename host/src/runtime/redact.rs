@@ -27,7 +27,7 @@ use crate::domain::{Outcome, SECRET_MASK};
 
 /// Values shorter than this are not redacted: replacing every `ab` in a log would mangle
 /// it and, by where the mask appears, tell what the secret is.
-pub const MIN_REDACTED_LEN: usize = 4;
+pub(crate) const MIN_REDACTED_LEN: usize = 4;
 
 /// Encoded forms found inside longer text must be at least this long, so that a few
 /// characters of an unrelated hex or base64 string are not masked by chance (which would

@@ -14,7 +14,7 @@ fn backend(err: impl std::fmt::Display) -> BackendError {
 
 /// Module key-value data in the database.
 #[derive(Clone)]
-pub struct StoreKeyValue(pub Arc<dyn Store>);
+pub(crate) struct StoreKeyValue(pub Arc<dyn Store>);
 
 #[async_trait::async_trait]
 impl KeyValueStore for StoreKeyValue {
@@ -48,7 +48,7 @@ impl KeyValueStore for StoreKeyValue {
 
 /// Module-published events onto the bus.
 #[derive(Clone)]
-pub struct StoreEventSink(pub EventBus);
+pub(crate) struct StoreEventSink(pub EventBus);
 
 #[async_trait::async_trait]
 impl EventSink for StoreEventSink {
@@ -68,7 +68,7 @@ impl EventSink for StoreEventSink {
 
 /// Metric samples in the database.
 #[derive(Clone)]
-pub struct StoreMetricsSink(pub Arc<dyn Store>);
+pub(crate) struct StoreMetricsSink(pub Arc<dyn Store>);
 
 #[async_trait::async_trait]
 impl MetricsSink for StoreMetricsSink {

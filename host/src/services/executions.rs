@@ -264,7 +264,7 @@ impl Services {
 
 /// The next attempt of a failed execution, if its job allows one: for the worker when a
 /// run fails, and for the reconciler when a run's node died under it.
-pub fn next_attempt(
+pub(crate) fn next_attempt(
     retry: &RetryPolicy,
     claimed: &ClaimedExecution,
     job: &Job,

@@ -12,11 +12,11 @@ use crate::domain::{Job, JobConfig, SECRET_MASK, SecretValue, Setting, SettingVa
 use crate::runtime::Redactor;
 
 /// Settings per job: configuration for a module, not a data store.
-pub const MAX_SETTINGS: usize = 64;
+pub(crate) const MAX_SETTINGS: usize = 64;
 /// Longest setting name, in bytes.
-pub const MAX_SETTING_NAME_BYTES: usize = 128;
+pub(crate) const MAX_SETTING_NAME_BYTES: usize = 128;
 /// Longest setting value, in bytes: room for a certificate or a list of endpoints.
-pub const MAX_SETTING_VALUE_BYTES: usize = 64 * 1024;
+pub(crate) const MAX_SETTING_VALUE_BYTES: usize = 64 * 1024;
 
 /// The settings of one run, secrets opened, and what to mask in what the run leaves.
 #[derive(Debug, Clone, Default)]

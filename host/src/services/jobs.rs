@@ -17,7 +17,7 @@ use crate::runtime::host::events::is_valid_topic;
 use crate::store::{EarlierRuns, IdempotencyKey, ManualOutcome, ManualRun};
 
 /// Jobs retry at most this many times; more is a loop, not resilience.
-pub const MAX_ATTEMPTS: u32 = 25;
+pub(crate) const MAX_ATTEMPTS: u32 = 25;
 /// A job's stored default input is configuration, not data.
 const MAX_INPUT_BYTES: usize = 1024 * 1024;
 
@@ -105,7 +105,7 @@ pub struct JobPatch {
 mod double_option {
     use serde::{Deserialize, Deserializer};
 
-    pub fn deserialize<'de, T, D>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+    pub(super) fn deserialize<'de, T, D>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
     where
         T: Deserialize<'de>,
         D: Deserializer<'de>,
@@ -132,7 +132,7 @@ fn is_valid_job_name(name: &str) -> bool {
 }
 
 /// Whether `pattern` is a topic, a `prefix.*` pattern, or `*`.
-pub fn is_valid_topic_pattern(pattern: &str) -> bool {
+pub(crate) fn is_valid_topic_pattern(pattern: &str) -> bool {
     pattern == "*"
         || is_valid_topic(pattern)
         || pattern.strip_suffix(".*").is_some_and(is_valid_topic)
@@ -140,7 +140,7 @@ pub fn is_valid_topic_pattern(pattern: &str) -> bool {
 
 /// The limits a run of `job` gets: the job's own, else the module's hint, else the
 /// server's defaults.
-pub fn effective_limits(job: &Job, spec: Option<&JobSpec>, defaults: &Limits) -> Limits {
+pub(crate) fn effective_limits(job: &Job, spec: Option<&JobSpec>, defaults: &Limits) -> Limits {
     defaults.resolve(
         job.fuel,
         job.timeout_ms.map(Duration::from_millis),
@@ -514,7 +514,7 @@ pub struct ManualRuns {
 }
 
 /// How errors name the idempotency key, which comes in a header.
-pub const IDEMPOTENCY_KEY_FIELD: &str = "Idempotency-Key";
+pub(crate) const IDEMPOTENCY_KEY_FIELD: &str = "Idempotency-Key";
 
 /// What a manual trigger asks, as an idempotency key remembers it: SHA-256 over the job
 /// and the inputs as parsed (so `{"count": 2}` and `{"inputs": [null, null]}` ask the

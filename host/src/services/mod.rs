@@ -2,18 +2,18 @@
 //! jobs, read executions, publish events. Callers (the API, the CLI) get typed results
 //! and a [`ServiceError`] that says what to fix; nothing here knows HTTP.
 
-pub mod auth;
+pub(crate) mod auth;
 mod backends;
 mod events;
 mod executions;
-pub mod job_config;
-pub mod jobs;
-pub mod loghub;
-pub mod modules;
-pub mod publishers;
-pub mod routes;
-pub mod schedule;
-pub mod secrets;
+pub(crate) mod job_config;
+pub(crate) mod jobs;
+pub(crate) mod loghub;
+pub(crate) mod modules;
+pub(crate) mod publishers;
+pub(crate) mod routes;
+pub(crate) mod schedule;
+pub(crate) mod secrets;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -26,17 +26,16 @@ use crate::runtime::{
 use crate::store::{Store, StoreError};
 use secrets::SecretBox;
 
-pub use auth::AuthService;
-pub use backends::{StoreEventSink, StoreKeyValue, StoreMetricsSink};
-pub use events::{EventBus, PublishEvent};
-pub use executions::{
+pub(crate) use auth::AuthService;
+pub(crate) use backends::{StoreEventSink, StoreKeyValue, StoreMetricsSink};
+pub(crate) use events::{EventBus, PublishEvent};
+pub(crate) use executions::{
     AttachedRunner, LocalRunner, RunningRegistry, WorkerReservation, next_attempt,
 };
-pub use job_config::{ConfigOpenError, OpenedConfig};
-pub use jobs::{ExecuteRequest, JobDraft, JobPatch, ManualRuns};
-pub use loghub::LogHub;
-pub use modules::ModuleCatalog;
-pub use routes::{RouteGate, RouteSettings, RouteTarget};
+pub(crate) use jobs::{ExecuteRequest, JobDraft, JobPatch, ManualRuns};
+pub(crate) use loghub::LogHub;
+pub(crate) use modules::ModuleCatalog;
+pub(crate) use routes::{RouteGate, RouteSettings};
 
 /// Why a request could not be carried out. Each variant says what the caller should do.
 #[derive(Debug, thiserror::Error)]

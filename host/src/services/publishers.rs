@@ -25,7 +25,7 @@ use ring::signature::{ED25519, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
 use crate::domain::PublisherKey;
 
 /// What a signature signs, before the content hash's hex digits.
-pub const SIGNED_PREFIX: &str = "runcell-module-v1:sha256:";
+pub(crate) const SIGNED_PREFIX: &str = "runcell-module-v1:sha256:";
 
 /// The scheme word that starts a signature.
 const SCHEME: &str = "ed25519";
@@ -43,11 +43,11 @@ const PKCS8_PREFIX: [u8; 16] = [
 /// Why a key or signature could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
-pub struct FormatError(String);
+pub(crate) struct FormatError(String);
 
 /// A signature as an upload carries it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Signature {
+pub(crate) struct Signature {
     /// The id of the key that (it says) made it.
     pub key_id: String,
     pub bytes: [u8; 64],
@@ -55,7 +55,7 @@ pub struct Signature {
 
 impl Signature {
     /// Reads `ed25519:<key id>:<base64>`, surrounding whitespace ignored.
-    pub fn parse(text: &str) -> Result<Self, FormatError> {
+    pub(crate) fn parse(text: &str) -> Result<Self, FormatError> {
         let bad = |why: &str| {
             FormatError(format!(
                 "{why}; a signature reads `ed25519:<key id>:<base64 of 64 bytes>` (`runcell sign --key <file> module.wasm` prints one)"
@@ -86,7 +86,7 @@ impl Signature {
     }
 
     /// Whether this signs the module whose content hash is `content_hash` under `key`.
-    pub fn verifies(&self, key: &PublisherKey, content_hash: &str) -> bool {
+    pub(crate) fn verifies(&self, key: &PublisherKey, content_hash: &str) -> bool {
         UnparsedPublicKey::new(&ED25519, &key.public_key)
             .verify(&signed_message(content_hash), &self.bytes)
             .is_ok()
@@ -127,7 +127,7 @@ fn pem_block(text: &str, label: &str) -> Option<Result<Vec<u8>, FormatError>> {
 
 /// The 32 bytes of an Ed25519 public key given as PEM, or as the base64 of its 32 bytes
 /// (or of its 44-byte DER SubjectPublicKeyInfo).
-pub fn parse_public_key(text: &str) -> Result<Vec<u8>, FormatError> {
+pub(crate) fn parse_public_key(text: &str) -> Result<Vec<u8>, FormatError> {
     let der = match pem_block(text, "PUBLIC KEY") {
         Some(der) => der?,
         None => BASE64.decode(text.trim()).map_err(|err| {
@@ -150,7 +150,7 @@ pub fn parse_public_key(text: &str) -> Result<Vec<u8>, FormatError> {
 }
 
 /// The PEM text of an Ed25519 public key (SubjectPublicKeyInfo, as OpenSSL writes it).
-pub fn public_key_pem(public_key: &[u8]) -> String {
+pub(crate) fn public_key_pem(public_key: &[u8]) -> String {
     let mut der = SPKI_PREFIX.to_vec();
     der.extend_from_slice(public_key);
     pem("PUBLIC KEY", &der)
@@ -168,7 +168,7 @@ fn pem(label: &str, der: &[u8]) -> String {
 }
 
 /// A publisher's signing key, read from or written to a PEM PKCS#8 file.
-pub struct SigningKey(Ed25519KeyPair);
+pub(crate) struct SigningKey(Ed25519KeyPair);
 
 impl std::fmt::Debug for SigningKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -178,7 +178,7 @@ impl std::fmt::Debug for SigningKey {
 
 impl SigningKey {
     /// A new random key, and its PEM text (PKCS#8 v1, as OpenSSL writes it) to keep.
-    pub fn generate() -> Result<(Self, String), FormatError> {
+    pub(crate) fn generate() -> Result<(Self, String), FormatError> {
         let mut seed = [0u8; 32];
         ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut seed)
             .map_err(|_| FormatError("the system's random source failed".into()))?;
@@ -190,7 +190,7 @@ impl SigningKey {
     }
 
     /// Reads a PEM `PRIVATE KEY` (PKCS#8 v1 or v2) holding an Ed25519 key.
-    pub fn from_pem(text: &str) -> Result<Self, FormatError> {
+    pub(crate) fn from_pem(text: &str) -> Result<Self, FormatError> {
         let der = pem_block(text, "PRIVATE KEY").ok_or_else(|| {
             FormatError(
                 "no `-----BEGIN PRIVATE KEY-----` block; give the file `runcell keygen` wrote, or `openssl genpkey -algorithm ed25519` output".into(),
@@ -201,16 +201,16 @@ impl SigningKey {
             .map_err(|err| FormatError(format!("not an Ed25519 private key: {err}")))
     }
 
-    pub fn public_key(&self) -> &[u8] {
+    pub(crate) fn public_key(&self) -> &[u8] {
         self.0.public_key().as_ref()
     }
 
-    pub fn key_id(&self) -> String {
+    pub(crate) fn key_id(&self) -> String {
         PublisherKey::id_of(self.public_key())
     }
 
     /// Signs the module whose bytes are `wasm`.
-    pub fn sign(&self, wasm: &[u8]) -> Signature {
+    pub(crate) fn sign(&self, wasm: &[u8]) -> Signature {
         use sha2::Digest;
         let hash = hex::encode(sha2::Sha256::digest(wasm));
         let signature = self.0.sign(&signed_message(&hash));

@@ -59,7 +59,7 @@ pub struct RouteGate {
 
 /// Held while a request is served; dropping it frees the places.
 #[derive(Debug)]
-pub struct RoutePermit {
+pub(crate) struct RoutePermit {
     _module: OwnedSemaphorePermit,
     _total: OwnedSemaphorePermit,
 }

@@ -10,11 +10,11 @@ use crate::domain::Millis;
 
 /// A parsed schedule.
 #[derive(Debug, Clone)]
-pub struct Schedule(cron::Schedule);
+pub(crate) struct Schedule(cron::Schedule);
 
 impl Schedule {
     /// Parses `expression`, explaining what is wrong in terms of the user's text.
-    pub fn parse(expression: &str) -> Result<Self, String> {
+    pub(crate) fn parse(expression: &str) -> Result<Self, String> {
         let fields = expression.split_whitespace().count();
         let normalized = match fields {
             5 => format!("0 {expression}"),
@@ -31,7 +31,7 @@ impl Schedule {
     }
 
     /// The first tick strictly after `after`.
-    pub fn next_after(&self, after: Millis) -> Option<Millis> {
+    pub(crate) fn next_after(&self, after: Millis) -> Option<Millis> {
         let after: DateTime<Utc> = Utc.timestamp_millis_opt(after).single()?;
         self.0.after(&after).next().map(|t| t.timestamp_millis())
     }

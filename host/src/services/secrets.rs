@@ -11,7 +11,7 @@ use base64::engine::general_purpose::STANDARD_NO_PAD;
 /// Marks the format of a sealed value, so a future format can sit beside this one.
 const FORMAT: &str = "v1:";
 const NONCE_BYTES: usize = 12;
-pub const KEY_BYTES: usize = 32;
+pub(crate) const KEY_BYTES: usize = 32;
 
 /// Seals and opens secret values. The key never leaves this type.
 #[derive(Clone)]

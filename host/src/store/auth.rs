@@ -8,7 +8,7 @@ use super::StoreError;
 
 /// What presenting a refresh token did.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Rotation {
+pub(crate) enum Rotation {
     /// The token was current: it is now used, and `successor` replaces it.
     Rotated { successor: RefreshToken },
     /// The token had already been rotated: it leaked. Its whole family is now revoked.
@@ -19,7 +19,7 @@ pub enum Rotation {
 
 /// The successor of a rotated refresh token; the family and user are the old token's.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NewRefreshToken {
+pub(crate) struct NewRefreshToken {
     pub id: String,
     pub token_hash: String,
     pub expires_at: Millis,
@@ -33,7 +33,7 @@ pub(crate) fn username_taken(username: &str) -> StoreError {
 }
 
 #[async_trait::async_trait]
-pub trait AuthStore: Send + Sync + 'static {
+pub(crate) trait AuthStore: Send + Sync + 'static {
     // ---- users ---------------------------------------------------------------------
 
     async fn count_users(&self) -> Result<u64, StoreError>;

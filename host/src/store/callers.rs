@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 /// The methods `trait_name` declares in `source`, except those compiled only for tests.
 fn declared_methods(source: &str, trait_name: &str) -> Vec<String> {
     let start = source
-        .find(&format!("pub trait {trait_name}"))
+        .find(&format!(" trait {trait_name}:"))
         .unwrap_or_else(|| panic!("no trait {trait_name}"));
     let body = &source[start..];
     let end = body.find("\n}\n").expect("the trait ends");

@@ -19,7 +19,7 @@ macro_rules! execution_input {
     };
 }
 
-pub mod auth;
+pub(crate) mod auth;
 #[cfg(test)]
 mod callers;
 mod convert;
@@ -30,11 +30,9 @@ mod sqlite;
 #[cfg(test)]
 pub(crate) mod tests;
 
-pub use auth::AuthStore;
-pub use postgres::PostgresStore;
+pub(crate) use auth::AuthStore;
+pub(crate) use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
-
-use std::sync::Arc;
 
 use crate::domain::{
     CodeApproval, Event, Execution, ExecutionResult, ExecutionStatus, Job, LogEntry, Manifest,
@@ -646,5 +644,3 @@ pub trait Store: Send + Sync + 'static {
         now: Millis,
     ) -> Result<bool, StoreError>;
 }
-
-pub type SharedStore = Arc<dyn Store>;

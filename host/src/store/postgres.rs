@@ -154,7 +154,7 @@ const MAX_ROWS: usize = 1_000;
 
 /// The PostgreSQL store of a distributed deployment.
 #[derive(Debug, Clone)]
-pub struct PostgresStore {
+pub(crate) struct PostgresStore {
     pool: PgPool,
     /// For claims only: their commits do not wait for the log to reach the disk (see
     /// "Durability" above).
@@ -168,7 +168,7 @@ impl PostgresStore {
     /// Connects to the database at `url` (`postgres://user:password@host:port/database`)
     /// and brings its schema up to date. Fails within a few seconds, naming the server
     /// (never the password), if it cannot be reached.
-    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+    pub(crate) async fn connect(url: &str) -> Result<Self, StoreError> {
         let options = PgConnectOptions::from_str(url)
             .map_err(|err| StoreError::Database(format!("invalid PostgreSQL URL: {err}")))?
             .application_name("runcell");

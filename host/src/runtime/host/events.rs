@@ -7,7 +7,7 @@ use crate::runtime::bindings::events;
 use super::{BackendError, HostContext};
 
 /// A payload is an event, not a data transfer.
-pub const MAX_PAYLOAD_BYTES: usize = 256 * 1024;
+pub(crate) const MAX_PAYLOAD_BYTES: usize = 256 * 1024;
 const MAX_TOPIC_BYTES: usize = 200;
 /// Publishing is a side effect the bus must absorb; this bounds what one run can cause.
 const MAX_EVENTS_PER_RUN: u32 = 1_000;
@@ -64,7 +64,7 @@ impl EventSink for MemoryEventSink {
 }
 
 /// Whether `topic` is dot-separated words of letters, digits, `-` and `_`.
-pub fn is_valid_topic(topic: &str) -> bool {
+pub(crate) fn is_valid_topic(topic: &str) -> bool {
     !topic.is_empty()
         && topic.len() <= MAX_TOPIC_BYTES
         && topic.split('.').all(|word| {

@@ -32,8 +32,9 @@ use super::super::clock::RunClock;
 use super::super::logs::LogCollector;
 use crate::domain::{Grants, HostName};
 
-pub use policy::{AddressClass, BadNetwork, Denial, IpNetwork, OutboundPolicy, OutboundSettings};
-pub use tls::{OutboundTls, TlsSetupError};
+pub(crate) use policy::{Denial, OutboundPolicy};
+pub use policy::{IpNetwork, OutboundSettings};
+pub use tls::OutboundTls;
 
 use body::MeteredBody;
 use client::Target;

@@ -9,11 +9,11 @@ use crate::runtime::bindings::kv;
 use super::{BackendError, HostContext};
 
 /// Keys are short identifiers; a bound keeps index rows small in every backend.
-pub const MAX_KEY_BYTES: usize = 512;
+pub(crate) const MAX_KEY_BYTES: usize = 512;
 /// One value at most; larger state belongs in several keys.
-pub const MAX_VALUE_BYTES: usize = 1024 * 1024;
+pub(crate) const MAX_VALUE_BYTES: usize = 1024 * 1024;
 /// Upper bound of one `list-keys` answer.
-pub const MAX_LIST_KEYS: u32 = 10_000;
+pub(crate) const MAX_LIST_KEYS: u32 = 10_000;
 
 /// Storage behind the `kv` import. Every call is scoped by module name; a backend must
 /// never let one module see another's keys.

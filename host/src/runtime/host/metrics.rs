@@ -11,7 +11,7 @@ const MAX_NAME_BYTES: usize = 128;
 const MAX_LABELS: usize = 8;
 const MAX_LABEL_BYTES: usize = 128;
 /// A run that needs more samples than this should aggregate before recording.
-pub const MAX_SAMPLES_PER_RUN: u32 = 1_000;
+pub(crate) const MAX_SAMPLES_PER_RUN: u32 = 1_000;
 
 /// Where samples go. Called once per accepted `observe`.
 #[async_trait::async_trait]

@@ -17,9 +17,11 @@ use crate::domain::Grants;
 use super::clock::RunClock;
 use super::logs::LogCollector;
 
-pub use events::{EventSink, MemoryEventSink, PublishedEvent};
+pub(crate) use events::EventSink;
+pub use events::MemoryEventSink;
 pub use kv::{KeyValueStore, MemoryKeyValue};
-pub use metrics::{MemoryMetricsSink, MetricsSink};
+pub use metrics::MemoryMetricsSink;
+pub(crate) use metrics::MetricsSink;
 
 /// A backend failed; the guest sees it as "unavailable", the host logs the cause.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

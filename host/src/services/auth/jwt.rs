@@ -10,14 +10,14 @@ use crate::domain::Millis;
 
 /// The smallest signing key accepted: HS256 is only as strong as its key, and RFC 7518
 /// asks for at least the hash's 256 bits.
-pub const MIN_KEY_BYTES: usize = 32;
+pub(crate) const MIN_KEY_BYTES: usize = 32;
 
 /// Clock skew tolerated for `iat` between nodes.
 const IAT_LEEWAY_MS: Millis = 30_000;
 
 /// A signing key. Its bytes never leave this type: no `Debug`, no `Display`.
 #[derive(Clone)]
-pub struct SigningKey {
+pub(crate) struct SigningKey {
     encoding: EncodingKey,
     decoding: DecodingKey,
 }
@@ -29,13 +29,13 @@ impl std::fmt::Debug for SigningKey {
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum KeyError {
+pub(crate) enum KeyError {
     #[error("the JWT secret must be at least {MIN_KEY_BYTES} bytes long (it is {0})")]
     TooShort(usize),
 }
 
 impl SigningKey {
-    pub fn from_secret(secret: &[u8]) -> Result<Self, KeyError> {
+    pub(crate) fn from_secret(secret: &[u8]) -> Result<Self, KeyError> {
         if secret.len() < MIN_KEY_BYTES {
             return Err(KeyError::TooShort(secret.len()));
         }
@@ -48,7 +48,7 @@ impl SigningKey {
 
 /// What an access token says.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Claims {
+pub(crate) struct Claims {
     pub iss: String,
     pub aud: String,
     /// The user id.
@@ -65,7 +65,7 @@ pub struct Claims {
 /// Why a token was refused. The caller answers 401 to all of them alike; the variant
 /// is for logs and tests.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum TokenError {
+pub(crate) enum TokenError {
     #[error("the access token has expired")]
     Expired,
     #[error("the access token was issued in the future")]
@@ -76,7 +76,7 @@ pub enum TokenError {
 
 /// Issues and checks access tokens for one issuer and audience.
 #[derive(Debug, Clone)]
-pub struct TokenCodec {
+pub(crate) struct TokenCodec {
     key: SigningKey,
     issuer: String,
     audience: String,
@@ -84,7 +84,7 @@ pub struct TokenCodec {
 }
 
 impl TokenCodec {
-    pub fn new(key: SigningKey, issuer: &str, audience: &str) -> Self {
+    pub(crate) fn new(key: SigningKey, issuer: &str, audience: &str) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.algorithms = vec![Algorithm::HS256];
         validation.set_issuer(&[issuer]);
@@ -101,7 +101,7 @@ impl TokenCodec {
         }
     }
 
-    pub fn issue(
+    pub(crate) fn issue(
         &self,
         user_id: &str,
         session: &str,
@@ -125,11 +125,11 @@ impl TokenCodec {
 
     /// Whether `token` is an access token this codec signed, whether or not it is still
     /// valid: what must never be handed to a module, even expired.
-    pub fn signed_by_us(&self, token: &str) -> bool {
+    pub(crate) fn signed_by_us(&self, token: &str) -> bool {
         jsonwebtoken::decode::<Claims>(token, &self.key.decoding, &self.validation).is_ok()
     }
 
-    pub fn verify(&self, token: &str, now: Millis) -> Result<Claims, TokenError> {
+    pub(crate) fn verify(&self, token: &str, now: Millis) -> Result<Claims, TokenError> {
         let claims = jsonwebtoken::decode::<Claims>(token, &self.key.decoding, &self.validation)
             .map_err(|err| TokenError::Invalid(err.to_string()))?
             .claims;

@@ -4,9 +4,9 @@
 //! the signing key) never reach a log line, an error message or a response, except the
 //! one response that hands a new secret to its owner.
 
-pub mod jwt;
-pub mod password;
-pub mod throttle;
+pub(crate) mod jwt;
+pub(crate) mod password;
+pub(crate) mod throttle;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -32,9 +32,9 @@ use throttle::{Attempt, Throttle, ThrottleLimits};
 
 /// Where API token secrets start: lets the server tell them from JWTs at a glance, and
 /// lets secret scanners recognise a leaked one.
-pub const API_TOKEN_PREFIX: &str = "rct_";
+pub(crate) const API_TOKEN_PREFIX: &str = "rct_";
 /// Where refresh token secrets start.
-pub const REFRESH_TOKEN_PREFIX: &str = "rcr_";
+pub(crate) const REFRESH_TOKEN_PREFIX: &str = "rcr_";
 
 /// How long what a credential check learned from the store is reused. Bounds how long a
 /// logout, a revoked token or a disabled user takes to bite on every node, and saves a
@@ -44,11 +44,11 @@ const PRINCIPAL_CACHE_MS: Millis = 2_000;
 const PRINCIPAL_CACHE_MAX: usize = 10_000;
 
 /// The service's idea of now; tests move it.
-pub type Clock = Arc<dyn Fn() -> Millis + Send + Sync>;
+pub(crate) type Clock = Arc<dyn Fn() -> Millis + Send + Sync>;
 
 /// The rules of one deployment.
 #[derive(Debug, Clone)]
-pub struct AuthSettings {
+pub(crate) struct AuthSettings {
     pub access_ttl_ms: Millis,
     pub refresh_ttl_ms: Millis,
     pub issuer: String,
@@ -77,7 +77,7 @@ impl AuthSettings {
     /// The defaults with hashing cheap enough for tests that log in many times; never for
     /// a server.
     #[cfg(test)]
-    pub fn cheap_for_tests() -> Self {
+    pub(crate) fn cheap_for_tests() -> Self {
         Self {
             hash_cost: HashCost {
                 memory_kib: 64,
@@ -100,9 +100,8 @@ impl AuthSettings {
 
 /// What a login or a refresh hands back. `refresh_token` is the only copy of the secret.
 #[derive(Debug, Clone)]
-pub struct Session {
+pub(crate) struct Session {
     pub access_token: String,
-    pub access_expires_at: Millis,
     /// How long the access token lives, in seconds (what OAuth calls `expires_in`).
     pub access_ttl_secs: i64,
     pub refresh_token: String,
@@ -112,7 +111,7 @@ pub struct Session {
 
 /// A new user, as an admin or the CLI asks for it.
 #[derive(Debug, Clone)]
-pub struct NewUser {
+pub(crate) struct NewUser {
     pub username: String,
     pub password: String,
     pub role: Role,
@@ -120,7 +119,7 @@ pub struct NewUser {
 
 /// Changes to a user; `None` keeps the current value.
 #[derive(Debug, Clone, Default)]
-pub struct UserPatch {
+pub(crate) struct UserPatch {
     pub role: Option<Role>,
     pub password: Option<String>,
     pub disabled: Option<bool>,
@@ -128,17 +127,17 @@ pub struct UserPatch {
 
 /// A new API token, as its creator asks for it.
 #[derive(Debug, Clone)]
-pub struct NewApiToken {
+pub(crate) struct NewApiToken {
     pub name: String,
     pub role: Role,
     pub expires_at: Option<Millis>,
 }
 
 /// The audit trail's name for changes made by the server itself.
-pub const SYSTEM_ACTOR: &str = "system";
+pub(crate) const SYSTEM_ACTOR: &str = "system";
 
 #[derive(Clone)]
-pub struct AuthService {
+pub(crate) struct AuthService {
     inner: Arc<Inner>,
 }
 
@@ -164,7 +163,7 @@ impl std::fmt::Debug for AuthService {
 
 /// Random bytes as URL-safe text, from the thread-local CSPRNG (ChaCha, seeded by the
 /// operating system).
-pub fn random_secret(bytes: usize) -> String {
+pub(crate) fn random_secret(bytes: usize) -> String {
     let mut buffer = vec![0u8; bytes];
     rand::rng().fill_bytes(&mut buffer);
     URL_SAFE_NO_PAD.encode(buffer)
@@ -180,7 +179,7 @@ fn unauthenticated(message: &str) -> ServiceError {
 }
 
 /// The longest username: what a login may name, logs show and the throttle keeps.
-pub const MAX_USERNAME_BYTES: usize = 64;
+pub(crate) const MAX_USERNAME_BYTES: usize = 64;
 
 /// A username as a log line may show it: at most [`MAX_USERNAME_BYTES`], with a mark
 /// when cut, so a login naming megabytes cannot fill the log.
@@ -214,7 +213,7 @@ fn check_username(username: &str) -> Result<(), ServiceError> {
 }
 
 impl AuthService {
-    pub async fn new(
+    pub(crate) async fn new(
         store: Arc<dyn AuthStore>,
         key: SigningKey,
         settings: AuthSettings,
@@ -236,7 +235,7 @@ impl AuthService {
     }
 
     /// The system clock.
-    pub fn system_clock() -> Clock {
+    pub(crate) fn system_clock() -> Clock {
         Arc::new(now_millis)
     }
 
@@ -252,7 +251,7 @@ impl AuthService {
 
     /// Creates the `admin` user if there is no user at all. Returns the password when it
     /// had to generate one (`password` was `None`), for the caller to show once.
-    pub async fn ensure_first_admin(
+    pub(crate) async fn ensure_first_admin(
         &self,
         password: Option<String>,
     ) -> Result<Option<String>, ServiceError> {
@@ -290,7 +289,7 @@ impl AuthService {
     /// the same answer after the same work. The attempt is counted against the throttle
     /// before its password is hashed (see [`throttle`]), and an account under attack
     /// makes each attempt wait a bounded delay first.
-    pub async fn login(
+    pub(crate) async fn login(
         &self,
         username: &str,
         password: &str,
@@ -364,16 +363,16 @@ impl AuthService {
     }
 
     /// How many password hashes and verifications this service has run.
-    pub fn hashes_started(&self) -> u64 {
+    #[cfg(test)]
+    pub(crate) fn hashes_started(&self) -> u64 {
         self.inner.hashes.started()
     }
 
     fn session(&self, user: User, refresh: &RefreshToken, secret: String, now: Millis) -> Session {
         let ttl = self.inner.settings.access_ttl_ms;
-        let (access_token, claims) = self.inner.codec.issue(&user.id, &refresh.family, now, ttl);
+        let (access_token, _) = self.inner.codec.issue(&user.id, &refresh.family, now, ttl);
         Session {
             access_token,
-            access_expires_at: claims.exp * 1000,
             access_ttl_secs: ttl / 1000,
             refresh_token: secret,
             refresh_expires_at: refresh.expires_at,
@@ -384,7 +383,7 @@ impl AuthService {
     /// Trades a refresh token for a new pair. The presented token stops working; if it
     /// had already been traded, it leaked: the whole session is revoked and the event is
     /// logged and audited.
-    pub async fn refresh(&self, refresh_token: &str) -> Result<Session, ServiceError> {
+    pub(crate) async fn refresh(&self, refresh_token: &str) -> Result<Session, ServiceError> {
         let now = self.now();
         let secret = format!("{REFRESH_TOKEN_PREFIX}{}", random_secret(32));
         let successor = NewRefreshToken {
@@ -438,7 +437,7 @@ impl AuthService {
     }
 
     /// Ends the session an access token belongs to. API tokens are revoked instead.
-    pub async fn logout(&self, principal: &Principal) -> Result<(), ServiceError> {
+    pub(crate) async fn logout(&self, principal: &Principal) -> Result<(), ServiceError> {
         match &principal.via {
             Credential::Session { session } => {
                 self.store().revoke_session(session, self.now()).await?;
@@ -455,7 +454,7 @@ impl AuthService {
     // ---- authenticating requests ---------------------------------------------------
 
     /// Who presents `bearer` (an access token or an API token), with their current role.
-    pub async fn authenticate(&self, bearer: &str) -> Result<Principal, ServiceError> {
+    pub(crate) async fn authenticate(&self, bearer: &str) -> Result<Principal, ServiceError> {
         let now = self.now();
         if bearer.starts_with(API_TOKEN_PREFIX) {
             let hash = token_hash(bearer);
@@ -502,7 +501,7 @@ impl AuthService {
     /// token (recognised by their prefixes), or an access token this deployment signed,
     /// expired or not. For keeping credentials from modules, which must not see them
     /// however a client sends them.
-    pub fn carries_credential(&self, text: &str) -> bool {
+    pub(crate) fn carries_credential(&self, text: &str) -> bool {
         if text.contains(API_TOKEN_PREFIX) || text.contains(REFRESH_TOKEN_PREFIX) {
             return true;
         }
@@ -573,7 +572,11 @@ impl AuthService {
 
     // ---- users ---------------------------------------------------------------------
 
-    pub async fn create_user(&self, actor: &str, new: NewUser) -> Result<User, ServiceError> {
+    pub(crate) async fn create_user(
+        &self,
+        actor: &str,
+        new: NewUser,
+    ) -> Result<User, ServiceError> {
         check_username(&new.username)?;
         password::check_policy("password", &new.password)?;
         let hash = self
@@ -601,11 +604,11 @@ impl AuthService {
         Ok(user)
     }
 
-    pub async fn list_users(&self) -> Result<Vec<User>, ServiceError> {
+    pub(crate) async fn list_users(&self) -> Result<Vec<User>, ServiceError> {
         Ok(self.store().list_users().await?)
     }
 
-    pub async fn get_user(&self, id: &str) -> Result<User, ServiceError> {
+    pub(crate) async fn get_user(&self, id: &str) -> Result<User, ServiceError> {
         self.store()
             .user_by_id(id)
             .await?
@@ -615,7 +618,7 @@ impl AuthService {
 
     /// Changes a user. The last enabled admin can be neither demoted nor disabled, so the
     /// deployment always keeps someone who can manage it.
-    pub async fn update_user(
+    pub(crate) async fn update_user(
         &self,
         actor: &str,
         id: &str,
@@ -672,7 +675,7 @@ impl AuthService {
         Ok(user)
     }
 
-    pub async fn delete_user(&self, actor: &str, id: &str) -> Result<(), ServiceError> {
+    pub(crate) async fn delete_user(&self, actor: &str, id: &str) -> Result<(), ServiceError> {
         let user = self.get_user(id).await?;
         if user.role == Role::Admin
             && !user.disabled
@@ -696,7 +699,7 @@ impl AuthService {
     /// session of theirs ends, this one included. Wrong guesses are throttled as logins
     /// are (per user, hard), so a stolen access token cannot be used to guess the
     /// password behind it.
-    pub async fn change_own_password(
+    pub(crate) async fn change_own_password(
         &self,
         principal: &Principal,
         current: &str,
@@ -744,7 +747,7 @@ impl AuthService {
 
     /// Creates an API token for the principal's user; returns it with its secret, which
     /// is never shown again.
-    pub async fn create_api_token(
+    pub(crate) async fn create_api_token(
         &self,
         principal: &Principal,
         new: NewApiToken,
@@ -795,7 +798,7 @@ impl AuthService {
     }
 
     /// The principal's tokens; an admin sees everyone's.
-    pub async fn list_api_tokens(
+    pub(crate) async fn list_api_tokens(
         &self,
         principal: &Principal,
     ) -> Result<Vec<ApiToken>, ServiceError> {
@@ -805,7 +808,7 @@ impl AuthService {
 
     /// Revokes a token of the principal's (or any, for an admin). Someone else's token
     /// is reported missing, not forbidden, so token ids cannot be probed.
-    pub async fn revoke_api_token(
+    pub(crate) async fn revoke_api_token(
         &self,
         principal: &Principal,
         id: &str,
@@ -839,7 +842,13 @@ impl AuthService {
 
     /// Records a change. The change has already happened, so a failure to record it is
     /// logged loudly rather than reported to the caller as if the change had failed.
-    pub async fn audit(&self, actor: &str, action: &str, target: &str, details: serde_json::Value) {
+    pub(crate) async fn audit(
+        &self,
+        actor: &str,
+        action: &str,
+        target: &str,
+        details: serde_json::Value,
+    ) {
         let entry = AuditEntry {
             id: new_id(),
             at: self.now(),
@@ -853,7 +862,7 @@ impl AuthService {
         }
     }
 
-    pub async fn list_audit(
+    pub(crate) async fn list_audit(
         &self,
         cursor: Option<&str>,
         limit: u32,

@@ -17,13 +17,13 @@ use crate::services::ServiceError;
 
 /// Shorter passwords are refused: 12 characters of anything resist offline guessing of a
 /// leaked hash far better than the classic 8 with composition rules.
-pub const MIN_PASSWORD_CHARS: usize = 12;
+pub(crate) const MIN_PASSWORD_CHARS: usize = 12;
 /// Longer passwords are refused so a login request cannot make the server hash megabytes.
-pub const MAX_PASSWORD_BYTES: usize = 1024;
+pub(crate) const MAX_PASSWORD_BYTES: usize = 1024;
 
 /// The cost of hashing; OWASP's recommendation unless a test asks for cheaper.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HashCost {
+pub(crate) struct HashCost {
     pub memory_kib: u32,
     pub passes: u32,
 }
@@ -46,7 +46,7 @@ impl HashCost {
 }
 
 /// Checks a new password against the policy; the error names the field.
-pub fn check_policy(field: &str, password: &str) -> Result<(), ServiceError> {
+pub(crate) fn check_policy(field: &str, password: &str) -> Result<(), ServiceError> {
     if password.chars().count() < MIN_PASSWORD_CHARS {
         return Err(ServiceError::unprocessable(
             field,
@@ -64,7 +64,7 @@ pub fn check_policy(field: &str, password: &str) -> Result<(), ServiceError> {
 
 /// How many hashes run at once, and how many more may wait for a turn.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HashLimits {
+pub(crate) struct HashLimits {
     pub running: usize,
     pub waiting: usize,
 }
@@ -73,7 +73,7 @@ impl HashLimits {
     /// One hash per core (a hash is one lane: one thread), and three waiting per core:
     /// enough for a burst of real users (each waits at most a few hashes' time), while
     /// at most `running` × 19 MiB is ever in use.
-    pub fn for_this_machine() -> Self {
+    pub(crate) fn for_this_machine() -> Self {
         let cores = std::thread::available_parallelism().map_or(1, usize::from);
         Self {
             running: cores,
@@ -84,7 +84,7 @@ impl HashLimits {
 
 /// The bound on concurrent hashing, shared by every hash and verification of a service.
 #[derive(Debug, Clone)]
-pub struct HashGate {
+pub(crate) struct HashGate {
     /// Permits to be running or waiting: past these, refused at once.
     admitted: Arc<Semaphore>,
     /// Permits to run.
@@ -102,7 +102,7 @@ fn overloaded() -> ServiceError {
 }
 
 impl HashGate {
-    pub fn new(limits: HashLimits) -> Self {
+    pub(crate) fn new(limits: HashLimits) -> Self {
         let running = limits.running.max(1);
         Self {
             admitted: Arc::new(Semaphore::new(running + limits.waiting)),
@@ -112,7 +112,8 @@ impl HashGate {
     }
 
     /// How many hashes and verifications have run so far.
-    pub fn started(&self) -> u64 {
+    #[cfg(test)]
+    pub(crate) fn started(&self) -> u64 {
         self.started.load(Ordering::Relaxed)
     }
 
@@ -131,12 +132,16 @@ impl HashGate {
     }
 
     /// The PHC string (`$argon2id$v=19$m=19456,t=2,p=1$salt$hash`) of `password`.
-    pub async fn hash(&self, cost: HashCost, password: String) -> Result<String, ServiceError> {
+    pub(crate) async fn hash(
+        &self,
+        cost: HashCost,
+        password: String,
+    ) -> Result<String, ServiceError> {
         self.run(move || hash_now(cost, &password)).await?
     }
 
     /// Whether `password` matches `phc`; see [`verify_now`].
-    pub async fn verify(&self, phc: String, password: String) -> Result<bool, ServiceError> {
+    pub(crate) async fn verify(&self, phc: String, password: String) -> Result<bool, ServiceError> {
         if password.len() > MAX_PASSWORD_BYTES {
             return Ok(false);
         }
@@ -169,7 +174,7 @@ fn verify_now(phc: &str, password: &str) -> bool {
 
 /// The PHC string of `password`, outside any gate: for the one a service makes as it
 /// starts, before it serves anyone.
-pub async fn hash(cost: HashCost, password: String) -> Result<String, ServiceError> {
+pub(crate) async fn hash(cost: HashCost, password: String) -> Result<String, ServiceError> {
     tokio::task::spawn_blocking(move || hash_now(cost, &password))
         .await
         .map_err(|err| ServiceError::Internal(format!("password hashing failed: {err}")))?

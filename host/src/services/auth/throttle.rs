@@ -26,7 +26,7 @@ use crate::domain::Millis;
 
 /// The budgets, and how long a window lasts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ThrottleLimits {
+pub(crate) struct ThrottleLimits {
     /// Failures one address may have against one account in a window.
     pub per_account_address: u32,
     /// Failures one address may have against all accounts in a window.
@@ -62,7 +62,7 @@ const SWEEP_AT: usize = 10_000;
 const IN_FLIGHT_RETRY_MS: Millis = 1_000;
 
 #[derive(Debug, Default)]
-pub struct Throttle {
+pub(crate) struct Throttle {
     limits: ThrottleLimits,
     windows: Mutex<HashMap<String, Window>>,
 }
@@ -78,7 +78,7 @@ struct Window {
 
 /// The keys one attempt counts against.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Attempt {
+pub(crate) struct Attempt {
     /// Hard: this account from this address (or this user's password changes).
     pair: String,
     /// Hard: this address against any account.
@@ -90,7 +90,7 @@ pub struct Attempt {
 impl Attempt {
     /// A login as `username` from `client`. Usernames compare without letter case, so
     /// `Admin` and `admin` share their budgets.
-    pub fn login(username: &str, client: Option<IpAddr>) -> Self {
+    pub(crate) fn login(username: &str, client: Option<IpAddr>) -> Self {
         let account = username.to_ascii_lowercase();
         let address = client.map(address_text);
         Self {
@@ -102,7 +102,7 @@ impl Attempt {
 
     /// A guess at the current password of user `user_id` (to change it): a stolen access
     /// token must not become an oracle for the password behind it.
-    pub fn password_check(user_id: &str) -> Self {
+    pub(crate) fn password_check(user_id: &str) -> Self {
         Self {
             pair: format!("password:{user_id}"),
             address: None,
@@ -127,7 +127,7 @@ fn address_text(address: IpAddr) -> String {
 }
 
 impl Throttle {
-    pub fn new(limits: ThrottleLimits) -> Self {
+    pub(crate) fn new(limits: ThrottleLimits) -> Self {
         Self {
             limits,
             windows: Mutex::default(),
@@ -171,7 +171,7 @@ impl Throttle {
     /// counted at once and allowed, after the returned delay (zero unless the account is
     /// under attack). Every allowed attempt ends in [`Throttle::failed`],
     /// [`Throttle::succeeded`] or [`Throttle::abandoned`].
-    pub fn begin(&self, attempt: &Attempt, now: Millis) -> Result<Millis, Millis> {
+    pub(crate) fn begin(&self, attempt: &Attempt, now: Millis) -> Result<Millis, Millis> {
         let mut windows = self.windows();
         let refused = [
             Some((&attempt.pair, self.limits.per_account_address)),
@@ -215,7 +215,7 @@ impl Throttle {
 
     /// `attempt` failed (a wrong password, an unknown or disabled user): it counts as a
     /// failure in every budget.
-    pub fn failed(&self, attempt: &Attempt) {
+    pub(crate) fn failed(&self, attempt: &Attempt) {
         let mut windows = self.windows();
         for key in attempt.keys() {
             if let Some(window) = windows.get_mut(key) {
@@ -240,7 +240,7 @@ impl Throttle {
     /// `attempt` succeeded: its address may try that account afresh, and the attempt does
     /// not count against the address or the account. Failures of others on the account
     /// still count: a real login does not reset an attacker's delay.
-    pub fn succeeded(&self, attempt: &Attempt) {
+    pub(crate) fn succeeded(&self, attempt: &Attempt) {
         let mut windows = self.windows();
         Self::take_back(&mut windows, attempt.keys());
         // Attempts of the pair still in flight keep their count until they end.
@@ -255,7 +255,7 @@ impl Throttle {
 
     /// `attempt` never reached a password check (the server was too busy, or failed):
     /// it does not count.
-    pub fn abandoned(&self, attempt: &Attempt) {
+    pub(crate) fn abandoned(&self, attempt: &Attempt) {
         let mut windows = self.windows();
         Self::take_back(&mut windows, attempt.keys());
     }

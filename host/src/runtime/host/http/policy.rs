@@ -126,7 +126,7 @@ impl fmt::Display for IpNetwork {
 
 /// What kind of address an IP is, as far as reaching it from a job matters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AddressClass {
+pub(crate) enum AddressClass {
     /// Anywhere on the internet.
     Public,
     Loopback,
@@ -218,7 +218,7 @@ fn in_v6(ip: Ipv6Addr, base: [u16; 8], prefix: u8) -> bool {
 /// The class of `ip`. IPv6 forms that carry an IPv4 address (mapped, compatible, NAT64
 /// `64:ff9b::/96`, 6to4 `2002::/16`) are judged by the address they carry when that
 /// address is not public, so none of them is a way around the IPv4 rules.
-pub fn classify(ip: IpAddr) -> AddressClass {
+pub(super) fn classify(ip: IpAddr) -> AddressClass {
     match canonical(ip) {
         IpAddr::V4(v4) => classify_v4(v4),
         IpAddr::V6(v6) => classify_v6(v6),
@@ -296,7 +296,7 @@ fn classify_v6(ip: Ipv6Addr) -> AddressClass {
 
 /// Why a request was refused. The text is what the execution log shows the author.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Denial {
+pub(crate) enum Denial {
     #[error("`{host}:{port}` is not among the module's granted outbound hosts")]
     NotGranted { host: String, port: u16 },
     #[error("only http:// and https:// URLs can be called, not `{0}://`")]
@@ -320,23 +320,28 @@ pub enum Denial {
 /// The outbound HTTP rules of one execution: the module's grant and the operator's
 /// settings. Cheap to clone.
 #[derive(Debug, Clone)]
-pub struct OutboundPolicy {
+pub(crate) struct OutboundPolicy {
     grants: Arc<Grants>,
     settings: Arc<OutboundSettings>,
 }
 
 impl OutboundPolicy {
-    pub fn new(grants: Arc<Grants>, settings: Arc<OutboundSettings>) -> Self {
+    pub(crate) fn new(grants: Arc<Grants>, settings: Arc<OutboundSettings>) -> Self {
         Self { grants, settings }
     }
 
-    pub fn settings(&self) -> &OutboundSettings {
+    pub(crate) fn settings(&self) -> &OutboundSettings {
         &self.settings
     }
 
     /// Decides on a URL before anything is resolved: the scheme must be one this host
     /// speaks and the host and port within the grant.
-    pub fn check_target(&self, scheme: &str, host: &HostName, port: u16) -> Result<(), Denial> {
+    pub(crate) fn check_target(
+        &self,
+        scheme: &str,
+        host: &HostName,
+        port: u16,
+    ) -> Result<(), Denial> {
         if !self.grants.may_reach(host, port) {
             return Err(Denial::NotGranted {
                 host: host.to_string(),
@@ -352,7 +357,11 @@ impl OutboundPolicy {
     /// Decides on the addresses `host` resolved to: every one of them must be allowed,
     /// so a name cannot mix a public address with an internal one and hope the
     /// connection picks the latter.
-    pub fn check_addresses(&self, host: &HostName, addrs: &[SocketAddr]) -> Result<(), Denial> {
+    pub(crate) fn check_addresses(
+        &self,
+        host: &HostName,
+        addrs: &[SocketAddr],
+    ) -> Result<(), Denial> {
         addrs
             .iter()
             .try_for_each(|&addr| self.check_address(host, addr))
@@ -360,7 +369,7 @@ impl OutboundPolicy {
 
     /// Decides on one address: never the server itself; then anything listed
     /// explicitly; then public addresses, and private ones if the operator opened them.
-    pub fn check_address(&self, host: &HostName, addr: SocketAddr) -> Result<(), Denial> {
+    pub(crate) fn check_address(&self, host: &HostName, addr: SocketAddr) -> Result<(), Denial> {
         let ip = canonical(addr.ip());
         let class = classify(ip);
         let own = self.settings.own_addresses.iter().any(|own| {
