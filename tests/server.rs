@@ -1526,6 +1526,37 @@ fn guests_running_their_code_at_once_never_outnumber_the_cpu_permits() {
 }
 
 #[test]
+fn a_storm_of_cpu_bound_runs_waits_for_the_cpu_without_timing_out() {
+    const RUNS: usize = 150;
+    const LIMIT_MS: f64 = 1_000.0;
+    let server = Server::start_with(ServerOptions {
+        workers: None,
+        env: vec![("RUNCELL_CPU_GUESTS".to_owned(), "1".to_owned())],
+        ..ServerOptions::default()
+    });
+    server.upload(&guests::guest("hostile"));
+    // 12 to 30 ms of CPU each, past the quantum: the runs take turns on the one CPU, and
+    // all of them together need several times the limit of each.
+    let job = id(&server.create_job(&json!({
+        "name": "burn", "module": "hostile", "job": "burn", "maxAttempts": 1,
+        "timeoutMs": LIMIT_MS as u64, "input": {"iterations": 10_000_000},
+    })));
+
+    execute_bulk(&server, &job, RUNS);
+    let executions = wait_all_final(&server, &job, RUNS, Duration::from_secs(120));
+    let mut longest: f64 = 0.0;
+    for execution in &executions {
+        assert_eq!(execution["status"], "COMPLETED", "{execution}");
+        longest = longest.max(execution["durationMs"].as_f64().unwrap());
+    }
+    // Recorded durations count the wait; the limit did not.
+    assert!(
+        longest > LIMIT_MS,
+        "the longest run took {longest} ms: no run waited long for the CPU"
+    );
+}
+
+#[test]
 fn a_corrupt_row_is_a_500_whose_error_id_leads_to_the_logged_cause() {
     let mut server = Server::start();
     server.upload(&guests::guest("hello"));
