@@ -164,14 +164,16 @@ impl Default for Capacity {
 /// CPU permit up while it waits), so the number in flight is bounded by memory and by
 /// what a node should claim at once, not by cores: claims are sized to it, and a node
 /// that dies leaves that many runs to the reconciler for a lease. 256 runs that each wait
-/// 1 s on a slow endpoint get through 1,000 in about 4 s (`runcell bench server`,
+/// 1 s on a slow endpoint get through 1,000 in 4.4–4.7 s (`runcell bench server`,
 /// BENCHMARKS.md), where the former default of 4 × cores (8 on two cores) took 125 s.
 const DEFAULT_WORKERS_CAP: usize = 256;
 
 /// The memory one run in flight is budgeted at when the default is sized to a small
-/// machine: an idle run of a small guest measured about 0.3 MiB (its store, its fiber
-/// stack, its touched linear memory, an open connection), and a slot the pooling
-/// allocator has used keeps up to 2 MiB of linear memory resident for the next run.
+/// machine. A run of `endpoint-monitor` waiting on its request measured 0.15–0.23 MiB of
+/// resident memory (its store, fiber stack, touched linear memory and connection: the
+/// server's growth with 256 and 1,000 such runs in flight, BENCHMARKS.md); a guest that
+/// touches more memory costs more, and a slot the pooling allocator has used keeps up to
+/// 2 MiB of linear memory resident for the next run.
 const MEMORY_PER_RUN_IN_FLIGHT: u64 = 2 * 1024 * 1024;
 
 /// The share of the machine's memory (or of the process's cgroup limit) the default

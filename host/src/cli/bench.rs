@@ -34,6 +34,8 @@ pub(super) struct BenchArgs {
 pub(super) const NOOP_GUEST: &str = "hello";
 pub(super) const LOAD_GUEST: &str = "data-sync";
 pub(super) const PROBE_GUEST: &str = "hostile";
+/// A guest whose job waits on an outbound request (the I/O-bound phase).
+pub(super) const IO_GUEST: &str = "endpoint-monitor";
 
 /// Where `./dev build` put the guest `package`: below `CARGO_TARGET_DIR` when it is set,
 /// else below the target directory this binary was built into (`<target>/release/runcell`),
@@ -302,7 +304,7 @@ mod tests {
 
     #[test]
     fn the_default_bench_modules_are_guests_of_the_workspace() {
-        for guest in [NOOP_GUEST, LOAD_GUEST, PROBE_GUEST] {
+        for guest in [NOOP_GUEST, LOAD_GUEST, PROBE_GUEST, IO_GUEST] {
             assert!(GUESTS.contains(&guest), "{guest} is not in {GUESTS:?}");
         }
     }

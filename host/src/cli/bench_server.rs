@@ -1,15 +1,19 @@
 //! `runcell bench server`: the whole execution path measured as a client sees it. Starts a
 //! real `runcell serve` on a fresh data directory, installs the benchmark module over the
-//! API, and measures (1) throughput of no-op executions enqueued in bulk, every one
-//! recorded, after one run on each server has loaded the module there; (2) the same for
-//! ~1 ms CPU jobs; (3) latency from `execute` to the handler's first instruction at a
-//! paced rate. With `--nodes N` it starts N servers on the same PostgreSQL database and
-//! Redis prefix (given after `--`), sends the requests to each in turn and reads the
-//! results through the first. Figures are printed, never asserted.
+//! API, and measures (0) I/O-bound executions, each waiting on a slow endpoint, all
+//! enqueued at once, with the server's memory while they run; (1) throughput of no-op
+//! executions enqueued in bulk, every one recorded, after one run on each server has
+//! loaded the module there; (2) the same for ~1 ms CPU jobs; (3) latency from `execute`
+//! to the handler's first instruction at a paced rate. With `--nodes N` it starts N
+//! servers on the same PostgreSQL database and Redis prefix (given after `--`), sends the
+//! requests to each in turn and reads the results through the first (the I/O-bound phase
+//! uses the first server only). Figures are printed, never asserted.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::Args;
@@ -25,6 +29,20 @@ pub(super) struct ServerBenchArgs {
     /// The module with the `burn` and `clock` jobs [default: the built `hostile` fixture].
     #[arg(long)]
     probe_module: Option<PathBuf>,
+    /// The module whose `check-endpoints` job makes the I/O-bound runs [default: the
+    /// built `endpoint-monitor` example].
+    #[arg(long)]
+    io_module: Option<PathBuf>,
+    /// I/O-bound executions, each waiting `--io-wait` on a slow endpoint of the bench;
+    /// 0 skips the phase.
+    #[arg(long, default_value_t = 1_000)]
+    io: u32,
+    /// How long the slow endpoint takes to answer each request.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    io_wait: Duration,
+    /// Measure the I/O-bound executions only.
+    #[arg(long)]
+    io_only: bool,
     /// No-op executions for the throughput run.
     #[arg(long, default_value_t = 50_000)]
     noop: u32,
@@ -85,6 +103,8 @@ impl Server {
         command
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(&data_dir)
+            // The slow endpoint of the I/O-bound phase listens on loopback.
+            .args(["--outbound-allow", "127.0.0.1"])
             .args(&args.serve_args)
             .env("RUNCELL_LOG", "warn")
             .env("RUNCELL_ADMIN_PASSWORD", admin_password)
@@ -293,6 +313,7 @@ fn bench(args: &ServerBenchArgs) -> BenchResult<()> {
     }
     let noop_wasm = read(args.noop_module.clone(), super::bench::NOOP_GUEST)?;
     let probe_wasm = read(args.probe_module.clone(), super::bench::PROBE_GUEST)?;
+    let io_wasm = read(args.io_module.clone(), super::bench::IO_GUEST)?;
     let admin_password = crate::services::auth::random_secret(18);
     // One after the other: the first migrates the database and creates the admin.
     let servers = (0..args.nodes)
@@ -301,8 +322,17 @@ fn bench(args: &ServerBenchArgs) -> BenchResult<()> {
     let server = &servers[0];
     server.upload(&noop_wasm)?;
     server.upload(&probe_wasm)?;
+    server.upload(&io_wasm)?;
     let bases: Vec<&str> = servers.iter().map(|s| s.base.as_str()).collect();
     println!("runcell bench server — {}", bases.join(", "));
+
+    // First, while the server's memory holds nothing of the other phases.
+    if args.io > 0 {
+        io_bound(server, args.io, args.io_wait)?;
+    }
+    if args.io_only {
+        return Ok(());
+    }
 
     let noop = server.create_job("bench-noop", "hello", "noop", Value::Null)?;
     throughput(&servers, "no-op", &noop, args.noop)?;
@@ -545,6 +575,110 @@ fn cpu_storm(server: &Server, noop_job: &str, duration: Duration) -> BenchResult
             pick(0.99).as_secs_f64() * 1000.0,
             pick(1.0).as_secs_f64() * 1000.0
         );
+    }
+    Ok(())
+}
+
+/// A server on 127.0.0.1 that answers every request `200 ok` after `delay`, a thread per
+/// connection; returns its port and the most requests it held at once so far.
+fn slow_endpoint(delay: Duration) -> BenchResult<(u16, Arc<AtomicUsize>)> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    let port = listener.local_addr().map_err(|e| e.to_string())?.port();
+    let (waiting, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let most_seen = most.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let (waiting, most) = (waiting.clone(), most.clone());
+            let answer = move || {
+                let Ok(read) = stream.try_clone() else { return };
+                let mut reader = BufReader::new(read);
+                let mut line = String::new();
+                // The request head ends with an empty line; a GET has no body.
+                while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+                    line.clear();
+                }
+                most.fetch_max(waiting.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+                std::thread::sleep(delay);
+                waiting.fetch_sub(1, Ordering::SeqCst);
+                let _ = stream.write_all(
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                );
+            };
+            // Small stacks: a thousand of them wait at once.
+            let _ = std::thread::Builder::new()
+                .stack_size(64 * 1024)
+                .spawn(answer);
+        }
+    });
+    Ok((port, most_seen))
+}
+
+/// The resident memory of process `pid` now, in bytes (Linux; `None` elsewhere).
+fn resident_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// `total` runs of `endpoint-monitor`'s `check-endpoints`, each waiting `wait` on a slow
+/// endpoint of the bench, enqueued at once on `server`; times until all are recorded and
+/// samples the server's resident memory meanwhile.
+fn io_bound(server: &Server, total: u32, wait: Duration) -> BenchResult<()> {
+    let (port, most_waiting) = slow_endpoint(wait)?;
+    let timeout_ms = (wait + Duration::from_secs(10)).as_millis() as u64;
+    let job = server.create_job(
+        "bench-io",
+        "endpoint-monitor",
+        "check-endpoints",
+        json!({"endpoints": [{"name": "slow", "url": format!("http://127.0.0.1:{port}/"),
+                              "timeoutMs": timeout_ms}]}),
+    )?;
+    let warm_ups = warm_up(std::slice::from_ref(server), &job)?;
+    let pid = server.child.id();
+    let before = resident_bytes(pid);
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = std::thread::spawn({
+        let stop = stop.clone();
+        move || {
+            let mut peak = 0;
+            while !stop.load(Ordering::Relaxed) {
+                peak = peak.max(resident_bytes(pid).unwrap_or(0));
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            peak
+        }
+    });
+    let started = Instant::now();
+    let queued = server.post(
+        &format!("/jobs/{job}/execute-bulk"),
+        &json!({"count": total}),
+    )?;
+    let last = queued["executionIds"]
+        .as_array()
+        .and_then(|ids| ids.last())
+        .and_then(Value::as_str)
+        .ok_or("execute-bulk answered without executionIds")?
+        .to_owned();
+    wait_final(server, &last)?;
+    server.wait_idle(&job)?;
+    let elapsed = started.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let peak = sampler.join().map_err(|_| "the memory sampler panicked")?;
+    let completed = server.count(&job, "COMPLETED")?.saturating_sub(warm_ups);
+    let workers = server.get("/nodes")?["items"][0]["workers"].clone();
+    let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
+    println!(
+        "I/O-bound: {total} executions each waiting {} on a slow endpoint in {:.2} s ({completed} COMPLETED; {workers} workers; at most {} waiting at the endpoint at once); server RSS {} before, peak {:.0} MiB",
+        humantime::format_duration(wait),
+        elapsed.as_secs_f64(),
+        most_waiting.load(Ordering::SeqCst),
+        before.map_or("?".to_owned(), |b| format!("{:.0} MiB", mib(b))),
+        mib(peak),
+    );
+    if completed != total as usize {
+        return Err(format!("I/O-bound: only {completed} of {total} completed"));
     }
     Ok(())
 }
