@@ -344,7 +344,13 @@ fn bench(args: &ServerBenchArgs) -> BenchResult<()> {
         "burn",
         json!({"iterations": iterations}),
     )?;
-    throughput(&servers, "1 ms CPU", &cpu, args.cpu)?;
+    let rate = throughput(&servers, "1 ms CPU", &cpu, args.cpu)?;
+    let ceiling = burn_ceiling(iterations, args.cpu);
+    println!(
+        "1 ms CPU ceiling: the same loop on {} plain threads, without Runcell: {ceiling:.0} runs/s; Runcell reached {:.1} % of it",
+        ceiling_threads(),
+        100.0 * rate / ceiling
+    );
 
     latency(&servers, args.rate, args.latency_for)?;
     cpu_storm(server, &noop, args.storm_for)?;
@@ -353,7 +359,7 @@ fn bench(args: &ServerBenchArgs) -> BenchResult<()> {
 
 /// Enqueues `total` executions in bulk requests, to each server in turn, and times until
 /// all are recorded.
-fn throughput(servers: &[Server], label: &str, job_id: &str, total: u32) -> BenchResult<()> {
+fn throughput(servers: &[Server], label: &str, job_id: &str, total: u32) -> BenchResult<f64> {
     const BULK: u32 = 10_000;
     // Smaller requests when there are several servers, so each gets a share.
     let bulk = BULK.min(total.div_ceil(servers.len() as u32).max(1));
@@ -396,7 +402,37 @@ fn throughput(servers: &[Server], label: &str, job_id: &str, total: u32) -> Benc
     if completed != total as usize {
         return Err(format!("{label}: only {completed} of {total} completed"));
     }
-    Ok(())
+    Ok(f64::from(total) / elapsed.as_secs_f64())
+}
+
+/// One thread per core, as many as the machine runs guests on at once.
+fn ceiling_threads() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
+}
+
+/// What the machine does with the 1 ms CPU phase's work and nothing else: `runs` runs
+/// of the `hostile` guest's `burn` loop, `iterations` each, compiled natively and shared
+/// among [`ceiling_threads`] plain threads. Returns runs per second.
+fn burn_ceiling(iterations: u64, runs: u32) -> f64 {
+    let threads = ceiling_threads();
+    let started = Instant::now();
+    std::thread::scope(|scope| {
+        for thread in 0..threads {
+            let share = (runs as usize + threads - 1 - thread) / threads;
+            scope.spawn(move || {
+                for _ in 0..share {
+                    // The guest's loop, word for word.
+                    let mut acc = 0x9e37_79b9_7f4a_7c15_u64;
+                    for i in 0..iterations {
+                        acc = std::hint::black_box(acc.rotate_left(5) ^ i)
+                            .wrapping_mul(0x0100_0000_01b3);
+                    }
+                    std::hint::black_box(acc);
+                }
+            });
+        }
+    });
+    f64::from(runs) / started.elapsed().as_secs_f64()
 }
 
 /// Runs `job_id` once on every server, so that each has its module loaded before the
