@@ -2750,6 +2750,22 @@ async fn text_with_nul_characters_is_recorded(store: &dyn Store) {
         store.kv_list_keys("m", "a", 10).await.unwrap(),
         ["a", "a\0b"]
     );
+    // An event a guest published, topic and source as it spelled them.
+    let event = Event {
+        id: new_id(),
+        topic: "odd\0topic".to_owned(),
+        payload: serde_json::json!({}),
+        source: "module\0x".to_owned(),
+        created_at: T0,
+    };
+    store.insert_event(&event).await.unwrap();
+    let listed = store.list_events(None, None, 10).await.unwrap().items;
+    let stored = listed.iter().find(|e| e.id == event.id).unwrap();
+    assert!(
+        ["odd\0topic", "odd\u{FFFD}topic"].contains(&stored.topic.as_str())
+            && ["module\0x", "module\u{FFFD}x"].contains(&stored.source.as_str()),
+        "{stored:?}"
+    );
 }
 
 // ---- nodes and leases ----------------------------------------------------------------

@@ -1329,7 +1329,7 @@ impl<B: Backend> Store for B {
         .arg(event.id.as_str())
         .arg(&*B::Db::text(&event.topic))
         .arg(json_text("payload", &event.payload)?)
-        .arg(event.source.as_str())
+        .arg(&*B::Db::text(&event.source))
         .arg(event.created_at);
         match B::Db::execute(inserted, &mut *write(self).await?).await {
             Ok(_) => Ok(()),
