@@ -297,17 +297,6 @@ fn job(server: &Server, guest: &str, definition: Value) -> String {
     id(&server.create_job(&definition))
 }
 
-fn execute_bulk(server: &Server, job_id: &str, body: Value) -> Vec<String> {
-    let reply = server.post_json(&format!("/api/v1/jobs/{job_id}/execute-bulk"), &body);
-    assert_eq!(reply.status, 202, "execute-bulk: {}", reply.body);
-    reply.body["executionIds"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|id| id.as_str().unwrap().to_owned())
-        .collect()
-}
-
 /// Waits until every execution of `job_id` is final and there are at least `roots`
 /// chains of attempts; returns them all. Panics with the stragglers after `timeout`.
 fn wait_all_final(server: &Server, job_id: &str, roots: usize, timeout: Duration) -> Vec<Value> {
@@ -389,7 +378,7 @@ fn work_is_spread_over_the_nodes_and_each_execution_completes_exactly_once() {
         "hello",
         json!({"name": "noop", "module": "hello", "job": "noop"}),
     );
-    let queued = execute_bulk(b, &job_id, json!({"count": 300}));
+    let queued = b.execute_bulk(&job_id, &json!({"count": 300}));
     assert_eq!(queued.len(), 300);
 
     let executions = wait_all_final(a, &job_id, 300, Duration::from_secs(60));
@@ -489,7 +478,7 @@ fn a_node_killed_mid_batch_leaves_every_execution_final_exactly_once() {
         json!({"name": "burn", "module": "hostile", "job": "burn",
                "input": {"iterations": 200_000_000_u64}, "maxAttempts": 3}),
     );
-    let queued = execute_bulk(a, &job_id, json!({"count": 40}));
+    let queued = a.execute_bulk(&job_id, &json!({"count": 40}));
 
     // Kill node b while it runs some of them.
     let mut victims = Vec::new();
@@ -560,7 +549,7 @@ fn a_batch_survives_redis_losing_every_key() {
         json!({"name": "burn", "module": "hostile", "job": "burn",
                "input": {"iterations": 50_000_000_u64}}),
     );
-    let queued = execute_bulk(b, &job_id, json!({"count": 300}));
+    let queued = b.execute_bulk(&job_id, &json!({"count": 300}));
     let deleted = cluster.prefix.delete_keys().expect("Redis answers");
     assert!(deleted > 0, "the batch was in Redis");
     let waiting = a.executions(&format!("jobId={job_id}&status=QUEUED")).len();
@@ -607,7 +596,7 @@ fn a_backlog_waiting_its_turn_is_offered_again_at_most_once_by_one_node() {
         json!({"name": "spin", "module": "hostile", "job": "spin",
                "fuel": 400_000_000_000_u64, "timeoutMs": 1_000}),
     );
-    let queued = execute_bulk(a, &job_id, json!({"count": 70}));
+    let queued = a.execute_bulk(&job_id, &json!({"count": 70}));
     let mut most = 0;
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(28) {
@@ -843,7 +832,7 @@ fn nodes_sharing_a_secret_key_run_jobs_with_secrets_and_a_node_without_one_refus
         json!({"name": "probe", "module": "hostile", "job": "use-everything",
                "config": {"region": "eu", "apiKey": {"secret": SECRET}}}),
     );
-    execute_bulk(b, &job_id, json!({"count": 8}));
+    b.execute_bulk(&job_id, &json!({"count": 8}));
     let executions = wait_all_final(a, &job_id, 8, Duration::from_secs(60));
     for execution in &executions {
         assert_eq!(execution["status"], "COMPLETED", "{execution}");
@@ -1001,7 +990,7 @@ fn a_node_rides_out_a_redis_outage_and_runs_what_was_asked_meanwhile() {
     // What needs only the database still works, and new work is taken: its rows are
     // the truth, and they wait there for the queue.
     assert_eq!(node.get(&format!("/api/v1/jobs/{job_id}")).status, 200);
-    let queued = execute_bulk(&node, &job_id, json!({"count": 20}));
+    let queued = node.execute_bulk(&job_id, &json!({"count": 20}));
     assert_eq!(queued.len(), 20);
     thread::sleep(Duration::from_secs(2));
 
@@ -1124,7 +1113,7 @@ fn a_node_rides_out_a_postgres_outage_and_loses_nothing() {
         json!({"name": "burn", "module": "hostile", "job": "burn", "maxAttempts": 3,
                "input": {"iterations": 8_000_000}}),
     );
-    let queued = execute_bulk(&node, &job_id, json!({"count": 200}));
+    let queued = node.execute_bulk(&job_id, &json!({"count": 200}));
     thread::sleep(Duration::from_millis(500));
 
     postgres.cut();

@@ -1416,21 +1416,6 @@ fn slow_http_server(delay: Duration) -> (u16, std::sync::Arc<std::sync::atomic::
     (port, most_seen)
 }
 
-/// Queues `count` runs of `job`; returns their ids.
-fn execute_bulk(server: &Server, job: &str, count: usize) -> Vec<String> {
-    let reply = server.post_json(
-        &format!("/api/v1/jobs/{job}/execute-bulk"),
-        &json!({"count": count}),
-    );
-    assert_eq!(reply.status, 202, "{}", reply.body);
-    reply.body["executionIds"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|id| id.as_str().unwrap().to_owned())
-        .collect()
-}
-
 /// Waits until every execution of `job` is final; returns them.
 fn wait_all_final(server: &Server, job: &str, count: usize, timeout: Duration) -> Vec<Value> {
     let mut executions = Vec::new();
@@ -1462,7 +1447,7 @@ fn by_default_hundreds_of_runs_wait_on_a_slow_endpoint_at_once() {
         "input": {"endpoints": [{"name": "slow", "url": format!("http://127.0.0.1:{port}/")}]},
     })));
 
-    execute_bulk(&server, &job, RUNS);
+    server.execute_bulk(&job, &json!({"count": RUNS}));
     let executions = wait_all_final(&server, &job, RUNS, Duration::from_secs(120));
     let completed = executions
         .iter()
@@ -1496,7 +1481,7 @@ fn guests_running_their_code_at_once_never_outnumber_the_cpu_permits() {
         "input": {"iterations": 1_000_000},
     })));
 
-    execute_bulk(&server, &job, RUNS);
+    server.execute_bulk(&job, &json!({"count": RUNS}));
     let executions = wait_all_final(&server, &job, RUNS, Duration::from_secs(120));
     // Each run's guest code ran from its start to its end without waiting on the host,
     // so it held its permit throughout: no more spans overlap than there are permits.
@@ -1542,7 +1527,7 @@ fn a_storm_of_cpu_bound_runs_waits_for_the_cpu_without_timing_out() {
         "timeoutMs": LIMIT_MS as u64, "input": {"iterations": 10_000_000},
     })));
 
-    execute_bulk(&server, &job, RUNS);
+    server.execute_bulk(&job, &json!({"count": RUNS}));
     let executions = wait_all_final(&server, &job, RUNS, Duration::from_secs(120));
     let mut longest: f64 = 0.0;
     for execution in &executions {

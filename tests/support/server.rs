@@ -375,6 +375,18 @@ impl Server {
         self.request("POST", path, Some(("application/json", &bytes)))
     }
 
+    /// Queues runs of `job_id` with `POST .../execute-bulk` and `body`; returns their ids.
+    pub(crate) fn execute_bulk(&self, job_id: &str, body: &Value) -> Vec<String> {
+        let reply = self.post_json(&format!("/api/v1/jobs/{job_id}/execute-bulk"), body);
+        assert_eq!(reply.status, 202, "execute-bulk: {}", reply.body);
+        reply.body["executionIds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|id| id.as_str().unwrap().to_owned())
+            .collect()
+    }
+
     pub(crate) fn patch_json(&self, path: &str, body: &Value) -> Reply {
         let bytes = body.to_string().into_bytes();
         self.request("PATCH", path, Some(("application/json", &bytes)))
