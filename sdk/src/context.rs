@@ -5,6 +5,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::__bindings::runcell::module::types as wit;
+use crate::Timestamp;
 
 /// What caused a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -98,6 +99,13 @@ impl Context {
     /// scheduled runs, the enqueue time otherwise.
     pub fn scheduled_at_ms(&self) -> u64 {
         self.scheduled_at_ms
+    }
+
+    /// When this run was due (see [`scheduled_at_ms`](Self::scheduled_at_ms)), as a time
+    /// that displays as RFC 3339: `ctx.scheduled_at().to_string()` is
+    /// `2026-11-28T10:00:00Z`.
+    pub fn scheduled_at(&self) -> Timestamp {
+        Timestamp::from_millis(self.scheduled_at_ms)
     }
 }
 

@@ -8,7 +8,7 @@ use crate::__bindings::runcell::module::types as wit;
 use crate::__bindings::wasi::http::types::{IncomingRequest, ResponseOutparam};
 use crate::manifest::{const_str_eq, is_valid_name};
 use crate::routes::{self, IntoResponse};
-use crate::{Context, JobError, Manifest, RouteAccess};
+use crate::{Context, JobError, Manifest, NoInput, RouteAccess, Trigger};
 
 /// A module declared with `module!`: its manifest and its dispatch by job name.
 pub trait Module {
@@ -22,6 +22,11 @@ pub trait Module {
 /// The `describe` export of module `M`.
 pub fn describe<M: Module>() -> wit::Manifest {
     M::manifest().into()
+}
+
+/// The `settings` export of module `M`.
+pub fn settings<M: Module>() -> Vec<wit::SettingSpec> {
+    M::manifest().settings.into_iter().map(Into::into).collect()
 }
 
 /// The `run` export of module `M`.
@@ -49,14 +54,22 @@ where
 }
 
 /// Parses `input`, calls `handler` and encodes its output.
+///
+/// A job that takes [`NoInput`] ignores the event that started it: it runs on the event,
+/// not with it (and so does its retry, whose input is the same event).
 pub fn invoke<I, O, E, F>(context: &Context, input: &str, handler: F) -> Result<String, JobError>
 where
-    I: DeserializeOwned,
+    I: DeserializeOwned + 'static,
     O: Serialize,
     E: Into<JobError>,
     F: FnOnce(&Context, I) -> Result<O, E>,
 {
-    let input = parse_input(input)?;
+    let ignores_events = std::any::TypeId::of::<I>() == std::any::TypeId::of::<NoInput>();
+    let input = if ignores_events && matches!(context.trigger(), Trigger::Event | Trigger::Retry) {
+        parse_input("null")?
+    } else {
+        parse_input(input)?
+    };
     let output = handler(context, input).map_err(Into::into)?;
     encode_output(&output)
 }
@@ -148,6 +161,26 @@ mod tests {
             Err(JobError::InvalidInput(message)) => message,
             other => panic!("expected invalid input, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_job_taking_no_input_runs_on_an_event_and_ignores_it() {
+        let envelope = r#"{"id":"e","topic":"t","source":"api","createdAt":0,"payload":{"a":1}}"#;
+        let no_input = |_: &Context, _: NoInput| Ok::<_, JobError>("ran");
+        for trigger in [Trigger::Event, Trigger::Retry] {
+            let context = Context::new("x", trigger, 0);
+            assert_eq!(invoke(&context, envelope, no_input).unwrap(), "\"ran\"");
+        }
+        // Asked by hand, it still refuses input it would ignore.
+        let manual = Context::new("x", Trigger::Manual, 0);
+        assert!(matches!(
+            invoke(&manual, r#"{"a":1}"#, no_input),
+            Err(JobError::InvalidInput(_))
+        ));
+        // Any other input type gets the event as it is.
+        let typed = |_: &Context, event: crate::events::Event| Ok::<_, JobError>(event.payload);
+        let context = Context::new("x", Trigger::Event, 0);
+        assert_eq!(invoke(&context, envelope, typed).unwrap(), r#"{"a":1}"#);
     }
 
     #[test]

@@ -80,6 +80,7 @@ mod error;
 mod input;
 mod json;
 mod manifest;
+mod time;
 
 pub mod config;
 pub mod events;
@@ -92,9 +93,10 @@ pub mod routes;
 pub use context::{Context, Trigger};
 pub use error::JobError;
 pub use input::NoInput;
-pub use manifest::{Capabilities, JobSpec, Manifest, RouteAccess};
+pub use manifest::{Capabilities, JobSpec, Manifest, RouteAccess, SettingSpec};
+pub use time::Timestamp;
 
-/// Bindings generated from `wit/` (world `runcell:module/job-module`). Not part of the API:
+/// Bindings generated from `wit/` (world `runcell:module/job-module-with-settings`). Not part of the API:
 /// use the typed wrappers instead; anything here may change in any release.
 #[doc(hidden)]
 #[allow(
@@ -107,7 +109,7 @@ pub use manifest::{Capabilities, JobSpec, Manifest, RouteAccess};
 )]
 pub mod __bindings {
     wit_bindgen::generate!({
-        world: "job-module",
+        world: "job-module-with-settings",
         path: "../wit",
         generate_all,
         pub_export_macro: true,
@@ -116,7 +118,7 @@ pub mod __bindings {
     });
 }
 
-/// Bindings of the world `runcell:module/job-module-with-routes`, for modules that also serve
+/// Bindings of the world `runcell:module/job-module-with-routes-and-settings`, for modules that also serve
 /// HTTP routes. Every import is shared with [`__bindings`], so the types are the same; only
 /// the export macro differs, and a module that does not use it exports no routes. Not part
 /// of the API.
@@ -131,15 +133,15 @@ pub mod __bindings {
 )]
 pub mod __routes_bindings {
     wit_bindgen::generate!({
-        world: "job-module-with-routes",
+        world: "job-module-with-routes-and-settings",
         path: "../wit",
         with: {
-            "runcell:module/types@0.1.0": crate::__bindings::runcell::module::types,
-            "runcell:module/log@0.1.0": crate::__bindings::runcell::module::log,
-            "runcell:module/kv@0.1.0": crate::__bindings::runcell::module::kv,
-            "runcell:module/events@0.1.0": crate::__bindings::runcell::module::events,
-            "runcell:module/config@0.1.0": crate::__bindings::runcell::module::config,
-            "runcell:module/metrics@0.1.0": crate::__bindings::runcell::module::metrics,
+            "runcell:module/types@0.1.1": crate::__bindings::runcell::module::types,
+            "runcell:module/log@0.1.1": crate::__bindings::runcell::module::log,
+            "runcell:module/kv@0.1.1": crate::__bindings::runcell::module::kv,
+            "runcell:module/events@0.1.1": crate::__bindings::runcell::module::events,
+            "runcell:module/config@0.1.1": crate::__bindings::runcell::module::config,
+            "runcell:module/metrics@0.1.1": crate::__bindings::runcell::module::metrics,
             "wasi:http/types@0.2.12": crate::__bindings::wasi::http::types,
             "wasi:http/outgoing-handler@0.2.12": crate::__bindings::wasi::http::outgoing_handler,
             "wasi:io/error@0.2.12": crate::__bindings::wasi::io::error,
@@ -157,7 +159,8 @@ pub mod __routes_bindings {
 #[doc(hidden)]
 pub mod __private {
     pub use crate::dispatch::{
-        Module, check_names, describe, invoke, run, serve_routes, unknown_job, with_routes,
+        Module, check_names, describe, invoke, run, serve_routes, settings, unknown_job,
+        with_routes,
     };
 }
 
@@ -178,6 +181,16 @@ pub mod __private {
 ///         publishes: ["report.generated"],
 ///         outbound_hosts: ["api.example.com"],
 ///     },
+///     settings: [                             // optional: the settings jobs read
+///         { name: "source", description: "Where records come from." },
+///         {
+///             name: "api-key",
+///             description: "The upstream's API key.",
+///             required: true,                 // optional entries, in any order
+///             secret: true,
+///             jobs: ["hourly-sync"],          // default: every job
+///         },
+///     ],
 ///     routes: {                               // optional: serve HTTP routes too
 ///         handler: serve,                     // path of `fn(routes::Request) -> impl IntoResponse`
 ///         access: authenticated,              // or `public`
@@ -202,12 +215,15 @@ pub mod __private {
 /// [`JobError::InvalidInput`] naming the offending path, without calling the function.
 /// The output is serialized to JSON.
 ///
-/// The optional entries of a job are the methods of [`JobSpec`] and those of
-/// `capabilities` are the methods of [`Capabilities`], so a misspelt key is a compile
-/// error. Module and job names are checked at compile time.
+/// The optional entries of a job are the methods of [`JobSpec`], those of a setting the
+/// methods of [`SettingSpec`] and those of `capabilities` the methods of
+/// [`Capabilities`], so a misspelt key is a compile error. Module and job names are
+/// checked at compile time. The settings are exported as the contract's `settings`
+/// (world `job-module-with-settings`); the server refuses a job that lacks a required
+/// one or is given a secret one as plain text.
 ///
 /// With a `routes` entry the component targets the world
-/// `runcell:module/job-module-with-routes`: it also exports `wasi:http/incoming-handler`,
+/// `runcell:module/job-module-with-routes-and-settings`: it also exports `wasi:http/incoming-handler`,
 /// which calls the handler for every request under `/m/{module}/`, and the manifest's
 /// `routes` capability says who may call it ([`RouteAccess`]). See [`routes`] for the
 /// handler's side. Jobs run exactly as without routes.
@@ -218,6 +234,7 @@ macro_rules! module {
         version: $version:expr,
         description: $description:expr,
         $(capabilities: $capabilities:tt,)?
+        $(settings: $settings:tt,)?
         routes: {
             handler: $routes:path,
             access: $access:ident $(,)?
@@ -229,6 +246,7 @@ macro_rules! module {
             version: $version,
             description: $description,
             $(capabilities: $capabilities,)?
+            $(settings: $settings,)?
             routes: $crate::__route_access!($access),
             jobs: $jobs,
         }
@@ -250,6 +268,13 @@ macro_rules! __define_module {
         version: $version:expr,
         description: $description:expr,
         $(capabilities: { $($capability:ident : $capability_value:expr),* $(,)? },)?
+        $(settings: [
+            $({
+                name: $setting:expr,
+                description: $setting_description:expr
+                $(, $setting_option:ident : $setting_value:expr)* $(,)?
+            }),* $(,)?
+        ],)?
         $(routes: $routes:expr,)?
         jobs: [
             $(
@@ -272,6 +297,7 @@ macro_rules! __define_module {
             fn manifest() -> $crate::Manifest {
                 let manifest = $crate::Manifest::new($name, $version, $description)
                     $(.capabilities($crate::Capabilities::new() $(.$capability($capability_value))*))?
+                    $($(.setting($crate::SettingSpec::new($setting, $setting_description) $(.$setting_option($setting_value))*))*)?
                     $(.job($crate::JobSpec::new($job, $job_description) $(.$option($option_value))*))*;
                 $(let manifest = $crate::__private::with_routes(manifest, $routes);)?
                 manifest
@@ -302,6 +328,10 @@ macro_rules! __export_module {
                 $crate::__private::describe::<Self>()
             }
 
+            fn settings() -> ::std::vec::Vec<$crate::__bindings::SettingSpec> {
+                $crate::__private::settings::<Self>()
+            }
+
             fn run(
                 job: ::std::string::String,
                 context: $crate::__bindings::RunContext,
@@ -328,6 +358,10 @@ macro_rules! __export_module {
         impl $crate::__bindings::Guest for $module {
             fn describe() -> $crate::__bindings::Manifest {
                 $crate::__private::describe::<Self>()
+            }
+
+            fn settings() -> ::std::vec::Vec<$crate::__bindings::SettingSpec> {
+                $crate::__private::settings::<Self>()
             }
 
             fn run(

@@ -20,6 +20,8 @@ pub struct Manifest {
     pub jobs: Vec<JobSpec>,
     /// What the module asks to be allowed to do.
     pub capabilities: Capabilities,
+    /// The settings its jobs read through [`config`](crate::config).
+    pub settings: Vec<SettingSpec>,
 }
 
 impl Manifest {
@@ -35,7 +37,15 @@ impl Manifest {
             description: description.into(),
             jobs: Vec::new(),
             capabilities: Capabilities::new(),
+            settings: Vec::new(),
         }
+    }
+
+    /// Declares a setting its jobs read.
+    #[must_use]
+    pub fn setting(mut self, setting: SettingSpec) -> Self {
+        self.settings.push(setting);
+        self
     }
 
     /// Replaces the requested capabilities.
@@ -110,6 +120,74 @@ impl JobSpec {
     pub fn fuel(mut self, fuel: u64) -> Self {
         self.fuel = Some(fuel);
         self
+    }
+}
+
+/// A setting the module's jobs read through [`config`](crate::config). The server checks
+/// jobs against it: a job missing a required setting, or given a secret one as plain
+/// text, is refused when it is created or changed, naming the setting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SettingSpec {
+    /// The name jobs' settings use: 1 to 128 letters, digits, `-`, `_` or `.`.
+    pub name: String,
+    /// What it is and what to put in it, for operators.
+    pub description: String,
+    /// Whether a job cannot be created or changed without it.
+    pub required: bool,
+    /// Whether its value is a secret, to be given as one (never as plain text).
+    pub secret: bool,
+    /// The jobs (by name) that read it; empty: every job of the module.
+    pub jobs: Vec<String>,
+}
+
+impl SettingSpec {
+    /// An optional, plain setting read by every job.
+    pub fn new(name: impl Into<String>, description: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            description: description.into(),
+            required: false,
+            secret: false,
+            jobs: Vec::new(),
+        }
+    }
+
+    /// Whether a job needs it.
+    #[must_use]
+    pub fn required(mut self, required: bool) -> Self {
+        self.required = required;
+        self
+    }
+
+    /// Whether its value is a secret.
+    #[must_use]
+    pub fn secret(mut self, secret: bool) -> Self {
+        self.secret = secret;
+        self
+    }
+
+    /// Only these jobs (by name) read it.
+    #[must_use]
+    pub fn jobs<I>(mut self, jobs: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: Into<String>,
+    {
+        self.jobs = jobs.into_iter().map(Into::into).collect();
+        self
+    }
+}
+
+impl From<SettingSpec> for wit::SettingSpec {
+    fn from(setting: SettingSpec) -> Self {
+        Self {
+            name: setting.name,
+            description: setting.description,
+            required: setting.required,
+            secret: setting.secret,
+            jobs: setting.jobs,
+        }
     }
 }
 
@@ -296,6 +374,26 @@ mod tests {
         assert!(manifest.capabilities.key_value);
         assert_eq!(manifest.capabilities.publishes, ["report.generated"]);
         assert!(manifest.capabilities.outbound_hosts.is_empty());
+    }
+
+    #[test]
+    fn settings_are_optional_plain_and_for_every_job_unless_said_otherwise() {
+        let manifest = Manifest::new("m", "1.0.0", "d")
+            .setting(SettingSpec::new("source", "Where records come from."))
+            .setting(
+                SettingSpec::new("api-key", "The upstream's key.")
+                    .required(true)
+                    .secret(true)
+                    .jobs(["sync"]),
+            );
+        let wit: Vec<wit::SettingSpec> = manifest.settings.into_iter().map(Into::into).collect();
+        assert_eq!(
+            (wit[0].required, wit[0].secret, wit[0].jobs.len()),
+            (false, false, 0)
+        );
+        assert_eq!(wit[1].name, "api-key");
+        assert_eq!((wit[1].required, wit[1].secret), (true, true));
+        assert_eq!(wit[1].jobs, ["sync"]);
     }
 
     #[test]

@@ -36,7 +36,7 @@ pub fn hourly_sync(ctx: &Context, input: Option<SyncInput>) -> Result<SyncOutput
     );
     logic::validate_batch(&records).map_err(JobError::invalid_input)?;
 
-    let synced_at = logic::format_rfc3339(ctx.scheduled_at_ms());
+    let synced_at = ctx.scheduled_at().to_rfc3339();
     for record in &records {
         kv::set(
             &record_key(&record.id),
@@ -80,7 +80,7 @@ pub fn daily_report(ctx: &Context, _input: NoInput) -> Result<Report, JobError> 
     let report = Report::summarize(
         &values,
         cursor.map(|cursor| cursor.last_synced_at),
-        logic::format_rfc3339(ctx.scheduled_at_ms()),
+        ctx.scheduled_at().to_rfc3339(),
     );
     events::publish(REPORT_TOPIC, &report)?;
     runcell_sdk::info!(
@@ -126,6 +126,13 @@ runcell_sdk::module! {
         key_value: true,
         publishes: [REPORT_TOPIC],
     },
+    settings: [
+        {
+            name: "source",
+            description: "Where the records come from, as health-check reports it.",
+            jobs: ["health-check"],
+        },
+    ],
     routes: {
         handler: routes::serve,
         access: authenticated,

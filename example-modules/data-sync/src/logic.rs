@@ -325,47 +325,6 @@ impl HealthReport {
     }
 }
 
-/// Formats milliseconds since the Unix epoch as RFC 3339 UTC: `2026-11-28T10:00:00Z`, with
-/// `.mmm` before the `Z` when the milliseconds are not zero.
-pub fn format_rfc3339(ms: u64) -> String {
-    let seconds = ms / 1_000;
-    let millis = ms % 1_000;
-    let (year, month, day) = civil_from_days(seconds / 86_400);
-    let second_of_day = seconds % 86_400;
-    let (hour, minute, second) = (
-        second_of_day / 3_600,
-        second_of_day % 3_600 / 60,
-        second_of_day % 60,
-    );
-    let date_time = format!("{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}");
-    if millis == 0 {
-        format!("{date_time}Z")
-    } else {
-        format!("{date_time}.{millis:03}Z")
-    }
-}
-
-/// The proleptic Gregorian date `days` days after 1970-01-01 (Howard Hinnant's
-/// `civil_from_days`, restricted to non-negative days).
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
-    // Shift the epoch to 0000-03-01 so leap days fall at the end of a 400-year era.
-    let days = days + 719_468;
-    let era = days / 146_097;
-    let day_of_era = days % 146_097;
-    let year_of_era =
-        (day_of_era - day_of_era / 1_460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let month_from_march = (5 * day_of_year + 2) / 153;
-    let day = day_of_year - (153 * month_from_march + 2) / 5 + 1;
-    let month = if month_from_march < 10 {
-        month_from_march + 3
-    } else {
-        month_from_march - 9
-    };
-    let year = year_of_era + era * 400 + u64::from(month <= 2);
-    (year, month, day)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -546,44 +505,5 @@ mod tests {
     fn the_input_schema_is_json() {
         let schema: serde_json::Value = serde_json::from_str(SYNC_INPUT_SCHEMA).unwrap();
         assert_eq!(schema["properties"]["records"]["type"], "array");
-    }
-
-    #[test]
-    fn formats_rfc3339_utc() {
-        assert_eq!(format_rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(format_rfc3339(1_795_860_000_000), "2026-11-28T10:00:00Z");
-        assert_eq!(format_rfc3339(951_782_400_000), "2000-02-29T00:00:00Z");
-        assert_eq!(format_rfc3339(1_709_251_199_000), "2024-02-29T23:59:59Z");
-        assert_eq!(format_rfc3339(4_107_542_400_000), "2100-03-01T00:00:00Z");
-        assert_eq!(format_rfc3339(946_684_799_000), "1999-12-31T23:59:59Z");
-        assert_eq!(
-            format_rfc3339(1_795_860_000_042),
-            "2026-11-28T10:00:00.042Z"
-        );
-    }
-
-    #[test]
-    fn civil_dates_round_trip_every_day_of_four_centuries() {
-        // Walk day by day from 1970 and compare with a naive calendar.
-        let (mut year, mut month, mut day) = (1970, 1, 1);
-        for days in 0..146_097 {
-            assert_eq!(civil_from_days(days), (year, month, day), "day {days}");
-            let leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
-            let month_len = match month {
-                2 if leap => 29,
-                2 => 28,
-                4 | 6 | 9 | 11 => 30,
-                _ => 31,
-            };
-            day += 1;
-            if day > month_len {
-                day = 1;
-                month += 1;
-                if month > 12 {
-                    month = 1;
-                    year += 1;
-                }
-            }
-        }
     }
 }

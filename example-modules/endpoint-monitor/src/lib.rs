@@ -128,6 +128,12 @@ runcell_sdk::module! {
         // The endpoints come from the job's settings; see the module documentation.
         outbound_hosts: ["*"],
     },
+    settings: [
+        {
+            name: ENDPOINTS_SETTING,
+            description: "The endpoints to check: a JSON array of {name, url, expectStatus?, timeoutMs?}. Without it, each run's input gives them.",
+        },
+    ],
     jobs: [
         check_endpoints => {
             name: "check-endpoints",
