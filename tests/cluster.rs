@@ -746,6 +746,41 @@ fn an_event_published_on_any_node_runs_each_subscriber_exactly_once() {
 }
 
 #[test]
+fn a_self_feeding_chain_of_events_stops_at_the_depth_limit_whichever_node_runs_it() {
+    let _turn = one_at_a_time();
+    let cluster = Cluster::start(2, 2);
+    let (a, b) = (cluster.node(0), cluster.node(1));
+    let looping = job(
+        a,
+        "hostile",
+        json!({"name": "loop", "module": "hostile", "job": "publish-on", "onEvent": "hostile.*"}),
+    );
+    let reply = b.post_json("/api/v1/events", &json!({"topic": "hostile.start"}));
+    assert_eq!(reply.status, 202, "{}", reply.body);
+    let runs = wait_all_final(a, &looping, 8, Duration::from_secs(30));
+    // Nothing more comes: the ninth event started nothing.
+    thread::sleep(Duration::from_millis(1_500));
+    let runs_after = a.executions(&format!("jobId={looping}"));
+    assert_eq!((runs.len(), runs_after.len()), (8, 8), "{runs_after:?}");
+    let events = b.get("/api/v1/events?limit=50").body["items"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let mut depths: Vec<u64> = events
+        .iter()
+        .map(|e| e["depth"].as_u64().unwrap())
+        .collect();
+    depths.sort_unstable();
+    assert_eq!(depths, (1..=9).collect::<Vec<_>>(), "{events:?}");
+    let deepest = events.iter().find(|e| e["depth"] == 9).unwrap();
+    assert_eq!(
+        deepest["refused"][0]["jobId"],
+        looping.as_str(),
+        "{deepest}"
+    );
+}
+
+#[test]
 fn following_a_log_on_another_node_streams_its_lines_and_end() {
     let _turn = one_at_a_time();
     let cluster = Cluster::start(2, 2);

@@ -198,6 +198,14 @@ async fn guest_hostile() {
         .run(&module, request("echo", r#"{"a":[1]}"#, short_limits()))
         .await;
     assert_eq!(output(&report)["input"], serde_json::json!({"a": [1]}));
+    // The settings its jobs read, declared through the SDK (contract 0.1.1).
+    let settings = &module.manifest.settings;
+    assert_eq!(settings.len(), 2, "{settings:?}");
+    let token = settings.iter().find(|s| s.name == "token").unwrap();
+    assert!(token.required && token.secret);
+    assert_eq!(token.jobs, ["needs-token"]);
+    let greeting = settings.iter().find(|s| s.name == "greeting").unwrap();
+    assert!(!greeting.required && !greeting.secret && greeting.jobs.is_empty());
 }
 
 /// `http-client` is written against `wasi:http` without the SDK and asks for one host.
@@ -948,6 +956,33 @@ async fn guest_unknown_import() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("evil:thing/backdoor"), "{err}");
+}
+
+/// `contract-0-1-0`, built against the contract as published at 0.1.0, loads and runs
+/// on a host that speaks 0.1.1, and declares no settings.
+#[tokio::test]
+async fn guest_contract_0_1_0() {
+    let h = harness();
+    let module = load(&h.runtime, "contract-0-1-0").await;
+    assert_eq!(job_names(&module), ["greet"]);
+    assert!(module.manifest.settings.is_empty());
+    let imports = guests::guest_bytes("contract-0-1-0");
+    let text = String::from_utf8_lossy(&imports);
+    assert!(
+        text.contains("runcell:module/log@0.1.0"),
+        "built against 0.1.0"
+    );
+    let report = h
+        .runtime
+        .run(&module, RunRequest::new("greet", "null", Limits::default()))
+        .await;
+    match report.outcome {
+        Outcome::Completed { output } => {
+            assert_eq!(output["greeting"], "Hello, world!");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(report.logs[0].message, "greeting");
 }
 
 #[tokio::test]

@@ -48,6 +48,8 @@ pub(crate) struct ServeConfig {
     pub outbound_tls: crate::runtime::OutboundTls,
     /// What requests to modules' HTTP routes may use.
     pub routes: crate::services::RouteSettings,
+    /// How often events may start each job, per minute and node.
+    pub event_triggers_per_minute: u32,
     /// The key that seals jobs' secret settings.
     pub secret_key: SecretKeySource,
 }
@@ -254,6 +256,7 @@ pub(crate) async fn serve(config: ServeConfig) -> Result<(), StartError> {
         outbound,
         ServiceSettings {
             routes: config.routes.clone(),
+            event_triggers_per_minute: config.event_triggers_per_minute,
             ..ServiceSettings::default()
         },
     )?;
@@ -689,6 +692,7 @@ async fn install_examples(services: &Services, dir: &Path) {
         .filter(|p| p.extension().is_some_and(|e| e == "wasm"))
         .collect();
     paths.sort();
+    let mut examples = Vec::new();
     for path in paths {
         let installed = match std::fs::read(&path) {
             Ok(bytes) => services
@@ -701,10 +705,13 @@ async fn install_examples(services: &Services, dir: &Path) {
             // The operator chose these modules by passing --examples: their requests
             // are approved on their behalf.
             Ok(module) => match services.approve_module_capabilities(&module.name).await {
-                Ok(_) => println!(
-                    "installed module {} {} (capabilities approved)",
-                    module.name, module.current.version
-                ),
+                Ok(_) => {
+                    println!(
+                        "installed module {} {} (capabilities approved)",
+                        module.name, module.current.version
+                    );
+                    examples.push(module.name);
+                }
                 Err(err) => eprintln!(
                     "warning: {} installed, but its capabilities are not approved: {err}",
                     module.name
@@ -713,6 +720,24 @@ async fn install_examples(services: &Services, dir: &Path) {
             Err(err) => {
                 eprintln!("warning: {} not installed: {err}", path.display());
             }
+        }
+    }
+    // As their authors meant them to run: data-sync syncs hourly out of the box.
+    for module in &examples {
+        match services.create_module_jobs(module).await {
+            Ok(jobs) => {
+                for job in &jobs.created {
+                    let schedule = job.schedule.as_deref().unwrap_or("no schedule");
+                    println!("created job {} ({schedule})", job.name);
+                }
+                for skipped in &jobs.skipped {
+                    println!(
+                        "no job created for {module}/{}: {}",
+                        skipped.job, skipped.reason
+                    );
+                }
+            }
+            Err(err) => eprintln!("warning: could not create the jobs of {module}: {err}"),
         }
     }
     let has_demo = services
@@ -725,7 +750,7 @@ async fn install_examples(services: &Services, dir: &Path) {
             name: DEMO_JOB.into(),
             module: "hello".into(),
             job: "greet".into(),
-            schedule: Some("*/5 * * * * *".into()),
+            schedule: Some(Some("*/5 * * * * *".into())),
             input: Some(serde_json::json!({"name": "Runcell"})),
             enabled: Some(true),
             max_attempts: None,

@@ -413,7 +413,15 @@ impl Server {
     }
 
     /// Creates a job; returns it.
+    /// Defines a job and returns it. Without a `schedule`, the job gets none: tests
+    /// trigger their runs themselves, and a module's default schedule firing mid-test
+    /// would add runs they do not expect (tests of default schedules post their own).
     pub(crate) fn create_job(&self, definition: &Value) -> Value {
+        let mut definition = definition.clone();
+        if let Some(fields) = definition.as_object_mut() {
+            fields.entry("schedule").or_insert(Value::Null);
+        }
+        let definition = &definition;
         let reply = self.post_json("/api/v1/jobs", definition);
         assert_eq!(reply.status, 201, "create job {definition}: {}", reply.body);
         reply.body

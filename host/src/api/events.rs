@@ -13,7 +13,7 @@ use super::ApiState;
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, PageRequest, Params};
 use super::openapi;
-use crate::domain::{Event, Page};
+use crate::domain::{Event, EventRefusal, Page};
 use crate::services::PublishEvent;
 
 const TAG: &str = "events";
@@ -31,14 +31,19 @@ pub(super) fn routes() -> OpenApiRouter<ApiState> {
 #[serde(rename_all = "camelCase")]
 struct Published {
     event_id: String,
-    /// The executions the event queued, one per matching job.
+    /// The executions the event queued, one per matching job it started.
     triggered_executions: Vec<String>,
+    /// The matching jobs it did not start, and why (over a job's rate of event
+    /// triggers); also listed with the event.
+    refused: Vec<EventRefusal>,
 }
 
 /// Publish an event
 ///
 /// Records the event and queues one run of every enabled job whose `onEvent` matches its
-/// topic, with the event as the run's input.
+/// topic, with the event as the run's input: `{"id", "topic", "source", "createdAt",
+/// "payload"}`. Events start each job at most `--event-triggers-per-minute` times a minute
+/// (per node); past it, `refused` says which jobs the event did not start.
 #[utoipa::path(
     post,
     path = "/events",
@@ -64,6 +69,7 @@ async fn publish(
         Json(Published {
             event_id: event.id,
             triggered_executions,
+            refused: event.refused,
         }),
     ))
 }

@@ -50,7 +50,34 @@ pub(super) fn routes() -> OpenApiRouter<ApiState> {
     .routes(routes!(execute_bulk))
 }
 
+/// A job, and what is likely wrong with it.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(as = JobDetail)]
+struct JobView {
+    #[serde(flatten)]
+    job: Job,
+    /// What is likely wrong with the job without making it invalid, one sentence each
+    /// (an event subscription its input cannot take, or that its own module feeds;
+    /// settings its module does not declare). Absent when there is nothing.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    warnings: Vec<String>,
+}
+
+impl JobView {
+    async fn of(state: &ApiState, job: Job) -> Result<Self, ApiError> {
+        let warnings = state.services.job_warnings(&job).await?;
+        Ok(Self { job, warnings })
+    }
+}
+
 /// Define a job
+///
+/// Without `schedule`, the job runs on the default schedule its module declares for it,
+/// and follows it when a new version of the module declares another (`scheduleSource`
+/// is `module`); with `"schedule": null` it runs only when triggered. A setting the
+/// module declares as required must be given, and one it declares secret must be given
+/// as a secret.
 #[utoipa::path(
     post,
     path = "/jobs",
@@ -58,13 +85,13 @@ pub(super) fn routes() -> OpenApiRouter<ApiState> {
     operation_id = "createJob",
     request_body = JobDraft,
     responses(
-        (status = 201, description = "Created; `Location` is the job's URL.", body = Job,
+        (status = 201, description = "Created; `Location` is the job's URL.", body = JobView,
             headers(("location" = String, description = "`/api/v1/jobs/{id}`"))),
         (status = 400, description = "Malformed JSON, or a field that is unknown, missing, of the wrong type or malformed (`details.field`).", body = ErrorBody),
         (status = 409, description = "A job by that name exists.", body = ErrorBody),
         (status = 413, description = "The body is larger than 1 MiB.", body = ErrorBody),
         (status = 415, description = "The body is not declared `application/json`.", body = ErrorBody),
-        (status = 422, description = "An unknown module or job, a limit above the server's ceiling, too many or too large settings, or a secret setting this server cannot store (it has no secret key) (`details.field`, e.g. `config.apiKey`).", body = ErrorBody),
+        (status = 422, description = "An unknown module or job, a limit above the server's ceiling, too many or too large settings, a setting the module requires left out or one it declares secret given as plain text, or a secret setting this server cannot store (it has no secret key) (`details.field`, e.g. `config.apiKey`).", body = ErrorBody),
         (status = 503, description = "The database is unavailable; retry later.", body = ErrorBody),
     ),
 )]
@@ -74,7 +101,11 @@ async fn create(
 ) -> Result<impl IntoResponse, ApiError> {
     let job = state.services.create_job(draft).await?;
     let location = format!("/api/v1/jobs/{}", job.id);
-    Ok((StatusCode::CREATED, [(LOCATION, location)], Json(job)))
+    Ok((
+        StatusCode::CREATED,
+        [(LOCATION, location)],
+        Json(JobView::of(&state, job).await?),
+    ))
 }
 
 /// List jobs
@@ -109,7 +140,7 @@ async fn list(State(state): State<ApiState>, params: Params) -> Result<Json<Page
     operation_id = "getJob",
     params(("id" = String, Path, description = "The job's id.")),
     responses(
-        (status = 200, description = "The job.", body = Job),
+        (status = 200, description = "The job.", body = JobView),
         (status = 404, description = "No job with that id.", body = ErrorBody),
         (status = 503, description = "The database is unavailable; retry later.", body = ErrorBody),
     ),
@@ -117,8 +148,9 @@ async fn list(State(state): State<ApiState>, params: Params) -> Result<Json<Page
 async fn show(
     State(state): State<ApiState>,
     Path(id): Path<String>,
-) -> Result<Json<Job>, ApiError> {
-    Ok(Json(state.services.get_job(&id).await?))
+) -> Result<Json<JobView>, ApiError> {
+    let job = state.services.get_job(&id).await?;
+    Ok(Json(JobView::of(&state, job).await?))
 }
 
 /// Change a job
@@ -135,13 +167,13 @@ async fn show(
     params(("id" = String, Path, description = "The job's id.")),
     request_body = JobPatch,
     responses(
-        (status = 200, description = "The job, changed.", body = Job),
+        (status = 200, description = "The job, changed.", body = JobView),
         (status = 400, description = "Malformed JSON, or a field that is unknown, of the wrong type or malformed (`details.field`).", body = ErrorBody),
         (status = 404, description = "No job with that id.", body = ErrorBody),
         (status = 409, description = "Another job has that name.", body = ErrorBody),
         (status = 413, description = "The body is larger than 1 MiB.", body = ErrorBody),
         (status = 415, description = "The body is not declared `application/json`.", body = ErrorBody),
-        (status = 422, description = "An unknown job, a limit above the server's ceiling, too many or too large settings, a secret setting this server cannot store (it has no secret key), or `{\"secret\": \"***\"}` for a setting with no stored secret (`details.field`, e.g. `config.apiKey`).", body = ErrorBody),
+        (status = 422, description = "An unknown job, a limit above the server's ceiling, too many or too large settings, a setting the module requires left out or one it declares secret given as plain text (checked when the settings or the job change, or the job is enabled), a secret setting this server cannot store (it has no secret key), or `{\"secret\": \"***\"}` for a setting with no stored secret (`details.field`, e.g. `config.apiKey`).", body = ErrorBody),
         (status = 503, description = "The database is unavailable; retry later.", body = ErrorBody),
     ),
 )]
@@ -149,8 +181,9 @@ async fn update(
     State(state): State<ApiState>,
     Path(id): Path<String>,
     ApiJson(patch): ApiJson<JobPatch>,
-) -> Result<Json<Job>, ApiError> {
-    Ok(Json(state.services.update_job(&id, patch).await?))
+) -> Result<Json<JobView>, ApiError> {
+    let job = state.services.update_job(&id, patch).await?;
+    Ok(Json(JobView::of(&state, job).await?))
 }
 
 /// Delete a job

@@ -21,8 +21,9 @@ use super::extract::{ApiJson, Params, media_type, read_body, too_large};
 use super::openapi;
 use crate::domain::{
     Capabilities, CodeApproval, Credential, JobSpec, Millis, ModuleRecord, ModuleStatus,
-    ModuleVersion, Page, Principal, PublisherKey, Role, Uploader,
+    ModuleVersion, Page, Principal, PublisherKey, Role, SettingSpec, Uploader,
 };
+use crate::services::ModuleJobs;
 use crate::services::modules::ModuleUpload;
 use crate::services::publishers::public_key_pem;
 
@@ -75,6 +76,9 @@ pub(super) struct ModuleView {
     size_bytes: u64,
     /// The jobs the current version offers.
     jobs: Vec<JobSpec>,
+    /// The settings the current version's jobs read (empty when it declares none; its
+    /// jobs may then have any settings).
+    settings: Vec<SettingSpec>,
     /// What the current version asks to be allowed to do.
     capabilities: Capabilities,
     /// What an admin approved. Nothing is granted by default.
@@ -99,6 +103,18 @@ pub(super) struct ModuleView {
     /// Milliseconds since the Unix epoch.
     #[schema(value_type = i64)]
     updated_at: Millis,
+}
+
+/// An installed module, and the jobs `createJobs=true` made for it.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(as = InstalledModule)]
+struct InstalledView {
+    #[serde(flatten)]
+    module: ModuleView,
+    /// With `createJobs=true` only: the jobs created, and the module's jobs left out.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    defined_jobs: Option<ModuleJobs>,
 }
 
 /// A multipart upload: the component in the field `module`. Only the OpenAPI document
@@ -138,6 +154,7 @@ impl From<ModuleRecord> for ModuleView {
             content_hash,
             size_bytes,
             jobs: manifest.jobs,
+            settings: manifest.settings,
             awaiting_approval,
             uploaded_by,
             code_approval: approval,
@@ -161,6 +178,8 @@ struct VersionView {
     size_bytes: u64,
     description: String,
     jobs: Vec<JobSpec>,
+    /// The settings its jobs read.
+    settings: Vec<SettingSpec>,
     capabilities: Capabilities,
     /// Milliseconds since the Unix epoch.
     #[schema(value_type = i64)]
@@ -202,10 +221,11 @@ struct VersionView {
     ),
     params(
         ("approve" = Option<bool>, Query, description = "Also approve the capabilities the module asks for (admins only; default `false`)."),
+        ("createJobs" = Option<bool>, Query, description = "Also create a job for each job the module offers, named `{module}.{job}`, on the module's default schedule (default `false`). A module job some job already runs is left out, as is one with a required setting that has no value; `definedJobs.skipped` says why. The jobs run once the module is approved."),
         ("x-runcell-signature" = Option<String>, Header, description = "A publisher signature over the uploaded file, `ed25519:<key id>:<base64>` (as `runcell sign --key <file> module.wasm` prints it)."),
     ),
     responses(
-        (status = 201, description = "Installed; `Location` is the module's URL. `awaitingApproval` says whether it waits for an admin.", body = ModuleView,
+        (status = 201, description = "Installed; `Location` is the module's URL. `awaitingApproval` says whether it waits for an admin.", body = InstalledView,
             headers(("location" = String, description = "`/api/v1/modules/{name}`"))),
         (status = 400, description = "A malformed multipart body, one without a `module` field, or a malformed signature (`details.field` is `signature`).", body = ErrorBody),
         (status = 403, description = "`approve=true` from someone who is not an admin.", body = ErrorBody),
@@ -222,6 +242,7 @@ async fn upload(
     request: Request,
 ) -> Result<impl IntoResponse, ApiError> {
     let approve = params.flag("approve")?;
+    let create_jobs = params.flag("createJobs")?;
     let limit = state.services.settings.max_module_bytes;
     // Read before refusing: answering while the client still sends makes it see a broken
     // connection instead of the answer.
@@ -257,11 +278,19 @@ async fn upload(
         let hash = record.current.content_hash.clone();
         record = approve_and_audit(&state, &principal, &record.name, Some(&hash)).await?;
     }
+    let defined_jobs = if create_jobs {
+        Some(state.services.create_module_jobs(&record.name).await?)
+    } else {
+        None
+    };
     let location = format!("/api/v1/modules/{}", record.name);
     Ok((
         StatusCode::CREATED,
         [(LOCATION, location)],
-        Json(ModuleView::from(record)),
+        Json(InstalledView {
+            module: ModuleView::from(record),
+            defined_jobs,
+        }),
     ))
 }
 
@@ -473,6 +502,7 @@ async fn versions(
             size_bytes: version.size_bytes,
             description: version.manifest.description,
             jobs: version.manifest.jobs,
+            settings: version.manifest.settings,
             capabilities: version.manifest.capabilities,
             uploaded_at: version.uploaded_at,
             uploaded_by: version.uploaded_by,

@@ -96,6 +96,59 @@ async fn built_api(settings: ServiceSettings, secrets: Option<SecretBox>) -> Tes
     }
 }
 
+#[tokio::test]
+async fn jobs_following_their_modules_default_schedule_take_each_new_versions() {
+    let api = api().await;
+    let install = |schedule: Option<&str>, version: &str| {
+        let mut manifest = manifest(version);
+        manifest.jobs[0].default_schedule = schedule.map(str::to_owned);
+        let services = api.services.clone();
+        let version = version.to_owned();
+        async move {
+            services
+                .store
+                .install_module_version(
+                    &manifest,
+                    &format!("hash-{version}"),
+                    b"not wasm",
+                    &by_admin(),
+                    now_millis(),
+                )
+                .await
+                .unwrap();
+            services.follow_default_schedules("fake").await.unwrap();
+        }
+    };
+    install(Some("0 * * * *"), "1.0.0").await;
+    let following = api
+        .create_job(json!({"name": "following", "module": "fake", "job": "work"}))
+        .await;
+    assert_eq!(following["schedule"], "0 * * * *");
+    let own = api
+        .create_job(
+            json!({"name": "own", "module": "fake", "job": "work", "schedule": "5 * * * *"}),
+        )
+        .await;
+    assert_eq!(own["scheduleSource"], "job");
+
+    install(Some("30 * * * *"), "2.0.0").await;
+    let job = |body: &Value| {
+        let services = api.services.clone();
+        let id = body["id"].as_str().unwrap().to_owned();
+        async move { services.get_job(&id).await.unwrap() }
+    };
+    let moved = job(&following).await;
+    assert_eq!(moved.schedule.as_deref(), Some("30 * * * *"));
+    assert!(moved.next_run_at.is_some());
+    assert_eq!(job(&own).await.schedule.as_deref(), Some("5 * * * *"));
+
+    // A version that declares no default leaves the job unscheduled, until one does.
+    install(None, "3.0.0").await;
+    let moved = job(&following).await;
+    assert_eq!((moved.schedule, moved.next_run_at), (None, None));
+    assert_eq!(moved.schedule_source, crate::domain::ScheduleSource::Module);
+}
+
 fn manifest(version: &str) -> Manifest {
     Manifest {
         name: "fake".to_owned(),
@@ -110,6 +163,7 @@ fn manifest(version: &str) -> Manifest {
             fuel: None,
         }],
         capabilities: Capabilities::default(),
+        settings: Vec::new(),
     }
 }
 

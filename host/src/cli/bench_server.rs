@@ -161,13 +161,33 @@ impl Server {
             .post(&self.url(path))
             .header("authorization", &self.authorization)
             .send_json(body)
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| format!("POST {path}: {e}"))?;
         let status = response.status();
-        let body: Value = response.body_mut().read_json().map_err(|e| e.to_string())?;
+        let body: Value = response
+            .body_mut()
+            .read_json()
+            .map_err(|e| format!("POST {path}: {status}: {e}"))?;
         if !status.is_success() {
             return Err(format!("POST {path}: {status}: {body}"));
         }
         Ok(body)
+    }
+
+    /// Cancels execution `id`. The request has no body: the route reads none, and a body
+    /// left unread makes the server close the connection after answering, which the
+    /// next request on it (the agent keeps connections) would find closed.
+    fn cancel(&self, id: &str) -> BenchResult<()> {
+        let path = format!("/executions/{id}/cancel");
+        let response = self
+            .agent
+            .post(&self.url(&path))
+            .header("authorization", &self.authorization)
+            .send_empty()
+            .map_err(|e| format!("POST {path}: {e}"))?;
+        if !response.status().is_success() {
+            return Err(format!("POST {path}: {}", response.status()));
+        }
+        Ok(())
     }
 
     /// Times one request to `path` (below the server's root, not the API's); fails
@@ -187,7 +207,7 @@ impl Server {
                 .header("authorization", &self.authorization)
                 .call(),
         }
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| format!("{method} {path}: {e}"))?;
         let took = started.elapsed();
         if !response.status().is_success() {
             return Err(format!("{method} {path}: {}", response.status()));
@@ -201,9 +221,12 @@ impl Server {
             .get(&self.url(path))
             .header("authorization", &self.authorization)
             .call()
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| format!("GET {path}: {e}"))?;
         let status = response.status();
-        let body: Value = response.body_mut().read_json().map_err(|e| e.to_string())?;
+        let body: Value = response
+            .body_mut()
+            .read_json()
+            .map_err(|e| format!("GET {path}: {status}: {e}"))?;
         if !status.is_success() {
             return Err(format!("GET {path}: {status}: {body}"));
         }
@@ -596,7 +619,7 @@ fn cpu_storm(server: &Server, noop_job: &str, duration: Duration) -> BenchResult
         std::thread::sleep(Duration::from_millis(5));
     }
     for id in &spinning {
-        server.post(&format!("/executions/{id}/cancel"), &json!({}))?;
+        server.cancel(id)?;
     }
     server.wait_idle(&spin)?;
     server.wait_idle(noop_job)?;

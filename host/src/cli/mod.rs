@@ -25,7 +25,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the server: API, workers, scheduler (embedded SQLite by default).
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Print a module's manifest (name, version, jobs, requested capabilities) as JSON.
     Inspect(local::InspectArgs),
     /// Run one job of a module locally, without a server: output JSON on stdout, logs
@@ -92,7 +92,7 @@ pub fn main() -> ExitCode {
         _ => "warn",
     });
     let status = match cli.command {
-        Command::Serve(args) => serve::run(args),
+        Command::Serve(args) => serve::run(*args),
         Command::Inspect(args) => local::inspect(args),
         Command::Run(args) => local::run(args),
         Command::Keygen(args) => sign::keygen(args),

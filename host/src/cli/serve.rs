@@ -32,7 +32,14 @@ pub(super) struct ServeArgs {
     /// flight wait for a CPU, and that wait does not count against their time limit.
     #[arg(long, env = "RUNCELL_CPU_GUESTS")]
     cpu_guests: Option<usize>,
-    /// Install every `.wasm` module in this directory at start, plus a demo job.
+    /// How many times a minute events may start each job (per node; a burst up to this
+    /// many passes at once). Past it, an event does not start the job and says so; with
+    /// the limit on how deep a chain of events may go, this keeps a pattern of events that
+    /// feeds itself from filling the database.
+    #[arg(long, env = "RUNCELL_EVENT_TRIGGERS_PER_MINUTE", default_value_t = 600, value_parser = clap::value_parser!(u32).range(1..))]
+    event_triggers_per_minute: u32,
+    /// Install every `.wasm` module in this directory at start, with a job for each of
+    /// their jobs on its default schedule, plus a demo job.
     #[arg(long, env = "RUNCELL_EXAMPLES")]
     examples: Option<PathBuf>,
     /// Delay before the first retry of a failed execution; later ones double it.
@@ -159,6 +166,7 @@ pub(super) fn run(args: ServeArgs) -> ExitStatus {
             cpu_guests,
         },
         examples: args.examples,
+        event_triggers_per_minute: args.event_triggers_per_minute,
         retry_base_delay: args.retry_base_delay,
         shutdown_grace: args.shutdown_grace,
         distributed: match (args.database_url, args.redis_url) {

@@ -178,6 +178,7 @@ mod tests {
                     key_value: true,
                     ..Capabilities::default()
                 },
+                settings: Vec::new(),
             },
             uploaded_at: 0,
             uploaded_by: uploader,

@@ -10,6 +10,21 @@ use serde::de::{self, Deserializer};
 use serde::{Deserialize, Serialize, Serializer};
 use utoipa::ToSchema;
 
+/// Settings per job: configuration for a module, not a data store.
+pub(crate) const MAX_SETTINGS: usize = 64;
+/// Longest setting name, in bytes.
+pub(crate) const MAX_SETTING_NAME_BYTES: usize = 128;
+
+/// Whether `name` may name a setting: 1 to [`MAX_SETTING_NAME_BYTES`] letters, digits,
+/// `-`, `_` or `.`.
+pub(crate) fn is_valid_setting_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_SETTING_NAME_BYTES
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
 /// What the API shows in place of a secret's value. In a request, `{"secret": "***"}`
 /// keeps the stored secret of that key, so this text can never be a secret's value.
 pub(crate) const SECRET_MASK: &str = "***";

@@ -7,6 +7,8 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use super::{MAX_SETTING_NAME_BYTES, MAX_SETTINGS, is_valid_setting_name};
+
 /// A module's self-description, as returned by its `describe` export.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -16,6 +18,31 @@ pub struct Manifest {
     pub description: String,
     pub jobs: Vec<JobSpec>,
     pub capabilities: Capabilities,
+    /// The settings its jobs read (contract 0.1.1); empty for a module that declares
+    /// none, whose jobs may have any settings.
+    #[serde(default)]
+    pub settings: Vec<SettingSpec>,
+}
+
+/// A setting a module's jobs read through `config`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SettingSpec {
+    pub name: String,
+    pub description: String,
+    /// A job that reads it cannot be created or changed without it.
+    pub required: bool,
+    /// Its value must be given as a secret (`{"secret": "..."}`), never as plain text.
+    pub secret: bool,
+    /// The module's jobs that read it; empty: every job.
+    pub jobs: Vec<String>,
+}
+
+impl SettingSpec {
+    /// Whether module job `job` reads it.
+    pub fn applies_to(&self, job: &str) -> bool {
+        self.jobs.is_empty() || self.jobs.iter().any(|name| name == job)
+    }
 }
 
 /// One job a module offers.
@@ -155,6 +182,45 @@ impl Manifest {
                 field: "capabilities.outboundHosts".into(),
                 reason: format!("`{entry}`: {err}"),
             })?;
+        }
+        self.validate_settings()
+    }
+
+    fn validate_settings(&self) -> Result<(), ManifestError> {
+        if self.settings.len() > MAX_SETTINGS {
+            return Err(ManifestError::Invalid {
+                field: "settings".into(),
+                reason: format!(
+                    "{} settings, more than the limit of {MAX_SETTINGS}",
+                    self.settings.len()
+                ),
+            });
+        }
+        let mut seen = std::collections::HashSet::new();
+        for setting in &self.settings {
+            let invalid = |reason: String| ManifestError::Invalid {
+                field: format!("settings[{}]", setting.name),
+                reason,
+            };
+            if !is_valid_setting_name(&setting.name) {
+                return Err(invalid(format!(
+                    "`{}` is not a setting name: 1 to {MAX_SETTING_NAME_BYTES} letters, digits, `-`, `_` or `.`",
+                    setting.name
+                )));
+            }
+            if !seen.insert(setting.name.as_str()) {
+                return Err(invalid("declared twice".into()));
+            }
+            check_text(
+                &format!("settings[{}].description", setting.name),
+                &setting.description,
+                MAX_TEXT_BYTES,
+            )?;
+            if let Some(unknown) = setting.jobs.iter().find(|job| self.job(job).is_none()) {
+                return Err(invalid(format!(
+                    "names job `{unknown}`, which the module does not offer"
+                )));
+            }
         }
         Ok(())
     }
@@ -396,6 +462,7 @@ mod tests {
                 fuel: None,
             }],
             capabilities: Capabilities::default(),
+            settings: Vec::new(),
         }
     }
 

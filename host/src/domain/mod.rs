@@ -12,17 +12,20 @@ mod run;
 
 pub(crate) use approval::{CodeApproval, PublisherKey, Uploader};
 pub(crate) use auth::{ApiToken, AuditEntry, Credential, Principal, RefreshToken, Role, User};
-pub(crate) use config::{JobConfig, SECRET_MASK, SecretValue, Setting, SettingValue};
+pub(crate) use config::{
+    JobConfig, MAX_SETTING_NAME_BYTES, MAX_SETTINGS, SECRET_MASK, SecretValue, Setting,
+    SettingValue, is_valid_setting_name,
+};
 pub use limits::Limits;
 pub(crate) use limits::{FUEL_PER_CPU_MS, RUST_FUEL_PER_CPU_MS, parse_byte_size};
 pub use manifest::{Capabilities, RouteAccess};
-pub(crate) use manifest::{HostName, HostPattern, JobSpec, Manifest, ManifestError};
+pub(crate) use manifest::{HostName, HostPattern, JobSpec, Manifest, ManifestError, SettingSpec};
 pub use model::ModuleStatus;
 pub(crate) use model::{
-    Event, Execution, ExecutionResult, ExecutionStatus, Job, MetricSample, Millis, ModuleRecord,
-    ModuleVersion, NODE_HEARTBEAT_EVERY, NewExecution, NodeHeartbeat, Page, SCHEDULER_LEASE,
-    new_id, now_millis,
+    Event, EventRefusal, Execution, ExecutionResult, ExecutionStatus, Job, MAX_EVENT_DEPTH,
+    MetricSample, Millis, ModuleRecord, ModuleVersion, NODE_HEARTBEAT_EVERY, NewExecution,
+    NodeHeartbeat, Page, SCHEDULER_LEASE, ScheduleSource, new_id, now_millis,
 };
 pub(crate) use retry::RetryPolicy;
 pub use run::{FailureKind, Grants, LogEntry, LogLevel, Outcome, RunReport};
-pub(crate) use run::{LogMessage, RunContext, Trigger, Usage, topic_matches};
+pub(crate) use run::{LogMessage, RunContext, Trigger, Usage, topic_matches, topics_overlap};

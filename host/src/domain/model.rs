@@ -120,6 +120,8 @@ pub struct Job {
     pub job: String,
     /// A cron expression; `null` for a job that runs only when triggered.
     pub schedule: Option<String>,
+    /// Where `schedule` comes from: the module's declared default, or the job itself.
+    pub schedule_source: ScheduleSource,
     /// The input each run gets unless its trigger gives another.
     pub input: serde_json::Value,
     pub enabled: bool,
@@ -142,6 +144,36 @@ pub struct Job {
     /// Milliseconds since the Unix epoch.
     #[schema(value_type = i64)]
     pub updated_at: Millis,
+}
+
+/// Where a job's schedule comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ScheduleSource {
+    /// The default schedule the module declares for the job (none, if it declares none).
+    /// The job follows it: when a new version of the module declares another default,
+    /// the job takes it.
+    Module,
+    /// Set on the job by an operator, `null` included (the job is not scheduled). A new
+    /// version of the module does not change it.
+    Job,
+}
+
+impl ScheduleSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ScheduleSource::Module => "module",
+            ScheduleSource::Job => "job",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "module" => Some(ScheduleSource::Module),
+            "job" => Some(ScheduleSource::Job),
+            _ => None,
+        }
+    }
 }
 
 /// A row to create in state `QUEUED`.
@@ -312,6 +344,56 @@ pub struct Event {
     /// Milliseconds since the Unix epoch.
     #[schema(value_type = i64)]
     pub created_at: Millis,
+    /// Its place in a chain of events: 1 for an event posted through the API or
+    /// published by a run no event started; one more than the starting event's for an
+    /// event published by a run an event started (or by a retry of one). An event deeper
+    /// than [`MAX_EVENT_DEPTH`] starts no job.
+    pub depth: u32,
+    /// The execution that published it; `null` for an event posted through the API.
+    pub caused_by: Option<String>,
+    /// The subscribed jobs it did not start, and why (empty when it started them all).
+    pub refused: Vec<EventRefusal>,
+}
+
+/// The deepest an event may be in a chain of events and still start jobs: a job that
+/// publishes what it (or a job it starts) subscribes to runs at most this many times
+/// per event that began the chain.
+pub(crate) const MAX_EVENT_DEPTH: u32 = 8;
+
+/// A subscribed job an event did not start.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EventRefusal {
+    pub job_id: String,
+    /// The job's name when the event was published.
+    pub job: String,
+    pub reason: String,
+}
+
+/// The input a run started by an event receives: the event without its bookkeeping.
+/// The contract (WIT `trigger.event`, the SDK's `Event<T>`, the README) documents these
+/// fields; new ones may be added, never removed.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EventEnvelope<'a> {
+    pub id: &'a str,
+    pub topic: &'a str,
+    pub source: &'a str,
+    /// Milliseconds since the Unix epoch.
+    pub created_at: Millis,
+    pub payload: &'a serde_json::Value,
+}
+
+impl Event {
+    pub fn envelope(&self) -> EventEnvelope<'_> {
+        EventEnvelope {
+            id: &self.id,
+            topic: &self.topic,
+            source: &self.source,
+            created_at: self.created_at,
+            payload: &self.payload,
+        }
+    }
 }
 
 /// One metric sample a module recorded.

@@ -89,6 +89,19 @@ pub(crate) fn topic_matches(pattern: &str, topic: &str) -> bool {
     }
 }
 
+/// Whether some topic matches both patterns (each a topic, a `prefix.*` or `*`).
+pub(crate) fn topics_overlap(a: &str, b: &str) -> bool {
+    match (a.strip_suffix(".*"), b.strip_suffix(".*")) {
+        _ if a == "*" || b == "*" => true,
+        (None, None) => a == b,
+        (Some(_), None) => topic_matches(a, b),
+        (None, Some(_)) => topic_matches(b, a),
+        (Some(p), Some(q)) => {
+            p == q || p.starts_with(&format!("{q}.")) || q.starts_with(&format!("{p}."))
+        }
+    }
+}
+
 /// Severity of a log line.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, serde::Deserialize, ToSchema,
@@ -253,6 +266,29 @@ mod tests {
         assert!(!topic_matches("report.*", "reports.x"));
         assert!(!topic_matches("report.*", "report."));
         assert!(topic_matches("*", "anything.at.all"));
+    }
+
+    #[test]
+    fn patterns_overlap_when_some_topic_matches_both() {
+        for (a, b) in [
+            ("stars.*", "stars.reported"),
+            ("stars.reported", "stars.*"),
+            ("stars.*", "stars.*"),
+            ("stars.*", "stars.github.*"),
+            ("*", "anything"),
+            ("a.b", "a.b"),
+        ] {
+            assert!(topics_overlap(a, b), "{a} and {b}");
+        }
+        for (a, b) in [
+            ("stars.*", "stars"),
+            ("stars.*", "starship.x"),
+            ("stars.*", "starship.*"),
+            ("a.b", "a.c"),
+            ("report.*", "sync.*"),
+        ] {
+            assert!(!topics_overlap(a, b), "{a} and {b}");
+        }
     }
 
     #[test]

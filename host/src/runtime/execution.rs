@@ -263,6 +263,7 @@ pub(crate) fn new_store(
         limiter: MemoryLimiter::new(limits.memory_bytes),
         host: HostContext {
             module: module_name,
+            execution_id: Arc::from(request.context.execution_id.as_str()),
             grants: request.grants.clone(),
             config: request.config.clone(),
             services: lane.services.clone(),

@@ -295,6 +295,7 @@ mod tests {
                 routes,
                 ..Capabilities::default()
             },
+            settings: Vec::new(),
         }
     }
 

@@ -346,14 +346,33 @@ impl Runtime {
         let (mut store, _logs, _clock) =
             execution::new_store(seat.lane(), Arc::from("describe"), &request);
         let call = async {
-            let instance = lanes[seat.index].pre.instantiate_async(&mut store).await?;
-            instance.call_describe(&mut store).await
+            let pre: &JobModulePre<_> = &lanes[seat.index].pre;
+            let instance = pre.instance_pre().instantiate_async(&mut store).await?;
+            let module = bindings::JobModule::new(&mut store, &instance)?;
+            let manifest = module.call_describe(&mut store).await?;
+            // `settings` came in 0.1.1; a module without it declares none.
+            let settings = match instance.get_export_index(&mut store, None, "settings") {
+                None => Vec::new(),
+                Some(export) => {
+                    let settings = instance
+                        .get_typed_func::<(), (Vec<bindings::types::SettingSpec>,)>(
+                            &mut store, &export,
+                        )
+                        .map_err(|err| {
+                            err.context(
+                                "the export `settings` is not `func() -> list<setting-spec>`",
+                            )
+                        })?;
+                    settings.call_async(&mut store, ()).await?.0
+                }
+            };
+            Ok::<_, wasmtime::Error>((manifest, settings))
         };
-        let manifest = tokio::time::timeout(DESCRIBE_LIMITS.timeout, call)
+        let (manifest, settings) = tokio::time::timeout(DESCRIBE_LIMITS.timeout, call)
             .await
             .map_err(|_| LoadError::Describe("did not return within 5 s".into()))?
             .map_err(|err| LoadError::Describe(format!("{err:#}")))?;
-        convert_manifest(manifest)
+        convert_manifest(manifest, settings)
     }
 
     /// Runs one job on a fresh instance of `module`, on a guest thread.
@@ -504,7 +523,10 @@ fn build_linker(engine: &Engine) -> wasmtime::Result<Linker<ExecutionState>> {
     Ok(linker)
 }
 
-fn convert_manifest(manifest: bindings::types::Manifest) -> Result<Manifest, LoadError> {
+fn convert_manifest(
+    manifest: bindings::types::Manifest,
+    settings: Vec<bindings::types::SettingSpec>,
+) -> Result<Manifest, LoadError> {
     let jobs = manifest
         .jobs
         .into_iter()
@@ -544,5 +566,15 @@ fn convert_manifest(manifest: bindings::types::Manifest) -> Result<Manifest, Loa
                 bindings::types::RouteAccess::Public => RouteAccess::Public,
             },
         },
+        settings: settings
+            .into_iter()
+            .map(|setting| crate::domain::SettingSpec {
+                name: setting.name,
+                description: setting.description,
+                required: setting.required,
+                secret: setting.secret,
+                jobs: setting.jobs,
+            })
+            .collect(),
     })
 }

@@ -55,14 +55,25 @@ impl EventSink for StoreEventSink {
     async fn publish(
         &self,
         source_module: &str,
+        execution_id: &str,
         topic: &str,
         payload: serde_json::Value,
-    ) -> Result<(), BackendError> {
-        self.0
-            .publish(topic, payload, source_module)
+    ) -> Result<Vec<String>, BackendError> {
+        let (event, _) = self
+            .0
+            .publish(topic, payload, source_module, Some(execution_id))
             .await
-            .map(|_| ())
-            .map_err(backend)
+            .map_err(backend)?;
+        Ok(event
+            .refused
+            .into_iter()
+            .map(|refusal| {
+                format!(
+                    "event {} on `{topic}` did not start job `{}`: {}",
+                    event.id, refusal.job, refusal.reason
+                )
+            })
+            .collect())
     }
 }
 

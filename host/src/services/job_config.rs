@@ -8,13 +8,12 @@ use std::sync::Arc;
 
 use super::secrets::SecretBox;
 use super::{ServiceError, Services};
-use crate::domain::{Job, JobConfig, SECRET_MASK, SecretValue, Setting, SettingValue};
+use crate::domain::{
+    Job, JobConfig, MAX_SETTING_NAME_BYTES, MAX_SETTINGS, SECRET_MASK, SecretValue, Setting,
+    SettingValue, is_valid_setting_name,
+};
 use crate::runtime::Redactor;
 
-/// Settings per job: configuration for a module, not a data store.
-pub(crate) const MAX_SETTINGS: usize = 64;
-/// Longest setting name, in bytes.
-pub(crate) const MAX_SETTING_NAME_BYTES: usize = 128;
 /// Longest setting value, in bytes: room for a certificate or a list of endpoints.
 pub(crate) const MAX_SETTING_VALUE_BYTES: usize = 64 * 1024;
 
@@ -40,14 +39,6 @@ pub enum ConfigOpenError {
          value is damaged (set the secret again)"
     )]
     DoesNotOpen { key: String },
-}
-
-fn is_valid_setting_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= MAX_SETTING_NAME_BYTES
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 impl Services {
@@ -202,6 +193,7 @@ mod tests {
             module: "m".into(),
             job: "j".into(),
             schedule: None,
+            schedule_source: crate::domain::ScheduleSource::Job,
             input: serde_json::Value::Null,
             enabled: true,
             max_attempts: 1,

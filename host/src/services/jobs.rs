@@ -10,8 +10,8 @@ use utoipa::ToSchema;
 use super::schedule::Schedule;
 use super::{ServiceError, Services};
 use crate::domain::{
-    ExecutionStatus, Job, JobConfig, JobSpec, Limits, Millis, ModuleStatus, Page, SettingValue,
-    new_id, now_millis,
+    ExecutionStatus, Job, JobConfig, JobSpec, Limits, MAX_EVENT_DEPTH, Manifest, Millis,
+    ModuleStatus, Page, ScheduleSource, Setting, SettingValue, new_id, now_millis, topics_overlap,
 };
 use crate::runtime::host::events::is_valid_topic;
 use crate::store::{EarlierRuns, IdempotencyKey, ManualOutcome, ManualRun};
@@ -31,9 +31,13 @@ pub struct JobDraft {
     pub module: String,
     /// A job the module's current version offers.
     pub job: String,
-    /// A cron expression; absent: the job runs only when triggered.
-    #[serde(default)]
-    pub schedule: Option<String>,
+    /// A cron expression (UTC, optional seconds field). Absent: the default schedule
+    /// the module declares for the job, which the job then follows (`scheduleSource`
+    /// `module`), or none if it declares none; `null`: not scheduled, the job runs only
+    /// when triggered.
+    #[serde(default, with = "double_option")]
+    #[schema(value_type = Option<String>)]
+    pub schedule: Option<Option<String>>,
     /// The input of runs whose trigger gives none (default `null`).
     #[serde(default)]
     pub input: Option<serde_json::Value>,
@@ -75,7 +79,10 @@ pub struct JobPatch {
     pub name: Option<String>,
     #[serde(default)]
     pub job: Option<String>,
+    /// A cron expression, or `null` for none; either way the job stops following its
+    /// module's default schedule.
     #[serde(default, with = "double_option")]
+    #[schema(value_type = Option<String>)]
     pub schedule: Option<Option<String>>,
     #[serde(default)]
     pub input: Option<serde_json::Value>,
@@ -114,6 +121,27 @@ mod double_option {
     }
 }
 
+/// What creating a module's jobs did: a job per job its current version offers, or why
+/// not.
+#[derive(Debug, Clone, serde::Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ModuleJobs {
+    /// The jobs created, each named `{module}.{job}` and following its default schedule.
+    pub created: Vec<Job>,
+    /// The module's jobs no job was created for, and why.
+    pub skipped: Vec<SkippedModuleJob>,
+}
+
+/// A module's job that creating its jobs left out.
+#[derive(Debug, Clone, serde::Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SkippedModuleJob {
+    /// The job's name in the module.
+    pub job: String,
+    /// Why no job was created for it.
+    pub reason: String,
+}
+
 /// A manual trigger.
 #[derive(Debug, Clone, Default, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -136,6 +164,43 @@ pub(crate) fn is_valid_topic_pattern(pattern: &str) -> bool {
     pattern == "*"
         || is_valid_topic(pattern)
         || pattern.strip_suffix(".*").is_some_and(is_valid_topic)
+}
+
+/// Why a job whose input-schema is `schema` cannot take an event envelope, if what the
+/// schema says at its top level rules it out (its type, its required or allowed fields).
+/// A schema that says nothing of these is taken to accept it.
+fn refuses_event_envelope(schema: &serde_json::Value) -> Option<String> {
+    const ENVELOPE: [&str; 5] = ["id", "topic", "source", "createdAt", "payload"];
+    let object_allowed = match &schema["type"] {
+        serde_json::Value::String(kind) => kind == "object",
+        serde_json::Value::Array(kinds) => kinds.iter().any(|kind| kind == "object"),
+        _ => true,
+    };
+    if !object_allowed {
+        return Some(format!("accepts no object (type {})", schema["type"]));
+    }
+    if let Some(required) = schema["required"].as_array()
+        && let Some(missing) = required
+            .iter()
+            .filter_map(serde_json::Value::as_str)
+            .find(|field| !ENVELOPE.contains(field))
+    {
+        return Some(format!(
+            "requires field `{missing}`, which an event does not have"
+        ));
+    }
+    if schema["additionalProperties"] == serde_json::Value::Bool(false) {
+        let properties = schema["properties"].as_object();
+        if let Some(absent) = ENVELOPE
+            .iter()
+            .find(|field| !properties.is_some_and(|p| p.contains_key(**field)))
+        {
+            return Some(format!(
+                "does not allow field `{absent}`, which an event has"
+            ));
+        }
+    }
+    None
 }
 
 /// The limits a run of `job` gets: the job's own, else the module's hint, else the
@@ -215,22 +280,21 @@ impl Services {
         Ok(())
     }
 
-    /// The module job `job` of `module`, which must exist in the module's current version.
-    async fn module_job(&self, module: &str, job: &str) -> Result<JobSpec, ServiceError> {
+    /// The manifest of `module`'s current version and its job `job`, which must exist.
+    async fn module_job(
+        &self,
+        module: &str,
+        job: &str,
+    ) -> Result<(Manifest, JobSpec), ServiceError> {
         let record = self.store.get_module(module).await?.ok_or_else(|| {
             ServiceError::unprocessable(
                 "module",
                 format!("no module named `{module}` is installed"),
             )
         })?;
-        record.current.manifest.job(job).cloned().ok_or_else(|| {
-            let offered: Vec<&str> = record
-                .current
-                .manifest
-                .jobs
-                .iter()
-                .map(|j| j.name.as_str())
-                .collect();
+        let manifest = record.current.manifest;
+        let spec = manifest.job(job).cloned().ok_or_else(|| {
+            let offered: Vec<&str> = manifest.jobs.iter().map(|j| j.name.as_str()).collect();
             ServiceError::unprocessable(
                 "job",
                 format!(
@@ -238,7 +302,96 @@ impl Services {
                     offered.join(", ")
                 ),
             )
-        })
+        })?;
+        Ok((manifest, spec))
+    }
+
+    /// What a module declares of its jobs' settings, applied to `job`: a required
+    /// setting without a value, or a secret one given as plain text, is refused, naming
+    /// the setting.
+    fn check_declared_settings(job: &Job, manifest: &Manifest) -> Result<(), ServiceError> {
+        for setting in manifest.settings.iter().filter(|s| s.applies_to(&job.job)) {
+            let field = format!("config.{}", setting.name);
+            match job.config.get(&setting.name) {
+                None if setting.required => {
+                    return Err(ServiceError::unprocessable(
+                        field,
+                        format!(
+                            "module `{}` requires setting `{}` for job `{}` ({}); give it{}",
+                            manifest.name,
+                            setting.name,
+                            job.job,
+                            setting.description.trim_end_matches('.'),
+                            if setting.secret {
+                                " as a secret: {\"secret\": \"...\"}"
+                            } else {
+                                " a value"
+                            }
+                        ),
+                    ));
+                }
+                Some(Setting::Plain(_)) if setting.secret => {
+                    return Err(ServiceError::unprocessable(
+                        field,
+                        format!(
+                            "setting `{}` is a secret for module `{}`: give it as {{\"secret\": \"...\"}}, not as plain text, so it is stored encrypted and masked",
+                            setting.name, manifest.name
+                        ),
+                    ));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// What is likely wrong with `job` without making it invalid, one sentence each: an
+    /// event subscription its input cannot take or that its own module feeds, settings
+    /// its module does not declare. Shown with the job; empty when nothing is.
+    pub async fn job_warnings(&self, job: &Job) -> Result<Vec<String>, ServiceError> {
+        let Some(record) = self.store.get_module(&job.module).await? else {
+            return Ok(Vec::new());
+        };
+        let manifest = &record.current.manifest;
+        let mut warnings = Vec::new();
+        if let Some(pattern) = &job.on_event {
+            if let Some(topic) = manifest
+                .capabilities
+                .publishes
+                .iter()
+                .find(|topic| topics_overlap(pattern, topic))
+            {
+                warnings.push(format!(
+                    "onEvent `{pattern}` matches `{topic}`, which module `{}` publishes on: each run may start another; a chain of events stops at depth {MAX_EVENT_DEPTH}",
+                    manifest.name
+                ));
+            }
+            if let Some(reason) = manifest
+                .job(&job.job)
+                .and_then(|spec| spec.input_schema.as_ref())
+                .and_then(refuses_event_envelope)
+            {
+                warnings.push(format!(
+                    "onEvent is set, but the input schema of job `{}` {reason}: runs started by events get the event ({{id, topic, source, createdAt, payload}}) as input and will fail as invalid input; take an `Event<T>` (Rust SDK) or no input",
+                    job.job
+                ));
+            }
+        }
+        if !manifest.settings.is_empty() {
+            for (name, _) in job.config.iter() {
+                let declared = manifest
+                    .settings
+                    .iter()
+                    .any(|s| s.name == name && s.applies_to(&job.job));
+                if !declared {
+                    warnings.push(format!(
+                        "setting `{name}` is not among those module `{}` declares for job `{}`; its runs do not read it",
+                        manifest.name, job.job
+                    ));
+                }
+            }
+        }
+        Ok(warnings)
     }
 
     fn next_run(job: &Job, now: Millis) -> Option<Millis> {
@@ -251,12 +404,18 @@ impl Services {
 
     pub async fn create_job(&self, draft: JobDraft) -> Result<Job, ServiceError> {
         let now = now_millis();
+        let (manifest, spec) = self.module_job(&draft.module, &draft.job).await?;
+        let (schedule, schedule_source) = match draft.schedule {
+            None => (spec.default_schedule.clone(), ScheduleSource::Module),
+            Some(schedule) => (schedule, ScheduleSource::Job),
+        };
         let mut job = Job {
             id: new_id(),
             name: draft.name,
             module: draft.module,
             job: draft.job,
-            schedule: draft.schedule,
+            schedule,
+            schedule_source,
             input: draft.input.unwrap_or(serde_json::Value::Null),
             enabled: draft.enabled.unwrap_or(true),
             max_attempts: draft.max_attempts.unwrap_or(1),
@@ -273,11 +432,101 @@ impl Services {
             job.config = self.settle_config(&job.id, config, &JobConfig::default())?;
         }
         self.check_job(&job)?;
-        self.module_job(&job.module, &job.job).await?;
+        Self::check_declared_settings(&job, &manifest)?;
         job.next_run_at = Self::next_run(&job, now);
         self.store.insert_job(&job).await?;
         tracing::info!(job = %job.name, id = %job.id, module = %job.module, "job created");
         Ok(job)
+    }
+
+    /// Creates a job for each job the module's current version offers, named
+    /// `{module}.{job}`, on the module's default schedule, so a module runs as its author
+    /// meant it to once installed. A module job that a job already runs (whatever its
+    /// name) is left alone, so calling this again creates only what is missing; so is one
+    /// that cannot be created as it is (a required setting with no value), with the reason.
+    pub async fn create_module_jobs(&self, module: &str) -> Result<ModuleJobs, ServiceError> {
+        let record = self
+            .store
+            .get_module(module)
+            .await?
+            .ok_or_else(|| ServiceError::not_found("module", module))?;
+        let existing = self.store.jobs_using_module(module).await?;
+        let mut outcome = ModuleJobs {
+            created: Vec::new(),
+            skipped: Vec::new(),
+        };
+        for spec in &record.current.manifest.jobs {
+            let name = format!("{module}.{}", spec.name);
+            let skip = |reason: String| SkippedModuleJob {
+                job: spec.name.clone(),
+                reason,
+            };
+            if let Some(runs_it) = existing.iter().find(|job| job.job == spec.name) {
+                outcome
+                    .skipped
+                    .push(skip(format!("job `{}` already runs it", runs_it.name)));
+                continue;
+            }
+            let draft = JobDraft {
+                name: name.clone(),
+                module: module.to_owned(),
+                job: spec.name.clone(),
+                schedule: None,
+                input: None,
+                enabled: None,
+                max_attempts: None,
+                timeout_ms: None,
+                fuel: None,
+                memory_bytes: None,
+                on_event: None,
+                config: None,
+            };
+            match self.create_job(draft).await {
+                Ok(job) => outcome.created.push(job),
+                Err(
+                    err @ (ServiceError::Unprocessable { .. }
+                    | ServiceError::BadField { .. }
+                    | ServiceError::Conflict(_)),
+                ) => outcome.skipped.push(skip(err.to_string())),
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// Gives the jobs of `module` that follow its default schedules (`scheduleSource`
+    /// `module`) the defaults its current version declares, after a new version was
+    /// installed.
+    pub(crate) async fn follow_default_schedules(&self, module: &str) -> Result<(), ServiceError> {
+        let Some(record) = self.store.get_module(module).await? else {
+            return Ok(());
+        };
+        let now = now_millis();
+        for mut job in self.store.jobs_using_module(module).await? {
+            if job.schedule_source != ScheduleSource::Module {
+                continue;
+            }
+            let default = record
+                .current
+                .manifest
+                .job(&job.job)
+                .and_then(|spec| spec.default_schedule.clone());
+            if default == job.schedule {
+                continue;
+            }
+            tracing::info!(
+                job = %job.name,
+                module,
+                from = job.schedule.as_deref().unwrap_or("none"),
+                to = default.as_deref().unwrap_or("none"),
+                "job follows its module's new default schedule"
+            );
+            job.schedule = default;
+            job.updated_at = now;
+            job.next_run_at = Self::next_run(&job, now);
+            self.store.update_job(&job).await?;
+        }
+        Ok(())
     }
 
     pub async fn get_job(&self, id: &str) -> Result<Job, ServiceError> {
@@ -317,9 +566,16 @@ impl Services {
             }
         }
         let job_changed = module_job.is_some();
+        let settings_changed = config.is_some();
+        // Enabling a job that its module's settings would refuse is changing it too; a
+        // job made before its module declared them can still be disabled or edited.
+        let enabling = enabled == Some(true) && !job.enabled;
         apply(&mut job.name, name);
         apply(&mut job.job, module_job);
-        apply(&mut job.schedule, schedule);
+        if let Some(schedule) = schedule {
+            job.schedule = schedule;
+            job.schedule_source = ScheduleSource::Job;
+        }
         apply(&mut job.input, input);
         apply(&mut job.enabled, enabled);
         apply(&mut job.max_attempts, max_attempts);
@@ -331,8 +587,12 @@ impl Services {
             job.config = self.settle_config(&job.id, config, &job.config)?;
         }
         self.check_job(&job)?;
-        if job_changed {
-            self.module_job(&job.module, &job.job).await?;
+        if job_changed || settings_changed || enabling {
+            let (manifest, spec) = self.module_job(&job.module, &job.job).await?;
+            if job_changed && job.schedule_source == ScheduleSource::Module {
+                job.schedule = spec.default_schedule;
+            }
+            Self::check_declared_settings(&job, &manifest)?;
         }
         let now = now_millis();
         job.updated_at = now;
@@ -564,6 +824,7 @@ mod tests {
             module: "m".into(),
             job: "j".into(),
             schedule: None,
+            schedule_source: ScheduleSource::Job,
             input: serde_json::Value::Null,
             enabled: true,
             max_attempts: 1,

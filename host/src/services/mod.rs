@@ -32,7 +32,7 @@ pub(crate) use events::{EventBus, PublishEvent};
 pub(crate) use executions::{
     AttachedRunner, LocalRunner, RunningRegistry, WorkerReservation, next_attempt,
 };
-pub(crate) use jobs::{ExecuteRequest, JobDraft, JobPatch, ManualRuns};
+pub(crate) use jobs::{ExecuteRequest, JobDraft, JobPatch, ManualRuns, ModuleJobs};
 pub(crate) use loghub::LogHub;
 pub(crate) use modules::ModuleCatalog;
 pub(crate) use routes::{RouteGate, RouteSettings};
@@ -169,6 +169,8 @@ pub struct ServiceSettings {
     pub idempotency_ttl: std::time::Duration,
     /// What requests to modules' HTTP routes may use.
     pub routes: RouteSettings,
+    /// How many times a minute events may start each job on this node.
+    pub event_triggers_per_minute: u32,
 }
 
 impl Default for ServiceSettings {
@@ -180,6 +182,7 @@ impl Default for ServiceSettings {
             max_bulk: 10_000,
             idempotency_ttl: std::time::Duration::from_secs(24 * 60 * 60),
             routes: RouteSettings::default(),
+            event_triggers_per_minute: 600,
         }
     }
 }
@@ -236,7 +239,11 @@ impl Services {
         outbound: OutboundSettings,
         settings: ServiceSettings,
     ) -> Result<Self, RuntimeError> {
-        let events = EventBus::new(store.clone(), queue.clone());
+        let events = EventBus::new(
+            store.clone(),
+            queue.clone(),
+            settings.event_triggers_per_minute,
+        );
         let host = HostServices {
             kv: Arc::new(StoreKeyValue(store.clone())),
             events: Arc::new(StoreEventSink(events.clone())),

@@ -304,6 +304,7 @@ impl Services {
             .install_module_version(&module.manifest, &module.hash, &bytes, &version_upload, now)
             .await?;
         self.modules.invalidate(&record.name);
+        self.follow_default_schedules(&record.name).await?;
         tracing::info!(
             module = %record.name,
             version = %record.current.version,
@@ -429,7 +430,10 @@ impl Services {
     /// Deletes a module. Refused while jobs use it, unless `force`, which deletes them too.
     pub async fn delete_module(&self, name: &str, force: bool) -> Result<(), ServiceError> {
         let record = self.get_module(name).await?;
-        let users = self.store.jobs_using_module(name).await?;
+        let users: Vec<String> = (self.store.jobs_using_module(name).await?)
+            .into_iter()
+            .map(|job| job.name)
+            .collect();
         if !users.is_empty() && !force {
             return Err(ServiceError::Conflict(format!(
                 "module `{name}` is used by {} job(s): {}; delete them first or pass ?force=true to delete them with it",

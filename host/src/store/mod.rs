@@ -372,8 +372,8 @@ pub trait Store: Send + Sync + 'static {
     /// The component bytes with this content hash.
     async fn module_wasm(&self, content_hash: &str) -> Result<Option<Vec<u8>>, StoreError>;
 
-    /// Names of the jobs that use module `name`.
-    async fn jobs_using_module(&self, name: &str) -> Result<Vec<String>, StoreError>;
+    /// The jobs that use module `name`, by name.
+    async fn jobs_using_module(&self, name: &str) -> Result<Vec<Job>, StoreError>;
 
     // ---- jobs ----------------------------------------------------------------------
 
@@ -565,6 +565,10 @@ pub trait Store: Send + Sync + 'static {
     // ---- events --------------------------------------------------------------------
 
     async fn insert_event(&self, event: &Event) -> Result<(), StoreError>;
+
+    /// The depth of the event that started execution `id` (or the first attempt it
+    /// retries); `None` when no event did, or the execution is gone.
+    async fn starting_event_depth(&self, execution_id: &str) -> Result<Option<u32>, StoreError>;
 
     /// Events newest first, optionally of one topic.
     async fn list_events(

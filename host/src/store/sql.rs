@@ -29,7 +29,7 @@ use super::convert::{
 };
 use crate::domain::{
     Event, Execution, ExecutionStatus, Job, JobConfig, LogEntry, Manifest, ModuleRecord,
-    ModuleStatus, ModuleVersion, NodeHeartbeat, PublisherKey, Trigger,
+    ModuleStatus, ModuleVersion, NodeHeartbeat, PublisherKey, ScheduleSource, Trigger,
 };
 
 /// What running a statement returns.
@@ -421,6 +421,11 @@ pub(crate) fn job_from_row(row: &impl Columns) -> Result<Job, StoreError> {
         module: row.col("module")?,
         job: row.col("job")?,
         schedule: row.col("schedule")?,
+        schedule_source: {
+            let source: String = row.col("schedule_source")?;
+            ScheduleSource::parse(&source)
+                .ok_or_else(|| corrupt("jobs.schedule_source", format!("`{source}`")))?
+        },
         input: row.col_json("input")?,
         enabled: row.col("enabled")?,
         max_attempts: row.col_u32("max_attempts")?,
@@ -496,6 +501,14 @@ pub(crate) fn event_from_row(row: &impl Columns) -> Result<Event, StoreError> {
         payload: row.col_json("payload")?,
         source: row.col("source")?,
         created_at: row.col("created_at")?,
+        depth: row.col_u32("depth")?,
+        caused_by: row.col("caused_by")?,
+        refused: match row.col::<Option<String>>("refusals")? {
+            None => Vec::new(),
+            Some(text) => {
+                serde_json::from_str(&text).map_err(|err| corrupt("events.refusals", err))?
+            }
+        },
     })
 }
 

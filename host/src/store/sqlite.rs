@@ -856,6 +856,7 @@ mod tests {
             description: String::new(),
             jobs: Vec::new(),
             capabilities: crate::domain::Capabilities::default(),
+            settings: Vec::new(),
         };
 
         let failed = store

@@ -46,6 +46,7 @@ fn manifest(name: &str, version: &str) -> Manifest {
             key_value: true,
             ..Capabilities::default()
         },
+        settings: Vec::new(),
     }
 }
 
@@ -56,6 +57,7 @@ fn job(name: &str, module: &str) -> Job {
         module: module.to_owned(),
         job: "work".to_owned(),
         schedule: None,
+        schedule_source: crate::domain::ScheduleSource::Job,
         input: serde_json::json!({"n": 1}),
         enabled: true,
         max_attempts: 3,
@@ -646,10 +648,18 @@ async fn deleting_a_module_with_its_jobs_keeps_their_executions(store: &dyn Stor
 async fn a_job_reads_back_as_it_was_written(store: &dyn Store) {
     let mut written = job("nightly", "sync");
     written.schedule = Some("0 0 * * * *".to_owned());
+    written.schedule_source = crate::domain::ScheduleSource::Module;
     written.on_event = Some("report.*".to_owned());
     written.next_run_at = Some(T0 + SECOND);
     written.timeout_ms = None;
     store.insert_job(&written).await.unwrap();
+    assert_eq!(
+        store.get_job(&written.id).await.unwrap(),
+        Some(written.clone())
+    );
+    written.schedule_source = crate::domain::ScheduleSource::Job;
+    written.schedule = None;
+    assert!(store.update_job(&written).await.unwrap());
     assert_eq!(store.get_job(&written.id).await.unwrap(), Some(written));
     assert_eq!(store.get_job("missing").await.unwrap(), None);
 }
@@ -834,7 +844,13 @@ async fn the_jobs_using_a_module_are_named(store: &dyn Store) {
     store.insert_job(&job("a-job", "sync")).await.unwrap();
     store.insert_job(&job("elsewhere", "other")).await.unwrap();
     assert_eq!(
-        store.jobs_using_module("sync").await.unwrap(),
+        store
+            .jobs_using_module("sync")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|job| job.name)
+            .collect::<Vec<_>>(),
         ["a-job", "b-job"]
     );
     assert!(store.jobs_using_module("none").await.unwrap().is_empty());
@@ -2543,6 +2559,17 @@ async fn events_list_newest_first_by_topic_a_page_at_a_time(store: &dyn Store) {
             payload: serde_json::json!({"n": n}),
             source: "api".to_owned(),
             created_at: T0 + n,
+            depth: n as u32 + 1,
+            caused_by: (n > 0).then(new_id),
+            refused: if n == 4 {
+                vec![crate::domain::EventRefusal {
+                    job_id: new_id(),
+                    job: "loop".to_owned(),
+                    reason: "too deep".to_owned(),
+                }]
+            } else {
+                Vec::new()
+            },
         };
         store.insert_event(&event).await.unwrap();
         events.push(event);
@@ -2575,6 +2602,41 @@ async fn events_list_newest_first_by_topic_a_page_at_a_time(store: &dyn Store) {
         store.insert_event(&events[0]).await,
         Err(StoreError::Conflict(_))
     ));
+
+    // The depth of the event that started a run, for the events that run publishes.
+    let subscriber = job("subscriber", "sync");
+    store.insert_job(&subscriber).await.unwrap();
+    let started = NewExecution {
+        trigger: Trigger::Event,
+        event_id: Some(events[2].id.clone()),
+        ..manual(&subscriber.id, T0)
+    };
+    let unstarted = manual(&subscriber.id, T0);
+    // A retry carries no event of its own: it counts as deep as its first attempt, or a
+    // run that publishes and fails would start each chain afresh.
+    let retried = NewExecution {
+        trigger: Trigger::Retry,
+        attempt: 2,
+        retry_of: Some(started.id.clone()),
+        ..manual(&subscriber.id, T0)
+    };
+    store
+        .enqueue_executions(&[started.clone(), unstarted.clone(), retried.clone()])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.starting_event_depth(&started.id).await.unwrap(),
+        Some(3)
+    );
+    assert_eq!(
+        store.starting_event_depth(&retried.id).await.unwrap(),
+        Some(3)
+    );
+    assert_eq!(
+        store.starting_event_depth(&unstarted.id).await.unwrap(),
+        None
+    );
+    assert_eq!(store.starting_event_depth("missing").await.unwrap(), None);
 }
 
 // ---- module data ---------------------------------------------------------------------
@@ -2757,6 +2819,9 @@ async fn text_with_nul_characters_is_recorded(store: &dyn Store) {
         payload: serde_json::json!({}),
         source: "module\0x".to_owned(),
         created_at: T0,
+        depth: 1,
+        caused_by: None,
+        refused: Vec::new(),
     };
     store.insert_event(&event).await.unwrap();
     let listed = store.list_events(None, None, 10).await.unwrap().items;

@@ -12,15 +12,18 @@ const MAX_TOPIC_BYTES: usize = 200;
 /// Publishing is a side effect the bus must absorb; this bounds what one run can cause.
 const MAX_EVENTS_PER_RUN: u32 = 1_000;
 
-/// Where published events go. Called once per accepted `publish`.
+/// Where published events go. Called once per accepted `publish`, by execution
+/// `execution_id` of `source_module`. Answers what the event did not do that the run's
+/// author should hear of (a subscribed job it did not start, and why), one line each.
 #[async_trait::async_trait]
 pub trait EventSink: Send + Sync + 'static {
     async fn publish(
         &self,
         source_module: &str,
+        execution_id: &str,
         topic: &str,
         payload: serde_json::Value,
-    ) -> Result<(), BackendError>;
+    ) -> Result<Vec<String>, BackendError>;
 }
 
 /// An event a guest published, as kept by [`MemoryEventSink`].
@@ -48,9 +51,10 @@ impl EventSink for MemoryEventSink {
     async fn publish(
         &self,
         source_module: &str,
+        _execution_id: &str,
         topic: &str,
         payload: serde_json::Value,
-    ) -> Result<(), BackendError> {
+    ) -> Result<Vec<String>, BackendError> {
         self.events
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -59,7 +63,7 @@ impl EventSink for MemoryEventSink {
                 topic: topic.into(),
                 payload,
             });
-        Ok(())
+        Ok(Vec::new())
     }
 }
 
@@ -134,12 +138,17 @@ impl events::Host for HostContext {
         }
         self.events_published += 1;
         let sink = self.services.events.clone();
-        Ok(self
+        let notes = self
             .bounded(
                 "events.publish",
-                sink.publish(&self.module, &topic, payload),
+                sink.publish(&self.module, &self.execution_id, &topic, payload),
             )
-            .await??)
+            .await??;
+        for note in notes {
+            self.logs
+                .push(crate::domain::LogLevel::Warn, &note, Default::default());
+        }
+        Ok(())
     }
 
     fn convert_error(&mut self, err: PublishFailure) -> wasmtime::Result<events::Error> {

@@ -64,6 +64,8 @@ pub(crate) struct HostCallTimedOut {
 /// What the capability imports of one execution can see.
 pub(crate) struct HostContext {
     pub(crate) module: Arc<str>,
+    /// The execution this instance runs; empty outside one (`describe`, local runs).
+    pub(crate) execution_id: Arc<str>,
     pub(crate) grants: Arc<Grants>,
     pub(crate) config: Arc<BTreeMap<String, String>>,
     pub(crate) services: Arc<HostServices>,

@@ -66,7 +66,7 @@ pub(crate) use claimed_columns;
 macro_rules! job_columns {
     () => {
         "id, name, module, job, schedule, input, enabled, max_attempts, timeout_ms, fuel, \
-         memory_bytes, on_event, config, next_run_at, created_at, updated_at"
+         memory_bytes, on_event, config, next_run_at, created_at, updated_at, schedule_source"
     };
 }
 
@@ -771,14 +771,18 @@ impl<B: Backend> Store for B {
             .transpose()
     }
 
-    async fn jobs_using_module(&self, name: &str) -> Result<Vec<String>, StoreError> {
-        sqlx::query::<B::Db>("SELECT name FROM jobs WHERE module = $1 ORDER BY name")
-            .arg(name)
-            .all(&mut *read(self).await?)
-            .await?
-            .iter()
-            .map(|row| row.col("name"))
-            .collect()
+    async fn jobs_using_module(&self, name: &str) -> Result<Vec<Job>, StoreError> {
+        sqlx::query::<B::Db>(concat!(
+            "SELECT ",
+            job_columns!(),
+            " FROM jobs WHERE module = $1 ORDER BY name"
+        ))
+        .arg(name)
+        .all(&mut *read(self).await?)
+        .await?
+        .iter()
+        .map(job_from_row)
+        .collect()
     }
 
     // ---- jobs ----------------------------------------------------------------------
@@ -793,7 +797,7 @@ impl<B: Backend> Store for B {
             "INSERT INTO jobs (",
             job_columns!(),
             ", input_hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, \
-             $14, $15, $16, $17)"
+             $14, $15, $16, $17, $18)"
         ))
         .arg(job.id.as_str())
         .arg(job.name.as_str())
@@ -811,6 +815,7 @@ impl<B: Backend> Store for B {
         .arg(job.next_run_at)
         .arg(job.created_at)
         .arg(job.updated_at)
+        .arg(job.schedule_source.as_str())
         .arg(stored.rows[0].1.as_deref());
         write_job(query, write.conn(), job).await?;
         write.commit().await
@@ -869,8 +874,8 @@ impl<B: Backend> Store for B {
             "UPDATE jobs SET name = $1, module = $2, job = $3, schedule = $4, input = $5, \
                  input_hash = $6, enabled = $7, max_attempts = $8, timeout_ms = $9, fuel = $10, \
                  memory_bytes = $11, on_event = $12, config = $13, next_run_at = $14, \
-                 updated_at = $15, revision = revision + 1 \
-             WHERE id = $16",
+                 updated_at = $15, schedule_source = $16, revision = revision + 1 \
+             WHERE id = $17",
         )
         .arg(job.name.as_str())
         .arg(job.module.as_str())
@@ -887,6 +892,7 @@ impl<B: Backend> Store for B {
         .arg(job.config.to_stored_json())
         .arg(job.next_run_at)
         .arg(job.updated_at)
+        .arg(job.schedule_source.as_str())
         .arg(job.id.as_str());
         let updated = write_job(query, write.conn(), job).await?;
         write.commit().await?;
@@ -1322,15 +1328,24 @@ impl<B: Backend> Store for B {
     // ---- events --------------------------------------------------------------------
 
     async fn insert_event(&self, event: &Event) -> Result<(), StoreError> {
+        let refused = if event.refused.is_empty() {
+            None
+        } else {
+            Some(serde_json::to_string(&event.refused).expect("refusals serialize"))
+        };
         let inserted = sqlx::query::<B::Db>(
-            "INSERT INTO events (id, topic, payload, source, created_at) \
-             VALUES ($1, $2, $3, $4, $5)",
+            "INSERT INTO events (id, topic, payload, source, created_at, depth, caused_by, \
+                                 refusals) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .arg(event.id.as_str())
         .arg(&*B::Db::text(&event.topic))
         .arg(json_text("payload", &event.payload)?)
         .arg(&*B::Db::text(&event.source))
-        .arg(event.created_at);
+        .arg(event.created_at)
+        .arg(int4(event.depth))
+        .arg(event.caused_by.as_deref())
+        .arg(refused.as_deref());
         match B::Db::execute(inserted, &mut *write(self).await?).await {
             Ok(_) => Ok(()),
             Err(err) if is_unique_violation(&err) => Err(StoreError::Conflict(format!(
@@ -1341,6 +1356,20 @@ impl<B: Backend> Store for B {
         }
     }
 
+    async fn starting_event_depth(&self, execution_id: &str) -> Result<Option<u32>, StoreError> {
+        sqlx::query::<B::Db>(
+            "SELECT e.depth AS depth FROM executions x \
+             JOIN executions first ON first.id = COALESCE(x.retry_of, x.id) \
+             JOIN events e ON e.id = first.event_id \
+             WHERE x.id = $1",
+        )
+        .arg(execution_id)
+        .optional(&mut *read(self).await?)
+        .await?
+        .map(|row| row.col_u32("depth"))
+        .transpose()
+    }
+
     async fn list_events(
         &self,
         topic: Option<&str>,
@@ -1349,7 +1378,8 @@ impl<B: Backend> Store for B {
     ) -> Result<Page<Event>, StoreError> {
         let (limit, fetch) = page_fetch(limit);
         let mut query = QueryBuilder::<B::Db>::new(
-            "SELECT id, topic, payload, source, created_at FROM events WHERE 1 = 1",
+            "SELECT id, topic, payload, source, created_at, depth, caused_by, refusals \
+             FROM events WHERE 1 = 1",
         );
         if let Some(topic) = topic {
             query.push(" AND topic = ");
