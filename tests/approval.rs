@@ -2,7 +2,8 @@
 //! `runcell sign`, over HTTP. An operator's new code under an approved module's name
 //! waits for an admin whatever it asks for; the same bytes again keep their approval;
 //! a signature by a publisher key an admin pinned keeps it too, as long as the version
-//! asks for no more; jobs and module routes refuse code nobody approved.
+//! asks for no more; jobs and module routes refuse code nobody approved. An admin's
+//! grant of outbound hosts, narrower or wider than the request, is what a guest reaches.
 
 #[path = "support/guests.rs"]
 mod guests;
@@ -13,13 +14,17 @@ mod guests;
 #[path = "support/server.rs"]
 mod server;
 
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
 use std::path::Path;
 use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use server::{Reply, Server};
+use server::{Reply, Server, ServerOptions};
 
 const OPERATOR_PASSWORD: &str = "operator password 1";
 const VIEWER_PASSWORD: &str = "viewer password 12";
@@ -380,4 +385,155 @@ fn a_version_signed_by_a_pinned_key_keeps_the_approval_unless_it_asks_for_more()
     let audit = server.get("/api/v1/audit").body.to_string();
     assert!(audit.contains("module.publisher_key.pin"), "{audit}");
     assert!(audit.contains("module.publisher_key.unpin"), "{audit}");
+}
+
+/// A server on 127.0.0.1 that answers every request `200 hello`; returns its port and
+/// how many requests it served.
+fn hello_server() -> (u16, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let served = Arc::new(AtomicUsize::new(0));
+    let count = served.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut line = String::new();
+            // The request head ends with an empty line; a GET has no body.
+            while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+                line.clear();
+            }
+            count.fetch_add(1, Ordering::SeqCst);
+            let _ = stream.write_all(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
+            );
+        }
+    });
+    (port, served)
+}
+
+#[test]
+fn an_admin_narrows_or_extends_the_outbound_hosts_a_module_may_reach() {
+    let (port, served) = hello_server();
+    let local = format!("127.0.0.1:{port}");
+    let server = Server::start_with(ServerOptions {
+        env: vec![("RUNCELL_OUTBOUND_ALLOW".into(), "127.0.0.1".into())],
+        ..ServerOptions::default()
+    });
+    let client = std::fs::read(guests::guest("http-client")).unwrap();
+    let installed = server.post_bytes("/api/v1/modules", "application/wasm", &client);
+    assert_eq!(installed.status, 201, "{}", installed.body);
+    assert_eq!(
+        installed.body["awaitingApproval"],
+        json!(["outbound host `api.example.com`"])
+    );
+    let job = server.create_job(&json!({
+        "name": "fetcher", "module": "http-client", "job": "fetch", "maxAttempts": 1,
+    }));
+    let id = job["id"].as_str().unwrap();
+    let fetch = |url: &str| {
+        let execution = server.execute(id, Some(json!({"url": url})));
+        (
+            server.wait_final(&execution, RUN_TIMEOUT),
+            server.logs(&execution),
+        )
+    };
+    let approve = "/api/v1/modules/http-client/capabilities/approve";
+
+    // Only an admin grants, and only host patterns.
+    let ci = user(&server, "ci", "operator", OPERATOR_PASSWORD);
+    let body = json!({"outboundHosts": [local]}).to_string();
+    let refused = server.request_as(
+        Some(&ci),
+        "POST",
+        approve,
+        Some(("application/json", body.as_bytes())),
+    );
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    let bad = server.post_json(approve, &json!({"outboundHosts": [local, "http://x.org/"]}));
+    assert_eq!(bad.status, 422, "{}", bad.body);
+    assert_eq!(bad.field(), "outboundHosts");
+    assert!(bad.message().contains("`http://x.org/`"), "{}", bad.body);
+
+    // Extended: a host the module did not ask for is reachable.
+    let extended = server.post_json(
+        approve,
+        &json!({"outboundHosts": ["api.example.com", local]}),
+    );
+    assert_eq!(extended.status, 200, "{}", extended.body);
+    let shown = server.get("/api/v1/modules/http-client").body;
+    assert_eq!(shown["awaitingApproval"], json!([]), "{shown}");
+    assert_eq!(
+        shown["outboundHosts"],
+        json!({
+            "requested": ["api.example.com"],
+            "granted": ["api.example.com", local],
+            "extensions": [local],
+            "withheld": [],
+        })
+    );
+    let (reached, _) = fetch(&format!("http://{local}/"));
+    assert_eq!(reached["status"], "COMPLETED", "{reached}");
+    assert_eq!(reached["result"]["body"], "hello", "{reached}");
+    assert_eq!(served.load(Ordering::SeqCst), 1);
+
+    // Narrowed to nothing: the host it asks for is denied, as an undeclared one is.
+    let narrowed = server.post_json(approve, &json!({"outboundHosts": []}));
+    assert_eq!(narrowed.status, 200, "{}", narrowed.body);
+    assert_eq!(
+        narrowed.body["outboundHosts"],
+        json!({
+            "requested": ["api.example.com"],
+            "granted": [],
+            "extensions": [],
+            "withheld": ["api.example.com"],
+        })
+    );
+    for (url, host) in [
+        ("http://api.example.com/", "api.example.com:80".to_owned()),
+        (&*format!("http://{local}/"), local.clone()),
+    ] {
+        let (denied, logs) = fetch(url);
+        assert_eq!(denied["status"], "FAILED", "{denied}");
+        let error = denied["error"].as_str().unwrap();
+        assert!(error.contains("HttpRequestDenied"), "{error}");
+        let denial = format!("denied: `{host}` is not among the module's granted outbound hosts");
+        assert!(
+            logs.iter()
+                .any(|line| line["message"].as_str().unwrap().contains(&denial)),
+            "{logs:?}"
+        );
+    }
+    assert_eq!(served.load(Ordering::SeqCst), 1, "nothing denied was sent");
+
+    // A new version asking for what the admin decided on runs at once, under the same
+    // narrowed grant: it is not left waiting for an approval.
+    let upgraded = server.post_bytes(
+        "/api/v1/modules",
+        "application/wasm",
+        &new_code(&client, "v2"),
+    );
+    assert_eq!(upgraded.status, 201, "{}", upgraded.body);
+    assert_eq!(
+        upgraded.body["awaitingApproval"],
+        json!([]),
+        "{}",
+        upgraded.body
+    );
+    assert_eq!(upgraded.body["outboundHosts"]["granted"], json!([]));
+    let (still_denied, _) = fetch(&format!("http://{local}/"));
+    assert_eq!(still_denied["status"], "FAILED", "{still_denied}");
+    assert_eq!(served.load(Ordering::SeqCst), 1);
+
+    let audit = server.get("/api/v1/audit").body.to_string();
+    assert!(
+        audit.contains(&format!(
+            r#""grantedOutboundHosts":["api.example.com","{local}"]"#
+        )),
+        "{audit}"
+    );
+    assert!(
+        audit.contains(r#""withheldOutboundHosts":["api.example.com"]"#),
+        "{audit}"
+    );
 }

@@ -12,8 +12,8 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::domain::{
-    ExecutionResult, ExecutionStatus, Grants, Job, Millis, NewExecution, Outcome, RetryPolicy,
-    RunContext, new_id, now_millis,
+    ExecutionResult, ExecutionStatus, Job, Millis, NewExecution, Outcome, RetryPolicy, RunContext,
+    new_id, now_millis,
 };
 use crate::queue::Delivery;
 use crate::runtime::{CancelToken, RunRequest, StartListener};
@@ -486,8 +486,8 @@ async fn run_one(
         refuse(shared, &claimed, "its job was deleted before it ran".into()).await;
         return;
     };
-    let module = match services.modules.resolve(&job.module).await {
-        Ok(module) => module,
+    let runnable = match services.modules.resolve(&job.module).await {
+        Ok(runnable) => runnable,
         Err(crate::services::modules::Unrunnable::Unavailable(reason)) => {
             services.running.unregister(&claimed.id);
             tracing::warn!(execution = %claimed.id, %reason, "module lookup failed; requeueing");
@@ -510,6 +510,7 @@ async fn run_one(
             return;
         }
     };
+    let module = runnable.module;
     let spec = module.manifest.job(&job.job);
     let limits = effective_limits(&job, spec, &services.settings.defaults);
     let request = RunRequest {
@@ -522,9 +523,7 @@ async fn run_one(
             scheduled_at_ms: claimed.scheduled_at.max(0) as u64,
         },
         limits,
-        // The catalog resolves only modules whose request an admin's approval covers, so
-        // what the manifest asks for is granted.
-        grants: Arc::new(Grants::as_requested(&module.manifest.capabilities)),
+        grants: runnable.grants,
         config: config.values,
         redact: config.redactor,
         cancel,

@@ -17,7 +17,7 @@ use utoipa_axum::routes;
 
 use super::ApiState;
 use super::error::{ApiError, ErrorBody, ErrorCode};
-use super::extract::{ApiJson, Params, media_type, read_body, too_large};
+use super::extract::{ApiJson, OptionalJson, Params, media_type, read_body, too_large};
 use super::openapi;
 use crate::domain::{
     Capabilities, CodeApproval, Credential, JobSpec, Millis, ModuleRecord, ModuleStatus,
@@ -81,8 +81,12 @@ pub(super) struct ModuleView {
     settings: Vec<SettingSpec>,
     /// What the current version asks to be allowed to do.
     capabilities: Capabilities,
-    /// What an admin approved. Nothing is granted by default.
+    /// What an admin last approved (the request they reviewed). Nothing is granted by
+    /// default.
     approved_capabilities: Capabilities,
+    /// The outbound hosts the current version asks for and those it may reach, which an
+    /// admin may have narrowed or extended.
+    outbound_hosts: OutboundHostsView,
     /// Why the current version does not run yet, one item each: `new code by operator
     /// `ci`` when nobody approved its bytes (an operator's upload without a valid
     /// signature by a pinned publisher key), then what it asks for beyond the approval.
@@ -117,6 +121,34 @@ struct InstalledView {
     defined_jobs: Option<ModuleJobs>,
 }
 
+/// Requested against granted outbound hosts.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(as = OutboundHosts)]
+struct OutboundHostsView {
+    /// What the current version's manifest asks for (`capabilities.outboundHosts`).
+    requested: Vec<String>,
+    /// What its runs and routes may reach: the request, or what an admin granted instead.
+    /// A request to any other host is denied.
+    granted: Vec<String>,
+    /// Granted hosts the module does not ask for: an operator's extension.
+    extensions: Vec<String>,
+    /// Requested hosts the grant does not cover in full: withheld by an admin's
+    /// narrowing (a request for `*` narrowed to a few hosts is withheld, those granted).
+    withheld: Vec<String>,
+}
+
+impl From<&ModuleRecord> for OutboundHostsView {
+    fn from(record: &ModuleRecord) -> Self {
+        Self {
+            requested: record.current.manifest.capabilities.outbound_hosts.clone(),
+            granted: record.granted_hosts().to_vec(),
+            extensions: record.outbound_extensions(),
+            withheld: record.withheld_hosts(),
+        }
+    }
+}
+
 /// A multipart upload: the component in the field `module`. Only the OpenAPI document
 /// uses this type; the handler reads the fields itself (see [`module_upload`]).
 #[derive(ToSchema)]
@@ -135,7 +167,8 @@ struct ModuleForm {
 
 impl From<ModuleRecord> for ModuleView {
     fn from(record: ModuleRecord) -> Self {
-        let awaiting_approval = record.current.awaiting_approval(&record.approved);
+        let awaiting_approval = record.awaiting_approval();
+        let outbound_hosts = OutboundHostsView::from(&record);
         let ModuleVersion {
             version,
             content_hash,
@@ -160,6 +193,7 @@ impl From<ModuleRecord> for ModuleView {
             code_approval: approval,
             capabilities: manifest.capabilities,
             approved_capabilities: record.approved,
+            outbound_hosts,
             uploaded_at,
             created_at: record.created_at,
             updated_at: record.updated_at,
@@ -204,8 +238,9 @@ struct VersionView {
 /// token) waits for an admin, whatever it asks for (`awaitingApproval` says why), unless
 /// its bytes were approved before or the upload carries a valid signature by a publisher
 /// key pinned to the module (`X-Runcell-Signature` header, or the multipart field
-/// `signature`) and it asks for no more than was approved. An admin's upload approves
-/// its code; `approve=true` also approves what it asks for.
+/// `signature`) and it asks for nothing an admin has not decided on. An admin's upload
+/// approves its code; `approve=true` also approves what it asks for, as an approval
+/// without a body does (an outbound grant an admin narrowed or extended stays so).
 #[utoipa::path(
     post,
     path = "/modules",
@@ -276,7 +311,7 @@ async fn upload(
         .await;
     if approve {
         let hash = record.current.content_hash.clone();
-        record = approve_and_audit(&state, &principal, &record.name, Some(&hash)).await?;
+        record = approve_and_audit(&state, &principal, &record.name, Some(&hash), None).await?;
     }
     let defined_jobs = if create_jobs {
         Some(state.services.create_module_jobs(&record.name).await?)
@@ -580,13 +615,33 @@ async fn set_status(
     Ok(Json(record.into()))
 }
 
+/// What an admin grants with an approval.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ApproveRequest {
+    /// The outbound hosts the module may reach from now on, in the manifest's syntax
+    /// (`api.example.com`, `*.example.com`, `*`, an optional `:port`): fewer than it asks
+    /// for (narrowing: a request to a host left out is denied), or hosts it does not ask
+    /// for (an operator's extension). Absent: what it asks for, keeping the hosts of a
+    /// grant an admin narrowed or extended before.
+    outbound_hosts: Option<Vec<String>>,
+}
+
 /// Approve a module's current version
 ///
 /// Approves the module's current version: its code (its content hash) and what it asks
 /// for (outbound hosts, event topics, key-value, routes). Its jobs run from now on, and
 /// so do those of later versions whose code is approved (an admin's upload, the same
-/// bytes again, or a valid signature by a pinned publisher key) and that ask for no
-/// more. Pass `contentHash` to approve only the version you looked at.
+/// bytes again, or a valid signature by a pinned publisher key) and that ask for nothing
+/// the admin has not decided on. Pass `contentHash` to approve only the version you
+/// looked at.
+///
+/// The body may grant other outbound hosts than the module asks for: narrowed (a
+/// monitor asking for `*` narrowed to the hosts it is configured to watch) or extended
+/// (hosts it does not ask for). A later version asking only for hosts the admin has
+/// decided on (requested, granted or withheld) runs under the same grant; one asking
+/// for a host never decided on waits for an approval. `outboundHosts` in the answer
+/// shows requested against granted. Admins only; recorded in the audit trail.
 #[utoipa::path(
     post,
     path = "/modules/{name}/capabilities/approve",
@@ -596,10 +651,15 @@ async fn set_status(
         ("name" = String, Path, description = "The module's name."),
         ("contentHash" = Option<String>, Query, description = "Approve only if this is still the current version's content hash."),
     ),
+    request_body(content = Option<ApproveRequest>, description = "Optional: without it (or without `outboundHosts`), the module may reach what it asks for, and a grant an admin narrowed or extended before keeps its hosts."),
     responses(
         (status = 200, description = "The module, its current version approved.", body = ModuleView),
+        (status = 400, description = "Malformed JSON or an unknown field.", body = ErrorBody),
+        (status = 403, description = "Not an admin.", body = ErrorBody),
         (status = 404, description = "No module by that name.", body = ErrorBody),
         (status = 409, description = "Another version became current (than `contentHash`, or while approving); look again.", body = ErrorBody),
+        (status = 415, description = "A body not declared `application/json`.", body = ErrorBody),
+        (status = 422, description = "An entry of `outboundHosts` is not a host pattern (`details.field` is `outboundHosts`; the message names the entry).", body = ErrorBody),
         (status = 503, description = "The database is unavailable; retry later.", body = ErrorBody),
     ),
 )]
@@ -608,10 +668,12 @@ async fn approve(
     Extension(principal): Extension<Principal>,
     Path(name): Path<String>,
     params: Params,
+    OptionalJson(request): OptionalJson<ApproveRequest>,
 ) -> Result<Json<ModuleView>, ApiError> {
     let content_hash = params.text("contentHash");
+    let outbound_hosts = request.unwrap_or_default().outbound_hosts;
     Ok(Json(
-        approve_and_audit(&state, &principal, &name, content_hash)
+        approve_and_audit(&state, &principal, &name, content_hash, outbound_hosts)
             .await?
             .into(),
     ))
@@ -622,10 +684,11 @@ async fn approve_and_audit(
     principal: &Principal,
     name: &str,
     content_hash: Option<&str>,
+    outbound_hosts: Option<Vec<String>>,
 ) -> Result<ModuleRecord, ApiError> {
     let record = state
         .services
-        .approve_module(name, content_hash, &principal.actor())
+        .approve_module(name, content_hash, outbound_hosts, &principal.actor())
         .await?;
     state
         .auth
@@ -637,6 +700,9 @@ async fn approve_and_audit(
                 "version": record.current.version,
                 "contentHash": record.current.content_hash,
                 "capabilities": record.approved,
+                "grantedOutboundHosts": record.granted_hosts(),
+                "outboundExtensions": record.outbound_extensions(),
+                "withheldOutboundHosts": record.withheld_hosts(),
             }),
         )
         .await;

@@ -1651,3 +1651,144 @@ async fn a_version_asking_for_more_than_was_approved_waits_for_a_new_approval() 
     );
     assert_eq!(reply.body["approvedCapabilities"]["keyValue"], true);
 }
+
+#[tokio::test]
+async fn an_admin_grants_fewer_or_other_outbound_hosts_than_a_module_asks_for() {
+    let api = api().await;
+    let install = |version: &str, hosts: &[&str]| {
+        let mut manifest = manifest(version);
+        manifest.capabilities.outbound_hosts = hosts.iter().map(|h| (*h).to_owned()).collect();
+        let store = api.services.store.clone();
+        let hash = format!("hash-{version}");
+        async move {
+            store
+                .install_module_version(&manifest, &hash, b"not wasm", &by_admin(), now_millis())
+                .await
+                .unwrap()
+        }
+    };
+    install("1", &["status.example.com", "*.example.org"]).await;
+    let approve = "/api/v1/modules/fake/capabilities/approve";
+
+    // Bad grants are refused by the manifest's rules, naming the entry; nothing changes.
+    for (hosts, names) in [
+        (
+            json!(["status.example.com", "api.*.com"]),
+            "`api.*.com`: `*` may only",
+        ),
+        (json!(["ok.example.com", " "]), "entry ` ` is empty"),
+        (json!(["example.com:99999"]), "`99999` is not a port"),
+    ] {
+        let refused = api
+            .json(Method::POST, approve, &json!({"outboundHosts": hosts}))
+            .await;
+        assert_eq!(
+            refused.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{}",
+            refused.body
+        );
+        assert_eq!(refused.error_field(), "outboundHosts");
+        assert!(refused.message().contains(names), "{}", refused.body);
+    }
+    let too_many: Vec<String> = (0..65).map(|n| format!("h{n}.example.com")).collect();
+    let refused = api
+        .json(Method::POST, approve, &json!({"outboundHosts": too_many}))
+        .await;
+    assert_eq!(
+        refused.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        refused.body
+    );
+    let unknown = api
+        .json(Method::POST, approve, &json!({"hosts": ["a.example.com"]}))
+        .await;
+    assert_eq!(unknown.status, StatusCode::BAD_REQUEST, "{}", unknown.body);
+    let untouched = api.get("/api/v1/modules/fake").await;
+    assert_eq!(
+        untouched.body["awaitingApproval"],
+        json!([
+            "outbound host `status.example.com`",
+            "outbound host `*.example.org`"
+        ])
+    );
+
+    // Narrowed and extended at once: requested against granted.
+    let granted = api
+        .json(
+            Method::POST,
+            approve,
+            &json!({"outboundHosts": ["status.example.com", "hooks.slack.com"]}),
+        )
+        .await;
+    assert_eq!(granted.status, StatusCode::OK, "{}", granted.body);
+    assert_eq!(granted.body["awaitingApproval"], json!([]));
+    let expected = json!({
+        "requested": ["status.example.com", "*.example.org"],
+        "granted": ["status.example.com", "hooks.slack.com"],
+        "extensions": ["hooks.slack.com"],
+        "withheld": ["*.example.org"],
+    });
+    assert_eq!(granted.body["outboundHosts"], expected);
+    assert_eq!(
+        api.get("/api/v1/modules/fake").await.body["outboundHosts"],
+        expected
+    );
+    let audit = api.get("/api/v1/audit").await.body.to_string();
+    assert!(
+        audit.contains(r#""grantedOutboundHosts":["status.example.com","hooks.slack.com"]"#),
+        "{audit}"
+    );
+    assert!(
+        audit.contains(r#""outboundExtensions":["hooks.slack.com"]"#),
+        "{audit}"
+    );
+
+    // A new version asking for what was decided on (the withheld host, the extension)
+    // runs under the same grant; one asking for a host never seen waits.
+    install("2", &["www.example.org", "hooks.slack.com"]).await;
+    let decided = api.get("/api/v1/modules/fake").await.body;
+    assert_eq!(decided["awaitingApproval"], json!([]), "{decided}");
+    assert_eq!(
+        decided["outboundHosts"]["granted"],
+        json!(["status.example.com", "hooks.slack.com"])
+    );
+    assert_eq!(
+        decided["outboundHosts"]["withheld"],
+        json!(["www.example.org"])
+    );
+    install("3", &["status.example.com", "new.example.net"]).await;
+    assert_eq!(
+        api.get("/api/v1/modules/fake").await.body["awaitingApproval"],
+        json!(["outbound host `new.example.net`"])
+    );
+
+    // Approving without a body grants the new host and keeps the admin's grant.
+    let kept = api.call(Method::POST, approve).await;
+    assert_eq!(kept.status, StatusCode::OK, "{}", kept.body);
+    assert_eq!(kept.body["awaitingApproval"], json!([]));
+    assert_eq!(
+        kept.body["outboundHosts"]["granted"],
+        json!(["status.example.com", "hooks.slack.com", "new.example.net"])
+    );
+
+    // A grant equal to the request is the request again.
+    let plain = api
+        .json(
+            Method::POST,
+            approve,
+            &json!({"outboundHosts": ["new.example.net", "STATUS.example.com"]}),
+        )
+        .await;
+    assert_eq!(plain.status, StatusCode::OK, "{}", plain.body);
+    assert_eq!(
+        plain.body["outboundHosts"],
+        json!({
+            "requested": ["status.example.com", "new.example.net"],
+            "granted": ["status.example.com", "new.example.net"],
+            "extensions": [],
+            "withheld": [],
+        })
+    );
+}

@@ -1,11 +1,15 @@
 //! Whether a module version may run: its code must be approved (bound to its content
 //! hash, never to the module's name) and what it asks for must be covered by what an
-//! administrator approved. Who uploaded each version, and the publisher keys that let a
-//! signed upload keep the approval, are recorded here too.
+//! administrator decided on. What it may reach once it runs: the outbound hosts an
+//! administrator granted, which may be fewer than it asks for or others. Who uploaded
+//! each version, and the publisher keys that let a signed upload keep the approval, are
+//! recorded here too.
 
 use serde::Serialize;
 
-use super::{Capabilities, Millis, ModuleVersion, Role, RouteAccess, topic_matches};
+use super::{
+    Capabilities, Grants, Millis, ModuleRecord, ModuleVersion, Role, RouteAccess, topic_matches,
+};
 
 /// Who uploaded a version of a module.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -92,6 +96,97 @@ impl ModuleVersion {
         }
         reason
     }
+}
+
+impl ModuleRecord {
+    /// Why the current version may not run yet (see [`ModuleVersion::awaiting_approval`]),
+    /// measured against everything the admin decided on: the request they reviewed and
+    /// the hosts they granted. A version asking again for a host the admin withheld by
+    /// narrowing does not wait for them: they decided on it, and it stays denied.
+    pub fn awaiting_approval(&self) -> Vec<String> {
+        let mut decided = self.approved.clone();
+        if let Some(granted) = &self.outbound_grant {
+            decided.outbound_hosts.extend(granted.iter().cloned());
+        }
+        self.current.awaiting_approval(&decided)
+    }
+
+    fn requested_hosts(&self) -> &[String] {
+        &self.current.manifest.capabilities.outbound_hosts
+    }
+
+    /// The outbound host patterns the current version may reach: the admin's grant, or
+    /// what it asks for when the admin granted that.
+    pub fn granted_hosts(&self) -> &[String] {
+        self.outbound_grant
+            .as_deref()
+            .unwrap_or(self.requested_hosts())
+    }
+
+    /// What the current version may use when it runs, once it may run: what it asks for
+    /// (its approval covers that), except outbound hosts, which are what was granted.
+    pub fn grants(&self) -> Grants {
+        Grants {
+            outbound_hosts: self.granted_hosts().to_vec(),
+            ..Grants::as_requested(&self.current.manifest.capabilities)
+        }
+    }
+
+    /// Granted hosts the current version does not ask for: an operator's extension.
+    pub fn outbound_extensions(&self) -> Vec<String> {
+        uncovered(self.granted_hosts(), self.requested_hosts())
+    }
+
+    /// Hosts the current version asks for that the grant does not cover in full: what
+    /// the admin withheld by narrowing (a request for `*` narrowed to a few hosts is
+    /// withheld, those hosts granted).
+    pub fn withheld_hosts(&self) -> Vec<String> {
+        uncovered(self.requested_hosts(), self.granted_hosts())
+    }
+
+    /// The outbound grant an approval of the current version leaves: `given`, if the
+    /// admin gave one. Otherwise the admin approves what the version asks for on top of
+    /// what they decided before: a module never narrowed nor extended is granted its
+    /// request, and one that was keeps its grant plus the hosts it asks for that were
+    /// never decided on (so approving a new version's code does not quietly undo a
+    /// narrowing). A grant equal to the request is recorded as "the request" (`None`),
+    /// which later versions follow, up or down, within what the admin decided on.
+    pub fn grant_on_approval(&self, given: Option<Vec<String>>) -> Option<Vec<String>> {
+        let grant = match (given, &self.outbound_grant) {
+            (Some(given), _) => given,
+            (None, None) => return None,
+            (None, Some(standing)) => {
+                let decided: Vec<String> = self
+                    .approved
+                    .outbound_hosts
+                    .iter()
+                    .chain(standing)
+                    .cloned()
+                    .collect();
+                let mut grant = standing.clone();
+                grant.extend(uncovered(self.requested_hosts(), &decided));
+                grant
+            }
+        };
+        (!same_hosts(&grant, self.requested_hosts())).then_some(grant)
+    }
+}
+
+/// The entries of `hosts` that no pattern of `patterns` covers.
+fn uncovered(hosts: &[String], patterns: &[String]) -> Vec<String> {
+    hosts
+        .iter()
+        .filter(|host| !patterns.iter().any(|p| host_covered(p, host)))
+        .cloned()
+        .collect()
+}
+
+/// Whether two lists name the same host patterns, in any order or case.
+fn same_hosts(a: &[String], b: &[String]) -> bool {
+    let set = |hosts: &[String]| -> std::collections::BTreeSet<String> {
+        hosts.iter().map(|h| h.to_ascii_lowercase()).collect()
+    };
+    set(a) == set(b)
 }
 
 /// Whether an approved outbound host pattern covers a requested one: the same pattern,
@@ -286,6 +381,157 @@ mod tests {
                 "key-value storage",
                 "public HTTP routes",
             ]
+        );
+    }
+
+    fn hosts(list: &[&str]) -> Vec<String> {
+        list.iter().map(|h| (*h).to_owned()).collect()
+    }
+
+    /// Module `sync` whose current version (its code approved) asks for `requested`,
+    /// after an admin reviewed `reviewed` and granted `grant`.
+    fn record(requested: &[&str], reviewed: &[&str], grant: Option<&[&str]>) -> ModuleRecord {
+        let mut current = version(
+            None,
+            Some(CodeApproval {
+                by: "admin".into(),
+                at: 1,
+                key: None,
+            }),
+        );
+        current.manifest.capabilities = caps(requested, &[], false, RouteAccess::None);
+        ModuleRecord {
+            name: "sync".into(),
+            status: crate::domain::ModuleStatus::Enabled,
+            current,
+            approved: caps(reviewed, &[], false, RouteAccess::None),
+            outbound_grant: grant.map(hosts),
+            created_at: 0,
+            updated_at: 0,
+        }
+    }
+
+    #[test]
+    fn without_a_grant_of_its_own_a_module_reaches_what_it_asks_for() {
+        let plain = record(&["api.example.com"], &["api.example.com"], None);
+        assert_eq!(plain.granted_hosts(), ["api.example.com"]);
+        assert_eq!(plain.grants().outbound_hosts, ["api.example.com"]);
+        assert!(plain.outbound_extensions().is_empty());
+        assert!(plain.withheld_hosts().is_empty());
+        assert!(plain.awaiting_approval().is_empty());
+    }
+
+    #[test]
+    fn a_narrowed_grant_withholds_hosts_the_module_asks_for() {
+        let monitor = record(
+            &["*"],
+            &["*"],
+            Some(&["status.example.com", "*.example.org"]),
+        );
+        assert_eq!(
+            monitor.grants().outbound_hosts,
+            ["status.example.com", "*.example.org"]
+        );
+        assert_eq!(monitor.withheld_hosts(), ["*"]);
+        assert!(monitor.outbound_extensions().is_empty());
+        assert!(monitor.awaiting_approval().is_empty());
+
+        let narrowed = record(
+            &["a.example.com", "b.example.com"],
+            &["a.example.com", "b.example.com"],
+            Some(&["a.example.com"]),
+        );
+        assert_eq!(narrowed.withheld_hosts(), ["b.example.com"]);
+        assert_eq!(narrowed.grants().outbound_hosts, ["a.example.com"]);
+    }
+
+    #[test]
+    fn an_extended_grant_names_the_hosts_the_module_did_not_ask_for() {
+        let extended = record(
+            &["api.example.com", "*.cdn.net"],
+            &["api.example.com", "*.cdn.net"],
+            Some(&[
+                "api.example.com",
+                "img.cdn.net",
+                "hooks.slack.com",
+                "api.example.com:8443",
+            ]),
+        );
+        assert_eq!(
+            extended.outbound_extensions(),
+            ["hooks.slack.com", "api.example.com:8443"]
+        );
+        assert_eq!(extended.withheld_hosts(), ["*.cdn.net"]);
+        assert!(extended.awaiting_approval().is_empty());
+    }
+
+    #[test]
+    fn a_new_version_waits_only_for_hosts_the_admin_never_decided_on() {
+        let reviewed = ["a.example.com", "b.example.com"];
+        let grant: &[&str] = &["a.example.com", "ext.example.net"];
+        // Asking again for the withheld host, or for the extension: decided on, runs
+        // under the same grant (the withheld host stays denied).
+        let again = record(&["a.example.com", "b.example.com"], &reviewed, Some(grant));
+        assert!(again.awaiting_approval().is_empty());
+        assert_eq!(again.grants().outbound_hosts, grant);
+        let extension = record(&["ext.example.net"], &reviewed, Some(grant));
+        assert!(extension.awaiting_approval().is_empty());
+        // A host nobody looked at waits.
+        let new_host = record(&["a.example.com", "c.example.com"], &reviewed, Some(grant));
+        assert_eq!(
+            new_host.awaiting_approval(),
+            ["outbound host `c.example.com`"]
+        );
+        let without_grant = record(&["c.example.com"], &reviewed, None);
+        assert_eq!(
+            without_grant.awaiting_approval(),
+            ["outbound host `c.example.com`"]
+        );
+    }
+
+    #[test]
+    fn an_approval_without_hosts_keeps_an_admin_s_grant_and_adds_what_is_new() {
+        let requested = ["a.example.com", "b.example.com", "c.example.com"];
+        let reviewed = ["a.example.com", "b.example.com"];
+        // Never narrowed nor extended: the request, which later versions follow.
+        assert_eq!(
+            record(&requested, &reviewed, None).grant_on_approval(None),
+            None
+        );
+        // Narrowed before: stays narrowed; the host never decided on is granted.
+        let narrowed = record(&requested, &reviewed, Some(&["a.example.com"]));
+        assert_eq!(
+            narrowed.grant_on_approval(None),
+            Some(hosts(&["a.example.com", "c.example.com"]))
+        );
+        // Extended before: the extension stays.
+        let extended = record(
+            &["a.example.com"],
+            &reviewed,
+            Some(&["a.example.com", "x.example.net"]),
+        );
+        assert_eq!(
+            extended.grant_on_approval(None),
+            Some(hosts(&["a.example.com", "x.example.net"]))
+        );
+        // A grant given is recorded; one equal to the request, in any order or case, is
+        // the request.
+        assert_eq!(
+            narrowed.grant_on_approval(Some(hosts(&["b.example.com"]))),
+            Some(hosts(&["b.example.com"]))
+        );
+        assert_eq!(
+            narrowed.grant_on_approval(Some(hosts(&[
+                "C.example.com",
+                "b.example.com",
+                "a.example.com"
+            ]))),
+            None
+        );
+        assert_eq!(
+            narrowed.grant_on_approval(Some(Vec::new())),
+            Some(Vec::new()),
+            "nothing at all is a narrowing too"
         );
     }
 

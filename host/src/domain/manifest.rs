@@ -160,28 +160,20 @@ impl Manifest {
             )?;
         }
         let caps = &self.capabilities;
-        for (field, entries) in [
-            ("capabilities.outboundHosts", &caps.outbound_hosts),
-            ("capabilities.publishes", &caps.publishes),
-        ] {
-            if entries.len() > MAX_CAPABILITY_ENTRIES {
-                return Err(ManifestError::Invalid {
-                    field: field.into(),
-                    reason: format!("more than {MAX_CAPABILITY_ENTRIES} entries"),
-                });
-            }
-            if let Some(empty) = entries.iter().find(|e| e.trim().is_empty()) {
-                return Err(ManifestError::Invalid {
-                    field: field.into(),
-                    reason: format!("entry `{empty}` is empty"),
-                });
-            }
+        let invalid = |field: &str, reason| ManifestError::Invalid {
+            field: field.into(),
+            reason,
+        };
+        check_host_patterns(&caps.outbound_hosts)
+            .map_err(|reason| invalid("capabilities.outboundHosts", reason))?;
+        let publishes = |reason| invalid("capabilities.publishes", reason);
+        if caps.publishes.len() > MAX_CAPABILITY_ENTRIES {
+            return Err(publishes(format!(
+                "more than {MAX_CAPABILITY_ENTRIES} entries"
+            )));
         }
-        for entry in &caps.outbound_hosts {
-            HostPattern::parse(entry).map_err(|err| ManifestError::Invalid {
-                field: "capabilities.outboundHosts".into(),
-                reason: format!("`{entry}`: {err}"),
-            })?;
+        if let Some(empty) = caps.publishes.iter().find(|e| e.trim().is_empty()) {
+            return Err(publishes(format!("entry `{empty}` is empty")));
         }
         self.validate_settings()
     }
@@ -229,6 +221,22 @@ impl Manifest {
     pub fn job(&self, name: &str) -> Option<&JobSpec> {
         self.jobs.iter().find(|job| job.name == name)
     }
+}
+
+/// Checks the entries of an outbound host list (a manifest's request, an admin's grant)
+/// by one set of rules: at most [`MAX_CAPABILITY_ENTRIES`], none empty, each a
+/// [`HostPattern`]. The error names the first bad entry and what is wrong with it.
+pub(crate) fn check_host_patterns(entries: &[String]) -> Result<(), String> {
+    if entries.len() > MAX_CAPABILITY_ENTRIES {
+        return Err(format!("more than {MAX_CAPABILITY_ENTRIES} entries"));
+    }
+    for entry in entries {
+        if entry.trim().is_empty() {
+            return Err(format!("entry `{entry}` is empty"));
+        }
+        HostPattern::parse(entry).map_err(|err| format!("`{entry}`: {err}"))?;
+    }
+    Ok(())
 }
 
 /// The ports a host pattern without a port allows: plain HTTP and HTTPS. A grant for

@@ -19,7 +19,9 @@ pub(crate) use config::{
 pub use limits::Limits;
 pub(crate) use limits::{FUEL_PER_CPU_MS, RUST_FUEL_PER_CPU_MS, parse_byte_size};
 pub use manifest::{Capabilities, RouteAccess};
-pub(crate) use manifest::{HostName, HostPattern, JobSpec, Manifest, ManifestError, SettingSpec};
+pub(crate) use manifest::{
+    HostName, HostPattern, JobSpec, Manifest, ManifestError, SettingSpec, check_host_patterns,
+};
 pub use model::ModuleStatus;
 pub(crate) use model::{
     Event, EventRefusal, Execution, ExecutionResult, ExecutionStatus, Job, MAX_EVENT_DEPTH,

@@ -101,9 +101,14 @@ pub struct ModuleRecord {
     pub name: String,
     pub status: ModuleStatus,
     pub current: ModuleVersion,
-    /// What an administrator approved; the current version runs only if its code is
-    /// approved and it asks for no more (see [`ModuleVersion::awaiting_approval`]).
+    /// What an administrator approved: the request they last reviewed. The current
+    /// version runs only if its code is approved and it asks for nothing beyond what the
+    /// admin decided on (see [`ModuleRecord::awaiting_approval`]).
     pub approved: super::Capabilities,
+    /// The outbound hosts an administrator granted instead of those requested: fewer
+    /// (narrowed) or others (an operator's extension). `None`: the current version may
+    /// reach what it asks for.
+    pub outbound_grant: Option<Vec<String>>,
     pub created_at: Millis,
     pub updated_at: Millis,
 }

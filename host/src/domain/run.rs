@@ -48,8 +48,9 @@ pub struct Grants {
 }
 
 impl Grants {
-    /// Everything `capabilities` asks for: for a local run of the author's own module, and
-    /// on the server once an admin's approval covers the request.
+    /// Everything `capabilities` asks for: for a local run of the author's own module. On
+    /// the server, the outbound hosts are the admin's grant instead (see
+    /// [`super::ModuleRecord::grants`]).
     pub fn as_requested(capabilities: &super::Capabilities) -> Self {
         Self {
             key_value: capabilities.key_value,

@@ -13,8 +13,8 @@ use super::publishers::{Signature, parse_public_key};
 use super::schedule::Schedule;
 use super::{ServiceError, Services};
 use crate::domain::{
-    CodeApproval, ModuleRecord, ModuleStatus, ModuleVersion, PublisherKey, Role, Uploader,
-    now_millis,
+    CodeApproval, Grants, ModuleRecord, ModuleStatus, ModuleVersion, PublisherKey, Role, Uploader,
+    check_host_patterns, now_millis,
 };
 use crate::runtime::{LoadedModule, Runtime};
 use crate::store::{Store, VersionUpload};
@@ -62,8 +62,16 @@ pub struct ModuleUpload {
     pub signature: Option<String>,
 }
 
+/// A module's current version, ready to run, and what its runs may use.
+#[derive(Debug, Clone)]
+pub struct Runnable {
+    pub module: Arc<LoadedModule>,
+    /// What an admin granted it (outbound hosts narrowed or extended, or as requested).
+    pub grants: Arc<Grants>,
+}
+
 /// What the catalog learnt about a module, and when.
-type CatalogEntry = (Instant, Result<Arc<LoadedModule>, Unrunnable>);
+type CatalogEntry = (Instant, Result<Runnable, Unrunnable>);
 
 /// Modules by name, resolved to runnable code, cached briefly.
 #[derive(Clone)]
@@ -96,8 +104,8 @@ impl ModuleCatalog {
         self.entries().remove(name);
     }
 
-    /// The current, enabled version of module `name`, ready to run.
-    pub async fn resolve(&self, name: &str) -> Result<Arc<LoadedModule>, Unrunnable> {
+    /// The current, enabled version of module `name`, ready to run, with its grants.
+    pub async fn resolve(&self, name: &str) -> Result<Runnable, Unrunnable> {
         if let Some((at, entry)) = self.entries().get(name)
             && at.elapsed() < CATALOG_TTL
         {
@@ -111,7 +119,7 @@ impl ModuleCatalog {
         resolved
     }
 
-    async fn resolve_uncached(&self, name: &str) -> Result<Arc<LoadedModule>, Unrunnable> {
+    async fn resolve_uncached(&self, name: &str) -> Result<Runnable, Unrunnable> {
         let record = self
             .store
             .get_module(name)
@@ -123,7 +131,7 @@ impl ModuleCatalog {
         }
         // Code nobody approved never runs, whatever it asks for: it would get the jobs'
         // settings and secrets through `config`, and its results and logs are readable.
-        let missing = record.current.awaiting_approval(&record.approved);
+        let missing = record.awaiting_approval();
         if !missing.is_empty() {
             return Err(Unrunnable::Unapproved {
                 module: name.to_owned(),
@@ -131,9 +139,10 @@ impl ModuleCatalog {
                 missing,
             });
         }
+        let grants = Arc::new(record.grants());
         let hash = &record.current.content_hash;
         if let Some(module) = self.runtime.loaded_module(hash) {
-            return Ok(module);
+            return Ok(Runnable { module, grants });
         }
         let wasm = self
             .store
@@ -144,13 +153,15 @@ impl ModuleCatalog {
                 module: name.to_owned(),
                 reason: format!("its code ({hash}) is missing from the database"),
             })?;
-        self.runtime
-            .load(Arc::from(wasm))
-            .await
-            .map_err(|err| Unrunnable::Broken {
-                module: name.to_owned(),
-                reason: err.to_string(),
-            })
+        let module =
+            self.runtime
+                .load(Arc::from(wasm))
+                .await
+                .map_err(|err| Unrunnable::Broken {
+                    module: name.to_owned(),
+                    reason: err.to_string(),
+                })?;
+        Ok(Runnable { module, grants })
     }
 }
 
@@ -321,20 +332,32 @@ impl Services {
         &self,
         name: &str,
     ) -> Result<ModuleRecord, ServiceError> {
-        self.approve_module(name, None, "system").await
+        self.approve_module(name, None, None, "system").await
     }
 
     /// Approves the module's current version: its code and what it asks for. Its jobs
     /// run from now on, and so do those of later versions whose code is approved (an
-    /// admin's upload, a pinned key's signature) and that ask for no more. With
-    /// `content_hash`, approves only if that is still the current version, so an admin
-    /// never approves code other than what they looked at.
+    /// admin's upload, a pinned key's signature) and that ask for nothing the admin has
+    /// not decided on. With `content_hash`, approves only if that is still the current
+    /// version, so an admin never approves code other than what they looked at.
+    ///
+    /// `outbound_hosts` is what it may reach from now on, if the admin says so: fewer
+    /// hosts than it asks for, or others. Without it, see
+    /// [`ModuleRecord::grant_on_approval`].
     pub async fn approve_module(
         &self,
         name: &str,
         content_hash: Option<&str>,
+        outbound_hosts: Option<Vec<String>>,
         approver: &str,
     ) -> Result<ModuleRecord, ServiceError> {
+        let outbound_hosts = outbound_hosts
+            .map(|hosts| {
+                check_host_patterns(&hosts)
+                    .map(|()| hosts.iter().map(|h| h.trim().to_owned()).collect())
+                    .map_err(|reason| ServiceError::unprocessable("outboundHosts", reason))
+            })
+            .transpose()?;
         let record = self.get_module(name).await?;
         let current = &record.current.content_hash;
         if let Some(expected) = content_hash
@@ -345,9 +368,17 @@ impl Services {
             )));
         }
         let requested = record.current.manifest.capabilities.clone();
+        let grant = record.grant_on_approval(outbound_hosts);
         let approved = self
             .store
-            .approve_module_version(name, current, &requested, approver, now_millis())
+            .approve_module_version(
+                name,
+                current,
+                &requested,
+                grant.as_deref(),
+                approver,
+                now_millis(),
+            )
             .await?
             .ok_or_else(|| ServiceError::not_found("module", name))?;
         self.modules.invalidate(name);

@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::modules::Unrunnable;
+use super::modules::{Runnable, Unrunnable};
 use super::{ServiceError, Services};
 use crate::domain::{Grants, Limits, LogLevel, RouteAccess};
 use crate::runtime::{LoadedModule, ServedRequest};
@@ -106,6 +106,7 @@ impl RouteGate {
 #[derive(Debug, Clone)]
 pub struct RouteTarget {
     pub module: Arc<LoadedModule>,
+    pub grants: Arc<Grants>,
     pub access: RouteAccess,
 }
 
@@ -113,7 +114,7 @@ impl Services {
     /// The module that answers `/m/{name}/...`: its current version, if it is enabled,
     /// approved, and serves routes.
     pub async fn route_target(&self, name: &str) -> Result<RouteTarget, ServiceError> {
-        let module = self
+        let resolved = self
             .modules
             .resolve(name)
             .await
@@ -131,13 +132,18 @@ impl Services {
                 )),
                 Unrunnable::Unavailable(reason) => ServiceError::Unavailable(reason),
             })?;
+        let Runnable { module, grants } = resolved;
         let access = module.manifest.capabilities.routes;
         if access == RouteAccess::None || !module.serves_routes() {
             return Err(ServiceError::NotServed(format!(
                 "module `{name}` serves no HTTP routes"
             )));
         }
-        Ok(RouteTarget { module, access })
+        Ok(RouteTarget {
+            module,
+            grants,
+            access,
+        })
     }
 
     /// Serves one request on a fresh instance of `target`. `request` carries the path
@@ -159,8 +165,7 @@ impl Services {
                 &target.module,
                 request,
                 settings.limits,
-                // The catalog resolves only modules whose request an admin approved.
-                Arc::new(Grants::as_requested(&target.module.manifest.capabilities)),
+                target.grants.clone(),
                 settings.max_response_bytes,
             )
             .await;

@@ -336,16 +336,18 @@ pub trait Store: Send + Sync + 'static {
         now: Millis,
     ) -> Result<Option<ModuleRecord>, StoreError>;
 
-    /// Records that administrator `approver` approved `capabilities` for module `name`
-    /// and the code of its version `content_hash` (kept as it was if already approved),
-    /// only while that version is current: `Conflict` if another version became current
-    /// meanwhile (an approval must never reach code its approver did not see); `None` if
-    /// the module does not exist.
+    /// Records that administrator `approver` approved `capabilities` for module `name`,
+    /// granted it `outbound_grant` (`None`: the outbound hosts its current version asks
+    /// for), and approved the code of its version `content_hash` (kept as it was if
+    /// already approved), only while that version is current: `Conflict` if another
+    /// version became current meanwhile (an approval must never reach code its approver
+    /// did not see); `None` if the module does not exist.
     async fn approve_module_version(
         &self,
         name: &str,
         content_hash: &str,
         capabilities: &crate::domain::Capabilities,
+        outbound_grant: Option<&[String]>,
         approver: &str,
         now: Millis,
     ) -> Result<Option<ModuleRecord>, StoreError>;

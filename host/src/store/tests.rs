@@ -345,7 +345,7 @@ async fn an_approval_binds_to_the_bytes_it_approved(store: &dyn Store) {
     assert_eq!(first.current.approval, None);
     let caps = first.current.manifest.capabilities.clone();
     let approved = store
-        .approve_module_version("sync", "hash-1", &caps, "admin", T0 + SECOND)
+        .approve_module_version("sync", "hash-1", &caps, None, "admin", T0 + SECOND)
         .await
         .unwrap()
         .unwrap();
@@ -432,8 +432,10 @@ async fn an_approval_reaches_only_the_version_its_approver_saw(store: &dyn Store
         outbound_hosts: vec!["*".to_owned()],
         ..Capabilities::default()
     };
+    let hosts = ["status.example.com".to_owned()];
+    let grant = Some(hosts.as_slice());
     let raced = store
-        .approve_module_version("sync", "hash-1", &everything, "admin", T0)
+        .approve_module_version("sync", "hash-1", &everything, grant, "admin", T0)
         .await;
     assert!(matches!(raced, Err(StoreError::Conflict(_))), "{raced:?}");
     let record = store.get_module("sync").await.unwrap().unwrap();
@@ -443,13 +445,77 @@ async fn an_approval_reaches_only_the_version_its_approver_saw(store: &dyn Store
         Capabilities::default(),
         "nothing was approved"
     );
+    assert_eq!(record.outbound_grant, None, "nothing was granted");
     assert_eq!(
         store
-            .approve_module_version("missing", "hash-1", &everything, "admin", T0)
+            .approve_module_version("missing", "hash-1", &everything, grant, "admin", T0)
             .await
             .unwrap(),
         None
     );
+}
+
+async fn an_approval_records_the_outbound_hosts_granted_until_the_next_one(store: &dyn Store) {
+    let mut monitor = manifest("monitor", "1");
+    monitor.capabilities.outbound_hosts = vec!["*".to_owned()];
+    store
+        .install_module_version(&monitor, "hash-1", b"one", &by_operator(), T0)
+        .await
+        .unwrap();
+    let fresh = store.get_module("monitor").await.unwrap().unwrap();
+    assert_eq!(fresh.outbound_grant, None, "nothing granted by default");
+    let narrowed = vec![
+        "status.example.com".to_owned(),
+        "*.internal.example.org:8443".to_owned(),
+    ];
+    let approved = store
+        .approve_module_version(
+            "monitor",
+            "hash-1",
+            &monitor.capabilities,
+            Some(&narrowed),
+            "admin",
+            T0 + SECOND,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(approved.outbound_grant.as_ref(), Some(&narrowed));
+    assert_eq!(
+        approved.approved, monitor.capabilities,
+        "the request reviewed"
+    );
+    assert_eq!(approved.granted_hosts(), narrowed.as_slice());
+
+    // A new version keeps the module's grant; reads agree with the approval's answer.
+    monitor.version = "2".to_owned();
+    let upgraded = store
+        .install_module_version(&monitor, "hash-2", b"two", &by_operator(), T0 + 2 * SECOND)
+        .await
+        .unwrap();
+    assert_eq!(upgraded.outbound_grant.as_ref(), Some(&narrowed));
+    let listed = store.list_modules().await.unwrap();
+    assert_eq!(
+        listed,
+        [store.get_module("monitor").await.unwrap().unwrap()]
+    );
+    assert_eq!(listed[0].outbound_grant.as_ref(), Some(&narrowed));
+
+    // An approval without a grant of its own records "as requested".
+    let as_requested = store
+        .approve_module_version(
+            "monitor",
+            "hash-2",
+            &monitor.capabilities,
+            None,
+            "admin",
+            T0 + 3 * SECOND,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(as_requested.outbound_grant, None);
+    assert_eq!(as_requested.granted_hosts(), ["*"]);
 }
 
 async fn a_pinned_key_approves_uploads_until_it_is_unpinned(store: &dyn Store) {
@@ -3255,6 +3321,7 @@ macro_rules! every_behaviour {
                 a_module_can_be_disabled_and_enabled_again,
                 an_approval_binds_to_the_bytes_it_approved,
                 an_approval_reaches_only_the_version_its_approver_saw,
+                an_approval_records_the_outbound_hosts_granted_until_the_next_one,
                 a_pinned_key_approves_uploads_until_it_is_unpinned,
                 deleting_a_module_without_its_jobs_leaves_them_and_removes_its_data,
                 deleting_a_module_with_its_jobs_keeps_their_executions,

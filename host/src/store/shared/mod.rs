@@ -75,6 +75,7 @@ macro_rules! select_module {
     () => {
         "SELECT m.name AS name, m.status AS status, m.created_at AS created_at, \
                 m.updated_at AS updated_at, m.approved_capabilities AS approved_capabilities, \
+                m.granted_outbound_hosts AS granted_outbound_hosts, \
                 v.version AS version, \
                 v.content_hash AS content_hash, v.size_bytes AS size_bytes, \
                 v.manifest AS manifest, v.uploaded_at AS uploaded_at, \
@@ -613,6 +614,7 @@ impl<B: Backend> Store for B {
         name: &str,
         content_hash: &str,
         capabilities: &crate::domain::Capabilities,
+        outbound_grant: Option<&[String]>,
         approver: &str,
         now: Millis,
     ) -> Result<Option<ModuleRecord>, StoreError> {
@@ -632,10 +634,16 @@ impl<B: Backend> Store for B {
         if current != content_hash {
             return Err(approval_raced(name, content_hash, &current));
         }
+        let outbound_grant = outbound_grant
+            .map(|hosts| json_text("granted_outbound_hosts", hosts))
+            .transpose()?;
         sqlx::query::<B::Db>(
-            "UPDATE modules SET approved_capabilities = $1, updated_at = $2 WHERE name = $3",
+            "UPDATE modules SET approved_capabilities = $1, granted_outbound_hosts = $2, \
+                    updated_at = $3 \
+             WHERE name = $4",
         )
         .arg(json_text("approved_capabilities", capabilities)?)
+        .arg(outbound_grant)
         .arg(now)
         .arg(name)
         .run(&mut tx)
