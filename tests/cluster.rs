@@ -814,6 +814,70 @@ fn following_a_log_on_another_node_streams_its_lines_and_end() {
 }
 
 #[test]
+fn a_run_awaited_on_one_node_answers_when_it_ends_on_another() {
+    let _turn = one_at_a_time();
+    let cluster = Cluster::start(2, 1);
+    let a = cluster.node(0);
+    let spin = job(
+        a,
+        "hostile",
+        json!({"name": "spin", "module": "hostile", "job": "spin",
+               "fuel": 400_000_000_000_u64, "timeoutMs": 30_000}),
+    );
+    let echo = id(&a.create_job(&json!({"name": "echo", "module": "hostile", "job": "echo"})));
+    let fail =
+        id(&a.create_job(&json!({"name": "fail", "module": "hostile", "job": "fail-permanent"})));
+
+    // A spin takes the only worker of whichever node claims it; runs awaited on that
+    // node then run on the other one.
+    let spinning = a.execute(&spin, None);
+    let mut busy = Value::Null;
+    let started = a.wait_until(Duration::from_secs(20), || {
+        busy = a.execution(&spinning);
+        busy["status"] == "RUNNING"
+    });
+    assert!(started, "the spin never started: {busy}");
+    let busy_node = busy["nodeId"].as_str().unwrap().to_owned();
+    let here = cluster.node(cluster.index_of(&busy_node));
+    let elsewhere = if busy_node == "node-a" {
+        "node-b"
+    } else {
+        "node-a"
+    };
+
+    for (job_id, status) in [(&echo, "COMPLETED"), (&fail, "FAILED")] {
+        let asked = Instant::now();
+        let reply = here.post(&format!("/api/v1/jobs/{job_id}/execute?wait=30s"));
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        assert_eq!(reply.body["status"], status, "{}", reply.body);
+        assert_eq!(reply.body["nodeId"], elsewhere, "{}", reply.body);
+        assert_eq!(reply.body, here.execution(&id(&reply.body)));
+        assert!(
+            asked.elapsed() < Duration::from_secs(10),
+            "took {:?}",
+            asked.elapsed()
+        );
+    }
+
+    // Still running elsewhere when the wait ends: 202 with the run as it stands.
+    let asked = Instant::now();
+    let reply = here.post(&format!("/api/v1/jobs/{spin}/execute?wait=1500ms"));
+    assert_eq!(reply.status, 202, "{}", reply.body);
+    assert!(asked.elapsed() >= Duration::from_millis(1500));
+    assert!(
+        reply.body["status"] == "RUNNING" || reply.body["status"] == "QUEUED",
+        "{}",
+        reply.body
+    );
+    for running in [spinning, id(&reply.body)] {
+        let cancelled = a.post(&format!("/api/v1/executions/{running}/cancel"));
+        assert_eq!(cancelled.status, 200, "{}", cancelled.body);
+        let ended = a.wait_final(&running, Duration::from_secs(20));
+        assert_eq!(ended["status"], "CANCELLED", "{ended}");
+    }
+}
+
+#[test]
 fn a_module_serves_its_routes_on_every_node_and_changes_reach_them_all() {
     let _turn = one_at_a_time();
     let cluster = Cluster::start(2, 2);

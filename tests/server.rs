@@ -901,6 +901,78 @@ fn a_bulk_run_of_a_large_stored_input_stores_it_once_and_a_retried_request_runs_
 // ---- following logs -----------------------------------------------------------------------
 
 #[test]
+fn a_run_awaited_answers_with_its_end_or_with_its_state_when_the_wait_ends_first() {
+    let server = Server::start();
+    server.upload(&guests::guest("hostile"));
+    let job = |name: &str, definition: Value| {
+        let mut definition = definition;
+        definition["name"] = json!(name);
+        definition["module"] = json!("hostile");
+        id(&server.create_job(&definition))
+    };
+    let echo = job("echo", json!({"job": "echo"}));
+    let fail = job("fail", json!({"job": "fail-permanent"}));
+    let spin = job(
+        "spin",
+        json!({"job": "spin", "fuel": 400_000_000_000_u64, "timeoutMs": 30_000}),
+    );
+
+    // Final within the wait: 200 with the execution as GET shows it, completed or failed.
+    let completed = server.post_json(
+        &format!("/api/v1/jobs/{echo}/execute?wait=30s"),
+        &json!({"input": {"n": 7}}),
+    );
+    assert_eq!(completed.status, 200, "{}", completed.body);
+    assert_eq!(completed.body["status"], "COMPLETED", "{}", completed.body);
+    assert_eq!(completed.body["result"]["input"], json!({"n": 7}));
+    let completed_id = id(&completed.body);
+    assert_eq!(completed.body, server.execution(&completed_id));
+    let failed = server.post(&format!("/api/v1/jobs/{fail}/execute?wait=30s"));
+    assert_eq!(failed.status, 200, "{}", failed.body);
+    assert_eq!(failed.body["status"], "FAILED", "{}", failed.body);
+    assert_eq!(failed.body["errorKind"], "PERMANENT", "{}", failed.body);
+    assert_eq!(failed.body, server.execution(&id(&failed.body)));
+
+    // Still going when the wait ends: 202 with the execution as it stands.
+    let asked = Instant::now();
+    let running = server.post(&format!("/api/v1/jobs/{spin}/execute?wait=1500ms"));
+    let waited = asked.elapsed();
+    assert_eq!(running.status, 202, "{}", running.body);
+    assert!(
+        running.body["status"] == "RUNNING" || running.body["status"] == "QUEUED",
+        "{}",
+        running.body
+    );
+    assert!(
+        (Duration::from_millis(1500)..RUN).contains(&waited),
+        "answered after {waited:?}"
+    );
+    let spinning = id(&running.body);
+    let reply = server.post(&format!("/api/v1/executions/{spinning}/cancel"));
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(server.wait_final(&spinning, RUN)["status"], "CANCELLED");
+
+    // A wait that is not a duration, or longer than the longest, creates no run.
+    let before = server.executions(&format!("jobId={echo}")).len();
+    let garbled = server.post(&format!("/api/v1/jobs/{echo}/execute?wait=forever"));
+    assert_eq!(
+        (garbled.status, garbled.field()),
+        (400, "wait"),
+        "{}",
+        garbled.body
+    );
+    let too_long = server.post(&format!("/api/v1/jobs/{echo}/execute?wait=10m"));
+    assert_eq!(
+        (too_long.status, too_long.field()),
+        (422, "wait"),
+        "{}",
+        too_long.body
+    );
+    assert!(too_long.message().contains("5m"), "{}", too_long.body);
+    assert_eq!(server.executions(&format!("jobId={echo}")).len(), before);
+}
+
+#[test]
 fn following_a_run_streams_its_lines_in_order_then_end() {
     let server = Server::start();
     server.upload(&guests::guest("hostile"));

@@ -5,7 +5,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::header::LOCATION;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
@@ -15,7 +15,7 @@ use super::ApiState;
 use super::error::{ApiError, ErrorBody, ErrorCode};
 use super::extract::{ApiJson, IdempotencyKeyHeader, OptionalJson, PageRequest, Params};
 use super::openapi;
-use crate::domain::{ExecutionStatus, Job, Page};
+use crate::domain::{Execution, ExecutionStatus, Job, Page};
 use crate::services::{ExecuteRequest, JobDraft, JobPatch, ManualRuns};
 
 /// Set to `true` on the answer to a manual trigger that an earlier request under the
@@ -37,6 +37,12 @@ macro_rules! idempotency_key_doc {
 }
 
 const TAG: &str = "jobs";
+
+/// The longest a client may await a run (`execute?wait=`): an answer within what proxies
+/// and HTTP clients commonly tolerate for one request, and a bound on how long one
+/// request holds a connection and a watch on the run. A longer run is awaited again with
+/// `GET /api/v1/executions/{id}` or by following its log.
+const MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(5 * 60);
 
 pub(super) fn routes() -> OpenApiRouter<ApiState> {
     openapi::tagged(
@@ -219,11 +225,31 @@ struct Queued {
     status: ExecutionStatus,
 }
 
+/// What `202` carries: without `wait`, the execution to watch; with `wait`, the execution
+/// as it stood when the wait ended.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+#[expect(
+    dead_code,
+    reason = "describes the 202 answers in the OpenAPI document; never built"
+)]
+enum ExecuteAccepted {
+    Queued(Queued),
+    Waited(Box<Execution>),
+}
+
 /// Run a job now
 ///
 /// Creates one manual run: started at once when the node that takes the request has a
 /// free worker, queued for any node's worker otherwise. The body is optional: without
 /// one (or without `input`), the run gets the job's stored input.
+///
+/// With `wait`, the answer waits for the run to end, on whichever node it runs: `200`
+/// with the final execution (as `GET /api/v1/executions/{id}` shows it, whether it
+/// completed or failed), or, if the wait ends first, `202` with the execution as it
+/// stands then (`QUEUED` or `RUNNING`; await it further with `GET` or by following its
+/// log). A run that fails and is retried ends as `FAILED`; its retry is another
+/// execution.
 #[utoipa::path(
     post,
     path = "/jobs/{id}/execute",
@@ -231,30 +257,39 @@ struct Queued {
     operation_id = "executeJob",
     params(
         ("id" = String, Path, description = "The job's id."),
+        ("wait" = Option<String>, Query, description = "Optional. How long to wait for the run to end before answering: a duration with its unit (`500ms`, `30s`, `2m`), at most `5m`."),
         ("Idempotency-Key" = Option<String>, Header, description = idempotency_key_doc!()),
     ),
     request_body(content = Option<ExecuteRequest>, description = "Optional."),
     responses(
-        (status = 202, description = "Started or queued (`status`); `Location` is the execution's URL. For a retry under an `Idempotency-Key`, what the first request created.", body = Queued,
+        (status = 200, description = "With `wait`: the run ended within it; the final execution.", body = Execution,
+            headers(
+                ("location" = String, description = "`/api/v1/executions/{id}`"),
+                ("idempotent-replayed" = String, description = "`true` when an earlier request under the same `Idempotency-Key` created the run; absent otherwise."),
+            )),
+        (status = 202, description = "Without `wait`: started or queued (`{executionId, status}`). With `wait`: the wait ended before the run did; the execution as it stands (`QUEUED` or `RUNNING`). `Location` is the execution's URL. For a retry under an `Idempotency-Key`, what the first request created.", body = ExecuteAccepted,
             headers(
                 ("location" = String, description = "`/api/v1/executions/{executionId}`"),
                 ("idempotent-replayed" = String, description = "`true` when an earlier request under the same `Idempotency-Key` created the run; absent otherwise."),
             )),
-        (status = 400, description = "Malformed JSON, an unknown field, or a malformed `Idempotency-Key` (`details.field`).", body = ErrorBody),
+        (status = 400, description = "Malformed JSON, an unknown field, a `wait` that is not a duration, or a malformed `Idempotency-Key` (`details.field`).", body = ErrorBody),
         (status = 404, description = "No job with that id.", body = ErrorBody),
         (status = 409, description = "The job or its module is disabled, or the module is gone.", body = ErrorBody),
         (status = 413, description = "The body is larger than 1 MiB.", body = ErrorBody),
         (status = 415, description = "A body not declared `application/json`.", body = ErrorBody),
-        (status = 422, description = "The `Idempotency-Key` was used for a request with another job or input in the last 24 hours (`details.field`).", body = ErrorBody),
+        (status = 422, description = "A `wait` longer than `5m`, or an `Idempotency-Key` used for a request with another job or input in the last 24 hours (`details.field`).", body = ErrorBody),
         (status = 503, description = "The database or the queue is unavailable; retry later.", body = ErrorBody),
     ),
 )]
 async fn execute(
     State(state): State<ApiState>,
     Path(id): Path<String>,
+    params: Params,
     IdempotencyKeyHeader(key): IdempotencyKeyHeader,
     OptionalJson(request): OptionalJson<ExecuteRequest>,
-) -> Result<impl IntoResponse, ApiError> {
+) -> Result<Response, ApiError> {
+    // Read before the run is created: a bad `wait` must not leave a run behind.
+    let wait = wait_param(&params)?;
     let runs = state
         .services
         .execute_job(&id, request.unwrap_or_default(), key.as_deref())
@@ -265,14 +300,51 @@ async fn execute(
     if let Ok(location) = HeaderValue::from_str(&location) {
         headers.insert(LOCATION, location);
     }
-    Ok((
-        StatusCode::ACCEPTED,
-        headers,
-        Json(Queued {
+    let Some(wait) = wait else {
+        let queued = Queued {
             execution_id,
             status: runs.status,
-        }),
-    ))
+        };
+        return Ok((StatusCode::ACCEPTED, headers, Json(queued)).into_response());
+    };
+    let execution = state
+        .services
+        .await_execution(&execution_id, wait, state.readiness.shutdown_started())
+        .await?;
+    let status = if execution.status.is_final() {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
+    Ok((status, headers, Json(execution)).into_response())
+}
+
+/// `wait`, if given: a duration with its unit, at most [`MAX_WAIT`].
+fn wait_param(params: &Params) -> Result<Option<std::time::Duration>, ApiError> {
+    let Some(text) = params.text("wait") else {
+        return Ok(None);
+    };
+    let wait = humantime::parse_duration(text).map_err(|err| {
+        ApiError::field(
+            ErrorCode::InvalidField,
+            "wait",
+            format!(
+                "wait: `{text}` is not a duration ({err}); write one with its unit, as in `500ms`, `30s` or `2m`"
+            ),
+        )
+    })?;
+    if wait > MAX_WAIT {
+        let max = humantime::format_duration(MAX_WAIT);
+        return Err(ApiError::field(
+            ErrorCode::Unprocessable,
+            "wait",
+            format!(
+                "wait: `{text}` is longer than the longest wait, {max}; wait at most {max}, then await the execution further with GET /api/v1/executions/{{id}}"
+            ),
+        )
+        .with_detail("maxMs", MAX_WAIT.as_millis() as u64));
+    }
+    Ok(Some(wait))
 }
 
 /// `Idempotent-Replayed: true` for runs an earlier request created.

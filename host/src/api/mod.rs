@@ -15,6 +15,7 @@
 //! | `GET /api/v1/jobs?cursor=&limit=` | 200 `{items, nextCursor}` |
 //! | `GET`, `PATCH`, `DELETE /api/v1/jobs/{id}` | 200 job, 200 job, 204 |
 //! | `POST /api/v1/jobs/{id}/execute` `{input?}`, `Idempotency-Key?` | 202 `{executionId, status}` |
+//! | `POST /api/v1/jobs/{id}/execute?wait=30s` | 200 execution once final, or 202 execution as it stands |
 //! | `POST /api/v1/jobs/{id}/execute-bulk` `{inputs}` or `{count}`, `Idempotency-Key?` | 202 `{executionIds, count, status}` |
 //! | `GET /api/v1/executions?jobId=&status=&cursor=&limit=` | 200 `{items, nextCursor}` |
 //! | `GET /api/v1/executions/{id}` | 200 execution |

@@ -20,7 +20,7 @@ use crate::domain::{
 use crate::queue::{MemoryQueue, Queue};
 use crate::services::secrets::{KEY_BYTES, SecretBox};
 use crate::services::{ServiceSettings, Services};
-use crate::store::{SqliteStore, Store, VersionUpload};
+use crate::store::{ExecutionFilter, SqliteStore, Store, VersionUpload};
 
 struct TestApi {
     router: Router,
@@ -1791,4 +1791,196 @@ async fn an_admin_grants_fewer_or_other_outbound_hosts_than_a_module_asks_for() 
             "withheld": [],
         })
     );
+}
+
+// ---- awaiting a run ----------------------------------------------------------------------
+
+/// The id of the queued run of `job`, once there is one.
+async fn queued_run(api: &TestApi, job: &str) -> String {
+    let filter = ExecutionFilter {
+        job_id: Some(job.to_owned()),
+        status: Some(ExecutionStatus::Queued),
+    };
+    for _ in 0..500 {
+        let page = api
+            .services
+            .list_executions(&filter, None, 1)
+            .await
+            .unwrap();
+        if let Some(execution) = page.items.first() {
+            return execution.id.clone();
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("no queued run of {job}");
+}
+
+#[tokio::test]
+async fn an_awaited_run_answers_200_once_final_and_202_with_its_state_when_the_wait_ends_first() {
+    let api = api().await;
+    let job = api.fake_job("awaited").await;
+
+    // It ends meanwhile (the test plays the worker): the final execution, as GET shows it.
+    let execute = format!("/api/v1/jobs/{job}/execute?wait=10s");
+    let (reply, ()) = tokio::join!(api.call(Method::POST, &execute), async {
+        let id = queued_run(&api, &job).await;
+        api.complete(&id, Vec::new()).await;
+        api.services.logs.finish(&id, ExecutionStatus::Completed);
+    });
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_eq!(reply.body["status"], "COMPLETED");
+    let id = reply.body["id"].as_str().unwrap();
+    assert_eq!(
+        reply.headers[header::LOCATION],
+        format!("/api/v1/executions/{id}").as_str()
+    );
+    let shown = api.get(&format!("/api/v1/executions/{id}")).await;
+    assert_eq!(reply.body, shown.body);
+
+    // Nobody runs it: the wait ends first, and 202 says so, with the run as it stands.
+    let asked = std::time::Instant::now();
+    let reply = api
+        .call(
+            Method::POST,
+            &format!("/api/v1/jobs/{job}/execute?wait=300ms"),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.body);
+    assert_eq!(reply.body["status"], "QUEUED", "{}", reply.body);
+    assert_eq!(
+        reply.body["job"], "work",
+        "the whole execution: {}",
+        reply.body
+    );
+    assert!(asked.elapsed() >= Duration::from_millis(300));
+    let id = reply.body["id"].as_str().unwrap();
+    assert_eq!(
+        reply.headers[header::LOCATION],
+        format!("/api/v1/executions/{id}").as_str()
+    );
+
+    // `wait=0s` answers at once; no wait at all answers as ever.
+    let now = api
+        .call(Method::POST, &format!("/api/v1/jobs/{job}/execute?wait=0s"))
+        .await;
+    assert_eq!(now.status, StatusCode::ACCEPTED, "{}", now.body);
+    assert_eq!(now.body["status"], "QUEUED");
+    let plain = api
+        .call(Method::POST, &format!("/api/v1/jobs/{job}/execute"))
+        .await;
+    assert_eq!(plain.status, StatusCode::ACCEPTED, "{}", plain.body);
+    assert!(plain.body["executionId"].is_string(), "{}", plain.body);
+    assert_eq!(
+        api.services.logs.channel_count(),
+        0,
+        "no waiter left behind"
+    );
+}
+
+#[tokio::test]
+async fn a_bad_or_too_long_wait_is_refused_before_a_run_is_created() {
+    let api = api().await;
+    let job = api.fake_job("never").await;
+    for (wait, status, says) in [
+        (
+            "30",
+            StatusCode::BAD_REQUEST,
+            "wait: `30` is not a duration",
+        ),
+        (
+            "soon",
+            StatusCode::BAD_REQUEST,
+            "as in `500ms`, `30s` or `2m`",
+        ),
+        (
+            "-1s",
+            StatusCode::BAD_REQUEST,
+            "wait: `-1s` is not a duration",
+        ),
+        (
+            "6m",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "longer than the longest wait, 5m",
+        ),
+        (
+            "301s",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "longer than the longest wait, 5m",
+        ),
+    ] {
+        let reply = api
+            .call(
+                Method::POST,
+                &format!("/api/v1/jobs/{job}/execute?wait={wait}"),
+            )
+            .await;
+        assert_eq!(reply.status, status, "{wait}: {}", reply.body);
+        assert_eq!(reply.error_field(), "wait");
+        assert!(reply.message().contains(says), "{}", reply.body);
+    }
+    let filter = ExecutionFilter {
+        job_id: Some(job.clone()),
+        status: None,
+    };
+    let runs = api
+        .services
+        .list_executions(&filter, None, 10)
+        .await
+        .unwrap();
+    assert!(runs.items.is_empty(), "{:?}", runs.items);
+    let in_bounds = api
+        .call(Method::POST, &format!("/api/v1/jobs/{job}/execute?wait=0m"))
+        .await;
+    assert_eq!(in_bounds.status, StatusCode::ACCEPTED, "{}", in_bounds.body);
+}
+
+#[tokio::test]
+async fn a_waiting_request_answers_with_the_run_as_it_stands_when_the_server_shuts_down() {
+    let api = api().await;
+    let job = api.fake_job("stopping").await;
+    let asked = std::time::Instant::now();
+    let execute = format!("/api/v1/jobs/{job}/execute?wait=5m");
+    let (reply, ()) = tokio::join!(api.call(Method::POST, &execute), async {
+        queued_run(&api, &job).await;
+        api.readiness.begin_shutdown();
+    });
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.body);
+    assert_eq!(reply.body["status"], "QUEUED");
+    assert!(
+        asked.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        asked.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn a_client_that_goes_away_while_waiting_leaves_no_waiter_behind() {
+    use std::io::Write;
+    let api = api().await;
+    let job = api.fake_job("abandoned").await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let router = api.router.clone();
+    let server = tokio::spawn(async move { axum::serve(listener, router).await });
+    let mut client = std::net::TcpStream::connect(address).unwrap();
+    let request = format!(
+        "POST /api/v1/jobs/{job}/execute?wait=60s HTTP/1.1\r\nhost: {address}\r\n\
+         authorization: Bearer {}\r\ncontent-length: 0\r\n\r\n",
+        api.token
+    );
+    client.write_all(request.as_bytes()).unwrap();
+    let logs = &api.services.logs;
+    let channels = |count: usize| async move {
+        for _ in 0..500 {
+            if logs.channel_count() == count {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        false
+    };
+    assert!(channels(1).await, "the request waits on the run");
+    drop(client);
+    assert!(channels(0).await, "the waiter went with its client");
+    server.abort();
 }

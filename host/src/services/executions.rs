@@ -1,5 +1,5 @@
-//! Reading executions and their logs, cancelling them, and what a failed one is tried
-//! again as.
+//! Reading executions and their logs, awaiting their end, cancelling them, and what a
+//! failed one is tried again as.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -15,6 +15,16 @@ use crate::domain::{
 use crate::queue::Queue;
 use crate::runtime::{CancelToken, StartListener};
 use crate::store::{CancelEffect, ClaimedExecution, ExecutionFilter};
+
+/// When a waiter first re-reads an execution it awaits, in case the end does not reach
+/// this process's log hub: a short run on another node may end before that node hears
+/// that someone here waits for it (and then relays nothing), or the node died, or Redis
+/// was away. The pause doubles after each read, up to [`WAIT_BACKSTOP_MAX`]: a short run
+/// is answered within tens of milliseconds, a long one costs a read a second at most.
+/// Ends that do reach the hub answer at once.
+const WAIT_BACKSTOP_FIRST: Duration = Duration::from_millis(50);
+/// The longest an end that never reached the hub can go unseen.
+const WAIT_BACKSTOP_MAX: Duration = Duration::from_secs(1);
 
 /// Executions running in this process, so a cancel reaches them at once, and whether
 /// their handlers began (which decides, should this node die, whether they are failed or
@@ -218,6 +228,41 @@ impl Services {
             .get_execution(id)
             .await?
             .ok_or_else(|| ServiceError::not_found("execution", id))
+    }
+
+    /// Execution `id` once it is final, or as it stands when `wait` passes or `stop`
+    /// resolves (the server shutting down), whichever comes first. The log hub says when
+    /// the run ends, relayed from the node that runs it in the distributed deployment;
+    /// the store, re-read on that word and now and then (see [`WAIT_BACKSTOP_FIRST`]),
+    /// says how. Dropping the future (a client that went away) leaves nothing behind.
+    pub async fn await_execution(
+        &self,
+        id: &str,
+        wait: Duration,
+        stop: impl Future<Output = ()>,
+    ) -> Result<Execution, ServiceError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        // Watched before the first read: an end between the two is not missed.
+        let mut end = self.logs.watch(id);
+        let mut execution = self.get_execution(id).await?;
+        let mut backstop = WAIT_BACKSTOP_FIRST;
+        let mut stop = std::pin::pin!(stop);
+        while !execution.status.is_final() {
+            let waiting = tokio::select! {
+                () = tokio::time::sleep_until(deadline) => false,
+                () = &mut stop => false,
+                _ = end.ended() => true,
+                () = tokio::time::sleep(backstop) => {
+                    backstop = (backstop * 2).min(WAIT_BACKSTOP_MAX);
+                    true
+                }
+            };
+            execution = self.get_execution(id).await?;
+            if !waiting {
+                break;
+            }
+        }
+        Ok(execution)
     }
 
     pub async fn list_executions(

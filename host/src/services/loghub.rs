@@ -1,5 +1,6 @@
-//! Live logs of executions, for `logs?follow=true`. A follower that arrives mid-run gets
-//! the lines so far, then each new one, then the end. Owns only in-memory channels; it
+//! Live logs of executions, for `logs?follow=true`, and their ends, for a run awaited with
+//! `execute?wait=`. A follower that arrives mid-run gets the lines so far, then each new
+//! one, then the end; a watcher gets the end. Owns only in-memory channels; it
 //! must not touch the store (the follower reads the truth from there) nor know which
 //! backend carries lines between nodes.
 //!
@@ -220,6 +221,24 @@ impl LogHub {
         (channel.backlog.clone(), channel.subscribe())
     }
 
+    /// Watches execution `id` for its end, through the same channel as a follower (and,
+    /// for a run elsewhere, the same relay). Read the execution after this, not before,
+    /// so an end in between is not missed. Dropping the watch lets the channel go.
+    pub fn watch(&self, id: &str) -> EndWatch {
+        let (_, live) = self.subscribe(id);
+        EndWatch {
+            hub: self.clone(),
+            id: id.to_owned(),
+            live: Some(live),
+        }
+    }
+
+    /// How many executions have a channel here (run, followed or watched); for tests.
+    #[cfg(test)]
+    pub(crate) fn channel_count(&self) -> usize {
+        self.channels().len()
+    }
+
     /// Drops a channel nobody runs or follows here (a follower gave up on a run that is
     /// queued or on another node).
     pub fn forget_if_idle(&self, id: &str) {
@@ -298,6 +317,46 @@ impl LogHub {
     }
 }
 
+/// One execution watched for its end (see [`LogHub::watch`]). Dropped, it lets the
+/// channel go unless others still use it: a waiter whose client went away leaves nothing
+/// behind.
+pub struct EndWatch {
+    hub: LogHub,
+    id: String,
+    live: Option<broadcast::Receiver<LogMessage>>,
+}
+
+impl std::fmt::Debug for EndWatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EndWatch").field("id", &self.id).finish()
+    }
+}
+
+impl EndWatch {
+    /// Resolves with the status the run ended in, as soon as this process hears of it.
+    /// Never resolves once the channel closed without an end: then only the store knows.
+    /// Cancel-safe, so it can sit in a `select!` loop.
+    pub async fn ended(&mut self) -> ExecutionStatus {
+        while let Some(live) = &mut self.live {
+            match live.recv().await {
+                Ok(LogMessage::End(status)) => return status,
+                // Skipped lines do not matter here; the end comes after them.
+                Ok(LogMessage::Line(_)) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => self.live = None,
+            }
+        }
+        std::future::pending().await
+    }
+}
+
+impl Drop for EndWatch {
+    fn drop(&mut self) {
+        // The receiver first: the channel is idle only once nobody holds one.
+        self.live = None;
+        self.hub.forget_if_idle(&self.id);
+    }
+}
+
 fn backlog_messages(backlog: &[LogEntry]) -> Vec<LogMessage> {
     backlog.iter().cloned().map(LogMessage::Line).collect()
 }
@@ -330,6 +389,31 @@ mod tests {
             rx.recv().await.unwrap(),
             LogMessage::End(ExecutionStatus::Completed)
         );
+    }
+
+    #[tokio::test]
+    async fn a_watch_hears_the_end_and_leaves_no_channel_behind() {
+        let hub = LogHub::default();
+        let observer = hub.start("e3");
+        let mut watch = hub.watch("e3");
+        observer(&line("ignored"));
+        hub.finish("e3", ExecutionStatus::Failed);
+        assert_eq!(watch.ended().await, ExecutionStatus::Failed);
+        drop(watch);
+        assert!(hub.channels().is_empty());
+
+        // Given up before the run started: nothing is left for it.
+        let queued = hub.watch("e4");
+        assert_eq!(hub.channels().len(), 1);
+        drop(queued);
+        assert!(hub.channels().is_empty());
+
+        // Given up while it runs here: the run keeps its channel until it ends.
+        let _observer = hub.start("e5");
+        drop(hub.watch("e5"));
+        assert!(hub.channels().contains_key("e5"));
+        hub.finish("e5", ExecutionStatus::Completed);
+        assert!(hub.channels().is_empty());
     }
 
     #[tokio::test]
