@@ -7,6 +7,8 @@
 
 #[path = "support/guests.rs"]
 mod guests;
+#[path = "support/peers.rs"]
+mod peers;
 #[allow(
     dead_code,
     reason = "shared with other test binaries, each of which uses a different part of it"
@@ -14,12 +16,9 @@ mod guests;
 #[path = "support/server.rs"]
 mod server;
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::Command;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -387,34 +386,9 @@ fn a_version_signed_by_a_pinned_key_keeps_the_approval_unless_it_asks_for_more()
     assert!(audit.contains("module.publisher_key.unpin"), "{audit}");
 }
 
-/// A server on 127.0.0.1 that answers every request `200 hello`; returns its port and
-/// how many requests it served.
-fn hello_server() -> (u16, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let served = Arc::new(AtomicUsize::new(0));
-    let count = served.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut line = String::new();
-            // The request head ends with an empty line; a GET has no body.
-            while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
-                line.clear();
-            }
-            count.fetch_add(1, Ordering::SeqCst);
-            let _ = stream.write_all(
-                b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
-            );
-        }
-    });
-    (port, served)
-}
-
 #[test]
 fn an_admin_narrows_or_extends_the_outbound_hosts_a_module_may_reach() {
-    let (port, served) = hello_server();
+    let (port, served) = peers::hello_server();
     let local = format!("127.0.0.1:{port}");
     let server = Server::start_with(ServerOptions {
         env: vec![("RUNCELL_OUTBOUND_ALLOW".into(), "127.0.0.1".into())],

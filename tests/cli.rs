@@ -3,6 +3,8 @@
 
 #[path = "support/guests.rs"]
 mod guests;
+#[path = "support/peers.rs"]
+mod peers;
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -235,40 +237,12 @@ fn config_settings_reach_the_job() {
     assert_eq!(report["status"], "degraded");
 }
 
-/// Answers every connection on an ephemeral port of 127.0.0.1 with `200 hello`, and
-/// counts the requests it served. Lives until the test process ends.
-fn hello_server() -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
-    use std::io::{BufRead, BufReader, Write};
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let served = std::sync::Arc::new(AtomicUsize::new(0));
-    let count = served.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut line = String::new();
-            // The request head ends with an empty line; a GET has no body.
-            while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
-                line.clear();
-            }
-            count.fetch_add(1, Ordering::SeqCst);
-            let _ = stream.write_all(
-                b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
-            );
-        }
-    });
-    (port, served)
-}
-
 #[test]
 fn run_grants_the_manifest_hosts_and_opens_more_only_when_asked() {
     let cache = tempfile::tempdir().unwrap();
     let module = guests::guest("http-client");
     let module = module.to_str().unwrap();
-    let (port, served) = hello_server();
+    let (port, served) = peers::hello_server();
     let input = format!(r#"{{"url":"http://127.0.0.1:{port}/"}}"#);
     let host = format!("127.0.0.1:{port}");
     let run = |extra: &[&str]| {

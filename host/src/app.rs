@@ -747,18 +747,9 @@ async fn install_examples(services: &Services, dir: &Path) {
         .unwrap_or(true);
     if !has_demo && services.get_module("hello").await.is_ok() {
         let draft = JobDraft {
-            name: DEMO_JOB.into(),
-            module: "hello".into(),
-            job: "greet".into(),
             schedule: Some(Some("*/5 * * * * *".into())),
             input: Some(serde_json::json!({"name": "Runcell"})),
-            enabled: Some(true),
-            max_attempts: None,
-            timeout_ms: None,
-            fuel: None,
-            memory_bytes: None,
-            on_event: None,
-            config: None,
+            ..JobDraft::new(DEMO_JOB, "hello", "greet")
         };
         match services.create_job(draft).await {
             Ok(job) => println!("created job {} ({}), runs every 5 s", job.name, job.id),

@@ -71,6 +71,26 @@ pub struct JobDraft {
     pub config: Option<BTreeMap<String, SettingValue>>,
 }
 
+impl JobDraft {
+    /// Job `job` of `module`, named `name`, with every option at its default.
+    pub fn new(name: impl Into<String>, module: impl Into<String>, job: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            module: module.into(),
+            job: job.into(),
+            schedule: None,
+            input: None,
+            enabled: None,
+            max_attempts: None,
+            timeout_ms: None,
+            fuel: None,
+            memory_bytes: None,
+            on_event: None,
+            config: None,
+        }
+    }
+}
+
 /// Changes to a job; absent fields stay, `null` clears an optional one.
 #[derive(Debug, Clone, Default, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -467,21 +487,10 @@ impl Services {
                     .push(skip(format!("job `{}` already runs it", runs_it.name)));
                 continue;
             }
-            let draft = JobDraft {
-                name: name.clone(),
-                module: module.to_owned(),
-                job: spec.name.clone(),
-                schedule: None,
-                input: None,
-                enabled: None,
-                max_attempts: None,
-                timeout_ms: None,
-                fuel: None,
-                memory_bytes: None,
-                on_event: None,
-                config: None,
-            };
-            match self.create_job(draft).await {
+            match self
+                .create_job(JobDraft::new(name, module, &spec.name))
+                .await
+            {
                 Ok(job) => outcome.created.push(job),
                 Err(
                     err @ (ServiceError::Unprocessable { .. }
