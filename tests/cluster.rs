@@ -846,17 +846,12 @@ fn a_run_awaited_on_one_node_answers_when_it_ends_on_another() {
     };
 
     for (job_id, status) in [(&echo, "COMPLETED"), (&fail, "FAILED")] {
-        let asked = Instant::now();
         let reply = here.post(&format!("/api/v1/jobs/{job_id}/execute?wait=30s"));
         assert_eq!(reply.status, 200, "{}", reply.body);
         assert_eq!(reply.body["status"], status, "{}", reply.body);
         assert_eq!(reply.body["nodeId"], elsewhere, "{}", reply.body);
+        // 200, not 202: it answered because the run ended, not because the wait did.
         assert_eq!(reply.body, here.execution(&id(&reply.body)));
-        assert!(
-            asked.elapsed() < Duration::from_secs(10),
-            "took {:?}",
-            asked.elapsed()
-        );
     }
 
     // Still running elsewhere when the wait ends: 202 with the run as it stands.
