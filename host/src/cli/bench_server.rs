@@ -173,9 +173,7 @@ impl Server {
         Ok(body)
     }
 
-    /// Cancels execution `id`. The request has no body: the route reads none, and a body
-    /// left unread makes the server close the connection after answering, which the
-    /// next request on it (the agent keeps connections) would find closed.
+    /// Cancels execution `id`, with no body: the route reads none.
     fn cancel(&self, id: &str) -> BenchResult<()> {
         let path = format!("/executions/{id}/cancel");
         let response = self
