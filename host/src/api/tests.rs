@@ -105,7 +105,7 @@ async fn jobs_following_their_modules_default_schedule_take_each_new_versions() 
         let services = api.services.clone();
         let version = version.to_owned();
         async move {
-            services
+            let record = services
                 .store
                 .install_module_version(
                     &manifest,
@@ -116,7 +116,7 @@ async fn jobs_following_their_modules_default_schedule_take_each_new_versions() 
                 )
                 .await
                 .unwrap();
-            services.follow_default_schedules("fake").await.unwrap();
+            services.follow_default_schedules(&record).await.unwrap();
         }
     };
     install(Some("0 * * * *"), "1.0.0").await;

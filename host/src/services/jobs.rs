@@ -11,7 +11,8 @@ use super::schedule::Schedule;
 use super::{ServiceError, Services};
 use crate::domain::{
     ExecutionStatus, Job, JobConfig, JobSpec, Limits, MAX_EVENT_DEPTH, Manifest, Millis,
-    ModuleStatus, Page, ScheduleSource, Setting, SettingValue, new_id, now_millis, topics_overlap,
+    ModuleRecord, ModuleStatus, Page, ScheduleSource, Setting, SettingValue, new_id, now_millis,
+    topics_overlap,
 };
 use crate::runtime::host::events::is_valid_topic;
 use crate::store::{EarlierRuns, IdempotencyKey, ManualOutcome, ManualRun};
@@ -503,13 +504,14 @@ impl Services {
         Ok(outcome)
     }
 
-    /// Gives the jobs of `module` that follow its default schedules (`scheduleSource`
-    /// `module`) the defaults its current version declares, after a new version was
-    /// installed.
-    pub(crate) async fn follow_default_schedules(&self, module: &str) -> Result<(), ServiceError> {
-        let Some(record) = self.store.get_module(module).await? else {
-            return Ok(());
-        };
+    /// Gives the jobs of `record`'s module that follow its default schedules
+    /// (`scheduleSource` `module`) the defaults its current version declares, after a new
+    /// version was installed.
+    pub(crate) async fn follow_default_schedules(
+        &self,
+        record: &ModuleRecord,
+    ) -> Result<(), ServiceError> {
+        let module = record.name.as_str();
         let now = now_millis();
         for mut job in self.store.jobs_using_module(module).await? {
             if job.schedule_source != ScheduleSource::Module {

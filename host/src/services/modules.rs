@@ -315,7 +315,7 @@ impl Services {
             .install_module_version(&module.manifest, &module.hash, &bytes, &version_upload, now)
             .await?;
         self.modules.invalidate(&record.name);
-        self.follow_default_schedules(&record.name).await?;
+        self.follow_default_schedules(&record).await?;
         tracing::info!(
             module = %record.name,
             version = %record.current.version,
