@@ -16,6 +16,7 @@ use serde_json::error::Category;
 use utoipa::IntoParams;
 
 use super::error::{ApiError, ErrorCode};
+use crate::domain::window::Window;
 use crate::services::jobs::IDEMPOTENCY_KEY_FIELD;
 
 /// Largest body of any route but module uploads. Job definitions, inputs and event
@@ -300,6 +301,20 @@ impl Params {
                 format!("{name}: `{other}` is not a boolean; use true or false"),
             )),
         }
+    }
+
+    /// `from`, `to` and `step`, as every time series takes them (see [`Window::parse`]).
+    pub(crate) fn window(&self) -> Result<Window, ApiError> {
+        Window::parse(
+            self.text("from"),
+            self.text("to"),
+            self.text("step"),
+            crate::domain::now_millis(),
+        )
+        .map_err(|err| {
+            let message = err.to_string();
+            ApiError::field(ErrorCode::InvalidField, err.parameter, message)
+        })
     }
 
     /// `cursor` and `limit`.

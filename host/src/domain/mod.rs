@@ -9,6 +9,7 @@ mod manifest;
 mod model;
 mod retry;
 mod run;
+pub(crate) mod window;
 
 pub(crate) use approval::{CodeApproval, PublisherKey, Uploader};
 pub(crate) use auth::{ApiToken, AuditEntry, Credential, Principal, RefreshToken, Role, User};
