@@ -464,6 +464,7 @@ async fn refuse(shared: &Shared, claimed: &ClaimedExecution, reason: String) {
         memory_peak_bytes: 0,
         cpu_time_ms: 0.0,
         logs: Vec::new(),
+        outbound: Vec::new(),
     };
     let _ = shared
         .recorder
@@ -550,6 +551,7 @@ async fn run_one(
         &report.outcome,
         &report.usage,
         report.logs,
+        report.outbound,
         now,
     );
     let _ = shared

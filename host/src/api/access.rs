@@ -66,6 +66,8 @@ pub(super) fn required(method: &Method, route: &str) -> Option<Access> {
         ("POST", "/api/v1/events") => R(Operator),
 
         ("GET", "/api/v1/nodes") => R(Viewer),
+
+        ("GET", "/api/v1/usage" | "/api/v1/usage/summary" | "/api/v1/usage/outbound") => R(Viewer),
         _ => return None,
     };
     Some(access)

@@ -24,6 +24,9 @@
 //! | `POST /api/v1/executions/{id}/cancel` | 200 execution |
 //! | `POST /api/v1/events` `{topic, payload}` | 202 `{eventId, triggeredExecutions}` |
 //! | `GET /api/v1/events?topic=&cursor=&limit=` | 200 `{items, nextCursor}` |
+//! | `GET /api/v1/usage?from=&to=&step=&module=&jobId=&groupBy=` | 200 `{from, to, step, series}` |
+//! | `GET /api/v1/usage/summary?from=&to=&groupBy=&sort=&format=` | 200 `{from, to, sort, items}` or CSV |
+//! | `GET /api/v1/usage/outbound?from=&to=&step=&module=&host=` | 200 `{from, to, step, series}` |
 //! | `GET /healthz` | 200 `{status: "ok"}` |
 //! | `GET /readyz` | 200 `{status: "ready", checks}`, or 503 `not_ready` |
 //! | `GET /api/v1/openapi.json` | 200 the OpenAPI 3.1 document of all of the above |
@@ -54,6 +57,7 @@ pub(crate) mod openapi;
 mod probes;
 #[cfg(test)]
 mod tests;
+mod usage;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -198,7 +202,8 @@ fn api_routes(max_module_bytes: usize) -> OpenApiRouter<ApiState> {
         .merge(executions::routes())
         .merge(events::routes())
         .merge(auth::routes())
-        .merge(nodes::routes());
+        .merge(nodes::routes())
+        .merge(usage::routes());
     OpenApiRouter::with_openapi(openapi::frame())
         .merge(probes::routes())
         .nest("/api/v1", v1)

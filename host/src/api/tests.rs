@@ -318,6 +318,7 @@ impl TestApi {
             memory_peak_bytes: 65_536,
             cpu_time_ms: 2.5,
             logs,
+            outbound: Vec::new(),
         };
         let recorded = self
             .services

@@ -9,6 +9,7 @@ mod manifest;
 mod model;
 mod retry;
 mod run;
+pub(crate) mod usage;
 pub(crate) mod window;
 
 pub(crate) use approval::{CodeApproval, PublisherKey, Uploader};

@@ -269,6 +269,8 @@ pub struct ExecutionResult {
     pub memory_peak_bytes: u64,
     pub cpu_time_ms: f64,
     pub logs: Vec<LogEntry>,
+    /// The run's outbound HTTP requests, counted per host, for the usage figures.
+    pub outbound: Vec<super::usage::OutboundTally>,
 }
 
 impl ExecutionResult {
@@ -278,6 +280,7 @@ impl ExecutionResult {
         outcome: &Outcome,
         usage: &super::Usage,
         logs: Vec<LogEntry>,
+        outbound: Vec<super::usage::OutboundTally>,
         finished_at: Millis,
     ) -> Self {
         let (status, result, error, error_kind) = match outcome {
@@ -318,6 +321,7 @@ impl ExecutionResult {
             memory_peak_bytes: usage.memory_peak_bytes,
             cpu_time_ms: usage.cpu_time.as_secs_f64() * 1000.0,
             logs,
+            outbound,
         }
     }
 }

@@ -251,6 +251,8 @@ pub struct RunReport {
     pub logs: Vec<LogEntry>,
     /// Log lines dropped because the run reached its log cap.
     pub dropped_log_lines: u64,
+    /// The run's outbound HTTP requests, counted per host.
+    pub outbound: Vec<super::usage::OutboundTally>,
 }
 
 #[cfg(test)]

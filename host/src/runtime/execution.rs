@@ -25,6 +25,7 @@ use super::limiter::MemoryLimiter;
 use super::logs::{LogCollector, LogObserver, Stream};
 use super::redact::Redactor;
 use super::stdio::CapturedStream;
+use crate::domain::usage::OutboundTally;
 use crate::domain::{
     FUEL_PER_CPU_MS, FailureKind, Grants, Limits, LogEntry, LogLevel, Outcome,
     RUST_FUEL_PER_CPU_MS, RunContext, RunReport, Trigger, Usage,
@@ -197,14 +198,15 @@ impl WasiHttpView for ExecutionState {
     }
 }
 
-/// What a store's run used, and whether it hit its memory limit, once the guest's call
-/// is over; outbound requests still open are ended with the reason.
+/// What a store's run used, whether it hit its memory limit, and its outbound requests
+/// per host, once the guest's call is over; outbound requests still open are ended with
+/// the reason.
 pub(crate) fn conclude<T>(
     store: &Store<ExecutionState>,
     limits: &Limits,
     started: Instant,
     result: &wasmtime::Result<T>,
-) -> (Usage, bool) {
+) -> (Usage, bool, Vec<OutboundTally>) {
     let state = store.data();
     let usage = Usage {
         wall_time: started.elapsed(),
@@ -212,14 +214,14 @@ pub(crate) fn conclude<T>(
         memory_peak_bytes: state.limiter.peak_bytes(),
         cpu_time: Duration::ZERO,
     };
-    state.http_hooks.finish(match result {
+    let outbound = state.http_hooks.finish(match result {
         Err(error) if is_deadline(error) => "the run hit its deadline",
         Err(error) if matches!(error.downcast_ref(), Some(Interrupted::Cancelled)) => {
             "the run was cancelled"
         }
         _ => "the run ended first",
     });
-    (usage, state.limiter.limit_hit())
+    (usage, state.limiter.limit_hit(), outbound)
 }
 
 /// The error a call ends with when its wall-clock deadline passes while it waits.
@@ -314,6 +316,7 @@ pub(crate) async fn execute(
             usage: Usage::default(),
             logs: Vec::new(),
             dropped_log_lines: 0,
+            outbound: Vec::new(),
         };
     }
     let limits = request.limits;
@@ -357,7 +360,7 @@ pub(crate) async fn execute(
             },
         }
     };
-    let (mut usage, memory_limit_hit) = conclude(&store, &limits, started, &result);
+    let (mut usage, memory_limit_hit, outbound) = conclude(&store, &limits, started, &result);
     usage.cpu_time = cpu.spent();
     let (entries, dropped_log_lines) = logs.finish();
     let outcome = match result {
@@ -371,6 +374,7 @@ pub(crate) async fn execute(
         usage,
         logs: entries,
         dropped_log_lines,
+        outbound,
     }
 }
 

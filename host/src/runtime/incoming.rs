@@ -107,7 +107,10 @@ async fn call_handler(
             () = under.clock.expired(execution::HOST_CALL_GRACE) => Err(execution::deadline_passed()),
         }
     };
-    let (usage, memory_limit_hit) = execution::conclude(&store, &run.limits, started, &result);
+    // A route's outbound requests are in its log (one line each); they are not counted
+    // in the usage figures, which count the runs of jobs.
+    let (usage, memory_limit_hit, _outbound) =
+        execution::conclude(&store, &run.limits, started, &result);
     (result, usage, memory_limit_hit)
 }
 

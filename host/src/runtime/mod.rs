@@ -390,6 +390,7 @@ impl Runtime {
                 usage: Usage::default(),
                 logs: Vec::new(),
                 dropped_log_lines: 0,
+                outbound: Vec::new(),
             },
         }
     }
@@ -416,6 +417,7 @@ impl Runtime {
                 usage: Usage::default(),
                 logs: Vec::new(),
                 dropped_log_lines: 0,
+                outbound: Vec::new(),
             };
         }
         let seat = lanes::take_seat(&self.shared.lanes);

@@ -14,6 +14,7 @@ pub(crate) mod publishers;
 pub(crate) mod routes;
 pub(crate) mod schedule;
 pub(crate) mod secrets;
+pub(crate) mod usage;
 
 use std::path::PathBuf;
 use std::sync::Arc;

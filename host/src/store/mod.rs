@@ -34,6 +34,7 @@ pub(crate) use auth::AuthStore;
 pub(crate) use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
+use crate::domain::usage::{OutboundRow, UsageQuery, UsageRow};
 use crate::domain::{
     CodeApproval, Event, Execution, ExecutionResult, ExecutionStatus, Job, LogEntry, Manifest,
     MetricSample, Millis, ModuleRecord, ModuleStatus, ModuleVersion, NewExecution, NodeHeartbeat,
@@ -302,6 +303,16 @@ pub trait Store: Send + Sync + 'static {
         since: Millis,
         limit: u32,
     ) -> Result<Vec<MetricSample>, StoreError>;
+
+    // ---- usage -----------------------------------------------------------------------
+
+    /// What runs consumed in `query`'s window, from the rollups: one row per group and
+    /// point, ordered by group then point.
+    async fn usage_runs(&self, query: &UsageQuery) -> Result<Vec<UsageRow>, StoreError>;
+
+    /// The outbound requests of runs in `query`'s window, from the rollups: one row per
+    /// module, host and point, ordered so.
+    async fn usage_outbound(&self, query: &UsageQuery) -> Result<Vec<OutboundRow>, StoreError>;
 
     // ---- modules -------------------------------------------------------------------
 

@@ -105,6 +105,7 @@
 use std::borrow::Cow;
 use std::collections::HashSet;
 use std::str::FromStr;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use sqlx::migrate::Migrator;
@@ -112,9 +113,12 @@ use sqlx::postgres::{
     PgBindIterExt, PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow, Postgres,
 };
 use sqlx::query::Query;
-use sqlx::{ConnectOptions, Connection, Pool, QueryBuilder, Transaction};
+use sqlx::{AssertSqlSafe, ConnectOptions, Connection, Pool, QueryBuilder, Transaction};
 
 use super::convert::{StoredInput, corrupt, db, in_given_order, int, json_text, stored_inputs};
+use super::shared::usage::{
+    COUNT_DURATIONS, COUNT_LATENCY, COUNT_OUTBOUND, Counted, STEPS_CTE, count_runs_sql,
+};
 use super::shared::{
     Backend, adopt_large_job_inputs, claimed_columns, insert_inputs, int4, take_idempotency_key,
 };
@@ -123,6 +127,7 @@ use super::{
     ClaimedExecution, ExecutionFilter, IdempotencyKey, ManualOutcome, ManualRun, Retry, StoreError,
     failpoint,
 };
+use crate::domain::usage::OutboundTally;
 use crate::domain::{ExecutionResult, ExecutionStatus, Millis, NewExecution};
 /// Applied by [`PostgresStore::connect`]. Nodes starting together do not race on it:
 /// sqlx 0.9's PostgreSQL migrator (`Migrator::run`, locking on by default) takes
@@ -432,31 +437,67 @@ async fn insert_executions(
     .map_err(db)
 }
 
-/// The recording of up to [`MAX_ROWS`] results (`$1` to `$9` and `$16`, a column each)
-/// and the log lines (`$10` to `$15`) of the executions it recorded.
+/// The recording of up to [`MAX_ROWS`] results (`$1` to `$9` and `$16`, a column each),
+/// the log lines (`$10` to `$15`) of the executions it recorded, and their usage counts
+/// (`$17` to `$19`: each result's duration bucket, log bytes and outbound requests; see
+/// `shared/usage.rs`), all in one statement. With `calls`, also the runs' outbound
+/// requests per host (`$20` to `$30`) and their latency histograms (`$31` to `$34`).
 /// `(e.status || '')`: see "Finding executions by a list of ids" above.
-const RECORD: &str = "WITH recorded AS ( \
-         UPDATE executions e SET status = r.status, result = r.result, \
-             error = r.error, error_kind = r.error_kind, \
-             finished_at = r.finished_at, duration_ms = r.duration_ms, \
-             fuel_consumed = r.fuel_consumed, memory_peak_bytes = r.memory_peak_bytes, \
-             cpu_time_ms = r.cpu_time_ms, lease_expires_at = NULL \
-         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
-                     $6::int8[], $7::float8[], $8::int8[], $9::int8[], $16::float8[]) \
-             AS r (id, status, result, error, error_kind, finished_at, duration_ms, \
-                   fuel_consumed, memory_peak_bytes, cpu_time_ms) \
-         WHERE e.id = r.id AND (e.status || '') = 'RUNNING' \
-         RETURNING e.id \
-     ), logged AS ( \
-         INSERT INTO execution_logs (execution_id, seq, ts, level, message, fields) \
-         SELECT l.execution_id, l.seq, l.ts, l.level, l.message, l.fields \
-         FROM UNNEST($10::text[], $11::int4[], $12::int8[], $13::text[], $14::text[], \
-                     $15::text[]) \
-             AS l (execution_id, seq, ts, level, message, fields) \
-         WHERE l.execution_id IN (SELECT id FROM recorded) \
-         ON CONFLICT DO NOTHING \
-     ) \
-     SELECT id FROM recorded";
+fn record_statement(calls: bool) -> String {
+    let mut sql = format!(
+        "WITH recorded AS ( \
+             UPDATE executions e SET status = r.status, result = r.result, \
+                 error = r.error, error_kind = r.error_kind, \
+                 finished_at = r.finished_at, duration_ms = r.duration_ms, \
+                 fuel_consumed = r.fuel_consumed, memory_peak_bytes = r.memory_peak_bytes, \
+                 cpu_time_ms = r.cpu_time_ms, lease_expires_at = NULL \
+             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
+                         $6::int8[], $7::float8[], $8::int8[], $9::int8[], $16::float8[]) \
+                 AS r (id, status, result, error, error_kind, finished_at, duration_ms, \
+                       fuel_consumed, memory_peak_bytes, cpu_time_ms) \
+             WHERE e.id = r.id AND (e.status || '') = 'RUNNING' \
+             RETURNING e.id, e.job_id, e.module, e.job, e.status, e.finished_at, \
+                 e.duration_ms, e.cpu_time_ms, e.fuel_consumed, e.memory_peak_bytes \
+         ), logged AS ( \
+             INSERT INTO execution_logs (execution_id, seq, ts, level, message, fields) \
+             SELECT l.execution_id, l.seq, l.ts, l.level, l.message, l.fields \
+             FROM UNNEST($10::text[], $11::int4[], $12::int8[], $13::text[], $14::text[], \
+                         $15::text[]) \
+                 AS l (execution_id, seq, ts, level, message, fields) \
+             WHERE l.execution_id IN (SELECT id FROM recorded) \
+             ON CONFLICT DO NOTHING \
+         ), done AS ( \
+             SELECT r.id, r.job_id, r.module, r.job, r.status, r.finished_at, r.duration_ms, \
+                 r.cpu_time_ms, r.fuel_consumed, r.memory_peak_bytes, \
+                 x.bucket, x.log_bytes, x.outbound_requests \
+             FROM recorded r \
+             JOIN UNNEST($1::text[], $17::int8[], $18::int8[], $19::int8[]) \
+                 AS x (id, bucket, log_bytes, outbound_requests) ON x.id = r.id \
+         ), {STEPS_CTE}, counted AS ({count_runs}), timed AS ({COUNT_DURATIONS})",
+        count_runs = count_runs_sql("GREATEST"),
+    );
+    if calls {
+        sql.push_str(&format!(
+            ", calls AS ( \
+                 SELECT * FROM UNNEST($20::text[], $21::text[], $22::int8[], $23::int8[], \
+                     $24::int8[], $25::int8[], $26::int8[], $27::int8[], $28::int8[], \
+                     $29::int8[], $30::int8[]) \
+                 AS c (id, host, requests, responses_2xx, responses_3xx, responses_4xx, \
+                       responses_5xx, errors, denied, bytes_sent, bytes_received) \
+             ), call_latency AS ( \
+                 SELECT * FROM UNNEST($31::text[], $32::text[], $33::int8[], $34::int8[]) \
+                 AS l (id, host, bucket, count) \
+             ), called AS ({COUNT_OUTBOUND}), waited AS ({COUNT_LATENCY})"
+        ));
+    }
+    sql.push_str(" SELECT id FROM recorded");
+    sql
+}
+
+/// [`record_statement`] of batches without outbound requests (nearly all), and of those
+/// with.
+static RECORD: LazyLock<String> = LazyLock::new(|| record_statement(false));
+static RECORD_WITH_CALLS: LazyLock<String> = LazyLock::new(|| record_statement(true));
 
 /// Records `results` (at most [`MAX_ROWS`], one per id) and the log lines of those
 /// recorded, in one statement; returns the ids recorded. The log insert reads the ids
@@ -476,7 +517,17 @@ async fn record_batch(
             logs.push((result.id.as_str(), log, fields));
         }
     }
-    sqlx::query_scalar(RECORD)
+    let counted: Vec<Counted<'_>> = results.iter().map(|r| Counted::recorded(r)).collect();
+    let calls: Vec<(&str, &OutboundTally)> = results
+        .iter()
+        .flat_map(|r| r.outbound.iter().map(move |t| (r.id.as_str(), t)))
+        .collect();
+    let statement = if calls.is_empty() {
+        RECORD.as_str()
+    } else {
+        RECORD_WITH_CALLS.as_str()
+    };
+    let query = sqlx::query_scalar(AssertSqlSafe(statement))
         .bind(results.iter().map(|r| r.id.as_str()).bind_iter())
         .bind(results.iter().map(|r| r.status.as_str()).bind_iter())
         .bind(results.iter().map(|r| r.result.as_deref()).bind_iter())
@@ -515,9 +566,38 @@ async fn record_batch(
                 .bind_iter(),
         )
         .bind(results.iter().map(|r| r.cpu_time_ms).bind_iter())
-        .fetch_all(conn)
-        .await
-        .map_err(db)
+        .bind(counted.iter().map(|c| c.bucket).bind_iter())
+        .bind(counted.iter().map(|c| c.log_bytes).bind_iter())
+        .bind(counted.iter().map(Counted::outbound_requests).bind_iter());
+    let latency: Vec<(&str, &str, i64, i64)> = calls
+        .iter()
+        .flat_map(|(id, t)| {
+            t.latency
+                .buckets()
+                .map(move |(b, n)| (*id, t.host.as_str(), i64::from(b), n))
+        })
+        .collect();
+    let query = if calls.is_empty() {
+        query
+    } else {
+        query
+            .bind(calls.iter().map(|(id, _)| *id).bind_iter())
+            .bind(calls.iter().map(|(_, t)| t.host.as_str()).bind_iter())
+            .bind(calls.iter().map(|(_, t)| t.requests).bind_iter())
+            .bind(calls.iter().map(|(_, t)| t.responses_2xx).bind_iter())
+            .bind(calls.iter().map(|(_, t)| t.responses_3xx).bind_iter())
+            .bind(calls.iter().map(|(_, t)| t.responses_4xx).bind_iter())
+            .bind(calls.iter().map(|(_, t)| t.responses_5xx).bind_iter())
+            .bind(calls.iter().map(|(_, t)| t.errors).bind_iter())
+            .bind(calls.iter().map(|(_, t)| t.denied).bind_iter())
+            .bind(calls.iter().map(|(_, t)| t.bytes_sent).bind_iter())
+            .bind(calls.iter().map(|(_, t)| t.bytes_received).bind_iter())
+            .bind(latency.iter().map(|l| l.0).bind_iter())
+            .bind(latency.iter().map(|l| l.1).bind_iter())
+            .bind(latency.iter().map(|l| l.2).bind_iter())
+            .bind(latency.iter().map(|l| l.3).bind_iter())
+    };
+    query.fetch_all(conn).await.map_err(db)
 }
 
 #[async_trait::async_trait]
@@ -804,6 +884,7 @@ impl Sql for Postgres {
     const QUEUED_DUE_INDEX: &'static str = "";
     const RUNNING_LEASE_INDEX: &'static str = "";
 
+    const GREATEST: &'static str = "GREATEST";
     const VERSION_UPLOAD_ORDER: &'static str = "seq";
 
     const USERNAME_LOCK: Option<&'static str> =
@@ -858,7 +939,7 @@ mod tests {
         // Custom plans see the ids; a generic plan, used once a statement has run a few
         // times, does not, and is the one that went wrong.
         for mode in ["force_generic_plan", "force_custom_plan"] {
-            let plan: Vec<String> = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            let plan: Vec<String> = sqlx::raw_sql(AssertSqlSafe(format!(
                 "SET plan_cache_mode = {mode}; \
                  PREPARE claim (text[], text, bigint, bigint) AS {CLAIM}; \
                  EXPLAIN EXECUTE claim('{{{wanted}}}', 'n', 0, 1); \
@@ -884,16 +965,18 @@ mod tests {
         // A connection of the store's own pool, with the settings every node runs with.
         let mut conn = store.pool.acquire().await.unwrap();
         for mode in ["force_generic_plan", "force_custom_plan"] {
-            let plan: Vec<String> = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            let plan: Vec<String> = sqlx::raw_sql(AssertSqlSafe(format!(
                 "SET plan_cache_mode = {mode}; \
                  PREPARE record (text[], text[], text[], text[], text[], int8[], float8[], \
-                     int8[], int8[], text[], int4[], int8[], text[], text[], text[], float8[]) \
-                     AS {RECORD}; \
+                     int8[], int8[], text[], int4[], int8[], text[], text[], text[], float8[], \
+                     int8[], int8[], int8[]) \
+                     AS {record}; \
                  EXPLAIN EXECUTE record('{{{wanted}}}', '{{}}', '{{}}', '{{}}', '{{}}', \
                      '{{}}', '{{}}', '{{}}', '{{}}', '{{}}', '{{}}', '{{}}', '{{}}', '{{}}', \
-                     '{{}}', '{{}}'); \
+                     '{{}}', '{{}}', '{{}}', '{{}}', '{{}}'); \
                  DEALLOCATE record; \
-                 RESET plan_cache_mode;"
+                 RESET plan_cache_mode;",
+                record = *RECORD,
             )))
             .fetch_all(&mut *conn)
             .await

@@ -125,6 +125,9 @@ pub(crate) trait Sql:
     /// Likewise, for running executions in lease order.
     const RUNNING_LEASE_INDEX: &'static str;
 
+    /// The function that gives the larger of two values (SQLite's two-argument `MAX`).
+    const GREATEST: &'static str;
+
     /// The column of `module_versions` that orders uploads made in one millisecond.
     const VERSION_UPLOAD_ORDER: &'static str;
 

@@ -53,6 +53,7 @@ use sqlx::{Pool, QueryBuilder, Sqlite, SqlitePool, Transaction};
 
 use self::checkpoint::Checkpointer;
 use super::convert::{StoredInput, db, in_given_order, int, json_text, stored_inputs};
+use super::shared::usage::{Counted, count_finished};
 use super::shared::{
     Backend, Write, adopt_large_job_inputs, claimed_columns, insert_inputs, padded,
     take_idempotency_key,
@@ -530,9 +531,10 @@ impl Backend for SqliteStore {
         }
         let mut updated: HashSet<String> = HashSet::with_capacity(results.len());
         let log_lines: usize = results.iter().map(|r| r.logs.len()).sum();
+        // The update, the usage counts (two statements at least), logs, retries.
         let mut write = Write::new(
             self,
-            results.len().div_ceil(MAX_ROWS)
+            results.len().div_ceil(MAX_ROWS) * 3
                 + log_lines.div_ceil(MAX_ROWS)
                 + retries.len().div_ceil(MAX_ROWS),
         )
@@ -546,6 +548,13 @@ impl Backend for SqliteStore {
                 .map_err(db)?;
             updated.extend(ids);
         }
+        // Counted only for the rows recorded now: a late duplicate counts nothing.
+        let counted: Vec<Counted<'_>> = results
+            .iter()
+            .filter(|r| updated.contains(&r.id))
+            .map(|r| Counted::recorded(r))
+            .collect();
+        count_finished::<Sqlite>(write.conn(), &counted).await?;
         // Logs only of the rows recorded now: a late duplicate writes none.
         let logs: Vec<(&str, &LogEntry)> = results
             .iter()
@@ -706,6 +715,7 @@ impl Sql for Sqlite {
     const QUEUED_DUE_INDEX: &'static str = " INDEXED BY executions_queued_due";
     const RUNNING_LEASE_INDEX: &'static str = " INDEXED BY executions_running_lease";
 
+    const GREATEST: &'static str = "MAX";
     const VERSION_UPLOAD_ORDER: &'static str = "rowid";
 
     const USERNAME_LOCK: Option<&'static str> = None;
@@ -809,6 +819,7 @@ mod tests {
                 memory_peak_bytes: 0,
                 cpu_time_ms: 0.0,
                 logs: Vec::new(),
+                outbound: Vec::new(),
             })
             .collect();
         let results: Vec<&ExecutionResult> = results.iter().collect();

@@ -12,11 +12,13 @@ use std::time::Instant;
 
 use serde_json::json;
 
+use super::shared::usage::log_bytes;
 use super::{
     CancelEffect, ClaimedExecution, EXPIRED_KEYS_PER_REQUEST, EarlierRuns, ExecutionFilter,
     INLINE_INPUT_MAX, IdempotencyKey, LeaseToken, ManualOutcome, ManualRun, PostgresStore, Retry,
     Settled, SqliteStore, Store, StoreError, VersionUpload, failpoints,
 };
+use crate::domain::usage::{OutboundTally, PERCENTILE_ERROR, ResponseClass, RunTotals, UsageQuery};
 use crate::domain::{
     Capabilities, CodeApproval, Event, ExecutionResult, ExecutionStatus, Job, JobConfig, JobSpec,
     LogEntry, LogLevel, Manifest, MetricSample, Millis, ModuleStatus, NewExecution, NodeHeartbeat,
@@ -111,6 +113,7 @@ fn completed(id: &str, logs: Vec<LogEntry>) -> ExecutionResult {
         memory_peak_bytes: 65_536,
         cpu_time_ms: 3.25,
         logs,
+        outbound: Vec::new(),
     }
 }
 
@@ -3274,6 +3277,288 @@ async fn hot_path_throughput_of_20000_executions(store: &dyn Store) {
     }
 }
 
+// ---- usage rollups ---------------------------------------------------------------------
+
+/// Every step's totals of `job_id` over all time, by rollup step.
+async fn usage_totals(store: &dyn Store, job_id: &str, tier: Millis) -> RunTotals {
+    let rows = store
+        .usage_runs(&UsageQuery {
+            from: 0,
+            to: crate::domain::now_millis() + DAY,
+            step: None,
+            tier,
+            module: None,
+            job_id: Some(job_id.to_owned()),
+            host: None,
+            by_job: true,
+        })
+        .await
+        .unwrap();
+    assert!(rows.len() <= 1, "{rows:?}");
+    rows.into_iter()
+        .next()
+        .map(|r| r.totals)
+        .unwrap_or_default()
+}
+
+const MINUTE_MS: Millis = 60 * SECOND;
+const HOUR: Millis = 60 * MINUTE_MS;
+const DAY: Millis = 24 * HOUR;
+
+async fn every_final_status_is_counted_once_at_every_step(store: &dyn Store) {
+    // Completed twice, with different durations; the second result sent twice.
+    let first = running(store, "job-u").await;
+    let second = running(store, "job-u").await;
+    store
+        .record_results(&[completed(&first, vec![log(0, "hello")])], &[])
+        .await
+        .unwrap();
+    let slow = ExecutionResult {
+        duration_ms: 400.0,
+        fuel_consumed: 10_000,
+        memory_peak_bytes: 1 << 20,
+        ..completed(&second, Vec::new())
+    };
+    store
+        .record_results(&[slow.clone(), slow.clone()], &[])
+        .await
+        .unwrap();
+    store.record_results(&[slow], &[]).await.unwrap();
+    // Failed, with a retry that is still queued (not counted until it ends).
+    let failing = running(store, "job-u").await;
+    let failed = ExecutionResult {
+        status: ExecutionStatus::Failed,
+        result: None,
+        error: Some("boom".to_owned()),
+        ..completed(&failing, Vec::new())
+    };
+    let retry = Retry {
+        failed: failing.clone(),
+        next: NewExecution {
+            trigger: Trigger::Retry,
+            attempt: 2,
+            retry_of: Some(failing.clone()),
+            ..manual("job-u", T0 + 5 * SECOND)
+        },
+    };
+    store.record_results(&[failed], &[retry]).await.unwrap();
+    // Cancelled while queued; cancelled again (already final: nothing).
+    let queued = manual("job-u", T0);
+    store
+        .enqueue_executions(std::slice::from_ref(&queued))
+        .await
+        .unwrap();
+    store
+        .cancel_execution(&queued.id, T0 + SECOND)
+        .await
+        .unwrap();
+    store
+        .cancel_execution(&queued.id, T0 + SECOND)
+        .await
+        .unwrap();
+    // Asked to stop, then put back by a node that never started it: cancelled.
+    let stopped = running(store, "job-u").await;
+    store.cancel_execution(&stopped, T0).await.unwrap();
+    store
+        .requeue_executions(std::slice::from_ref(&stopped))
+        .await
+        .unwrap();
+    // Its node died after its handler began: failed by the reconciler, once.
+    let lost = begun(store, "job-u").await;
+    assert_eq!(settle(store, &lost, Millis::MAX).await, Settled::Failed);
+    assert_eq!(settle(store, &lost, Millis::MAX).await, Settled::NotExpired);
+    // Requeued without a cancel: not final, not counted.
+    let requeued = running(store, "job-u").await;
+    store
+        .requeue_executions(std::slice::from_ref(&requeued))
+        .await
+        .unwrap();
+
+    for tier in [MINUTE_MS, HOUR, DAY] {
+        let totals = usage_totals(store, "job-u", tier).await;
+        assert_eq!(
+            (
+                totals.runs,
+                totals.completed,
+                totals.failed,
+                totals.timed_out,
+                totals.cancelled
+            ),
+            (6, 2, 2, 0, 2),
+            "at step {tier}"
+        );
+        assert_eq!(totals.fuel_consumed, 1_234 + 10_000 + 1_234);
+        assert_eq!(totals.memory_peak_bytes, 1 << 20);
+        assert!((totals.duration_ms_sum - (12.5 + 400.0 + 12.5)).abs() < 1e-9);
+        assert!((totals.duration_ms_max - 400.0).abs() < 1e-9);
+        assert_eq!(totals.durations.count(), 3, "runs that ran have durations");
+        let p99 = totals
+            .durations
+            .quantile(0.99, totals.duration_ms_max)
+            .unwrap();
+        assert!((p99 - 400.0).abs() / 400.0 <= PERCENTILE_ERROR, "{p99}");
+        assert_eq!(totals.log_bytes, log_bytes(&[log(0, "hello")]));
+    }
+    // The rollups agree with the executions table.
+    let mut finals = 0;
+    let page = store
+        .list_executions(
+            &ExecutionFilter {
+                job_id: Some("job-u".to_owned()),
+                status: None,
+            },
+            None,
+            100,
+        )
+        .await
+        .unwrap();
+    for execution in page.items {
+        if execution.status.is_final() {
+            finals += 1;
+        }
+    }
+    assert_eq!(finals, 6);
+}
+
+async fn usage_points_merge_into_coarser_steps_exactly(store: &dyn Store) {
+    // Runs ending in three different minutes of one hour, durations spread.
+    let hour = (T0 / HOUR + 1) * HOUR;
+    let mut durations = Vec::new();
+    for (i, minute) in [0, 0, 7, 59].into_iter().enumerate() {
+        let id = running(store, "job-m").await;
+        let duration = 3.0 * (i as f64 + 1.0).powi(3);
+        durations.push(duration);
+        let result = ExecutionResult {
+            finished_at: hour + minute * MINUTE_MS + 5 * SECOND,
+            duration_ms: duration,
+            ..completed(&id, Vec::new())
+        };
+        store.record_results(&[result], &[]).await.unwrap();
+    }
+    let query = |tier, step| UsageQuery {
+        from: hour,
+        to: hour + HOUR,
+        step,
+        tier,
+        module: Some("m".to_owned()),
+        job_id: None,
+        host: None,
+        by_job: false,
+    };
+    let minutes = store
+        .usage_runs(&query(MINUTE_MS, Some(MINUTE_MS)))
+        .await
+        .unwrap();
+    assert_eq!(
+        minutes
+            .iter()
+            .map(|r| (r.t.unwrap() - hour, r.totals.runs))
+            .collect::<Vec<_>>(),
+        vec![(0, 2), (7 * MINUTE_MS, 1), (59 * MINUTE_MS, 1)]
+    );
+    let merged = store
+        .usage_runs(&query(MINUTE_MS, Some(HOUR)))
+        .await
+        .unwrap();
+    let hours = store.usage_runs(&query(HOUR, Some(HOUR))).await.unwrap();
+    let days = store
+        .usage_runs(&UsageQuery {
+            from: hour - hour % DAY,
+            to: hour - hour % DAY + DAY,
+            ..query(DAY, None)
+        })
+        .await
+        .unwrap();
+    assert_eq!(merged.len(), 1);
+    assert_eq!(merged[0].t, Some(hour));
+    assert_eq!(
+        merged[0].totals, hours[0].totals,
+        "minutes add up to the hour"
+    );
+    assert_eq!(days[0].totals.durations, hours[0].totals.durations);
+    // Percentiles within the stated error of the exact ones.
+    durations.sort_by(f64::total_cmp);
+    let totals = &hours[0].totals;
+    for (q, exact) in [(0.5, durations[1]), (1.0, durations[3])] {
+        let read = totals
+            .durations
+            .quantile(q, totals.duration_ms_max)
+            .unwrap();
+        assert!(
+            (read - exact).abs() / exact <= PERCENTILE_ERROR,
+            "{q}: {read} vs {exact}"
+        );
+    }
+}
+
+async fn outbound_requests_are_counted_per_module_and_host_once(store: &dyn Store) {
+    let id = running(store, "job-o").await;
+    let mut api = OutboundTally::new("api.example.com");
+    api.count(ResponseClass::Status(200), 10, 1_000, Some(20.0));
+    api.count(ResponseClass::Status(503), 10, 50, Some(200.0));
+    api.count(ResponseClass::Denied, 0, 0, None);
+    let mut cdn = OutboundTally::new("cdn.example.com");
+    cdn.count(ResponseClass::Error, 0, 0, Some(5_000.0));
+    let result = ExecutionResult {
+        outbound: vec![api, cdn],
+        ..completed(&id, Vec::new())
+    };
+    store
+        .record_results(std::slice::from_ref(&result), &[])
+        .await
+        .unwrap();
+    store.record_results(&[result], &[]).await.unwrap();
+    let rows = store
+        .usage_outbound(&UsageQuery {
+            from: 0,
+            to: T0 + DAY,
+            step: None,
+            tier: HOUR,
+            module: Some("m".to_owned()),
+            job_id: None,
+            host: None,
+            by_job: false,
+        })
+        .await
+        .unwrap();
+    let hosts: Vec<&str> = rows.iter().map(|r| r.totals.host.as_str()).collect();
+    assert_eq!(hosts, ["api.example.com", "cdn.example.com"]);
+    let api = &rows[0].totals;
+    assert_eq!(
+        (
+            api.requests,
+            api.responses_2xx,
+            api.responses_5xx,
+            api.denied
+        ),
+        (3, 1, 1, 1)
+    );
+    assert_eq!((api.bytes_sent, api.bytes_received), (20, 1_050));
+    assert_eq!(api.latency.count(), 2, "denied requests have no latency");
+    assert_eq!((rows[1].totals.requests, rows[1].totals.errors), (1, 1));
+    let totals = usage_totals(store, "job-o", MINUTE_MS).await;
+    assert_eq!(totals.outbound_requests, 4);
+    // One host only.
+    let cdn_only = store
+        .usage_outbound(&UsageQuery {
+            from: 0,
+            to: T0 + DAY,
+            step: Some(MINUTE_MS),
+            tier: MINUTE_MS,
+            module: None,
+            job_id: None,
+            host: Some("cdn.example.com".to_owned()),
+            by_job: false,
+        })
+        .await
+        .unwrap();
+    assert_eq!(cdn_only.len(), 1);
+    assert_eq!(
+        cdn_only[0].t,
+        Some(T0 + 2 * SECOND - (T0 + 2 * SECOND) % MINUTE_MS)
+    );
+}
+
 // ---- backends ------------------------------------------------------------------------
 
 /// Runs each listed behaviour against a fresh database from `$open`, which returns the
@@ -3388,6 +3673,9 @@ macro_rules! every_behaviour {
                 the_lease_holder_advances_every_schedule_at_once,
                 a_stale_holder_s_fenced_write_is_refused,
                 a_fenced_write_after_the_lease_expired_or_was_released_is_refused,
+                every_final_status_is_counted_once_at_every_step,
+                usage_points_merge_into_coarser_steps_exactly,
+                outbound_requests_are_counted_per_module_and_host_once,
                 #[ignore = "a measurement; run with --release -- --ignored --nocapture"]
                 hot_path_throughput_of_20000_executions,
             ]

@@ -30,13 +30,14 @@ use wasmtime_wasi_http::{RequestOptions, WasiBody, WasiHttpHooks};
 
 use super::super::clock::RunClock;
 use super::super::logs::LogCollector;
+use crate::domain::usage::OutboundTally;
 use crate::domain::{Grants, HostName};
 
 pub(crate) use policy::{Denial, OutboundPolicy};
 pub use policy::{IpNetwork, OutboundSettings};
 pub use tls::OutboundTls;
 
-use body::MeteredBody;
+use body::{MeteredBody, SentBody};
 use client::Target;
 use exchange::{Ending, Journal};
 
@@ -61,10 +62,11 @@ impl OutboundHttp {
         }
     }
 
-    /// Records the requests still under way when the run ended. Called once, after the
-    /// guest returned or was stopped and before the log is taken.
-    pub(crate) fn finish(&self, why: &str) {
-        self.journal.close(why);
+    /// Records the requests still under way when the run ended, and returns the run's
+    /// requests counted per host. Called once, after the guest returned or was stopped
+    /// and before the log is taken.
+    pub(crate) fn finish(&self, why: &str) -> Vec<OutboundTally> {
+        self.journal.close(why)
     }
 }
 
@@ -133,6 +135,8 @@ impl WasiHttpHooks for OutboundHttp {
             return denied(&denial);
         }
 
+        let meter = exchange.sent_meter();
+        let request = request.map(|body| SentBody::new(body, meter).boxed_unsync());
         let policy = self.policy.clone();
         let clock = self.clock.clone();
         Box::new(async move {

@@ -9,6 +9,9 @@
 //! named on [`Sql`].
 
 mod auth;
+pub(crate) mod usage;
+
+use usage::Counted;
 
 use std::collections::HashSet;
 
@@ -29,6 +32,7 @@ use super::{
     IdempotencyKey, LeaseToken, ManualOutcome, ManualRun, Retry, Settled, Store, StoreError,
     VersionUpload, failpoint,
 };
+use crate::domain::usage::{OutboundRow, UsageQuery, UsageRow};
 use crate::domain::{
     Event, Execution, ExecutionResult, ExecutionStatus, Job, LogEntry, Manifest, MetricSample,
     Millis, ModuleRecord, ModuleStatus, ModuleVersion, NewExecution, NodeHeartbeat, Page,
@@ -455,6 +459,14 @@ impl<B: Backend> Store for B {
         .iter()
         .map(super::sql::sample_from_row)
         .collect()
+    }
+
+    async fn usage_runs(&self, query: &UsageQuery) -> Result<Vec<UsageRow>, StoreError> {
+        usage::read_runs::<B::Db>(&mut *read(self).await?, query).await
+    }
+
+    async fn usage_outbound(&self, query: &UsageQuery) -> Result<Vec<OutboundRow>, StoreError> {
+        usage::read_outbound::<B::Db>(&mut *read(self).await?, query).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -1071,7 +1083,8 @@ impl<B: Backend> Store for B {
             return Ok(());
         }
         let now = now_millis();
-        let mut write = Write::new(self, ids.len().div_ceil(B::Db::MAX_ROWS)).await?;
+        // The update, and the usage counts of any it cancelled.
+        let mut write = Write::new(self, ids.len().div_ceil(B::Db::MAX_ROWS) * 3).await?;
         for chunk in ids.chunks(B::Db::MAX_ROWS) {
             // Requeued, unless someone asked it to stop: a queued row with the flag set
             // would never be claimed again, so it ends cancelled instead.
@@ -1091,7 +1104,18 @@ impl<B: Backend> Store for B {
                 B::Db::BY_KEY_STATUS
             ));
             B::Db::push_ids(&mut query, "id", chunk);
-            query.build().run(write.conn()).await?;
+            query.push(" RETURNING id, status");
+            let mut cancelled = Vec::new();
+            for row in query.build().all(write.conn()).await? {
+                if row.col::<&str>("status")? == "CANCELLED" {
+                    cancelled.push(row.col::<String>("id")?);
+                }
+            }
+            let counted: Vec<Counted<'_>> = cancelled
+                .iter()
+                .map(|id| Counted::without_result(id))
+                .collect();
+            usage::count_finished::<B::Db>(write.conn(), &counted).await?;
         }
         write.commit().await
     }
@@ -1171,6 +1195,7 @@ impl<B: Backend> Store for B {
                 .arg(id)
                 .run(&mut tx)
                 .await?;
+                usage::count_finished::<B::Db>(&mut tx, &[Counted::without_result(id)]).await?;
                 CancelEffect::CancelledQueued
             }
             ExecutionStatus::Running => {
@@ -1323,6 +1348,9 @@ impl<B: Backend> Store for B {
         .arg(id)
         .run(&mut tx)
         .await?;
+        if settled != Settled::Requeued {
+            usage::count_finished::<B::Db>(&mut tx, &[Counted::without_result(id)]).await?;
+        }
         if settled == Settled::Failed {
             failpoint("settle_expired_execution.before_retry", [id])?;
             if let Some(retry) = retry {

@@ -14,10 +14,10 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
-use wasmtime_wasi_http::Error;
+use wasmtime_wasi_http::{Error, WasiBody};
 
 use super::client::response_error;
-use super::exchange::{Ending, Exchange};
+use super::exchange::{Ending, Exchange, SentMeter};
 
 /// A response body on its way to the guest.
 pub(super) struct MeteredBody {
@@ -136,5 +136,43 @@ impl Drop for MeteredBody {
         if !self.ended && self.inner.is_end_stream() {
             self.exchange.end(Ending::Completed);
         }
+    }
+}
+
+/// A request body on its way out: counted as the connection sends it.
+pub(super) struct SentBody {
+    inner: WasiBody,
+    meter: SentMeter,
+}
+
+impl SentBody {
+    pub(super) fn new(inner: WasiBody, meter: SentMeter) -> Self {
+        Self { inner, meter }
+    }
+}
+
+impl Body for SentBody {
+    type Data = Bytes;
+    type Error = Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(data) = frame.data_ref()
+        {
+            self.meter.sent(data.len() as u64);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }

@@ -13,6 +13,7 @@ use std::time::Instant;
 
 use super::policy::Denial;
 use crate::domain::LogLevel;
+use crate::domain::usage::{OutboundTally, ResponseClass};
 use crate::runtime::logs::LogCollector;
 
 /// The outbound requests of one execution.
@@ -27,6 +28,9 @@ struct State {
     next_id: u64,
     open: BTreeMap<u64, Request>,
     closed: bool,
+    /// The requests that ended, counted per host for the run's usage figures. Kept
+    /// apart from the log, which may be cut at its cap.
+    tallies: BTreeMap<String, OutboundTally>,
 }
 
 struct Request {
@@ -36,6 +40,7 @@ struct Request {
     started: Instant,
     status: Option<u16>,
     bytes: u64,
+    sent: u64,
 }
 
 /// How a request ended.
@@ -81,6 +86,7 @@ impl Journal {
                 started: Instant::now(),
                 status: None,
                 bytes: 0,
+                sent: 0,
             },
         );
         Exchange {
@@ -94,9 +100,10 @@ impl Journal {
         self.lock().open.len()
     }
 
-    /// Records every request still open as cut off because of `why`. Later endings are
-    /// ignored: the run is over and its log about to be taken.
-    pub(crate) fn close(&self, why: &str) {
+    /// Records every request still open as cut off because of `why`, and returns the
+    /// run's requests counted per host. Later endings are ignored: the run is over and
+    /// its log about to be taken.
+    pub(crate) fn close(&self, why: &str) -> Vec<OutboundTally> {
         let open = {
             let mut state = self.lock();
             state.closed = true;
@@ -105,6 +112,9 @@ impl Journal {
         for request in open.into_values() {
             self.write(&request, Ending::RunEnded(why));
         }
+        std::mem::take(&mut self.lock().tallies)
+            .into_values()
+            .collect()
     }
 
     fn update(&self, id: u64, change: impl FnOnce(&mut Request)) {
@@ -126,7 +136,24 @@ impl Journal {
         }
     }
 
+    /// Counts an ended request in its host's tally, and logs it.
     fn write(&self, request: &Request, ending: Ending<'_>) {
+        let class = match (ending, request.status) {
+            (Ending::Denied(_), _) => ResponseClass::Denied,
+            (_, Some(status)) => ResponseClass::Status(status),
+            (_, None) => ResponseClass::Error,
+        };
+        let latency = (class != ResponseClass::Denied)
+            .then(|| request.started.elapsed().as_secs_f64() * 1000.0);
+        self.lock()
+            .tallies
+            .entry(request.host.clone())
+            .or_insert_with(|| OutboundTally::new(&request.host))
+            .count(class, request.sent, request.bytes, latency);
+        self.log(request, ending);
+    }
+
+    fn log(&self, request: &Request, ending: Ending<'_>) {
         let (level, message) = describe(request, ending);
         let mut fields = serde_json::Map::new();
         fields.insert("method".into(), request.method.clone().into());
@@ -197,9 +224,30 @@ impl Exchange {
         self.journal.update(self.id, |r| r.bytes += bytes);
     }
 
+    /// What counts the request body's bytes as they go out: the body is sent by the
+    /// connection's task, apart from this handle.
+    pub(super) fn sent_meter(&self) -> SentMeter {
+        SentMeter {
+            journal: self.journal.clone(),
+            id: self.id,
+        }
+    }
+
     /// Writes the record; only the first ending of a request counts.
     pub(super) fn end(&self, ending: Ending<'_>) {
         self.journal.end(self.id, ending);
+    }
+}
+
+/// Counts a request's body bytes as they are sent.
+pub(super) struct SentMeter {
+    journal: Journal,
+    id: u64,
+}
+
+impl SentMeter {
+    pub(super) fn sent(&self, bytes: u64) {
+        self.journal.update(self.id, |r| r.sent += bytes);
     }
 }
 

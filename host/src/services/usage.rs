@@ -1,0 +1,345 @@
+//! The consumption monitor's questions: what runs consumed over time, per module or job
+//! (series), in total over a window (the consumption report), and how hard each module
+//! drives each outbound host. Everything comes from the usage rollups the record path
+//! writes (see `store/shared/usage.rs`), never from executions, so an answer costs the
+//! same however long the deployment has run and outlives retention.
+
+use std::collections::BTreeMap;
+
+use super::{ServiceError, Services};
+use crate::domain::Millis;
+use crate::domain::usage::{OutboundRow, OutboundTally, RunTotals, UsageQuery, UsageRow};
+use crate::domain::window::{DAY, HOUR, MINUTE, Window, round_up};
+
+/// What a usage question selects.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct UsageFilter {
+    pub module: Option<String>,
+    pub job_id: Option<String>,
+    pub host: Option<String>,
+    /// One group per job instead of per module.
+    pub by_job: bool,
+}
+
+/// One group's runs at every point of a window, oldest first, a point without runs
+/// included as zeros.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct UsageSeries {
+    pub module: String,
+    pub job_id: Option<String>,
+    pub job: Option<String>,
+    pub points: Vec<(Millis, RunTotals)>,
+}
+
+/// One module's requests to one host at every point of a window.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct OutboundSeries {
+    pub module: String,
+    pub host: String,
+    pub points: Vec<(Millis, OutboundTally)>,
+}
+
+/// The rollup step a series of `step` reads: the coarsest kept step that divides it.
+/// Points of days (and weeks) read day rows, of hours hour rows, the rest minute rows.
+fn tier_of(step: Millis) -> Millis {
+    [DAY, HOUR]
+        .into_iter()
+        .find(|tier| step % tier == 0)
+        .unwrap_or(MINUTE)
+}
+
+/// `[from, to)` (whole minutes) as the fewest rollup reads that cover it exactly: minute
+/// rows up to the first whole hour, hour rows up to the first whole day, day rows for
+/// the whole days, and back down at the other end. A month's report reads about 30 day
+/// rows per job, not 43,200 minute rows.
+fn segments(from: Millis, to: Millis) -> Vec<(Millis, Millis, Millis)> {
+    let mut segments = Vec::new();
+    let mut at = from;
+    for tier in [MINUTE, HOUR] {
+        let next = round_up(at, tier * if tier == MINUTE { 60 } else { 24 });
+        if at < next.min(to) {
+            segments.push((at, next.min(to), tier));
+            at = next.min(to);
+        }
+    }
+    let whole_days_end = to - to.rem_euclid(DAY);
+    if at < whole_days_end {
+        segments.push((at, whole_days_end, DAY));
+        at = whole_days_end;
+    }
+    let whole_hours_end = to - to.rem_euclid(HOUR);
+    if at < whole_hours_end {
+        segments.push((at, whole_hours_end, HOUR));
+        at = whole_hours_end;
+    }
+    if at < to {
+        segments.push((at, to, MINUTE));
+    }
+    segments
+}
+
+impl RunTotals {
+    fn merge(&mut self, other: &RunTotals) {
+        self.runs += other.runs;
+        self.completed += other.completed;
+        self.failed += other.failed;
+        self.timed_out += other.timed_out;
+        self.cancelled += other.cancelled;
+        self.duration_ms_sum += other.duration_ms_sum;
+        self.duration_ms_max = self.duration_ms_max.max(other.duration_ms_max);
+        self.cpu_time_ms += other.cpu_time_ms;
+        self.fuel_consumed += other.fuel_consumed;
+        self.memory_peak_bytes = self.memory_peak_bytes.max(other.memory_peak_bytes);
+        self.log_bytes += other.log_bytes;
+        self.outbound_requests += other.outbound_requests;
+        self.durations.merge(&other.durations);
+    }
+}
+
+impl Services {
+    /// Runs over `window`, one series per module (or job), every point present.
+    pub(crate) async fn usage_series(
+        &self,
+        window: &Window,
+        filter: &UsageFilter,
+    ) -> Result<Vec<UsageSeries>, ServiceError> {
+        let query = UsageQuery {
+            from: window.from,
+            to: window.to,
+            step: Some(window.step),
+            tier: tier_of(window.step),
+            module: filter.module.clone(),
+            job_id: filter.job_id.clone(),
+            host: None,
+            by_job: filter.by_job,
+        };
+        let rows = self.store.usage_runs(&query).await?;
+        self.check_known(filter, rows.is_empty()).await?;
+        let mut series: Vec<UsageSeries> = Vec::new();
+        for row in rows {
+            let same_group = series
+                .last()
+                .is_some_and(|s| s.module == row.module && s.job_id == row.job_id);
+            if !same_group {
+                series.push(UsageSeries {
+                    module: row.module.clone(),
+                    job_id: row.job_id.clone(),
+                    job: row.job.clone(),
+                    points: Vec::new(),
+                });
+            }
+            if let (Some(last), Some(t)) = (series.last_mut(), row.t) {
+                last.points.push((t, row.totals));
+            }
+        }
+        for one in &mut series {
+            one.points = dense(window, std::mem::take(&mut one.points));
+        }
+        Ok(series)
+    }
+
+    /// Runs over `[from, to)` in total, one row per module (or job), unsorted.
+    pub(crate) async fn usage_totals(
+        &self,
+        from: Millis,
+        to: Millis,
+        filter: &UsageFilter,
+    ) -> Result<Vec<UsageRow>, ServiceError> {
+        let mut totals: BTreeMap<(String, Option<String>), UsageRow> = BTreeMap::new();
+        for (from, to, tier) in segments(from, to) {
+            let query = UsageQuery {
+                from,
+                to,
+                step: None,
+                tier,
+                module: filter.module.clone(),
+                job_id: filter.job_id.clone(),
+                host: None,
+                by_job: filter.by_job,
+            };
+            for row in self.store.usage_runs(&query).await? {
+                match totals.entry((row.module.clone(), row.job_id.clone())) {
+                    std::collections::btree_map::Entry::Occupied(mut entry) => {
+                        entry.get_mut().totals.merge(&row.totals);
+                    }
+                    std::collections::btree_map::Entry::Vacant(entry) => {
+                        entry.insert(row);
+                    }
+                }
+            }
+        }
+        self.check_known(filter, totals.is_empty()).await?;
+        Ok(totals.into_values().collect())
+    }
+
+    /// Outbound requests over `window`, one series per module and host.
+    pub(crate) async fn outbound_series(
+        &self,
+        window: &Window,
+        filter: &UsageFilter,
+    ) -> Result<Vec<OutboundSeries>, ServiceError> {
+        let query = UsageQuery {
+            from: window.from,
+            to: window.to,
+            step: Some(window.step),
+            tier: tier_of(window.step),
+            module: filter.module.clone(),
+            job_id: None,
+            host: filter.host.clone(),
+            by_job: false,
+        };
+        let rows: Vec<OutboundRow> = self.store.usage_outbound(&query).await?;
+        self.check_known(filter, rows.is_empty()).await?;
+        let mut series: Vec<OutboundSeries> = Vec::new();
+        for row in rows {
+            let same = series
+                .last()
+                .is_some_and(|s| s.module == row.module && s.host == row.totals.host);
+            if !same {
+                series.push(OutboundSeries {
+                    module: row.module.clone(),
+                    host: row.totals.host.clone(),
+                    points: Vec::new(),
+                });
+            }
+            if let (Some(last), Some(t)) = (series.last_mut(), row.t) {
+                last.points.push((t, row.totals));
+            }
+        }
+        for one in &mut series {
+            let host = one.host.clone();
+            one.points = dense_with(window, std::mem::take(&mut one.points), || {
+                OutboundTally::new(&host)
+            });
+        }
+        Ok(series)
+    }
+
+    /// When a question named a module or job and found nothing, whether it exists at
+    /// all: a name that never had a run and is not installed is a mistake to report, not
+    /// an empty answer. (A deleted module or job keeps its history, so it is looked up
+    /// only when there is none.)
+    async fn check_known(
+        &self,
+        filter: &UsageFilter,
+        found_nothing: bool,
+    ) -> Result<(), ServiceError> {
+        if !found_nothing {
+            return Ok(());
+        }
+        if let Some(module) = &filter.module
+            && self.store.get_module(module).await?.is_none()
+        {
+            return Err(ServiceError::bad(
+                "module",
+                format!("no module `{module}` is installed or has recorded usage"),
+            ));
+        }
+        if let Some(job_id) = &filter.job_id
+            && self.store.get_job(job_id).await?.is_none()
+        {
+            return Err(ServiceError::bad(
+                "jobId",
+                format!("no job `{job_id}` exists or has recorded usage"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `points` with a zero point at every step of `window` that has none.
+fn dense(window: &Window, points: Vec<(Millis, RunTotals)>) -> Vec<(Millis, RunTotals)> {
+    dense_with(window, points, RunTotals::default)
+}
+
+fn dense_with<T>(
+    window: &Window,
+    points: Vec<(Millis, T)>,
+    zero: impl Fn() -> T,
+) -> Vec<(Millis, T)> {
+    let mut given = points.into_iter().peekable();
+    let mut all = Vec::with_capacity(usize::try_from(window.points()).unwrap_or(0));
+    let mut t = window.from;
+    while t < window.to {
+        match given.peek() {
+            Some((at, _)) if *at == t => {
+                if let Some(point) = given.next() {
+                    all.push(point);
+                }
+            }
+            _ => all.push((t, zero())),
+        }
+        t += window.step;
+    }
+    all
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_step_reads_the_coarsest_rollup_that_divides_it() {
+        assert_eq!(tier_of(MINUTE), MINUTE);
+        assert_eq!(tier_of(15 * MINUTE), MINUTE);
+        assert_eq!(tier_of(HOUR), HOUR);
+        assert_eq!(tier_of(6 * HOUR), HOUR);
+        assert_eq!(tier_of(DAY), DAY);
+        assert_eq!(tier_of(7 * DAY), DAY);
+    }
+
+    #[test]
+    fn a_window_is_covered_exactly_by_few_segments() {
+        let day0 = 20_000 * DAY;
+        let from = day0 + 5 * HOUR + 7 * MINUTE;
+        let to = day0 + 3 * DAY + 2 * HOUR + 9 * MINUTE;
+        let got = segments(from, to);
+        assert_eq!(
+            got,
+            vec![
+                (from, day0 + 6 * HOUR, MINUTE),
+                (day0 + 6 * HOUR, day0 + DAY, HOUR),
+                (day0 + DAY, day0 + 3 * DAY, DAY),
+                (day0 + 3 * DAY, day0 + 3 * DAY + 2 * HOUR, HOUR),
+                (day0 + 3 * DAY + 2 * HOUR, to, MINUTE),
+            ]
+        );
+        // Contiguous, each aligned to its tier.
+        for pair in got.windows(2) {
+            assert_eq!(pair[0].1, pair[1].0);
+        }
+        for (a, b, tier) in &got {
+            assert_eq!(a % tier, 0, "{a}");
+            assert_eq!(b % tier, 0, "{b}");
+        }
+        // Within one hour: minutes only.
+        assert_eq!(
+            segments(day0 + MINUTE, day0 + 5 * MINUTE),
+            vec![(day0 + MINUTE, day0 + 5 * MINUTE, MINUTE)]
+        );
+        // Whole days: days only.
+        assert_eq!(
+            segments(day0, day0 + 2 * DAY),
+            vec![(day0, day0 + 2 * DAY, DAY)]
+        );
+    }
+
+    #[test]
+    fn missing_points_are_zeros() {
+        let window = Window {
+            from: 0,
+            to: 4 * MINUTE,
+            step: MINUTE,
+        };
+        let one = RunTotals {
+            runs: 3,
+            ..RunTotals::default()
+        };
+        let got = dense(&window, vec![(MINUTE, one.clone())]);
+        let runs: Vec<(Millis, i64)> = got.iter().map(|(t, p)| (*t, p.runs)).collect();
+        assert_eq!(
+            runs,
+            vec![(0, 0), (MINUTE, 3), (2 * MINUTE, 0), (3 * MINUTE, 0)]
+        );
+    }
+}

@@ -1,0 +1,285 @@
+//! The consumption monitor end to end: usage series, the consumption report and
+//! outbound requests per host, read over HTTP from a real `runcell serve` after known
+//! batches of runs, through a `kill -9`, and asked wrong.
+
+#[path = "support/guests.rs"]
+mod guests;
+#[path = "support/peers.rs"]
+mod peers;
+#[allow(
+    dead_code,
+    reason = "shared with other test binaries, each of which uses a different part of it"
+)]
+#[path = "support/server.rs"]
+mod server;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use server::{Server, ServerOptions, is_final};
+
+const RUN: Duration = Duration::from_secs(30);
+
+fn id(value: &Value) -> String {
+    value["id"].as_str().expect("an id").to_owned()
+}
+
+/// Executions of `job` by status, read from the executions API (a page is enough).
+fn statuses(server: &Server, job: &str) -> HashMap<String, i64> {
+    let mut by_status = HashMap::new();
+    for execution in server.executions(&format!("jobId={job}")) {
+        *by_status
+            .entry(execution["status"].as_str().unwrap().to_owned())
+            .or_default() += 1;
+    }
+    by_status
+}
+
+/// The report line of `job` since the epoch.
+fn report_line(server: &Server, job: &str) -> Value {
+    let reply = server.get(&format!(
+        "/api/v1/usage/summary?groupBy=job&jobId={job}&from=0"
+    ));
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let items = reply.body["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{}", reply.body);
+    items[0].clone()
+}
+
+fn count(line: &Value, field: &str) -> i64 {
+    line[field]
+        .as_i64()
+        .unwrap_or_else(|| panic!("no {field} in {line}"))
+}
+
+#[test]
+fn the_report_counts_each_run_once_by_status_and_agrees_with_the_executions() {
+    let server = Server::start();
+    server.upload(&guests::guest("hostile"));
+    let burn = id(&server.create_job(&json!({
+        "name": "burn", "module": "hostile", "job": "burn",
+        "input": {"iterations": 1_000}, "maxAttempts": 1,
+    })));
+    let trap = id(&server.create_job(&json!({
+        "name": "trap", "module": "hostile", "job": "trap", "maxAttempts": 1,
+    })));
+    let mut runs = server.execute_bulk(&burn, &json!({"count": 20}));
+    runs.extend(server.execute_bulk(&trap, &json!({"count": 3})));
+    for run in &runs {
+        server.wait_final(run, RUN);
+    }
+
+    let burned = report_line(&server, &burn);
+    assert_eq!(count(&burned, "runs"), 20, "{burned}");
+    assert_eq!(count(&burned, "completed"), 20, "{burned}");
+    assert_eq!(burned["module"], "hostile");
+    assert_eq!(burned["job"], "burn");
+    assert!(count(&burned, "fuelConsumed") > 0, "{burned}");
+    let p95 = burned["durationMs"]["p95"].as_f64().unwrap();
+    let max = burned["durationMs"]["max"].as_f64().unwrap();
+    assert!(p95 > 0.0 && p95 <= max, "{burned}");
+    let trapped = report_line(&server, &trap);
+    assert_eq!(count(&trapped, "runs"), 3, "{trapped}");
+    assert_eq!(count(&trapped, "failed"), 3, "{trapped}");
+    assert_eq!(trapped["failureRate"], 1.0);
+
+    // The module's line is the sum of its jobs', and the series adds up to it.
+    let module = server.get("/api/v1/usage/summary?from=0&module=hostile");
+    assert_eq!(module.status, 200, "{}", module.body);
+    let line = &module.body["items"][0];
+    assert_eq!(count(line, "runs"), 23, "{}", module.body);
+    assert!(line.get("jobId").is_none(), "{line}");
+    let series = server.get("/api/v1/usage?module=hostile&step=1m&from=0");
+    assert_eq!(
+        series.status, 400,
+        "a 1-minute step since 1970 is too many points"
+    );
+    assert_eq!(series.field(), "step");
+    let series = server.get("/api/v1/usage?module=hostile&groupBy=job");
+    assert_eq!(series.status, 200, "{}", series.body);
+    assert_eq!(series.body["step"], "5m", "{}", series.body);
+    let all = series.body["series"].as_array().unwrap();
+    assert_eq!(all.len(), 2, "{}", series.body);
+    let total: i64 = all
+        .iter()
+        .flat_map(|s| s["points"].as_array().unwrap())
+        .map(|p| p["runs"].as_i64().unwrap())
+        .sum();
+    assert_eq!(total, 23);
+    let points = all[0]["points"].as_array().unwrap();
+    assert!(
+        points.len() >= 288,
+        "every step of the day is present: {}",
+        points.len()
+    );
+
+    // Sorted by a column, and as CSV.
+    let by_failures = server.get("/api/v1/usage/summary?from=0&groupBy=job&sort=failed");
+    assert_eq!(
+        by_failures.body["items"][0]["job"], "trap",
+        "{}",
+        by_failures.body
+    );
+    let csv = server.get("/api/v1/usage/summary?from=0&groupBy=job&sort=runs&format=csv");
+    assert_eq!(csv.status, 200);
+    assert!(
+        csv.content_type.starts_with("text/csv"),
+        "{}",
+        csv.content_type
+    );
+    let text = csv.body.as_str().unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines[0].starts_with("module,jobId,job,runs,"), "{text}");
+    assert!(
+        lines[1].starts_with(&format!("hostile,{burn},burn,20,20,0,")),
+        "{text}"
+    );
+    assert!(
+        lines[2].starts_with(&format!("hostile,{trap},trap,3,0,3,")),
+        "{text}"
+    );
+}
+
+#[test]
+fn killing_the_server_mid_batch_leaves_usage_equal_to_the_executions() {
+    const BULK: usize = 300;
+    let mut server = Server::start();
+    server.upload(&guests::guest("hostile"));
+    let job = id(&server.create_job(&json!({
+        "name": "burn", "module": "hostile", "job": "burn",
+        "input": {"iterations": 2_000_000}, "maxAttempts": 1,
+    })));
+    let runs = server.execute_bulk(&job, &json!({"count": BULK}));
+    assert_eq!(runs.len(), BULK);
+    let mut completed_before_kill = 0;
+    server.wait_until(RUN, || {
+        completed_before_kill = server
+            .executions(&format!("jobId={job}&status=COMPLETED"))
+            .len();
+        completed_before_kill > 0
+    });
+    server.kill();
+    assert!(
+        completed_before_kill < BULK,
+        "the batch ended before the kill"
+    );
+    server.restart();
+    let settled = server.wait_until(Duration::from_secs(60), || {
+        server
+            .executions(&format!("jobId={job}"))
+            .iter()
+            .all(is_final)
+    });
+    assert!(settled, "executions never ended");
+
+    let by_status = statuses(&server, &job);
+    let line = report_line(&server, &job);
+    eprintln!("{completed_before_kill} completed before the kill; {by_status:?}; {line}");
+    assert_eq!(count(&line, "runs"), BULK as i64, "{line}");
+    for (status, field) in [
+        ("COMPLETED", "completed"),
+        ("FAILED", "failed"),
+        ("TIMED_OUT", "timedOut"),
+        ("CANCELLED", "cancelled"),
+    ] {
+        assert_eq!(
+            count(&line, field),
+            by_status.get(status).copied().unwrap_or(0),
+            "{field}: {line} vs {by_status:?}"
+        );
+    }
+}
+
+#[test]
+fn outbound_requests_are_counted_per_host_by_class() {
+    let (port, served) = peers::hello_server();
+    let local = format!("127.0.0.1:{port}");
+    let server = Server::start_with(ServerOptions {
+        env: vec![("RUNCELL_OUTBOUND_ALLOW".into(), "127.0.0.1".into())],
+        ..ServerOptions::default()
+    });
+    let client = std::fs::read(guests::guest("http-client")).unwrap();
+    let installed = server.post_bytes("/api/v1/modules", "application/wasm", &client);
+    assert_eq!(installed.status, 201, "{}", installed.body);
+    let approved = server.post_json(
+        "/api/v1/modules/http-client/capabilities/approve",
+        &json!({"outboundHosts": [local]}),
+    );
+    assert_eq!(approved.status, 200, "{}", approved.body);
+    let job = id(&server.create_job(&json!({
+        "name": "fetcher", "module": "http-client", "job": "fetch", "maxAttempts": 1,
+    })));
+    for url in [
+        format!("http://{local}/"),
+        format!("http://{local}/again"),
+        format!("http://127.0.0.1:{}/", port + 1),
+        format!("http://{local}/third"),
+    ] {
+        let run = server.execute(&job, Some(json!({"url": url})));
+        server.wait_final(&run, RUN);
+    }
+    assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 3);
+
+    let reply = server.get("/api/v1/usage/outbound?module=http-client&step=1h");
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let series = reply.body["series"].as_array().unwrap();
+    assert_eq!(series.len(), 1, "{}", reply.body);
+    assert_eq!(series[0]["host"], "127.0.0.1");
+    let mut totals: HashMap<&str, i64> = HashMap::new();
+    for point in series[0]["points"].as_array().unwrap() {
+        for field in ["requests", "denied", "errors", "bytesReceived"] {
+            *totals.entry(field).or_default() += point[field].as_i64().unwrap();
+        }
+        *totals.entry("2xx").or_default() += point["responses"]["2xx"].as_i64().unwrap();
+    }
+    // Three answered `200 hello` (5 bytes each); the port not granted was denied.
+    assert_eq!(totals["requests"], 4, "{}", reply.body);
+    assert_eq!(totals["2xx"], 3, "{}", reply.body);
+    assert_eq!(totals["denied"], 1, "{}", reply.body);
+    assert_eq!(totals["bytesReceived"], 15, "{}", reply.body);
+    let line = report_line(&server, &job);
+    assert_eq!(count(&line, "outboundRequests"), 4, "{line}");
+
+    let other_host = server.get("/api/v1/usage/outbound?host=api.example.com");
+    assert_eq!(other_host.status, 200);
+    assert_eq!(other_host.body["series"], json!([]));
+}
+
+#[test]
+fn wrong_usage_questions_are_refused_naming_the_parameter() {
+    let server = Server::start();
+    for (query, field) in [
+        ("/api/v1/usage?from=2000&to=1000", "from"),
+        ("/api/v1/usage?from=yesterday", "from"),
+        ("/api/v1/usage?to=2026-13-01T00:00:00Z", "to"),
+        ("/api/v1/usage?from=0&step=1m", "step"),
+        ("/api/v1/usage?step=5s", "step"),
+        ("/api/v1/usage?groupBy=host", "groupBy"),
+        ("/api/v1/usage?module=no-such-module", "module"),
+        ("/api/v1/usage?jobId=no-such-job", "jobId"),
+        ("/api/v1/usage/summary?sort=colour", "sort"),
+        ("/api/v1/usage/summary?format=xml", "format"),
+        ("/api/v1/usage/summary?from=5000&to=1000", "from"),
+        ("/api/v1/usage/outbound?step=0m", "step"),
+        ("/api/v1/usage/outbound?module=no-such-module", "module"),
+    ] {
+        let reply = server.get(query);
+        assert_eq!(reply.status, 400, "{query}: {}", reply.body);
+        assert_eq!(reply.code(), "invalid_field", "{query}");
+        assert_eq!(reply.field(), field, "{query}: {}", reply.body);
+        assert!(
+            reply.message().starts_with(field),
+            "{query}: {}",
+            reply.body
+        );
+    }
+    // Anyone logged in may read usage; nobody else.
+    let anonymous = server.request_as(None, "GET", "/api/v1/usage", None);
+    assert_eq!(anonymous.status, 401, "{}", anonymous.body);
+    let empty = server.get("/api/v1/usage/summary");
+    assert_eq!(empty.status, 200, "{}", empty.body);
+    assert_eq!(empty.body["items"], json!([]));
+    assert_eq!(empty.body["sort"], "fuel");
+}
