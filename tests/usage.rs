@@ -283,3 +283,44 @@ fn wrong_usage_questions_are_refused_naming_the_parameter() {
     assert_eq!(empty.body["items"], json!([]));
     assert_eq!(empty.body["sort"], "fuel");
 }
+
+#[test]
+fn runcell_usage_prints_the_report_of_a_server() {
+    let server = Server::start();
+    server.upload(&guests::guest("hostile"));
+    let job = id(&server.create_job(&json!({
+        "name": "burn", "module": "hostile", "job": "burn", "input": {"iterations": 1_000},
+    })));
+    for run in server.execute_bulk(&job, &json!({"count": 4})) {
+        server.wait_final(&run, RUN);
+    }
+    let usage = |extra: &[&str]| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_runcell"))
+            .args(["usage", "--server", &server.url(""), "--from", "0"])
+            .args(extra)
+            .env("RUNCELL_TOKEN", server.token())
+            .output()
+            .unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let (code, table, _) = usage(&["--by-job"]);
+    assert_eq!(code, Some(0), "{table}");
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(lines[0].starts_with("MODULE/JOB"), "{table}");
+    assert!(lines[1].starts_with("hostile/burn "), "{table}");
+    assert!(lines[1].split_whitespace().nth(1) == Some("4"), "{table}");
+    let (code, json, _) = usage(&["--output", "json"]);
+    assert_eq!(code, Some(0));
+    let report: Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(report["items"][0]["runs"], 4, "{report}");
+    let (code, csv, _) = usage(&["--output", "csv"]);
+    assert_eq!(code, Some(0));
+    assert!(csv.starts_with("module,"), "{csv}");
+    let (code, _, error) = usage(&["--sort", "colour"]);
+    assert_eq!(code, Some(6), "{error}");
+    assert!(error.contains("sort: `colour` is not a column"), "{error}");
+}

@@ -6,6 +6,7 @@ mod bench_server;
 mod local;
 mod serve;
 mod sign;
+mod usage;
 mod user;
 
 use std::path::PathBuf;
@@ -39,6 +40,9 @@ enum Command {
     /// Manage users directly in a deployment's database.
     #[command(subcommand)]
     User(user::UserCommand),
+    /// Print a server's consumption report: what each module (or job) used over a
+    /// window, from `GET /api/v1/usage/summary`.
+    Usage(usage::UsageArgs),
     /// Measure Runcell and print the figures.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -98,6 +102,7 @@ pub fn main() -> ExitCode {
         Command::Keygen(args) => sign::keygen(args),
         Command::Sign(args) => sign::sign(args),
         Command::User(command) => user::run(command),
+        Command::Usage(args) => usage::run(args),
         Command::Bench(BenchCommand::Runtime(args)) => bench::run(args),
         Command::Bench(BenchCommand::Server(args)) => bench_server::run(args),
     };
