@@ -324,3 +324,98 @@ fn runcell_usage_prints_the_report_of_a_server() {
     assert_eq!(code, Some(6), "{error}");
     assert!(error.contains("sort: `colour` is not a column"), "{error}");
 }
+
+/// Bytes of the SQLite file of `server` (without its write-ahead log, which keeps its
+/// size up to a limit and is copied back into the file in the background).
+fn database_file_bytes(server: &Server) -> u64 {
+    std::fs::metadata(server.data_dir().join("runcell.db")).map_or(0, |m| m.len())
+}
+
+#[test]
+fn expired_executions_and_logs_go_while_usage_and_unfinished_runs_stay() {
+    let server = Server::start_with(ServerOptions {
+        env: vec![
+            ("RUNCELL_RETAIN_EXECUTIONS".into(), "5s".into()),
+            ("RUNCELL_PRUNE_EVERY".into(), "1s".into()),
+        ],
+        ..ServerOptions::default()
+    });
+    server.upload(&guests::guest("hostile"));
+    // A run that stays unfinished for as long as the test needs it.
+    let spin = id(&server.create_job(&json!({
+        "name": "spin", "module": "hostile", "job": "spin",
+        "timeoutMs": 120_000, "fuel": 480_000_000_000_u64, "maxAttempts": 1,
+    })));
+    let spinning = server.execute(&spin, None);
+    let flood = id(&server.create_job(&json!({
+        "name": "flood", "module": "hostile", "job": "log-flood", "timeoutMs": 120_000,
+    })));
+    server.execute_bulk(&flood, &json!({"count": 6}));
+    // Read from the usage report: a run may well be pruned before a poll of it.
+    let flooded = server.wait_until(Duration::from_secs(120), || {
+        let reply = server.get(&format!("/api/v1/usage/summary?jobId={flood}&from=0"));
+        reply.body["items"][0]["runs"] == 6
+    });
+    assert!(flooded, "the flood never ended");
+    // The file grows as the log is copied into it, until the runs are pruned.
+    let mut full = database_file_bytes(&server);
+    let before = report_line(&server, &flood);
+    assert_eq!(count(&before, "runs"), 6, "{before}");
+    assert!(count(&before, "logBytes") > 1_000_000, "{before}");
+
+    let pruned = server.wait_until(Duration::from_secs(30), || {
+        full = full.max(database_file_bytes(&server));
+        server.executions(&format!("jobId={flood}")).is_empty()
+    });
+    assert!(pruned, "the flood's executions outlived their 5 s");
+    assert_eq!(
+        report_line(&server, &flood),
+        before,
+        "usage outlives the executions"
+    );
+    let still = server.execution(&spinning);
+    assert_eq!(
+        still["status"], "RUNNING",
+        "an unfinished run is never pruned: {still}"
+    );
+    let shrunk = server.wait_until(Duration::from_secs(30), || {
+        database_file_bytes(&server) < full / 2
+    });
+    assert!(
+        shrunk,
+        "the database kept its size: {} bytes, {full} before pruning",
+        database_file_bytes(&server)
+    );
+    assert_eq!(
+        server
+            .post(&format!("/api/v1/executions/{spinning}/cancel"))
+            .status,
+        200
+    );
+    server.wait_final(&spinning, RUN);
+}
+
+#[test]
+fn a_job_takes_its_own_retention_within_bounds() {
+    let server = Server::start();
+    server.upload(&guests::guest("hostile"));
+    let refused = server.post_json(
+        "/api/v1/jobs",
+        &json!({"name": "j", "module": "hostile", "job": "echo", "retainDays": 0}),
+    );
+    assert_eq!(refused.status, 422, "{}", refused.body);
+    assert_eq!(refused.field(), "retainDays");
+    let job = server.create_job(&json!({
+        "name": "j", "module": "hostile", "job": "echo", "retainDays": 7,
+    }));
+    assert_eq!(job["retainDays"], 7, "{job}");
+    assert_eq!(job["retainLast"], Value::Null, "{job}");
+    let path = format!("/api/v1/jobs/{}", id(&job));
+    let changed = server.patch_json(&path, &json!({"retainLast": 100, "retainDays": null}));
+    assert_eq!(changed.status, 200, "{}", changed.body);
+    assert_eq!(changed.body["retainLast"], 100);
+    assert_eq!(changed.body["retainDays"], Value::Null);
+    let too_many = server.patch_json(&path, &json!({"retainLast": 20_000_000}));
+    assert_eq!(too_many.status, 422, "{}", too_many.body);
+    assert_eq!(too_many.field(), "retainLast");
+}

@@ -52,6 +52,9 @@ pub(crate) struct ServeConfig {
     pub event_triggers_per_minute: u32,
     /// The key that seals jobs' secret settings.
     pub secret_key: SecretKeySource,
+    /// How long history is kept, and how often it is pruned.
+    pub retention: crate::domain::retention::Retention,
+    pub prune_every: Duration,
 }
 
 /// Where the key that seals jobs' secret settings comes from: base64 of 32 bytes.
@@ -323,6 +326,13 @@ pub(crate) async fn serve(config: ServeConfig) -> Result<(), StartError> {
         stop_rx.clone(),
     ));
     let reconciler = tokio::spawn(crate::reconciler::run(reconciler, stop_rx.clone()));
+    let pruner = tokio::spawn(crate::services::retention::run(
+        services.clone(),
+        config.retention,
+        config.prune_every,
+        node_id.clone(),
+        stop_rx.clone(),
+    ));
     let preloader = tokio::spawn({
         let services = services.clone();
         let stop = stop_rx.clone();
@@ -392,6 +402,7 @@ pub(crate) async fn serve(config: ServeConfig) -> Result<(), StartError> {
     let _ = stop.send(true);
     let _ = scheduler.await;
     let _ = reconciler.await;
+    let _ = pruner.await;
     let _ = heartbeat.await;
     let _ = preloader.await;
     pool.shutdown(config.shutdown_grace).await;

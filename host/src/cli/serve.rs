@@ -108,6 +108,26 @@ pub(super) struct ServeArgs {
     /// answered 503.
     #[arg(long, env = "RUNCELL_ROUTE_CONCURRENCY", default_value_t = RouteSettings::default().per_module_concurrency)]
     route_concurrency: usize,
+    /// How long final executions (with their logs) are kept, from their creation. A job
+    /// may keep its own (`retainDays`, `retainLast`). Usage totals outlive them.
+    #[arg(long, env = "RUNCELL_RETAIN_EXECUTIONS", default_value = "30d", value_parser = humantime::parse_duration)]
+    retain_executions: Duration,
+    /// How long execution logs are kept, when they should go before their executions
+    /// (default: as long as the executions).
+    #[arg(long, env = "RUNCELL_RETAIN_LOGS", value_parser = humantime::parse_duration)]
+    retain_logs: Option<Duration>,
+    /// How long usage points of one minute are kept.
+    #[arg(long, env = "RUNCELL_RETAIN_USAGE_MINUTES", default_value = "2d", value_parser = humantime::parse_duration)]
+    retain_usage_minutes: Duration,
+    /// How long usage points of one hour are kept.
+    #[arg(long, env = "RUNCELL_RETAIN_USAGE_HOURS", default_value = "90d", value_parser = humantime::parse_duration)]
+    retain_usage_hours: Duration,
+    /// How long usage points of one day are kept.
+    #[arg(long, env = "RUNCELL_RETAIN_USAGE_DAYS", default_value = "1095d", value_parser = humantime::parse_duration)]
+    retain_usage_days: Duration,
+    /// How often expired history is pruned (by one node of a deployment at a time).
+    #[arg(long, env = "RUNCELL_PRUNE_EVERY", default_value = "1m", value_parser = humantime::parse_duration)]
+    prune_every: Duration,
     /// How long a refresh token is valid (each refresh issues a new one).
     #[arg(long, env = "RUNCELL_REFRESH_TOKEN_TTL", default_value = "14d", value_parser = humantime::parse_duration)]
     refresh_token_ttl: Duration,
@@ -127,6 +147,10 @@ pub(super) fn run(args: ServeArgs) -> ExitStatus {
     let cpu_guests = args.cpu_guests.unwrap_or_else(default_cpu_guests);
     if cpu_guests == 0 {
         eprintln!("error: --cpu-guests must be at least 1");
+        return ExitStatus::Usage;
+    }
+    if args.prune_every.is_zero() {
+        eprintln!("error: --prune-every must be longer than zero");
         return ExitStatus::Usage;
     }
     let defaults = RouteSettings::default();
@@ -182,6 +206,14 @@ pub(super) fn run(args: ServeArgs) -> ExitStatus {
         outbound_allowed_networks: args.outbound_allow,
         outbound_tls,
         routes,
+        retention: crate::domain::retention::Retention {
+            executions: args.retain_executions,
+            logs: args.retain_logs.unwrap_or(args.retain_executions),
+            usage_minutes: args.retain_usage_minutes,
+            usage_hours: args.retain_usage_hours,
+            usage_days: args.retain_usage_days,
+        },
+        prune_every: args.prune_every,
         secret_key: match (args.secret_key, args.secret_key_file) {
             (Some(key), _) => SecretKeySource::Value(key),
             (None, Some(path)) => SecretKeySource::File(path),

@@ -7,6 +7,7 @@ mod config;
 mod limits;
 mod manifest;
 mod model;
+pub(crate) mod retention;
 mod retry;
 mod run;
 pub(crate) mod usage;

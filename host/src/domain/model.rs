@@ -136,6 +136,11 @@ pub struct Job {
     pub memory_bytes: Option<u64>,
     /// A topic or topic pattern (`prefix.*`, `*`) whose events trigger a run.
     pub on_event: Option<String>,
+    /// Days its final executions are kept, from their creation; `null`: the server's
+    /// `--retain-executions`.
+    pub retain_days: Option<u32>,
+    /// At most this many of its newest executions are kept; `null`: no such bound.
+    pub retain_last: Option<u32>,
     /// Settings the module reads through its `config` interface: plain values as they
     /// are, secrets as `{"secret": "***"}` (a secret's value is never shown).
     #[schema(value_type = BTreeMap<String, SettingValue>)]

@@ -201,6 +201,8 @@ mod tests {
             fuel: None,
             memory_bytes: None,
             on_event: None,
+            retain_days: None,
+            retain_last: None,
             config,
             next_run_at: None,
             created_at: 0,

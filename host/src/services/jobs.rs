@@ -21,6 +21,12 @@ use crate::store::{EarlierRuns, IdempotencyKey, ManualOutcome, ManualRun};
 pub(crate) const MAX_ATTEMPTS: u32 = 25;
 /// A job's stored default input is configuration, not data.
 const MAX_INPUT_BYTES: usize = 1024 * 1024;
+/// A job's own retention in days, at most a century: past that, say nothing (and keep
+/// the server's).
+const MAX_RETAIN_DAYS: u32 = 36_500;
+/// A job's bound on its kept executions: ten million rows is about what a dashboard can
+/// still page through.
+const MAX_RETAIN_LAST: u32 = 10_000_000;
 
 /// A new job, as a client describes it.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
@@ -61,6 +67,14 @@ pub struct JobDraft {
     /// A topic or topic pattern (`prefix.*`, `*`) whose events trigger a run.
     #[serde(default)]
     pub on_event: Option<String>,
+    /// Days its final executions are kept, from their creation, 1 to 36,500; absent:
+    /// the server's `--retain-executions`.
+    #[serde(default)]
+    pub retain_days: Option<u32>,
+    /// Keep at most this many of its newest executions (1 to 10,000,000); absent: no
+    /// such bound.
+    #[serde(default)]
+    pub retain_last: Option<u32>,
     /// Settings the module reads through its `config` interface (default none): up to 64
     /// names of 1 to 128 letters, digits, `-`, `_` or `.`, each mapped to a string of at
     /// most 64 KiB, or to `{"secret": "..."}` for a secret. A secret is stored encrypted,
@@ -87,6 +101,8 @@ impl JobDraft {
             fuel: None,
             memory_bytes: None,
             on_event: None,
+            retain_days: None,
+            retain_last: None,
             config: None,
         }
     }
@@ -119,6 +135,10 @@ pub struct JobPatch {
     pub memory_bytes: Option<Option<u64>>,
     #[serde(default, with = "double_option")]
     pub on_event: Option<Option<String>>,
+    #[serde(default, with = "double_option")]
+    pub retain_days: Option<Option<u32>>,
+    #[serde(default, with = "double_option")]
+    pub retain_last: Option<Option<u32>>,
     /// Replaces all of the job's settings (see the job's `config`): a setting left out is
     /// removed. `{"secret": "***"}`, the form responses show a secret in, keeps the secret
     /// stored under that name, so a job read with GET can be sent back with edits; for a
@@ -271,6 +291,19 @@ impl Services {
                 "input",
                 format!("{input_len} bytes, above the limit of {MAX_INPUT_BYTES}"),
             ));
+        }
+        for (field, value, max) in [
+            ("retainDays", job.retain_days, MAX_RETAIN_DAYS),
+            ("retainLast", job.retain_last, MAX_RETAIN_LAST),
+        ] {
+            if let Some(value) = value
+                && !(1..=max).contains(&value)
+            {
+                return Err(ServiceError::unprocessable(
+                    field,
+                    format!("{value} is not between 1 and {max}"),
+                ));
+            }
         }
         let ceiling = &self.settings.ceiling;
         for (field, value, max) in [
@@ -444,6 +477,8 @@ impl Services {
             fuel: draft.fuel,
             memory_bytes: draft.memory_bytes,
             on_event: draft.on_event,
+            retain_days: draft.retain_days,
+            retain_last: draft.retain_last,
             config: JobConfig::default(),
             next_run_at: None,
             created_at: now,
@@ -568,6 +603,8 @@ impl Services {
             fuel,
             memory_bytes,
             on_event,
+            retain_days,
+            retain_last,
             config,
         } = patch;
         /// Absent means unchanged.
@@ -594,6 +631,8 @@ impl Services {
         apply(&mut job.fuel, fuel);
         apply(&mut job.memory_bytes, memory_bytes);
         apply(&mut job.on_event, on_event);
+        apply(&mut job.retain_days, retain_days);
+        apply(&mut job.retain_last, retain_last);
         if let Some(config) = config {
             job.config = self.settle_config(&job.id, config, &job.config)?;
         }
@@ -843,6 +882,8 @@ mod tests {
             fuel: None,
             memory_bytes: None,
             on_event: None,
+            retain_days: None,
+            retain_last: None,
             config: JobConfig::default(),
             next_run_at: None,
             created_at: 0,

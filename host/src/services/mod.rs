@@ -11,6 +11,7 @@ pub(crate) mod jobs;
 pub(crate) mod loghub;
 pub(crate) mod modules;
 pub(crate) mod publishers;
+pub(crate) mod retention;
 pub(crate) mod routes;
 pub(crate) mod schedule;
 pub(crate) mod secrets;

@@ -34,6 +34,7 @@ pub(crate) use auth::AuthStore;
 pub(crate) use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
+use crate::domain::retention::{PrunePlan, Pruned};
 use crate::domain::usage::{OutboundRow, UsageQuery, UsageRow};
 use crate::domain::{
     CodeApproval, Event, Execution, ExecutionResult, ExecutionStatus, Job, LogEntry, Manifest,
@@ -313,6 +314,18 @@ pub trait Store: Send + Sync + 'static {
     /// The outbound requests of runs in `query`'s window, from the rollups: one row per
     /// module, host and point, ordered so.
     async fn usage_outbound(&self, query: &UsageQuery) -> Result<Vec<OutboundRow>, StoreError>;
+
+    // ---- retention -------------------------------------------------------------------
+
+    /// Deletes one batch of what `plan` says has expired: at most `limit` rows of each
+    /// kind (final executions with their logs, log lines, usage rows of each step,
+    /// stored inputs nothing refers to). Never touches an execution that is not final.
+    /// Called until it deletes nothing.
+    async fn prune_history(&self, plan: &PrunePlan, limit: u32) -> Result<Pruned, StoreError>;
+
+    /// Gives space freed by deletions back to the file system, a bounded amount per
+    /// call; `true` while there is more. Called after pruning.
+    async fn reclaim_space(&self) -> Result<bool, StoreError>;
 
     // ---- modules -------------------------------------------------------------------
 

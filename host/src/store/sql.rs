@@ -54,6 +54,7 @@ pub(crate) trait Sql:
     + for<'r> Reads<'r, i64>
     + for<'r> Reads<'r, Option<i64>>
     + for<'r> Reads<'r, i32>
+    + for<'r> Reads<'r, Option<i32>>
     + for<'r> Reads<'r, bool>
     + for<'r> Reads<'r, f64>
     + for<'r> Reads<'r, Option<f64>>
@@ -325,6 +326,14 @@ pub(crate) trait Columns {
         u32::try_from(value).map_err(|_| corrupt(name, format!("negative value {value}")))
     }
 
+    /// A nullable `INTEGER` column of PostgreSQL (32 bits).
+    fn col_opt_u32(&self, name: &str) -> Result<Option<u32>, StoreError> {
+        let value: Option<i32> = self.col(name)?;
+        value
+            .map(|v| u32::try_from(v).map_err(|_| corrupt(name, format!("negative value {v}"))))
+            .transpose()
+    }
+
     fn col_json<T: serde::de::DeserializeOwned>(&self, name: &str) -> Result<T, StoreError> {
         let text: &str = self.col(name)?;
         serde_json::from_str(text).map_err(|err| corrupt(name, err))
@@ -437,6 +446,8 @@ pub(crate) fn job_from_row(row: &impl Columns) -> Result<Job, StoreError> {
         fuel: row.col_opt_u64("fuel")?,
         memory_bytes: row.col_opt_u64("memory_bytes")?,
         on_event: row.col("on_event")?,
+        retain_days: row.col_opt_u32("retain_days")?,
+        retain_last: row.col_opt_u32("retain_last")?,
         config: row.col_config()?,
         next_run_at: row.col("next_run_at")?,
         created_at: row.col("created_at")?,

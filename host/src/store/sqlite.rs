@@ -49,7 +49,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
 };
-use sqlx::{Pool, QueryBuilder, Sqlite, SqlitePool, Transaction};
+use sqlx::{AssertSqlSafe, Pool, QueryBuilder, Sqlite, SqlitePool, Transaction};
 
 use self::checkpoint::Checkpointer;
 use super::convert::{StoredInput, db, in_given_order, int, json_text, stored_inputs};
@@ -78,6 +78,10 @@ const READ_CONNECTIONS: u32 = 4;
 /// statement; the widest row bound here has 13 values, so 512 rows stay far below it
 /// while making per-statement overhead negligible.
 const MAX_ROWS: usize = 512;
+
+/// Pages each `PRAGMA incremental_vacuum` gives back: 4 MiB of 4 KiB pages, a few
+/// milliseconds of the write lock per call.
+const VACUUM_PAGES: u32 = 1024;
 
 /// How much of the database file each connection maps into memory.
 const MMAP_BYTES: u64 = 256 * 1024 * 1024;
@@ -142,6 +146,7 @@ impl SqliteStore {
             .connect_with(options.clone())
             .await
             .map_err(|err| open_error(path, &err))?;
+        use_incremental_vacuum(&writer, path).await?;
         MIGRATOR
             .run(&writer)
             .await
@@ -187,6 +192,38 @@ impl SqliteStore {
         adopt_large_job_inputs(&store).await?;
         Ok(store)
     }
+}
+
+/// Makes the file give pruned history's space back (`auto_vacuum = INCREMENTAL`, then
+/// `PRAGMA incremental_vacuum` after each pruning): without it, deleted pages are only
+/// reused and the file never shrinks. The mode takes effect with a `VACUUM`: instant on
+/// a new database, a rewrite of the whole file (logged) on one made before pruning
+/// existed, once.
+async fn use_incremental_vacuum(writer: &Pool<Sqlite>, path: &Path) -> Result<(), StoreError> {
+    const INCREMENTAL: i64 = 2;
+    let mode: i64 = sqlx::query_scalar("PRAGMA auto_vacuum")
+        .fetch_one(writer)
+        .await
+        .map_err(db)?;
+    if mode == INCREMENTAL {
+        return Ok(());
+    }
+    let tables: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM sqlite_master")
+        .fetch_one(writer)
+        .await
+        .map_err(db)?;
+    if tables > 0 {
+        tracing::info!(
+            file = %path.display(),
+            "rewriting the database once so that pruned history gives its space back"
+        );
+    }
+    sqlx::query("PRAGMA auto_vacuum = INCREMENTAL")
+        .execute(writer)
+        .await
+        .map_err(db)?;
+    sqlx::query("VACUUM").execute(writer).await.map_err(db)?;
+    Ok(())
 }
 
 /// The one writing connection, never closed for idleness: an in-memory database lives
@@ -605,6 +642,23 @@ impl Backend for SqliteStore {
             .collect())
     }
 
+    async fn give_back_space(&self) -> Result<bool, StoreError> {
+        // A bounded number of pages per call, so the write lock is held briefly; the
+        // pruner calls again while the free list is not empty.
+        let mut conn = self.writer.acquire().await.map_err(db)?;
+        sqlx::query(AssertSqlSafe(format!(
+            "PRAGMA incremental_vacuum({VACUUM_PAGES})"
+        )))
+        .execute(&mut *conn)
+        .await
+        .map_err(db)?;
+        let free: i64 = sqlx::query_scalar("PRAGMA freelist_count")
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(db)?;
+        Ok(free > 0)
+    }
+
     async fn flush_commits(&self) -> Result<(), StoreError> {
         // Every commit is as durable as it gets here (WAL, `synchronous = NORMAL`: it
         // survives a crash of the process, not of the machine).
@@ -731,6 +785,65 @@ mod tests {
     use crate::store::{AuthStore, Store, VersionUpload};
 
     /// Waits until the checkpointer has copied more than `beyond` frames.
+    async fn pragma(store: &SqliteStore, name: &str) -> i64 {
+        sqlx::query_scalar(AssertSqlSafe(format!("PRAGMA {name}")))
+            .fetch_one(&store.writer)
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pruned_history_gives_its_space_back_to_the_file_system() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("runcell.db");
+        let store = SqliteStore::open(&path).await.unwrap();
+        assert_eq!(pragma(&store, "auto_vacuum").await, 2, "incremental");
+        let old = crate::domain::now_millis() - 40 * 86_400_000;
+        let batch: Vec<NewExecution> = (0..3_000)
+            .map(|i| NewExecution {
+                id: crate::domain::retention::first_id_at(old + i).replace("-8000-", "-8001-"),
+                input: format!("{{\"padding\":\"{}\"}}", "x".repeat(900)),
+                ..super::super::tests::manual("job", old)
+            })
+            .collect();
+        store.enqueue_executions(&batch).await.unwrap();
+        let ids: Vec<String> = batch.iter().map(|e| e.id.clone()).collect();
+        store
+            .claim_executions(&ids, "n", old, old + 1)
+            .await
+            .unwrap();
+        let results: Vec<ExecutionResult> = ids
+            .iter()
+            .map(|id| ExecutionResult {
+                id: id.clone(),
+                status: ExecutionStatus::Completed,
+                result: None,
+                error: None,
+                error_kind: None,
+                finished_at: old + 1,
+                duration_ms: 1.0,
+                fuel_consumed: 1,
+                memory_peak_bytes: 1,
+                cpu_time_ms: 1.0,
+                logs: Vec::new(),
+                outbound: Vec::new(),
+            })
+            .collect();
+        store.record_results(&results, &[]).await.unwrap();
+        let full = pragma(&store, "page_count").await;
+        let pruned = crate::services::retention::prune_once(
+            &store,
+            &crate::domain::retention::Retention::default(),
+            crate::domain::now_millis(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(pruned.executions, 3_000);
+        assert_eq!(pragma(&store, "freelist_count").await, 0);
+        let left = pragma(&store, "page_count").await;
+        assert!(left < full / 2, "{left} pages of {full} left");
+    }
+
     async fn checkpointed_beyond(store: &SqliteStore, beyond: u64) -> u64 {
         let checkpointer = store
             .checkpointer

@@ -18,6 +18,7 @@ use super::{
     INLINE_INPUT_MAX, IdempotencyKey, LeaseToken, ManualOutcome, ManualRun, PostgresStore, Retry,
     Settled, SqliteStore, Store, StoreError, VersionUpload, failpoints,
 };
+use crate::domain::retention::{Pruned, Retention};
 use crate::domain::usage::{OutboundTally, PERCENTILE_ERROR, ResponseClass, RunTotals, UsageQuery};
 use crate::domain::{
     Capabilities, CodeApproval, Event, ExecutionResult, ExecutionStatus, Job, JobConfig, JobSpec,
@@ -67,6 +68,8 @@ fn job(name: &str, module: &str) -> Job {
         fuel: Some(8_000_000_000),
         memory_bytes: Some(64 << 20),
         on_event: None,
+        retain_days: None,
+        retain_last: None,
         config: JobConfig::default(),
         next_run_at: None,
         created_at: T0,
@@ -3559,6 +3562,175 @@ async fn outbound_requests_are_counted_per_module_and_host_once(store: &dyn Stor
     );
 }
 
+// ---- retention ---------------------------------------------------------------------------
+
+/// An execution id as one created at `at` would have.
+fn id_at(at: Millis) -> String {
+    uuid::Uuid::new_v7(uuid::Timestamp::from_unix(
+        uuid::NoContext,
+        u64::try_from(at / 1000).unwrap(),
+        u32::try_from(at % 1000).unwrap() * 1_000_000,
+    ))
+    .to_string()
+}
+
+/// An execution of `job_id` created at `at`, left in `status` (finished at `at` + 1 s
+/// when final), with one log line when final.
+async fn made_at(store: &dyn Store, job_id: &str, at: Millis, status: ExecutionStatus) -> String {
+    let execution = NewExecution {
+        id: id_at(at),
+        ..manual(job_id, at)
+    };
+    store
+        .enqueue_executions(std::slice::from_ref(&execution))
+        .await
+        .unwrap();
+    if status == ExecutionStatus::Queued {
+        return execution.id;
+    }
+    let claimed = store
+        .claim_executions(
+            std::slice::from_ref(&execution.id),
+            "node-a",
+            at,
+            at + 30 * SECOND,
+        )
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    if status == ExecutionStatus::Running {
+        return execution.id;
+    }
+    let result = ExecutionResult {
+        status,
+        finished_at: at + SECOND,
+        ..completed(&execution.id, vec![log(0, "kept until pruned")])
+    };
+    store.record_results(&[result], &[]).await.unwrap();
+    execution.id
+}
+
+async fn exists(store: &dyn Store, id: &str) -> bool {
+    store.get_execution(id).await.unwrap().is_some()
+}
+
+async fn prune_all(store: &dyn Store, retention: &Retention, now: Millis) -> Pruned {
+    let plan = retention.plan(now);
+    let mut total = Pruned::default();
+    loop {
+        let batch = store.prune_history(&plan, 2).await.unwrap();
+        if batch.is_empty() {
+            return total;
+        }
+        total.add(batch);
+    }
+}
+
+async fn expired_history_goes_and_what_is_not_final_stays(store: &dyn Store) {
+    let now = crate::domain::now_millis();
+    let old = now - 40 * DAY;
+    let gone = made_at(store, "job-r", old, ExecutionStatus::Completed).await;
+    let gone_too = made_at(store, "job-r", old + 1, ExecutionStatus::Failed).await;
+    let queued = made_at(store, "job-r", old + 2, ExecutionStatus::Queued).await;
+    let running = made_at(store, "job-r", old + 3, ExecutionStatus::Running).await;
+    let recent = made_at(store, "job-r", now - 3 * DAY, ExecutionStatus::Completed).await;
+    let fresh = made_at(store, "job-r", now - HOUR, ExecutionStatus::Completed).await;
+    let usage_before = usage_totals(store, "job-r", DAY).await;
+
+    let retention = Retention {
+        logs: std::time::Duration::from_secs(2 * 86_400),
+        ..Retention::default()
+    };
+    let pruned = prune_all(store, &retention, now).await;
+    assert_eq!(pruned.executions, 2, "{pruned:?}");
+    assert_eq!(
+        pruned.log_lines, 3,
+        "two with their executions, one sooner: {pruned:?}"
+    );
+    assert!(!exists(store, &gone).await && !exists(store, &gone_too).await);
+    assert!(exists(store, &queued).await, "a queued run is never pruned");
+    assert!(
+        exists(store, &running).await,
+        "a running run is never pruned"
+    );
+    assert!(exists(store, &recent).await);
+    assert!(
+        store
+            .execution_logs(&recent, None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        store.execution_logs(&fresh, None, 10).await.unwrap().len(),
+        1
+    );
+    // The day points of the runs pruned are kept, so totals do not change; the minute
+    // points of 40 and 3 days ago are past their two days.
+    assert_eq!(usage_totals(store, "job-r", DAY).await, usage_before);
+    assert_eq!(usage_totals(store, "job-r", MINUTE_MS).await.runs, 1);
+    assert!(pruned.usage_rows > 0);
+    assert!(
+        prune_all(store, &retention, now).await.is_empty(),
+        "nothing left to do"
+    );
+}
+
+async fn a_job_keeps_its_own_days_or_only_its_newest(store: &dyn Store) {
+    let now = crate::domain::now_millis();
+    let mut keeper = job("keeper", "m");
+    keeper.retain_days = Some(60);
+    store.insert_job(&keeper).await.unwrap();
+    let mut newest = job("newest", "m");
+    newest.retain_last = Some(2);
+    store.insert_job(&newest).await.unwrap();
+    let mut brief = job("brief", "m");
+    brief.retain_days = Some(1);
+    store.insert_job(&brief).await.unwrap();
+
+    let kept = made_at(
+        store,
+        &keeper.id,
+        now - 40 * DAY,
+        ExecutionStatus::Completed,
+    )
+    .await;
+    let too_old = made_at(
+        store,
+        &keeper.id,
+        now - 70 * DAY,
+        ExecutionStatus::Completed,
+    )
+    .await;
+    let mut runs = Vec::new();
+    for hours in [5, 4, 3, 2] {
+        runs.push(
+            made_at(
+                store,
+                &newest.id,
+                now - hours * HOUR,
+                ExecutionStatus::Completed,
+            )
+            .await,
+        );
+    }
+    let short_lived = made_at(store, &brief.id, now - 2 * DAY, ExecutionStatus::Completed).await;
+
+    let pruned = prune_all(store, &Retention::default(), now).await;
+    assert_eq!(pruned.executions, 4, "{pruned:?}");
+    assert!(
+        exists(store, &kept).await,
+        "kept 60 days, not the server's 30"
+    );
+    assert!(!exists(store, &too_old).await);
+    assert!(!exists(store, &runs[0]).await && !exists(store, &runs[1]).await);
+    assert!(exists(store, &runs[2]).await && exists(store, &runs[3]).await);
+    assert!(
+        !exists(store, &short_lived).await,
+        "kept one day, not the server's 30"
+    );
+}
+
 // ---- backends ------------------------------------------------------------------------
 
 /// Runs each listed behaviour against a fresh database from `$open`, which returns the
@@ -3674,6 +3846,8 @@ macro_rules! every_behaviour {
                 a_stale_holder_s_fenced_write_is_refused,
                 a_fenced_write_after_the_lease_expired_or_was_released_is_refused,
                 every_final_status_is_counted_once_at_every_step,
+                expired_history_goes_and_what_is_not_final_stays,
+                a_job_keeps_its_own_days_or_only_its_newest,
                 usage_points_merge_into_coarser_steps_exactly,
                 outbound_requests_are_counted_per_module_and_host_once,
                 #[ignore = "a measurement; run with --release -- --ignored --nocapture"]

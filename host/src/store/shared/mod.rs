@@ -9,6 +9,7 @@
 //! named on [`Sql`].
 
 mod auth;
+mod retention;
 pub(crate) mod usage;
 
 use usage::Counted;
@@ -32,6 +33,7 @@ use super::{
     IdempotencyKey, LeaseToken, ManualOutcome, ManualRun, Retry, Settled, Store, StoreError,
     VersionUpload, failpoint,
 };
+use crate::domain::retention::{PrunePlan, Pruned};
 use crate::domain::usage::{OutboundRow, UsageQuery, UsageRow};
 use crate::domain::{
     Event, Execution, ExecutionResult, ExecutionStatus, Job, LogEntry, Manifest, MetricSample,
@@ -70,7 +72,8 @@ pub(crate) use claimed_columns;
 macro_rules! job_columns {
     () => {
         "id, name, module, job, schedule, input, enabled, max_attempts, timeout_ms, fuel, \
-         memory_bytes, on_event, config, next_run_at, created_at, updated_at, schedule_source"
+         memory_bytes, on_event, config, next_run_at, created_at, updated_at, schedule_source, \
+         retain_days, retain_last"
     };
 }
 
@@ -158,6 +161,9 @@ pub(crate) trait Backend: Send + Sync + 'static {
 
     /// [`Store::flush`].
     async fn flush_commits(&self) -> Result<(), StoreError>;
+
+    /// [`Store::reclaim_space`].
+    async fn give_back_space(&self) -> Result<bool, StoreError>;
 
     // ---- statements whose text differs ---------------------------------------------------
 
@@ -467,6 +473,14 @@ impl<B: Backend> Store for B {
 
     async fn usage_outbound(&self, query: &UsageQuery) -> Result<Vec<OutboundRow>, StoreError> {
         usage::read_outbound::<B::Db>(&mut *read(self).await?, query).await
+    }
+
+    async fn prune_history(&self, plan: &PrunePlan, limit: u32) -> Result<Pruned, StoreError> {
+        retention::prune(self, plan, limit).await
+    }
+
+    async fn reclaim_space(&self) -> Result<bool, StoreError> {
+        self.give_back_space().await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -817,7 +831,7 @@ impl<B: Backend> Store for B {
             "INSERT INTO jobs (",
             job_columns!(),
             ", input_hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, \
-             $14, $15, $16, $17, $18)"
+             $14, $15, $16, $17, $18, $19, $20)"
         ))
         .arg(job.id.as_str())
         .arg(job.name.as_str())
@@ -836,6 +850,8 @@ impl<B: Backend> Store for B {
         .arg(job.created_at)
         .arg(job.updated_at)
         .arg(job.schedule_source.as_str())
+        .arg(job.retain_days.map(i64::from))
+        .arg(job.retain_last.map(i64::from))
         .arg(stored.rows[0].1.as_deref());
         write_job(query, write.conn(), job).await?;
         write.commit().await
@@ -894,8 +910,9 @@ impl<B: Backend> Store for B {
             "UPDATE jobs SET name = $1, module = $2, job = $3, schedule = $4, input = $5, \
                  input_hash = $6, enabled = $7, max_attempts = $8, timeout_ms = $9, fuel = $10, \
                  memory_bytes = $11, on_event = $12, config = $13, next_run_at = $14, \
-                 updated_at = $15, schedule_source = $16, revision = revision + 1 \
-             WHERE id = $17",
+                 updated_at = $15, schedule_source = $16, retain_days = $17, \
+                 retain_last = $18, revision = revision + 1 \
+             WHERE id = $19",
         )
         .arg(job.name.as_str())
         .arg(job.module.as_str())
@@ -913,6 +930,8 @@ impl<B: Backend> Store for B {
         .arg(job.next_run_at)
         .arg(job.updated_at)
         .arg(job.schedule_source.as_str())
+        .arg(job.retain_days.map(i64::from))
+        .arg(job.retain_last.map(i64::from))
         .arg(job.id.as_str());
         let updated = write_job(query, write.conn(), job).await?;
         write.commit().await?;
