@@ -196,11 +196,14 @@ async fn settle_expired(
             let claimed = ClaimedExecution {
                 id: execution.id.clone(),
                 job_id: execution.job_id.clone(),
+                module: execution.module.clone(),
+                job: execution.job.clone(),
                 attempt: execution.attempt,
                 trigger: execution.trigger,
                 retry_of: execution.retry_of.clone(),
                 input: execution.input.to_string(),
                 scheduled_at: execution.scheduled_at,
+                run_after: execution.run_after,
                 job_revision: None,
             };
             next_attempt(&settings.retry, &claimed, &job, now)

@@ -7,6 +7,7 @@ mod config;
 mod limits;
 mod manifest;
 mod model;
+mod pool;
 pub(crate) mod retention;
 mod retry;
 mod run;
@@ -31,6 +32,7 @@ pub(crate) use model::{
     MetricSample, Millis, ModuleRecord, ModuleVersion, NODE_HEARTBEAT_EVERY, NewExecution,
     NodeHeartbeat, Page, SCHEDULER_LEASE, ScheduleSource, new_id, now_millis,
 };
+pub(crate) use pool::PoolState;
 pub(crate) use retry::RetryPolicy;
 pub use run::{FailureKind, Grants, LogEntry, LogLevel, Outcome, RunReport};
 pub(crate) use run::{LogMessage, RunContext, Trigger, Usage, topic_matches, topics_overlap};

@@ -16,7 +16,7 @@ use std::time::Duration;
 use futures_util::stream::BoxStream;
 use tokio::sync::broadcast;
 
-use crate::domain::{LogMessage, Millis};
+use crate::domain::{LogMessage, Millis, PoolState};
 
 pub use memory::MemoryQueue;
 pub(crate) use redis::{RedisQueue, RedisQueueConfig};
@@ -64,6 +64,12 @@ pub trait Queue: Send + Sync + 'static {
     fn losses(&self) -> u64 {
         0
     }
+
+    /// The state of its connection pools, from memory (no I/O); none for a queue that
+    /// needs no connections.
+    fn pools(&self) -> Vec<PoolState> {
+        Vec::new()
+    }
 }
 
 /// Carries live log lines between nodes. One side appends the lines of runs on this node
@@ -88,4 +94,9 @@ pub trait LogRelay: Send + Sync + 'static {
     /// subscribes to an execution not running here; dropped when nobody here follows it
     /// any more.
     fn follow(&self, id: &str) -> BoxStream<'static, LogMessage>;
+
+    /// The state of its connection pools, from memory (no I/O).
+    fn pools(&self) -> Vec<PoolState> {
+        Vec::new()
+    }
 }

@@ -523,6 +523,13 @@ impl Queue for RedisQueue {
     fn losses(&self) -> u64 {
         self.losses.load(Ordering::Relaxed)
     }
+
+    fn pools(&self) -> Vec<crate::domain::PoolState> {
+        vec![
+            super::redis_pool::state("queue-commands", &self.commands),
+            super::redis_pool::state("queue-blocking", &self.blocking),
+        ]
+    }
 }
 
 enum ReadError {

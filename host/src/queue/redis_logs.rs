@@ -224,6 +224,10 @@ impl LogRelay for RedisLogRelay {
         }
     }
 
+    fn pools(&self) -> Vec<crate::domain::PoolState> {
+        vec![super::redis_pool::state("logs", &self.commands)]
+    }
+
     fn follow(&self, id: &str) -> BoxStream<'static, LogMessage> {
         let reader = Reader {
             client: self.client.clone(),

@@ -93,6 +93,19 @@ impl Connection {
     }
 }
 
+/// The state of `pool`, named `name`, for monitoring.
+pub(super) fn state(name: &'static str, pool: &Pool) -> crate::domain::PoolState {
+    let status = pool.status();
+    let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+    crate::domain::PoolState {
+        name,
+        max: count(status.max_size),
+        open: count(status.size),
+        idle: count(status.available),
+        waiting: Some(count(status.waiting)),
+    }
+}
+
 /// Lends a connection from `pool`.
 pub(super) async fn lend(pool: &Pool) -> Result<Connection, managed::PoolError<RedisError>> {
     pool.get().await.map(Connection)

@@ -74,7 +74,6 @@ impl CpuPermits {
     }
 
     /// Runs holding a permit now.
-    #[cfg(test)]
     pub(crate) fn in_use(&self) -> usize {
         self.total - self.semaphore.available_permits()
     }

@@ -65,6 +65,11 @@ impl Lane {
         }
     }
 
+    /// Instances alive in this lane now, and how many its pool holds.
+    pub(crate) fn use_and_capacity(&self) -> (u32, u32) {
+        (self.in_flight.load(Ordering::Relaxed), self.capacity)
+    }
+
     fn try_enter(&self) -> bool {
         if self.in_flight.fetch_add(1, Ordering::Relaxed) < self.capacity {
             return true;

@@ -247,6 +247,21 @@ impl Runtime {
         self.shared.cpu.total()
     }
 
+    /// Guests running their code now (holding a CPU permit).
+    pub fn cpu_guests_busy(&self) -> usize {
+        self.shared.cpu.in_use()
+    }
+
+    /// Instances alive now (runs, route requests, `describe` calls) over every lane, and
+    /// how many the instance pools hold.
+    pub fn instances(&self) -> (u32, u32) {
+        self.shared
+            .lanes
+            .iter()
+            .map(Lane::use_and_capacity)
+            .fold((0, 0), |(used, held), (u, h)| (used + u, held + h))
+    }
+
     /// Compilations performed by this runtime (cached loads excluded).
     pub fn compilations(&self) -> u64 {
         self.shared.cache.compilations()

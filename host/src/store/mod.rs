@@ -39,7 +39,7 @@ use crate::domain::usage::{OutboundRow, UsageQuery, UsageRow};
 use crate::domain::{
     CodeApproval, Event, Execution, ExecutionResult, ExecutionStatus, Job, LogEntry, Manifest,
     MetricSample, Millis, ModuleRecord, ModuleStatus, ModuleVersion, NewExecution, NodeHeartbeat,
-    Page, PublisherKey, Uploader,
+    Page, PoolState, PublisherKey, Uploader,
 };
 
 /// Why a storage call failed.
@@ -223,17 +223,31 @@ pub enum CancelEffect {
     NotFound,
 }
 
+/// Queued executions, as [`Store::count_queued`] counts them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueuedCount {
+    /// Due now: waiting for a worker.
+    pub due: u64,
+    /// Due later: waiting out a retry's backoff.
+    pub delayed: u64,
+}
+
 /// An execution a worker now owns, with what it needs to run it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClaimedExecution {
     pub id: String,
     pub job_id: String,
+    /// The module and the module's job it runs, as the execution was created.
+    pub module: String,
+    pub job: String,
     pub attempt: u32,
     pub trigger: crate::domain::Trigger,
     pub retry_of: Option<String>,
     /// JSON text.
     pub input: String,
     pub scheduled_at: Millis,
+    /// Not before this time: when it became due (a retry's backoff ends here).
+    pub run_after: Millis,
     /// The revision of its job's definition at the claim; `None` when the job is gone.
     pub job_revision: Option<i64>,
 }
@@ -558,6 +572,14 @@ pub trait Store: Send + Sync + 'static {
         now: Millis,
         limit: u32,
     ) -> Result<Vec<String>, StoreError>;
+
+    /// How many executions are queued, by whether they are due at `now`; read at each
+    /// scrape of `/metrics`. It walks the partial index of queued rows, so it costs what
+    /// the backlog holds, not what the history does.
+    async fn count_queued(&self, now: Millis) -> Result<QueuedCount, StoreError>;
+
+    /// The state of this store's connection pools, from memory (no I/O).
+    fn pools(&self) -> Vec<PoolState>;
 
     /// Running executions whose lease expired before `now`.
     async fn expired_executions(

@@ -287,9 +287,9 @@ const CLAIM: &str = concat!(
                AND run_after <= $3 \
            FOR UPDATE SKIP LOCKED) c \
      WHERE e.id = c.id \
-     RETURNING e.id, e.job_id, e.attempt, e.trigger, e.retry_of, ",
+     RETURNING e.id, e.job_id, e.module, e.job, e.attempt, e.trigger, e.retry_of, ",
     execution_input!(),
-    ", e.scheduled_at, (SELECT revision FROM jobs j WHERE j.id = e.job_id) AS job_revision"
+    ", e.scheduled_at, e.run_after, (SELECT revision FROM jobs j WHERE j.id = e.job_id) AS job_revision"
 );
 
 /// The manual runs of one job (`$1` ids, `$2` inputs or NULL for the job's stored input,
@@ -610,6 +610,10 @@ impl Backend for PostgresStore {
 
     fn writer(&self) -> &Pool<Postgres> {
         &self.pool
+    }
+
+    fn named_pools(&self) -> Vec<(&'static str, &Pool<Postgres>)> {
+        vec![("main", &self.pool), ("claims", &self.claims)]
     }
 
     async fn begin(&self) -> Result<Transaction<'static, Postgres>, StoreError> {

@@ -489,11 +489,14 @@ pub(crate) fn claimed_from_row(row: &impl Columns) -> Result<ClaimedExecution, S
     Ok(ClaimedExecution {
         id: row.col("id")?,
         job_id: row.col("job_id")?,
+        module: row.col("module")?,
+        job: row.col("job")?,
         attempt: row.col_u32("attempt")?,
         trigger: row.col_trigger()?,
         retry_of: row.col("retry_of")?,
         input: row.col("input")?,
         scheduled_at: row.col("scheduled_at")?,
+        run_after: row.col("run_after")?,
         job_revision: row.col("job_revision")?,
     })
 }

@@ -440,6 +440,10 @@ impl Backend for SqliteStore {
         &self.writer
     }
 
+    fn named_pools(&self) -> Vec<(&'static str, &Pool<Sqlite>)> {
+        vec![("writer", &self.writer), ("reader", &self.reader)]
+    }
+
     /// Starts a write transaction that takes the write lock at once, so it never fails
     /// half-way to upgrade a read lock.
     async fn begin(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {

@@ -15,8 +15,8 @@ use serde_json::json;
 use super::shared::usage::log_bytes;
 use super::{
     CancelEffect, ClaimedExecution, EXPIRED_KEYS_PER_REQUEST, EarlierRuns, ExecutionFilter,
-    INLINE_INPUT_MAX, IdempotencyKey, LeaseToken, ManualOutcome, ManualRun, PostgresStore, Retry,
-    Settled, SqliteStore, Store, StoreError, VersionUpload, failpoints,
+    INLINE_INPUT_MAX, IdempotencyKey, LeaseToken, ManualOutcome, ManualRun, PostgresStore,
+    QueuedCount, Retry, Settled, SqliteStore, Store, StoreError, VersionUpload, failpoints,
 };
 use crate::domain::retention::{Pruned, Retention};
 use crate::domain::usage::{OutboundTally, PERCENTILE_ERROR, ResponseClass, RunTotals, UsageQuery};
@@ -1127,11 +1127,14 @@ async fn manual_runs_started_on_a_node_run_there_alone_under_its_lease(store: &d
             .map(|(run, input)| ClaimedExecution {
                 id: run.id.clone(),
                 job_id: job.id.clone(),
+                module: job.module.clone(),
+                job: job.job.clone(),
                 attempt: 1,
                 trigger: Trigger::Manual,
                 retry_of: None,
                 input: input.to_owned(),
                 scheduled_at: T0,
+                run_after: T0,
                 job_revision: revision,
             })
             .collect::<Vec<_>>()
@@ -2570,6 +2573,64 @@ async fn the_reconciler_sees_due_queued_executions_oldest_first(store: &dyn Stor
     );
 }
 
+async fn queued_executions_are_counted_by_whether_they_are_due(store: &dyn Store) {
+    assert_eq!(
+        store.count_queued(T0).await.unwrap(),
+        QueuedCount::default()
+    );
+    let backing_off = NewExecution {
+        trigger: Trigger::Retry,
+        run_after: T0 + 10 * SECOND,
+        ..manual("job-1", T0 - 60 * SECOND)
+    };
+    let due = manual("job-1", T0);
+    store
+        .enqueue_executions(&[backing_off.clone(), due])
+        .await
+        .unwrap();
+    running(store, "job-1").await;
+    assert_eq!(
+        store.count_queued(T0).await.unwrap(),
+        QueuedCount { due: 1, delayed: 1 }
+    );
+    assert_eq!(
+        store.count_queued(T0 + 10 * SECOND).await.unwrap(),
+        QueuedCount { due: 2, delayed: 0 }
+    );
+
+    // A claim says when the execution became due, and what it runs.
+    let claimed = store
+        .claim_executions(
+            std::slice::from_ref(&backing_off.id),
+            "node-a",
+            T0 + 11 * SECOND,
+            T0 + 40 * SECOND,
+        )
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(
+        (
+            claimed[0].module.as_str(),
+            claimed[0].job.as_str(),
+            claimed[0].scheduled_at,
+            claimed[0].run_after
+        ),
+        ("m", "work", T0 - 60 * SECOND, T0 + 10 * SECOND)
+    );
+    assert_eq!(
+        store.count_queued(T0 + 10 * SECOND).await.unwrap(),
+        QueuedCount { due: 1, delayed: 0 }
+    );
+
+    let pools = store.pools();
+    assert!(!pools.is_empty());
+    for pool in pools {
+        assert!(pool.max >= 1, "{pool:?}");
+        assert!(pool.idle <= pool.open && pool.open <= pool.max, "{pool:?}");
+    }
+}
+
 async fn batches_larger_than_one_statement_are_handled_whole(store: &dyn Store) {
     // Above the backend's rows-per-statement, so every batch is split.
     const N: usize = 1_234;
@@ -3827,6 +3888,7 @@ macro_rules! every_behaviour {
                 executions_list_newest_first_by_job_and_status_a_page_at_a_time,
                 every_status_lists_on_its_own_newest_first,
                 the_reconciler_sees_due_queued_executions_oldest_first,
+                queued_executions_are_counted_by_whether_they_are_due,
                 batches_larger_than_one_statement_are_handled_whole,
                 events_list_newest_first_by_topic_a_page_at_a_time,
                 kv_values_are_scoped_to_their_module,

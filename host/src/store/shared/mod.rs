@@ -30,15 +30,15 @@ use super::sql::{
 };
 use super::{
     CancelEffect, ClaimedExecution, EXPIRED_KEYS_PER_REQUEST, ExecutionFilter, INLINE_INPUT_MAX,
-    IdempotencyKey, LeaseToken, ManualOutcome, ManualRun, Retry, Settled, Store, StoreError,
-    VersionUpload, failpoint,
+    IdempotencyKey, LeaseToken, ManualOutcome, ManualRun, QueuedCount, Retry, Settled, Store,
+    StoreError, VersionUpload, failpoint,
 };
 use crate::domain::retention::{PrunePlan, Pruned};
 use crate::domain::usage::{OutboundRow, UsageQuery, UsageRow};
 use crate::domain::{
     Event, Execution, ExecutionResult, ExecutionStatus, Job, LogEntry, Manifest, MetricSample,
     Millis, ModuleRecord, ModuleStatus, ModuleVersion, NewExecution, NodeHeartbeat, Page,
-    PublisherKey, now_millis,
+    PoolState, PublisherKey, now_millis,
 };
 
 /// Columns of `executions` read into [`Execution`], in one place for every query.
@@ -59,9 +59,9 @@ macro_rules! execution_columns {
 macro_rules! claimed_columns {
     () => {
         concat!(
-            "id, job_id, attempt, trigger, retry_of, ",
+            "id, job_id, module, job, attempt, trigger, retry_of, ",
             execution_input!(),
-            ", scheduled_at, \
+            ", scheduled_at, run_after, \
              (SELECT revision FROM jobs WHERE jobs.id = executions.job_id) AS job_revision"
         )
     };
@@ -109,6 +109,9 @@ pub(crate) trait Backend: Send + Sync + 'static {
 
     /// Where writes go.
     fn writer(&self) -> &Pool<Self::Db>;
+
+    /// Every pool of connections, by name, for [`Store::pools`].
+    fn named_pools(&self) -> Vec<(&'static str, &Pool<Self::Db>)>;
 
     /// A transaction for writes that must apply together. SQLite's takes the write lock
     /// at once (`BEGIN IMMEDIATE`), so it never fails half-way to upgrade a read lock.
@@ -1264,6 +1267,37 @@ impl<B: Backend> Store for B {
         .iter()
         .map(|row| row.col("id"))
         .collect()
+    }
+
+    async fn count_queued(&self, now: Millis) -> Result<QueuedCount, StoreError> {
+        let row = dynamic::<B::Db>(format!(
+            "SELECT COUNT(*) AS queued, \
+                    COALESCE(SUM(CASE WHEN run_after <= $1 THEN 1 ELSE 0 END), 0) AS due \
+             FROM executions{} WHERE status = 'QUEUED'",
+            B::Db::QUEUED_DUE_INDEX
+        ))
+        .arg(now)
+        .one(&mut *read(self).await?)
+        .await?;
+        let queued: i64 = row.col("queued")?;
+        let due: i64 = row.col("due")?;
+        Ok(QueuedCount {
+            due: u64::try_from(due).unwrap_or(0),
+            delayed: u64::try_from(queued - due).unwrap_or(0),
+        })
+    }
+
+    fn pools(&self) -> Vec<PoolState> {
+        self.named_pools()
+            .into_iter()
+            .map(|(name, pool)| PoolState {
+                name,
+                max: pool.options().get_max_connections(),
+                open: pool.size(),
+                idle: u32::try_from(pool.num_idle()).unwrap_or(u32::MAX),
+                waiting: None,
+            })
+            .collect()
     }
 
     async fn expired_executions(
