@@ -14,6 +14,12 @@ mod guests;
     dead_code,
     reason = "shared with other test binaries, each of which uses a different part of it"
 )]
+#[path = "support/metrics.rs"]
+mod metrics;
+#[allow(
+    dead_code,
+    reason = "shared with other test binaries, each of which uses a different part of it"
+)]
 #[path = "support/server.rs"]
 mod server;
 
@@ -1241,4 +1247,63 @@ fn a_node_rides_out_a_postgres_outage_and_loses_nothing() {
         let last = attempts.last().unwrap();
         assert_eq!(last["status"], "COMPLETED", "{root}: {attempts:?}");
     }
+}
+
+#[test]
+fn each_node_exports_its_own_counts_beside_its_database_and_redis_pools() {
+    let _one = one_at_a_time();
+    let cluster = Cluster::start(2, 2);
+    let first = cluster.node(0);
+    let job_id = job(
+        first,
+        "hostile",
+        json!({"name": "echo", "module": "hostile", "job": "echo"}),
+    );
+    first.execute_bulk(&job_id, &json!({"count": 40}));
+    let executions = wait_all_final(first, &job_id, 40, Duration::from_secs(60));
+    assert_eq!(executions.len(), 40);
+
+    let mut completed = 0.0;
+    for node in &cluster.nodes {
+        let reply = node.get("/metrics");
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        let metrics = metrics::Metrics::parse(reply.body.as_str().expect("a text body"));
+        completed += metrics.sum(
+            "runcell_executions",
+            &[("handler", "echo"), ("status", "COMPLETED")],
+        );
+        // PostgreSQL: the pool of most statements and the pool of claims.
+        for (pool, max) in [("main", 8.0), ("claims", 4.0)] {
+            assert_eq!(
+                metrics.sum("runcell_db_pool_max_connections", &[("pool", pool)]),
+                max,
+                "{pool}"
+            );
+        }
+        // Redis: the queue's two pools and the live log relay's.
+        for pool in ["queue-commands", "queue-blocking", "logs"] {
+            assert!(
+                metrics.sum("runcell_redis_pool_max_connections", &[("pool", pool)]) >= 1.0,
+                "{pool}"
+            );
+            assert_eq!(
+                metrics
+                    .samples("runcell_redis_pool_waiting")
+                    .iter()
+                    .filter(|(labels, _)| labels["pool"] == pool)
+                    .count(),
+                1,
+                "{pool}"
+            );
+        }
+        // The backlog is the deployment's, read from the shared database.
+        assert_eq!(metrics.sum("runcell_executions_queued", &[]), 0.0);
+        assert_eq!(
+            metrics.samples("runcell_executions_queued").len(),
+            2,
+            "due and delayed"
+        );
+    }
+    // Each node counts what it ran; together, every run once.
+    assert_eq!(completed, 40.0);
 }

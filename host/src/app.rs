@@ -27,6 +27,8 @@ use crate::worker::{WorkerPool, WorkerSettings};
 #[derive(Debug, Clone)]
 pub(crate) struct ServeConfig {
     pub listen: SocketAddr,
+    /// Where `GET /metrics` is also served, without a token.
+    pub metrics_listen: Option<SocketAddr>,
     pub data_dir: PathBuf,
     /// Runs in flight at once (worker slots), and guests running their code at once.
     pub capacity: Capacity,
@@ -234,20 +236,17 @@ pub(crate) async fn serve(config: ServeConfig) -> Result<(), StartError> {
     prepare_data_dir(&config.data_dir, config.distributed.is_none())?;
     let node_id = config.node_id.clone().unwrap_or_else(default_node_id);
     let backend = open_backend(&config, &node_id).await?;
-    // Bound first: its real address (port 0 picks one) must be closed to modules.
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| StartError::Listen {
-            addr: config.listen,
-            source,
-        })?;
-    let addr = listener.local_addr().map_err(|source| StartError::Listen {
-        addr: config.listen,
-        source,
-    })?;
+    // Bound first: their real addresses (port 0 picks one) must be closed to modules.
+    let (listener, addr) = bind(config.listen).await?;
+    let metrics_listener = match config.metrics_listen {
+        Some(metrics_addr) => Some(bind(metrics_addr).await?),
+        None => None,
+    };
+    let mut own_addresses = vec![addr];
+    own_addresses.extend(metrics_listener.as_ref().map(|(_, addr)| *addr));
     let outbound = OutboundSettings {
         allowed_networks: config.outbound_allowed_networks.clone(),
-        own_addresses: vec![addr],
+        own_addresses,
         tls: config.outbound_tls.clone(),
         ..OutboundSettings::default()
     };
@@ -359,6 +358,10 @@ pub(crate) async fn serve(config: ServeConfig) -> Result<(), StartError> {
         readiness: readiness.clone(),
     });
     println!("listening on http://{addr}");
+    let metrics_server = metrics_listener.map(|(listener, metrics_addr)| {
+        println!("  metrics: http://{metrics_addr}/metrics, served without a token");
+        tokio::spawn(serve_metrics(listener, services.clone(), readiness.clone()))
+    });
     match &config.distributed {
         Some(distributed) => println!(
             "  node: {node_id} (PostgreSQL + Redis, key prefix `{}`)",
@@ -398,6 +401,11 @@ pub(crate) async fn serve(config: ServeConfig) -> Result<(), StartError> {
     if let Err(err) = served {
         tracing::error!(error = %err, "HTTP server failed");
     }
+    if let Some(metrics_server) = metrics_server {
+        // Begun already, unless the API's server failed: the metrics server ends with it.
+        readiness.begin_shutdown();
+        let _ = metrics_server.await;
+    }
     tracing::info!("shutting down: finishing running executions");
     let _ = stop.send(true);
     let _ = scheduler.await;
@@ -408,6 +416,29 @@ pub(crate) async fn serve(config: ServeConfig) -> Result<(), StartError> {
     pool.shutdown(config.shutdown_grace).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// A listener on `addr`, and the address it got (port 0 picks a free one).
+async fn bind(addr: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAddr), StartError> {
+    let failed = |source| StartError::Listen { addr, source };
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(failed)?;
+    let bound = listener.local_addr().map_err(failed)?;
+    Ok((listener, bound))
+}
+
+/// Serves `GET /metrics` without a token on the `--metrics-listen` listener until shutdown
+/// begins.
+async fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    services: Services,
+    readiness: crate::api::Readiness,
+) {
+    let served = axum::serve(listener, crate::api::metrics::scrape_router(services))
+        .with_graceful_shutdown(readiness.shutdown_started())
+        .await;
+    if let Err(err) = served {
+        tracing::error!(error = %err, "metrics HTTP server failed");
+    }
 }
 
 /// The storage and transport of one node, embedded or distributed.

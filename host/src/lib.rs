@@ -17,6 +17,7 @@ mod runtime;
 mod scheduler;
 mod services;
 mod store;
+mod telemetry;
 mod worker;
 
 /// The runtime on its own, and a node's services without its HTTP API: what the

@@ -11,6 +11,7 @@ use tokio::sync::watch;
 use crate::domain::{Execution, ExecutionStatus, Millis, RetryPolicy, now_millis};
 use crate::services::{ServiceError, Services, next_attempt};
 use crate::store::{ClaimedExecution, Settled};
+use crate::telemetry::ReconcilerAction;
 
 /// How often a pass runs.
 pub(crate) const RECONCILE_EVERY: Duration = Duration::from_secs(2);
@@ -115,6 +116,7 @@ impl Reconciler {
                 .await?;
             if !queued.is_empty() {
                 self.services.queue.push(&queued).await?;
+                self.offered_again(queued.len());
             }
         } else {
             self.offer_stranded(now).await?;
@@ -130,8 +132,15 @@ impl Reconciler {
         if !queued.is_empty() {
             tracing::info!(count = queued.len(), "offering queued executions");
             self.services.queue.push(&queued).await?;
+            self.offered_again(queued.len());
         }
         Ok(())
+    }
+
+    fn offered_again(&self, count: usize) {
+        self.services
+            .telemetry
+            .record_reconciler(ReconcilerAction::Offered, count);
     }
 
     /// Distributed: offers queued executions that look stranded again, by one node (the
@@ -167,6 +176,7 @@ impl Reconciler {
             "offering stranded queued executions again"
         );
         self.services.queue.push(&stranded).await?;
+        self.offered_again(stranded.len());
         let at = Instant::now();
         self.offered.extend(stranded.into_iter().map(|id| (id, at)));
         Ok(())
@@ -220,9 +230,15 @@ async fn settle_expired(
             retry.as_ref(),
         )
         .await?;
+    let telemetry = &services.telemetry;
+    let ended = |status, action| {
+        telemetry.record_reconciler(action, 1);
+        telemetry.record_ended(&execution.module, &execution.job, status);
+    };
     match settled {
         Settled::NotExpired => {}
         Settled::Requeued => {
+            telemetry.record_reconciler(ReconcilerAction::Requeued, 1);
             tracing::info!(execution = %execution.id, node = ?execution.node_id, "execution lease expired before its handler began; back in the queue");
             services
                 .queue
@@ -230,11 +246,13 @@ async fn settle_expired(
                 .await?;
         }
         Settled::Cancelled => {
+            ended(ExecutionStatus::Cancelled, ReconcilerAction::Cancelled);
             services
                 .logs
                 .finish(&execution.id, ExecutionStatus::Cancelled);
         }
         Settled::Failed => {
+            ended(ExecutionStatus::Failed, ReconcilerAction::Failed);
             tracing::warn!(execution = %execution.id, node = ?execution.node_id, "execution lease expired");
             services.logs.finish(&execution.id, ExecutionStatus::Failed);
             if let Some(retry) = retry {

@@ -8,14 +8,15 @@ use std::path::{Path, PathBuf};
 
 /// Each room with its floor. A room may use the rooms on lower floors, never one on its
 /// own floor or above (DESIGN.md, "Dependency direction inside `host`"): `domain` uses
-/// nothing; `store`, `queue` and `runtime` only `domain`; nothing but `app` (the
-/// composition root) and `cli` (the binary's edge) starts `api`, `worker`, `scheduler`
-/// or `reconciler`.
+/// nothing; `store`, `queue`, `runtime` and `telemetry` only `domain`; nothing but
+/// `app` (the composition root) and `cli` (the binary's edge) starts `api`, `worker`,
+/// `scheduler` or `reconciler`.
 const FLOORS: &[(&str, u8)] = &[
     ("domain", 0),
     ("store", 1),
     ("queue", 1),
     ("runtime", 1),
+    ("telemetry", 1),
     ("services", 2),
     ("api", 3),
     ("worker", 3),

@@ -111,6 +111,8 @@ pub(crate) async fn fire_due(
         next_runs.push((job.id, next));
     }
     let created = services.store.enqueue_executions(&executions).await?;
+    // Ticks another scheduler fired already were skipped, so each is counted once.
+    services.telemetry.record_cron_ticks(created.len());
     services.queue.push(&created).await?;
     match leadership {
         Some(leadership) => {

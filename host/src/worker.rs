@@ -13,13 +13,14 @@ use tokio::task::JoinHandle;
 
 use crate::domain::{
     ExecutionResult, ExecutionStatus, Job, Millis, NewExecution, Outcome, RetryPolicy, RunContext,
-    new_id, now_millis,
+    Trigger, new_id, now_millis,
 };
 use crate::queue::Delivery;
 use crate::runtime::{CancelToken, RunRequest, StartListener};
 use crate::services::jobs::effective_limits;
 use crate::services::{LocalRunner, Services, WorkerReservation, next_attempt};
 use crate::store::{ClaimedExecution, Retry};
+use crate::telemetry::FinishedRun;
 
 /// How a node runs executions.
 #[derive(Debug, Clone)]
@@ -47,6 +48,37 @@ impl Default for WorkerSettings {
     }
 }
 
+/// What `/metrics` counts a recorded result by, beyond the result itself.
+struct RunFacts {
+    module: String,
+    /// The module's job.
+    handler: String,
+    /// Whether the run started (one refused before it did has no duration to observe).
+    ran: bool,
+}
+
+impl RunFacts {
+    /// The facts of a run that started, taken from its claim.
+    fn of_run(claimed: ClaimedExecution) -> Self {
+        Self {
+            module: claimed.module,
+            handler: claimed.job,
+            ran: true,
+        }
+    }
+}
+
+/// When an execution became due: its schedule (a cron tick, the moment a manual or event
+/// run was asked for), or for a retry the end of its backoff. One put back in the queue
+/// (its node stopped before its handler began) keeps that moment, so its wait includes
+/// the detour.
+fn due_at(claimed: &ClaimedExecution) -> Millis {
+    match claimed.trigger {
+        Trigger::Retry => claimed.run_after,
+        Trigger::Manual | Trigger::Cron | Trigger::Event => claimed.scheduled_at,
+    }
+}
+
 /// Whether an outcome deserves another attempt.
 fn is_retryable(outcome: &Outcome) -> bool {
     match outcome {
@@ -60,6 +92,7 @@ enum Recorded {
     Finished {
         result: Box<ExecutionResult>,
         retry: Option<Box<NewExecution>>,
+        run: RunFacts,
     },
     /// Shutdown gave up on it: back to `QUEUED` for the next start.
     Requeue(String),
@@ -471,6 +504,11 @@ async fn refuse(shared: &Shared, claimed: &ClaimedExecution, reason: String) {
         .send(Recorded::Finished {
             result: Box::new(result),
             retry: None,
+            run: RunFacts {
+                module: claimed.module.clone(),
+                handler: claimed.job.clone(),
+                ran: false,
+            },
         })
         .await;
 }
@@ -534,6 +572,9 @@ async fn run_one(
         // flight may wait a while for a CPU.
         start_listener: Some(shared.began.clone()),
     };
+    services
+        .telemetry
+        .observe_dispatch(claimed.trigger, now_millis() - due_at(&claimed));
     let report = services.runtime.run(&module, request).await;
     services.running.unregister(&claimed.id);
     if matches!(report.outcome, Outcome::Cancelled) && shared.abandoning.load(Ordering::SeqCst) {
@@ -559,6 +600,7 @@ async fn run_one(
         .send(Recorded::Finished {
             result: Box::new(result),
             retry: retry.map(Box::new),
+            run: RunFacts::of_run(claimed),
         })
         .await;
 }
@@ -572,11 +614,12 @@ async fn record(services: Services, mut results: mpsc::Receiver<Recorded>) {
     let mut batch = Vec::with_capacity(RECORD_BATCH);
     while results.recv_many(&mut batch, RECORD_BATCH).await > 0 {
         let mut finished = Vec::with_capacity(batch.len());
+        let mut runs = Vec::with_capacity(batch.len());
         let mut retries = Vec::new();
         let mut requeue = Vec::new();
         for item in batch.drain(..) {
             match item {
-                Recorded::Finished { result, retry } => {
+                Recorded::Finished { result, retry, run } => {
                     if let Some(retry) = retry {
                         retries.push(Retry {
                             failed: result.id.clone(),
@@ -584,6 +627,7 @@ async fn record(services: Services, mut results: mpsc::Receiver<Recorded>) {
                         });
                     }
                     finished.push(*result);
+                    runs.push(run);
                 }
                 Recorded::Requeue(id) => requeue.push(id),
             }
@@ -605,6 +649,19 @@ async fn record(services: Services, mut results: mpsc::Receiver<Recorded>) {
         .await;
         let recorded: std::collections::HashSet<&str> =
             recorded.iter().map(String::as_str).collect();
+        services.telemetry.record_finished(
+            finished
+                .iter()
+                .zip(&runs)
+                .filter(|(result, _)| recorded.contains(result.id.as_str()))
+                .map(|(result, run)| FinishedRun {
+                    module: &run.module,
+                    handler: &run.handler,
+                    status: result.status,
+                    duration_ms: run.ran.then_some(result.duration_ms),
+                    fuel_consumed: result.fuel_consumed,
+                }),
+        );
         for result in &finished {
             if recorded.contains(result.id.as_str()) {
                 services.logs.finish(&result.id, result.status);

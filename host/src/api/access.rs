@@ -68,6 +68,9 @@ pub(super) fn required(method: &Method, route: &str) -> Option<Access> {
         ("GET", "/api/v1/nodes") => R(Viewer),
 
         ("GET", "/api/v1/usage" | "/api/v1/usage/summary" | "/api/v1/usage/outbound") => R(Viewer),
+
+        // Without a token only on `--metrics-listen`, an address the operator chose.
+        ("GET", "/metrics") => R(Viewer),
         _ => return None,
     };
     Some(access)

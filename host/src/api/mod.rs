@@ -29,6 +29,7 @@
 //! | `GET /api/v1/usage/outbound?from=&to=&step=&module=&host=` | 200 `{from, to, step, series}` |
 //! | `GET /healthz` | 200 `{status: "ok"}` |
 //! | `GET /readyz` | 200 `{status: "ready", checks}`, or 503 `not_ready` |
+//! | `GET /metrics` | 200 this node's metrics, OpenMetrics text (see [`metrics`]) |
 //! | `GET /api/v1/openapi.json` | 200 the OpenAPI 3.1 document of all of the above |
 //! | `GET /api/docs` | 200 an HTML page that renders it and can send requests |
 //! | any method on `/m/{module}/...` | whatever the module answers (see [`module_routes`]) |
@@ -50,6 +51,7 @@ mod executions;
 pub(crate) mod extract;
 mod follow;
 mod jobs;
+pub(crate) mod metrics;
 mod module_routes;
 mod modules;
 mod nodes;
@@ -173,6 +175,11 @@ pub(crate) fn router(state: ApiState) -> Router {
         // Outside the access table: a module's manifest decides who may call its routes.
         .merge(module_routes::routes())
         .fallback(not_found)
+        // On every route and the fallback, after routing: it reads the route matched.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            metrics::count_requests,
+        ))
         .layer(DefaultBodyLimit::max(extract::JSON_BODY_LIMIT))
         .layer(middleware)
         .with_state(state)
@@ -206,6 +213,7 @@ fn api_routes(max_module_bytes: usize) -> OpenApiRouter<ApiState> {
         .merge(usage::routes());
     OpenApiRouter::with_openapi(openapi::frame())
         .merge(probes::routes())
+        .merge(metrics::routes())
         .nest("/api/v1", v1)
 }
 

@@ -20,6 +20,11 @@ pub(super) struct ServeArgs {
     /// Address to listen on.
     #[arg(long, env = "RUNCELL_LISTEN", default_value = "127.0.0.1:4000")]
     listen: SocketAddr,
+    /// Also serve `GET /metrics` (Prometheus) on this address, without a token: for a
+    /// Prometheus on a private network. On --listen, `/metrics` needs a token of any role
+    /// like the rest of the API (a `viewer` API token is enough).
+    #[arg(long, env = "RUNCELL_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
     /// Where the embedded database and compiled modules live.
     #[arg(long, env = "RUNCELL_DATA_DIR", default_value = "./runcell-data")]
     data_dir: PathBuf,
@@ -184,6 +189,7 @@ pub(super) fn run(args: ServeArgs) -> ExitStatus {
     };
     let config = ServeConfig {
         listen: args.listen,
+        metrics_listen: args.metrics_listen,
         data_dir: args.data_dir,
         capacity: Capacity {
             workers,

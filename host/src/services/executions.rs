@@ -297,6 +297,15 @@ impl Services {
             }
             CancelEffect::CancelledQueued => {
                 self.logs.finish(id, ExecutionStatus::Cancelled);
+                // Counted from the row read back, which names its module and job (should
+                // that read fail, the caller gets the error and the count misses one).
+                let execution = self.get_execution(id).await?;
+                self.telemetry.record_ended(
+                    &execution.module,
+                    &execution.job,
+                    ExecutionStatus::Cancelled,
+                );
+                return Ok(execution);
             }
             CancelEffect::FlaggedRunning => {
                 // Running here: stop it now. Elsewhere: its node polls the flag.

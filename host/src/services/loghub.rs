@@ -233,6 +233,15 @@ impl LogHub {
         }
     }
 
+    /// The state of the relay's connection pools; none without a relay.
+    pub(crate) fn relay_pools(&self) -> Vec<crate::domain::PoolState> {
+        self.inner
+            .relay
+            .as_ref()
+            .map(|relay| relay.pools())
+            .unwrap_or_default()
+    }
+
     /// How many executions have a channel here (run, followed or watched); for tests.
     #[cfg(test)]
     pub(crate) fn channel_count(&self) -> usize {

@@ -14,6 +14,7 @@ pub(crate) mod publishers;
 pub(crate) mod retention;
 pub(crate) mod routes;
 pub(crate) mod schedule;
+mod scrape;
 pub(crate) mod secrets;
 pub(crate) mod usage;
 
@@ -26,6 +27,7 @@ use crate::runtime::{
     EngineSettings, HostServices, LoadError, OutboundSettings, Runtime, RuntimeConfig, RuntimeError,
 };
 use crate::store::{Store, StoreError};
+use crate::telemetry::Telemetry;
 use secrets::SecretBox;
 
 pub(crate) use auth::AuthService;
@@ -207,6 +209,8 @@ pub struct Services {
     /// Seals and opens jobs' secret settings; `None` on a node given no key (distributed
     /// without `RUNCELL_SECRET_KEY`), where secrets can be neither set nor read.
     pub secrets: Option<SecretBox>,
+    /// This node's metrics: whoever does something `/metrics` counts records it here.
+    pub(crate) telemetry: Telemetry,
 }
 
 /// How much work a node takes on at once.
@@ -279,6 +283,7 @@ impl Services {
             routes: Arc::new(RouteGate::new(&settings.routes)),
             settings: Arc::new(settings),
             secrets: None,
+            telemetry: Telemetry::new(),
         })
     }
 }
