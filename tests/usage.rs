@@ -242,6 +242,16 @@ fn outbound_requests_are_counted_per_host_by_class() {
     let line = report_line(&server, &job);
     assert_eq!(count(&line, "outboundRequests"), 4, "{line}");
 
+    // Prometheus counts the same, by class.
+    let metrics = server.get("/metrics");
+    let text = metrics.body.as_str().unwrap_or_default();
+    for (class, requests) in [("2xx", 3), ("denied", 1)] {
+        let line = format!(
+            "runcell_outbound_requests_total{{module=\"http-client\",host=\"127.0.0.1\",class=\"{class}\"}} {requests}"
+        );
+        assert!(text.lines().any(|l| l == line), "no `{line}` in\n{text}");
+    }
+
     let other_host = server.get("/api/v1/usage/outbound?host=api.example.com");
     assert_eq!(other_host.status, 200);
     assert_eq!(other_host.body["series"], json!([]));

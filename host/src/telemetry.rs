@@ -373,13 +373,6 @@ impl Telemetry {
 
     /// Counts outbound HTTP requests of `module`'s runs to `host` whose answers fell in
     /// `class` (`2xx`, `3xx`, `4xx`, `5xx`, `error`, `denied`).
-    #[cfg_attr(
-        not(test),
-        expect(
-            dead_code,
-            reason = "called once runs report their outbound requests per host"
-        )
-    )]
     pub(crate) fn record_outbound(&self, module: &str, host: &str, class: &str, requests: u64) {
         self.inner
             .outbound
