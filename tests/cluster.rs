@@ -535,6 +535,16 @@ fn a_node_killed_mid_batch_leaves_every_execution_final_exactly_once() {
         .filter(|e| e["status"] == "FAILED")
         .count();
     assert!(failed <= 2, "{failed} failed with two workers on node b");
+    // Usage counted each of them once, with the status it ended in, whichever node
+    // (or the reconciler) made it final.
+    let report = a.get(&format!(
+        "/api/v1/usage/summary?groupBy=job&jobId={job_id}&from=0"
+    ));
+    assert_eq!(report.status, 200, "{}", report.body);
+    let line = &report.body["items"][0];
+    assert_eq!(line["runs"], executions.len(), "{line}");
+    assert_eq!(line["failed"], failed, "{line}");
+    assert_eq!(line["completed"], executions.len() - failed, "{line}");
     eprintln!(
         "{} executions in {} chains final {elapsed:?} after the kill",
         executions.len(),
