@@ -2,6 +2,7 @@
 //! to the verbs. Exit codes are part of the interface (see [`ExitStatus`]).
 
 mod bench;
+mod bench_history;
 mod bench_server;
 mod local;
 mod serve;
@@ -54,6 +55,9 @@ enum BenchCommand {
     Runtime(bench::BenchArgs),
     /// A real server over its API: bulk throughput and dispatch latency.
     Server(bench_server::ServerBenchArgs),
+    /// A long history written through the store: how fast the executions list and the
+    /// usage series answer over it.
+    History(bench_history::HistoryBenchArgs),
 }
 
 /// How the process ends. Scripts can tell a job's own failure from a limit or a bad file.
@@ -105,6 +109,7 @@ pub fn main() -> ExitCode {
         Command::Usage(args) => usage::run(args),
         Command::Bench(BenchCommand::Runtime(args)) => bench::run(args),
         Command::Bench(BenchCommand::Server(args)) => bench_server::run(args),
+        Command::Bench(BenchCommand::History(args)) => bench_history::run(args),
     };
     status.into()
 }
