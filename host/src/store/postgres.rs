@@ -894,6 +894,7 @@ impl Sql for Postgres {
     const RUNNING_LEASE_INDEX: &'static str = "";
 
     const GREATEST: &'static str = "GREATEST";
+    const BUCKET_LIST: &'static str = "string_agg(bucket || ':' || count, ',')";
     const VERSION_UPLOAD_ORDER: &'static str = "seq";
 
     const USERNAME_LOCK: Option<&'static str> =

@@ -129,6 +129,10 @@ pub(crate) trait Sql:
     /// The function that gives the larger of two values (SQLite's two-argument `MAX`).
     const GREATEST: &'static str;
 
+    /// The aggregate that joins a group's `bucket` and `count` columns into one text,
+    /// `bucket:count,...`.
+    const BUCKET_LIST: &'static str;
+
     /// The column of `module_versions` that orders uploads made in one millisecond.
     const VERSION_UPLOAD_ORDER: &'static str;
 

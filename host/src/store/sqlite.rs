@@ -802,6 +802,7 @@ impl Sql for Sqlite {
     const RUNNING_LEASE_INDEX: &'static str = " INDEXED BY executions_running_lease";
 
     const GREATEST: &'static str = "MAX";
+    const BUCKET_LIST: &'static str = "group_concat(bucket || ':' || count)";
     const VERSION_UPLOAD_ORDER: &'static str = "rowid";
 
     const USERNAME_LOCK: Option<&'static str> = None;

@@ -419,22 +419,24 @@ pub(crate) async fn read_runs<DB: Sql>(
             },
         );
     }
-    let mut query = QueryBuilder::<DB>::new("");
+    // A point's buckets come back as one text, `bucket:count,...`: a month of hours of
+    // a few jobs is thousands of points but tens of thousands of bucket rows, and rows,
+    // not bytes, are what reading costs.
+    let mut query = QueryBuilder::<DB>::new("SELECT point, module, job_id, ");
+    query.push(DB::BUCKET_LIST).push(" AS buckets FROM (");
     push_point(&mut query, usage);
     query.push(format!(
         "{group}, {job_id} bucket, CAST(SUM(count) AS BIGINT) AS count",
         job_id = if usage.by_job { "" } else { "NULL AS job_id," },
     ));
     push_filters(&mut query, usage, "usage_run_durations", false);
-    query.push(format!(" GROUP BY 1, {group}, bucket"));
+    query.push(format!(
+        " GROUP BY 1, {group}, bucket) b GROUP BY point, module, job_id"
+    ));
     for row in query.build().persistent(false).all(&mut *conn).await? {
         let key: RunKey = (row.col("point")?, row.col("module")?, row.col("job_id")?);
         if let Some(usage_row) = rows.get_mut(&key) {
-            let bucket: i64 = row.col("bucket")?;
-            usage_row.totals.durations.add(
-                i32::try_from(bucket).map_err(|_| corrupt_bucket(bucket))?,
-                row.col("count")?,
-            );
+            add_buckets(&mut usage_row.totals.durations, row.col("buckets")?)?;
         }
     }
     let mut rows: Vec<UsageRow> = rows.into_values().collect();
@@ -442,8 +444,18 @@ pub(crate) async fn read_runs<DB: Sql>(
     Ok(rows)
 }
 
-fn corrupt_bucket(bucket: i64) -> StoreError {
-    StoreError::Corrupt(format!("histogram bucket {bucket} is out of range"))
+/// Adds `list` (`bucket:count,...`, as [`Sql::BUCKET_LIST`] writes it) to `histogram`.
+fn add_buckets(histogram: &mut Histogram, list: &str) -> Result<(), StoreError> {
+    for pair in list.split(',').filter(|p| !p.is_empty()) {
+        let parsed = pair
+            .split_once(':')
+            .and_then(|(bucket, count)| Some((bucket.parse().ok()?, count.parse().ok()?)));
+        let (bucket, count): (i32, i64) = parsed.ok_or_else(|| {
+            StoreError::Corrupt(format!("histogram bucket `{pair}` is not bucket:count"))
+        })?;
+        histogram.add(bucket, count);
+    }
+    Ok(())
 }
 
 /// The outbound requests of `usage`, one row per module, host and point, ordered by
@@ -492,19 +504,16 @@ pub(crate) async fn read_outbound<DB: Sql>(
             },
         );
     }
-    let mut query = QueryBuilder::<DB>::new("");
+    let mut query = QueryBuilder::<DB>::new("SELECT point, module, host, ");
+    query.push(DB::BUCKET_LIST).push(" AS buckets FROM (");
     push_point(&mut query, usage);
     query.push("module, host, bucket, CAST(SUM(count) AS BIGINT) AS count");
     push_filters(&mut query, usage, "usage_outbound_latency", true);
-    query.push(" GROUP BY 1, module, host, bucket");
+    query.push(" GROUP BY 1, module, host, bucket) b GROUP BY point, module, host");
     for row in query.build().persistent(false).all(&mut *conn).await? {
         let key = (row.col("module")?, row.col("host")?, row.col("point")?);
         if let Some(outbound_row) = rows.get_mut(&key) {
-            let bucket: i64 = row.col("bucket")?;
-            outbound_row.totals.latency.add(
-                i32::try_from(bucket).map_err(|_| corrupt_bucket(bucket))?,
-                row.col("count")?,
-            );
+            add_buckets(&mut outbound_row.totals.latency, row.col("buckets")?)?;
         }
     }
     Ok(rows.into_values().collect())
