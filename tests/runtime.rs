@@ -190,6 +190,7 @@ async fn guest_hostile() {
         "slow-host-call",
         "burn",
         "clock",
+        "observe",
     ] {
         assert!(jobs.contains(&job), "{job} in {jobs:?}");
     }

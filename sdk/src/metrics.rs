@@ -18,9 +18,11 @@ use crate::JobError;
 #[non_exhaustive]
 pub enum MetricsError {
     /// The name or a label is malformed (names are letters, digits, `_`, `.` and `:`, at
-    /// most 128 bytes; at most 8 labels; the value is finite).
+    /// most 128 bytes; at most 8 labels, each key once; the value is finite).
     Invalid(String),
-    /// Too many samples in this run (the message gives the cap). Aggregate first.
+    /// Too many samples in this run, or a new series (name or set of labels) past the
+    /// module's bound of series (the message says which and gives the cap). Aggregate
+    /// first, and use labels with few values.
     RateLimited(String),
 }
 

@@ -71,6 +71,8 @@ pub(super) fn required(method: &Method, route: &str) -> Option<Access> {
 
         // Without a token only on `--metrics-listen`, an address the operator chose.
         ("GET", "/metrics") => R(Viewer),
+
+        ("GET", "/api/v1/metrics" | "/api/v1/metrics/{name}/series") => R(Viewer),
         _ => return None,
     };
     Some(access)

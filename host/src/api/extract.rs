@@ -248,13 +248,18 @@ impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKeyHeader {
 
 /// The query string, as parameters; typed accessors say which parameter is wrong.
 #[derive(Debug, Default)]
-pub(crate) struct Params(HashMap<String, String>);
+pub(crate) struct Params {
+    /// The last value of each parameter.
+    last: HashMap<String, String>,
+    /// Every parameter in order, repeats included, for those a client may repeat.
+    all: Vec<(String, String)>,
+}
 
 impl<S: Send + Sync> FromRequestParts<S> for Params {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        let Query(params) = Query::<HashMap<String, String>>::from_request_parts(parts, state)
+        let Query(all) = Query::<Vec<(String, String)>>::from_request_parts(parts, state)
             .await
             .map_err(|rejection| {
                 ApiError::new(
@@ -262,17 +267,29 @@ impl<S: Send + Sync> FromRequestParts<S> for Params {
                     format!("the query string is malformed: {}", rejection.body_text()),
                 )
             })?;
-        Ok(Self(params))
+        Ok(Self {
+            last: all.iter().cloned().collect(),
+            all,
+        })
     }
 }
 
 impl Params {
-    /// A text parameter; empty counts as absent.
+    /// A text parameter; empty counts as absent. Given more than once, the last counts.
     pub(crate) fn text(&self, name: &str) -> Option<&str> {
-        self.0
+        self.last
             .get(name)
             .map(String::as_str)
             .filter(|v| !v.is_empty())
+    }
+
+    /// Every value of a parameter a client may repeat (`label=a:1&label=b:2`), in order;
+    /// empty ones count as absent.
+    pub(crate) fn repeated(&self, name: &str) -> impl Iterator<Item = &str> {
+        self.all
+            .iter()
+            .filter(move |(key, value)| key == name && !value.is_empty())
+            .map(|(_, value)| value.as_str())
     }
 
     /// A number parameter.

@@ -27,6 +27,8 @@
 //! | `GET /api/v1/usage?from=&to=&step=&module=&jobId=&groupBy=` | 200 `{from, to, step, series}` |
 //! | `GET /api/v1/usage/summary?from=&to=&groupBy=&sort=&format=` | 200 `{from, to, sort, items}` or CSV |
 //! | `GET /api/v1/usage/outbound?from=&to=&step=&module=&host=` | 200 `{from, to, step, series}` |
+//! | `GET /api/v1/metrics[?module=]` | 200 `{items}` |
+//! | `GET /api/v1/metrics/{name}/series?module=&label=&from=&to=&step=&agg=` | 200 `{series}` |
 //! | `GET /healthz` | 200 `{status: "ok"}` |
 //! | `GET /readyz` | 200 `{status: "ready", checks}`, or 503 `not_ready` |
 //! | `GET /metrics` | 200 this node's metrics, OpenMetrics text (see [`metrics`]) |
@@ -52,6 +54,7 @@ pub(crate) mod extract;
 mod follow;
 mod jobs;
 pub(crate) mod metrics;
+mod module_metrics;
 mod module_routes;
 mod modules;
 mod nodes;
@@ -210,7 +213,8 @@ fn api_routes(max_module_bytes: usize) -> OpenApiRouter<ApiState> {
         .merge(events::routes())
         .merge(auth::routes())
         .merge(nodes::routes())
-        .merge(usage::routes());
+        .merge(usage::routes())
+        .merge(module_metrics::routes());
     OpenApiRouter::with_openapi(openapi::frame())
         .merge(probes::routes())
         .merge(metrics::routes())

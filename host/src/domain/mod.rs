@@ -6,6 +6,7 @@ mod auth;
 mod config;
 mod limits;
 mod manifest;
+pub(crate) mod metrics;
 mod model;
 mod pool;
 pub(crate) mod retention;

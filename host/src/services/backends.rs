@@ -1,11 +1,12 @@
 //! The runtime's capability ports, backed by the store and the event bus: what a module
-//! keeps, publishes and measures outlives the run and is shared across nodes.
+//! keeps and publishes outlives the run and is shared across nodes (what it measures
+//! goes to [`super::metrics`]).
 
 use std::sync::Arc;
 
 use super::events::EventBus;
-use crate::domain::{MetricSample, now_millis};
-use crate::runtime::host::{BackendError, EventSink, KeyValueStore, MetricsSink};
+use crate::domain::now_millis;
+use crate::runtime::host::{BackendError, EventSink, KeyValueStore};
 use crate::store::Store;
 
 fn backend(err: impl std::fmt::Display) -> BackendError {
@@ -74,19 +75,5 @@ impl EventSink for StoreEventSink {
                 )
             })
             .collect())
-    }
-}
-
-/// Metric samples in the database.
-#[derive(Clone)]
-pub(crate) struct StoreMetricsSink(pub Arc<dyn Store>);
-
-#[async_trait::async_trait]
-impl MetricsSink for StoreMetricsSink {
-    async fn record(&self, module: &str, sample: MetricSample) -> Result<(), BackendError> {
-        self.0
-            .insert_metric_samples(module, std::slice::from_ref(&sample))
-            .await
-            .map_err(backend)
     }
 }

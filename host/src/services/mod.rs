@@ -1,5 +1,5 @@
 //! What users can do, independent of how they ask: install modules, define and trigger
-//! jobs, read executions, publish events. Callers (the API, the CLI) get typed results
+//! jobs, read executions and module metrics, publish events. Callers (the API, the CLI) get typed results
 //! and a [`ServiceError`] that says what to fix; nothing here knows HTTP.
 
 pub(crate) mod auth;
@@ -9,6 +9,7 @@ mod executions;
 pub(crate) mod job_config;
 pub(crate) mod jobs;
 pub(crate) mod loghub;
+pub(crate) mod metrics;
 pub(crate) mod modules;
 pub(crate) mod publishers;
 pub(crate) mod retention;
@@ -31,7 +32,7 @@ use crate::telemetry::Telemetry;
 use secrets::SecretBox;
 
 pub(crate) use auth::AuthService;
-pub(crate) use backends::{StoreEventSink, StoreKeyValue, StoreMetricsSink};
+pub(crate) use backends::{StoreEventSink, StoreKeyValue};
 pub(crate) use events::{EventBus, PublishEvent};
 pub(crate) use executions::{
     AttachedRunner, LocalRunner, RunningRegistry, WorkerReservation, next_attempt,
@@ -205,6 +206,8 @@ pub struct Services {
     /// the node runs no workers.
     pub local_runner: AttachedRunner,
     pub routes: Arc<RouteGate>,
+    /// Module metrics: the sink of every run's samples, and their queries.
+    pub metrics: Arc<metrics::ModuleMetrics>,
     pub settings: Arc<ServiceSettings>,
     /// Seals and opens jobs' secret settings; `None` on a node given no key (distributed
     /// without `RUNCELL_SECRET_KEY`), where secrets can be neither set nor read.
@@ -250,10 +253,11 @@ impl Services {
             queue.clone(),
             settings.event_triggers_per_minute,
         );
+        let metrics = Arc::new(metrics::ModuleMetrics::new(store.clone()));
         let host = HostServices {
             kv: Arc::new(StoreKeyValue(store.clone())),
             events: Arc::new(StoreEventSink(events.clone())),
-            metrics: Arc::new(StoreMetricsSink(store.clone())),
+            metrics: metrics.clone(),
         };
         let runtime = Runtime::new(
             RuntimeConfig {
@@ -281,6 +285,7 @@ impl Services {
             running: RunningRegistry::default(),
             local_runner: AttachedRunner::default(),
             routes: Arc::new(RouteGate::new(&settings.routes)),
+            metrics,
             settings: Arc::new(settings),
             secrets: None,
             telemetry: Telemetry::new(),

@@ -1,5 +1,5 @@
 //! Durable state: modules, jobs, executions and their logs, events, module key-value
-//! data, metric samples, and the registry of nodes and the leases they hold. The
+//! data, module metric series, and the registry of nodes and the leases they hold. The
 //! database is the source of truth for every execution; queues only carry ids.
 //!
 //! Functions are named by the state change they make and return domain types. Each
@@ -34,12 +34,13 @@ pub(crate) use auth::AuthStore;
 pub(crate) use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
+use crate::domain::metrics::{MetricSeries, ModuleMetricsSummary, Rollup, SeriesAdmission};
 use crate::domain::retention::{PrunePlan, Pruned};
 use crate::domain::usage::{OutboundRow, UsageQuery, UsageRow};
 use crate::domain::{
     CodeApproval, Event, Execution, ExecutionResult, ExecutionStatus, Job, LogEntry, Manifest,
-    MetricSample, Millis, ModuleRecord, ModuleStatus, ModuleVersion, NewExecution, NodeHeartbeat,
-    Page, PoolState, PublisherKey, Uploader,
+    Millis, ModuleRecord, ModuleStatus, ModuleVersion, NewExecution, NodeHeartbeat, Page,
+    PoolState, PublisherKey, Uploader,
 };
 
 /// Why a storage call failed.
@@ -307,17 +308,6 @@ pub trait Store: Send + Sync + 'static {
     /// What inputs and idempotency keys take now; tests only.
     #[cfg(test)]
     async fn storage_counts(&self) -> Result<StorageCounts, StoreError>;
-
-    /// Samples of `module`'s metric `name` since `since`, oldest first; tests only
-    /// (the API reads metrics as series).
-    #[cfg(test)]
-    async fn metric_samples(
-        &self,
-        module: &str,
-        name: &str,
-        since: Millis,
-        limit: u32,
-    ) -> Result<Vec<MetricSample>, StoreError>;
 
     // ---- usage -----------------------------------------------------------------------
 
@@ -644,11 +634,62 @@ pub trait Store: Send + Sync + 'static {
         limit: u32,
     ) -> Result<Vec<String>, StoreError>;
 
-    async fn insert_metric_samples(
+    // ---- module metrics ----------------------------------------------------------------
+
+    /// The id of `module`'s series of metric `name` with `labels` (as
+    /// [`labels_text`](crate::domain::metrics::labels_text) writes them), created at
+    /// `now` if it is new and the module has fewer than `max_series` series. Otherwise
+    /// [`SeriesAdmission::Refused`], and the refused sample is counted (as
+    /// [`Store::count_refused_metric_sample`] does) in the same transaction. Exact
+    /// across nodes: two nodes admitting series of one module at once take turns.
+    async fn admit_metric_series(
         &self,
         module: &str,
-        samples: &[MetricSample],
+        name: &str,
+        labels: &str,
+        now: Millis,
+        max_series: u32,
+    ) -> Result<SeriesAdmission, StoreError>;
+
+    /// Counts a sample of `module` refused at `now` because it would have started a
+    /// series past the module's bound.
+    async fn count_refused_metric_sample(
+        &self,
+        module: &str,
+        now: Millis,
     ) -> Result<(), StoreError>;
+
+    /// Adds samples `(series id, value, time)` to the minute, hour and day rollups of
+    /// their series, all or none. `false`, writing nothing, when one of the series no
+    /// longer exists (pruned since its id was read).
+    async fn add_metric_samples(&self, samples: &[(i64, f64, Millis)]) -> Result<bool, StoreError>;
+
+    /// `module`'s series, of every metric or only of `name`, by name and labels, each
+    /// with its latest value.
+    async fn metric_series(
+        &self,
+        module: &str,
+        name: Option<&str>,
+    ) -> Result<Vec<MetricSeries>, StoreError>;
+
+    /// Each module that has metric series or refused samples, by name, or only
+    /// `module`; a module with neither is absent.
+    async fn metric_summaries(
+        &self,
+        module: Option<&str>,
+    ) -> Result<Vec<ModuleMetricsSummary>, StoreError>;
+
+    /// The rollups of width `width` (one of
+    /// [`ROLLUP_WIDTHS`](crate::domain::metrics::ROLLUP_WIDTHS)) of series `series`
+    /// that start in `[from, to)`, as `(series id, start, rollup)` ordered by series and
+    /// start.
+    async fn metric_rollups(
+        &self,
+        series: &[i64],
+        width: Millis,
+        from: Millis,
+        to: Millis,
+    ) -> Result<Vec<(i64, Millis, Rollup)>, StoreError>;
 
     // ---- nodes and leases ------------------------------------------------------------
 

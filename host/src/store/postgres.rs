@@ -239,6 +239,7 @@ impl PostgresStore {
         // Nodes starting together may both store one input: the writes are the same and
         // idempotent.
         adopt_large_job_inputs(&store).await?;
+        super::shared::adopt_metric_samples(&store).await?;
         Ok(store)
     }
 }

@@ -27,8 +27,9 @@ use super::convert::{
     code_approval, corrupt, db, parse_job_config, parse_level, parse_status, parse_trigger,
     uploader,
 };
+use crate::domain::metrics::{MetricRefusals, MetricSeries, ModuleMetricsSummary, Rollup};
 use crate::domain::{
-    Event, Execution, ExecutionStatus, Job, JobConfig, LogEntry, Manifest, ModuleRecord,
+    Event, Execution, ExecutionStatus, Job, JobConfig, LogEntry, Manifest, Millis, ModuleRecord,
     ModuleStatus, ModuleVersion, NodeHeartbeat, PublisherKey, ScheduleSource, Trigger,
 };
 
@@ -534,16 +535,40 @@ pub(crate) fn event_from_row(row: &impl Columns) -> Result<Event, StoreError> {
     })
 }
 
-#[cfg(test)]
-pub(crate) fn sample_from_row(
-    row: &impl Columns,
-) -> Result<crate::domain::MetricSample, StoreError> {
-    Ok(crate::domain::MetricSample {
+pub(crate) fn series_from_row(row: &impl Columns) -> Result<MetricSeries, StoreError> {
+    let last_value: Option<f64> = row.col("last_value")?;
+    let last_at: Option<Millis> = row.col("last_at")?;
+    Ok(MetricSeries {
+        id: row.col("id")?,
         name: row.col("name")?,
-        value: row.col("value")?,
         labels: row.col_json("labels")?,
-        ts_ms: row.col("ts")?,
+        created_at: row.col("created_at")?,
+        last: last_value.zip(last_at),
     })
+}
+
+pub(crate) fn summary_from_row(row: &impl Columns) -> Result<ModuleMetricsSummary, StoreError> {
+    Ok(ModuleMetricsSummary {
+        module: row.col("module")?,
+        series: row.col("series")?,
+        refusals: MetricRefusals {
+            samples: row.col("refused_samples")?,
+            last_at: row.col("last_refused_at")?,
+        },
+    })
+}
+
+/// A rollup as `(series id, start, rollup)`.
+pub(crate) fn rollup_from_row(row: &impl Columns) -> Result<(i64, Millis, Rollup), StoreError> {
+    let rollup = Rollup {
+        samples: row.col("samples")?,
+        sum: row.col("sum_value")?,
+        min: row.col("min_value")?,
+        max: row.col("max_value")?,
+        last: row.col("last_value")?,
+        last_at: row.col("last_at")?,
+    };
+    Ok((row.col("series_id")?, row.col("t")?, rollup))
 }
 
 pub(crate) fn node_from_row(row: &impl Columns) -> Result<NodeHeartbeat, StoreError> {

@@ -166,6 +166,7 @@ impl SqliteStore {
             checkpointer: Some(Arc::new(checkpointer)),
         };
         adopt_large_job_inputs(&store).await?;
+        super::shared::adopt_metric_samples(&store).await?;
         Ok(store)
     }
 
@@ -190,6 +191,7 @@ impl SqliteStore {
             checkpointer: None,
         };
         adopt_large_job_inputs(&store).await?;
+        super::shared::adopt_metric_samples(&store).await?;
         Ok(store)
     }
 }

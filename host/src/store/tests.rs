@@ -18,12 +18,16 @@ use super::{
     INLINE_INPUT_MAX, IdempotencyKey, LeaseToken, ManualOutcome, ManualRun, PostgresStore,
     QueuedCount, Retry, Settled, SqliteStore, Store, StoreError, VersionUpload, failpoints,
 };
+use crate::domain::metrics::{
+    MetricRefusals, ModuleMetricsSummary, ROLLUP_WIDTHS, Rollup, SeriesAdmission, labels_text,
+    rollup_start,
+};
 use crate::domain::retention::{Pruned, Retention};
 use crate::domain::usage::{OutboundTally, PERCENTILE_ERROR, ResponseClass, RunTotals, UsageQuery};
 use crate::domain::{
     Capabilities, CodeApproval, Event, ExecutionResult, ExecutionStatus, Job, JobConfig, JobSpec,
-    LogEntry, LogLevel, Manifest, MetricSample, Millis, ModuleStatus, NewExecution, NodeHeartbeat,
-    PublisherKey, Role, Setting, Trigger, Uploader, new_id,
+    LogEntry, LogLevel, Manifest, Millis, ModuleStatus, NewExecution, NodeHeartbeat, PublisherKey,
+    Role, Setting, Trigger, Uploader, new_id,
 };
 
 /// A fixed "now" (2023-11-14), so expectations do not depend on the clock.
@@ -2857,52 +2861,231 @@ async fn kv_keys_beyond_ascii_sort_by_code_point(store: &dyn Store) {
     );
 }
 
-async fn metric_samples_read_back_oldest_first_since_a_time(store: &dyn Store) {
-    let sample = |value: f64, ts_ms: Millis, labels: &[(&str, &str)]| MetricSample {
-        name: "latency_ms".to_owned(),
-        value,
-        labels: labels
+// ---- module metrics --------------------------------------------------------------------
+
+/// A series' latest value and time, as listed.
+type Latest = Option<(f64, Millis)>;
+
+fn labels(pairs: &[(&str, &str)]) -> String {
+    labels_text(
+        &pairs
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect(),
-        ts_ms,
-    };
-    let samples = [
-        sample(3.5, T0 + 2, &[("host", "b"), ("dc", "x")]),
-        sample(1.0, T0, &[]),
-        sample(2.25, T0 + 1, &[("host", "a")]),
-    ];
-    store
-        .insert_metric_samples("monitor", &samples)
-        .await
-        .unwrap();
-    store
-        .insert_metric_samples("other", &[sample(9.0, T0, &[])])
-        .await
-        .unwrap();
-    let other_name = MetricSample {
-        name: "errors".to_owned(),
-        ..sample(1.0, T0, &[])
-    };
-    store
-        .insert_metric_samples("monitor", &[other_name])
-        .await
-        .unwrap();
-    store.insert_metric_samples("monitor", &[]).await.unwrap();
+    )
+}
 
-    let read = store
-        .metric_samples("monitor", "latency_ms", T0, 10)
+async fn admitted(store: &dyn Store, module: &str, name: &str, labels: &str, max: u32) -> i64 {
+    match store
+        .admit_metric_series(module, name, labels, T0, max)
+        .await
+        .unwrap()
+    {
+        SeriesAdmission::Admitted(id) => id,
+        SeriesAdmission::Refused => panic!("{module}/{name}{labels} was refused"),
+    }
+}
+
+async fn summary(store: &dyn Store, module: &str) -> ModuleMetricsSummary {
+    let mut summaries = store.metric_summaries(Some(module)).await.unwrap();
+    assert_eq!(summaries.len(), 1, "{summaries:?}");
+    summaries.remove(0)
+}
+
+async fn a_module_s_series_are_admitted_up_to_its_bound_and_refusals_counted(store: &dyn Store) {
+    assert!(store.metric_summaries(None).await.unwrap().is_empty());
+    let eu = labels(&[("region", "eu")]);
+    let a = admitted(store, "m", "latency", &eu, 3).await;
+    let b = admitted(store, "m", "latency", &labels(&[("region", "us")]), 3).await;
+    let c = admitted(store, "m", "errors", "{}", 3).await;
+    assert_eq!(HashSet::from([a, b, c]).len(), 3);
+    // Known series are admitted at the bound, as often as asked.
+    assert_eq!(admitted(store, "m", "latency", &eu, 3).await, a);
+    assert_eq!(admitted(store, "m", "errors", "{}", 1).await, c);
+    let refused = store
+        .admit_metric_series("m", "latency", &labels(&[("region", "ap")]), T0 + 5, 3)
+        .await
+        .unwrap();
+    assert_eq!(refused, SeriesAdmission::Refused);
+    store
+        .count_refused_metric_sample("m", T0 + 9)
         .await
         .unwrap();
     assert_eq!(
-        read,
-        [samples[1].clone(), samples[2].clone(), samples[0].clone()]
+        summary(store, "m").await,
+        ModuleMetricsSummary {
+            module: "m".to_owned(),
+            series: 3,
+            refusals: MetricRefusals {
+                samples: 2,
+                last_at: Some(T0 + 9),
+            },
+        }
     );
-    let since = store
-        .metric_samples("monitor", "latency_ms", T0 + 1, 1)
+    // Another module has a bound of its own.
+    admitted(store, "other", "latency", &eu, 3).await;
+    let all = store.metric_summaries(None).await.unwrap();
+    let names: Vec<&str> = all.iter().map(|s| s.module.as_str()).collect();
+    assert_eq!(names, ["m", "other"]);
+    assert_eq!(all[1].series, 1);
+    assert_eq!(all[1].refusals, MetricRefusals::default());
+}
+
+async fn concurrent_admissions_never_pass_the_bound(store: &dyn Store) {
+    let label_sets: Vec<String> = (0..24).map(|n| labels(&[("n", &n.to_string())])).collect();
+    let outcomes = futures_util::future::join_all(label_sets.iter().map(|labels| async move {
+        store
+            .admit_metric_series("m", "requests", labels, T0, 10)
+            .await
+            .unwrap()
+    }))
+    .await;
+    let admitted = outcomes
+        .iter()
+        .filter(|o| matches!(o, SeriesAdmission::Admitted(_)))
+        .count();
+    assert_eq!(admitted, 10, "{outcomes:?}");
+    let summary = summary(store, "m").await;
+    assert_eq!(summary.series, 10);
+    assert_eq!(summary.refusals.samples, 14);
+}
+
+/// Every sample of `samples` (series, value, time), merged one by one in order into
+/// the rollups of `width`.
+fn merged_one_by_one(samples: &[(i64, f64, Millis)], width: Millis) -> Vec<(i64, Millis, Rollup)> {
+    let mut rollups = BTreeMap::<(i64, Millis), Rollup>::new();
+    for &(series, value, at) in samples {
+        let sample = Rollup::of(value, at);
+        rollups
+            .entry((series, rollup_start(at, width)))
+            .and_modify(|r| r.merge(&sample))
+            .or_insert(sample);
+    }
+    rollups
+        .into_iter()
+        .map(|((series, t), rollup)| (series, t, rollup))
+        .collect()
+}
+
+async fn rollups_hold_exactly_what_the_samples_merged_one_by_one_give(store: &dyn Store) {
+    let a = admitted(store, "m", "latency", &labels(&[("region", "eu")]), 10).await;
+    let b = admitted(store, "m", "latency", &labels(&[("region", "us")]), 10).await;
+    // Values in quarters, so every sum is exact whatever the order of addition; times
+    // over three days, several samples a minute, some late, some at equal times.
+    let mut samples = Vec::new();
+    for i in 0..1_200_i64 {
+        let at = T0 + i * 17 * MINUTE_MS / 3 + (i % 7) * SECOND;
+        let series = if i % 3 == 0 { b } else { a };
+        samples.push((series, (i % 37) as f64 * 0.25 - 3.0, at));
+        if i % 11 == 0 {
+            samples.push((series, 100.0 + i as f64, at - 5 * SECOND));
+            samples.push((series, -100.0 - i as f64, at));
+        }
+    }
+    // Written one at a time, in batches, and in a batch of more rollups than one
+    // statement takes.
+    let (single, rest) = samples.split_at(40);
+    for sample in single {
+        assert!(
+            store
+                .add_metric_samples(std::slice::from_ref(sample))
+                .await
+                .unwrap()
+        );
+    }
+    let (batch, large) = rest.split_at(100);
+    for chunk in batch.chunks(30) {
+        assert!(store.add_metric_samples(chunk).await.unwrap());
+    }
+    assert!(store.add_metric_samples(large).await.unwrap());
+    let first = T0 - DAY;
+    let last = T0 + 10 * DAY;
+    for width in ROLLUP_WIDTHS {
+        let read = store
+            .metric_rollups(&[a, b], width, first, last)
+            .await
+            .unwrap();
+        assert_eq!(read, merged_one_by_one(&samples, width), "width {width}");
+    }
+    // A window reads the rollups that start in it, of the series asked for.
+    let from = rollup_start(T0, HOUR) + HOUR;
+    let read = store
+        .metric_rollups(&[b], HOUR, from, from + 2 * HOUR)
         .await
         .unwrap();
-    assert_eq!(since, [samples[2].clone()]);
+    let expected: Vec<_> = merged_one_by_one(&samples, HOUR)
+        .into_iter()
+        .filter(|(series, t, _)| *series == b && *t >= from && *t < from + 2 * HOUR)
+        .collect();
+    assert_eq!(read, expected);
+    assert_eq!(read.len(), 2);
+}
+
+async fn samples_of_a_series_that_is_gone_are_not_written(store: &dyn Store) {
+    let a = admitted(store, "m", "latency", "{}", 10).await;
+    let written = store
+        .add_metric_samples(&[(a, 1.0, T0), (a + 1_000, 2.0, T0)])
+        .await
+        .unwrap();
+    assert!(!written);
+    assert!(
+        store
+            .metric_rollups(&[a], MINUTE_MS, T0 - DAY, T0 + DAY)
+            .await
+            .unwrap()
+            .is_empty(),
+        "all or nothing"
+    );
+}
+
+async fn series_list_by_name_and_labels_with_their_latest_value(store: &dyn Store) {
+    let us = labels(&[("region", "us")]);
+    let eu = labels(&[("region", "eu"), ("env", "prod")]);
+    let b = admitted(store, "m", "latency", &us, 10).await;
+    let a = admitted(store, "m", "latency", &eu, 10).await;
+    let c = admitted(store, "m", "errors", "{}", 10).await;
+    admitted(store, "n", "latency", &us, 10).await;
+    store
+        .add_metric_samples(&[
+            (a, 4.0, T0 + 2 * DAY),
+            (a, 9.0, T0 + DAY),
+            (b, 1.5, T0),
+            (b, 2.5, T0 + 3 * SECOND),
+        ])
+        .await
+        .unwrap();
+    let all = store.metric_series("m", None).await.unwrap();
+    let listed: Vec<(i64, &str, Latest)> = all
+        .iter()
+        .map(|s| (s.id, s.name.as_str(), s.last))
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            (c, "errors", None),
+            (a, "latency", Some((4.0, T0 + 2 * DAY))),
+            (b, "latency", Some((2.5, T0 + 3 * SECOND))),
+        ]
+    );
+    assert_eq!(all[1].labels["env"], "prod");
+    assert_eq!(all[1].labels.len(), 2);
+    assert_eq!(all[1].created_at, T0);
+    let latency = store.metric_series("m", Some("latency")).await.unwrap();
+    assert_eq!(latency, all[1..]);
+    assert!(
+        store
+            .metric_series("m", Some("nope"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .metric_series("nobody", None)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 async fn text_with_nul_characters_is_recorded(store: &dyn Store) {
@@ -3895,7 +4078,11 @@ macro_rules! every_behaviour {
                 kv_keys_list_sorted_by_prefix_up_to_a_limit,
                 a_kv_prefix_with_wildcards_matches_only_itself,
                 kv_keys_beyond_ascii_sort_by_code_point,
-                metric_samples_read_back_oldest_first_since_a_time,
+                a_module_s_series_are_admitted_up_to_its_bound_and_refusals_counted,
+                concurrent_admissions_never_pass_the_bound,
+                rollups_hold_exactly_what_the_samples_merged_one_by_one_give,
+                samples_of_a_series_that_is_gone_are_not_written,
+                series_list_by_name_and_labels_with_their_latest_value,
                 text_with_nul_characters_is_recorded,
                 nodes_list_by_id_with_their_latest_heartbeat,
                 a_held_lease_is_refused_to_anyone_else_until_it_expires,
@@ -4380,4 +4567,73 @@ async fn migrating_postgres_to_0017_stores_large_job_inputs_once() {
     let database = postgres_migrated_to(16, rows_before_0017("true")).await;
     let store = PostgresStore::connect(&database.url).await.unwrap();
     large_job_inputs_from_before_0017_are_stored_once(&store).await;
+}
+
+// ---- migration 0021: metric series ------------------------------------------------------
+
+/// Samples as a deployment from before migration 0021 holds them, one row each: one
+/// series recorded with its labels in two orders, one without labels, and one of a
+/// module since deleted.
+fn rows_before_0021() -> Vec<String> {
+    vec![format!(
+        "INSERT INTO metric_samples (module, name, labels, value, ts) VALUES \
+         ('m', 'latency', '[[\"region\",\"eu\"],[\"env\",\"prod\"]]', 2.0, {T0}), \
+         ('m', 'errors', '[]', 1.0, {T0}), \
+         ('m', 'latency', '[[\"env\",\"prod\"],[\"region\",\"eu\"]]', 4.0, {}), \
+         ('gone', 'latency', '[]', 7.0, {T0})",
+        T0 + SECOND
+    )]
+}
+
+/// What opening a store must have made of [`rows_before_0021`], however often it opens.
+async fn metric_samples_from_before_0021_are_in_their_series(store: &dyn Store) {
+    let series = store.metric_series("m", None).await.unwrap();
+    let listed: Vec<(&str, String, Latest)> = series
+        .iter()
+        .map(|s| (s.name.as_str(), labels_text(&s.labels), s.last))
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            ("errors", "{}".to_owned(), Some((1.0, T0))),
+            (
+                "latency",
+                labels(&[("env", "prod"), ("region", "eu")]),
+                Some((4.0, T0 + SECOND))
+            ),
+        ]
+    );
+    let rollups = store
+        .metric_rollups(&[series[1].id], MINUTE_MS, T0 - DAY, T0 + DAY)
+        .await
+        .unwrap();
+    assert_eq!(rollups.len(), 1);
+    assert_eq!((rollups[0].2.samples, rollups[0].2.sum), (2, 6.0));
+    let modules: Vec<(String, i64)> = store
+        .metric_summaries(None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| (s.module, s.series))
+        .collect();
+    assert_eq!(modules, [("gone".to_owned(), 1), ("m".to_owned(), 2)]);
+}
+
+#[tokio::test]
+async fn migrating_sqlite_to_0021_moves_metric_samples_into_series_once() {
+    let (_dir, path) = sqlite_migrated_to(19, rows_before_0021()).await;
+    let store = SqliteStore::open(&path).await.unwrap();
+    metric_samples_from_before_0021_are_in_their_series(&store).await;
+    drop(store);
+    let store = SqliteStore::open(&path).await.unwrap();
+    metric_samples_from_before_0021_are_in_their_series(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrating_postgres_to_0021_moves_metric_samples_into_series_once() {
+    let database = postgres_migrated_to(19, rows_before_0021()).await;
+    let store = PostgresStore::connect(&database.url).await.unwrap();
+    metric_samples_from_before_0021_are_in_their_series(&store).await;
+    let store = PostgresStore::connect(&database.url).await.unwrap();
+    metric_samples_from_before_0021_are_in_their_series(&store).await;
 }

@@ -3,20 +3,29 @@
 use std::sync::Mutex;
 
 use crate::domain::MetricSample as Sample;
+use crate::domain::metrics::{
+    MAX_LABEL_VALUE_BYTES, MAX_LABELS, MAX_NAME_BYTES, is_valid_metric_name,
+};
 use crate::runtime::bindings::metrics;
 
 use super::{BackendError, HostContext};
 
-const MAX_NAME_BYTES: usize = 128;
-const MAX_LABELS: usize = 8;
-const MAX_LABEL_BYTES: usize = 128;
 /// A run that needs more samples than this should aggregate before recording.
 pub(crate) const MAX_SAMPLES_PER_RUN: u32 = 1_000;
+
+/// What a sink did with a sample.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recorded {
+    Stored,
+    /// Not stored, by a rule the guest is told of (its module's bound of series); the
+    /// message says which.
+    Refused(String),
+}
 
 /// Where samples go. Called once per accepted `observe`.
 #[async_trait::async_trait]
 pub trait MetricsSink: Send + Sync + 'static {
-    async fn record(&self, module: &str, sample: Sample) -> Result<(), BackendError>;
+    async fn record(&self, module: &str, sample: Sample) -> Result<Recorded, BackendError>;
 }
 
 /// Keeps samples in this process, for local runs and tests.
@@ -33,21 +42,13 @@ impl MemoryMetricsSink {
 
 #[async_trait::async_trait]
 impl MetricsSink for MemoryMetricsSink {
-    async fn record(&self, module: &str, sample: Sample) -> Result<(), BackendError> {
+    async fn record(&self, module: &str, sample: Sample) -> Result<Recorded, BackendError> {
         self.samples
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push((module.into(), sample));
-        Ok(())
+        Ok(Recorded::Stored)
     }
-}
-
-fn is_valid_metric_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= MAX_NAME_BYTES
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':'))
 }
 
 /// Checks a sample against the contract's rules, naming the first problem.
@@ -64,15 +65,23 @@ fn check_sample(name: &str, value: f64, labels: &[metrics::Label]) -> Result<(),
     if labels.len() > MAX_LABELS {
         return Err(format!("at most {MAX_LABELS} labels per sample"));
     }
-    if let Some(label) = labels.iter().find(|l| {
-        !is_valid_metric_name(&l.key)
-            || l.key.len() > MAX_LABEL_BYTES
-            || l.value.len() > MAX_LABEL_BYTES
-    }) {
+    if let Some(label) = labels
+        .iter()
+        .find(|l| !is_valid_metric_name(&l.key) || l.value.len() > MAX_LABEL_VALUE_BYTES)
+    {
         return Err(format!(
-            "label `{}` is malformed: keys like metric names, keys and values at most {MAX_LABEL_BYTES} bytes",
-            crate::runtime::logs::truncate(&label.key, MAX_LABEL_BYTES)
+            "label `{}` is malformed: keys like metric names, values at most {MAX_LABEL_VALUE_BYTES} bytes",
+            crate::runtime::logs::truncate(&label.key, MAX_NAME_BYTES)
         ));
+    }
+    // A series is a set of labels: a key given twice would make one of its values
+    // silently lost.
+    let repeated = labels
+        .iter()
+        .enumerate()
+        .find_map(|(i, l)| labels[..i].iter().any(|e| e.key == l.key).then_some(l));
+    if let Some(label) = repeated {
+        return Err(format!("label `{}` is given twice", label.key));
     }
     Ok(())
 }
@@ -111,19 +120,25 @@ impl metrics::Host for HostContext {
             ts_ms: crate::domain::now_millis(),
         };
         let sink = self.services.metrics.clone();
-        if let Err(err) = self
+        match self
             .bounded("metrics.observe", sink.record(&self.module, sample))
             .await?
         {
-            // Monitoring is best-effort: a lost sample must not fail the job.
-            tracing::warn!(error = %err, "metrics backend failed");
-            self.logs.push(
-                crate::domain::LogLevel::Warn,
-                "a metric sample was lost: the metrics backend is unavailable",
-                Default::default(),
-            );
+            Ok(Recorded::Stored) => Ok(()),
+            Ok(Recorded::Refused(reason)) => {
+                Err(ObserveFailure::Refused(metrics::Error::RateLimited(reason)))
+            }
+            Err(err) => {
+                // Monitoring is best-effort: a lost sample must not fail the job.
+                tracing::warn!(error = %err, "metrics backend failed");
+                self.logs.push(
+                    crate::domain::LogLevel::Warn,
+                    "a metric sample was lost: the metrics backend is unavailable",
+                    Default::default(),
+                );
+                Ok(())
+            }
         }
-        Ok(())
     }
 
     fn convert_error(&mut self, err: ObserveFailure) -> wasmtime::Result<metrics::Error> {
@@ -175,6 +190,15 @@ mod tests {
             check_sample("x", 1.0, &[label("a b", "v")])
                 .unwrap_err()
                 .contains("malformed")
+        );
+        assert!(
+            check_sample(
+                "x",
+                1.0,
+                &[label("k", "a"), label("j", "b"), label("k", "c")]
+            )
+            .unwrap_err()
+            .contains("label `k` is given twice")
         );
     }
 }

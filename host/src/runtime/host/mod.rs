@@ -21,7 +21,7 @@ pub(crate) use events::EventSink;
 pub use events::MemoryEventSink;
 pub use kv::{KeyValueStore, MemoryKeyValue};
 pub use metrics::MemoryMetricsSink;
-pub(crate) use metrics::MetricsSink;
+pub(crate) use metrics::{MetricsSink, Recorded};
 
 /// A backend failed; the guest sees it as "unavailable", the host logs the cause.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

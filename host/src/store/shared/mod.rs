@@ -28,17 +28,23 @@ use super::sql::{
     log_from_row, module_from_row, node_from_row, publisher_key_from_row, push_arg,
     version_from_row,
 };
+use super::sql::{rollup_from_row, series_from_row, summary_from_row};
 use super::{
     CancelEffect, ClaimedExecution, EXPIRED_KEYS_PER_REQUEST, ExecutionFilter, INLINE_INPUT_MAX,
     IdempotencyKey, LeaseToken, ManualOutcome, ManualRun, QueuedCount, Retry, Settled, Store,
     StoreError, VersionUpload, failpoint,
 };
+use crate::domain::metrics::{
+    MetricSeries, ModuleMetricsSummary, ROLLUP_WIDTHS, Rollup, SeriesAdmission, labels_text,
+    rollup_start,
+};
 use crate::domain::retention::{PrunePlan, Pruned};
 use crate::domain::usage::{OutboundRow, UsageQuery, UsageRow};
+use crate::domain::window::DAY;
 use crate::domain::{
-    Event, Execution, ExecutionResult, ExecutionStatus, Job, LogEntry, Manifest, MetricSample,
-    Millis, ModuleRecord, ModuleStatus, ModuleVersion, NewExecution, NodeHeartbeat, Page,
-    PoolState, PublisherKey, now_millis,
+    Event, Execution, ExecutionResult, ExecutionStatus, Job, LogEntry, Manifest, Millis,
+    ModuleRecord, ModuleStatus, ModuleVersion, NewExecution, NodeHeartbeat, Page, PoolState,
+    PublisherKey, now_millis,
 };
 
 /// Columns of `executions` read into [`Execution`], in one place for every query.
@@ -445,29 +451,6 @@ impl<B: Backend> Store for B {
     #[cfg(test)]
     async fn storage_counts(&self) -> Result<super::StorageCounts, StoreError> {
         Backend::storage_counts(self).await
-    }
-
-    #[cfg(test)]
-    async fn metric_samples(
-        &self,
-        module: &str,
-        name: &str,
-        since: Millis,
-        limit: u32,
-    ) -> Result<Vec<MetricSample>, StoreError> {
-        sqlx::query::<B::Db>(
-            "SELECT name, value, labels, ts FROM metric_samples \
-             WHERE module = $1 AND name = $2 AND ts >= $3 ORDER BY ts, id LIMIT $4",
-        )
-        .arg(module)
-        .arg(&*B::Db::text(name))
-        .arg(since)
-        .arg(i64::from(limit))
-        .all(&mut *read(self).await?)
-        .await?
-        .iter()
-        .map(super::sql::sample_from_row)
-        .collect()
     }
 
     async fn usage_runs(&self, query: &UsageQuery) -> Result<Vec<UsageRow>, StoreError> {
@@ -1536,47 +1519,154 @@ impl<B: Backend> Store for B {
         self.list_keys(module, prefix, limit).await
     }
 
-    async fn insert_metric_samples(
+    // ---- module metrics ----------------------------------------------------------------
+
+    async fn admit_metric_series(
         &self,
         module: &str,
-        samples: &[MetricSample],
-    ) -> Result<(), StoreError> {
-        if samples.is_empty() {
-            return Ok(());
+        name: &str,
+        labels: &str,
+        now: Millis,
+        max_series: u32,
+    ) -> Result<SeriesAdmission, StoreError> {
+        // A series is nearly always known (its first sample is its only admission): a
+        // read, and no write lock, answers those.
+        if let Some(id) = series_id::<B::Db>(&mut *read(self).await?, module, name, labels).await? {
+            return Ok(SeriesAdmission::Admitted(id));
         }
-        let rows = samples
-            .iter()
-            .map(|sample| Ok((sample, json_text("labels", &sample.labels)?)))
-            .collect::<Result<Vec<_>, StoreError>>()?;
+        let mut tx = self.begin().await?;
+        let admission =
+            admit_series::<B::Db>(&mut tx, module, name, labels, now, i64::from(max_series))
+                .await?;
+        tx.commit().await.map_err(db)?;
+        Ok(admission)
+    }
+
+    async fn count_refused_metric_sample(
+        &self,
+        module: &str,
+        now: Millis,
+    ) -> Result<(), StoreError> {
+        count_refusal::<B::Db>(&mut *write(self).await?, module, now).await
+    }
+
+    async fn add_metric_samples(&self, samples: &[(i64, f64, Millis)]) -> Result<bool, StoreError> {
+        let rows = rollups_of(samples);
         let mut write = Write::new(self, rows.len().div_ceil(B::Db::MAX_ROWS)).await?;
         for chunk in rows.chunks(B::Db::MAX_ROWS) {
-            // Rows are inserted in the order given: the identity column is the order
-            // among equal times.
-            let mut query = QueryBuilder::<B::Db>::new(
-                "INSERT INTO metric_samples (module, name, labels, value, ts) VALUES ",
-            );
-            for (i, (sample, labels)) in chunk.iter().enumerate() {
-                query.push(if i == 0 { "(" } else { ", (" });
-                push_arg(&mut query, module);
-                query.push(", ");
-                push_arg(&mut query, &*B::Db::text(&sample.name));
-                query.push(", ");
-                push_arg(&mut query, labels.as_str());
-                query.push(", ");
-                push_arg(&mut query, sample.value);
-                query.push(", ");
-                push_arg(&mut query, sample.ts_ms);
-                query.push(")");
-            }
-            query
+            // Not padded (a repeated row would add its samples twice), so of the many
+            // sizes only a sample's (the sink's every call) and a full chunk stay prepared.
+            let mut statement = add_rollups_statement(chunk);
+            let statement = statement
                 .build()
-                // Not padded (a repeated sample would be a second sample), so of the
-                // many sizes only the common ones are worth keeping prepared.
-                .persistent(chunk.len() == 1 || chunk.len() == B::Db::MAX_ROWS)
-                .run(write.conn())
-                .await?;
+                .persistent(chunk.len() <= ROLLUP_WIDTHS.len() || chunk.len() == B::Db::MAX_ROWS);
+            match B::Db::execute(statement, write.conn()).await {
+                Ok(_) => {}
+                // The series was pruned since its id was read: nothing is written (a
+                // transaction is rolled back when dropped) and the caller reads it anew.
+                Err(sqlx::Error::Database(e)) if e.is_foreign_key_violation() => return Ok(false),
+                Err(err) => return Err(db(err)),
+            }
         }
-        write.commit().await
+        write.commit().await?;
+        Ok(true)
+    }
+
+    async fn metric_series(
+        &self,
+        module: &str,
+        name: Option<&str>,
+    ) -> Result<Vec<MetricSeries>, StoreError> {
+        // The latest value is that of the newest day's rollup: the last sample of the
+        // newest day is the last sample. A seek of the primary key per column and series.
+        let latest = |column: &str| {
+            format!(
+                "(SELECT r.{column} FROM metric_rollups r \
+                  WHERE r.series_id = s.id AND r.width = {DAY} ORDER BY r.t DESC LIMIT 1) \
+                 AS {column}"
+            )
+        };
+        let mut query = QueryBuilder::<B::Db>::new(format!(
+            "SELECT s.id AS id, s.name AS name, s.labels AS labels, s.created_at AS created_at, \
+                    {}, {} \
+             FROM metric_series s WHERE s.module = ",
+            latest("last_value"),
+            latest("last_at")
+        ));
+        push_arg(&mut query, module);
+        if let Some(name) = name {
+            query.push(" AND s.name = ");
+            push_arg(&mut query, name);
+        }
+        query.push(" ORDER BY s.name, s.labels");
+        query
+            .build()
+            .all(&mut *read(self).await?)
+            .await?
+            .iter()
+            .map(series_from_row)
+            .collect()
+    }
+
+    async fn metric_summaries(
+        &self,
+        module: Option<&str>,
+    ) -> Result<Vec<ModuleMetricsSummary>, StoreError> {
+        // Every module with a series has a row in `metric_modules`: its admission wrote it.
+        let mut query = QueryBuilder::<B::Db>::new(
+            "SELECT m.module AS module, m.refused_samples AS refused_samples, \
+                    m.last_refused_at AS last_refused_at, \
+                    (SELECT count(*) FROM metric_series s WHERE s.module = m.module) AS series \
+             FROM metric_modules m",
+        );
+        if let Some(module) = module {
+            query.push(" WHERE m.module = ");
+            push_arg(&mut query, module);
+        }
+        query.push(" ORDER BY m.module");
+        query
+            .build()
+            .all(&mut *read(self).await?)
+            .await?
+            .iter()
+            .map(summary_from_row)
+            .collect()
+    }
+
+    async fn metric_rollups(
+        &self,
+        series: &[i64],
+        width: Millis,
+        from: Millis,
+        to: Millis,
+    ) -> Result<Vec<(i64, Millis, Rollup)>, StoreError> {
+        let mut rollups = Vec::new();
+        let mut conn = read(self).await?;
+        for chunk in series.chunks(B::Db::MAX_ROWS) {
+            let mut query = QueryBuilder::<B::Db>::new(
+                "SELECT series_id, t, samples, sum_value, min_value, max_value, last_value, \
+                        last_at \
+                 FROM metric_rollups WHERE series_id IN (",
+            );
+            // Padded: an `IN` list ignores repeats, and a few sizes stay prepared.
+            for (i, id) in padded(chunk, B::Db::MAX_ROWS).enumerate() {
+                if i > 0 {
+                    query.push(", ");
+                }
+                push_arg(&mut query, *id);
+            }
+            query.push(") AND width = ");
+            push_arg(&mut query, width);
+            query.push(" AND t >= ");
+            push_arg(&mut query, from);
+            query.push(" AND t < ");
+            push_arg(&mut query, to);
+            query.push(" ORDER BY series_id, t");
+            for row in query.build().all(&mut *conn).await? {
+                rollups.push(rollup_from_row(&row)?);
+            }
+        }
+        Ok(rollups)
     }
 
     // ---- nodes and leases ------------------------------------------------------------
@@ -1723,4 +1813,242 @@ impl<B: Backend> Store for B {
 /// (attempts, workers) are nowhere near the limit.
 pub(crate) fn int4(value: u32) -> i32 {
     i32::try_from(value).unwrap_or(i32::MAX)
+}
+
+// ---- module metrics ------------------------------------------------------------------------
+
+/// Samples recorded before migration 0021 moved into series and rollups per transaction
+/// (see [`adopt_metric_samples`]): a few milliseconds of work each, so that nodes
+/// starting together share the rows rather than wait on one long transaction.
+const ADOPTED_SAMPLES_PER_BATCH: i64 = 5_000;
+
+/// The id of `module`'s series `name` with `labels`, if it exists.
+async fn series_id<DB: Sql>(
+    conn: &mut DB::Connection,
+    module: &str,
+    name: &str,
+    labels: &str,
+) -> Result<Option<i64>, StoreError> {
+    sqlx::query::<DB>(
+        "SELECT id FROM metric_series WHERE module = $1 AND name = $2 AND labels = $3",
+    )
+    .arg(module)
+    .arg(name)
+    .arg(labels)
+    .optional(conn)
+    .await?
+    .map(|row| row.col("id"))
+    .transpose()
+}
+
+/// [`Store::admit_metric_series`] on `conn`, which must be a transaction: the module's
+/// row in `metric_modules` is written first and held until it commits, so admissions
+/// of one module's series take turns and the count below is exact. (SQLite's single
+/// writer runs them one at a time anyway; on PostgreSQL, two transactions counting at
+/// once would both see room for the last series. The count is read by the statement
+/// after the lock, whose snapshot sees every admission that committed before it.)
+/// Whoever locks several modules locks them in order of name, so two never deadlock.
+async fn admit_series<DB: Sql>(
+    conn: &mut DB::Connection,
+    module: &str,
+    name: &str,
+    labels: &str,
+    now: Millis,
+    max_series: i64,
+) -> Result<SeriesAdmission, StoreError> {
+    sqlx::query::<DB>(
+        "INSERT INTO metric_modules (module, refused_samples) VALUES ($1, 0) \
+         ON CONFLICT (module) DO UPDATE SET refused_samples = metric_modules.refused_samples",
+    )
+    .arg(module)
+    .run(&mut *conn)
+    .await?;
+    let created = sqlx::query::<DB>(
+        "INSERT INTO metric_series (module, name, labels, created_at) \
+         SELECT $1, $2, $3, $4 \
+         WHERE (SELECT count(*) FROM metric_series WHERE module = $1) < $5 \
+         ON CONFLICT (module, name, labels) DO NOTHING RETURNING id",
+    )
+    .arg(module)
+    .arg(name)
+    .arg(labels)
+    .arg(now)
+    .arg(max_series)
+    .optional(&mut *conn)
+    .await?;
+    if let Some(row) = created {
+        return Ok(SeriesAdmission::Admitted(row.col("id")?));
+    }
+    // Not created: another node admitted it meanwhile, or the module is at its bound.
+    if let Some(id) = series_id::<DB>(&mut *conn, module, name, labels).await? {
+        return Ok(SeriesAdmission::Admitted(id));
+    }
+    count_refusal::<DB>(conn, module, now).await?;
+    Ok(SeriesAdmission::Refused)
+}
+
+/// [`Store::count_refused_metric_sample`] on `conn`.
+async fn count_refusal<DB: Sql>(
+    conn: &mut DB::Connection,
+    module: &str,
+    now: Millis,
+) -> Result<(), StoreError> {
+    sqlx::query::<DB>(
+        "INSERT INTO metric_modules (module, refused_samples, last_refused_at) \
+         VALUES ($1, 1, $2) \
+         ON CONFLICT (module) DO UPDATE SET \
+             refused_samples = metric_modules.refused_samples + 1, \
+             last_refused_at = excluded.last_refused_at",
+    )
+    .arg(module)
+    .arg(now)
+    .run(conn)
+    .await?;
+    Ok(())
+}
+
+/// A rollup row: (series id, width, start) and what it adds.
+type RollupRow = ((i64, Millis, Millis), Rollup);
+
+/// `samples` `(series id, value, time)` merged into one rollup per series, width and
+/// start, in the order of that key: a statement may not upsert one row twice
+/// (PostgreSQL refuses it), and writers that take row locks in one order never deadlock.
+fn rollups_of(samples: &[(i64, f64, Millis)]) -> Vec<RollupRow> {
+    let mut rollups = std::collections::BTreeMap::<(i64, Millis, Millis), Rollup>::new();
+    for &(series, value, at) in samples {
+        for width in ROLLUP_WIDTHS {
+            let sample = Rollup::of(value, at);
+            rollups
+                .entry((series, width, rollup_start(at, width)))
+                .and_modify(|rollup| rollup.merge(&sample))
+                .or_insert(sample);
+        }
+    }
+    rollups.into_iter().collect()
+}
+
+/// Adds `rows` (at most [`Sql::MAX_ROWS`]) to their rollups: an upsert that merges as
+/// [`Rollup::merge`] does. Written with `CASE` rather than the two-argument `min` and
+/// `max` SQLite has and PostgreSQL spells `LEAST` and `GREATEST`: one text for both.
+/// Every `SET` expression reads the row as it was.
+fn add_rollups_statement<DB: Sql>(rows: &[RollupRow]) -> QueryBuilder<DB> {
+    let mut query = QueryBuilder::<DB>::new(
+        "INSERT INTO metric_rollups \
+             (series_id, width, t, samples, sum_value, min_value, max_value, last_value, \
+              last_at) VALUES ",
+    );
+    for (i, ((series, width, start), rollup)) in rows.iter().enumerate() {
+        query.push(if i == 0 { "(" } else { ", (" });
+        push_arg(&mut query, *series);
+        query.push(", ");
+        push_arg(&mut query, *width);
+        query.push(", ");
+        push_arg(&mut query, *start);
+        query.push(", ");
+        push_arg(&mut query, rollup.samples);
+        query.push(", ");
+        push_arg(&mut query, rollup.sum);
+        query.push(", ");
+        push_arg(&mut query, rollup.min);
+        query.push(", ");
+        push_arg(&mut query, rollup.max);
+        query.push(", ");
+        push_arg(&mut query, rollup.last);
+        query.push(", ");
+        push_arg(&mut query, rollup.last_at);
+        query.push(")");
+    }
+    query.push(
+        " ON CONFLICT (series_id, width, t) DO UPDATE SET \
+             samples = metric_rollups.samples + excluded.samples, \
+             sum_value = metric_rollups.sum_value + excluded.sum_value, \
+             min_value = CASE WHEN excluded.min_value < metric_rollups.min_value \
+                 THEN excluded.min_value ELSE metric_rollups.min_value END, \
+             max_value = CASE WHEN excluded.max_value > metric_rollups.max_value \
+                 THEN excluded.max_value ELSE metric_rollups.max_value END, \
+             last_value = CASE WHEN excluded.last_at >= metric_rollups.last_at \
+                 THEN excluded.last_value ELSE metric_rollups.last_value END, \
+             last_at = CASE WHEN excluded.last_at >= metric_rollups.last_at \
+                 THEN excluded.last_at ELSE metric_rollups.last_at END",
+    );
+    query
+}
+
+/// Moves the samples recorded one row each before migration 0021 (which stopped
+/// writing them) into series and rollups, and deletes them, a batch per transaction:
+/// a crash mid-way neither loses nor counts twice any of them, and nodes starting
+/// together take different rows (PostgreSQL skips rows another holds). History is
+/// kept whole: these series are admitted past the bound a module now has (new ones are
+/// then refused). Runs at every start; after the first, it finds nothing to do.
+pub(crate) async fn adopt_metric_samples<B: Backend>(backend: &B) -> Result<(), StoreError> {
+    let mut moved = 0;
+    loop {
+        let mut tx = backend.begin().await?;
+        let rows = dynamic::<B::Db>(format!(
+            "SELECT id, module, name, labels, value, ts FROM metric_samples \
+             ORDER BY id LIMIT $1{}",
+            B::Db::FOR_UPDATE_SKIP_LOCKED
+        ))
+        .arg(ADOPTED_SAMPLES_PER_BATCH)
+        .all(&mut tx)
+        .await?;
+        if rows.is_empty() {
+            break;
+        }
+        let mut ids = Vec::with_capacity(rows.len());
+        let mut samples = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let labels: Vec<(String, String)> = row.col_json("labels")?;
+            let key = (
+                row.col::<String>("module")?,
+                row.col::<String>("name")?,
+                labels_text(&labels.into_iter().collect()),
+            );
+            ids.push(row.col::<i64>("id")?);
+            samples.push((key, row.col::<f64>("value")?, row.col::<i64>("ts")?));
+        }
+        // Admitted in order of module (see `admit_series`), each series once.
+        let mut series = std::collections::BTreeMap::new();
+        for (key, _, ts) in &samples {
+            series.entry(key.clone()).or_insert(*ts);
+        }
+        let mut ids_of = std::collections::HashMap::new();
+        for ((module, name, labels), first) in series {
+            let admitted =
+                admit_series::<B::Db>(&mut tx, &module, &name, &labels, first, i64::MAX).await?;
+            if let SeriesAdmission::Admitted(id) = admitted {
+                ids_of.insert((module, name, labels), id);
+            }
+        }
+        let samples: Vec<(i64, f64, Millis)> = samples
+            .iter()
+            .filter_map(|(key, value, ts)| Some((*ids_of.get(key)?, *value, *ts)))
+            .collect();
+        for chunk in rollups_of(&samples).chunks(B::Db::MAX_ROWS) {
+            add_rollups_statement::<B::Db>(chunk)
+                .build()
+                .run(&mut tx)
+                .await?;
+        }
+        for chunk in ids.chunks(B::Db::MAX_ROWS) {
+            let mut query = QueryBuilder::<B::Db>::new("DELETE FROM metric_samples WHERE id IN (");
+            for (i, id) in chunk.iter().enumerate() {
+                if i > 0 {
+                    query.push(", ");
+                }
+                push_arg(&mut query, *id);
+            }
+            query.push(")");
+            query.build().run(&mut tx).await?;
+        }
+        tx.commit().await.map_err(db)?;
+        moved += ids.len();
+    }
+    if moved > 0 {
+        tracing::info!(
+            samples = moved,
+            "moved metric samples recorded before migration 0021 into series and rollups"
+        );
+    }
+    Ok(())
 }
