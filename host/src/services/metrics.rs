@@ -444,6 +444,7 @@ mod tests {
 
     use super::*;
     use crate::domain::window::{DAY, HOUR, MINUTE};
+    use crate::store::SqliteStore;
 
     fn window(from: Millis, to: Millis, step: Millis) -> Window {
         Window { from, to, step }
@@ -525,5 +526,159 @@ mod tests {
             known.lookup("m", "n0", &labels, now),
             Known::Unknown
         ));
+    }
+
+    /// Series in the generated history, and how many days of it.
+    const SERIES: usize = 10;
+    const HISTORY_DAYS: i64 = 60;
+
+    /// `SERIES` series of one sample a minute for `HISTORY_DAYS` days up to `end`,
+    /// written through the store as the sink writes them, in batches.
+    async fn generate_history(store: &dyn Store, end: Millis) -> Vec<i64> {
+        let mut ids = Vec::new();
+        for n in 0..SERIES {
+            let labels = labels_text(&[("n".to_owned(), n.to_string())].into());
+            match store
+                .admit_metric_series("bench", "latency", &labels, end, MAX_SERIES_PER_MODULE)
+                .await
+                .unwrap()
+            {
+                SeriesAdmission::Admitted(id) => ids.push(id),
+                SeriesAdmission::Refused => panic!("refused"),
+            }
+        }
+        let start = end - HISTORY_DAYS * DAY;
+        let mut batch = Vec::new();
+        let mut t = start;
+        while t < end {
+            for (n, id) in ids.iter().enumerate() {
+                batch.push((*id, ((t / MINUTE) % 97 + n as i64) as f64, t + 7));
+            }
+            if batch.len() >= 2_000 {
+                assert!(store.add_metric_samples(&batch).await.unwrap());
+                batch.clear();
+            }
+            t += MINUTE;
+        }
+        assert!(store.add_metric_samples(&batch).await.unwrap());
+        ids
+    }
+
+    /// p50 and p99 of `runs` runs of `query`, in milliseconds.
+    async fn percentiles<F: Future<Output = ()>>(
+        runs: usize,
+        mut query: impl FnMut() -> F,
+    ) -> (f64, f64) {
+        let mut took = Vec::with_capacity(runs);
+        for _ in 0..runs {
+            let started = Instant::now();
+            query().await;
+            took.push(started.elapsed().as_secs_f64() * 1_000.0);
+        }
+        took.sort_by(f64::total_cmp);
+        (took[runs / 2], took[runs * 99 / 100 - 1])
+    }
+
+    async fn a_30_day_query_at_1h_steps(store: Arc<dyn Store>, backend: &str) {
+        let end = crate::domain::now_millis();
+        let started = Instant::now();
+        let ids = generate_history(&*store, end).await;
+        println!(
+            "{backend}: {SERIES} series x {HISTORY_DAYS} days of a sample a minute written in {:?}",
+            started.elapsed()
+        );
+        let metrics = ModuleMetrics::new(store.clone());
+        let query = |labels: Vec<(String, String)>| SeriesQuery {
+            module: "bench".to_owned(),
+            name: "latency".to_owned(),
+            labels,
+            window: Window::parse(
+                Some(&(end - 30 * DAY).to_string()),
+                Some(&end.to_string()),
+                Some("1h"),
+                end,
+            )
+            .unwrap(),
+            agg: Aggregate::Avg,
+        };
+        let one = query(vec![("n".to_owned(), "3".to_owned())]);
+        let all = query(Vec::new());
+        let answer = metrics.query(&one).await.unwrap();
+        assert_eq!(answer.len(), 1);
+        assert!(
+            (720..=721).contains(&answer[0].points.len()),
+            "{}",
+            answer[0].points.len()
+        );
+        let (p50, p99) = percentiles(100, || async {
+            metrics.query(&one).await.unwrap();
+        })
+        .await;
+        println!(
+            "{backend}: one series, 30 days at 1h (hour rollups): p50 {p50:.2} ms, p99 {p99:.2} ms"
+        );
+        let (p50, p99) = percentiles(100, || async {
+            assert_eq!(metrics.query(&all).await.unwrap().len(), SERIES);
+        })
+        .await;
+        println!(
+            "{backend}: all {SERIES} series, 30 days at 1h (hour rollups): p50 {p50:.2} ms, p99 {p99:.2} ms"
+        );
+        // A week at 5-minute steps for every series: 100,800 minute rollups, more than
+        // a query may read; what reading them would cost.
+        let week = Window::parse(
+            Some(&(end - 7 * DAY).to_string()),
+            Some(&end.to_string()),
+            Some("5m"),
+            end,
+        )
+        .unwrap();
+        assert!(check_cost(SERIES as i64, &week, MINUTE).is_err());
+        let (p50, p99) = percentiles(20, || async {
+            let rollups = store
+                .metric_rollups(&ids, MINUTE, week.from, week.to)
+                .await
+                .unwrap();
+            assert_eq!(
+                points_by_series(&rollups, &week, Aggregate::Avg).len(),
+                SERIES
+            );
+        })
+        .await;
+        println!(
+            "{backend}: all {SERIES} series, 7 days at 5m (minute rollups, {} rows): p50 {p50:.2} ms, p99 {p99:.2} ms",
+            SERIES * 7 * 1440
+        );
+        // The same answer from minute rollups alone, as it would be without wider ones.
+        let w = one.window;
+        let (p50, p99) = percentiles(100, || async {
+            let rollups = store
+                .metric_rollups(&ids[3..4], MINUTE, w.from, w.to)
+                .await
+                .unwrap();
+            let points = points_by_series(&rollups, &w, Aggregate::Avg);
+            assert!(points[&ids[3]].len() >= 720);
+        })
+        .await;
+        println!(
+            "{backend}: one series, 30 days at 1h (minute rollups): p50 {p50:.2} ms, p99 {p99:.2} ms"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "a measurement; run with --release -- --ignored --nocapture"]
+    async fn a_30_day_query_at_1h_steps_on_sqlite() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("runcell.db"))
+            .await
+            .unwrap();
+        a_30_day_query_at_1h_steps(Arc::new(store), "sqlite").await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "a measurement; run with --release -- --ignored --nocapture"]
+    async fn a_30_day_query_at_1h_steps_on_postgres() {
+        let (store, _database) = crate::store::tests::fresh_postgres().await;
+        a_30_day_query_at_1h_steps(Arc::new(store), "postgres").await;
     }
 }
