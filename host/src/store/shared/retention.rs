@@ -23,12 +23,22 @@ const FINAL: &str = "status IN ('COMPLETED', 'FAILED', 'TIMED_OUT', 'CANCELLED')
 /// moment later. A day is far past any such moment.
 const INPUT_GRACE: i64 = DAY;
 
-/// The usage tables and the steps they hold.
-const USAGE_TABLES: [(&str, &str); 4] = [
-    ("usage_runs", "step_ms, t, job_id"),
-    ("usage_run_durations", "step_ms, t, job_id, bucket"),
-    ("usage_outbound", "step_ms, t, module, host"),
-    ("usage_outbound_latency", "step_ms, t, module, host, bucket"),
+/// The tables of points at a step: their primary key and the column of the step. Module
+/// metrics' rollups keep the steps of usage.
+const POINT_TABLES: [(&str, &str, &str); 5] = [
+    ("usage_runs", "step_ms, t, job_id", "step_ms"),
+    (
+        "usage_run_durations",
+        "step_ms, t, job_id, bucket",
+        "step_ms",
+    ),
+    ("usage_outbound", "step_ms, t, module, host", "step_ms"),
+    (
+        "usage_outbound_latency",
+        "step_ms, t, module, host, bucket",
+        "step_ms",
+    ),
+    ("metric_rollups", "series_id, width, t", "width"),
 ];
 
 /// One batch of pruning per kind; see [`crate::store::Store::prune_history`].
@@ -64,10 +74,12 @@ pub(crate) async fn prune<B: Backend>(
     pruned.add(delete_executions(backend, &ids).await?);
     pruned.log_lines += delete_old_logs(backend, &first_id_at(plan.logs_before), limit).await?;
     for (step, before) in plan.usage_before {
-        for (table, key) in USAGE_TABLES {
-            pruned.usage_rows += delete_usage(backend, table, key, step, before, limit).await?;
+        for table in POINT_TABLES {
+            pruned.usage_rows += delete_points(backend, table, step, before, limit).await?;
         }
     }
+    // A metric series whose every point is gone frees its place under its module's bound.
+    pruned.usage_rows += delete_empty_series(backend, plan.now - DAY, limit).await?;
     pruned.inputs += delete_unused_inputs(backend, plan.now - INPUT_GRACE, limit).await?;
     Ok(pruned)
 }
@@ -171,21 +183,39 @@ async fn delete_old_logs<B: Backend>(
     .await
 }
 
-/// Deletes up to `limit` rows of the usage table `table` (primary key `key`) at step
+/// Deletes up to `limit` rows of the point table `(table, key, step column)` at step
 /// `step` whose point starts before `before`.
-async fn delete_usage<B: Backend>(
+async fn delete_points<B: Backend>(
     backend: &B,
-    table: &str,
-    key: &str,
+    (table, key, step_column): (&str, &str, &str),
     step: i64,
     before: i64,
     limit: i64,
 ) -> Result<u64, StoreError> {
     super::dynamic::<B::Db>(format!(
         "DELETE FROM {table} WHERE ({key}) IN \
-             (SELECT {key} FROM {table} WHERE step_ms = $1 AND t < $2 LIMIT $3)"
+             (SELECT {key} FROM {table} WHERE {step_column} = $1 AND t < $2 LIMIT $3)"
     ))
     .arg(step)
+    .arg(before)
+    .arg(limit)
+    .run(&mut *super::write(backend).await?)
+    .await
+}
+
+/// Deletes up to `limit` metric series created before `before` that have no point left
+/// (a series is admitted a moment before its first point is written).
+async fn delete_empty_series<B: Backend>(
+    backend: &B,
+    before: i64,
+    limit: i64,
+) -> Result<u64, StoreError> {
+    sqlx::query::<B::Db>(
+        "DELETE FROM metric_series WHERE id IN \
+             (SELECT s.id FROM metric_series s WHERE s.created_at < $1 \
+              AND NOT EXISTS (SELECT 1 FROM metric_rollups r WHERE r.series_id = s.id) \
+              LIMIT $2)",
+    )
     .arg(before)
     .arg(limit)
     .run(&mut *super::write(backend).await?)
