@@ -21,6 +21,33 @@ pub(crate) struct UsageFilter {
     pub by_job: bool,
 }
 
+impl UsageFilter {
+    /// The rollups this filter selects in `[from, to)` at the rollup step `tier`, cut
+    /// into points of `step` (`None`: one total per group).
+    fn query(&self, from: Millis, to: Millis, step: Option<Millis>, tier: Millis) -> UsageQuery {
+        UsageQuery {
+            from,
+            to,
+            step,
+            tier,
+            module: self.module.clone(),
+            job_id: self.job_id.clone(),
+            host: self.host.clone(),
+            by_job: self.by_job,
+        }
+    }
+
+    /// The rollups this filter selects over `window`, at the coarsest step that serves it.
+    fn over(&self, window: &Window) -> UsageQuery {
+        self.query(
+            window.from,
+            window.to,
+            Some(window.step),
+            tier_of(window.step),
+        )
+    }
+}
+
 /// One group's runs at every point of a window, oldest first, a point without runs
 /// included as zeros.
 #[derive(Debug, Clone, PartialEq)]
@@ -103,17 +130,7 @@ impl Services {
         window: &Window,
         filter: &UsageFilter,
     ) -> Result<Vec<UsageSeries>, ServiceError> {
-        let query = UsageQuery {
-            from: window.from,
-            to: window.to,
-            step: Some(window.step),
-            tier: tier_of(window.step),
-            module: filter.module.clone(),
-            job_id: filter.job_id.clone(),
-            host: None,
-            by_job: filter.by_job,
-        };
-        let rows = self.store.usage_runs(&query).await?;
+        let rows = self.store.usage_runs(&filter.over(window)).await?;
         self.check_known(filter, rows.is_empty()).await?;
         let mut series: Vec<UsageSeries> = Vec::new();
         for row in rows {
@@ -147,17 +164,11 @@ impl Services {
     ) -> Result<Vec<UsageRow>, ServiceError> {
         let mut totals: BTreeMap<(String, Option<String>), UsageRow> = BTreeMap::new();
         for (from, to, tier) in segments(from, to) {
-            let query = UsageQuery {
-                from,
-                to,
-                step: None,
-                tier,
-                module: filter.module.clone(),
-                job_id: filter.job_id.clone(),
-                host: None,
-                by_job: filter.by_job,
-            };
-            for row in self.store.usage_runs(&query).await? {
+            for row in self
+                .store
+                .usage_runs(&filter.query(from, to, None, tier))
+                .await?
+            {
                 match totals.entry((row.module.clone(), row.job_id.clone())) {
                     std::collections::btree_map::Entry::Occupied(mut entry) => {
                         entry.get_mut().totals.merge(&row.totals);
@@ -178,17 +189,7 @@ impl Services {
         window: &Window,
         filter: &UsageFilter,
     ) -> Result<Vec<OutboundSeries>, ServiceError> {
-        let query = UsageQuery {
-            from: window.from,
-            to: window.to,
-            step: Some(window.step),
-            tier: tier_of(window.step),
-            module: filter.module.clone(),
-            job_id: None,
-            host: filter.host.clone(),
-            by_job: false,
-        };
-        let rows: Vec<OutboundRow> = self.store.usage_outbound(&query).await?;
+        let rows: Vec<OutboundRow> = self.store.usage_outbound(&filter.over(window)).await?;
         self.check_known(filter, rows.is_empty()).await?;
         let mut series: Vec<OutboundSeries> = Vec::new();
         for row in rows {
