@@ -399,7 +399,7 @@ fn an_admin_narrows_or_extends_the_outbound_hosts_a_module_may_reach() {
     assert_eq!(installed.status, 201, "{}", installed.body);
     assert_eq!(
         installed.body["awaitingApproval"],
-        json!(["outbound host `api.example.com`"])
+        json!(["outbound host `api.example.com`", "HTTP routes"])
     );
     let job = server.create_job(&json!({
         "name": "fetcher", "module": "http-client", "job": "fetch", "maxAttempts": 1,

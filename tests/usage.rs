@@ -192,8 +192,27 @@ fn killing_the_server_mid_batch_leaves_usage_equal_to_the_executions() {
     }
 }
 
+/// The outbound totals of `module` to each host, over the last hour.
+fn outbound_totals(server: &Server, module: &str) -> HashMap<String, i64> {
+    let reply = server.get(&format!("/api/v1/usage/outbound?module={module}&step=1h"));
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let series = reply.body["series"].as_array().unwrap();
+    let mut totals: HashMap<String, i64> = HashMap::new();
+    for line in series {
+        assert_eq!(line["host"], "127.0.0.1", "{}", reply.body);
+        for point in line["points"].as_array().unwrap() {
+            for field in ["requests", "denied", "errors", "bytesReceived"] {
+                *totals.entry(field.to_owned()).or_default() += point[field].as_i64().unwrap();
+            }
+            *totals.entry("2xx".to_owned()).or_default() +=
+                point["responses"]["2xx"].as_i64().unwrap();
+        }
+    }
+    totals
+}
+
 #[test]
-fn outbound_requests_are_counted_per_host_by_class() {
+fn outbound_requests_of_runs_and_routes_are_counted_per_host_by_class() {
     let (port, served) = peers::hello_server();
     let local = format!("127.0.0.1:{port}");
     let server = Server::start_with(ServerOptions {
@@ -211,10 +230,11 @@ fn outbound_requests_are_counted_per_host_by_class() {
     let job = id(&server.create_job(&json!({
         "name": "fetcher", "module": "http-client", "job": "fetch", "maxAttempts": 1,
     })));
+    let denied_url = format!("http://127.0.0.1:{}/", port + 1);
     for url in [
         format!("http://{local}/"),
         format!("http://{local}/again"),
-        format!("http://127.0.0.1:{}/", port + 1),
+        denied_url.clone(),
         format!("http://{local}/third"),
     ] {
         let run = server.execute(&job, Some(json!({"url": url})));
@@ -222,30 +242,42 @@ fn outbound_requests_are_counted_per_host_by_class() {
     }
     assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 3);
 
-    let reply = server.get("/api/v1/usage/outbound?module=http-client&step=1h");
-    assert_eq!(reply.status, 200, "{}", reply.body);
-    let series = reply.body["series"].as_array().unwrap();
-    assert_eq!(series.len(), 1, "{}", reply.body);
-    assert_eq!(series[0]["host"], "127.0.0.1");
-    let mut totals: HashMap<&str, i64> = HashMap::new();
-    for point in series[0]["points"].as_array().unwrap() {
-        for field in ["requests", "denied", "errors", "bytesReceived"] {
-            *totals.entry(field).or_default() += point[field].as_i64().unwrap();
-        }
-        *totals.entry("2xx").or_default() += point["responses"]["2xx"].as_i64().unwrap();
-    }
+    let totals = outbound_totals(&server, "http-client");
     // Three answered `200 hello` (5 bytes each); the port not granted was denied.
-    assert_eq!(totals["requests"], 4, "{}", reply.body);
-    assert_eq!(totals["2xx"], 3, "{}", reply.body);
-    assert_eq!(totals["denied"], 1, "{}", reply.body);
-    assert_eq!(totals["bytesReceived"], 15, "{}", reply.body);
+    assert_eq!(totals["requests"], 4, "{totals:?}");
+    assert_eq!(totals["2xx"], 3, "{totals:?}");
+    assert_eq!(totals["denied"], 1, "{totals:?}");
+    assert_eq!(totals["bytesReceived"], 15, "{totals:?}");
+    let line = report_line(&server, &job);
+    assert_eq!(count(&line, "outboundRequests"), 4, "{line}");
+
+    // The module's route makes requests too: counted with the module's, within a few
+    // seconds (they are written in batches, there being no run to write them with).
+    for (url, status) in [
+        (format!("http://{local}/route"), 200),
+        (format!("http://{local}/route-again"), 200),
+        (denied_url, 502),
+    ] {
+        let reply = server.get(&format!("/m/http-client/fetch?url={url}"));
+        assert_eq!(reply.status, status, "{url}: {}", reply.body);
+    }
+    assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 5);
+    server.wait_until(Duration::from_secs(10), || {
+        outbound_totals(&server, "http-client")["requests"] >= 7
+    });
+    let totals = outbound_totals(&server, "http-client");
+    assert_eq!(totals["requests"], 7, "{totals:?}");
+    assert_eq!(totals["2xx"], 5, "{totals:?}");
+    assert_eq!(totals["denied"], 2, "{totals:?}");
+    assert_eq!(totals["bytesReceived"], 25, "{totals:?}");
+    // The report counts runs: the job's figure is unchanged.
     let line = report_line(&server, &job);
     assert_eq!(count(&line, "outboundRequests"), 4, "{line}");
 
     // Prometheus counts the same, by class.
     let metrics = server.get("/metrics");
     let text = metrics.body.as_str().unwrap_or_default();
-    for (class, requests) in [("2xx", 3), ("denied", 1)] {
+    for (class, requests) in [("2xx", 5), ("denied", 2)] {
         let line = format!(
             "runcell_outbound_requests_total{{module=\"http-client\",host=\"127.0.0.1\",class=\"{class}\"}} {requests}"
         );

@@ -332,6 +332,10 @@ pub(crate) async fn serve(config: ServeConfig) -> Result<(), StartError> {
         node_id.clone(),
         stop_rx.clone(),
     ));
+    let route_outbound = tokio::spawn(crate::services::usage::count_route_outbound(
+        services.clone(),
+        stop_rx.clone(),
+    ));
     let preloader = tokio::spawn({
         let services = services.clone();
         let stop = stop_rx.clone();
@@ -411,6 +415,7 @@ pub(crate) async fn serve(config: ServeConfig) -> Result<(), StartError> {
     let _ = scheduler.await;
     let _ = reconciler.await;
     let _ = pruner.await;
+    let _ = route_outbound.await;
     let _ = heartbeat.await;
     let _ = preloader.await;
     pool.shutdown(config.shutdown_grace).await;

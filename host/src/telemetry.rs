@@ -26,6 +26,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
+use crate::domain::usage::OutboundTally;
 use crate::domain::{ExecutionStatus, PoolState, Trigger};
 
 /// The prefix of every metric name.
@@ -371,17 +372,28 @@ impl Telemetry {
         self.inner.dispatch[index].observe(waited_ms.max(0) as f64 / 1000.0);
     }
 
-    /// Counts outbound HTTP requests of `module`'s runs to `host` whose answers fell in
-    /// `class` (`2xx`, `3xx`, `4xx`, `5xx`, `error`, `denied`).
-    pub(crate) fn record_outbound(&self, module: &str, host: &str, class: &str, requests: u64) {
-        self.inner
-            .outbound
-            .get_or_create(&OutboundLabels {
-                module: module.to_owned(),
-                host: host.to_owned(),
-                class: class.to_owned(),
-            })
-            .inc_by(requests);
+    /// Counts `module`'s outbound HTTP requests of `tally` by the class of their answers
+    /// (`2xx`, `3xx`, `4xx`, `5xx`, `error`, `denied`).
+    pub(crate) fn record_outbound(&self, module: &str, tally: &OutboundTally) {
+        for (class, requests) in [
+            ("2xx", tally.responses_2xx),
+            ("3xx", tally.responses_3xx),
+            ("4xx", tally.responses_4xx),
+            ("5xx", tally.responses_5xx),
+            ("error", tally.errors),
+            ("denied", tally.denied),
+        ] {
+            if requests > 0 {
+                self.inner
+                    .outbound
+                    .get_or_create(&OutboundLabels {
+                        module: module.to_owned(),
+                        host: tally.host.clone(),
+                        class: class.to_owned(),
+                    })
+                    .inc_by(requests.unsigned_abs());
+            }
+        }
     }
 
     /// Counts an HTTP request answered with `status` on the route template `route`
@@ -695,9 +707,13 @@ mod tests {
         telemetry.record_cron_ticks(0);
         telemetry.record_reconciler(ReconcilerAction::Offered, 10);
         telemetry.record_reconciler(ReconcilerAction::Failed, 1);
-        telemetry.record_outbound("endpoint-monitor", "example.com", "2xx", 4);
-        telemetry.record_outbound("endpoint-monitor", "example.com", "denied", 1);
-        telemetry.record_outbound("endpoint-monitor", "example.com", "2xx", 1);
+        let tally = |responses_2xx, denied| OutboundTally {
+            responses_2xx,
+            denied,
+            ..OutboundTally::new("example.com")
+        };
+        telemetry.record_outbound("endpoint-monitor", &tally(4, 1));
+        telemetry.record_outbound("endpoint-monitor", &tally(1, 0));
         let text = telemetry.encode(&Snapshot::default());
         assert_eq!(sample(&text, "runcell_cron_ticks_fired_total"), Some(3.0));
         assert_eq!(

@@ -667,23 +667,7 @@ async fn record(services: Services, mut results: mpsc::Receiver<Recorded>) {
                 continue;
             }
             for tally in &result.outbound {
-                for (class, requests) in [
-                    ("2xx", tally.responses_2xx),
-                    ("3xx", tally.responses_3xx),
-                    ("4xx", tally.responses_4xx),
-                    ("5xx", tally.responses_5xx),
-                    ("error", tally.errors),
-                    ("denied", tally.denied),
-                ] {
-                    if requests > 0 {
-                        services.telemetry.record_outbound(
-                            &run.module,
-                            &tally.host,
-                            class,
-                            requests.unsigned_abs(),
-                        );
-                    }
-                }
+                services.telemetry.record_outbound(&run.module, tally);
             }
         }
         for result in &finished {

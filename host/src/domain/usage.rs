@@ -161,6 +161,31 @@ impl OutboundTally {
             self.latency.record(ms);
         }
     }
+
+    /// Adds `other`'s requests (of the same host) to these.
+    pub(crate) fn absorb(&mut self, other: &OutboundTally) {
+        self.requests += other.requests;
+        self.responses_2xx += other.responses_2xx;
+        self.responses_3xx += other.responses_3xx;
+        self.responses_4xx += other.responses_4xx;
+        self.responses_5xx += other.responses_5xx;
+        self.errors += other.errors;
+        self.denied += other.denied;
+        self.bytes_sent += other.bytes_sent;
+        self.bytes_received += other.bytes_received;
+        self.latency.merge(&other.latency);
+    }
+}
+
+/// What a module's routes requested of outbound hosts in one minute. Routes have no
+/// run to be counted with, so their requests are counted on their own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteOutbound {
+    pub module: String,
+    /// The start of the minute the requests ended in.
+    pub minute: super::Millis,
+    /// One per host.
+    pub tallies: Vec<OutboundTally>,
 }
 
 /// Which rollups a question reads: `[from, to)` at the rollup step `tier`, cut into

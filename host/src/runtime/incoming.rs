@@ -20,6 +20,7 @@ use super::cpu::CpuMeter;
 use super::cpu_permits::CpuPermits;
 use super::execution::{self, ExecutionState, RunRequest};
 use super::{LoadedModule, Shared, lanes};
+use crate::domain::usage::OutboundTally;
 use crate::domain::{
     FailureKind, Limits, LogEntry, Manifest, ManifestError, Outcome, RouteAccess, Usage,
 };
@@ -69,6 +70,16 @@ pub struct ServedRequest {
     pub usage: Usage,
     pub logs: Vec<LogEntry>,
     pub dropped_log_lines: u64,
+    /// The outbound requests the handler made, per host.
+    pub outbound: Vec<OutboundTally>,
+}
+
+/// How the guest's half of a request ended.
+struct HandlerEnd {
+    result: wasmtime::Result<()>,
+    usage: Usage,
+    memory_limit_hit: bool,
+    outbound: Vec<OutboundTally>,
 }
 
 /// What the guest's half of a request runs under: the CPU permits, the run's clock, the
@@ -89,7 +100,7 @@ async fn call_handler(
     outparam: Resource<HostResponseOutparam>,
     run: &RunRequest,
     under: Under<'_>,
-) -> (wasmtime::Result<()>, Usage, bool) {
+) -> HandlerEnd {
     let started = Instant::now();
     let result = {
         let call = async {
@@ -107,11 +118,14 @@ async fn call_handler(
             () = under.clock.expired(execution::HOST_CALL_GRACE) => Err(execution::deadline_passed()),
         }
     };
-    // A route's outbound requests are in its log (one line each); they are not counted
-    // in the usage figures, which count the runs of jobs.
-    let (usage, memory_limit_hit, _outbound) =
+    let (usage, memory_limit_hit, outbound) =
         execution::conclude(&store, &run.limits, started, &result);
-    (result, usage, memory_limit_hit)
+    HandlerEnd {
+        result,
+        usage,
+        memory_limit_hit,
+        outbound,
+    }
 }
 
 /// Why the response could not be passed on, when the guest's call itself succeeded.
@@ -205,6 +219,7 @@ pub(super) async fn serve(
             usage: Usage::default(),
             logs: Vec::new(),
             dropped_log_lines: 0,
+            outbound: Vec::new(),
         };
     };
     let limits = run.limits;
@@ -235,6 +250,7 @@ pub(super) async fn serve(
                 usage: Usage::default(),
                 logs,
                 dropped_log_lines,
+                outbound: Vec::new(),
             };
         }
     };
@@ -244,7 +260,7 @@ pub(super) async fn serve(
         clock: &clock,
         cpu: &cpu,
     };
-    let ((result, mut usage, memory_limit_hit), response) = tokio::join!(
+    let (handler_end, response) = tokio::join!(
         call_handler(
             store,
             &in_lane.pre,
@@ -256,6 +272,12 @@ pub(super) async fn serve(
         ),
         read_response(answer, max_response_bytes, &clock),
     );
+    let HandlerEnd {
+        result,
+        mut usage,
+        memory_limit_hit,
+        outbound,
+    } = handler_end;
     usage.cpu_time = cpu.spent();
     let (entries, dropped_log_lines) = logs.finish();
     let response = match (result, response) {
@@ -280,6 +302,7 @@ pub(super) async fn serve(
         usage,
         logs: entries,
         dropped_log_lines,
+        outbound,
     }
 }
 

@@ -476,6 +476,7 @@ impl Runtime {
                 usage: Usage::default(),
                 logs: Vec::new(),
                 dropped_log_lines: 0,
+                outbound: Vec::new(),
             },
         }
     }

@@ -206,6 +206,8 @@ pub struct Services {
     /// the node runs no workers.
     pub local_runner: AttachedRunner,
     pub routes: Arc<RouteGate>,
+    /// Outbound requests of module routes not yet counted in the usage rollups.
+    pub(crate) route_outbound: Arc<usage::PendingRouteOutbound>,
     /// Module metrics: the sink of every run's samples, and their queries.
     pub metrics: Arc<metrics::ModuleMetrics>,
     pub settings: Arc<ServiceSettings>,
@@ -285,6 +287,7 @@ impl Services {
             running: RunningRegistry::default(),
             local_runner: AttachedRunner::default(),
             routes: Arc::new(RouteGate::new(&settings.routes)),
+            route_outbound: Arc::default(),
             metrics,
             settings: Arc::new(settings),
             secrets: None,

@@ -12,7 +12,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::modules::{Runnable, Unrunnable};
 use super::{ServiceError, Services};
-use crate::domain::{Grants, Limits, LogLevel, RouteAccess};
+use crate::domain::{Grants, Limits, LogLevel, RouteAccess, now_millis};
 use crate::runtime::{LoadedModule, ServedRequest};
 
 /// What a request to a module's routes may use.
@@ -170,6 +170,11 @@ impl Services {
             )
             .await;
         log_request(name, &method, &path, &served);
+        for tally in &served.outbound {
+            self.telemetry.record_outbound(name, tally);
+        }
+        self.route_outbound
+            .add(name, now_millis(), &served.outbound);
         Ok(served)
     }
 }

@@ -5,10 +5,16 @@
 //! same however long the deployment has run and outlives retention.
 
 use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::sync::watch;
 
 use super::{ServiceError, Services};
 use crate::domain::Millis;
-use crate::domain::usage::{OutboundRow, OutboundTally, RunTotals, UsageQuery, UsageRow};
+use crate::domain::usage::{
+    OutboundRow, OutboundTally, RouteOutbound, RunTotals, UsageQuery, UsageRow,
+};
 use crate::domain::window::{DAY, HOUR, MINUTE, Window, round_up};
 
 /// What a usage question selects.
@@ -343,4 +349,83 @@ mod tests {
             vec![(0, 0), (MINUTE, 3), (2 * MINUTE, 0), (3 * MINUTE, 0)]
         );
     }
+}
+
+/// How often the outbound requests of module routes are counted. A route has no
+/// execution to be recorded with, and writing once per request would put a write on
+/// every proxied call; a second's worth is merged per module, host and minute into a
+/// few rows instead. What a crash loses is that second (the requests stay in the server
+/// log and in `/metrics`, which counts them at once).
+pub(crate) const ROUTE_OUTBOUND_FLUSH: Duration = Duration::from_secs(1);
+
+/// Outbound requests of module routes, merged per (module, minute) and host, waiting
+/// to be counted.
+#[derive(Debug, Default)]
+pub(crate) struct PendingRouteOutbound {
+    pending: Mutex<BTreeMap<(String, Millis), BTreeMap<String, OutboundTally>>>,
+}
+
+impl PendingRouteOutbound {
+    /// Adds the requests one route request of `module` made, ended at `at`.
+    pub(crate) fn add(&self, module: &str, at: Millis, tallies: &[OutboundTally]) {
+        if tallies.is_empty() {
+            return;
+        }
+        let minute = at - at.rem_euclid(MINUTE);
+        let mut pending = self.pending.lock().expect("route outbound lock");
+        let hosts = pending.entry((module.to_owned(), minute)).or_default();
+        for tally in tallies {
+            hosts
+                .entry(tally.host.clone())
+                .or_insert_with(|| OutboundTally::new(&tally.host))
+                .absorb(tally);
+        }
+    }
+
+    /// Everything waiting, leaving nothing.
+    fn take(&self) -> Vec<RouteOutbound> {
+        let pending = std::mem::take(&mut *self.pending.lock().expect("route outbound lock"));
+        pending
+            .into_iter()
+            .map(|((module, minute), hosts)| RouteOutbound {
+                module,
+                minute,
+                tallies: hosts.into_values().collect(),
+            })
+            .collect()
+    }
+
+    /// Puts back what could not be counted, to go with the next flush.
+    fn restore(&self, requests: Vec<RouteOutbound>) {
+        for minute in requests {
+            self.add(&minute.module, minute.minute, &minute.tallies);
+        }
+    }
+}
+
+impl Services {
+    /// Counts the route requests waiting in the rollups; on failure they wait for the
+    /// next flush.
+    pub(crate) async fn flush_route_outbound(&self) {
+        let requests = self.route_outbound.take();
+        if requests.is_empty() {
+            return;
+        }
+        if let Err(err) = self.store.count_route_outbound(&requests).await {
+            tracing::warn!(error = %err, "counting module routes' outbound requests failed; retrying with the next flush");
+            self.route_outbound.restore(requests);
+        }
+    }
+}
+
+/// Counts module routes' outbound requests every [`ROUTE_OUTBOUND_FLUSH`] until `stop`
+/// turns true, then once more. Started by `app`.
+pub(crate) async fn count_route_outbound(services: Services, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(ROUTE_OUTBOUND_FLUSH) => services.flush_route_outbound().await,
+            _ = stop.changed() => break,
+        }
+    }
+    services.flush_route_outbound().await;
 }

@@ -36,7 +36,7 @@ pub use sqlite::SqliteStore;
 
 use crate::domain::metrics::{MetricSeries, ModuleMetricsSummary, Rollup, SeriesAdmission};
 use crate::domain::retention::{PrunePlan, Pruned};
-use crate::domain::usage::{OutboundRow, UsageQuery, UsageRow};
+use crate::domain::usage::{OutboundRow, RouteOutbound, UsageQuery, UsageRow};
 use crate::domain::{
     CodeApproval, Event, Execution, ExecutionResult, ExecutionStatus, Job, LogEntry, Manifest,
     Millis, ModuleRecord, ModuleStatus, ModuleVersion, NewExecution, NodeHeartbeat, Page,
@@ -318,6 +318,10 @@ pub trait Store: Send + Sync + 'static {
     /// The outbound requests of runs in `query`'s window, from the rollups: one row per
     /// module, host and point, ordered so.
     async fn usage_outbound(&self, query: &UsageQuery) -> Result<Vec<OutboundRow>, StoreError>;
+
+    /// Counts outbound requests made outside runs (by module routes) in the outbound
+    /// rollups, each `(module, minute, tallies)` added to its points in one commit.
+    async fn count_route_outbound(&self, requests: &[RouteOutbound]) -> Result<(), StoreError>;
 
     // ---- retention -------------------------------------------------------------------
 

@@ -23,7 +23,9 @@ use crate::domain::metrics::{
     rollup_start,
 };
 use crate::domain::retention::{Pruned, Retention};
-use crate::domain::usage::{OutboundTally, PERCENTILE_ERROR, ResponseClass, RunTotals, UsageQuery};
+use crate::domain::usage::{
+    OutboundTally, PERCENTILE_ERROR, ResponseClass, RouteOutbound, RunTotals, UsageQuery,
+};
 use crate::domain::{
     Capabilities, CodeApproval, Event, ExecutionResult, ExecutionStatus, Job, JobConfig, JobSpec,
     LogEntry, LogLevel, Manifest, Millis, ModuleStatus, NewExecution, NodeHeartbeat, PublisherKey,
@@ -3806,6 +3808,90 @@ async fn outbound_requests_are_counted_per_module_and_host_once(store: &dyn Stor
     );
 }
 
+async fn route_requests_add_to_their_modules_outbound_points(store: &dyn Store) {
+    let tally = |host: &str, statuses: &[u16]| {
+        let mut tally = OutboundTally::new(host);
+        for status in statuses {
+            tally.count(ResponseClass::Status(*status), 5, 100, Some(10.0));
+        }
+        tally
+    };
+    let minute = T0 - T0 % MINUTE_MS;
+    store
+        .count_route_outbound(&[
+            RouteOutbound {
+                module: "proxy".to_owned(),
+                minute,
+                tallies: vec![tally("api.example.com", &[200, 200, 500])],
+            },
+            RouteOutbound {
+                module: "proxy".to_owned(),
+                minute: minute + MINUTE_MS,
+                tallies: vec![
+                    tally("api.example.com", &[404]),
+                    tally("cdn.example.com", &[200]),
+                ],
+            },
+            RouteOutbound {
+                module: "other".to_owned(),
+                minute,
+                tallies: vec![tally("api.example.com", &[200])],
+            },
+        ])
+        .await
+        .unwrap();
+    // Counted again: added to, as a second flush of the same minute is.
+    store
+        .count_route_outbound(&[RouteOutbound {
+            module: "proxy".to_owned(),
+            minute,
+            tallies: vec![tally("api.example.com", &[302])],
+        }])
+        .await
+        .unwrap();
+    let proxy_to_api = |step, tier| UsageQuery {
+        from: 0,
+        to: T0 + DAY,
+        step,
+        tier,
+        module: Some("proxy".to_owned()),
+        job_id: None,
+        host: Some("api.example.com".to_owned()),
+        by_job: false,
+    };
+    let minutes = store
+        .usage_outbound(&proxy_to_api(Some(MINUTE_MS), MINUTE_MS))
+        .await
+        .unwrap();
+    let by_minute: Vec<(Option<i64>, i64)> =
+        minutes.iter().map(|r| (r.t, r.totals.requests)).collect();
+    assert_eq!(
+        by_minute,
+        [(Some(minute), 4), (Some(minute + MINUTE_MS), 1)]
+    );
+    for tier in [HOUR, DAY] {
+        let total = store
+            .usage_outbound(&proxy_to_api(None, tier))
+            .await
+            .unwrap();
+        assert_eq!(total.len(), 1, "{tier}");
+        let api = &total[0].totals;
+        assert_eq!(
+            (
+                api.requests,
+                api.responses_2xx,
+                api.responses_3xx,
+                api.responses_4xx,
+                api.responses_5xx
+            ),
+            (5, 2, 1, 1, 1),
+            "{tier}"
+        );
+        assert_eq!((api.bytes_sent, api.bytes_received), (25, 500));
+        assert_eq!(api.latency.count(), 5);
+    }
+}
+
 // ---- retention ---------------------------------------------------------------------------
 
 /// An execution id as one created at `at` would have.
@@ -4099,6 +4185,7 @@ macro_rules! every_behaviour {
                 a_job_keeps_its_own_days_or_only_its_newest,
                 usage_points_merge_into_coarser_steps_exactly,
                 outbound_requests_are_counted_per_module_and_host_once,
+                route_requests_add_to_their_modules_outbound_points,
                 #[ignore = "a measurement; run with --release -- --ignored --nocapture"]
                 hot_path_throughput_of_20000_executions,
             ]

@@ -39,7 +39,7 @@ use crate::domain::metrics::{
     rollup_start,
 };
 use crate::domain::retention::{PrunePlan, Pruned};
-use crate::domain::usage::{OutboundRow, UsageQuery, UsageRow};
+use crate::domain::usage::{OutboundRow, RouteOutbound, UsageQuery, UsageRow};
 use crate::domain::window::DAY;
 use crate::domain::{
     Event, Execution, ExecutionResult, ExecutionStatus, Job, LogEntry, Manifest, Millis,
@@ -459,6 +459,12 @@ impl<B: Backend> Store for B {
 
     async fn usage_outbound(&self, query: &UsageQuery) -> Result<Vec<OutboundRow>, StoreError> {
         usage::read_outbound::<B::Db>(&mut *read(self).await?, query).await
+    }
+
+    async fn count_route_outbound(&self, requests: &[RouteOutbound]) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        usage::count_route_outbound::<B::Db>(&mut tx, requests).await?;
+        tx.commit().await.map_err(db)
     }
 
     async fn prune_history(&self, plan: &PrunePlan, limit: u32) -> Result<Pruned, StoreError> {

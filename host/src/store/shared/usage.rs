@@ -19,7 +19,8 @@ use super::super::convert::int;
 use super::super::sql::{Columns, Run, Sql, push_arg};
 use super::{padded, padded_len};
 use crate::domain::usage::{
-    Histogram, OutboundRow, OutboundTally, RunTotals, UsageQuery, UsageRow, bucket_of,
+    Histogram, OutboundRow, OutboundTally, RouteOutbound, RunTotals, UsageQuery, UsageRow,
+    bucket_of,
 };
 use crate::domain::{ExecutionResult, LogEntry};
 
@@ -260,8 +261,57 @@ async fn count_outbound<DB: Sql>(
         .copied()
         .collect();
     let room = MAX_BINDS.saturating_sub(callers.len() * 4).max(11);
+    add_outbound::<DB>(conn, &calls, room, || with_done::<DB>(&callers, false)).await
+}
+
+/// Counts the requests of module routes in the outbound rollups. Each (module, minute)
+/// stands in for a run of its own in `done`, so the counting statements are the runs'.
+pub(crate) async fn count_route_outbound<DB: Sql>(
+    conn: &mut DB::Connection,
+    requests: &[RouteOutbound],
+) -> Result<(), StoreError> {
+    // Three binds a stand-in run, and its tallies after them.
+    for group in requests.chunks(MAX_BINDS / 2 / 3) {
+        let ids: Vec<String> = (0..group.len()).map(|i| i.to_string()).collect();
+        let calls: Vec<(&str, &OutboundTally)> = group
+            .iter()
+            .zip(&ids)
+            .flat_map(|(minute, id)| minute.tallies.iter().map(move |t| (id.as_str(), t)))
+            .collect();
+        let with_done = || {
+            let mut query = QueryBuilder::<DB>::new(format!(
+                "WITH {STEPS_CTE}, done (id, module, finished_at) AS (VALUES "
+            ));
+            for (i, (requests, id)) in group.iter().zip(&ids).enumerate() {
+                if i > 0 {
+                    query.push(", ");
+                }
+                push_row!(
+                    &mut query,
+                    id.as_str(),
+                    requests.module.as_str(),
+                    requests.minute
+                );
+            }
+            query.push(") ");
+            query
+        };
+        add_outbound::<DB>(conn, &calls, MAX_BINDS / 2, with_done).await?;
+    }
+    Ok(())
+}
+
+/// Adds `calls` (the id of a run in `done`, one tally of it) to `usage_outbound` and
+/// `usage_outbound_latency`, with `room` binds for the tallies of each statement and
+/// `with_done` starting each statement with `WITH usage_steps, ..., done`.
+async fn add_outbound<DB: Sql>(
+    conn: &mut DB::Connection,
+    calls: &[(&str, &OutboundTally)],
+    room: usize,
+    with_done: impl Fn() -> QueryBuilder<DB>,
+) -> Result<(), StoreError> {
     for part in calls.chunks(room / 11) {
-        let mut query = with_done::<DB>(&callers, false);
+        let mut query = with_done();
         query.push(
             ", calls (id, host, requests, responses_2xx, responses_3xx, responses_4xx, \
                  responses_5xx, errors, denied, bytes_sent, bytes_received) AS (VALUES ",
@@ -297,7 +347,7 @@ async fn count_outbound<DB: Sql>(
         })
         .collect();
     for part in latency.chunks(room / 4) {
-        let mut query = with_done::<DB>(&callers, false);
+        let mut query = with_done();
         query.push(", call_latency (id, host, bucket, count) AS (VALUES ");
         for (i, (id, host, bucket, count)) in part.iter().enumerate() {
             if i > 0 {
