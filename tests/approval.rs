@@ -7,6 +7,12 @@
 
 #[path = "support/guests.rs"]
 mod guests;
+#[allow(
+    dead_code,
+    reason = "shared with other test binaries, each of which uses a different part of it"
+)]
+#[path = "support/outbound.rs"]
+mod outbound;
 #[path = "support/peers.rs"]
 mod peers;
 #[allow(
@@ -23,7 +29,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use server::{Reply, Server, ServerOptions};
+use outbound::HttpClientSetup;
+use server::{Reply, Server};
 
 const OPERATOR_PASSWORD: &str = "operator password 1";
 const VIEWER_PASSWORD: &str = "viewer password 12";
@@ -388,17 +395,15 @@ fn a_version_signed_by_a_pinned_key_keeps_the_approval_unless_it_asks_for_more()
 
 #[test]
 fn an_admin_narrows_or_extends_the_outbound_hosts_a_module_may_reach() {
-    let (port, served) = peers::hello_server();
-    let local = format!("127.0.0.1:{port}");
-    let server = Server::start_with(ServerOptions {
-        env: vec![("RUNCELL_OUTBOUND_ALLOW".into(), "127.0.0.1".into())],
-        ..ServerOptions::default()
-    });
-    let client = std::fs::read(guests::guest("http-client")).unwrap();
-    let installed = server.post_bytes("/api/v1/modules", "application/wasm", &client);
-    assert_eq!(installed.status, 201, "{}", installed.body);
+    let HttpClientSetup {
+        server,
+        local,
+        served,
+        installed,
+        ..
+    } = outbound::http_client_beside_a_hello_server();
     assert_eq!(
-        installed.body["awaitingApproval"],
+        installed["awaitingApproval"],
         json!(["outbound host `api.example.com`", "HTTP routes"])
     );
     let job = server.create_job(&json!({
@@ -485,7 +490,7 @@ fn an_admin_narrows_or_extends_the_outbound_hosts_a_module_may_reach() {
     let upgraded = server.post_bytes(
         "/api/v1/modules",
         "application/wasm",
-        &new_code(&client, "v2"),
+        &new_code(&guests::guest_bytes("http-client"), "v2"),
     );
     assert_eq!(upgraded.status, 201, "{}", upgraded.body);
     assert_eq!(

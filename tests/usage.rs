@@ -4,6 +4,12 @@
 
 #[path = "support/guests.rs"]
 mod guests;
+#[allow(
+    dead_code,
+    reason = "shared with other test binaries, each of which uses a different part of it"
+)]
+#[path = "support/outbound.rs"]
+mod outbound;
 #[path = "support/peers.rs"]
 mod peers;
 #[allow(
@@ -18,6 +24,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use outbound::HttpClientSetup;
 use server::{Server, ServerOptions, is_final};
 
 const RUN: Duration = Duration::from_secs(30);
@@ -213,15 +220,13 @@ fn outbound_totals(server: &Server, module: &str) -> HashMap<String, i64> {
 
 #[test]
 fn outbound_requests_of_runs_and_routes_are_counted_per_host_by_class() {
-    let (port, served) = peers::hello_server();
-    let local = format!("127.0.0.1:{port}");
-    let server = Server::start_with(ServerOptions {
-        env: vec![("RUNCELL_OUTBOUND_ALLOW".into(), "127.0.0.1".into())],
-        ..ServerOptions::default()
-    });
-    let client = std::fs::read(guests::guest("http-client")).unwrap();
-    let installed = server.post_bytes("/api/v1/modules", "application/wasm", &client);
-    assert_eq!(installed.status, 201, "{}", installed.body);
+    let HttpClientSetup {
+        server,
+        port,
+        local,
+        served,
+        ..
+    } = outbound::http_client_beside_a_hello_server();
     let approved = server.post_json(
         "/api/v1/modules/http-client/capabilities/approve",
         &json!({"outboundHosts": [local]}),

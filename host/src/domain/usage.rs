@@ -223,6 +223,25 @@ pub struct RunTotals {
     pub durations: Histogram,
 }
 
+impl RunTotals {
+    /// Adds `other`'s runs to these.
+    pub(crate) fn merge(&mut self, other: &RunTotals) {
+        self.runs += other.runs;
+        self.completed += other.completed;
+        self.failed += other.failed;
+        self.timed_out += other.timed_out;
+        self.cancelled += other.cancelled;
+        self.duration_ms_sum += other.duration_ms_sum;
+        self.duration_ms_max = self.duration_ms_max.max(other.duration_ms_max);
+        self.cpu_time_ms += other.cpu_time_ms;
+        self.fuel_consumed += other.fuel_consumed;
+        self.memory_peak_bytes = self.memory_peak_bytes.max(other.memory_peak_bytes);
+        self.log_bytes += other.log_bytes;
+        self.outbound_requests += other.outbound_requests;
+        self.durations.merge(&other.durations);
+    }
+}
+
 /// The runs of one group (a module, or a job of it) at one point (or in total).
 #[derive(Debug, Clone, PartialEq)]
 pub struct UsageRow {

@@ -111,24 +111,6 @@ fn segments(from: Millis, to: Millis) -> Vec<(Millis, Millis, Millis)> {
     segments
 }
 
-impl RunTotals {
-    fn merge(&mut self, other: &RunTotals) {
-        self.runs += other.runs;
-        self.completed += other.completed;
-        self.failed += other.failed;
-        self.timed_out += other.timed_out;
-        self.cancelled += other.cancelled;
-        self.duration_ms_sum += other.duration_ms_sum;
-        self.duration_ms_max = self.duration_ms_max.max(other.duration_ms_max);
-        self.cpu_time_ms += other.cpu_time_ms;
-        self.fuel_consumed += other.fuel_consumed;
-        self.memory_peak_bytes = self.memory_peak_bytes.max(other.memory_peak_bytes);
-        self.log_bytes += other.log_bytes;
-        self.outbound_requests += other.outbound_requests;
-        self.durations.merge(&other.durations);
-    }
-}
-
 impl Services {
     /// Runs over `window`, one series per module (or job), every point present.
     pub(crate) async fn usage_series(

@@ -361,10 +361,14 @@ async fn add_outbound<DB: Sql>(
     Ok(())
 }
 
-/// Pushes `SELECT` and the point a rollup row belongs to (its `t` cut to the query's
-/// step), or `0` for one total.
+/// Pushes `SELECT` and the point a rollup row belongs to: its `t` when points are the
+/// rollups' own (the common case, and the one that reads in primary-key order with no
+/// sort), `t` cut to the query's step, or `0` for one total.
 fn push_point<DB: Sql>(query: &mut QueryBuilder<DB>, usage: &UsageQuery) {
     match usage.step {
+        Some(step) if step == usage.tier => {
+            query.push("SELECT t");
+        }
         Some(step) => {
             query.push("SELECT t - t % ");
             push_arg(query, step);
@@ -408,19 +412,22 @@ fn push_filters<DB: Sql>(
 type RunKey = (i64, String, Option<String>);
 
 /// The runs of `usage`, one row per group and point, ordered by group then point.
+///
+/// The database sums per job and point, in the order of the rollups' primary key
+/// (step, t, job), which needs no sort when points are the rollups' own; the rows of a
+/// module's jobs are added together here. A point's histogram comes back as one text,
+/// `bucket:count,...`, of its rows unsummed (a bucket repeats when a point spans several
+/// rollups, and is added up when read): a month of hours of a few jobs is thousands of
+/// points but tens of thousands of bucket rows, and rows, not bytes, are what reading
+/// costs.
 pub(crate) async fn read_runs<DB: Sql>(
     conn: &mut DB::Connection,
     usage: &UsageQuery,
 ) -> Result<Vec<UsageRow>, StoreError> {
-    let group = if usage.by_job {
-        "module, job_id"
-    } else {
-        "module"
-    };
     let mut query = QueryBuilder::<DB>::new("");
     push_point(&mut query, usage);
-    query.push(format!(
-        "{group}, {job}, \
+    query.push(
+        "job_id, MIN(module) AS module, MIN(job) AS job, \
          CAST(SUM(runs) AS BIGINT) AS runs, CAST(SUM(completed) AS BIGINT) AS completed, \
          CAST(SUM(failed) AS BIGINT) AS failed, \
          CAST(SUM(timed_out) AS BIGINT) AS timed_out, \
@@ -430,19 +437,18 @@ pub(crate) async fn read_runs<DB: Sql>(
          MAX(memory_peak_bytes) AS memory_peak_bytes, \
          CAST(SUM(log_bytes) AS BIGINT) AS log_bytes, \
          CAST(SUM(outbound_requests) AS BIGINT) AS outbound_requests",
-        job = if usage.by_job {
-            "MIN(job) AS job"
-        } else {
-            "NULL AS job_id, NULL AS job"
-        },
-    ));
+    );
     push_filters(&mut query, usage, "usage_runs", false);
-    query.push(format!(" GROUP BY 1, {group}"));
+    query.push(" GROUP BY 1, job_id");
+    let key = |point: i64, module: String, job_id: String| {
+        (point, module, usage.by_job.then_some(job_id))
+    };
     let mut rows: BTreeMap<RunKey, UsageRow> = BTreeMap::new();
     for row in query.build().persistent(false).all(&mut *conn).await? {
         let point: i64 = row.col("point")?;
         let module: String = row.col("module")?;
-        let job_id: Option<String> = row.col("job_id")?;
+        let job_id: String = row.col("job_id")?;
+        let job: String = row.col("job")?;
         let totals = RunTotals {
             runs: row.col("runs")?,
             completed: row.col("completed")?,
@@ -458,33 +464,29 @@ pub(crate) async fn read_runs<DB: Sql>(
             outbound_requests: row.col("outbound_requests")?,
             durations: Histogram::default(),
         };
-        rows.insert(
-            (point, module.clone(), job_id.clone()),
-            UsageRow {
-                t: usage.step.map(|_| point),
-                module,
-                job_id,
-                job: row.col("job")?,
-                totals,
-            },
-        );
+        let key = key(point, module, job_id);
+        match rows.get_mut(&key) {
+            Some(usage_row) => usage_row.totals.merge(&totals),
+            None => {
+                let usage_row = UsageRow {
+                    t: usage.step.map(|_| point),
+                    module: key.1.clone(),
+                    job_id: key.2.clone(),
+                    job: usage.by_job.then_some(job),
+                    totals,
+                };
+                rows.insert(key, usage_row);
+            }
+        }
     }
-    // A point's buckets come back as one text, `bucket:count,...`: a month of hours of
-    // a few jobs is thousands of points but tens of thousands of bucket rows, and rows,
-    // not bytes, are what reading costs.
-    let mut query = QueryBuilder::<DB>::new("SELECT point, module, job_id, ");
-    query.push(DB::BUCKET_LIST).push(" AS buckets FROM (");
+    let mut query = QueryBuilder::<DB>::new("");
     push_point(&mut query, usage);
-    query.push(format!(
-        "{group}, {job_id} bucket, CAST(SUM(count) AS BIGINT) AS count",
-        job_id = if usage.by_job { "" } else { "NULL AS job_id," },
-    ));
+    query.push("job_id, MIN(module) AS module, ");
+    query.push(DB::BUCKET_LIST).push(" AS buckets");
     push_filters(&mut query, usage, "usage_run_durations", false);
-    query.push(format!(
-        " GROUP BY 1, {group}, bucket) b GROUP BY point, module, job_id"
-    ));
+    query.push(" GROUP BY 1, job_id");
     for row in query.build().persistent(false).all(&mut *conn).await? {
-        let key: RunKey = (row.col("point")?, row.col("module")?, row.col("job_id")?);
+        let key = key(row.col("point")?, row.col("module")?, row.col("job_id")?);
         if let Some(usage_row) = rows.get_mut(&key) {
             add_buckets(&mut usage_row.totals.durations, row.col("buckets")?)?;
         }
@@ -554,12 +556,13 @@ pub(crate) async fn read_outbound<DB: Sql>(
             },
         );
     }
-    let mut query = QueryBuilder::<DB>::new("SELECT point, module, host, ");
-    query.push(DB::BUCKET_LIST).push(" AS buckets FROM (");
+    // As for runs' durations: each point's rows unsummed, in one text.
+    let mut query = QueryBuilder::<DB>::new("");
     push_point(&mut query, usage);
-    query.push("module, host, bucket, CAST(SUM(count) AS BIGINT) AS count");
+    query.push("module, host, ");
+    query.push(DB::BUCKET_LIST).push(" AS buckets");
     push_filters(&mut query, usage, "usage_outbound_latency", true);
-    query.push(" GROUP BY 1, module, host, bucket) b GROUP BY point, module, host");
+    query.push(" GROUP BY 1, module, host");
     for row in query.build().persistent(false).all(&mut *conn).await? {
         let key = (row.col("module")?, row.col("host")?, row.col("point")?);
         if let Some(outbound_row) = rows.get_mut(&key) {
