@@ -322,10 +322,15 @@ impl Params {
 
     /// `from`, `to` and `step`, as every time series takes them (see [`Window::parse`]).
     pub(crate) fn window(&self) -> Result<Window, ApiError> {
+        let request = WindowRequest {
+            from: self.text("from").map(str::to_owned),
+            to: self.text("to").map(str::to_owned),
+            step: self.text("step").map(str::to_owned),
+        };
         Window::parse(
-            self.text("from"),
-            self.text("to"),
-            self.text("step"),
+            request.from.as_deref(),
+            request.to.as_deref(),
+            request.step.as_deref(),
             crate::domain::now_millis(),
         )
         .map_err(|err| {
@@ -355,6 +360,24 @@ impl Params {
         }
         Ok(limit)
     }
+}
+
+/// The window of a time series, as [`Window::parse`] reads it: every series of the API
+/// takes these three alike.
+#[derive(Debug, Clone, PartialEq, Eq, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct WindowRequest {
+    /// Start: milliseconds since the Unix epoch or RFC 3339 (default: a day before `to`).
+    #[param(nullable = false)]
+    pub from: Option<String>,
+    /// End, exclusive: milliseconds since the Unix epoch or RFC 3339 (default: now).
+    #[param(nullable = false)]
+    pub to: Option<String>,
+    /// Whole minutes, hours or days (`1m`, `15m`, `1h`, `1d`); default: the smallest of
+    /// 1m, 5m, 15m, 1h, 3h, 6h, 12h, 1d, 7d giving at most 300 points. At most 10,000
+    /// points.
+    #[param(nullable = false)]
+    pub step: Option<String>,
 }
 
 /// One page of a listing: start after `cursor` (the `nextCursor` of the previous page),

@@ -10,7 +10,7 @@ use utoipa_axum::routes;
 
 use super::ApiState;
 use super::error::{ApiError, ErrorBody, ErrorCode};
-use super::extract::Params;
+use super::extract::{Params, WindowRequest};
 use super::openapi;
 use crate::domain::Millis;
 use crate::domain::metrics::{Aggregate, Labels, MetricSeries, parse_label_filter};
@@ -188,9 +188,7 @@ struct SeriesAnswer {
         ("name" = String, Path, description = "The metric's name."),
         ("module" = String, Query, description = "The module that records it."),
         ("label" = Option<Vec<String>>, Query, style = Form, explode, description = "Only series with this label, as `key:value` (split at the first `:`); repeat for several (`label=region:eu&label=env:prod`)."),
-        ("from" = Option<String>, Query, description = "Start: milliseconds since the Unix epoch or RFC 3339 (default: a day before `to`)."),
-        ("to" = Option<String>, Query, description = "End: milliseconds since the Unix epoch or RFC 3339 (default: now)."),
-        ("step" = Option<String>, Query, description = "Whole minutes, hours or days (`5m`, `1h`, `1d`); at most 10,000 points (default: at most 300 points)."),
+        WindowRequest,
         ("agg" = Option<Aggregate>, Query, description = "What a point says of its step's samples (default `avg`)."),
     ),
     responses(

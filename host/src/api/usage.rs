@@ -16,7 +16,7 @@ use utoipa_axum::routes;
 
 use super::ApiState;
 use super::error::{ApiError, ErrorBody, ErrorCode};
-use super::extract::Params;
+use super::extract::{Params, WindowRequest};
 use super::openapi;
 use crate::domain::usage::{Histogram, OutboundTally, RunTotals, UsageRow};
 use crate::domain::window::{DEFAULT_SPAN, MINUTE, format_step, parse_time, round_up};
@@ -168,9 +168,7 @@ fn filter(params: &Params) -> Result<UsageFilter, ApiError> {
     tag = TAG,
     operation_id = "getUsage",
     params(
-        ("from" = Option<String>, Query, description = "Start: milliseconds since the Unix epoch or RFC 3339 (default: a day before `to`)."),
-        ("to" = Option<String>, Query, description = "End, exclusive: milliseconds since the Unix epoch or RFC 3339 (default: now)."),
-        ("step" = Option<String>, Query, description = "Whole minutes, hours or days (`1m`, `15m`, `1h`, `1d`); default: the smallest of 1m, 5m, 15m, 1h, 3h, 6h, 12h, 1d, 7d giving at most 300 points. At most 10,000 points."),
+        WindowRequest,
         ("module" = Option<String>, Query, description = "Only this module."),
         ("jobId" = Option<String>, Query, description = "Only this job."),
         ("groupBy" = Option<String>, Query, description = "`module` (default) or `job`."),
@@ -523,9 +521,7 @@ struct OutboundPage {
     tag = TAG,
     operation_id = "getOutboundUsage",
     params(
-        ("from" = Option<String>, Query, description = "Start: milliseconds since the Unix epoch or RFC 3339 (default: a day before `to`)."),
-        ("to" = Option<String>, Query, description = "End, exclusive (default: now)."),
-        ("step" = Option<String>, Query, description = "As for `GET /usage`."),
+        WindowRequest,
         ("module" = Option<String>, Query, description = "Only this module."),
         ("host" = Option<String>, Query, description = "Only this host."),
     ),
