@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 
 use super::Millis;
-use super::window::{DAY, HOUR, MINUTE};
+use super::window::ROLLUP_STEPS;
 
 /// The longest metric name or label key, in bytes.
 pub(crate) const MAX_NAME_BYTES: usize = 128;
@@ -24,7 +24,7 @@ pub(crate) const MAX_LABELS: usize = 8;
 /// and 51 to 53 ms on PostgreSQL, against about 1 ms from hours (p99 3 to 7 ms),
 /// measured on the reference machine (`a_30_day_query_at_1h_steps_on_*` in
 /// `services::metrics`).
-pub(crate) const ROLLUP_WIDTHS: [Millis; 3] = [MINUTE, HOUR, DAY];
+pub(crate) const ROLLUP_WIDTHS: [Millis; 3] = ROLLUP_STEPS;
 
 /// Whether `name` may name a metric or a label: letters, digits, `_`, `.` and `:`, 1 to
 /// [`MAX_NAME_BYTES`] bytes.
@@ -138,15 +138,6 @@ impl Aggregate {
     }
 }
 
-/// The widest rollup width that divides `step`: the fewest rows that answer it exactly.
-pub(crate) fn rollup_width_for(step: Millis) -> Millis {
-    ROLLUP_WIDTHS
-        .into_iter()
-        .rev()
-        .find(|width| step % width == 0)
-        .unwrap_or(MINUTE)
-}
-
 /// The start of the rollup of width `width` that holds time `at`.
 pub(crate) fn rollup_start(at: Millis, width: Millis) -> Millis {
     at.div_euclid(width) * width
@@ -214,6 +205,7 @@ pub(crate) fn parse_label_filter(text: &str) -> Result<(String, String), String>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::window::{HOUR, MINUTE};
 
     #[test]
     fn labels_are_stored_in_one_order_whatever_the_order_recorded() {
@@ -245,13 +237,7 @@ mod tests {
     }
 
     #[test]
-    fn a_query_reads_the_widest_rollups_that_divide_its_step() {
-        assert_eq!(rollup_width_for(MINUTE), MINUTE);
-        assert_eq!(rollup_width_for(90 * MINUTE), MINUTE);
-        assert_eq!(rollup_width_for(HOUR), HOUR);
-        assert_eq!(rollup_width_for(6 * HOUR), HOUR);
-        assert_eq!(rollup_width_for(DAY), DAY);
-        assert_eq!(rollup_width_for(7 * DAY), DAY);
+    fn a_rollup_starts_at_a_multiple_of_its_width() {
         assert_eq!(rollup_start(-1, MINUTE), -MINUTE);
         assert_eq!(rollup_start(HOUR + 5, HOUR), HOUR);
     }

@@ -11,6 +11,20 @@ pub(crate) const HOUR: Millis = 60 * MINUTE;
 /// One day.
 pub(crate) const DAY: Millis = 24 * HOUR;
 
+/// The steps every series is kept at, finest first: usage rollups and module metrics'
+/// rollups alike. A question reads the coarsest that divides its step
+/// ([`rollup_step_for`]), so a month at one-hour steps reads hours, not minutes.
+pub(crate) const ROLLUP_STEPS: [Millis; 3] = [MINUTE, HOUR, DAY];
+
+/// The coarsest rollup step that divides `step`: the fewest rows that answer it exactly.
+pub(crate) fn rollup_step_for(step: Millis) -> Millis {
+    ROLLUP_STEPS
+        .into_iter()
+        .rev()
+        .find(|rollup| step % rollup == 0)
+        .unwrap_or(MINUTE)
+}
+
 /// The window when the client names none: the last day.
 pub(crate) const DEFAULT_SPAN: Millis = DAY;
 
@@ -194,6 +208,17 @@ mod tests {
     use super::*;
 
     const NOW: Millis = 1_796_000_000_000;
+
+    #[test]
+    fn a_step_reads_the_coarsest_rollup_that_divides_it() {
+        assert_eq!(rollup_step_for(MINUTE), MINUTE);
+        assert_eq!(rollup_step_for(15 * MINUTE), MINUTE);
+        assert_eq!(rollup_step_for(90 * MINUTE), MINUTE);
+        assert_eq!(rollup_step_for(HOUR), HOUR);
+        assert_eq!(rollup_step_for(6 * HOUR), HOUR);
+        assert_eq!(rollup_step_for(DAY), DAY);
+        assert_eq!(rollup_step_for(7 * DAY), DAY);
+    }
 
     #[test]
     fn the_default_is_the_last_day_in_at_most_300_points() {

@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 use super::ServiceError;
 use crate::domain::metrics::{
     Aggregate, Labels, MetricSeries, ModuleMetricsSummary, Rollup, SeriesAdmission, labels_text,
-    rollup_start, rollup_width_for,
+    rollup_start,
 };
-use crate::domain::window::{Window, format_step};
+use crate::domain::window::{Window, format_step, rollup_step_for};
 use crate::domain::{MetricSample, Millis};
 use crate::runtime::host::{BackendError, MetricsSink, Recorded};
 use crate::store::Store;
@@ -326,7 +326,7 @@ impl ModuleMetrics {
             })
             .collect();
         let window = query.window;
-        let width = rollup_width_for(window.step);
+        let width = rollup_step_for(window.step);
         check_cost(matching.len() as i64, &window, width)?;
         let ids: Vec<i64> = matching.iter().map(|s| s.id).collect();
         let rollups = self

@@ -15,7 +15,7 @@ use crate::domain::Millis;
 use crate::domain::usage::{
     OutboundRow, OutboundTally, RouteOutbound, RunTotals, UsageQuery, UsageRow,
 };
-use crate::domain::window::{DAY, HOUR, MINUTE, Window, round_up};
+use crate::domain::window::{DAY, HOUR, MINUTE, Window, rollup_step_for, round_up};
 
 /// What a usage question selects.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -49,7 +49,7 @@ impl UsageFilter {
             window.from,
             window.to,
             Some(window.step),
-            tier_of(window.step),
+            rollup_step_for(window.step),
         )
     }
 }
@@ -70,15 +70,6 @@ pub(crate) struct OutboundSeries {
     pub module: String,
     pub host: String,
     pub points: Vec<(Millis, OutboundTally)>,
-}
-
-/// The rollup step a series of `step` reads: the coarsest kept step that divides it.
-/// Points of days (and weeks) read day rows, of hours hour rows, the rest minute rows.
-fn tier_of(step: Millis) -> Millis {
-    [DAY, HOUR]
-        .into_iter()
-        .find(|tier| step % tier == 0)
-        .unwrap_or(MINUTE)
 }
 
 /// `[from, to)` (whole minutes) as the fewest rollup reads that cover it exactly: minute
@@ -266,16 +257,6 @@ fn dense_with<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_step_reads_the_coarsest_rollup_that_divides_it() {
-        assert_eq!(tier_of(MINUTE), MINUTE);
-        assert_eq!(tier_of(15 * MINUTE), MINUTE);
-        assert_eq!(tier_of(HOUR), HOUR);
-        assert_eq!(tier_of(6 * HOUR), HOUR);
-        assert_eq!(tier_of(DAY), DAY);
-        assert_eq!(tier_of(7 * DAY), DAY);
-    }
 
     #[test]
     fn a_window_is_covered_exactly_by_few_segments() {
