@@ -65,6 +65,11 @@ pub(super) struct ServerBenchArgs {
     /// `--database-url` and `--redis-url` (or DATABASE_URL and REDIS_URL).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
     nodes: u16,
+    /// Serve from this data directory, kept afterwards (e.g. one `bench history
+    /// --data-dir` filled, to see the hot path over a long history) [default: a
+    /// temporary directory, removed after]. One node only.
+    #[arg(long, conflicts_with = "nodes")]
+    data_dir: Option<PathBuf>,
     /// Extra arguments for `runcell serve` (e.g. `--database-url ...`), after `--`.
     #[arg(last = true)]
     serve_args: Vec<String>,
@@ -75,6 +80,8 @@ struct Server {
     base: String,
     agent: ureq::Agent,
     data_dir: PathBuf,
+    /// Whether the data directory is the bench's own, to remove at the end.
+    own_data_dir: bool,
     /// `Bearer <access token>` of the bench's admin.
     authorization: String,
 }
@@ -83,22 +90,65 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.data_dir);
+        if self.own_data_dir {
+            let _ = std::fs::remove_dir_all(&self.data_dir);
+        }
     }
 }
 
 type BenchResult<T> = Result<T, String>;
 
+/// Adds an admin named for this run to the deployment in `data_dir`, with `password`,
+/// through `runcell user add`; returns its name.
+fn add_admin(
+    exe: &std::path::Path,
+    data_dir: &std::path::Path,
+    password: &str,
+) -> BenchResult<String> {
+    let name = format!("bench-{}", now_ns());
+    let mut child = Command::new(exe)
+        .args([
+            "user",
+            "add",
+            &name,
+            "--role",
+            "admin",
+            "--password-stdin",
+            "--data-dir",
+        ])
+        .arg(data_dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot add the bench's admin: {e}"))?;
+    {
+        let mut stdin = child.stdin.take().ok_or("no stdin")?;
+        writeln!(stdin, "{password}").map_err(|e| e.to_string())?;
+    }
+    let status = child.wait().map_err(|e| e.to_string())?;
+    if !status.success() {
+        return Err(format!("`runcell user add` failed ({status})"));
+    }
+    Ok(name)
+}
+
 impl Server {
     /// Starts server number `index` of the run; the first creates the admin with
-    /// `admin_password`, the others find it in the shared database.
+    /// `admin_password`, the others find it in the shared database. In a data directory
+    /// given, which may have its users already, the bench adds an admin of its own.
     fn start(args: &ServerBenchArgs, index: u16, admin_password: &str) -> BenchResult<Self> {
-        let data_dir = std::env::temp_dir().join(format!(
-            "runcell-bench-server-{}-{}-{index}",
-            std::process::id(),
-            now_ns()
-        ));
+        let data_dir = args.data_dir.clone().unwrap_or_else(|| {
+            std::env::temp_dir().join(format!(
+                "runcell-bench-server-{}-{}-{index}",
+                std::process::id(),
+                now_ns()
+            ))
+        });
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let admin = match &args.data_dir {
+            Some(dir) => add_admin(&exe, dir, admin_password)?,
+            None => "admin".to_owned(),
+        };
         let mut command = Command::new(exe);
         command
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
@@ -138,11 +188,12 @@ impl Server {
             base,
             agent,
             data_dir,
+            own_data_dir: args.data_dir.is_none(),
             authorization: String::new(),
         };
         let session = server.post(
             "/auth/login",
-            &json!({"username": "admin", "password": admin_password}),
+            &json!({"username": admin, "password": admin_password}),
         )?;
         let token = session["accessToken"]
             .as_str()
