@@ -3,7 +3,9 @@
 
 mod approval;
 mod auth;
+pub(crate) mod conditions;
 mod config;
+pub(crate) mod endpoint;
 mod limits;
 mod manifest;
 pub(crate) mod metrics;

@@ -44,6 +44,7 @@ pub(crate) use execution::StartListener;
 pub use execution::{CancelToken, RunRequest};
 pub use host::HostServices;
 pub use host::http::{IpNetwork, OutboundSettings, OutboundTls};
+pub(crate) use host::http::{Probe, ProbeFailure, probe};
 pub(crate) use incoming::ServedRequest;
 pub(crate) use logs::LogObserver;
 pub use redact::Redactor;

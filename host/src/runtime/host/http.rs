@@ -18,9 +18,11 @@
 //! adds ([`OutboundTls`]); the certificate must be valid for the host the guest named.
 
 mod body;
+mod certificate;
 mod client;
 mod exchange;
 mod policy;
+mod probe;
 mod tls;
 
 use std::sync::Arc;
@@ -35,6 +37,7 @@ use crate::domain::{Grants, HostName};
 
 pub(crate) use policy::{Denial, OutboundPolicy};
 pub use policy::{IpNetwork, OutboundSettings};
+pub(crate) use probe::{Probe, ProbeFailure, probe};
 pub use tls::OutboundTls;
 
 use body::{MeteredBody, SentBody};

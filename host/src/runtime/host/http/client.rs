@@ -77,7 +77,7 @@ pub(super) async fn send(
 
 /// Sends `request` over HTTP/1.1 on `stream` (plain or TLS) and waits for the response
 /// head; the handshake counts against the connect deadline.
-async fn speak_http1<S>(
+pub(super) async fn speak_http1<S>(
     stream: S,
     mut request: http::Request<WasiBody>,
     options: Option<RequestOptions>,
@@ -149,7 +149,7 @@ fn shortest(operator: Duration, guest: Option<Duration>) -> Duration {
 
 /// Every address `host` stands for. An IP host is its own answer; a name is looked up
 /// once, here, and the connection only ever uses these answers.
-async fn resolve(host: &HostName, port: u16) -> Result<Vec<SocketAddr>, Error> {
+pub(super) async fn resolve(host: &HostName, port: u16) -> Result<Vec<SocketAddr>, Error> {
     let name = match host {
         HostName::Ip(ip) => return Ok(vec![SocketAddr::new(*ip, port)]),
         HostName::Domain(name) => name,
@@ -169,7 +169,7 @@ async fn resolve(host: &HostName, port: u16) -> Result<Vec<SocketAddr>, Error> {
 }
 
 /// Connects to the first address that answers, in the resolver's order.
-async fn connect(addrs: &[SocketAddr]) -> Result<TcpStream, Error> {
+pub(super) async fn connect(addrs: &[SocketAddr]) -> Result<TcpStream, Error> {
     let mut last = None;
     for &addr in addrs {
         match TcpStream::connect(addr).await {
