@@ -1,6 +1,6 @@
 //! The composition root: the only code that sees every part. Builds the store, queue,
-//! runtime and services from a [`ServeConfig`], starts the workers, scheduler and
-//! reconciler, serves the API, and shuts everything down in order.
+//! runtime and services from a [`ServeConfig`], starts the workers, scheduler, endpoint
+//! checker and reconciler, serves the API, and shuts everything down in order.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -57,6 +57,8 @@ pub(crate) struct ServeConfig {
     /// How long history is kept, and how often it is pruned.
     pub retention: crate::domain::retention::Retention,
     pub prune_every: Duration,
+    /// The shortest interval an endpoint monitor may be checked at.
+    pub endpoint_min_interval: Duration,
 }
 
 /// Where the key that seals jobs' secret settings comes from: base64 of 32 bytes.
@@ -259,6 +261,7 @@ pub(crate) async fn serve(config: ServeConfig) -> Result<(), StartError> {
         ServiceSettings {
             routes: config.routes.clone(),
             event_triggers_per_minute: config.event_triggers_per_minute,
+            endpoint_min_interval: config.endpoint_min_interval,
             ..ServiceSettings::default()
         },
     )?;
@@ -320,6 +323,11 @@ pub(crate) async fn serve(config: ServeConfig) -> Result<(), StartError> {
     let pool = WorkerPool::start(services.clone(), worker_settings);
     let (stop, stop_rx) = watch::channel(false);
     let scheduler = tokio::spawn(crate::scheduler::run(
+        services.clone(),
+        node_id.clone(),
+        stop_rx.clone(),
+    ));
+    let monitor = tokio::spawn(crate::monitor::run(
         services.clone(),
         node_id.clone(),
         stop_rx.clone(),
@@ -413,6 +421,7 @@ pub(crate) async fn serve(config: ServeConfig) -> Result<(), StartError> {
     tracing::info!("shutting down: finishing running executions");
     let _ = stop.send(true);
     let _ = scheduler.await;
+    let _ = monitor.await;
     let _ = reconciler.await;
     let _ = pruner.await;
     let _ = route_outbound.await;

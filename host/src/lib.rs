@@ -9,6 +9,7 @@ mod api;
 mod app;
 pub mod cli;
 mod domain;
+mod monitor;
 mod queue;
 mod reconciler;
 #[cfg(test)]

@@ -73,6 +73,13 @@ pub(super) fn required(method: &Method, route: &str) -> Option<Access> {
         ("GET", "/metrics") => R(Viewer),
 
         ("GET", "/api/v1/metrics" | "/api/v1/metrics/{name}/series") => R(Viewer),
+
+        (
+            "GET",
+            "/api/v1/endpoints" | "/api/v1/endpoints/{id}" | "/api/v1/endpoints/{id}/checks",
+        ) => R(Viewer),
+        ("POST", "/api/v1/endpoints") => R(Operator),
+        ("PATCH" | "DELETE", "/api/v1/endpoints/{id}") => R(Operator),
         _ => return None,
     };
     Some(access)

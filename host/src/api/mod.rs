@@ -29,6 +29,10 @@
 //! | `GET /api/v1/usage/outbound?from=&to=&step=&module=&host=` | 200 `{from, to, step, series}` |
 //! | `GET /api/v1/metrics[?module=]` | 200 `{items}` |
 //! | `GET /api/v1/metrics/{name}/series?module=&label=&from=&to=&step=&agg=` | 200 `{series}` |
+//! | `POST /api/v1/endpoints` | 201 endpoint with `uptime`, `lastCheck`, `consumption` |
+//! | `GET /api/v1/endpoints?cursor=&limit=` | 200 `{items, nextCursor}` |
+//! | `GET`, `PATCH`, `DELETE /api/v1/endpoints/{id}` | 200 endpoint (with health), 200 endpoint, 204 |
+//! | `GET /api/v1/endpoints/{id}/checks?from=&to=&cursor=&limit=` | 200 `{items, nextCursor}` |
 //! | `GET /healthz` | 200 `{status: "ok"}` |
 //! | `GET /readyz` | 200 `{status: "ready", checks}`, or 503 `not_ready` |
 //! | `GET /metrics` | 200 this node's metrics, OpenMetrics text (see [`metrics`]) |
@@ -47,6 +51,7 @@ mod access;
 #[cfg(test)]
 mod access_tests;
 mod auth;
+mod endpoints;
 pub(crate) mod error;
 mod events;
 mod executions;
@@ -214,7 +219,8 @@ fn api_routes(max_module_bytes: usize) -> OpenApiRouter<ApiState> {
         .merge(auth::routes())
         .merge(nodes::routes())
         .merge(usage::routes())
-        .merge(module_metrics::routes());
+        .merge(module_metrics::routes())
+        .merge(endpoints::routes());
     OpenApiRouter::with_openapi(openapi::frame())
         .merge(probes::routes())
         .merge(metrics::routes())

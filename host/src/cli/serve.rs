@@ -130,6 +130,14 @@ pub(super) struct ServeArgs {
     /// How long usage points of one day are kept.
     #[arg(long, env = "RUNCELL_RETAIN_USAGE_DAYS", default_value = "1095d", value_parser = humantime::parse_duration)]
     retain_usage_days: Duration,
+    /// How long endpoint monitors' checks are kept, from when they were due.
+    #[arg(long, env = "RUNCELL_RETAIN_CHECKS", default_value = "30d", value_parser = humantime::parse_duration)]
+    retain_checks: Duration,
+    /// The shortest interval an endpoint monitor may be checked at. Each check is a
+    /// request to someone's server from this deployment: ten seconds keeps a monitor from
+    /// turning into a load generator. Lower it for a lab or a test deployment.
+    #[arg(long, env = "RUNCELL_ENDPOINT_MIN_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
+    endpoint_min_interval: Duration,
     /// How often expired history is pruned (by one node of a deployment at a time).
     #[arg(long, env = "RUNCELL_PRUNE_EVERY", default_value = "1m", value_parser = humantime::parse_duration)]
     prune_every: Duration,
@@ -152,6 +160,10 @@ pub(super) fn run(args: ServeArgs) -> ExitStatus {
     let cpu_guests = args.cpu_guests.unwrap_or_else(default_cpu_guests);
     if cpu_guests == 0 {
         eprintln!("error: --cpu-guests must be at least 1");
+        return ExitStatus::Usage;
+    }
+    if args.endpoint_min_interval < Duration::from_secs(1) {
+        eprintln!("error: --endpoint-min-interval must be at least 1s");
         return ExitStatus::Usage;
     }
     if args.prune_every.is_zero() {
@@ -218,7 +230,9 @@ pub(super) fn run(args: ServeArgs) -> ExitStatus {
             usage_minutes: args.retain_usage_minutes,
             usage_hours: args.retain_usage_hours,
             usage_days: args.retain_usage_days,
+            endpoint_checks: args.retain_checks,
         },
+        endpoint_min_interval: args.endpoint_min_interval,
         prune_every: args.prune_every,
         secret_key: match (args.secret_key, args.secret_key_file) {
             (Some(key), _) => SecretKeySource::Value(key),

@@ -19,12 +19,15 @@ pub(crate) struct Retention {
     pub usage_minutes: Duration,
     pub usage_hours: Duration,
     pub usage_days: Duration,
+    /// Endpoint monitors' checks, counted from when they were due.
+    pub endpoint_checks: Duration,
 }
 
 impl Default for Retention {
     /// A month of executions and logs (a job every 5 s is 518,400 rows; a dashboard's
     /// questions are about days, not months); minute points for two days (what a
-    /// minute chart shows), hour points for a quarter, day points for three years.
+    /// minute chart shows), hour points for a quarter, day points for three years; a
+    /// month of endpoint checks (the longest uptime an endpoint shows is 30 days).
     fn default() -> Self {
         Self {
             executions: Duration::from_secs(30 * 86_400),
@@ -32,6 +35,7 @@ impl Default for Retention {
             usage_minutes: Duration::from_secs(2 * 86_400),
             usage_hours: Duration::from_secs(90 * 86_400),
             usage_days: Duration::from_secs(3 * 365 * 86_400),
+            endpoint_checks: Duration::from_secs(30 * 86_400),
         }
     }
 }
@@ -50,6 +54,8 @@ pub struct PrunePlan {
     pub logs_before: Millis,
     /// Usage rows of each step (`step_ms`, rows with `t` before this go).
     pub usage_before: [(Millis, Millis); 3],
+    /// Endpoint checks due before this go.
+    pub checks_before: Millis,
 }
 
 impl Retention {
@@ -65,6 +71,7 @@ impl Retention {
                 (HOUR, before(self.usage_hours)),
                 (DAY, before(self.usage_days)),
             ],
+            checks_before: before(self.endpoint_checks),
         }
     }
 }
@@ -89,6 +96,7 @@ pub struct Pruned {
     pub log_lines: u64,
     pub usage_rows: u64,
     pub inputs: u64,
+    pub endpoint_checks: u64,
 }
 
 impl Pruned {
@@ -97,6 +105,7 @@ impl Pruned {
         self.log_lines += other.log_lines;
         self.usage_rows += other.usage_rows;
         self.inputs += other.inputs;
+        self.endpoint_checks += other.endpoint_checks;
     }
 
     pub(crate) fn is_empty(&self) -> bool {

@@ -150,10 +150,12 @@ pub struct JobPatch {
 }
 
 /// Tells "absent" (outer `None`) from "null" (`Some(None)`).
-mod double_option {
+pub(super) mod double_option {
     use serde::{Deserialize, Deserializer};
 
-    pub(super) fn deserialize<'de, T, D>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+    pub(in crate::services) fn deserialize<'de, T, D>(
+        deserializer: D,
+    ) -> Result<Option<Option<T>>, D::Error>
     where
         T: Deserialize<'de>,
         D: Deserializer<'de>,

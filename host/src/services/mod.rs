@@ -4,6 +4,7 @@
 
 pub(crate) mod auth;
 mod backends;
+pub(crate) mod endpoints;
 mod events;
 mod executions;
 pub(crate) mod job_config;
@@ -176,6 +177,8 @@ pub struct ServiceSettings {
     pub routes: RouteSettings,
     /// How many times a minute events may start each job on this node.
     pub event_triggers_per_minute: u32,
+    /// The shortest interval an endpoint monitor may be checked at.
+    pub endpoint_min_interval: std::time::Duration,
 }
 
 impl Default for ServiceSettings {
@@ -188,6 +191,7 @@ impl Default for ServiceSettings {
             idempotency_ttl: std::time::Duration::from_secs(24 * 60 * 60),
             routes: RouteSettings::default(),
             event_triggers_per_minute: 600,
+            endpoint_min_interval: std::time::Duration::from_secs(10),
         }
     }
 }
@@ -214,6 +218,8 @@ pub struct Services {
     /// Seals and opens jobs' secret settings; `None` on a node given no key (distributed
     /// without `RUNCELL_SECRET_KEY`), where secrets can be neither set nor read.
     pub secrets: Option<SecretBox>,
+    /// The operator's outbound rules, which endpoint checks obey as modules' requests do.
+    pub outbound: Arc<OutboundSettings>,
     /// This node's metrics: whoever does something `/metrics` counts records it here.
     pub(crate) telemetry: Telemetry,
 }
@@ -256,6 +262,7 @@ impl Services {
             settings.event_triggers_per_minute,
         );
         let metrics = Arc::new(metrics::ModuleMetrics::new(store.clone()));
+        let outbound_rules = Arc::new(outbound.clone());
         let host = HostServices {
             kv: Arc::new(StoreKeyValue(store.clone())),
             events: Arc::new(StoreEventSink(events.clone())),
@@ -291,6 +298,7 @@ impl Services {
             metrics,
             settings: Arc::new(settings),
             secrets: None,
+            outbound: outbound_rules,
             telemetry: Telemetry::new(),
         })
     }

@@ -84,6 +84,7 @@ pub(crate) async fn run(
                 log_lines = pruned.log_lines,
                 usage_rows = pruned.usage_rows,
                 inputs = pruned.inputs,
+                endpoint_checks = pruned.endpoint_checks,
                 "pruned expired history"
             ),
             Ok(_) => {}

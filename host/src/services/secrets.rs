@@ -1,7 +1,8 @@
-//! Secret job configuration at rest: AES-256-GCM under a key the database never holds
-//! (from the configuration, or a file in the data directory). Each sealed value is bound
-//! to the job and key it belongs to (associated data), so a ciphertext copied onto
-//! another job's row, or under another key, does not open.
+//! Secret job configuration and endpoint headers at rest: AES-256-GCM under a key the
+//! database never holds (from the configuration, or a file in the data directory). Each
+//! sealed value is bound to the job and key, or the endpoint and header, it belongs to
+//! (associated data), so a ciphertext copied onto another row, or under another name,
+//! does not open.
 
 use aes_gcm::aead::{Aead, Generate, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
@@ -37,9 +38,15 @@ pub enum SecretError {
     DoesNotOpen,
 }
 
-/// What a sealed value is bound to.
+/// What a job's sealed setting is bound to.
 fn associated_data(job_id: &str, key: &str) -> Vec<u8> {
     format!("runcell:job-config:{job_id}:{key}").into_bytes()
+}
+
+/// What an endpoint's sealed header is bound to: never the same text as a job's, so a
+/// value cannot be moved between the two either.
+fn header_binding(endpoint_id: &str, header: &str) -> Vec<u8> {
+    format!("runcell:endpoint-header:{endpoint_id}:{header}").into_bytes()
 }
 
 impl SecretBox {
@@ -63,15 +70,36 @@ impl SecretBox {
     }
 
     pub fn seal(&self, job_id: &str, key: &str, plaintext: &str) -> String {
+        self.seal_bound(&associated_data(job_id, key), plaintext)
+    }
+
+    pub fn open(&self, job_id: &str, key: &str, sealed: &str) -> Result<String, SecretError> {
+        self.open_bound(&associated_data(job_id, key), sealed)
+    }
+
+    /// Seals the value of header `header` of endpoint `endpoint_id`.
+    pub fn seal_header(&self, endpoint_id: &str, header: &str, plaintext: &str) -> String {
+        self.seal_bound(&header_binding(endpoint_id, header), plaintext)
+    }
+
+    pub fn open_header(
+        &self,
+        endpoint_id: &str,
+        header: &str,
+        sealed: &str,
+    ) -> Result<String, SecretError> {
+        self.open_bound(&header_binding(endpoint_id, header), sealed)
+    }
+
+    fn seal_bound(&self, aad: &[u8], plaintext: &str) -> String {
         let nonce = Nonce::generate();
-        let aad = associated_data(job_id, key);
         let ciphertext = self
             .cipher
             .encrypt(
                 &nonce,
                 Payload {
                     msg: plaintext.as_bytes(),
-                    aad: &aad,
+                    aad,
                 },
             )
             .expect("AES-GCM encryption of an in-memory value cannot fail");
@@ -80,7 +108,7 @@ impl SecretBox {
         format!("{FORMAT}{}", STANDARD_NO_PAD.encode(sealed))
     }
 
-    pub fn open(&self, job_id: &str, key: &str, sealed: &str) -> Result<String, SecretError> {
+    fn open_bound(&self, aad: &[u8], sealed: &str) -> Result<String, SecretError> {
         let bytes = sealed
             .strip_prefix(FORMAT)
             .and_then(|body| STANDARD_NO_PAD.decode(body).ok())
@@ -88,14 +116,13 @@ impl SecretBox {
             .ok_or(SecretError::DoesNotOpen)?;
         let (nonce, ciphertext) = bytes.split_at(NONCE_BYTES);
         let nonce = Nonce::try_from(nonce).map_err(|_| SecretError::DoesNotOpen)?;
-        let aad = associated_data(job_id, key);
         let plaintext = self
             .cipher
             .decrypt(
                 &nonce,
                 Payload {
                     msg: ciphertext,
-                    aad: &aad,
+                    aad,
                 },
             )
             .map_err(|_| SecretError::DoesNotOpen)?;
@@ -146,6 +173,24 @@ mod tests {
             sealer().open("job-1", "k", &tampered),
             Err(SecretError::DoesNotOpen)
         );
+    }
+
+    #[test]
+    fn a_sealed_header_opens_for_its_endpoint_and_header_only_never_as_a_job_setting() {
+        let sealed = sealer().seal_header("ep-1", "authorization", "Bearer t0ken");
+        assert_eq!(
+            sealer()
+                .open_header("ep-1", "authorization", &sealed)
+                .unwrap(),
+            "Bearer t0ken"
+        );
+        assert!(
+            sealer()
+                .open_header("ep-2", "authorization", &sealed)
+                .is_err()
+        );
+        assert!(sealer().open_header("ep-1", "x-api-key", &sealed).is_err());
+        assert!(sealer().open("ep-1", "authorization", &sealed).is_err());
     }
 
     #[test]

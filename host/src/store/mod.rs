@@ -34,6 +34,7 @@ pub(crate) use auth::AuthStore;
 pub(crate) use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
+use crate::domain::endpoint::{Endpoint, EndpointCheck, UptimeCount};
 use crate::domain::metrics::{MetricSeries, ModuleMetricsSummary, Rollup, SeriesAdmission};
 use crate::domain::retention::{PrunePlan, Pruned};
 use crate::domain::usage::{OutboundRow, RouteOutbound, UsageQuery, UsageRow};
@@ -694,6 +695,68 @@ pub trait Store: Send + Sync + 'static {
         from: Millis,
         to: Millis,
     ) -> Result<Vec<(i64, Millis, Rollup)>, StoreError>;
+
+    // ---- endpoint monitors -----------------------------------------------------------
+
+    /// Creates an endpoint monitor; `Conflict` if the name is taken.
+    async fn insert_endpoint(&self, endpoint: &Endpoint) -> Result<(), StoreError>;
+
+    async fn get_endpoint(&self, id: &str) -> Result<Option<Endpoint>, StoreError>;
+
+    /// Endpoints ordered by creation, `limit` after the one with id `cursor`.
+    async fn list_endpoints(
+        &self,
+        cursor: Option<&str>,
+        limit: u32,
+    ) -> Result<Page<Endpoint>, StoreError>;
+
+    /// Replaces an endpoint's definition; `false` if it does not exist, `Conflict` if
+    /// renamed onto another endpoint's name.
+    async fn update_endpoint(&self, endpoint: &Endpoint) -> Result<bool, StoreError>;
+
+    /// Removes an endpoint and its checks; `false` if it did not exist.
+    async fn delete_endpoint(&self, id: &str) -> Result<bool, StoreError>;
+
+    /// Enabled endpoints whose next check is due at or before `now`, longest due first,
+    /// at most `limit`.
+    async fn due_endpoints(&self, now: Millis, limit: u32) -> Result<Vec<Endpoint>, StoreError>;
+
+    /// The checker's claim, fenced like [`Store::advance_schedules`]: for each `(id, due,
+    /// next)`, moves the endpoint's next check from `due` to `next` if it is still due
+    /// at `due` and enabled, all in one transaction, only while `holder` holds `lease`
+    /// with `token` unexpired at `now`. Returns the ids moved (each interval is claimed
+    /// once, so it is checked once), or `None`, moving nothing, without the lease.
+    async fn claim_endpoint_checks(
+        &self,
+        claims: &[(String, Millis, Millis)],
+        lease: &str,
+        holder: &str,
+        token: LeaseToken,
+        now: Millis,
+    ) -> Result<Option<Vec<String>>, StoreError>;
+
+    /// Records a check; `false`, writing nothing, when the endpoint already has one for
+    /// that due time or no longer exists.
+    async fn record_endpoint_check(&self, check: &EndpointCheck) -> Result<bool, StoreError>;
+
+    /// An endpoint's checks due in `[from, to)`, newest first, at most `limit`, before
+    /// the due time `cursor` (the `nextCursor` of the previous page).
+    async fn endpoint_checks(
+        &self,
+        endpoint_id: &str,
+        from: Millis,
+        to: Millis,
+        cursor: Option<Millis>,
+        limit: u32,
+    ) -> Result<Page<EndpointCheck>, StoreError>;
+
+    /// For each of `since`, how many of the endpoint's checks were due since then and
+    /// how many of them were up; in the order given.
+    async fn endpoint_uptime(
+        &self,
+        endpoint_id: &str,
+        since: &[Millis],
+    ) -> Result<Vec<UptimeCount>, StoreError>;
 
     // ---- nodes and leases ------------------------------------------------------------
 

@@ -9,6 +9,7 @@
 //! named on [`Sql`].
 
 mod auth;
+mod endpoints;
 mod retention;
 pub(crate) mod usage;
 
@@ -34,6 +35,7 @@ use super::{
     IdempotencyKey, LeaseToken, ManualOutcome, ManualRun, QueuedCount, Retry, Settled, Store,
     StoreError, VersionUpload, failpoint,
 };
+use crate::domain::endpoint::{Endpoint, EndpointCheck, UptimeCount};
 use crate::domain::metrics::{
     MetricSeries, ModuleMetricsSummary, ROLLUP_WIDTHS, Rollup, SeriesAdmission, labels_text,
     rollup_start,
@@ -1673,6 +1675,70 @@ impl<B: Backend> Store for B {
             }
         }
         Ok(rollups)
+    }
+
+    // ---- endpoint monitors -----------------------------------------------------------
+
+    async fn insert_endpoint(&self, endpoint: &Endpoint) -> Result<(), StoreError> {
+        endpoints::insert(self, endpoint).await
+    }
+
+    async fn get_endpoint(&self, id: &str) -> Result<Option<Endpoint>, StoreError> {
+        endpoints::get(self, id).await
+    }
+
+    async fn list_endpoints(
+        &self,
+        cursor: Option<&str>,
+        limit: u32,
+    ) -> Result<Page<Endpoint>, StoreError> {
+        endpoints::list(self, cursor, limit).await
+    }
+
+    async fn update_endpoint(&self, endpoint: &Endpoint) -> Result<bool, StoreError> {
+        endpoints::update(self, endpoint).await
+    }
+
+    async fn delete_endpoint(&self, id: &str) -> Result<bool, StoreError> {
+        endpoints::delete(self, id).await
+    }
+
+    async fn due_endpoints(&self, now: Millis, limit: u32) -> Result<Vec<Endpoint>, StoreError> {
+        endpoints::due(self, now, limit).await
+    }
+
+    async fn claim_endpoint_checks(
+        &self,
+        claims: &[(String, Millis, Millis)],
+        lease: &str,
+        holder: &str,
+        token: LeaseToken,
+        now: Millis,
+    ) -> Result<Option<Vec<String>>, StoreError> {
+        endpoints::claim(self, claims, lease, holder, token, now).await
+    }
+
+    async fn record_endpoint_check(&self, check: &EndpointCheck) -> Result<bool, StoreError> {
+        endpoints::record_check(self, check).await
+    }
+
+    async fn endpoint_checks(
+        &self,
+        endpoint_id: &str,
+        from: Millis,
+        to: Millis,
+        cursor: Option<Millis>,
+        limit: u32,
+    ) -> Result<Page<EndpointCheck>, StoreError> {
+        endpoints::checks(self, endpoint_id, from, to, cursor, limit).await
+    }
+
+    async fn endpoint_uptime(
+        &self,
+        endpoint_id: &str,
+        since: &[Millis],
+    ) -> Result<Vec<UptimeCount>, StoreError> {
+        endpoints::uptime(self, endpoint_id, since).await
     }
 
     // ---- nodes and leases ------------------------------------------------------------

@@ -1,6 +1,6 @@
 //! Pruning history, a batch at a time: final executions past their retention with their
-//! logs, log lines past theirs, usage rows past their step's, and stored inputs nothing
-//! refers to any more.
+//! logs, log lines past theirs, usage rows past their step's, stored inputs nothing
+//! refers to any more, and endpoint checks past theirs.
 //!
 //! Executions are found by their id, not by a time index: ids are UUID v7, ordered by
 //! creation, so "created before" is a range of the primary key (of `executions_by_job`
@@ -81,6 +81,7 @@ pub(crate) async fn prune<B: Backend>(
     // A metric series whose every point is gone frees its place under its module's bound.
     pruned.usage_rows += delete_empty_series(backend, plan.now - DAY, limit).await?;
     pruned.inputs += delete_unused_inputs(backend, plan.now - INPUT_GRACE, limit).await?;
+    pruned.endpoint_checks += super::endpoints::prune(backend, plan.checks_before, limit).await?;
     Ok(pruned)
 }
 
