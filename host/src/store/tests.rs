@@ -18,6 +18,7 @@ use super::{
     INLINE_INPUT_MAX, IdempotencyKey, LeaseToken, ManualOutcome, ManualRun, PostgresStore,
     QueuedCount, Retry, Settled, SqliteStore, Store, StoreError, VersionUpload, failpoints,
 };
+use crate::domain::endpoint::{Endpoint, EndpointCheck, UptimeCount};
 use crate::domain::metrics::{
     MetricRefusals, ModuleMetricsSummary, ROLLUP_WIDTHS, Rollup, SeriesAdmission, labels_text,
     rollup_start,
@@ -4061,6 +4062,244 @@ async fn a_job_keeps_its_own_days_or_only_its_newest(store: &dyn Store) {
     );
 }
 
+// ---- endpoint monitors ------------------------------------------------------------------
+
+fn endpoint(name: &str) -> Endpoint {
+    Endpoint {
+        id: new_id(),
+        name: name.to_owned(),
+        url: "https://status.example.com/health".to_owned(),
+        method: "GET".to_owned(),
+        headers: JobConfig::new(BTreeMap::from([
+            ("accept".to_owned(), Setting::Plain("application/json".to_owned())),
+            ("authorization".to_owned(), Setting::Sealed("v1:c2VhbGVk".to_owned())),
+        ])),
+        body: None,
+        interval_seconds: 30,
+        timeout_ms: 5_000,
+        conditions: vec!["status == 200".to_owned(), r#"body.status == "UP""#.to_owned()],
+        enabled: true,
+        next_check_at: Some(T0),
+        created_at: T0,
+        updated_at: T0,
+    }
+}
+
+fn check(endpoint_id: &str, due_at: Millis, up: bool) -> EndpointCheck {
+    EndpointCheck {
+        endpoint_id: endpoint_id.to_owned(),
+        due_at,
+        checked_at: due_at + 40,
+        up,
+        status_code: if up { Some(200) } else { Some(503) },
+        latency_ms: Some(38),
+        failed_condition: (!up).then(|| "status == 200".to_owned()),
+        error: None,
+        node_id: "node-a".to_owned(),
+    }
+}
+
+async fn an_endpoint_reads_back_as_written_and_its_name_is_taken_once(store: &dyn Store) {
+    let first = endpoint("api-health");
+    store.insert_endpoint(&first).await.unwrap();
+    assert_eq!(store.get_endpoint(&first.id).await.unwrap(), Some(first.clone()));
+    let taken = store.insert_endpoint(&endpoint("api-health")).await.unwrap_err();
+    assert!(
+        matches!(&taken, StoreError::Conflict(m) if m.contains("api-health")),
+        "{taken:?}"
+    );
+
+    let second = Endpoint {
+        body: Some(r#"{"probe": true}"#.to_owned()),
+        method: "POST".to_owned(),
+        enabled: false,
+        next_check_at: None,
+        ..endpoint("search")
+    };
+    store.insert_endpoint(&second).await.unwrap();
+    let page = store.list_endpoints(None, 1).await.unwrap();
+    assert_eq!(page.items, [first.clone()]);
+    let rest = store
+        .list_endpoints(page.next_cursor.as_deref(), 10)
+        .await
+        .unwrap();
+    assert_eq!((rest.items, rest.next_cursor), (vec![second.clone()], None));
+
+    let renamed = Endpoint {
+        name: "search".to_owned(),
+        ..first.clone()
+    };
+    assert!(matches!(
+        store.update_endpoint(&renamed).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let changed = Endpoint {
+        url: "http://10.0.0.5:8080/ready".to_owned(),
+        interval_seconds: 60,
+        conditions: Vec::new(),
+        updated_at: T0 + SECOND,
+        ..first.clone()
+    };
+    assert!(store.update_endpoint(&changed).await.unwrap());
+    assert_eq!(store.get_endpoint(&first.id).await.unwrap(), Some(changed));
+    assert!(!store.update_endpoint(&endpoint("missing")).await.unwrap());
+
+    store.record_endpoint_check(&check(&first.id, T0, true)).await.unwrap();
+    assert!(store.delete_endpoint(&first.id).await.unwrap());
+    assert!(!store.delete_endpoint(&first.id).await.unwrap());
+    assert_eq!(store.get_endpoint(&first.id).await.unwrap(), None);
+    let checks = store
+        .endpoint_checks(&first.id, 0, Millis::MAX, None, 10)
+        .await
+        .unwrap();
+    assert!(checks.items.is_empty(), "its checks went with it");
+    // A check finishing after its endpoint was deleted leaves nothing behind.
+    assert!(
+        !store
+            .record_endpoint_check(&check(&first.id, T0 + 30 * SECOND, true))
+            .await
+            .unwrap()
+    );
+}
+
+async fn an_interval_is_claimed_once_and_only_by_the_lease_holder(store: &dyn Store) {
+    const LEASE: &str = "endpoints";
+    let due = endpoint("due");
+    let later = Endpoint {
+        next_check_at: Some(T0 + 60 * SECOND),
+        ..endpoint("later")
+    };
+    let disabled = Endpoint {
+        enabled: false,
+        ..endpoint("disabled")
+    };
+    for one in [&due, &later, &disabled] {
+        store.insert_endpoint(one).await.unwrap();
+    }
+    let found: Vec<String> = store
+        .due_endpoints(T0, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    assert_eq!(found, ["due"]);
+
+    let stale = store.acquire_lease(LEASE, "node-a", T0, TTL).await.unwrap().unwrap();
+    let current = store
+        .acquire_lease(LEASE, "node-b", T0 + TTL, TTL)
+        .await
+        .unwrap()
+        .unwrap();
+    let now = T0 + TTL + 1;
+    let claim = [(due.id.clone(), T0, T0 + 30 * SECOND)];
+    // A node that lost the lease claims nothing.
+    assert_eq!(
+        store
+            .claim_endpoint_checks(&claim, LEASE, "node-a", stale, now)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .claim_endpoint_checks(&claim, LEASE, "node-b", current, now)
+            .await
+            .unwrap(),
+        Some(vec![due.id.clone()])
+    );
+    // The same interval again: already claimed, so nothing moves.
+    assert_eq!(
+        store
+            .claim_endpoint_checks(&claim, LEASE, "node-b", current, now)
+            .await
+            .unwrap(),
+        Some(Vec::new())
+    );
+    let moved = store.get_endpoint(&due.id).await.unwrap().unwrap();
+    assert_eq!(moved.next_check_at, Some(T0 + 30 * SECOND));
+    assert!(store.due_endpoints(now, 10).await.unwrap().is_empty());
+    let disabled_claim = [(disabled.id.clone(), T0, T0 + 30 * SECOND)];
+    assert_eq!(
+        store
+            .claim_endpoint_checks(&disabled_claim, LEASE, "node-b", current, now)
+            .await
+            .unwrap(),
+        Some(Vec::new())
+    );
+}
+
+async fn a_check_is_recorded_once_per_due_time_and_counted_in_uptime(store: &dyn Store) {
+    let watched = endpoint("watched");
+    store.insert_endpoint(&watched).await.unwrap();
+    let step = 30 * SECOND;
+    for i in 0..6 {
+        let up = i != 2 && i != 5;
+        assert!(
+            store
+                .record_endpoint_check(&check(&watched.id, T0 + i * step, up))
+                .await
+                .unwrap()
+        );
+    }
+    // A second node's check of the same interval is not recorded.
+    let twice = EndpointCheck {
+        node_id: "node-b".to_owned(),
+        ..check(&watched.id, T0 + step, false)
+    };
+    assert!(!store.record_endpoint_check(&twice).await.unwrap());
+
+    let page = store
+        .endpoint_checks(&watched.id, 0, Millis::MAX, None, 4)
+        .await
+        .unwrap();
+    let due: Vec<Millis> = page.items.iter().map(|c| c.due_at).collect();
+    assert_eq!(due, [T0 + 5 * step, T0 + 4 * step, T0 + 3 * step, T0 + 2 * step]);
+    assert_eq!(page.items[0], check(&watched.id, T0 + 5 * step, false));
+    let cursor: Millis = page.next_cursor.unwrap().parse().unwrap();
+    let rest = store
+        .endpoint_checks(&watched.id, 0, Millis::MAX, Some(cursor), 4)
+        .await
+        .unwrap();
+    let due: Vec<Millis> = rest.items.iter().map(|c| c.due_at).collect();
+    assert_eq!((due, rest.next_cursor), (vec![T0 + step, T0], None));
+    assert_eq!(rest.items[0].node_id, "node-a");
+    let window = store
+        .endpoint_checks(&watched.id, T0 + step, T0 + 3 * step, None, 10)
+        .await
+        .unwrap();
+    assert_eq!(window.items.len(), 2);
+
+    let uptime = store
+        .endpoint_uptime(&watched.id, &[T0 + 3 * step, T0, T0 + 10 * step])
+        .await
+        .unwrap();
+    assert_eq!(
+        uptime,
+        [
+            UptimeCount { checks: 3, up: 2 },
+            UptimeCount { checks: 6, up: 4 },
+            UptimeCount::default(),
+        ]
+    );
+}
+
+async fn endpoint_checks_past_their_retention_are_pruned(store: &dyn Store) {
+    let now = crate::domain::now_millis();
+    let watched = endpoint("pruned");
+    store.insert_endpoint(&watched).await.unwrap();
+    for due in [now - 40 * DAY, now - 31 * DAY, now - 29 * DAY, now - HOUR] {
+        store.record_endpoint_check(&check(&watched.id, due, true)).await.unwrap();
+    }
+    let pruned = prune_all(store, &Retention::default(), now).await;
+    assert_eq!(pruned.endpoint_checks, 2, "{pruned:?}");
+    let kept = store
+        .endpoint_checks(&watched.id, 0, Millis::MAX, None, 10)
+        .await
+        .unwrap();
+    assert_eq!(kept.items.len(), 2);
+}
+
 // ---- backends ------------------------------------------------------------------------
 
 /// Runs each listed behaviour against a fresh database from `$open`, which returns the
@@ -4186,6 +4425,10 @@ macro_rules! every_behaviour {
                 usage_points_merge_into_coarser_steps_exactly,
                 outbound_requests_are_counted_per_module_and_host_once,
                 route_requests_add_to_their_modules_outbound_points,
+                an_endpoint_reads_back_as_written_and_its_name_is_taken_once,
+                an_interval_is_claimed_once_and_only_by_the_lease_holder,
+                a_check_is_recorded_once_per_due_time_and_counted_in_uptime,
+                endpoint_checks_past_their_retention_are_pruned,
                 #[ignore = "a measurement; run with --release -- --ignored --nocapture"]
                 hot_path_throughput_of_20000_executions,
             ]
