@@ -4071,13 +4071,22 @@ fn endpoint(name: &str) -> Endpoint {
         url: "https://status.example.com/health".to_owned(),
         method: "GET".to_owned(),
         headers: JobConfig::new(BTreeMap::from([
-            ("accept".to_owned(), Setting::Plain("application/json".to_owned())),
-            ("authorization".to_owned(), Setting::Sealed("v1:c2VhbGVk".to_owned())),
+            (
+                "accept".to_owned(),
+                Setting::Plain("application/json".to_owned()),
+            ),
+            (
+                "authorization".to_owned(),
+                Setting::Sealed("v1:c2VhbGVk".to_owned()),
+            ),
         ])),
         body: None,
         interval_seconds: 30,
         timeout_ms: 5_000,
-        conditions: vec!["status == 200".to_owned(), r#"body.status == "UP""#.to_owned()],
+        conditions: vec![
+            "status == 200".to_owned(),
+            r#"body.status == "UP""#.to_owned(),
+        ],
         enabled: true,
         next_check_at: Some(T0),
         created_at: T0,
@@ -4102,8 +4111,14 @@ fn check(endpoint_id: &str, due_at: Millis, up: bool) -> EndpointCheck {
 async fn an_endpoint_reads_back_as_written_and_its_name_is_taken_once(store: &dyn Store) {
     let first = endpoint("api-health");
     store.insert_endpoint(&first).await.unwrap();
-    assert_eq!(store.get_endpoint(&first.id).await.unwrap(), Some(first.clone()));
-    let taken = store.insert_endpoint(&endpoint("api-health")).await.unwrap_err();
+    assert_eq!(
+        store.get_endpoint(&first.id).await.unwrap(),
+        Some(first.clone())
+    );
+    let taken = store
+        .insert_endpoint(&endpoint("api-health"))
+        .await
+        .unwrap_err();
     assert!(
         matches!(&taken, StoreError::Conflict(m) if m.contains("api-health")),
         "{taken:?}"
@@ -4144,7 +4159,10 @@ async fn an_endpoint_reads_back_as_written_and_its_name_is_taken_once(store: &dy
     assert_eq!(store.get_endpoint(&first.id).await.unwrap(), Some(changed));
     assert!(!store.update_endpoint(&endpoint("missing")).await.unwrap());
 
-    store.record_endpoint_check(&check(&first.id, T0, true)).await.unwrap();
+    store
+        .record_endpoint_check(&check(&first.id, T0, true))
+        .await
+        .unwrap();
     assert!(store.delete_endpoint(&first.id).await.unwrap());
     assert!(!store.delete_endpoint(&first.id).await.unwrap());
     assert_eq!(store.get_endpoint(&first.id).await.unwrap(), None);
@@ -4185,7 +4203,11 @@ async fn an_interval_is_claimed_once_and_only_by_the_lease_holder(store: &dyn St
         .collect();
     assert_eq!(found, ["due"]);
 
-    let stale = store.acquire_lease(LEASE, "node-a", T0, TTL).await.unwrap().unwrap();
+    let stale = store
+        .acquire_lease(LEASE, "node-a", T0, TTL)
+        .await
+        .unwrap()
+        .unwrap();
     let current = store
         .acquire_lease(LEASE, "node-b", T0 + TTL, TTL)
         .await
@@ -4254,7 +4276,10 @@ async fn a_check_is_recorded_once_per_due_time_and_counted_in_uptime(store: &dyn
         .await
         .unwrap();
     let due: Vec<Millis> = page.items.iter().map(|c| c.due_at).collect();
-    assert_eq!(due, [T0 + 5 * step, T0 + 4 * step, T0 + 3 * step, T0 + 2 * step]);
+    assert_eq!(
+        due,
+        [T0 + 5 * step, T0 + 4 * step, T0 + 3 * step, T0 + 2 * step]
+    );
     assert_eq!(page.items[0], check(&watched.id, T0 + 5 * step, false));
     let cursor: Millis = page.next_cursor.unwrap().parse().unwrap();
     let rest = store
@@ -4289,7 +4314,10 @@ async fn endpoint_checks_past_their_retention_are_pruned(store: &dyn Store) {
     let watched = endpoint("pruned");
     store.insert_endpoint(&watched).await.unwrap();
     for due in [now - 40 * DAY, now - 31 * DAY, now - 29 * DAY, now - HOUR] {
-        store.record_endpoint_check(&check(&watched.id, due, true)).await.unwrap();
+        store
+            .record_endpoint_check(&check(&watched.id, due, true))
+            .await
+            .unwrap();
     }
     let pruned = prune_all(store, &Retention::default(), now).await;
     assert_eq!(pruned.endpoint_checks, 2, "{pruned:?}");
