@@ -18,6 +18,9 @@ mod server;
 #[path = "support/distributed.rs"]
 mod distributed;
 
+#[path = "support/guests.rs"]
+mod guests;
+
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -203,6 +206,9 @@ fn await_check(server: &Server, id: &str, since: i64, wanted: impl Fn(&Value) ->
     found.unwrap()
 }
 
+/// What a check must show.
+type Expectation = dyn Fn(&Value) -> bool;
+
 #[test]
 fn an_endpoint_goes_down_when_its_server_fails_and_up_again() {
     let server = local_server();
@@ -250,7 +256,7 @@ fn an_endpoint_goes_down_when_its_server_fails_and_up_again() {
         |(name, value)| name == "user-agent" && value.starts_with("runcell-endpoint-monitor/")
     ));
 
-    let expectations: [(Mode, &dyn Fn(&Value) -> bool); 5] = [
+    let expectations: [(Mode, &Expectation); 5] = [
         (Mode::Failing, &|c| {
             c["statusCode"] == 500 && c["failedCondition"] == "status == 200"
         }),
@@ -362,6 +368,50 @@ fn an_endpoint_goes_down_when_its_server_fails_and_up_again() {
         server.get(&format!("/api/v1/endpoints/{id}/checks")).status,
         404
     );
+}
+
+#[test]
+fn an_endpoint_shows_how_hard_modules_call_its_host() {
+    let server = local_server();
+    let peer = Peer::start();
+    let client = std::fs::read(guests::guest("http-client")).unwrap();
+    let installed = server.post_bytes("/api/v1/modules", "application/wasm", &client);
+    assert_eq!(installed.status, 201, "{}", installed.body);
+    let approved = server.post_json(
+        "/api/v1/modules/http-client/capabilities/approve",
+        &json!({"outboundHosts": [format!("127.0.0.1:{}", peer.port)]}),
+    );
+    assert_eq!(approved.status, 200, "{}", approved.body);
+    let job = id(&server.create_job(&json!({
+        "name": "fetcher", "module": "http-client", "job": "fetch", "maxAttempts": 1,
+    })));
+    for (mode, path) in [
+        (Mode::Healthy, "/a"),
+        (Mode::Healthy, "/b"),
+        (Mode::Failing, "/c"),
+        (Mode::Healthy, "/d"),
+    ] {
+        peer.set(mode);
+        let run = server.execute(&job, Some(json!({"url": peer.url(path)})));
+        server.wait_final(&run, WAIT);
+    }
+    peer.set(Mode::Healthy);
+    let endpoint = create(
+        &server,
+        &json!({"name": "peer", "url": peer.url("/health"), "intervalSeconds": 60,
+                "enabled": false}),
+    );
+    assert_eq!(
+        endpoint["consumption"],
+        json!([{"module": "http-client", "requests": 4, "responses5xx": 1, "errors": 0,
+                "failureRate": 0.25}])
+    );
+    let elsewhere = create(
+        &server,
+        &json!({"name": "elsewhere", "url": "https://api.example.com/", "intervalSeconds": 60,
+                "enabled": false}),
+    );
+    assert_eq!(elsewhere["consumption"], json!([]));
 }
 
 #[test]

@@ -734,8 +734,8 @@ mod tests {
 
     #[test]
     fn urls_must_be_http_with_a_host_and_no_credentials() {
-        assert_eq!(check_url("https://example.com/health").unwrap(), true);
-        assert_eq!(check_url("http://127.0.0.1:8080/").unwrap(), false);
+        assert!(check_url("https://example.com/health").unwrap());
+        assert!(!check_url("http://127.0.0.1:8080/").unwrap());
         for bad in ["ftp://example.com/", "not a url", "file:///etc/passwd"] {
             let err = check_url(bad).unwrap_err();
             assert!(matches!(err, ServiceError::BadField { .. }), "{bad}: {err}");

@@ -4133,7 +4133,7 @@ async fn an_endpoint_reads_back_as_written_and_its_name_is_taken_once(store: &dy
     };
     store.insert_endpoint(&second).await.unwrap();
     let page = store.list_endpoints(None, 1).await.unwrap();
-    assert_eq!(page.items, [first.clone()]);
+    assert_eq!(page.items, std::slice::from_ref(&first));
     let rest = store
         .list_endpoints(page.next_cursor.as_deref(), 10)
         .await

@@ -16,6 +16,9 @@
 //!
 //! `https://` is spoken with rustls against the public web's roots plus any the operator
 //! adds ([`OutboundTls`]); the certificate must be valid for the host the guest named.
+//!
+//! The server's own requests (endpoint monitors' checks, [`probe`]) take the same path
+//! through the address policy, the resolver, the connection and TLS.
 
 mod body;
 mod certificate;

@@ -219,3 +219,121 @@ fn describe(error: &Error) -> String {
         other => format!("{other:?}"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::host::http::{IpNetwork, OutboundTls};
+
+    /// An https server on 127.0.0.1 whose certificate, for `127.0.0.1`, expires on
+    /// 2040-06-01 and is signed by a CA of its own; answers every request `200 ok`.
+    /// Returns its port and the CA's PEM.
+    async fn tls_server() -> (u16, String) {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_pem = ca_params.self_signed(&ca_key).unwrap().pem();
+        let issuer = Issuer::new(ca_params, ca_key);
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
+        params.not_after = rcgen::date_time_ymd(2040, 6, 1);
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+            )
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    let Ok(mut tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let mut head = [0u8; 4096];
+                    let _ = tls.read(&mut head).await;
+                    let _ = tls
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+                        )
+                        .await;
+                    let _ = tls.shutdown().await;
+                });
+            }
+        });
+        (port, ca_pem)
+    }
+
+    fn get(url: String) -> Probe {
+        Probe {
+            method: http::Method::GET,
+            url,
+            headers: Vec::new(),
+            body: None,
+            timeout: Duration::from_secs(10),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_https_answer_carries_the_certificate_expiry() {
+        let (port, ca_pem) = tls_server().await;
+        let settings = Arc::new(OutboundSettings {
+            allowed_networks: vec!["127.0.0.1".parse::<IpNetwork>().unwrap()],
+            tls: OutboundTls::with_extra_roots_pem(ca_pem.as_bytes()).unwrap(),
+            ..OutboundSettings::default()
+        });
+        let answer = probe(&settings, &get(format!("https://127.0.0.1:{port}/")))
+            .await
+            .unwrap();
+        assert_eq!(answer.status, 200);
+        assert_eq!(&answer.body[..], b"ok");
+        let expected = chrono::NaiveDate::from_ymd_opt(2040, 6, 1)
+            .unwrap()
+            .and_hms_opt(0, 0, 0)
+            .unwrap()
+            .and_utc()
+            .timestamp_millis();
+        assert_eq!(answer.certificate_not_after, Some(expected));
+    }
+
+    #[tokio::test]
+    async fn the_address_policy_refuses_before_anything_is_sent() {
+        let (port, _) = tls_server().await;
+        let closed = Arc::new(OutboundSettings::default());
+        for url in [
+            format!("https://127.0.0.1:{port}/"),
+            format!("http://localhost:{port}/"),
+            "http://169.254.169.254/".to_owned(),
+            "ftp://example.com/".to_owned(),
+        ] {
+            let failure = probe(&closed, &get(url.clone())).await.unwrap_err();
+            assert!(
+                matches!(failure, ProbeFailure::Refused(_)),
+                "{url}: {failure}"
+            );
+        }
+        // Opened, the same server is reached; an untrusted certificate is a failure.
+        let opened = Arc::new(OutboundSettings {
+            allowed_networks: vec!["127.0.0.1".parse::<IpNetwork>().unwrap()],
+            ..OutboundSettings::default()
+        });
+        let failure = probe(&opened, &get(format!("https://127.0.0.1:{port}/")))
+            .await
+            .unwrap_err();
+        assert!(matches!(failure, ProbeFailure::Failed(_)), "{failure}");
+        assert!(failure.to_string().contains("TLS handshake"), "{failure}");
+    }
+}
