@@ -43,19 +43,20 @@ pub(super) struct ServerBenchArgs {
     /// Measure the I/O-bound executions only.
     #[arg(long)]
     io_only: bool,
-    /// No-op executions for the throughput run.
+    /// No-op executions for the throughput run; 0 skips the phase.
     #[arg(long, default_value_t = 50_000)]
     noop: u32,
-    /// 1 ms CPU executions for the throughput run.
+    /// 1 ms CPU executions for the throughput run; 0 skips the phase.
     #[arg(long, default_value_t = 5_000)]
     cpu: u32,
     /// Requests per second for the latency run.
     #[arg(long, default_value_t = 500)]
     rate: u32,
-    /// Duration of the latency run.
+    /// Duration of the latency run; 0s skips the phase.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     latency_for: Duration,
-    /// How long API requests are timed while every worker runs a spinning guest.
+    /// How long API requests are timed while every worker runs a spinning guest; 0s
+    /// skips the phase.
     #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
     storm_for: Duration,
     /// Worker count of the server under test [default: the server's default].
@@ -130,6 +131,11 @@ fn add_admin(
         return Err(format!("`runcell user add` failed ({status})"));
     }
     Ok(name)
+}
+
+/// `name` made this run's own.
+fn run_name(name: &str) -> String {
+    format!("{name}-{}", std::process::id())
 }
 
 impl Server {
@@ -296,10 +302,12 @@ impl Server {
         Ok(())
     }
 
+    /// Creates a job named `name` and this run's process id, so that runs on a kept data
+    /// directory do not collide.
     fn create_job(&self, name: &str, module: &str, job: &str, input: Value) -> BenchResult<String> {
         let created = self.post(
             "/jobs",
-            &json!({"name": name, "module": module, "job": job, "input": input}),
+            &json!({"name": run_name(name), "module": module, "job": job, "input": input}),
         )?;
         created["id"]
             .as_str()
@@ -407,22 +415,26 @@ fn bench(args: &ServerBenchArgs) -> BenchResult<()> {
     }
 
     let noop = server.create_job("bench-noop", "hello", "noop", Value::Null)?;
-    throughput(&servers, "no-op", &noop, args.noop)?;
+    if args.noop > 0 {
+        throughput(&servers, "no-op", &noop, args.noop)?;
+    }
 
-    let iterations = calibrate_burn(server)?;
-    let cpu = server.create_job(
-        "bench-cpu",
-        "hostile",
-        "burn",
-        json!({"iterations": iterations}),
-    )?;
-    let rate = throughput(&servers, "1 ms CPU", &cpu, args.cpu)?;
-    let ceiling = burn_ceiling(iterations, args.cpu);
-    println!(
-        "1 ms CPU ceiling: the same loop on {} plain threads, without Runcell: {ceiling:.0} runs/s; Runcell reached {:.1} % of it",
-        ceiling_threads(),
-        100.0 * rate / ceiling
-    );
+    if args.cpu > 0 {
+        let iterations = calibrate_burn(server)?;
+        let cpu = server.create_job(
+            "bench-cpu",
+            "hostile",
+            "burn",
+            json!({"iterations": iterations}),
+        )?;
+        let rate = throughput(&servers, "1 ms CPU", &cpu, args.cpu)?;
+        let ceiling = burn_ceiling(iterations, args.cpu);
+        println!(
+            "1 ms CPU ceiling: the same loop on {} plain threads, without Runcell: {ceiling:.0} runs/s; Runcell reached {:.1} % of it",
+            ceiling_threads(),
+            100.0 * rate / ceiling
+        );
+    }
 
     latency(&servers, args.rate, args.latency_for)?;
     cpu_storm(server, &noop, args.storm_for)?;
@@ -563,6 +575,9 @@ fn now_ns() -> u128 {
 /// Paced single executes of `clock`; latency is the handler's own start time minus the
 /// moment the client sent the request (same machine, same clock).
 fn latency(servers: &[Server], rate: u32, duration: Duration) -> BenchResult<()> {
+    if duration.is_zero() {
+        return Ok(());
+    }
     let server = &servers[0];
     let job = server.create_job("bench-clock", "hostile", "clock", Value::Null)?;
     let interval = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
@@ -606,6 +621,9 @@ fn latency(servers: &[Server], rate: u32, duration: Duration) -> BenchResult<()>
 /// (queued, since no worker is free), and each answer is timed as the client sees it.
 /// Guests must not slow the API: they run on threads of their own.
 fn cpu_storm(server: &Server, noop_job: &str, duration: Duration) -> BenchResult<()> {
+    if duration.is_zero() {
+        return Ok(());
+    }
     let nodes = server.get("/nodes")?;
     let workers = nodes["items"]
         .as_array()
@@ -615,7 +633,7 @@ fn cpu_storm(server: &Server, noop_job: &str, duration: Duration) -> BenchResult
     let timeout_ms = (duration + Duration::from_secs(30)).as_millis() as u64;
     let spin = server.post(
         "/jobs",
-        &json!({"name": "bench-spin", "module": "hostile", "job": "spin",
+        &json!({"name": run_name("bench-spin"), "module": "hostile", "job": "spin",
                 "fuel": 400_000_000_000_u64, "timeoutMs": timeout_ms}),
     )?;
     let spin = spin["id"].as_str().ok_or("job without id")?.to_owned();
