@@ -406,6 +406,7 @@ mod tests {
             current,
             approved: caps(reviewed, &[], false, RouteAccess::None),
             outbound_grant: grant.map(hosts),
+            budgets: Vec::new(),
             created_at: 0,
             updated_at: 0,
         }

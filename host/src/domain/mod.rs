@@ -3,6 +3,7 @@
 
 mod approval;
 mod auth;
+pub(crate) mod budget;
 pub(crate) mod conditions;
 mod config;
 pub(crate) mod endpoint;

@@ -109,6 +109,8 @@ pub struct ModuleRecord {
     /// (narrowed) or others (an operator's extension). `None`: the current version may
     /// reach what it asks for.
     pub outbound_grant: Option<Vec<String>>,
+    /// Caps on what the module may use per hour or day, across the deployment.
+    pub budgets: Vec<super::budget::Budget>,
     pub created_at: Millis,
     pub updated_at: Millis,
 }

@@ -34,6 +34,7 @@ pub(crate) use auth::AuthStore;
 pub(crate) use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
+use crate::domain::budget::{Budget, BudgetCounter};
 use crate::domain::endpoint::{Endpoint, EndpointCheck, UptimeCount};
 use crate::domain::metrics::{MetricSeries, ModuleMetricsSummary, Rollup, SeriesAdmission};
 use crate::domain::retention::{PrunePlan, Pruned};
@@ -409,6 +410,34 @@ pub trait Store: Send + Sync + 'static {
 
     /// The jobs that use module `name`, by name.
     async fn jobs_using_module(&self, name: &str) -> Result<Vec<Job>, StoreError>;
+
+    // ---- consumption budgets ---------------------------------------------------------
+
+    /// Replaces module `name`'s budgets; `None` if the module does not exist.
+    async fn set_module_budgets(
+        &self,
+        name: &str,
+        budgets: &[Budget],
+        now: Millis,
+    ) -> Result<Option<ModuleRecord>, StoreError>;
+
+    /// Charges each counter its amount, all or none: refused (returning the index of the
+    /// first counter that refused) when one of them already reached its limit. Atomic
+    /// across nodes: concurrent charges never take a counter past its limit. An amount of
+    /// 0 only checks that the counter is below its limit.
+    async fn charge_budgets(
+        &self,
+        charges: &[(BudgetCounter, i64)],
+    ) -> Result<Option<usize>, StoreError>;
+
+    /// Adds each amount to its counter, past the limit if need be (what was used).
+    async fn add_budget_usage(&self, amounts: &[(BudgetCounter, i64)]) -> Result<(), StoreError>;
+
+    /// What each counter (all of one module) used so far, in the order given.
+    async fn budget_usage(&self, counters: &[BudgetCounter]) -> Result<Vec<u64>, StoreError>;
+
+    /// Deletes the counters of windows that started before `before`; how many.
+    async fn prune_budget_counters(&self, before: Millis) -> Result<u64, StoreError>;
 
     // ---- jobs ----------------------------------------------------------------------
 

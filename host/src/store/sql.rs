@@ -391,6 +391,7 @@ pub(crate) fn module_from_row(row: &impl Columns) -> Result<ModuleRecord, StoreE
         current: version_from_row(row, name.clone())?,
         approved: row.col_json("approved_capabilities")?,
         outbound_grant: row.col_opt_json("granted_outbound_hosts")?,
+        budgets: row.col_json("budgets")?,
         created_at: row.col("created_at")?,
         updated_at: row.col("updated_at")?,
         name,

@@ -18,6 +18,7 @@ use super::{
     INLINE_INPUT_MAX, IdempotencyKey, LeaseToken, ManualOutcome, ManualRun, PostgresStore,
     QueuedCount, Retry, Settled, SqliteStore, Store, StoreError, VersionUpload, failpoints,
 };
+use crate::domain::budget::{Budget, BudgetAction, BudgetMetric, BudgetPeriod};
 use crate::domain::endpoint::{Endpoint, EndpointCheck, UptimeCount};
 use crate::domain::metrics::{
     MetricRefusals, ModuleMetricsSummary, ROLLUP_WIDTHS, Rollup, SeriesAdmission, labels_text,
@@ -4328,6 +4329,180 @@ async fn endpoint_checks_past_their_retention_are_pruned(store: &dyn Store) {
     assert_eq!(kept.items.len(), 2);
 }
 
+// ---- consumption budgets ---------------------------------------------------------------
+
+fn budget(metric: BudgetMetric, host: Option<&str>, per: BudgetPeriod, limit: u64) -> Budget {
+    Budget {
+        metric,
+        host: host.map(str::to_owned),
+        per,
+        limit,
+        action: BudgetAction::Enforce,
+    }
+}
+
+async fn module_with_budgets(store: &dyn Store, name: &str, budgets: &[Budget]) {
+    store
+        .install_module_version(
+            &manifest(name, "1.0.0"),
+            &format!("hash-{name}"),
+            b"wasm",
+            &VersionUpload::default(),
+            T0,
+        )
+        .await
+        .unwrap();
+    store
+        .set_module_budgets(name, budgets, T0)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+async fn budgets_read_back_with_their_module_until_replaced(store: &dyn Store) {
+    let budgets = vec![
+        budget(BudgetMetric::Runs, None, BudgetPeriod::Hour, 2),
+        budget(
+            BudgetMetric::OutboundRequests,
+            Some("api.example.com"),
+            BudgetPeriod::Day,
+            100,
+        ),
+    ];
+    module_with_budgets(store, "paid", &budgets).await;
+    let record = store.get_module("paid").await.unwrap().unwrap();
+    assert_eq!(record.budgets, budgets);
+    assert_eq!(store.list_modules().await.unwrap()[0].budgets, budgets);
+    let cleared = store
+        .set_module_budgets("paid", &[], T0 + SECOND)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(cleared.budgets.is_empty());
+    assert_eq!(cleared.updated_at, T0 + SECOND);
+    assert!(
+        store
+            .set_module_budgets("missing", &budgets, T0)
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+async fn a_budget_counter_refuses_past_its_limit_until_the_next_window(store: &dyn Store) {
+    let runs = budget(BudgetMetric::Runs, None, BudgetPeriod::Hour, 2);
+    module_with_budgets(store, "paid", std::slice::from_ref(&runs)).await;
+    let (start, end) = BudgetPeriod::Hour.window(T0);
+    let counter = runs.counter("paid", T0);
+    assert_eq!(counter.window_start, start);
+    let charge = [(counter.clone(), 1)];
+    assert_eq!(store.charge_budgets(&charge).await.unwrap(), None);
+    assert_eq!(store.charge_budgets(&charge).await.unwrap(), None);
+    assert_eq!(
+        store.charge_budgets(&charge).await.unwrap(),
+        Some(0),
+        "the third run of a budget of 2 is refused"
+    );
+    assert_eq!(store.budget_usage(&[counter.clone()]).await.unwrap(), [2]);
+    // The last millisecond of the window is still in it; the next one starts afresh.
+    let last = [(runs.counter("paid", end - 1), 1)];
+    assert_eq!(store.charge_budgets(&last).await.unwrap(), Some(0));
+    let next = runs.counter("paid", end);
+    assert_eq!(next.window_start, end);
+    assert_eq!(store.budget_usage(&[next.clone()]).await.unwrap(), [0]);
+    assert_eq!(store.charge_budgets(&[(next.clone(), 1)]).await.unwrap(), None);
+    assert_eq!(
+        store.budget_usage(&[counter, next]).await.unwrap(),
+        [2, 1],
+        "each window keeps its own count"
+    );
+}
+
+async fn charges_of_several_budgets_are_taken_all_or_none(store: &dyn Store) {
+    let every = budget(BudgetMetric::OutboundRequests, None, BudgetPeriod::Day, 10);
+    let one = budget(
+        BudgetMetric::OutboundRequests,
+        Some("api.example.com"),
+        BudgetPeriod::Hour,
+        1,
+    );
+    module_with_budgets(store, "paid", &[every.clone(), one.clone()]).await;
+    let both = [(every.counter("paid", T0), 1), (one.counter("paid", T0), 1)];
+    assert_eq!(store.charge_budgets(&both).await.unwrap(), None);
+    assert_eq!(store.charge_budgets(&both).await.unwrap(), Some(1));
+    assert_eq!(
+        store
+            .budget_usage(&[every.counter("paid", T0), one.counter("paid", T0)])
+            .await
+            .unwrap(),
+        [1, 1],
+        "the refused charge took nothing from the budget that had room"
+    );
+}
+
+async fn fuel_is_added_past_the_limit_and_then_refuses_a_check(store: &dyn Store) {
+    let fuel = budget(BudgetMetric::Fuel, None, BudgetPeriod::Hour, 1_000);
+    module_with_budgets(store, "paid", std::slice::from_ref(&fuel)).await;
+    let counter = fuel.counter("paid", T0);
+    let check = [(counter.clone(), 0)];
+    assert_eq!(store.charge_budgets(&check).await.unwrap(), None);
+    store
+        .add_budget_usage(&[(counter.clone(), 900)])
+        .await
+        .unwrap();
+    assert_eq!(store.charge_budgets(&check).await.unwrap(), None);
+    store
+        .add_budget_usage(&[(counter.clone(), 900)])
+        .await
+        .unwrap();
+    assert_eq!(store.budget_usage(&[counter]).await.unwrap(), [1_800]);
+    assert_eq!(store.charge_budgets(&check).await.unwrap(), Some(0));
+}
+
+async fn concurrent_charges_never_pass_the_limit(store: &dyn Store) {
+    let requests = budget(BudgetMetric::OutboundRequests, None, BudgetPeriod::Hour, 5);
+    module_with_budgets(store, "paid", std::slice::from_ref(&requests)).await;
+    let counter = requests.counter("paid", T0);
+    let charges = [(counter.clone(), 1)];
+    let outcomes =
+        futures_util::future::join_all((0..40).map(|_| store.charge_budgets(&charges))).await;
+    let taken = outcomes
+        .into_iter()
+        .filter(|outcome| outcome.as_ref().unwrap().is_none())
+        .count();
+    assert_eq!(taken, 5);
+    assert_eq!(store.budget_usage(&[counter]).await.unwrap(), [5]);
+}
+
+async fn budget_counters_of_old_windows_are_pruned_and_go_with_their_module(store: &dyn Store) {
+    let runs = budget(BudgetMetric::Runs, None, BudgetPeriod::Hour, 5);
+    module_with_budgets(store, "paid", std::slice::from_ref(&runs)).await;
+    let old = runs.counter("paid", T0 - 3 * 3_600_000);
+    let current = runs.counter("paid", T0);
+    for counter in [&old, &current] {
+        store
+            .charge_budgets(&[((*counter).clone(), 1)])
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        store
+            .prune_budget_counters(current.window_start)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        store
+            .budget_usage(&[old, current.clone()])
+            .await
+            .unwrap(),
+        [0, 1]
+    );
+    assert!(store.delete_module("paid", false).await.unwrap());
+    assert_eq!(store.budget_usage(&[current]).await.unwrap(), [0]);
+}
+
 // ---- backends ------------------------------------------------------------------------
 
 /// Runs each listed behaviour against a fresh database from `$open`, which returns the
@@ -4457,6 +4632,12 @@ macro_rules! every_behaviour {
                 an_interval_is_claimed_once_and_only_by_the_lease_holder,
                 a_check_is_recorded_once_per_due_time_and_counted_in_uptime,
                 endpoint_checks_past_their_retention_are_pruned,
+                budgets_read_back_with_their_module_until_replaced,
+                a_budget_counter_refuses_past_its_limit_until_the_next_window,
+                charges_of_several_budgets_are_taken_all_or_none,
+                fuel_is_added_past_the_limit_and_then_refuses_a_check,
+                concurrent_charges_never_pass_the_limit,
+                budget_counters_of_old_windows_are_pruned_and_go_with_their_module,
                 #[ignore = "a measurement; run with --release -- --ignored --nocapture"]
                 hot_path_throughput_of_20000_executions,
             ]

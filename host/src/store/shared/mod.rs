@@ -9,6 +9,7 @@
 //! named on [`Sql`].
 
 mod auth;
+mod budgets;
 mod endpoints;
 mod retention;
 pub(crate) mod usage;
@@ -35,6 +36,7 @@ use super::{
     IdempotencyKey, LeaseToken, ManualOutcome, ManualRun, QueuedCount, Retry, Settled, Store,
     StoreError, VersionUpload, failpoint,
 };
+use crate::domain::budget::{Budget, BudgetCounter};
 use crate::domain::endpoint::{Endpoint, EndpointCheck, UptimeCount};
 use crate::domain::metrics::{
     MetricSeries, ModuleMetricsSummary, ROLLUP_WIDTHS, Rollup, SeriesAdmission, labels_text,
@@ -90,7 +92,7 @@ macro_rules! select_module {
     () => {
         "SELECT m.name AS name, m.status AS status, m.created_at AS created_at, \
                 m.updated_at AS updated_at, m.approved_capabilities AS approved_capabilities, \
-                m.granted_outbound_hosts AS granted_outbound_hosts, \
+                m.granted_outbound_hosts AS granted_outbound_hosts, m.budgets AS budgets, \
                 v.version AS version, \
                 v.content_hash AS content_hash, v.size_bytes AS size_bytes, \
                 v.manifest AS manifest, v.uploaded_at AS uploaded_at, \
@@ -770,6 +772,11 @@ impl<B: Backend> Store for B {
             .arg(name)
             .run(&mut tx)
             .await?;
+        // A module installed later under the same name starts with fresh budgets.
+        sqlx::query::<B::Db>("DELETE FROM budget_counters WHERE module = $1")
+            .arg(name)
+            .run(&mut tx)
+            .await?;
         if with_jobs {
             sqlx::query::<B::Db>("DELETE FROM jobs WHERE module = $1")
                 .arg(name)
@@ -811,6 +818,36 @@ impl<B: Backend> Store for B {
         .iter()
         .map(job_from_row)
         .collect()
+    }
+
+    // ---- consumption budgets ---------------------------------------------------------
+
+    async fn set_module_budgets(
+        &self,
+        name: &str,
+        budgets: &[Budget],
+        now: Millis,
+    ) -> Result<Option<ModuleRecord>, StoreError> {
+        budgets::set(self, name, budgets, now).await
+    }
+
+    async fn charge_budgets(
+        &self,
+        charges: &[(BudgetCounter, i64)],
+    ) -> Result<Option<usize>, StoreError> {
+        budgets::charge(self, charges).await
+    }
+
+    async fn add_budget_usage(&self, amounts: &[(BudgetCounter, i64)]) -> Result<(), StoreError> {
+        budgets::add(self, amounts).await
+    }
+
+    async fn budget_usage(&self, counters: &[BudgetCounter]) -> Result<Vec<u64>, StoreError> {
+        budgets::used(self, counters).await
+    }
+
+    async fn prune_budget_counters(&self, before: Millis) -> Result<u64, StoreError> {
+        budgets::prune(self, before).await
     }
 
     // ---- jobs ----------------------------------------------------------------------
