@@ -17,10 +17,15 @@ use crate::domain::{
 };
 use crate::queue::Delivery;
 use crate::runtime::{CancelToken, RunRequest, StartListener};
+use crate::services::budgets::ModuleBudgets;
 use crate::services::jobs::effective_limits;
 use crate::services::{LocalRunner, Services, WorkerReservation, next_attempt};
 use crate::store::{ClaimedExecution, Retry};
 use crate::telemetry::FinishedRun;
+
+/// The error kind of a run refused because its module used up a run or fuel budget. It
+/// is not retried: the next run its job's trigger creates after the window resets runs.
+const BUDGET_EXHAUSTED: &str = "BUDGET_EXHAUSTED";
 
 /// How a node runs executions.
 #[derive(Debug, Clone)]
@@ -55,15 +60,18 @@ struct RunFacts {
     handler: String,
     /// Whether the run started (one refused before it did has no duration to observe).
     ran: bool,
+    /// The module's budgets, whose fuel budgets count the run's fuel once recorded.
+    budgets: Option<Arc<ModuleBudgets>>,
 }
 
 impl RunFacts {
     /// The facts of a run that started, taken from its claim.
-    fn of_run(claimed: ClaimedExecution) -> Self {
+    fn of_run(claimed: ClaimedExecution, budgets: Option<Arc<ModuleBudgets>>) -> Self {
         Self {
             module: claimed.module,
             handler: claimed.job,
             ran: true,
+            budgets,
         }
     }
 }
@@ -485,12 +493,18 @@ impl JobCache {
 
 /// Records an execution that could not start, with the reason.
 async fn refuse(shared: &Shared, claimed: &ClaimedExecution, reason: String) {
+    refuse_as(shared, claimed, reason, "NOT_RUNNABLE").await;
+}
+
+/// Records an execution that could not start, with the reason and its error kind. It is
+/// never retried: what stopped it does not pass within a backoff.
+async fn refuse_as(shared: &Shared, claimed: &ClaimedExecution, reason: String, kind: &str) {
     let result = ExecutionResult {
         id: claimed.id.clone(),
         status: ExecutionStatus::Failed,
         result: None,
         error: Some(reason),
-        error_kind: Some("NOT_RUNNABLE".into()),
+        error_kind: Some(kind.to_owned()),
         finished_at: now_millis(),
         duration_ms: 0.0,
         fuel_consumed: 0,
@@ -508,6 +522,7 @@ async fn refuse(shared: &Shared, claimed: &ClaimedExecution, reason: String) {
                 module: claimed.module.clone(),
                 handler: claimed.job.clone(),
                 ran: false,
+                budgets: None,
             },
         })
         .await;
@@ -549,6 +564,30 @@ async fn run_one(
             return;
         }
     };
+    // Counted here, after everything else that could refuse the run: a run refused for
+    // another reason takes nothing from its module's budgets.
+    if let Some(budgets) = &runnable.budgets {
+        match budgets
+            .admit_run(services.store.as_ref(), now_millis())
+            .await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(exhausted)) => {
+                services.running.unregister(&claimed.id);
+                let reason = exhausted.message(&job.module);
+                refuse_as(shared, &claimed, reason, BUDGET_EXHAUSTED).await;
+                return;
+            }
+            Err(err) => {
+                services.running.unregister(&claimed.id);
+                tracing::warn!(execution = %claimed.id, error = %err, "cannot count the run against its module's budgets; requeueing");
+                let _ = shared.recorder.send(Recorded::Requeue(claimed.id)).await;
+                return;
+            }
+        }
+    }
+    let outbound_budget =
+        (runnable.budgets.as_ref()).and_then(|budgets| budgets.outbound_port(&services.store));
     let module = runnable.module;
     let spec = module.manifest.job(&job.job);
     let limits = effective_limits(&job, spec, &services.settings.defaults);
@@ -571,6 +610,7 @@ async fn run_one(
         // by its job's retry policy, not simply offered again. Not before: a run in
         // flight may wait a while for a CPU.
         start_listener: Some(shared.began.clone()),
+        outbound_budget,
     };
     services
         .telemetry
@@ -600,7 +640,7 @@ async fn run_one(
         .send(Recorded::Finished {
             result: Box::new(result),
             retry: retry.map(Box::new),
-            run: RunFacts::of_run(claimed),
+            run: RunFacts::of_run(claimed, runnable.budgets),
         })
         .await;
 }
@@ -684,6 +724,7 @@ async fn record(services: Services, mut results: mpsc::Receiver<Recorded>) {
                 );
             }
         }
+        count_fuel(&services, &finished, &runs, &recorded).await;
         for retry in retries
             .iter()
             .filter(|retry| recorded.contains(retry.failed.as_str()))
@@ -692,6 +733,32 @@ async fn record(services: Services, mut results: mpsc::Receiver<Recorded>) {
                 .queue
                 .push_delayed(&retry.next.id, retry.next.run_after)
                 .await;
+        }
+    }
+}
+
+/// Adds the fuel of recorded runs to their modules' fuel budgets. After the results'
+/// commit, not in it: should this fail (or the node die in between), a run's fuel goes
+/// uncounted, which errs towards letting a module run rather than stopping it wrongly.
+async fn count_fuel(
+    services: &Services,
+    finished: &[ExecutionResult],
+    runs: &[RunFacts],
+    recorded: &std::collections::HashSet<&str>,
+) {
+    let now = now_millis();
+    for (result, run) in finished.iter().zip(runs) {
+        let Some(budgets) = &run.budgets else {
+            continue;
+        };
+        if !recorded.contains(result.id.as_str()) {
+            continue;
+        }
+        let counted = budgets
+            .record_fuel(services.store.as_ref(), result.fuel_consumed, now)
+            .await;
+        if let Err(err) = counted {
+            tracing::warn!(execution = %result.id, module = %run.module, error = %err, "could not count the run's fuel against its module's budgets");
         }
     }
 }

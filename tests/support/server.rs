@@ -310,6 +310,9 @@ impl Server {
                     .header("content-type", content_type)
                     .send(bytes)
             }
+            ("PUT", Some((content_type, bytes))) => with_auth(self.agent.put(&url), authorization)
+                .header("content-type", content_type)
+                .send(bytes),
             (method, _) => panic!("unsupported method {method}"),
         }?;
         let status = response.status().as_u16();

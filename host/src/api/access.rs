@@ -50,6 +50,8 @@ pub(super) fn required(method: &Method, route: &str) -> Option<Access> {
         ("GET", "/api/v1/modules/{name}/publisher-keys") => R(Viewer),
         ("POST", "/api/v1/modules/{name}/publisher-keys") => R(Admin),
         ("DELETE", "/api/v1/modules/{name}/publisher-keys/{id}") => R(Admin),
+        ("GET", "/api/v1/modules/{name}/budgets") => R(Viewer),
+        ("PUT", "/api/v1/modules/{name}/budgets") => R(Admin),
 
         ("GET", "/api/v1/jobs" | "/api/v1/jobs/{id}") => R(Viewer),
         ("POST", "/api/v1/jobs") => R(Operator),

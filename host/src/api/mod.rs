@@ -51,6 +51,7 @@ mod access;
 #[cfg(test)]
 mod access_tests;
 mod auth;
+mod budgets;
 mod endpoints;
 pub(crate) mod error;
 mod events;
@@ -213,6 +214,7 @@ async fn no_sniffing(
 fn api_routes(max_module_bytes: usize) -> OpenApiRouter<ApiState> {
     let v1 = OpenApiRouter::default()
         .merge(modules::routes(max_module_bytes))
+        .merge(budgets::routes())
         .merge(jobs::routes())
         .merge(executions::routes())
         .merge(events::routes())

@@ -19,6 +19,7 @@ use super::ApiState;
 use super::error::{ApiError, ErrorBody, ErrorCode};
 use super::extract::{ApiJson, OptionalJson, Params, media_type, read_body, too_large};
 use super::openapi;
+use crate::domain::budget::Budget;
 use crate::domain::{
     Capabilities, CodeApproval, Credential, JobSpec, Millis, ModuleRecord, ModuleStatus,
     ModuleVersion, Page, Principal, PublisherKey, Role, SettingSpec, Uploader,
@@ -87,6 +88,9 @@ pub(super) struct ModuleView {
     /// The outbound hosts the current version asks for and those it may reach, which an
     /// admin may have narrowed or extended.
     outbound_hosts: OutboundHostsView,
+    /// Caps on what the module may use per UTC hour or day (their current windows are at
+    /// `GET /api/v1/modules/{name}/budgets`).
+    budgets: Vec<Budget>,
     /// Why the current version does not run yet, one item each: `new code by operator
     /// `ci`` when nobody approved its bytes (an operator's upload without a valid
     /// signature by a pinned publisher key), then what it asks for beyond the approval.
@@ -194,6 +198,7 @@ impl From<ModuleRecord> for ModuleView {
             capabilities: manifest.capabilities,
             approved_capabilities: record.approved,
             outbound_hosts,
+            budgets: record.budgets,
             uploaded_at,
             created_at: record.created_at,
             updated_at: record.updated_at,

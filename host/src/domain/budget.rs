@@ -4,6 +4,7 @@
 //! counting itself is the store's, the enforcing the worker's and the runtime's.
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::Millis;
 use super::manifest::{HostName, HostPattern};
@@ -14,7 +15,9 @@ use super::window::{DAY, HOUR};
 pub(crate) const MAX_BUDGETS: usize = 20;
 
 /// What a budget counts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema,
+)]
 #[serde(rename_all = "camelCase")]
 pub enum BudgetMetric {
     /// Runs started (counted when a run starts).
@@ -51,7 +54,9 @@ impl BudgetMetric {
 }
 
 /// The calendar window a budget counts in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema,
+)]
 #[serde(rename_all = "camelCase")]
 pub enum BudgetPeriod {
     Hour,
@@ -88,7 +93,7 @@ impl BudgetPeriod {
 }
 
 /// What happens when a budget is used up.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum BudgetAction {
     /// Nothing is stopped; the budget is only watched (alert rules read it).
@@ -113,7 +118,7 @@ impl BudgetAction {
 }
 
 /// One budget of a module: at most `limit` of `metric` per `per`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Budget {
     pub metric: BudgetMetric,
@@ -121,7 +126,9 @@ pub struct Budget {
     /// `None` counts requests to every host.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
+    /// The window counted in: the UTC hour or day.
     pub per: BudgetPeriod,
+    /// The most a window may use (fuel units, runs or requests).
     pub limit: u64,
     pub action: BudgetAction,
 }
@@ -250,7 +257,7 @@ impl BudgetStatus {
 
 /// Why a run or a request was refused: a budget is used up until `until`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Exhausted {
+pub(crate) struct Exhausted {
     pub metric: BudgetMetric,
     pub until: Millis,
 }
@@ -301,7 +308,11 @@ mod tests {
         assert_eq!(end - start, DAY);
         assert!(start <= T0 && T0 < end);
         assert_eq!(utc_time_of_day(end), "00:00 UTC");
-        assert_eq!(BudgetPeriod::Hour.window(start).0, start, "a window's start is in it");
+        assert_eq!(
+            BudgetPeriod::Hour.window(start).0,
+            start,
+            "a window's start is in it"
+        );
     }
 
     #[test]

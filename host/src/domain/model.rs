@@ -229,7 +229,12 @@ pub struct Execution {
     /// What the job returned, once it completed.
     pub result: Option<serde_json::Value>,
     pub error: Option<String>,
-    /// Why it failed, e.g. `TRAPPED`, `FUEL_EXHAUSTED`, `TIMED_OUT`.
+    /// Why it did not complete: what the guest reported (`INVALID_INPUT`, `TRANSIENT`,
+    /// `PERMANENT`), a limit it hit (`OUT_OF_FUEL`, `MEMORY_LIMIT_EXCEEDED`,
+    /// `OUTPUT_TOO_LARGE`, `TIMED_OUT`), a fault (`TRAP`, `INVALID_OUTPUT`, `UNKNOWN_JOB`,
+    /// `HOST_ERROR`), `CANCELLED`, or why it never started: `NOT_RUNNABLE` (its module or
+    /// job cannot run) or `BUDGET_EXHAUSTED` (its module used up a run or fuel budget for
+    /// the current window; not retried).
     pub error_kind: Option<String>,
     /// When it was due (milliseconds since the Unix epoch).
     #[schema(value_type = i64)]

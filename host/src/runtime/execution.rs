@@ -18,7 +18,7 @@ use super::bindings::{JobModulePre, types};
 use super::clock::RunClock;
 use super::cpu::CpuMeter;
 use super::cpu_permits::CpuPermits;
-use super::host::http::OutboundHttp;
+use super::host::http::{OutboundBudget, OutboundHttp};
 use super::host::{HostCallTimedOut, HostContext};
 use super::lanes::Lane;
 use super::limiter::MemoryLimiter;
@@ -82,6 +82,9 @@ pub struct RunRequest {
     /// Told when the guest's code is about to start: once the run has a CPU, which may
     /// be a while after it was handed to the runtime.
     pub start_listener: Option<Arc<dyn StartListener>>,
+    /// Counts the run's outbound requests against its module's enforced budgets; `None`
+    /// when the module has none.
+    pub(crate) outbound_budget: Option<Arc<dyn OutboundBudget>>,
 }
 
 /// Hears that a run's guest code is about to start.
@@ -120,6 +123,7 @@ impl RunRequest {
             cancel: CancelToken::default(),
             log_observer: None,
             start_listener: None,
+            outbound_budget: None,
         }
     }
 }
@@ -261,6 +265,7 @@ pub(crate) fn new_store(
             lane.outbound.clone(),
             logs.clone(),
             clock.clone(),
+            request.outbound_budget.clone(),
         ),
         limiter: MemoryLimiter::new(limits.memory_bytes),
         host: HostContext {

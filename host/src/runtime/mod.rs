@@ -43,6 +43,7 @@ pub use engine::EngineSettings;
 pub(crate) use execution::StartListener;
 pub use execution::{CancelToken, RunRequest};
 pub use host::HostServices;
+pub(crate) use host::http::{BudgetRefusal, OutboundBudget};
 pub use host::http::{IpNetwork, OutboundSettings, OutboundTls};
 pub(crate) use host::http::{Probe, ProbeFailure, probe};
 pub(crate) use incoming::ServedRequest;
@@ -458,10 +459,12 @@ impl Runtime {
         request: http::Request<bytes::Bytes>,
         limits: Limits,
         grants: Arc<crate::domain::Grants>,
+        outbound_budget: Option<Arc<dyn OutboundBudget>>,
         max_response_bytes: u64,
     ) -> ServedRequest {
         let mut run = RunRequest::new("http", "", limits);
         run.grants = grants;
+        run.outbound_budget = outbound_budget;
         let shared = self.shared.clone();
         let module = module.clone();
         let serve = async move {

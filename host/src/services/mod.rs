@@ -4,6 +4,7 @@
 
 pub(crate) mod auth;
 mod backends;
+pub(crate) mod budgets;
 pub(crate) mod endpoints;
 mod events;
 mod executions;

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
+use super::budgets::ModuleBudgets;
 use super::publishers::{Signature, parse_public_key};
 use super::schedule::Schedule;
 use super::{ServiceError, Services};
@@ -68,6 +69,8 @@ pub struct Runnable {
     pub module: Arc<LoadedModule>,
     /// What an admin granted it (outbound hosts narrowed or extended, or as requested).
     pub grants: Arc<Grants>,
+    /// Its consumption budgets; `None` when it has none.
+    pub(crate) budgets: Option<Arc<ModuleBudgets>>,
 }
 
 /// What the catalog learnt about a module, and when.
@@ -140,9 +143,14 @@ impl ModuleCatalog {
             });
         }
         let grants = Arc::new(record.grants());
+        let budgets = ModuleBudgets::of(name, &record.budgets);
         let hash = &record.current.content_hash;
         if let Some(module) = self.runtime.loaded_module(hash) {
-            return Ok(Runnable { module, grants });
+            return Ok(Runnable {
+                module,
+                grants,
+                budgets,
+            });
         }
         let wasm = self
             .store
@@ -161,7 +169,11 @@ impl ModuleCatalog {
                     module: name.to_owned(),
                     reason: err.to_string(),
                 })?;
-        Ok(Runnable { module, grants })
+        Ok(Runnable {
+            module,
+            grants,
+            budgets,
+        })
     }
 }
 

@@ -24,8 +24,12 @@ const PAUSE: Duration = Duration::from_millis(20);
 /// ends even if something else keeps freeing pages.
 const MAX_RECLAIM_CALLS: u32 = 10_000;
 
-/// Deletes everything `retention` says has expired at `now`, then gives the space
-/// back; returns what it deleted.
+/// How long budget counters are kept after their window started: past the longest
+/// window (a day), nothing reads them any more.
+const BUDGET_COUNTERS_KEPT: Millis = 2 * crate::domain::window::DAY;
+
+/// Deletes everything `retention` says has expired at `now`, and budget counters of
+/// windows long over, then gives the space back; returns what it deleted of the history.
 pub(crate) async fn prune_once(
     store: &dyn Store,
     retention: &Retention,
@@ -41,6 +45,10 @@ pub(crate) async fn prune_once(
         total.add(batch);
         tokio::time::sleep(PAUSE).await;
     }
+    // A few rows per module and window: one statement, no batches.
+    store
+        .prune_budget_counters(now - BUDGET_COUNTERS_KEPT)
+        .await?;
     if !total.is_empty() {
         for _ in 0..MAX_RECLAIM_CALLS {
             if !store.reclaim_space().await? {

@@ -103,11 +103,22 @@ impl RouteGate {
 }
 
 /// A module ready to answer a request, and who may call it.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RouteTarget {
     pub module: Arc<LoadedModule>,
     pub grants: Arc<Grants>,
     pub access: RouteAccess,
+    /// Counts its outbound requests against the module's budgets, as its runs' are.
+    pub(crate) outbound_budget: Option<Arc<dyn crate::runtime::OutboundBudget>>,
+}
+
+impl std::fmt::Debug for RouteTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouteTarget")
+            .field("module", &self.module.manifest.name)
+            .field("access", &self.access)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Services {
@@ -132,7 +143,11 @@ impl Services {
                 )),
                 Unrunnable::Unavailable(reason) => ServiceError::Unavailable(reason),
             })?;
-        let Runnable { module, grants } = resolved;
+        let Runnable {
+            module,
+            grants,
+            budgets,
+        } = resolved;
         let access = module.manifest.capabilities.routes;
         if access == RouteAccess::None || !module.serves_routes() {
             return Err(ServiceError::NotServed(format!(
@@ -143,6 +158,7 @@ impl Services {
             module,
             grants,
             access,
+            outbound_budget: budgets.and_then(|budgets| budgets.outbound_port(&self.store)),
         })
     }
 
@@ -166,6 +182,7 @@ impl Services {
                 request,
                 settings.limits,
                 target.grants.clone(),
+                target.outbound_budget.clone(),
                 settings.max_response_bytes,
             )
             .await;

@@ -4410,7 +4410,10 @@ async fn a_budget_counter_refuses_past_its_limit_until_the_next_window(store: &d
     let next = runs.counter("paid", end);
     assert_eq!(next.window_start, end);
     assert_eq!(store.budget_usage(&[next.clone()]).await.unwrap(), [0]);
-    assert_eq!(store.charge_budgets(&[(next.clone(), 1)]).await.unwrap(), None);
+    assert_eq!(
+        store.charge_budgets(&[(next.clone(), 1)]).await.unwrap(),
+        None
+    );
     assert_eq!(
         store.budget_usage(&[counter, next]).await.unwrap(),
         [2, 1],
@@ -4493,10 +4496,7 @@ async fn budget_counters_of_old_windows_are_pruned_and_go_with_their_module(stor
         1
     );
     assert_eq!(
-        store
-            .budget_usage(&[old, current.clone()])
-            .await
-            .unwrap(),
+        store.budget_usage(&[old, current.clone()]).await.unwrap(),
         [0, 1]
     );
     assert!(store.delete_module("paid", false).await.unwrap());

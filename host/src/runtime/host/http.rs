@@ -21,6 +21,7 @@
 //! through the address policy, the resolver, the connection and TLS.
 
 mod body;
+mod budget;
 mod certificate;
 mod client;
 mod exchange;
@@ -38,6 +39,7 @@ use super::super::logs::LogCollector;
 use crate::domain::usage::OutboundTally;
 use crate::domain::{Grants, HostName};
 
+pub(crate) use budget::{BudgetRefusal, OutboundBudget};
 pub(crate) use policy::{Denial, OutboundPolicy};
 pub use policy::{IpNetwork, OutboundSettings};
 pub(crate) use probe::{Probe, ProbeFailure, probe};
@@ -52,6 +54,8 @@ pub(crate) struct OutboundHttp {
     policy: OutboundPolicy,
     journal: Journal,
     clock: Arc<RunClock>,
+    /// The module's enforced outbound budgets; `None` when it has none.
+    budget: Option<Arc<dyn OutboundBudget>>,
 }
 
 impl OutboundHttp {
@@ -60,11 +64,13 @@ impl OutboundHttp {
         settings: Arc<OutboundSettings>,
         logs: LogCollector,
         clock: Arc<RunClock>,
+        budget: Option<Arc<dyn OutboundBudget>>,
     ) -> Self {
         Self {
             policy: OutboundPolicy::new(grants, settings),
             journal: Journal::new(logs),
             clock,
+            budget,
         }
     }
 
@@ -98,9 +104,10 @@ pub(crate) fn error_code(denial: &Denial) -> wasmtime_wasi_http::Error {
         Denial::Address { .. } | Denial::OwnAddress { .. } => {
             wasmtime_wasi_http::Error::DestinationIpProhibited
         }
-        Denial::NotGranted { .. } | Denial::UnsupportedScheme(_) | Denial::BadHost(_) => {
-            wasmtime_wasi_http::Error::HttpRequestDenied
-        }
+        Denial::NotGranted { .. }
+        | Denial::UnsupportedScheme(_)
+        | Denial::BadHost(_)
+        | Denial::Budget { .. } => wasmtime_wasi_http::Error::HttpRequestDenied,
     }
 }
 
@@ -145,7 +152,28 @@ impl WasiHttpHooks for OutboundHttp {
         let request = request.map(|body| SentBody::new(body, meter).boxed_unsync());
         let policy = self.policy.clone();
         let clock = self.clock.clone();
+        let budget = self.budget.clone();
         Box::new(async move {
+            if let Some(budget) = budget {
+                let Some(taken) = clock.bound(budget.take(&host, port)).await else {
+                    // The run is over; see below.
+                    return std::future::pending().await;
+                };
+                match taken {
+                    Ok(()) => {}
+                    Err(BudgetRefusal::Exhausted { until }) => {
+                        let denial = Denial::Budget { until };
+                        exchange.end(Ending::Denied(&denial));
+                        return Err(error_code(&denial));
+                    }
+                    Err(BudgetRefusal::Unavailable(reason)) => {
+                        exchange.end(Ending::Failed(&format!(
+                            "the module's outbound budget could not be counted: {reason}"
+                        )));
+                        return Err(wasmtime_wasi_http::Error::HttpRequestDenied);
+                    }
+                }
+            }
             let target = Target {
                 host,
                 port,

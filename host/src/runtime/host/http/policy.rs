@@ -315,6 +315,9 @@ pub(crate) enum Denial {
     },
     #[error("`{host}` is {addr}, this server's own address")]
     OwnAddress { host: String, addr: SocketAddr },
+    /// A budget of the module over this host is used up until the end of its window.
+    #[error("budget exhausted until {}", crate::domain::budget::utc_time_of_day(*until))]
+    Budget { until: crate::domain::Millis },
 }
 
 /// The outbound HTTP rules of one execution: the module's grant and the operator's
