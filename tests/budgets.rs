@@ -150,9 +150,7 @@ fn an_enforced_outbound_budget_denies_the_request_past_it_inside_the_guest() {
     let denials = budget_denials(&server, &id(refused));
     assert_eq!(
         denials,
-        [format!(
-            "http GET 127.0.0.1 -> denied: budget exhausted until 00:00 UTC"
-        )]
+        ["http GET 127.0.0.1 -> denied: budget exhausted until 00:00 UTC"]
     );
 
     let totals = outbound_totals(&server, "http-client");

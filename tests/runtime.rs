@@ -557,7 +557,7 @@ async fn a_route_stopped_by_the_clock_reports_its_fuel_and_cpu_time() {
         .unwrap();
     let served = h
         .runtime
-        .serve_http(&module, request, limits, granted(&module), 1 << 20)
+        .serve_http(&module, request, limits, granted(&module), None, 1 << 20)
         .await;
     assert!(
         matches!(served.response, Err(Outcome::TimedOut { .. })),

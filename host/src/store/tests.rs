@@ -4403,13 +4403,25 @@ async fn a_budget_counter_refuses_past_its_limit_until_the_next_window(store: &d
         Some(0),
         "the third run of a budget of 2 is refused"
     );
-    assert_eq!(store.budget_usage(&[counter.clone()]).await.unwrap(), [2]);
+    assert_eq!(
+        store
+            .budget_usage(std::slice::from_ref(&counter))
+            .await
+            .unwrap(),
+        [2]
+    );
     // The last millisecond of the window is still in it; the next one starts afresh.
     let last = [(runs.counter("paid", end - 1), 1)];
     assert_eq!(store.charge_budgets(&last).await.unwrap(), Some(0));
     let next = runs.counter("paid", end);
     assert_eq!(next.window_start, end);
-    assert_eq!(store.budget_usage(&[next.clone()]).await.unwrap(), [0]);
+    assert_eq!(
+        store
+            .budget_usage(std::slice::from_ref(&next))
+            .await
+            .unwrap(),
+        [0]
+    );
     assert_eq!(
         store.charge_budgets(&[(next.clone(), 1)]).await.unwrap(),
         None
