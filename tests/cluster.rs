@@ -8,6 +8,12 @@
 //! Redis on 127.0.0.1:6379 (`RUNCELL_TEST_REDIS_URL`). The tests run one at a time: each
 //! starts several servers, and the machine they run on may have two cores.
 
+#[allow(
+    dead_code,
+    reason = "shared with other test binaries, each of which uses a different part of it"
+)]
+#[path = "support/distributed.rs"]
+mod distributed;
 #[path = "support/guests.rs"]
 mod guests;
 #[allow(
@@ -31,6 +37,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use deadpool_redis::redis;
 use serde_json::{Value, json};
 
+use distributed::{TestDatabase, TestPrefix, block_on, redis_url};
 use server::{Server, ServerOptions, is_final};
 
 /// How long a node may hold a claimed execution without renewing it.
@@ -45,52 +52,7 @@ fn one_at_a_time() -> MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-fn postgres_admin_url() -> String {
-    std::env::var("RUNCELL_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
-}
-
-fn redis_url() -> String {
-    std::env::var("RUNCELL_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
-}
-
-/// Runs `future` on a runtime of its own: the tests are synchronous, like the harness.
-fn block_on<T>(future: impl Future<Output = T>) -> T {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a runtime")
-        .block_on(future)
-}
-
-/// A database of this test's own, dropped (with its connections) when this is dropped.
-struct TestDatabase {
-    name: String,
-    url: String,
-}
-
 impl TestDatabase {
-    fn create() -> Self {
-        use sqlx::{Connection, Executor};
-        let admin_url = postgres_admin_url();
-        let name = format!("runcell_test_{}", uuid::Uuid::now_v7().simple());
-        block_on(async {
-            let mut admin = sqlx::PgConnection::connect(&admin_url)
-                .await
-                .unwrap_or_else(|err| panic!("the cluster tests need PostgreSQL: {err}"));
-            admin
-                .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-                .await
-                .unwrap_or_else(|err| panic!("cannot create database {name}: {err}"));
-            let _ = admin.close().await;
-        });
-        let (base, _) = admin_url.rsplit_once('/').expect("a database URL");
-        Self {
-            url: format!("{base}/{name}"),
-            name,
-        }
-    }
-
     /// How many executions of `job_id` are in a final state, read straight from the
     /// database (not through a node).
     fn final_executions(&self, job_id: &str) -> usize {
@@ -132,31 +94,7 @@ impl TestDatabase {
     }
 }
 
-impl Drop for TestDatabase {
-    fn drop(&mut self) {
-        use sqlx::{Connection, Executor};
-        let statement = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
-        let dropped = block_on(async {
-            let mut admin = sqlx::PgConnection::connect(&postgres_admin_url()).await?;
-            admin.execute(sqlx::AssertSqlSafe(statement)).await?;
-            admin.close().await
-        });
-        // Never a panic here: one while unwinding would abort the whole run.
-        if let Err(err) = dropped {
-            eprintln!("could not drop test database {}: {err}", self.name);
-        }
-    }
-}
-
-/// A Redis key prefix of this test's own; its keys are deleted when this is dropped.
-/// Only ever this prefix's keys: other tests share the server.
-struct TestPrefix(String);
-
 impl TestPrefix {
-    fn new() -> Self {
-        Self(format!("runcell-test-{}", uuid::Uuid::now_v7().simple()))
-    }
-
     /// Entries in the deployment's execution stream: offered, not yet acknowledged.
     fn stream_length(&self) -> redis::RedisResult<usize> {
         let client = redis::Client::open(redis_url())?;
@@ -164,40 +102,6 @@ impl TestPrefix {
         redis::cmd("XLEN")
             .arg(format!("{}:executions", self.0))
             .query(&mut connection)
-    }
-
-    /// Deletes every key of the prefix (SCAN + DEL); returns how many there were.
-    fn delete_keys(&self) -> redis::RedisResult<usize> {
-        let client = redis::Client::open(redis_url())?;
-        let mut connection = client.get_connection()?;
-        let pattern = format!("{}:*", self.0);
-        let mut cursor = 0_u64;
-        let mut deleted = 0;
-        loop {
-            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(1000)
-                .query(&mut connection)?;
-            if !keys.is_empty() {
-                deleted += keys.len();
-                redis::cmd("DEL").arg(&keys).exec(&mut connection)?;
-            }
-            if next == 0 {
-                return Ok(deleted);
-            }
-            cursor = next;
-        }
-    }
-}
-
-impl Drop for TestPrefix {
-    fn drop(&mut self) {
-        if let Err(err) = self.delete_keys() {
-            eprintln!("could not delete the Redis keys of {}: {err}", self.0);
-        }
     }
 }
 

@@ -78,11 +78,13 @@ impl TestPrefix {
         Self(format!("runcell-test-{}", uuid::Uuid::now_v7().simple()))
     }
 
-    fn delete_keys(&self) -> redis::RedisResult<()> {
+    /// Deletes every key of the prefix (SCAN + DEL); returns how many there were.
+    pub(crate) fn delete_keys(&self) -> redis::RedisResult<usize> {
         let client = redis::Client::open(redis_url())?;
         let mut connection = client.get_connection()?;
         let pattern = format!("{}:*", self.0);
         let mut cursor = 0_u64;
+        let mut deleted = 0;
         loop {
             let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
                 .arg(cursor)
@@ -92,10 +94,11 @@ impl TestPrefix {
                 .arg(1000)
                 .query(&mut connection)?;
             if !keys.is_empty() {
+                deleted += keys.len();
                 redis::cmd("DEL").arg(&keys).exec(&mut connection)?;
             }
             if next == 0 {
-                return Ok(());
+                return Ok(deleted);
             }
             cursor = next;
         }
