@@ -4,7 +4,15 @@
 mod bench;
 mod bench_history;
 mod bench_server;
+mod client;
+mod credentials;
+mod follow;
+mod jobs;
+mod lists;
 mod local;
+mod login;
+mod push;
+mod runs;
 mod serve;
 mod sign;
 mod usage;
@@ -41,6 +49,31 @@ enum Command {
     /// Manage users directly in a deployment's database.
     #[command(subcommand)]
     User(user::UserCommand),
+    /// Log in to a server and keep the session (or an API token) for the commands below.
+    Login(login::LoginArgs),
+    /// End the stored session and forget it.
+    Logout(login::LogoutArgs),
+    /// Upload a module to the server; show what it asks for and what changed.
+    Push(push::PushArgs),
+    /// The server's modules.
+    #[command(subcommand)]
+    Modules(lists::ModulesCommand),
+    /// The server's jobs.
+    #[command(subcommand)]
+    Jobs(lists::JobsCommand),
+    /// The server's executions.
+    #[command(subcommand)]
+    Executions(lists::ExecutionsCommand),
+    /// Define a job on the server, or run one.
+    #[command(subcommand)]
+    Job(jobs::JobCommand),
+    /// Print an execution's log, or follow it live.
+    Logs(runs::LogsArgs),
+    /// Cancel an execution.
+    Cancel(runs::CancelArgs),
+    /// Publish events.
+    #[command(subcommand)]
+    Events(runs::EventsCommand),
     /// Print a server's consumption report: what each module (or job) used over a
     /// window, from `GET /api/v1/usage/summary`.
     Usage(usage::UsageArgs),
@@ -74,8 +107,11 @@ pub enum ExitStatus {
     Trapped = 4,
     /// The file is not a module Runcell can run.
     InvalidModule = 5,
-    /// Something outside the module failed (a file could not be read, ...).
+    /// Something outside the module failed (a file could not be read, a server could
+    /// not be reached, ...).
     Environment = 6,
+    /// The server refused a request (the message is its reason).
+    Refused = 7,
 }
 
 impl From<ExitStatus> for ExitCode {
@@ -107,6 +143,16 @@ pub fn main() -> ExitCode {
         Command::Sign(args) => sign::sign(args),
         Command::User(command) => user::run(command),
         Command::Usage(args) => usage::run(args),
+        Command::Login(args) => login::login(args),
+        Command::Logout(args) => login::logout(args),
+        Command::Push(args) => push::run(args),
+        Command::Modules(command) => lists::modules(command),
+        Command::Jobs(command) => lists::jobs(command),
+        Command::Executions(command) => lists::executions(command),
+        Command::Job(command) => jobs::run(command),
+        Command::Logs(args) => runs::logs(args),
+        Command::Cancel(args) => runs::cancel(args),
+        Command::Events(command) => runs::events(command),
         Command::Bench(BenchCommand::Runtime(args)) => bench::run(args),
         Command::Bench(BenchCommand::Server(args)) => bench_server::run(args),
         Command::Bench(BenchCommand::History(args)) => bench_history::run(args),
