@@ -1,6 +1,6 @@
 //! The composition root: the only code that sees every part. Builds the store, queue,
 //! runtime and services from a [`ServeConfig`], starts the workers, scheduler, endpoint
-//! checker and reconciler, serves the API, and shuts everything down in order.
+//! checker, alerter and reconciler, serves the API, and shuts everything down in order.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -59,6 +59,8 @@ pub(crate) struct ServeConfig {
     pub prune_every: Duration,
     /// The shortest interval an endpoint monitor may be checked at.
     pub endpoint_min_interval: Duration,
+    /// How often alert rules are evaluated.
+    pub alert_every: Duration,
 }
 
 /// Where the key that seals jobs' secret settings comes from: base64 of 32 bytes.
@@ -332,6 +334,12 @@ pub(crate) async fn serve(config: ServeConfig) -> Result<(), StartError> {
         node_id.clone(),
         stop_rx.clone(),
     ));
+    let alerter = tokio::spawn(crate::alerter::run(
+        services.clone(),
+        node_id.clone(),
+        config.alert_every,
+        stop_rx.clone(),
+    ));
     let reconciler = tokio::spawn(crate::reconciler::run(reconciler, stop_rx.clone()));
     let pruner = tokio::spawn(crate::services::retention::run(
         services.clone(),
@@ -422,6 +430,7 @@ pub(crate) async fn serve(config: ServeConfig) -> Result<(), StartError> {
     let _ = stop.send(true);
     let _ = scheduler.await;
     let _ = monitor.await;
+    let _ = alerter.await;
     let _ = reconciler.await;
     let _ = pruner.await;
     let _ = route_outbound.await;

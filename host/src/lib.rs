@@ -5,6 +5,7 @@
 //! `unreachable_pub` lint keeps its items `pub(crate)` at most.
 #![deny(unsafe_code)]
 
+mod alerter;
 mod api;
 mod app;
 pub mod cli;

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 /// own floor or above (DESIGN.md, "Dependency direction inside `host`"): `domain` uses
 /// nothing; `store`, `queue`, `runtime` and `telemetry` only `domain`; nothing but
 /// `app` (the composition root) and `cli` (the binary's edge) starts `api`, `worker`,
-/// `scheduler`, `monitor` or `reconciler`.
+/// `scheduler`, `monitor`, `alerter` or `reconciler`.
 const FLOORS: &[(&str, u8)] = &[
     ("domain", 0),
     ("store", 1),
@@ -22,6 +22,7 @@ const FLOORS: &[(&str, u8)] = &[
     ("worker", 3),
     ("scheduler", 3),
     ("monitor", 3),
+    ("alerter", 3),
     ("reconciler", 3),
     ("app", 4),
     ("cli", 5),

@@ -82,6 +82,29 @@ pub(super) fn required(method: &Method, route: &str) -> Option<Access> {
         ) => R(Viewer),
         ("POST", "/api/v1/endpoints") => R(Operator),
         ("PATCH" | "DELETE", "/api/v1/endpoints/{id}") => R(Operator),
+
+        (
+            "GET",
+            "/api/v1/alerts"
+            | "/api/v1/alerts/history"
+            | "/api/v1/alerts/notifications"
+            | "/api/v1/alerts/rules"
+            | "/api/v1/alerts/rules/{id}"
+            | "/api/v1/alerts/silences"
+            | "/api/v1/alerts/channels"
+            | "/api/v1/alerts/channels/{id}",
+        ) => R(Viewer),
+        (
+            "POST",
+            "/api/v1/alerts/rules"
+            | "/api/v1/alerts/silences"
+            | "/api/v1/alerts/channels"
+            | "/api/v1/alerts/channels/{id}/test",
+        ) => R(Operator),
+        ("PATCH" | "DELETE", "/api/v1/alerts/rules/{id}" | "/api/v1/alerts/channels/{id}") => {
+            R(Operator)
+        }
+        ("DELETE", "/api/v1/alerts/silences/{id}") => R(Operator),
         _ => return None,
     };
     Some(access)

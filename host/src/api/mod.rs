@@ -33,6 +33,14 @@
 //! | `GET /api/v1/endpoints?cursor=&limit=` | 200 `{items, nextCursor}` |
 //! | `GET`, `PATCH`, `DELETE /api/v1/endpoints/{id}` | 200 endpoint (with health), 200 endpoint, 204 |
 //! | `GET /api/v1/endpoints/{id}/checks?from=&to=&cursor=&limit=` | 200 `{items, nextCursor}` |
+//! | `POST /api/v1/alerts/rules`, `GET /api/v1/alerts/rules` | 201 rule, 200 `{items}` |
+//! | `GET`, `PATCH`, `DELETE /api/v1/alerts/rules/{id}` | 200 rule, 200 rule, 204 |
+//! | `GET /api/v1/alerts` | 200 `{items}`: pending and firing rules |
+//! | `GET /api/v1/alerts/history?from=&to=&ruleId=&cursor=&limit=` | 200 `{items, nextCursor}` |
+//! | `GET /api/v1/alerts/notifications?ruleId=&limit=` | 200 `{items}` with attempts |
+//! | `POST`, `GET /api/v1/alerts/silences`; `DELETE /api/v1/alerts/silences/{id}` | 201, 200 `{items}`, 204 |
+//! | `POST`, `GET /api/v1/alerts/channels`; `GET`, `PATCH`, `DELETE .../{id}` | 201, 200, 200, 200, 204 |
+//! | `POST /api/v1/alerts/channels/{id}/test` | 202 the queued notification |
 //! | `GET /healthz` | 200 `{status: "ok"}` |
 //! | `GET /readyz` | 200 `{status: "ready", checks}`, or 503 `not_ready` |
 //! | `GET /metrics` | 200 this node's metrics, OpenMetrics text (see [`metrics`]) |
@@ -50,6 +58,7 @@
 mod access;
 #[cfg(test)]
 mod access_tests;
+mod alerts;
 mod auth;
 mod budgets;
 mod endpoints;
@@ -222,7 +231,8 @@ fn api_routes(max_module_bytes: usize) -> OpenApiRouter<ApiState> {
         .merge(nodes::routes())
         .merge(usage::routes())
         .merge(module_metrics::routes())
-        .merge(endpoints::routes());
+        .merge(endpoints::routes())
+        .merge(alerts::routes());
     OpenApiRouter::with_openapi(openapi::frame())
         .merge(probes::routes())
         .merge(metrics::routes())

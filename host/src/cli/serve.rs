@@ -138,6 +138,12 @@ pub(super) struct ServeArgs {
     /// turning into a load generator. Lower it for a lab or a test deployment.
     #[arg(long, env = "RUNCELL_ENDPOINT_MIN_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
     endpoint_min_interval: Duration,
+    /// How long alert history, sent notifications and ended silences are kept.
+    #[arg(long, env = "RUNCELL_RETAIN_ALERTS", default_value = "90d", value_parser = humantime::parse_duration)]
+    retain_alerts: Duration,
+    /// How often alert rules are evaluated (by one node of a deployment at a time).
+    #[arg(long, env = "RUNCELL_ALERT_EVERY", default_value = "30s", value_parser = humantime::parse_duration)]
+    alert_every: Duration,
     /// How often expired history is pruned (by one node of a deployment at a time).
     #[arg(long, env = "RUNCELL_PRUNE_EVERY", default_value = "1m", value_parser = humantime::parse_duration)]
     prune_every: Duration,
@@ -164,6 +170,10 @@ pub(super) fn run(args: ServeArgs) -> ExitStatus {
     }
     if args.endpoint_min_interval < Duration::from_secs(1) {
         eprintln!("error: --endpoint-min-interval must be at least 1s");
+        return ExitStatus::Usage;
+    }
+    if args.alert_every < Duration::from_secs(1) {
+        eprintln!("error: --alert-every must be at least 1s");
         return ExitStatus::Usage;
     }
     if args.prune_every.is_zero() {
@@ -231,7 +241,9 @@ pub(super) fn run(args: ServeArgs) -> ExitStatus {
             usage_hours: args.retain_usage_hours,
             usage_days: args.retain_usage_days,
             endpoint_checks: args.retain_checks,
+            alerts: args.retain_alerts,
         },
+        alert_every: args.alert_every,
         endpoint_min_interval: args.endpoint_min_interval,
         prune_every: args.prune_every,
         secret_key: match (args.secret_key, args.secret_key_file) {

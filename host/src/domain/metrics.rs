@@ -100,7 +100,7 @@ impl Rollup {
 /// What a point of a series query says of the samples in its step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
-pub(crate) enum Aggregate {
+pub enum Aggregate {
     /// The mean of the samples.
     Avg,
     Min,

@@ -1,6 +1,7 @@
 //! Pure types every layer shares: what a module offers, what a run may use, what a run
 //! produced. Imports nothing from the rest of the crate and does no I/O.
 
+pub(crate) mod alert;
 mod approval;
 mod auth;
 pub(crate) mod budget;

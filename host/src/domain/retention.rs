@@ -21,6 +21,8 @@ pub(crate) struct Retention {
     pub usage_days: Duration,
     /// Endpoint monitors' checks, counted from when they were due.
     pub endpoint_checks: Duration,
+    /// Alert history, sent notifications and ended silences.
+    pub alerts: Duration,
 }
 
 impl Default for Retention {
@@ -36,6 +38,7 @@ impl Default for Retention {
             usage_hours: Duration::from_secs(90 * 86_400),
             usage_days: Duration::from_secs(3 * 365 * 86_400),
             endpoint_checks: Duration::from_secs(30 * 86_400),
+            alerts: Duration::from_secs(90 * 86_400),
         }
     }
 }
@@ -56,6 +59,8 @@ pub struct PrunePlan {
     pub usage_before: [(Millis, Millis); 3],
     /// Endpoint checks due before this go.
     pub checks_before: Millis,
+    /// Alert history, settled notifications and silences from before this go.
+    pub alerts_before: Millis,
 }
 
 impl Retention {
@@ -72,6 +77,7 @@ impl Retention {
                 (DAY, before(self.usage_days)),
             ],
             checks_before: before(self.endpoint_checks),
+            alerts_before: before(self.alerts),
         }
     }
 }
@@ -97,6 +103,7 @@ pub struct Pruned {
     pub usage_rows: u64,
     pub inputs: u64,
     pub endpoint_checks: u64,
+    pub alerts: u64,
 }
 
 impl Pruned {
@@ -106,6 +113,7 @@ impl Pruned {
         self.usage_rows += other.usage_rows;
         self.inputs += other.inputs;
         self.endpoint_checks += other.endpoint_checks;
+        self.alerts += other.alerts;
     }
 
     pub(crate) fn is_empty(&self) -> bool {

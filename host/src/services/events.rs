@@ -117,6 +117,32 @@ impl EventBus {
         source: &str,
         caused_by: Option<&str>,
     ) -> Result<(Event, Vec<String>), ServiceError> {
+        self.publish_as(new_id(), topic, payload, source, caused_by)
+            .await?
+            .ok_or_else(|| ServiceError::Internal("a fresh event id was taken".to_owned()))
+    }
+
+    /// Publishes the event with id `id` once: `None`, starting nothing, when an event
+    /// with that id was published already. A sender that retries with the same id (the
+    /// alert outbox) so never starts jobs twice.
+    pub(crate) async fn publish_once(
+        &self,
+        id: String,
+        topic: &str,
+        payload: serde_json::Value,
+        source: &str,
+    ) -> Result<Option<(Event, Vec<String>)>, ServiceError> {
+        self.publish_as(id, topic, payload, source, None).await
+    }
+
+    async fn publish_as(
+        &self,
+        id: String,
+        topic: &str,
+        payload: serde_json::Value,
+        source: &str,
+        caused_by: Option<&str>,
+    ) -> Result<Option<(Event, Vec<String>)>, ServiceError> {
         let now = now_millis();
         let depth = match caused_by {
             Some(execution) => self
@@ -127,7 +153,7 @@ impl EventBus {
             None => 1,
         };
         let mut event = Event {
-            id: new_id(),
+            id,
             topic: topic.to_owned(),
             payload,
             source: source.to_owned(),
@@ -180,7 +206,11 @@ impl EventBus {
                 None => starting.push(job),
             }
         }
-        self.store.insert_event(&event).await?;
+        match self.store.insert_event(&event).await {
+            Ok(()) => {}
+            Err(crate::store::StoreError::Conflict(_)) => return Ok(None),
+            Err(err) => return Err(err.into()),
+        }
         let input = serde_json::to_string(&event.envelope()).expect("an event serializes");
         let executions: Vec<NewExecution> = starting
             .into_iter()
@@ -214,7 +244,7 @@ impl EventBus {
             triggered = ids.len(),
             "event published"
         );
-        Ok((event, ids))
+        Ok(Some((event, ids)))
     }
 }
 

@@ -2,6 +2,7 @@
 //! jobs, read executions and module metrics, publish events. Callers (the API, the CLI) get typed results
 //! and a [`ServiceError`] that says what to fix; nothing here knows HTTP.
 
+pub(crate) mod alerts;
 pub(crate) mod auth;
 mod backends;
 pub(crate) mod budgets;

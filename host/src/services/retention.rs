@@ -93,6 +93,7 @@ pub(crate) async fn run(
                 usage_rows = pruned.usage_rows,
                 inputs = pruned.inputs,
                 endpoint_checks = pruned.endpoint_checks,
+                alerts = pruned.alerts,
                 "pruned expired history"
             ),
             Ok(_) => {}

@@ -1,8 +1,8 @@
-//! Secret job configuration and endpoint headers at rest: AES-256-GCM under a key the
-//! database never holds (from the configuration, or a file in the data directory). Each
-//! sealed value is bound to the job and key, or the endpoint and header, it belongs to
-//! (associated data), so a ciphertext copied onto another row, or under another name,
-//! does not open.
+//! Secret job configuration, endpoint headers and alert channels' signing keys at rest:
+//! AES-256-GCM under a key the database never holds (from the configuration, or a file
+//! in the data directory). Each sealed value is bound to the job and key, the endpoint
+//! and header, or the channel it belongs to (associated data), so a ciphertext copied
+//! onto another row, or under another name, does not open.
 
 use aes_gcm::aead::{Aead, Generate, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
@@ -49,6 +49,11 @@ fn header_binding(endpoint_id: &str, header: &str) -> Vec<u8> {
     format!("runcell:endpoint-header:{endpoint_id}:{header}").into_bytes()
 }
 
+/// What an alert channel's sealed signing key is bound to.
+fn channel_binding(channel_id: &str) -> Vec<u8> {
+    format!("runcell:alert-channel:{channel_id}").into_bytes()
+}
+
 impl SecretBox {
     pub fn new(key: &[u8]) -> Result<Self, SecretError> {
         let cipher = Aes256Gcm::new_from_slice(key).map_err(|_| SecretError::BadKey(key.len()))?;
@@ -89,6 +94,19 @@ impl SecretBox {
         sealed: &str,
     ) -> Result<String, SecretError> {
         self.open_bound(&header_binding(endpoint_id, header), sealed)
+    }
+
+    /// Seals the HMAC key of alert channel `channel_id`.
+    pub fn seal_channel_secret(&self, channel_id: &str, plaintext: &str) -> String {
+        self.seal_bound(&channel_binding(channel_id), plaintext)
+    }
+
+    pub fn open_channel_secret(
+        &self,
+        channel_id: &str,
+        sealed: &str,
+    ) -> Result<String, SecretError> {
+        self.open_bound(&channel_binding(channel_id), sealed)
     }
 
     fn seal_bound(&self, aad: &[u8], plaintext: &str) -> String {
@@ -191,6 +209,17 @@ mod tests {
         );
         assert!(sealer().open_header("ep-1", "x-api-key", &sealed).is_err());
         assert!(sealer().open("ep-1", "authorization", &sealed).is_err());
+    }
+
+    #[test]
+    fn a_sealed_channel_key_opens_for_its_channel_only() {
+        let sealed = sealer().seal_channel_secret("ch-1", "hmac-key");
+        assert_eq!(
+            sealer().open_channel_secret("ch-1", &sealed).unwrap(),
+            "hmac-key"
+        );
+        assert!(sealer().open_channel_secret("ch-2", &sealed).is_err());
+        assert!(sealer().open_header("ch-1", "secret", &sealed).is_err());
     }
 
     #[test]

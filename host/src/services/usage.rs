@@ -162,6 +162,27 @@ impl Services {
         Ok(totals.into_values().collect())
     }
 
+    /// Outbound requests over `[from, to)` (whole minutes) in total, over every module
+    /// and host the filter selects.
+    pub(crate) async fn outbound_totals(
+        &self,
+        from: Millis,
+        to: Millis,
+        filter: &UsageFilter,
+    ) -> Result<OutboundTally, ServiceError> {
+        let mut total = OutboundTally::default();
+        for (from, to, tier) in segments(from, to) {
+            for row in self
+                .store
+                .usage_outbound(&filter.query(from, to, None, tier))
+                .await?
+            {
+                total.absorb(&row.totals);
+            }
+        }
+        Ok(total)
+    }
+
     /// Outbound requests over `window`, one series per module and host.
     pub(crate) async fn outbound_series(
         &self,

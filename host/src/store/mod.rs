@@ -19,6 +19,7 @@ macro_rules! execution_input {
     };
 }
 
+pub(crate) mod alerts;
 pub(crate) mod auth;
 #[cfg(test)]
 mod callers;
@@ -724,6 +725,11 @@ pub trait Store: Send + Sync + 'static {
         from: Millis,
         to: Millis,
     ) -> Result<Vec<(i64, Millis, Rollup)>, StoreError>;
+
+    // ---- alerts ----------------------------------------------------------------------
+
+    /// Alerting's rules, channels, silences, history and outbox.
+    fn alerts(&self) -> &dyn alerts::AlertStore;
 
     // ---- endpoint monitors -----------------------------------------------------------
 

@@ -8,6 +8,7 @@
 //! text and one row mapping here, with the few words the dialects spell differently
 //! named on [`Sql`].
 
+mod alerts;
 mod auth;
 mod budgets;
 mod endpoints;
@@ -1712,6 +1713,12 @@ impl<B: Backend> Store for B {
             }
         }
         Ok(rollups)
+    }
+
+    // ---- alerts ----------------------------------------------------------------------
+
+    fn alerts(&self) -> &dyn super::alerts::AlertStore {
+        self
     }
 
     // ---- endpoint monitors -----------------------------------------------------------

@@ -82,6 +82,8 @@ pub(crate) async fn prune<B: Backend>(
     pruned.usage_rows += delete_empty_series(backend, plan.now - DAY, limit).await?;
     pruned.inputs += delete_unused_inputs(backend, plan.now - INPUT_GRACE, limit).await?;
     pruned.endpoint_checks += super::endpoints::prune(backend, plan.checks_before, limit).await?;
+    pruned.alerts +=
+        super::super::alerts::AlertStore::prune_alerts(backend, plan.alerts_before, limit).await?;
     Ok(pruned)
 }
 
