@@ -405,6 +405,12 @@ fn a_did_not_run_rule_fires_when_a_cron_job_is_disabled() {
     let job = server.create_job(
         &json!({"name": "sync", "module": "hello", "job": "noop", "schedule": "* * * * * *"}),
     );
+    // A job that has not run yet did not run: the rule is defined once it has.
+    assert!(server.wait_until(WAIT, || {
+        !server
+            .executions(&format!("jobId={}&status=COMPLETED", id(&job)))
+            .is_empty()
+    }));
     created(
         &server,
         "/api/v1/alerts/channels",
@@ -422,9 +428,6 @@ fn a_did_not_run_rule_fires_when_a_cron_job_is_disabled() {
         }),
     );
     let rule_id = id(&rule);
-    assert!(server.wait_until(WAIT, || {
-        !server.executions(&format!("jobId={}", id(&job))).is_empty()
-    }));
     thread::sleep(Duration::from_secs(3));
     assert!(
         changes(&server, &rule_id).is_empty(),

@@ -4519,6 +4519,339 @@ async fn budget_counters_of_old_windows_are_pruned_and_go_with_their_module(stor
 
 /// Runs each listed behaviour against a fresh database from `$open`, which returns the
 /// store and a guard that cleans the database up when dropped.
+// ---- alerts ------------------------------------------------------------------------------
+
+fn alert_rule(name: &str) -> crate::domain::alert::AlertRule {
+    use crate::domain::alert::{AlertCondition, AlertQuery, AlertRule, AlertState, Op, Severity};
+    AlertRule {
+        id: new_id(),
+        name: name.to_owned(),
+        query: AlertQuery::parse(
+            &json!({"source": "endpoint", "endpoint": "e", "measure": "down"}),
+        )
+        .unwrap(),
+        condition: AlertCondition {
+            op: Op::Ge,
+            value: 1.0,
+        },
+        for_ms: 0,
+        severity: Severity::Critical,
+        labels: BTreeMap::from([("team".to_owned(), "ops".to_owned())]),
+        channels: vec!["ch-1".to_owned(), "ch-2".to_owned()],
+        description: Some("down".to_owned()),
+        enabled: true,
+        state: AlertState::Ok,
+        since: T0,
+        value: None,
+        created_at: T0,
+        updated_at: T0,
+    }
+}
+
+fn outbox_row(
+    rule_id: Option<&str>,
+    channel_id: &str,
+    at: Millis,
+) -> crate::domain::alert::Notification {
+    crate::domain::alert::Notification {
+        id: new_id(),
+        rule_id: rule_id.map(str::to_owned),
+        channel_id: channel_id.to_owned(),
+        kind: "firing".to_owned(),
+        payload: json!({"kind": "firing"}),
+        status: crate::domain::alert::NotificationStatus::Pending,
+        attempts: Vec::new(),
+        next_attempt_at: at,
+        expires_at: at + DAY,
+        delivered_at: None,
+        created_at: at,
+    }
+}
+
+fn firing(rule: &crate::domain::alert::AlertRule, at: Millis) -> crate::domain::alert::Transition {
+    use crate::domain::alert::{AlertState, Change, HistoryEntry, Transition};
+    Transition {
+        rule_id: rule.id.clone(),
+        from: (rule.state, rule.since),
+        to: (AlertState::Firing, at),
+        value: Some(3.0),
+        entry: HistoryEntry {
+            id: new_id(),
+            rule_id: rule.id.clone(),
+            rule: rule.name.clone(),
+            change: Change::Firing,
+            severity: rule.severity,
+            value: Some(3.0),
+            labels: rule.labels.clone(),
+            silenced: false,
+            at,
+        },
+        notifications: rule
+            .channels
+            .iter()
+            .map(|channel| outbox_row(Some(&rule.id), channel, at))
+            .collect(),
+    }
+}
+
+async fn an_alert_transition_is_written_whole_once_and_only_under_the_lease(store: &dyn Store) {
+    use super::alerts::Fence;
+    use crate::domain::alert::AlertState;
+    let alerts = store.alerts();
+    let rule = alert_rule("api-down");
+    alerts.insert_rule(&rule).await.unwrap();
+    assert!(matches!(
+        alerts.insert_rule(&alert_rule("api-down")).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(alerts.get_rule(&rule.id).await.unwrap(), Some(rule.clone()));
+    let token = store
+        .acquire_lease("alerts", "node-a", T0, 5 * SECOND)
+        .await
+        .unwrap()
+        .unwrap();
+    let at = T0 + SECOND;
+    let fence = |holder, token| Fence {
+        lease: "alerts",
+        holder,
+        token,
+        now: at,
+    };
+    let transition = firing(&rule, at);
+
+    // Another node, or a stale token, writes nothing.
+    assert_eq!(
+        alerts
+            .record_transition(&transition, fence("node-b", token))
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        alerts
+            .record_transition(&transition, fence("node-a", LeaseToken(token.0 + 1)))
+            .await
+            .unwrap(),
+        None
+    );
+    assert!(
+        alerts
+            .history(0, Millis::MAX, None, None, 10)
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+
+    assert_eq!(
+        alerts
+            .record_transition(&transition, fence("node-a", token))
+            .await
+            .unwrap(),
+        Some(true)
+    );
+    let stored = alerts.get_rule(&rule.id).await.unwrap().unwrap();
+    assert_eq!(
+        (stored.state, stored.since, stored.value),
+        (AlertState::Firing, at, Some(3.0))
+    );
+    // The same decision made twice (a second evaluator read the old state) is refused whole.
+    let again = firing(&rule, at);
+    assert_eq!(
+        alerts
+            .record_transition(&again, fence("node-a", token))
+            .await
+            .unwrap(),
+        Some(false)
+    );
+    let history = alerts
+        .history(0, Millis::MAX, Some(&rule.id), None, 10)
+        .await
+        .unwrap();
+    assert_eq!(history.items, [transition.entry.clone()]);
+    let outbox = alerts.notifications(Some(&rule.id), 10).await.unwrap();
+    assert_eq!(outbox.len(), 2);
+    assert_eq!(alerts.due_notifications(at, 10).await.unwrap().len(), 2);
+
+    // Editing the definition leaves the state alone.
+    let renamed = crate::domain::alert::AlertRule {
+        name: "api-is-down".to_owned(),
+        ..rule.clone()
+    };
+    assert!(alerts.update_rule(&renamed).await.unwrap());
+    let stored = alerts.get_rule(&rule.id).await.unwrap().unwrap();
+    assert_eq!(
+        (stored.name.as_str(), stored.state),
+        ("api-is-down", AlertState::Firing)
+    );
+    // Deleting the rule drops what it has not sent; its history stays.
+    assert!(alerts.delete_rule(&rule.id).await.unwrap());
+    assert!(
+        alerts
+            .notifications(Some(&rule.id), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        alerts
+            .history(0, Millis::MAX, None, None, 10)
+            .await
+            .unwrap()
+            .items
+            .len(),
+        1
+    );
+}
+
+async fn an_outbox_row_is_retried_then_settled_and_only_under_the_lease(store: &dyn Store) {
+    use super::alerts::{AttemptOutcome, Fence};
+    use crate::domain::alert::{Attempt, NotificationStatus};
+    let alerts = store.alerts();
+    let row = outbox_row(None, "ch-1", T0);
+    alerts.insert_notification(&row).await.unwrap();
+    let token = store
+        .acquire_lease("alerts", "node-a", T0, 5 * SECOND)
+        .await
+        .unwrap()
+        .unwrap();
+    let fence = |holder, now| Fence {
+        lease: "alerts",
+        holder,
+        token,
+        now,
+    };
+    let failed = Attempt {
+        at: T0,
+        status: Some(500),
+        error: Some("answered 500".to_owned()),
+    };
+    assert_eq!(
+        alerts
+            .record_attempt(
+                &row.id,
+                &failed,
+                AttemptOutcome::RetryAt(T0 + 2 * SECOND),
+                fence("node-b", T0)
+            )
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        alerts
+            .record_attempt(
+                &row.id,
+                &failed,
+                AttemptOutcome::RetryAt(T0 + 2 * SECOND),
+                fence("node-a", T0)
+            )
+            .await
+            .unwrap(),
+        Some(true)
+    );
+    assert!(
+        alerts
+            .due_notifications(T0 + SECOND, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let due = alerts.due_notifications(T0 + 2 * SECOND, 10).await.unwrap();
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].attempts, [failed.clone()]);
+
+    let delivered = Attempt {
+        at: T0 + 2 * SECOND,
+        status: Some(200),
+        error: None,
+    };
+    assert_eq!(
+        alerts
+            .record_attempt(
+                &row.id,
+                &delivered,
+                AttemptOutcome::Delivered,
+                fence("node-a", T0 + 2 * SECOND)
+            )
+            .await
+            .unwrap(),
+        Some(true)
+    );
+    // A second sender's late answer changes nothing once delivered.
+    assert_eq!(
+        alerts
+            .record_attempt(
+                &row.id,
+                &delivered,
+                AttemptOutcome::Delivered,
+                fence("node-a", T0 + 2 * SECOND)
+            )
+            .await
+            .unwrap(),
+        Some(false)
+    );
+    let stored = alerts.get_notification(&row.id).await.unwrap().unwrap();
+    assert_eq!(stored.status, NotificationStatus::Delivered);
+    assert_eq!(stored.delivered_at, Some(T0 + 2 * SECOND));
+    assert_eq!(stored.attempts, [failed, delivered]);
+    assert!(
+        alerts
+            .due_notifications(Millis::MAX, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+async fn alert_history_and_settled_notifications_past_their_retention_are_pruned(
+    store: &dyn Store,
+) {
+    use super::alerts::Fence;
+    let now = crate::domain::now_millis();
+    let alerts = store.alerts();
+    let old = now - 100 * DAY;
+    let rule = crate::domain::alert::AlertRule {
+        since: old - SECOND,
+        ..alert_rule("old")
+    };
+    alerts.insert_rule(&rule).await.unwrap();
+    let token = store
+        .acquire_lease("alerts", "node-a", now, 5 * SECOND)
+        .await
+        .unwrap()
+        .unwrap();
+    let mut transition = firing(&rule, old);
+    transition.notifications[0].status = crate::domain::alert::NotificationStatus::Suppressed;
+    let fence = Fence {
+        lease: "alerts",
+        holder: "node-a",
+        token,
+        now,
+    };
+    assert_eq!(
+        alerts.record_transition(&transition, fence).await.unwrap(),
+        Some(true)
+    );
+    let pruned = prune_all(store, &Retention::default(), now).await;
+    // The history entry and the suppressed row go; the row still pending stays.
+    assert_eq!(pruned.alerts, 2, "{pruned:?}");
+    assert!(
+        alerts
+            .history(0, Millis::MAX, None, None, 10)
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    let left = alerts.notifications(None, 10).await.unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(
+        left[0].status,
+        crate::domain::alert::NotificationStatus::Pending
+    );
+}
+
 macro_rules! backend_tests {
     ($backend:ident, $open:path, [$($(#[$attr:meta])* $test:ident),* $(,)?]) => {
         mod $backend {
@@ -4650,6 +4983,9 @@ macro_rules! every_behaviour {
                 fuel_is_added_past_the_limit_and_then_refuses_a_check,
                 concurrent_charges_never_pass_the_limit,
                 budget_counters_of_old_windows_are_pruned_and_go_with_their_module,
+                an_alert_transition_is_written_whole_once_and_only_under_the_lease,
+                an_outbox_row_is_retried_then_settled_and_only_under_the_lease,
+                alert_history_and_settled_notifications_past_their_retention_are_pruned,
                 #[ignore = "a measurement; run with --release -- --ignored --nocapture"]
                 hot_path_throughput_of_20000_executions,
             ]
