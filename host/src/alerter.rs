@@ -65,7 +65,7 @@ pub(crate) async fn run(
                         Ok(true) => {}
                         Ok(false) => tracing::info!("lost the alerts lease mid-round"),
                         Err(err) => {
-                            tracing::warn!(error = %err, "alert evaluation failed; retrying")
+                            tracing::warn!(error = %err, "alert evaluation failed; retrying");
                         }
                     }
                 }

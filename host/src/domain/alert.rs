@@ -312,7 +312,7 @@ impl Members {
             };
         }
         let span = parse_duration(&field, &text)?;
-        if span < MINUTE || span > MAX_WINDOW {
+        if !(MINUTE..=MAX_WINDOW).contains(&span) {
             return Err(refuse(
                 field,
                 format!(

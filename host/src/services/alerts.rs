@@ -726,13 +726,11 @@ impl Services {
                     "empty matchers would silence every rule; name at least one label",
                 ));
             }
-            (Some(rule_id), _) => {
-                if self.store.alerts().get_rule(rule_id).await?.is_none() {
-                    return Err(ServiceError::unprocessable(
-                        "ruleId",
-                        format!("no alert rule `{rule_id}` exists"),
-                    ));
-                }
+            (Some(rule_id), _) if self.store.alerts().get_rule(rule_id).await?.is_none() => {
+                return Err(ServiceError::unprocessable(
+                    "ruleId",
+                    format!("no alert rule `{rule_id}` exists"),
+                ));
             }
             _ => {}
         }

@@ -4517,8 +4517,6 @@ async fn budget_counters_of_old_windows_are_pruned_and_go_with_their_module(stor
 
 // ---- backends ------------------------------------------------------------------------
 
-/// Runs each listed behaviour against a fresh database from `$open`, which returns the
-/// store and a guard that cleans the database up when dropped.
 // ---- alerts ------------------------------------------------------------------------------
 
 fn alert_rule(name: &str) -> crate::domain::alert::AlertRule {
@@ -4668,7 +4666,7 @@ async fn an_alert_transition_is_written_whole_once_and_only_under_the_lease(stor
         .history(0, Millis::MAX, Some(&rule.id), None, 10)
         .await
         .unwrap();
-    assert_eq!(history.items, [transition.entry.clone()]);
+    assert_eq!(history.items, std::slice::from_ref(&transition.entry));
     let outbox = alerts.notifications(Some(&rule.id), 10).await.unwrap();
     assert_eq!(outbox.len(), 2);
     assert_eq!(alerts.due_notifications(at, 10).await.unwrap().len(), 2);
@@ -4759,7 +4757,7 @@ async fn an_outbox_row_is_retried_then_settled_and_only_under_the_lease(store: &
     );
     let due = alerts.due_notifications(T0 + 2 * SECOND, 10).await.unwrap();
     assert_eq!(due.len(), 1);
-    assert_eq!(due[0].attempts, [failed.clone()]);
+    assert_eq!(due[0].attempts, std::slice::from_ref(&failed));
 
     let delivered = Attempt {
         at: T0 + 2 * SECOND,
@@ -4852,6 +4850,10 @@ async fn alert_history_and_settled_notifications_past_their_retention_are_pruned
     );
 }
 
+// ---- backends ------------------------------------------------------------------------
+
+/// Runs each listed behaviour against a fresh database from `$open`, which returns the
+/// store and a guard that cleans the database up when dropped.
 macro_rules! backend_tests {
     ($backend:ident, $open:path, [$($(#[$attr:meta])* $test:ident),* $(,)?]) => {
         mod $backend {
