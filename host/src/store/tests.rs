@@ -4515,8 +4515,6 @@ async fn budget_counters_of_old_windows_are_pruned_and_go_with_their_module(stor
     assert_eq!(store.budget_usage(&[current]).await.unwrap(), [0]);
 }
 
-// ---- backends ------------------------------------------------------------------------
-
 // ---- alerts ------------------------------------------------------------------------------
 
 fn alert_rule(name: &str) -> crate::domain::alert::AlertRule {
