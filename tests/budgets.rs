@@ -402,3 +402,90 @@ fn only_an_admin_sets_budgets_and_bad_ones_are_refused_naming_the_field() {
     let missing = server.get(&budgets_path("no-such-module"));
     assert_eq!(missing.status, 404, "{}", missing.body);
 }
+
+/// The names of the rules firing now.
+fn firing(server: &Server) -> Vec<String> {
+    let reply = server.get("/api/v1/alerts");
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    reply.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|alert| alert["state"] == "firing")
+        .map(|alert| alert["rule"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn a_budget_fires_its_rules_at_80_and_100_percent_and_an_alert_budget_stops_nothing() {
+    let setup = outbound::http_client_beside_a_hello_server_with(&[("RUNCELL_ALERT_EVERY", "1s")]);
+    let HttpClientSetup { server, local, .. } = setup;
+    approve(&server, &local);
+    set_budgets(
+        &server,
+        "http-client",
+        &json!([{"metric": "runs", "per": "day", "limit": 5, "action": "alert"}]),
+    );
+    let warning = "budget:http-client:runs:day:80%";
+    let critical = "budget:http-client:runs:day:100%";
+    let rules = server.get("/api/v1/alerts/rules");
+    let names: Vec<&str> = rules.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|rule| rule["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names.len(), 2, "{}", rules.body);
+    assert!(
+        names.contains(&warning) && names.contains(&critical),
+        "{names:?}"
+    );
+
+    let job = fetcher(&server, 1);
+    let input = json!({"url": format!("http://{local}/")});
+    let run = |count: usize| {
+        for _ in 0..count {
+            let execution = server.execute(&job, Some(input.clone()));
+            assert_eq!(server.wait_final(&execution, RUN)["status"], "COMPLETED");
+        }
+    };
+    run(3);
+    thread::sleep(Duration::from_secs(2));
+    assert_eq!(firing(&server), Vec::<String>::new(), "3 of 5 runs is 60 %");
+    run(1);
+    assert!(
+        server.wait_until(Duration::from_secs(10), || firing(&server) == [warning]),
+        "4 of 5 runs fires the warning: {:?}",
+        firing(&server)
+    );
+    // Past the limit: an `alert` budget stops nothing, and the critical rule fires.
+    run(2);
+    assert!(
+        server.wait_until(Duration::from_secs(10), || firing(&server).len() == 2),
+        "6 of 5 runs fires both: {:?}",
+        firing(&server)
+    );
+
+    // Budgets replaced: the rules of the budget that went go with it.
+    set_budgets(
+        &server,
+        "http-client",
+        &json!([{"metric": "fuel", "per": "hour", "limit": 1_000_000_000_000u64, "action": "alert"}]),
+    );
+    let rules = server.get("/api/v1/alerts/rules");
+    let names: Vec<&str> = rules.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|rule| rule["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names
+            .iter()
+            .filter(|n| n.starts_with("budget:http-client:fuel:hour:"))
+            .count(),
+        2,
+        "{names:?}"
+    );
+    assert!(!names.contains(&warning), "{names:?}");
+}

@@ -23,9 +23,19 @@ pub(crate) struct HttpClientSetup {
 }
 
 pub(crate) fn http_client_beside_a_hello_server() -> HttpClientSetup {
+    http_client_beside_a_hello_server_with(&[])
+}
+
+/// The same, the server started with `env` as well.
+pub(crate) fn http_client_beside_a_hello_server_with(env: &[(&str, &str)]) -> HttpClientSetup {
     let (port, served) = peers::hello_server();
+    let mut env: Vec<(String, String)> = env
+        .iter()
+        .map(|(key, value)| ((*key).to_owned(), (*value).to_owned()))
+        .collect();
+    env.push(("RUNCELL_OUTBOUND_ALLOW".into(), "127.0.0.1".into()));
     let server = Server::start_with(ServerOptions {
-        env: vec![("RUNCELL_OUTBOUND_ALLOW".into(), "127.0.0.1".into())],
+        env,
         ..ServerOptions::default()
     });
     let client = std::fs::read(guests::guest("http-client")).unwrap();

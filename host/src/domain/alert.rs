@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use super::Millis;
+use super::budget::{BudgetMetric, BudgetPeriod};
 use super::metrics::Aggregate;
 use super::window::{DAY, HOUR, MINUTE};
 
@@ -260,6 +261,14 @@ pub enum AlertQuery {
         measure: OutboundMeasure,
         window: Span,
     },
+    /// How much of one of a module's consumption budgets its current window has used:
+    /// 1.0 is all of it.
+    Budget {
+        module: String,
+        metric: BudgetMetric,
+        host: Option<String>,
+        per: BudgetPeriod,
+    },
 }
 
 /// The members of a query object, each taken once; what is left at the end is unknown.
@@ -393,10 +402,20 @@ impl AlertQuery {
                 )?,
                 window: need_window(members.span("window", true)?)?,
             },
+            "budget" => AlertQuery::Budget {
+                module: members.required("module")?,
+                metric: members.name(
+                    "metric",
+                    BudgetMetric::parse,
+                    "runs, fuel or outboundRequests",
+                )?,
+                host: members.text("host")?,
+                per: members.name("per", BudgetPeriod::parse, "hour or day")?,
+            },
             other => {
                 return Err(refuse(
                     "query.source",
-                    format!("`{other}` is not one of usage, metric, endpoint or outbound"),
+                    format!("`{other}` is not one of usage, metric, endpoint, outbound or budget"),
                 ));
             }
         };
@@ -471,6 +490,18 @@ impl AlertQuery {
                 put("host", host.as_ref().map(|h| json!(h)));
                 put("measure", Some(json!(measure.as_str())));
                 put("window", Some(json!(window.text())));
+            }
+            AlertQuery::Budget {
+                module,
+                metric,
+                host,
+                per,
+            } => {
+                put("source", Some(json!("budget")));
+                put("module", Some(json!(module)));
+                put("metric", Some(json!(metric.as_str())));
+                put("host", host.as_ref().map(|h| json!(h)));
+                put("per", Some(json!(per.as_str())));
             }
         }
         Value::Object(map)
@@ -741,6 +772,20 @@ mod tests {
         assert_eq!(AlertQuery::parse(&outbound).unwrap().to_json(), outbound);
         let metric = json!({"source": "metric", "module": "m", "name": "queue.depth", "labels": {"q": "a"}, "agg": "max", "window": "1h"});
         assert_eq!(AlertQuery::parse(&metric).unwrap().to_json(), metric);
+        let budget = json!({"source": "budget", "module": "m", "metric": "outboundRequests", "host": "api.example.com", "per": "hour"});
+        assert_eq!(AlertQuery::parse(&budget).unwrap().to_json(), budget);
+        assert_eq!(
+            field(AlertQuery::parse(
+                &json!({"source": "budget", "module": "m", "metric": "speed", "per": "hour"})
+            )),
+            "query.metric"
+        );
+        assert_eq!(
+            field(AlertQuery::parse(
+                &json!({"source": "budget", "module": "m", "metric": "runs", "per": "week"})
+            )),
+            "query.per"
+        );
 
         assert_eq!(
             field(AlertQuery::parse(&json!({"source": "logs"}))),

@@ -17,10 +17,11 @@ use super::usage::UsageFilter;
 use super::{ServiceError, Services};
 use crate::domain::alert::{
     AlertCondition, AlertQuery, AlertRule, AlertState, Attempt, Change, Channel, ChannelKind,
-    EndpointMeasure, FieldError, HistoryEntry, MAX_FOR, Notification, NotificationStatus,
+    EndpointMeasure, FieldError, HistoryEntry, MAX_FOR, Notification, NotificationStatus, Op,
     OutboundMeasure, Severity, Silence, Span, Transition, UsageMeasure, format_duration,
     next_change, parse_duration, retry_delay,
 };
+use crate::domain::budget::{Budget, BudgetStatus};
 use crate::domain::endpoint::{Endpoint, UptimeCount};
 use crate::domain::metrics::Rollup;
 use crate::domain::usage::RunTotals;
@@ -151,6 +152,60 @@ pub(crate) struct SilenceDraft {
     #[schema(value_type = String)]
     pub until: Value,
     pub comment: String,
+}
+
+/// How the rules that watch a module's budgets are named: `budget:{module}:...`.
+const BUDGET_RULE_PREFIX: &str = "budget:";
+
+/// The rule that fires when `budget` of `module` reaches `percent` % of its limit.
+fn budget_rule(
+    module: &str,
+    budget: &Budget,
+    percent: u32,
+    severity: Severity,
+    now: Millis,
+) -> AlertRule {
+    let host = budget
+        .host
+        .as_deref()
+        .map(|host| format!(":{host}"))
+        .unwrap_or_default();
+    let what = format!("{}{host}:{}", budget.metric.as_str(), budget.per.as_str());
+    let labels = BTreeMap::from([
+        ("module".to_owned(), module.to_owned()),
+        ("budget".to_owned(), what.clone()),
+    ]);
+    AlertRule {
+        id: new_id(),
+        name: format!("{BUDGET_RULE_PREFIX}{module}:{what}:{percent}%"),
+        query: AlertQuery::Budget {
+            module: module.to_owned(),
+            metric: budget.metric,
+            host: budget.host.clone(),
+            per: budget.per,
+        },
+        condition: AlertCondition {
+            op: Op::Ge,
+            value: f64::from(percent) / 100.0,
+        },
+        for_ms: 0,
+        severity,
+        labels,
+        channels: Vec::new(),
+        description: Some(format!(
+            "Module `{module}` has used {percent} % of its {} budget for the {} ({} {}).",
+            budget.metric.as_str(),
+            budget.per.as_str(),
+            budget.limit,
+            budget.metric.as_str()
+        )),
+        enabled: true,
+        state: AlertState::Ok,
+        since: now,
+        value: None,
+        created_at: now,
+        updated_at: now,
+    }
 }
 
 fn is_valid_name(name: &str) -> bool {
@@ -342,6 +397,7 @@ impl Services {
                     module_known(module).await?;
                 }
             }
+            AlertQuery::Budget { module, .. } => module_known(module).await?,
         }
         Ok(())
     }
@@ -368,7 +424,6 @@ impl Services {
     }
 
     async fn check_rule(&self, rule: &AlertRule) -> Result<(), ServiceError> {
-        check_name(&rule.name)?;
         check_labels("labels", &rule.labels)?;
         if rule.for_ms > MAX_FOR {
             return Err(ServiceError::unprocessable(
@@ -422,9 +477,51 @@ impl Services {
             created_at: now,
             updated_at: now,
         };
+        check_name(&rule.name)?;
         self.check_rule(&rule).await?;
         self.store.alerts().insert_rule(&rule).await?;
         Ok(rule)
+    }
+
+    /// Keeps the rules that watch module `module`'s budgets in step with `budgets`: two
+    /// per budget, `warning` at 80 % of its limit and `critical` at 100 %, for `alert`
+    /// and `enforce` budgets alike. They are named `budget:{module}:...` (a colon no rule
+    /// a client names can have), so they are found again and never collide; a rule whose
+    /// budget still exists is kept as it is (its state, and the channels an operator gave
+    /// it), one whose budget is gone is deleted.
+    pub(crate) async fn keep_budget_rules(
+        &self,
+        module: &str,
+        budgets: &[Budget],
+    ) -> Result<(), ServiceError> {
+        let prefix = format!("{BUDGET_RULE_PREFIX}{module}:");
+        let existing: Vec<AlertRule> = self
+            .store
+            .alerts()
+            .list_rules()
+            .await?
+            .into_iter()
+            .filter(|rule| rule.name.starts_with(&prefix))
+            .collect();
+        let now = now_millis();
+        let wanted: Vec<AlertRule> = budgets
+            .iter()
+            .flat_map(|budget| {
+                [(80, Severity::Warning), (100, Severity::Critical)]
+                    .map(|(percent, severity)| budget_rule(module, budget, percent, severity, now))
+            })
+            .collect();
+        for rule in &existing {
+            if !wanted.iter().any(|w| w.name == rule.name) {
+                self.store.alerts().delete_rule(&rule.id).await?;
+            }
+        }
+        for rule in wanted {
+            if !existing.iter().any(|e| e.name == rule.name) {
+                self.store.alerts().insert_rule(&rule).await?;
+            }
+        }
+        Ok(())
     }
 
     pub(crate) async fn get_alert_rule(&self, id: &str) -> Result<AlertRule, ServiceError> {
@@ -448,6 +545,7 @@ impl Services {
     ) -> Result<AlertRule, ServiceError> {
         let mut rule = self.get_alert_rule(id).await?;
         if let Some(name) = patch.name {
+            check_name(&name)?;
             rule.name = name;
         }
         if let Some(query) = patch.query {
@@ -892,6 +990,21 @@ impl Services {
                     OutboundMeasure::Responses5xx => tally.responses_5xx,
                     OutboundMeasure::Denied => tally.denied,
                 } as f64))
+            }
+            AlertQuery::Budget {
+                module,
+                metric,
+                host,
+                per,
+            } => {
+                let statuses = self.budget_usage(module).await?;
+                Ok(statuses
+                    .iter()
+                    .find(|status| {
+                        let budget = &status.budget;
+                        budget.metric == *metric && budget.host == *host && budget.per == *per
+                    })
+                    .map(BudgetStatus::ratio))
             }
         }
     }

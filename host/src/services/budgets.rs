@@ -197,6 +197,7 @@ impl Services {
             .await?
             .ok_or_else(|| ServiceError::not_found("module", name))?;
         self.modules.invalidate(name);
+        self.keep_budget_rules(name, &record.budgets).await?;
         tracing::info!(module = %name, budgets = record.budgets.len(), "module budgets set");
         self.statuses(name, record.budgets, now_millis()).await
     }
