@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use distributed::{TestDatabase, TestPrefix, block_on, redis_url};
+use distributed::{TestDatabase, TestPrefix, redis_url};
 use server::{Server, ServerOptions};
 
 /// The webhook channel's signing key: it must reach no response, log or audit entry.
@@ -567,26 +567,6 @@ fn bad_definitions_are_refused_naming_the_field_and_viewers_cannot_define() {
 
 // ---- two nodes ----------------------------------------------------------------------------
 
-/// The node holding the alerts lease now, if any.
-fn lease_holder(database: &TestDatabase) -> Option<String> {
-    use sqlx::{Connection, Row};
-    block_on(async {
-        let mut connection = sqlx::PgConnection::connect(&database.url).await.ok()?;
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as i64;
-        let row =
-            sqlx::query("SELECT holder FROM leases WHERE name = 'alerts' AND expires_at > $1")
-                .bind(now)
-                .fetch_optional(&mut connection)
-                .await
-                .ok()?;
-        let _ = connection.close().await;
-        row.map(|row| row.get::<String, _>("holder"))
-    })
-}
-
 /// One cluster test at a time: each runs several servers.
 fn one_at_a_time() -> MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());
@@ -636,7 +616,9 @@ fn killing_the_alerting_node_while_a_notification_is_due_still_delivers_it_once_
         nodes[1].wait_until(WAIT, || !hook.seen().is_empty()),
         "nothing was sent"
     );
-    let holder = lease_holder(&database).expect("a node evaluates alerts");
+    let holder = database
+        .lease_holder("alerts")
+        .expect("a node evaluates alerts");
     let killed = if holder == "node-a" { 0 } else { 1 };
     let survivor = 1 - killed;
     nodes[killed].kill();

@@ -71,27 +71,6 @@ impl TestDatabase {
             usize::try_from(row.get::<i64, _>("n")).unwrap()
         })
     }
-
-    /// The node holding the scheduler lease now, if the lease is held.
-    fn scheduler_holder(&self) -> Option<String> {
-        use sqlx::{Connection, Row};
-        block_on(async {
-            let mut connection = sqlx::PgConnection::connect(&self.url).await.ok()?;
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap()
-                .as_millis() as i64;
-            let row = sqlx::query(
-                "SELECT holder FROM leases WHERE name = 'scheduler' AND expires_at > $1",
-            )
-            .bind(now)
-            .fetch_optional(&mut connection)
-            .await
-            .ok()?;
-            let _ = connection.close().await;
-            row.map(|row| row.get::<String, _>("holder"))
-        })
-    }
 }
 
 impl TestPrefix {
@@ -552,7 +531,7 @@ fn cron_fires_once_per_tick_when_the_leader_is_killed() {
     thread::sleep(Duration::from_secs(4));
     let leader = cluster
         .database
-        .scheduler_holder()
+        .lease_holder("scheduler")
         .expect("a node holds the scheduler lease");
     // Every node names the same leader in its listing.
     for node in &cluster.nodes {

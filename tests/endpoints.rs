@@ -583,22 +583,6 @@ fn bad_definitions_name_their_field_and_a_viewer_cannot_create() {
 /// The endpoints lease's time to live (`monitor::LEASE_TTL`).
 const LEASE_TTL: Duration = Duration::from_secs(5);
 
-/// The node holding the endpoints lease now, if any.
-fn lease_holder(database: &TestDatabase) -> Option<String> {
-    use sqlx::{Connection, Row};
-    block_on(async {
-        let mut connection = sqlx::PgConnection::connect(&database.url).await.ok()?;
-        let row =
-            sqlx::query("SELECT holder FROM leases WHERE name = 'endpoints' AND expires_at > $1")
-                .bind(now_ms())
-                .fetch_optional(&mut connection)
-                .await
-                .ok()?;
-        let _ = connection.close().await;
-        row.map(|row| row.get::<String, _>("holder"))
-    })
-}
-
 /// `(due time, rows, node)` of every check of `endpoint_id`, read straight from the
 /// database, oldest first.
 fn check_rows(database: &TestDatabase, endpoint_id: &str) -> Vec<(i64, i64, String)> {
@@ -660,7 +644,9 @@ fn two_nodes_check_each_interval_once_and_the_survivor_takes_over_a_killed_check
     );
     let id = id(&endpoint);
     thread::sleep(Duration::from_secs(5));
-    let holder = lease_holder(&database).expect("a node checks endpoints");
+    let holder = database
+        .lease_holder("endpoints")
+        .expect("a node checks endpoints");
     let before = check_rows(&database, &id);
     assert!(before.len() >= 3, "checks before the kill: {before:?}");
     assert!(

@@ -53,6 +53,29 @@ impl TestDatabase {
     }
 }
 
+impl TestDatabase {
+    /// The node holding lease `name` (`scheduler`, `endpoints`, `alerts`, ...) now, read
+    /// straight from the database; `None` while nobody holds it.
+    pub(crate) fn lease_holder(&self, name: &str) -> Option<String> {
+        use sqlx::{Connection, Row};
+        block_on(async {
+            let mut connection = sqlx::PgConnection::connect(&self.url).await.ok()?;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .ok()?
+                .as_millis() as i64;
+            let row = sqlx::query("SELECT holder FROM leases WHERE name = $1 AND expires_at > $2")
+                .bind(name)
+                .bind(now)
+                .fetch_optional(&mut connection)
+                .await
+                .ok()?;
+            let _ = connection.close().await;
+            row.map(|row| row.get::<String, _>("holder"))
+        })
+    }
+}
+
 impl Drop for TestDatabase {
     fn drop(&mut self) {
         use sqlx::{Connection, Executor};
