@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -101,13 +101,13 @@ fn parse_setting(text: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("`{text}` is not KEY=VALUE"))
 }
 
-struct LocalRuntime {
-    runtime: Runtime,
+pub(super) struct LocalRuntime {
+    pub(super) runtime: Runtime,
     events: Arc<MemoryEventSink>,
     metrics: Arc<MemoryMetricsSink>,
 }
 
-fn local_runtime(
+pub(super) fn local_runtime(
     cache: &CacheArgs,
     outbound: OutboundSettings,
 ) -> Result<LocalRuntime, ExitStatus> {
@@ -139,7 +139,7 @@ fn local_runtime(
     })
 }
 
-async fn load(runtime: &Runtime, path: &PathBuf) -> Result<Arc<LoadedModule>, ExitStatus> {
+pub(super) async fn load(runtime: &Runtime, path: &Path) -> Result<Arc<LoadedModule>, ExitStatus> {
     let bytes = tokio::fs::read(path).await.map_err(|err| {
         eprintln!("error: cannot read {}: {err}", path.display());
         ExitStatus::Environment

@@ -4,6 +4,7 @@
 mod bench;
 mod bench_history;
 mod bench_server;
+mod build;
 mod client;
 mod credentials;
 mod follow;
@@ -11,6 +12,7 @@ mod jobs;
 mod lists;
 mod local;
 mod login;
+mod new;
 mod push;
 mod runs;
 mod serve;
@@ -38,6 +40,10 @@ enum Command {
     Serve(Box<serve::ServeArgs>),
     /// Print a module's manifest (name, version, jobs, requested capabilities) as JSON.
     Inspect(local::InspectArgs),
+    /// Start a module project: a Rust crate on the SDK with one job, its test and a README.
+    New(new::NewArgs),
+    /// Build the module project here (or in DIR) and check the component as a server would.
+    Build(build::BuildArgs),
     /// Run one job of a module locally, without a server: output JSON on stdout, logs
     /// and a usage summary on stderr.
     Run(local::RunArgs),
@@ -138,6 +144,8 @@ pub fn main() -> ExitCode {
     let status = match cli.command {
         Command::Serve(args) => serve::run(*args),
         Command::Inspect(args) => local::inspect(args),
+        Command::New(args) => new::run(args),
+        Command::Build(args) => build::run(args),
         Command::Run(args) => local::run(args),
         Command::Keygen(args) => sign::keygen(args),
         Command::Sign(args) => sign::sign(args),

@@ -176,7 +176,7 @@ fn describe(installed: &Value, previous: Option<&Value>) -> String {
 
 /// One line per thing `capabilities` asks for: `outbound api.example.com`,
 /// `publishes orders.*`, `key-value`, `routes public`.
-fn capability_lines(capabilities: &Value) -> Vec<String> {
+pub(super) fn capability_lines(capabilities: &Value) -> Vec<String> {
     let mut lines: Vec<String> = texts(&capabilities["outboundHosts"])
         .into_iter()
         .map(|host| format!("outbound {host}"))

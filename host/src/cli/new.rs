@@ -1,0 +1,250 @@
+//! `runcell new`: writes a ready module project from the templates in `templates/`. Owns
+//! the project's layout and the checks on its name and directory; building it is
+//! `runcell build`'s.
+
+use std::path::{Path, PathBuf};
+
+use clap::{Args, ValueEnum};
+
+use super::ExitStatus;
+
+#[derive(Debug, Args)]
+pub(super) struct NewArgs {
+    /// The module's name: lowercase letters, digits and `-`, starting with a letter. The
+    /// project is written to a directory of that name unless `--dir` says otherwise.
+    name: String,
+    /// The language of the module.
+    #[arg(long, value_enum, default_value_t = Language::Rust)]
+    lang: Language,
+    /// `job`: one job. `routes`: the same job, and an HTTP route serving the same logic.
+    #[arg(long, value_enum, default_value_t = Template::Job)]
+    template: Template,
+    /// Depend on the SDK in this directory (e.g. `sdk/` of a Runcell checkout) instead of
+    /// the published `runcell-sdk`.
+    #[arg(long, env = "RUNCELL_SDK_PATH")]
+    sdk_path: Option<PathBuf>,
+    /// Where to write the project [default: ./NAME].
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Language {
+    Rust,
+    Python,
+    Js,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Template {
+    Job,
+    Routes,
+}
+
+/// The SDK version a new project asks for: the workspace shares one version, so the
+/// SDK of this release has this binary's version.
+const SDK_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Longest module name a server accepts.
+const MAX_NAME_BYTES: usize = 64;
+
+pub(super) fn run(args: NewArgs) -> ExitStatus {
+    match create(&args) {
+        Ok(dir) => {
+            println!("created {} in {}", args.name, dir.display());
+            println!("next: cd {} && runcell build", dir.display());
+            ExitStatus::Success
+        }
+        Err((status, message)) => {
+            eprintln!("error: {message}");
+            status
+        }
+    }
+}
+
+fn create(args: &NewArgs) -> Result<PathBuf, (ExitStatus, String)> {
+    let usage = |message: String| (ExitStatus::Usage, message);
+    if args.lang != Language::Rust {
+        let lang = if args.lang == Language::Python {
+            "Python"
+        } else {
+            "JavaScript"
+        };
+        return Err(usage(format!(
+            "{lang} modules are not supported by `runcell new` yet; use --lang rust"
+        )));
+    }
+    if !is_valid_name(&args.name) {
+        return Err(usage(format!(
+            "`{}` is not a module name: use 1 to {MAX_NAME_BYTES} lowercase letters, digits and `-`, starting with a letter",
+            args.name
+        )));
+    }
+    let dir = args
+        .dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(&args.name));
+    let not_empty = std::fs::read_dir(&dir).is_ok_and(|mut entries| entries.next().is_some());
+    if not_empty {
+        return Err(usage(format!(
+            "{} already exists and is not empty; choose another name or --dir",
+            dir.display()
+        )));
+    }
+    let sdk = match &args.sdk_path {
+        Some(path) => sdk_path_dependency(path).map_err(usage)?,
+        None => format!("\"{SDK_VERSION}\""),
+    };
+    let files = project_files(&args.name, args.template, &sdk, args.sdk_path.is_some());
+    let environment = |err: std::io::Error| {
+        (
+            ExitStatus::Environment,
+            format!("cannot write {}: {err}", dir.display()),
+        )
+    };
+    for (relative, content) in files {
+        let path = dir.join(relative);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(environment)?;
+        }
+        std::fs::write(&path, content).map_err(environment)?;
+    }
+    Ok(dir)
+}
+
+/// The same rule the server applies to module names.
+fn is_valid_name(name: &str) -> bool {
+    name.len() <= MAX_NAME_BYTES
+        && name.chars().next().is_some_and(|c| c.is_ascii_lowercase())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
+/// `{ path = "/abs/sdk" }` for an SDK directory, which must hold the `runcell-sdk` crate.
+/// Absolute, so the project may move without breaking.
+fn sdk_path_dependency(path: &Path) -> Result<String, String> {
+    let manifest = std::fs::read_to_string(path.join("Cargo.toml")).map_err(|err| {
+        format!(
+            "--sdk-path {}: cannot read its Cargo.toml: {err}",
+            path.display()
+        )
+    })?;
+    if !manifest.contains("name = \"runcell-sdk\"") {
+        return Err(format!(
+            "--sdk-path {}: not the runcell-sdk crate",
+            path.display()
+        ));
+    }
+    let absolute = std::fs::canonicalize(path)
+        .map_err(|err| format!("--sdk-path {}: {err}", path.display()))?;
+    // TOML basic strings take the same escapes as JSON for a path's characters.
+    let quoted = serde_json::to_string(&absolute.to_string_lossy()).expect("a string serializes");
+    Ok(format!("{{ path = {quoted} }}"))
+}
+
+/// Every file of a new project, by path relative to its directory.
+fn project_files(
+    name: &str,
+    template: Template,
+    sdk: &str,
+    from_checkout: bool,
+) -> Vec<(&'static str, String)> {
+    let routes = template == Template::Routes;
+    let sdk_note = if from_checkout {
+        "\nThe SDK is a path dependency on a Runcell checkout (`runcell new --sdk-path`); \
+         replace it with `runcell-sdk = \"VERSION\"` to use the published crate.\n"
+    } else {
+        "\nTo work against a Runcell checkout instead of the published SDK, make it a path \
+         dependency: `runcell-sdk = { path = \"../runcell/sdk\" }` (or create the project \
+         with `runcell new --sdk-path`).\n"
+    };
+    let description = if routes {
+        "Greets people, as a job and over HTTP."
+    } else {
+        "Greets people."
+    };
+    let fill = |template: &str| {
+        template
+            .replace("{{name}}", name)
+            .replace("{{file}}", &name.replace('-', "_"))
+            .replace("{{sdk}}", sdk)
+            .replace("{{sdk_note}}", sdk_note)
+            .replace("{{description}}", description)
+            .replace(
+                "{{routes_use}}",
+                if routes { "\npub mod routes;\n\n" } else { "\n" },
+            )
+            .replace(
+                "{{routes_entry}}",
+                if routes {
+                    "    routes: {\n        handler: routes::serve,\n        access: authenticated,\n    },\n"
+                } else {
+                    ""
+                },
+            )
+    };
+    let mut files = vec![
+        ("Cargo.toml", fill(include_str!("templates/Cargo.toml.txt"))),
+        ("src/lib.rs", fill(include_str!("templates/job.rs.txt"))),
+        ("README.md", fill(include_str!("templates/README.md.txt"))),
+        (
+            ".gitignore",
+            include_str!("templates/gitignore.txt").to_owned(),
+        ),
+    ];
+    if routes {
+        files.push((
+            "src/routes.rs",
+            fill(include_str!("templates/routes.rs.txt")),
+        ));
+    }
+    files
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_the_servers_rule() {
+        for good in ["demo", "data-sync", "a1", &"a".repeat(64)] {
+            assert!(is_valid_name(good), "{good}");
+        }
+        for bad in [
+            "",
+            "Demo",
+            "1demo",
+            "-demo",
+            "de_mo",
+            "de mo",
+            &"a".repeat(65),
+        ] {
+            assert!(!is_valid_name(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn every_placeholder_is_filled() {
+        for template in [Template::Job, Template::Routes] {
+            for (path, content) in project_files("my-mod", template, "\"0.1.0\"", false) {
+                assert!(!content.contains("{{"), "{path} of {template:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_routes_template_declares_its_handler() {
+        let files = project_files("demo", Template::Routes, "\"0.1.0\"", false);
+        let lib = &files
+            .iter()
+            .find(|(path, _)| *path == "src/lib.rs")
+            .unwrap()
+            .1;
+        assert!(lib.contains("pub mod routes;"));
+        assert!(lib.contains("handler: routes::serve"));
+        assert!(files.iter().any(|(path, _)| *path == "src/routes.rs"));
+        let job_only = project_files("demo", Template::Job, "\"0.1.0\"", false);
+        assert!(!job_only.iter().any(|(path, _)| *path == "src/routes.rs"));
+    }
+}
