@@ -227,3 +227,104 @@ fn build_names_what_to_install_when_the_toolchain_is_missing() {
     let not_a_project = runcell(work.path(), &["build"]).output().unwrap();
     assert!(one_line_error(&not_a_project).contains("holds no Cargo.toml"));
 }
+
+#[test]
+fn run_with_kv_reads_the_file_and_writes_the_store_back() {
+    let work = tempfile::tempdir().unwrap();
+    let data_sync = guests::guest("data-sync");
+    let store = work.path().join("state.json");
+    std::fs::write(
+        &store,
+        r#"{"record/old": {"id": "old", "name": "Old", "value": 1.5}, "raw": {"$base64": "/wA="}}"#,
+    )
+    .unwrap();
+
+    let synced = runcell(work.path(), &["run", "--no-cache"])
+        .arg(&data_sync)
+        .args(["hourly-sync", "--kv"])
+        .arg(&store)
+        .args([
+            "--input",
+            r#"{"records": [{"id": "a", "name": "A", "value": 2.5}]}"#,
+        ])
+        .output()
+        .unwrap();
+    assert!(synced.status.success(), "{}", text(&synced.stderr));
+    let written: Value = serde_json::from_str(&std::fs::read_to_string(&store).unwrap()).unwrap();
+    assert_eq!(written["record/old"]["value"], 1.5, "{written}");
+    assert_eq!(written["record/a"]["value"], 2.5, "{written}");
+    assert_eq!(written["sync/cursor"]["totalSyncs"], 1, "{written}");
+    assert_eq!(written["raw"], json!({"$base64": "/wA="}), "bytes survive");
+
+    // The next run reads what the last one wrote.
+    let reported = runcell(work.path(), &["run", "--no-cache"])
+        .arg(&data_sync)
+        .args(["daily-report", "--kv"])
+        .arg(&store)
+        .output()
+        .unwrap();
+    assert!(reported.status.success(), "{}", text(&reported.stderr));
+    let report: Value = serde_json::from_slice(&reported.stdout).unwrap();
+    assert_eq!(report["records"], 2);
+    assert_eq!(report["totalValue"], 4.0);
+}
+
+#[test]
+fn run_with_kv_creates_a_missing_file_and_refuses_one_that_is_not_an_object() {
+    let work = tempfile::tempdir().unwrap();
+    let data_sync = guests::guest("data-sync");
+    let created = work.path().join("new.json");
+    let ran = runcell(work.path(), &["run", "--no-cache"])
+        .arg(&data_sync)
+        .args(["hourly-sync", "--kv"])
+        .arg(&created)
+        .output()
+        .unwrap();
+    assert!(ran.status.success(), "{}", text(&ran.stderr));
+    let written: Value = serde_json::from_str(&std::fs::read_to_string(&created).unwrap()).unwrap();
+    assert_eq!(written["sync/cursor"]["totalSyncs"], 1, "{written}");
+
+    let broken = work.path().join("broken.json");
+    std::fs::write(&broken, "[1, 2]").unwrap();
+    let refused = runcell(work.path(), &["run", "--no-cache"])
+        .arg(&data_sync)
+        .args(["hourly-sync", "--kv"])
+        .arg(&broken)
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(6), "{refused:?}");
+    assert!(one_line_error(&refused).contains("is not a JSON object"));
+    assert_eq!(std::fs::read_to_string(&broken).unwrap(), "[1, 2]");
+}
+
+#[test]
+fn run_with_event_prints_events_on_the_topic_and_refuses_others() {
+    let work = tempfile::tempdir().unwrap();
+    let data_sync = guests::guest("data-sync");
+    let granted = runcell(work.path(), &["run", "--no-cache"])
+        .arg(&data_sync)
+        .args(["daily-report", "--event", "report.*"])
+        .output()
+        .unwrap();
+    assert!(granted.status.success(), "{}", text(&granted.stderr));
+    let stderr = text(&granted.stderr);
+    let event = stderr
+        .lines()
+        .find_map(|line| line.strip_prefix("event  report.generated "))
+        .unwrap_or_else(|| panic!("no event printed: {stderr}"));
+    let payload: Value = serde_json::from_str(event).unwrap();
+    assert_eq!(payload["records"], 0);
+
+    let other = runcell(work.path(), &["run", "--no-cache"])
+        .arg(&data_sync)
+        .args(["daily-report", "--event", "alerts.raised"])
+        .output()
+        .unwrap();
+    assert_eq!(other.status.code(), Some(1), "{other:?}");
+    let stderr = text(&other.stderr);
+    assert!(!stderr.contains("event  "), "{stderr}");
+    assert!(
+        stderr.contains("publishing on `report.generated` is not granted"),
+        "{stderr}"
+    );
+}

@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use clap::Args;
 
-use super::ExitStatus;
+use super::{ExitStatus, kv_file};
 use crate::domain::{
     FailureKind, Grants, HostPattern, Limits, LogEntry, Outcome, RunReport, parse_byte_size,
 };
-use crate::runtime::host::{MemoryEventSink, MemoryKeyValue, MemoryMetricsSink};
+use crate::runtime::host::{BackendError, EventSink, MemoryKeyValue, MemoryMetricsSink};
 use crate::runtime::{
     HostServices, IpNetwork, LoadError, LoadedModule, OutboundSettings, RunRequest, Runtime,
     RuntimeConfig,
@@ -80,12 +80,31 @@ pub(super) struct RunArgs {
     /// metadata addresses stay closed.
     #[arg(long)]
     allow_private: bool,
+    /// A JSON object file standing in for the module's key-value store: read before the
+    /// run, written back after it (whatever its outcome, as a server keeps a failed run's
+    /// writes); created if missing. Values are JSON; bytes a job stores that are not JSON
+    /// are kept as `{"$base64": "..."}`.
+    #[arg(long, value_name = "FILE")]
+    kv: Option<PathBuf>,
+    /// Let the job publish on this topic (or `prefix.*` pattern) instead of the topics its
+    /// manifest asks for, as an operator's grant would (repeatable). Every published
+    /// event is printed to stderr as it happens; a publish on any other topic is refused
+    /// as on a server.
+    #[arg(long = "event", value_name = "TOPIC", value_parser = parse_topic)]
+    events: Vec<String>,
     /// Let HTTP reach this address or network, whatever its kind, e.g. 127.0.0.1 or
     /// 10.1.0.0/16 (repeatable).
     #[arg(long = "allow-address", value_name = "ADDRESS[/PREFIX]")]
     allow_addresses: Vec<IpNetwork>,
     #[command(flatten)]
     cache: CacheArgs,
+}
+
+fn parse_topic(text: &str) -> Result<String, String> {
+    if text.trim().is_empty() || text.chars().any(char::is_whitespace) {
+        return Err("a topic is dot-separated words, e.g. report.generated or report.*".into());
+    }
+    Ok(text.to_owned())
 }
 
 fn parse_host_pattern(text: &str) -> Result<String, String> {
@@ -103,19 +122,37 @@ fn parse_setting(text: &str) -> Result<(String, String), String> {
 
 pub(super) struct LocalRuntime {
     pub(super) runtime: Runtime,
-    events: Arc<MemoryEventSink>,
+    kv: Arc<MemoryKeyValue>,
     metrics: Arc<MemoryMetricsSink>,
+}
+
+/// Prints each event a local run publishes to stderr as it happens, between the job's
+/// log lines, so the author sees what a server's subscribers would receive.
+struct PrintedEvents;
+
+#[async_trait::async_trait]
+impl EventSink for PrintedEvents {
+    async fn publish(
+        &self,
+        _source_module: &str,
+        _execution_id: &str,
+        topic: &str,
+        payload: serde_json::Value,
+    ) -> Result<Vec<String>, BackendError> {
+        eprintln!("event  {topic} {payload}");
+        Ok(Vec::new())
+    }
 }
 
 pub(super) fn local_runtime(
     cache: &CacheArgs,
     outbound: OutboundSettings,
 ) -> Result<LocalRuntime, ExitStatus> {
-    let events = Arc::new(MemoryEventSink::default());
+    let kv = Arc::new(MemoryKeyValue::default());
     let metrics = Arc::new(MemoryMetricsSink::default());
     let services = HostServices {
-        kv: Arc::new(MemoryKeyValue::default()),
-        events: events.clone(),
+        kv: kv.clone(),
+        events: Arc::new(PrintedEvents),
         metrics: metrics.clone(),
     };
     let config = RuntimeConfig {
@@ -134,7 +171,7 @@ pub(super) fn local_runtime(
     })?;
     Ok(LocalRuntime {
         runtime,
-        events,
+        kv,
         metrics,
     })
 }
@@ -209,6 +246,16 @@ pub(super) fn run(args: RunArgs) -> ExitStatus {
         grants
             .outbound_hosts
             .extend(args.allow_hosts.iter().cloned());
+        if !args.events.is_empty() {
+            grants.publishes = args.events.clone();
+        }
+        let module_name = module.manifest.name.as_str();
+        if let Some(path) = &args.kv {
+            if let Err(message) = kv_file::load(path, module_name, &local.kv).await {
+                eprintln!("error: {message}");
+                return ExitStatus::Environment;
+            }
+        }
         let mut request = RunRequest::new(&args.job, input, limits);
         request.grants = Arc::new(grants);
         request.config = Arc::new(args.settings.iter().cloned().collect::<BTreeMap<_, _>>());
@@ -217,8 +264,11 @@ pub(super) fn run(args: RunArgs) -> ExitStatus {
             eprintln!("{}", format_log_line(entry));
         }));
         let report = local.runtime.run(&module, request).await;
-        for event in local.events.take() {
-            eprintln!("event  {} {}", event.topic, event.payload);
+        if let Some(path) = &args.kv {
+            if let Err(message) = kv_file::save(path, module_name, &local.kv).await {
+                eprintln!("error: {message}");
+                return ExitStatus::Environment;
+            }
         }
         for (_, sample) in local.metrics.take() {
             let labels: Vec<String> = sample

@@ -9,6 +9,7 @@ mod client;
 mod credentials;
 mod follow;
 mod jobs;
+mod kv_file;
 mod lists;
 mod local;
 mod login;
