@@ -250,11 +250,11 @@ pub(super) fn run(args: RunArgs) -> ExitStatus {
             grants.publishes = args.events.clone();
         }
         let module_name = module.manifest.name.as_str();
-        if let Some(path) = &args.kv {
-            if let Err(message) = kv_file::load(path, module_name, &local.kv).await {
-                eprintln!("error: {message}");
-                return ExitStatus::Environment;
-            }
+        if let Some(path) = &args.kv
+            && let Err(message) = kv_file::load(path, module_name, &local.kv).await
+        {
+            eprintln!("error: {message}");
+            return ExitStatus::Environment;
         }
         let mut request = RunRequest::new(&args.job, input, limits);
         request.grants = Arc::new(grants);
@@ -264,11 +264,11 @@ pub(super) fn run(args: RunArgs) -> ExitStatus {
             eprintln!("{}", format_log_line(entry));
         }));
         let report = local.runtime.run(&module, request).await;
-        if let Some(path) = &args.kv {
-            if let Err(message) = kv_file::save(path, module_name, &local.kv).await {
-                eprintln!("error: {message}");
-                return ExitStatus::Environment;
-            }
+        if let Some(path) = &args.kv
+            && let Err(message) = kv_file::save(path, module_name, &local.kv).await
+        {
+            eprintln!("error: {message}");
+            return ExitStatus::Environment;
         }
         for (_, sample) in local.metrics.take() {
             let labels: Vec<String> = sample
