@@ -488,4 +488,10 @@ fn a_budget_fires_its_rules_at_80_and_100_percent_and_an_alert_budget_stops_noth
         "{names:?}"
     );
     assert!(!names.contains(&warning), "{names:?}");
+
+    // The module deleted (with its job): its budgets' rules go too.
+    let deleted = server.delete("/api/v1/modules/http-client?force=true");
+    assert_eq!(deleted.status, 204, "{}", deleted.body);
+    let rules = server.get("/api/v1/alerts/rules");
+    assert_eq!(rules.body["items"], json!([]), "{}", rules.body);
 }

@@ -487,6 +487,8 @@ impl Services {
         self.store.delete_module(name, force).await?;
         self.modules.invalidate(name);
         self.runtime.unload(&record.current.content_hash);
+        // Its budgets went with it; so do the rules that watched them.
+        self.keep_budget_rules(name, &[]).await?;
         tracing::info!(module = %name, jobs_deleted = users.len(), "module deleted");
         Ok(())
     }
