@@ -51,7 +51,7 @@ fn cargo() -> std::ffi::OsString {
 
 /// Whether cargo runs and the standard library for the target is installed, each failure
 /// as the one thing to install.
-fn check_toolchain(dir: &Path) -> Result<(), String> {
+pub(super) fn check_toolchain(dir: &Path) -> Result<(), String> {
     let cargo_runs = Command::new(cargo())
         .arg("--version")
         .current_dir(dir)
@@ -81,7 +81,7 @@ fn check_toolchain(dir: &Path) -> Result<(), String> {
 
 /// Runs `cargo build --release --target wasm32-wasip2`, passing cargo's progress and
 /// diagnostics through to stderr, and answers the path of the `.wasm` it produced.
-fn cargo_build(dir: &Path) -> Result<PathBuf, String> {
+pub(super) fn cargo_build(dir: &Path) -> Result<PathBuf, String> {
     let mut child = Command::new(cargo())
         .args(["build", "--release", "--target", TARGET])
         .arg("--message-format=json-render-diagnostics")

@@ -78,6 +78,12 @@ pub(super) struct ServerArgs {
 }
 
 impl ServerArgs {
+    /// Whether neither a server nor a token was given (on the command line or in the
+    /// environment).
+    pub(super) fn is_unset(&self) -> bool {
+        self.server.is_none() && self.token.is_none()
+    }
+
     /// `server` and `token`, as if given on the command line.
     pub(super) fn given(server: &str, token: &str) -> Self {
         Self {

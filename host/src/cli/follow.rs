@@ -26,6 +26,12 @@ enum StreamEnd {
 /// Streams execution `id`'s log to stdout until it ends, then prints its result (stdout)
 /// or its error (stderr); returns the exit status its outcome maps to.
 pub(super) fn follow(client: &mut Client, id: &str) -> Result<ExitStatus, Failure> {
+    let execution = stream_log(client, id)?;
+    Ok(finish(&execution))
+}
+
+/// Streams execution `id`'s log to stdout until it ends; answers the ended execution.
+pub(super) fn stream_log(client: &mut Client, id: &str) -> Result<Value, Failure> {
     let path = format!("/executions/{id}/logs?follow=true");
     let mut last_seq = None;
     let mut reconnects = 0;
@@ -45,8 +51,7 @@ pub(super) fn follow(client: &mut Client, id: &str) -> Result<ExitStatus, Failur
             }
         }
     }
-    let execution = client.get(&format!("/executions/{id}"))?;
-    Ok(finish(&execution))
+    client.get(&format!("/executions/{id}"))
 }
 
 /// Prints the `log` events of one stream, remembering the last line's `seq`.

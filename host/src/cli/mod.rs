@@ -7,6 +7,8 @@ mod bench_server;
 mod build;
 mod client;
 mod credentials;
+mod dev;
+mod dev_server;
 mod follow;
 mod jobs;
 mod kv_file;
@@ -60,6 +62,10 @@ enum Command {
     Login(login::LoginArgs),
     /// End the stored session and forget it.
     Logout(login::LogoutArgs),
+    /// The inner loop in a module project: build, push, run a job and stream its log, then
+    /// again on every change to the sources (on a server started for you unless one is
+    /// given).
+    Dev(dev::DevArgs),
     /// Upload a module to the server; show what it asks for and what changed.
     Push(push::PushArgs),
     /// The server's modules.
@@ -154,6 +160,7 @@ pub fn main() -> ExitCode {
         Command::Usage(args) => usage::run(args),
         Command::Login(args) => login::login(args),
         Command::Logout(args) => login::logout(args),
+        Command::Dev(args) => dev::run(args),
         Command::Push(args) => push::run(args),
         Command::Modules(command) => lists::modules(command),
         Command::Jobs(command) => lists::jobs(command),
