@@ -167,10 +167,10 @@ fn wait_for_address(
         let mut sender = Some(sender);
         for line in BufReader::new(stdout).lines() {
             let Ok(line) = line else { break };
-            if let Some(url) = line.strip_prefix("listening on ") {
-                if let Some(sender) = sender.take() {
-                    let _ = sender.send(url.trim().to_owned());
-                }
+            if let Some(url) = line.strip_prefix("listening on ")
+                && let Some(sender) = sender.take()
+            {
+                let _ = sender.send(url.trim().to_owned());
             }
         }
     });
