@@ -12,6 +12,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use super::job_config::settle_value;
 use super::jobs::double_option;
 use super::{ServiceError, Services};
 use crate::domain::conditions::{
@@ -20,7 +21,7 @@ use crate::domain::conditions::{
 use crate::domain::endpoint::{Endpoint, EndpointCheck, EndpointHeaders, UptimeCount};
 use crate::domain::window::{DAY, HOUR, Window, round_up};
 use crate::domain::{
-    HostName, Millis, Page, SECRET_MASK, SecretValue, Setting, SettingValue, new_id, now_millis,
+    HostName, Millis, Page, SecretValue, Setting, SettingValue, new_id, now_millis,
 };
 use crate::runtime::{Probe, ProbeFailure};
 
@@ -339,33 +340,9 @@ impl Services {
                     "the value is not valid in an HTTP header (visible ASCII, spaces and tabs only)",
                 ));
             }
-            let setting = match value {
-                SettingValue::Plain(text) => Setting::Plain(text),
-                SettingValue::Secret(SecretValue { secret }) if secret == SECRET_MASK => {
-                    match stored.get(&name) {
-                        Some(kept @ Setting::Sealed(_)) => kept.clone(),
-                        _ => {
-                            return Err(ServiceError::unprocessable(
-                                field,
-                                format!(
-                                    "{{\"secret\": \"{SECRET_MASK}\"}} keeps the stored secret, but `{name}` has none; give its value"
-                                ),
-                            ));
-                        }
-                    }
-                }
-                SettingValue::Secret(SecretValue { secret }) => {
-                    let Some(sealer) = self.secrets.as_ref() else {
-                        return Err(ServiceError::unprocessable(
-                            field,
-                            "this server has no secret key, so it cannot store secrets: set \
-                             RUNCELL_SECRET_KEY (base64 of 32 random bytes, the same on every \
-                             node) and restart, or give the value as plain text",
-                        ));
-                    };
-                    Setting::Sealed(sealer.seal_header(endpoint_id, &name, &secret))
-                }
-            };
+            let seal = (self.secrets.as_ref())
+                .map(|sealer| |secret: &str| sealer.seal_header(endpoint_id, &name, secret));
+            let setting = settle_value(&field, &name, value, stored.get(&name), seal)?;
             settled.insert(name, setting);
         }
         Ok(EndpointHeaders::new(settled))

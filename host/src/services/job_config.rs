@@ -98,36 +98,45 @@ fn settle(
                 ),
             ));
         }
-        let setting = match value {
-            SettingValue::Plain(text) => Setting::Plain(text),
-            SettingValue::Secret(SecretValue { secret }) if secret == SECRET_MASK => {
-                match stored.get(&name) {
-                    Some(kept @ Setting::Sealed(_)) => kept.clone(),
-                    _ => {
-                        return Err(ServiceError::unprocessable(
-                            field,
-                            format!(
-                                "{{\"secret\": \"{SECRET_MASK}\"}} keeps the stored secret, but `{name}` has none; give its value"
-                            ),
-                        ));
-                    }
-                }
-            }
-            SettingValue::Secret(SecretValue { secret }) => {
-                let Some(sealer) = sealer else {
-                    return Err(ServiceError::unprocessable(
-                        field,
-                        "this server has no secret key, so it cannot store secrets: set \
-                         RUNCELL_SECRET_KEY (base64 of 32 random bytes, the same on every node) \
-                         and restart, or give the value as plain text",
-                    ));
-                };
-                Setting::Sealed(sealer.seal(job_id, &name, &secret))
-            }
-        };
+        let seal = sealer.map(|sealer| |secret: &str| sealer.seal(job_id, &name, secret));
+        let setting = settle_value(&field, &name, value, stored.get(&name), seal)?;
         settled.insert(name, setting);
     }
     Ok(JobConfig::new(settled))
+}
+
+/// What a setting `name` given as `value` becomes: plain text as it is; a secret sealed
+/// by `seal` (`None`: this server has no key, and refuses); the mask `***` the secret
+/// `kept` already holds (refused when there is none to keep). Errors name `field`. Job
+/// settings and endpoint monitors' headers are settled alike.
+pub(crate) fn settle_value(
+    field: &str,
+    name: &str,
+    value: SettingValue,
+    kept: Option<&Setting>,
+    seal: Option<impl FnOnce(&str) -> String>,
+) -> Result<Setting, ServiceError> {
+    match value {
+        SettingValue::Plain(text) => Ok(Setting::Plain(text)),
+        SettingValue::Secret(SecretValue { secret }) if secret == SECRET_MASK => match kept {
+            Some(kept @ Setting::Sealed(_)) => Ok(kept.clone()),
+            _ => Err(ServiceError::unprocessable(
+                field,
+                format!(
+                    "{{\"secret\": \"{SECRET_MASK}\"}} keeps the stored secret, but `{name}` has none; give its value"
+                ),
+            )),
+        },
+        SettingValue::Secret(SecretValue { secret }) => match seal {
+            Some(seal) => Ok(Setting::Sealed(seal(&secret))),
+            None => Err(ServiceError::unprocessable(
+                field,
+                "this server has no secret key, so it cannot store secrets: set \
+                 RUNCELL_SECRET_KEY (base64 of 32 random bytes, the same on every node) \
+                 and restart, or give the value as plain text",
+            )),
+        },
+    }
 }
 
 fn open(job: &Job, sealer: Option<&SecretBox>) -> Result<OpenedConfig, ConfigOpenError> {
