@@ -3,6 +3,12 @@
 
 #[path = "support/guests.rs"]
 mod guests;
+#[allow(
+    dead_code,
+    reason = "shared with other test binaries, each of which uses a different part of it"
+)]
+#[path = "support/server.rs"]
+mod server;
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpStream;
@@ -10,6 +16,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
+
+use server::Server;
 
 /// Generous: the first build of the SDK in a cold target directory takes most of a minute.
 const FIRST_RUN: Duration = Duration::from_secs(300);
@@ -264,4 +272,50 @@ fn a_build_error_is_reported_and_the_loop_runs_again_once_fixed() {
 
     dev.interrupt();
     server_is_gone(&address, &dir);
+}
+
+#[test]
+fn dev_on_a_given_server_pushes_and_runs_there_and_leaves_that_server_running() {
+    let server = Server::start();
+    let work = tempfile::tempdir().unwrap();
+    let project = new_project(work.path(), "remote");
+    let base = server.url("");
+    let mut dev = Dev::start(
+        &project,
+        &work.path().join("config"),
+        &[
+            "--server",
+            &base,
+            "--token",
+            server.token(),
+            "--input",
+            r#"{"name": "Bo"}"#,
+        ],
+    );
+    dev.wait_for("the push", FIRST_RUN, |line| {
+        line.starts_with("pushed remote 0.1.0 (upload 1,")
+    });
+    dev.wait_for("the result", NEXT_RUN, |line| {
+        line.starts_with("completed in ") && line.ends_with(r#": {"greeting":"Hello, Bo!"}"#)
+    });
+    assert!(
+        !dev.seen.iter().any(|line| line.starts_with("dev server ")),
+        "a server was given, so none of its own: {:?}",
+        dev.seen
+    );
+    dev.interrupt();
+
+    // The job and its run live on the given server, which dev leaves running.
+    let jobs = server.get("/api/v1/jobs");
+    assert_eq!(jobs.status, 200, "{}", jobs.body);
+    let job = jobs.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|job| job["name"] == "dev-remote-greet")
+        .unwrap_or_else(|| panic!("no dev job on the server: {}", jobs.body))
+        .clone();
+    let runs = server.executions(&format!("jobId={}", job["id"].as_str().unwrap()));
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert_eq!(runs[0]["status"], "COMPLETED", "{runs:?}");
 }
