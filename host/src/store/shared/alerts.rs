@@ -8,8 +8,8 @@ use sqlx::QueryBuilder;
 use super::super::alerts::{AlertStore, AttemptOutcome, Fence};
 use super::super::convert::{corrupt, db, is_unique_violation, json_text, page, page_fetch};
 use super::super::sql::{Bind, Columns, Run, Sql, push_arg};
-use super::super::{LeaseToken, StoreError};
-use super::{Backend, Write, dynamic, read, write};
+use super::super::StoreError;
+use super::{Backend, Write, dynamic, lease_held, read, write};
 use crate::domain::alert::{
     AlertCondition, AlertQuery, AlertRule, AlertState, Attempt, Change, Channel, ChannelKind,
     HistoryEntry, Notification, NotificationStatus, Severity, Silence, Transition,
@@ -120,27 +120,6 @@ async fn write_named<DB: Sql>(
         ))),
         Err(err) => Err(db(err)),
     }
-}
-
-/// Whether the fence's lease is held; locks it against a takeover until the
-/// transaction ends (as the cron leader's and the endpoint checker's writes do).
-async fn lease_held<DB: Sql>(
-    conn: &mut DB::Connection,
-    fence: Fence<'_>,
-) -> Result<bool, StoreError> {
-    let LeaseToken(token) = fence.token;
-    Ok(dynamic::<DB>(format!(
-        "SELECT 1 FROM leases \
-         WHERE name = $1 AND holder = $2 AND token = $3 AND expires_at > $4{}",
-        DB::FOR_SHARE
-    ))
-    .arg(fence.lease)
-    .arg(fence.holder)
-    .arg(i64::try_from(token).unwrap_or(i64::MAX))
-    .arg(fence.now)
-    .optional(conn)
-    .await?
-    .is_some())
 }
 
 async fn insert_notification_on<DB: Sql>(
@@ -258,7 +237,7 @@ impl<B: Backend> AlertStore for B {
         fence: Fence<'_>,
     ) -> Result<Option<bool>, StoreError> {
         let mut tx = self.begin().await?;
-        if !lease_held::<B::Db>(&mut tx, fence).await? {
+        if !lease_held::<B::Db>(&mut tx, fence.lease, fence.holder, fence.token, fence.now).await? {
             return Ok(None);
         }
         let moved = sqlx::query::<B::Db>(
@@ -465,7 +444,7 @@ impl<B: Backend> AlertStore for B {
         fence: Fence<'_>,
     ) -> Result<Option<bool>, StoreError> {
         let mut tx = self.begin().await?;
-        if !lease_held::<B::Db>(&mut tx, fence).await? {
+        if !lease_held::<B::Db>(&mut tx, fence.lease, fence.holder, fence.token, fence.now).await? {
             return Ok(None);
         }
         let row = dynamic::<B::Db>(format!(

@@ -7,7 +7,7 @@ use sqlx::QueryBuilder;
 use super::super::convert::{corrupt, db, is_unique_violation, json_text, page, page_fetch};
 use super::super::sql::{Bind, Columns, Run, Sql, push_arg};
 use super::super::{LeaseToken, StoreError};
-use super::{Backend, Write, dynamic, read, write};
+use super::{Backend, Write, dynamic, lease_held, read, write};
 use crate::domain::endpoint::{Endpoint, EndpointCheck, UptimeCount};
 use crate::domain::{JobConfig, Millis, Page};
 
@@ -212,20 +212,7 @@ pub(super) async fn claim<B: Backend>(
     now: Millis,
 ) -> Result<Option<Vec<String>>, StoreError> {
     let mut tx = backend.begin().await?;
-    // Held until the transaction ends, as for the cron leader's writes (see
-    // `advance_schedules`): a takeover waits, or has already made this read fail.
-    let held = dynamic::<B::Db>(format!(
-        "SELECT 1 FROM leases \
-         WHERE name = $1 AND holder = $2 AND token = $3 AND expires_at > $4{}",
-        B::Db::FOR_SHARE
-    ))
-    .arg(lease)
-    .arg(holder)
-    .arg(i64::try_from(token.0).unwrap_or(i64::MAX))
-    .arg(now)
-    .optional(&mut tx)
-    .await?;
-    if held.is_none() {
+    if !lease_held::<B::Db>(&mut tx, lease, holder, token, now).await? {
         return Ok(None);
     }
     let mut claimed = Vec::new();

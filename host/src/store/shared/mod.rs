@@ -238,6 +238,33 @@ pub(super) async fn write<B: Backend>(backend: &B) -> Result<PoolConnection<B::D
     backend.writer().acquire().await.map_err(db)
 }
 
+/// Whether `holder` holds lease `lease` under `token` at `now`, for a write fenced by it
+/// in the transaction on `conn`. The lease cannot change hands before that transaction
+/// ends: SQLite's transaction holds the write lock from its start; PostgreSQL's
+/// `FOR SHARE` holds off a takeover (an update of the lease's row), and should one have
+/// committed since the statement began, the lock reads the new row, which no longer
+/// matches.
+pub(super) async fn lease_held<DB: Sql>(
+    conn: &mut DB::Connection,
+    lease: &str,
+    holder: &str,
+    token: LeaseToken,
+    now: Millis,
+) -> Result<bool, StoreError> {
+    Ok(dynamic::<DB>(format!(
+        "SELECT 1 FROM leases \
+         WHERE name = $1 AND holder = $2 AND token = $3 AND expires_at > $4{}",
+        DB::FOR_SHARE
+    ))
+    .arg(lease)
+    .arg(holder)
+    .arg(i64::try_from(token.0).unwrap_or(i64::MAX))
+    .arg(now)
+    .optional(conn)
+    .await?
+    .is_some())
+}
+
 /// A statement whose text is put together at run time from the words the dialects
 /// spell differently.
 pub(super) fn dynamic<DB: Sql>(sql: String) -> sqlx::query::Query<'static, DB, DB::Arguments> {
@@ -1888,23 +1915,7 @@ impl<B: Backend> Store for B {
         now: Millis,
     ) -> Result<bool, StoreError> {
         let mut tx = self.begin().await?;
-        // The lease cannot change hands between the check and the updates: SQLite's
-        // transaction holds the write lock from its start; PostgreSQL's FOR SHARE holds
-        // off a takeover (an update of this row) until this transaction ends, and should
-        // a takeover have committed since the statement began, the lock reads the new
-        // row, which no longer matches.
-        let held = dynamic::<B::Db>(format!(
-            "SELECT 1 FROM leases \
-             WHERE name = $1 AND holder = $2 AND token = $3 AND expires_at > $4{}",
-            B::Db::FOR_SHARE
-        ))
-        .arg(lease)
-        .arg(holder)
-        .arg(i64::try_from(token.0).unwrap_or(i64::MAX))
-        .arg(now)
-        .optional(&mut tx)
-        .await?;
-        if held.is_none() {
+        if !lease_held::<B::Db>(&mut tx, lease, holder, token, now).await? {
             return Ok(false);
         }
         let updates = super::convert::last_update_per_job(updates);
