@@ -5,10 +5,10 @@ use std::collections::BTreeMap;
 
 use sqlx::QueryBuilder;
 
+use super::super::StoreError;
 use super::super::alerts::{AlertStore, AttemptOutcome, Fence};
 use super::super::convert::{corrupt, db, is_unique_violation, json_text, page, page_fetch};
 use super::super::sql::{Bind, Columns, Run, Sql, push_arg};
-use super::super::StoreError;
 use super::{Backend, Write, dynamic, lease_held, read, write};
 use crate::domain::alert::{
     AlertCondition, AlertQuery, AlertRule, AlertState, Attempt, Change, Channel, ChannelKind,
