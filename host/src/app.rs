@@ -264,6 +264,7 @@ pub(crate) async fn serve(config: ServeConfig) -> Result<(), StartError> {
             routes: config.routes.clone(),
             event_triggers_per_minute: config.event_triggers_per_minute,
             endpoint_min_interval: config.endpoint_min_interval,
+            node_id: node_id.clone(),
             ..ServiceSettings::default()
         },
     )?;

@@ -44,6 +44,7 @@ pub(super) fn required(method: &Method, route: &str) -> Option<Access> {
             "/api/v1/modules" | "/api/v1/modules/{name}" | "/api/v1/modules/{name}/versions",
         ) => R(Viewer),
         ("POST", "/api/v1/modules") => R(Operator),
+        ("GET", "/api/v1/module-uploads/{id}") => R(Operator),
         ("POST", "/api/v1/modules/{name}/enable" | "/api/v1/modules/{name}/disable") => R(Operator),
         ("DELETE", "/api/v1/modules/{name}") => R(Admin),
         ("POST", "/api/v1/modules/{name}/capabilities/approve") => R(Admin),

@@ -160,7 +160,7 @@ pub(crate) struct ErrorDetail {
 }
 
 /// A failed request, as the client will see it (plus, for server faults, the cause to log).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct ApiError {
     code: ErrorCode,
     message: String,
@@ -213,6 +213,31 @@ impl ApiError {
                 ),
             )
             .with_detail("errorId", error_id)
+        }
+    }
+
+    /// The status and body the client sees, to be kept and answered later (a followed
+    /// upload's outcome).
+    pub(crate) fn status_and_body(&self) -> (StatusCode, Value) {
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code.as_str(),
+                message: self.message.clone(),
+                details: self.details.clone(),
+            },
+        };
+        let body = serde_json::to_value(body).expect("an error body serializes");
+        (self.code.status(), body)
+    }
+
+    /// Logs the cause of a server-side fault as [`log_failures`] would, for an error no
+    /// response will carry (the client stopped waiting for it).
+    pub(crate) fn log_unanswered(&self, what: &str) {
+        let Some(cause) = &self.cause else { return };
+        let status = self.code.status().as_u16();
+        match self.details.get("errorId").and_then(Value::as_str) {
+            Some(error_id) => tracing::error!(status, error_id, cause = %cause, "{what} failed"),
+            None => tracing::warn!(status, cause = %cause, "{what} failed"),
         }
     }
 

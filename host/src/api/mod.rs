@@ -5,7 +5,8 @@
 //!
 //! | Route | Success |
 //! |---|---|
-//! | `POST /api/v1/modules` (`application/wasm`, `application/octet-stream` or multipart field `module`) | 201 module |
+//! | `POST /api/v1/modules` (`application/wasm`, `application/octet-stream` or multipart field `module`), `Prefer: respond-async?` | 201 module, or 202 upload while it compiles |
+//! | `GET /api/v1/module-uploads/{id}` | 200 upload (`COMPILING`, `INSTALLED` with the module, `FAILED` with the error) |
 //! | `GET /api/v1/modules` | 200 `{items, nextCursor}` |
 //! | `GET /api/v1/modules/{name}` | 200 module |
 //! | `GET /api/v1/modules/{name}/versions` | 200 `{items, nextCursor}` |

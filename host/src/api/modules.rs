@@ -2,12 +2,15 @@
 //! optional publisher signature), list, show, versions, enable/disable, approval,
 //! publisher keys, delete.
 
+use std::time::Duration;
+
 use axum::extract::multipart::MultipartError;
 use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Path, Request, State};
 use axum::http::HeaderMap;
+use axum::http::HeaderName;
 use axum::http::StatusCode;
-use axum::http::header::LOCATION;
-use axum::response::IntoResponse;
+use axum::http::header::{LOCATION, RETRY_AFTER};
+use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -20,6 +23,7 @@ use super::error::{ApiError, ErrorBody, ErrorCode};
 use super::extract::{ApiJson, OptionalJson, Params, media_type, read_body, too_large};
 use super::openapi;
 use crate::domain::budget::Budget;
+use crate::domain::upload::UploadRecord;
 use crate::domain::{
     Capabilities, CodeApproval, Credential, JobSpec, Millis, ModuleRecord, ModuleStatus,
     ModuleVersion, Page, Principal, PublisherKey, Role, SettingSpec, Uploader,
@@ -27,8 +31,18 @@ use crate::domain::{
 use crate::services::ModuleJobs;
 use crate::services::modules::ModuleUpload;
 use crate::services::publishers::public_key_pem;
+use crate::services::uploads::UploadState;
 
 const TAG: &str = "modules";
+
+/// How long an upload compiles before it is answered `202`, unless the client prefers
+/// otherwise: a module of usual size is compiled, installed and answered `201` well
+/// within it; an 18 MB Python component is not.
+const ANSWER_WITHIN: Duration = Duration::from_secs(10);
+
+/// RFC 7240's request header, and the answer saying a preference was honoured.
+const PREFER: HeaderName = HeaderName::from_static("prefer");
+const PREFERENCE_APPLIED: HeaderName = HeaderName::from_static("preference-applied");
 
 /// The header a raw upload carries its publisher signature in.
 const SIGNATURE_HEADER: &str = "x-runcell-signature";
@@ -60,6 +74,7 @@ pub(super) fn routes(max_module_bytes: usize) -> OpenApiRouter<ApiState> {
     .routes(routes!(approve))
     .routes(routes!(list_publisher_keys, pin_publisher_key))
     .routes(routes!(unpin_publisher_key))
+    .routes(routes!(show_upload))
 }
 
 /// A module as clients see it: its current version flattened into the record.
@@ -237,7 +252,11 @@ struct VersionView {
 ///
 /// Installs a module, or a new version of an installed one, which becomes its current
 /// version. The server compiles the component and reads its manifest first; a file it
-/// cannot run is refused with `invalid_module`, saying why.
+/// cannot run is refused with `invalid_module`, saying why. Compiling a large component
+/// (an 18 MB Python module) takes seconds: the upload then answers `202` and goes on in
+/// the background, followed at `/module-uploads/{id}`; the server compiles one module at
+/// a time (`--max-compilations`), so a burst of uploads queues rather than exhausting
+/// memory.
 ///
 /// An approval binds to code: a version uploaded by an operator (or an operator's API
 /// token) waits for an admin, whatever it asks for (`awaitingApproval` says why), unless
@@ -263,10 +282,13 @@ struct VersionView {
         ("approve" = Option<bool>, Query, description = "Also approve the capabilities the module asks for (admins only; default `false`)."),
         ("createJobs" = Option<bool>, Query, description = "Also create a job for each job the module offers, named `{module}.{job}`, on the module's default schedule (default `false`). A module job some job already runs is left out, as is one with a required setting that has no value; `definedJobs.skipped` says why. The jobs run once the module is approved."),
         ("x-runcell-signature" = Option<String>, Header, description = "A publisher signature over the uploaded file, `ed25519:<key id>:<base64>` (as `runcell sign --key <file> module.wasm` prints it)."),
+        ("prefer" = Option<String>, Header, description = "`respond-async`: answer `202` at once and compile in the background (what a client showing progress wants); `wait=N`: answer `202` after N seconds if not installed by then. Without it the upload answers `202` after 10 s."),
     ),
     responses(
         (status = 201, description = "Installed; `Location` is the module's URL. `awaitingApproval` says whether it waits for an admin.", body = InstalledView,
             headers(("location" = String, description = "`/api/v1/modules/{name}`"))),
+        (status = 202, description = "Still compiling (a large module, or `Prefer: respond-async`): `Location` is where to follow it (`GET`), until it is `INSTALLED` (with what `201` answers) or `FAILED` (with the error). Meanwhile the module's current version, if it has one, stays current.", body = UploadView,
+            headers(("location" = String, description = "`/api/v1/module-uploads/{id}`"))),
         (status = 400, description = "A malformed multipart body, one without a `module` field, or a malformed signature (`details.field` is `signature`).", body = ErrorBody),
         (status = 403, description = "`approve=true` from someone who is not an admin.", body = ErrorBody),
         (status = 413, description = "The file is larger than the server accepts (`details.limitBytes`).", body = ErrorBody),
@@ -280,10 +302,11 @@ async fn upload(
     Extension(principal): Extension<Principal>,
     params: Params,
     request: Request,
-) -> Result<impl IntoResponse, ApiError> {
+) -> Result<Response, ApiError> {
     let approve = params.flag("approve")?;
     let create_jobs = params.flag("createJobs")?;
     let limit = state.services.settings.max_module_bytes;
+    let wait = answer_within(request.headers());
     // Read before refusing: answering while the client still sends makes it see a broken
     // connection instead of the answer.
     let header_signature = signature_header(request.headers())?;
@@ -294,44 +317,253 @@ async fn upload(
             "approve: only an admin may approve capabilities; upload without `approve=true` and ask one",
         ));
     }
-    let upload = ModuleUpload {
-        uploader: uploader(&state, &principal).await,
-        actor: principal.actor(),
+    state.services.check_module_file(&wasm)?;
+    let tracked = state
+        .services
+        .begin_upload(&wasm, &principal.actor())
+        .await?;
+    let install = Install {
+        approve,
+        create_jobs,
         signature: form_signature.or(header_signature),
     };
-    let mut record = state.services.upload_module_as(wasm, upload).await?;
-    state
-        .auth
-        .audit(
-            &principal.actor(),
-            "module.install",
-            &record.name,
-            json!({
-                "version": record.current.version,
-                "contentHash": record.current.content_hash,
-                "signedBy": record.current.signed_by,
-                "codeApprovedBy": record.current.approval.as_ref().map(|a| &a.by),
-            }),
-        )
-        .await;
-    if approve {
-        let hash = record.current.content_hash.clone();
-        record = approve_and_audit(&state, &principal, &record.name, Some(&hash), None).await?;
-    }
-    let defined_jobs = if create_jobs {
-        Some(state.services.create_module_jobs(&record.name).await?)
-    } else {
+    // The installation goes on when the client stops waiting (or hangs up): it is
+    // followed at `/module-uploads/{id}` from any node.
+    let (answer, answered) = tokio::sync::oneshot::channel();
+    let task_state = state.clone();
+    let upload_id = tracked.id.clone();
+    tokio::spawn(async move {
+        let outcome = install.run(&task_state, &principal, wasm).await;
+        let (status, body) = match &outcome {
+            Ok(installed) => (
+                StatusCode::CREATED,
+                serde_json::to_value(installed).expect("an installed module serializes"),
+            ),
+            Err(err) => err.status_and_body(),
+        };
+        task_state
+            .services
+            .finish_upload(&upload_id, status.as_u16(), body)
+            .await;
+        if let Err(Err(err)) = answer.send(outcome) {
+            err.log_unanswered("module upload");
+        }
+    });
+    // A preference for `respond-async` is honoured whatever the timing, so a client
+    // written for `202` always meets it.
+    let answered = if wait.is_zero() {
         None
+    } else {
+        tokio::time::timeout(wait, answered).await.ok()
     };
-    let location = format!("/api/v1/modules/{}", record.name);
-    Ok((
-        StatusCode::CREATED,
-        [(LOCATION, location)],
-        Json(InstalledView {
+    match answered {
+        Some(Ok(outcome)) => {
+            let installed = outcome?;
+            let location = format!("/api/v1/modules/{}", installed.module.name);
+            Ok((StatusCode::CREATED, [(LOCATION, location)], Json(installed)).into_response())
+        }
+        Some(Err(_)) => Err(ApiError::internal(
+            "the upload's installation task ended without an outcome",
+        )),
+        None => {
+            let location = format!("/api/v1/module-uploads/{}", tracked.id);
+            let view = UploadView::of(tracked, UploadState::Compiling);
+            Ok((
+                StatusCode::ACCEPTED,
+                [
+                    (LOCATION, location),
+                    (RETRY_AFTER, "1".to_owned()),
+                    (PREFERENCE_APPLIED, "respond-async".to_owned()),
+                ],
+                Json(view),
+            )
+                .into_response())
+        }
+    }
+}
+
+/// How long an upload may compile before it is answered `202` (and followed at
+/// `/module-uploads/{id}`): at once if the client prefers `respond-async` (RFC 7240),
+/// its `wait=N` if shorter than [`ANSWER_WITHIN`], else that.
+fn answer_within(headers: &HeaderMap) -> Duration {
+    let mut wait = ANSWER_WITHIN;
+    let preferences = headers
+        .get_all(PREFER)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(|preference| preference.split(';').next().unwrap_or_default().trim());
+    for preference in preferences {
+        if preference.eq_ignore_ascii_case("respond-async") {
+            return Duration::ZERO;
+        }
+        if let Some(seconds) = preference
+            .strip_prefix("wait=")
+            .and_then(|seconds| seconds.trim().parse::<u64>().ok())
+        {
+            wait = wait.min(Duration::from_secs(seconds));
+        }
+    }
+    wait
+}
+
+/// What an upload does once its file is known to be worth compiling.
+struct Install {
+    approve: bool,
+    create_jobs: bool,
+    signature: Option<String>,
+}
+
+impl Install {
+    async fn run(
+        self,
+        state: &ApiState,
+        principal: &Principal,
+        wasm: Vec<u8>,
+    ) -> Result<InstalledView, ApiError> {
+        let upload = ModuleUpload {
+            uploader: uploader(state, principal).await,
+            actor: principal.actor(),
+            signature: self.signature,
+        };
+        let mut record = state.services.upload_module_as(wasm, upload).await?;
+        state
+            .auth
+            .audit(
+                &principal.actor(),
+                "module.install",
+                &record.name,
+                json!({
+                    "version": record.current.version,
+                    "contentHash": record.current.content_hash,
+                    "signedBy": record.current.signed_by,
+                    "codeApprovedBy": record.current.approval.as_ref().map(|a| &a.by),
+                }),
+            )
+            .await;
+        if self.approve {
+            let hash = record.current.content_hash.clone();
+            record = approve_and_audit(state, principal, &record.name, Some(&hash), None).await?;
+        }
+        let defined_jobs = if self.create_jobs {
+            Some(state.services.create_module_jobs(&record.name).await?)
+        } else {
+            None
+        };
+        Ok(InstalledView {
             module: ModuleView::from(record),
             defined_jobs,
-        }),
-    ))
+        })
+    }
+}
+
+/// Follow an upload
+///
+/// Where an upload answered `202` stands: `COMPILING`, then `INSTALLED` with the module
+/// as the upload answers it when done in time, or `FAILED` with the error it would have
+/// answered (and that error's HTTP status). Uploads are remembered for a day.
+#[utoipa::path(
+    get,
+    path = "/module-uploads/{id}",
+    tag = TAG,
+    operation_id = "getModuleUpload",
+    params(("id" = String, Path, description = "The upload's id, from the `202` answer's `Location`.")),
+    responses(
+        (status = 200, description = "The upload.", body = UploadView),
+        (status = 404, description = "No such upload (or made more than a day ago).", body = ErrorBody),
+        (status = 503, description = "The database is unavailable; retry later.", body = ErrorBody),
+    ),
+)]
+async fn show_upload(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<UploadView>, ApiError> {
+    let (upload, upload_state) = state.services.upload(&id).await?;
+    Ok(Json(UploadView::of(upload, upload_state)))
+}
+
+/// Where an upload stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+enum UploadStatus {
+    Compiling,
+    Installed,
+    Failed,
+}
+
+/// An upload followed from its `202` answer.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(as = ModuleUpload)]
+struct UploadView {
+    id: String,
+    status: UploadStatus,
+    /// SHA-256 of the uploaded file, hex.
+    content_hash: String,
+    size_bytes: u64,
+    /// Who uploaded it (a username, or `user (token name)`).
+    uploaded_by: String,
+    created_at: Millis,
+    /// When it was installed or failed.
+    finished_at: Option<Millis>,
+    /// `INSTALLED`: the module, as the upload answers `201`.
+    #[schema(value_type = Option<InstalledView>)]
+    module: Option<serde_json::Value>,
+    /// `FAILED`: the error the upload would have answered.
+    #[schema(value_type = Option<ErrorBody>)]
+    error: Option<serde_json::Value>,
+    /// `FAILED`: the HTTP status the upload would have answered with.
+    http_status: Option<u16>,
+}
+
+impl UploadView {
+    fn of(upload: UploadRecord, state: UploadState) -> Self {
+        let (status, finished_at, module, error, http_status) = match state {
+            UploadState::Compiling => (UploadStatus::Compiling, None, None, None, None),
+            UploadState::Finished(outcome) if outcome.installed() => (
+                UploadStatus::Installed,
+                Some(outcome.at),
+                Some(outcome.body),
+                None,
+                None,
+            ),
+            UploadState::Finished(outcome) => (
+                UploadStatus::Failed,
+                Some(outcome.at),
+                None,
+                Some(outcome.body),
+                Some(outcome.http_status),
+            ),
+            UploadState::Abandoned { node_id } => {
+                let (status, body) = ApiError::new(
+                    ErrorCode::Unavailable,
+                    format!(
+                        "node `{node_id}` stopped while compiling this upload, so it was not installed; upload the file again"
+                    ),
+                )
+                .status_and_body();
+                (
+                    UploadStatus::Failed,
+                    None,
+                    None,
+                    Some(body),
+                    Some(status.as_u16()),
+                )
+            }
+        };
+        Self {
+            id: upload.id,
+            status,
+            content_hash: upload.content_hash,
+            size_bytes: upload.size_bytes,
+            uploaded_by: upload.uploaded_by,
+            created_at: upload.created_at,
+            finished_at,
+            module,
+            error,
+            http_status,
+        }
+    }
 }
 
 /// Who uploads, as a module version records them: the token's name when a token was used
@@ -902,4 +1134,40 @@ async fn delete(
         )
         .await;
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn preferring(values: &[&str]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for value in values {
+            headers.append(PREFER, value.parse().unwrap());
+        }
+        headers
+    }
+
+    #[test]
+    fn an_upload_waits_as_long_as_its_client_prefers_up_to_the_bound() {
+        assert_eq!(answer_within(&preferring(&[])), ANSWER_WITHIN);
+        assert_eq!(
+            answer_within(&preferring(&["respond-async"])),
+            Duration::ZERO
+        );
+        assert_eq!(
+            answer_within(&preferring(&["return=minimal, Respond-Async; x=1"])),
+            Duration::ZERO
+        );
+        assert_eq!(
+            answer_within(&preferring(&["wait=3"])),
+            Duration::from_secs(3)
+        );
+        assert_eq!(answer_within(&preferring(&["wait=3600"])), ANSWER_WITHIN);
+        assert_eq!(
+            answer_within(&preferring(&["handling=lenient", "wait=0"])),
+            Duration::ZERO
+        );
+        assert_eq!(answer_within(&preferring(&["wait=soon"])), ANSWER_WITHIN);
+    }
 }

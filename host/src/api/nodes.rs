@@ -10,12 +10,9 @@ use utoipa_axum::routes;
 use super::ApiState;
 use super::error::{ApiError, ErrorBody};
 use super::openapi;
-use crate::domain::{Millis, NODE_HEARTBEAT_EVERY, NodeHeartbeat, SCHEDULER_LEASE, now_millis};
+use crate::domain::{Millis, NodeHeartbeat, SCHEDULER_LEASE, now_millis};
 
 const TAG: &str = "nodes";
-
-/// A node is called gone after this many missed heartbeats.
-const MISSED_HEARTBEATS: u32 = 3;
 
 pub(super) fn routes() -> OpenApiRouter<ApiState> {
     openapi::tagged(TAG, "The `runcell serve` processes of this deployment.").routes(routes!(list))
@@ -74,11 +71,10 @@ async fn list(State(state): State<ApiState>) -> Result<Json<Nodes>, ApiError> {
         .lease_holder(SCHEDULER_LEASE, now)
         .await
         .map_err(crate::services::ServiceError::from)?;
-    let horizon = NODE_HEARTBEAT_EVERY.as_millis() as Millis * Millis::from(MISSED_HEARTBEATS);
     let items = nodes
         .into_iter()
         .map(|node: NodeHeartbeat| NodeView {
-            alive: now - node.last_heartbeat_at <= horizon,
+            alive: node.is_alive(now),
             cron_leader: cron_leader.as_deref() == Some(node.node_id.as_str()),
             node_id: node.node_id,
             started_at: node.started_at,

@@ -1985,3 +1985,163 @@ async fn a_client_that_goes_away_while_waiting_leaves_no_waiter_behind() {
     assert!(channels(0).await, "the waiter went with its client");
     server.abort();
 }
+
+/// Uploads followed from a `202`: what a module upload answers when the client prefers
+/// not to wait for the compilation, and what following it says on every path.
+mod followed_uploads {
+    use super::*;
+    use crate::domain::NodeHeartbeat;
+    use crate::domain::upload::UploadRecord;
+
+    async fn upload_async(api: &TestApi, body: Vec<u8>) -> Reply {
+        let request = Request::builder()
+            .method(Method::POST)
+            .uri("/api/v1/modules")
+            .header(header::CONTENT_TYPE, "application/wasm")
+            .header("prefer", "respond-async")
+            .body(Body::from(body))
+            .unwrap();
+        api.send(request).await
+    }
+
+    /// Follows `location` until the upload is no longer compiling.
+    async fn followed(api: &TestApi, location: &str) -> Value {
+        for _ in 0..500 {
+            let reply = api.get(location).await;
+            assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+            if reply.body["status"] != "COMPILING" {
+                return reply.body;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("{location} still compiling after 5 s");
+    }
+
+    #[tokio::test]
+    async fn a_component_that_does_not_compile_is_answered_202_then_fails_as_the_upload_would() {
+        let api = api().await;
+        // A component's header, then nothing a compiler accepts.
+        let mut broken = b"\0asm\x0d\0\x01\0".to_vec();
+        broken.extend_from_slice(&[0xff; 64]);
+        let reply = upload_async(&api, broken.clone()).await;
+        assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.body);
+        assert_eq!(reply.body["status"], "COMPILING");
+        assert_eq!(reply.body["sizeBytes"], broken.len());
+        assert_eq!(reply.headers["preference-applied"], "respond-async");
+        let location = reply.headers[header::LOCATION].to_str().unwrap().to_owned();
+        assert_eq!(
+            location,
+            format!(
+                "/api/v1/module-uploads/{}",
+                reply.body["id"].as_str().unwrap()
+            )
+        );
+
+        let upload = followed(&api, &location).await;
+        assert_eq!(upload["status"], "FAILED", "{upload}");
+        assert_eq!(upload["httpStatus"], 422, "{upload}");
+        assert_eq!(
+            upload["error"]["error"]["code"], "invalid_module",
+            "{upload}"
+        );
+        assert!(upload["finishedAt"].is_i64(), "{upload}");
+        assert!(upload["module"].is_null(), "{upload}");
+
+        // What is not a component at all is refused at once, as before.
+        let reply = upload_async(&api, b"just some text".to_vec()).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{}",
+            reply.body
+        );
+        assert_eq!(reply.error_code(), "invalid_module");
+    }
+
+    #[tokio::test]
+    async fn an_unknown_upload_is_not_found() {
+        let api = api().await;
+        let reply = api.get("/api/v1/module-uploads/nope").await;
+        assert_eq!(reply.status, StatusCode::NOT_FOUND, "{}", reply.body);
+    }
+
+    #[tokio::test]
+    async fn an_upload_whose_node_stopped_or_restarted_failed_and_says_to_upload_again() {
+        let api = api().await;
+        let created_at = now_millis();
+        let upload = |id: &str, node: &str| UploadRecord {
+            id: id.to_owned(),
+            content_hash: "ab".repeat(32),
+            size_bytes: 1_000,
+            uploaded_by: "admin".to_owned(),
+            node_id: node.to_owned(),
+            created_at,
+            finished: None,
+        };
+        let heartbeat = |node: &str, started_at, last_heartbeat_at| NodeHeartbeat {
+            node_id: node.to_owned(),
+            started_at,
+            last_heartbeat_at,
+            workers: 1,
+            running: 0,
+            version: "test".to_owned(),
+        };
+        let store = &api.services.store;
+        store
+            .heartbeat_node(&heartbeat("alive", created_at - 1_000, created_at))
+            .await
+            .unwrap();
+        store
+            .heartbeat_node(&heartbeat("restarted", created_at + 1, created_at + 1))
+            .await
+            .unwrap();
+        store
+            .heartbeat_node(&heartbeat(
+                "silent",
+                created_at - 60_000,
+                created_at - 30_000,
+            ))
+            .await
+            .unwrap();
+        for (id, node) in [
+            ("on-alive", "alive"),
+            ("on-restarted", "restarted"),
+            ("on-silent", "silent"),
+            ("on-unknown", "unknown"),
+        ] {
+            store.create_upload(&upload(id, node)).await.unwrap();
+        }
+
+        // This process took one upload; an earlier process under the same node id, another.
+        store
+            .create_upload(&upload("on-this-process", "local"))
+            .await
+            .unwrap();
+        let earlier = UploadRecord {
+            created_at: api.services.started_at - 1,
+            ..upload("on-an-earlier-process", "local")
+        };
+        store.create_upload(&earlier).await.unwrap();
+
+        for id in ["on-alive", "on-this-process"] {
+            let reply = api.get(&format!("/api/v1/module-uploads/{id}")).await;
+            assert_eq!(reply.body["status"], "COMPILING", "{}", reply.body);
+        }
+        for (id, node) in [
+            ("on-an-earlier-process", "local"),
+            ("on-restarted", "restarted"),
+            ("on-silent", "silent"),
+            ("on-unknown", "unknown"),
+        ] {
+            let reply = api.get(&format!("/api/v1/module-uploads/{id}")).await;
+            assert_eq!(reply.body["status"], "FAILED", "{}", reply.body);
+            assert_eq!(reply.body["httpStatus"], 503, "{}", reply.body);
+            let message = reply.body["error"]["error"]["message"].as_str().unwrap();
+            assert!(
+                message.contains(&format!("node `{node}` stopped"))
+                    && message.contains("upload the file again"),
+                "{message}"
+            );
+        }
+    }
+}

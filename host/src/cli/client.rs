@@ -208,6 +208,48 @@ impl Client {
         answer(&mut response)
     }
 
+    /// Uploads a module file and answers the installed module, as `POST /modules` answers
+    /// it: asked to answer at once (`Prefer: respond-async`), the server compiles in the
+    /// background, and the upload is followed until it is installed or refused, the time
+    /// it takes shown when `progress`.
+    pub(super) fn upload_module(&mut self, bytes: &[u8], progress: bool) -> Result<Value, Failure> {
+        let payload = Payload::Wasm { bytes, progress };
+        let mut response = self.send_with(
+            "POST",
+            "/modules",
+            &payload,
+            Some(("prefer", "respond-async".to_owned())),
+        )?;
+        let accepted = response.status().as_u16() == 202;
+        let answered = answer(&mut response)?;
+        if !accepted {
+            return Ok(answered);
+        }
+        let id = answered["id"].as_str().unwrap_or_default().to_owned();
+        let mut waiting = Compiling::new(progress);
+        loop {
+            let upload = self.get(&format!("/module-uploads/{id}"))?;
+            match upload["status"].as_str() {
+                Some("INSTALLED") => {
+                    waiting.finish();
+                    return Ok(upload["module"].clone());
+                }
+                Some("FAILED") => {
+                    waiting.finish();
+                    let status = upload["httpStatus"].as_u64().unwrap_or(500) as u16;
+                    return Err(Failure::refused(error_line(
+                        status,
+                        &upload["error"].to_string(),
+                    )));
+                }
+                _ => {
+                    waiting.draw();
+                    std::thread::sleep(UPLOAD_POLL_EVERY);
+                }
+            }
+        }
+    }
+
     /// Opens an event stream (`text/event-stream`) at `path`, resuming after event id
     /// `last_event_id`.
     pub(super) fn open_stream(
@@ -400,6 +442,47 @@ pub(super) fn error_line(status: u16, body: &str) -> String {
     format!("{message} (HTTP {status})")
 }
 
+/// How often an upload being compiled is asked after.
+const UPLOAD_POLL_EVERY: Duration = Duration::from_millis(250);
+
+/// The wait while the server compiles an upload, drawn on a terminal as the seconds
+/// passed; said once otherwise.
+struct Compiling {
+    started: std::time::Instant,
+    /// The seconds last drawn; `None` when not drawing.
+    drawn: Option<u64>,
+}
+
+impl Compiling {
+    fn new(progress: bool) -> Self {
+        let terminal = progress && std::io::stderr().is_terminal();
+        if progress && !terminal {
+            eprintln!("compiling on the server");
+        }
+        Self {
+            started: std::time::Instant::now(),
+            drawn: terminal.then_some(u64::MAX),
+        }
+    }
+
+    fn draw(&mut self) {
+        let Some(drawn) = self.drawn else { return };
+        let seconds = self.started.elapsed().as_secs();
+        if seconds != drawn {
+            self.drawn = Some(seconds);
+            let mut stderr = std::io::stderr().lock();
+            let _ = write!(stderr, "\rcompiling on the server ({seconds} s)");
+            let _ = stderr.flush();
+        }
+    }
+
+    fn finish(&mut self) {
+        if self.drawn.take().is_some_and(|drawn| drawn != u64::MAX) {
+            eprintln!();
+        }
+    }
+}
+
 /// Reads an upload from memory, drawing its progress on a terminal.
 struct Progress<'a> {
     bytes: &'a [u8],
@@ -439,7 +522,7 @@ impl<'a> Progress<'a> {
         }
     }
 
-    /// Ends the progress line: the server compiles the module before it answers.
+    /// Ends the progress line.
     fn finish(&mut self) {
         if self.drawn.take().is_some() {
             eprintln!();
@@ -454,11 +537,6 @@ impl Read for Progress<'_> {
         buf[..n].copy_from_slice(&rest[..n]);
         self.sent += n;
         self.draw();
-        if n > 0 && self.sent == self.bytes.len() && self.drawn.is_some() {
-            let mut stderr = std::io::stderr().lock();
-            let _ = write!(stderr, " · the server checks the module");
-            let _ = stderr.flush();
-        }
         Ok(n)
     }
 }

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use super::ExitStatus;
 use super::build::{cargo_build, check_toolchain};
-use super::client::{self, Client, Failure, Payload, ServerArgs};
+use super::client::{self, Client, Failure, ServerArgs};
 use super::dev_server::DevServer;
 use super::follow;
 use super::jobs::{find_job, json_argument};
@@ -175,14 +175,7 @@ fn cycle(args: &DevArgs, target: &Target) -> Result<(), Failure> {
     let mut client = Client::connect(&server)?;
     let bytes = std::fs::read(&wasm)
         .map_err(|err| Failure::environment(format!("cannot read {}: {err}", wasm.display())))?;
-    let installed = client.call(
-        "POST",
-        "/modules",
-        Payload::Wasm {
-            bytes: &bytes,
-            progress: false,
-        },
-    )?;
+    let installed = client.upload_module(&bytes, false)?;
     let module = installed["name"].as_str().unwrap_or_default().to_owned();
     let uploads = client.get(&format!("/modules/{module}/versions"))?["items"]
         .as_array()

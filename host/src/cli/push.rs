@@ -9,7 +9,7 @@ use clap::Args;
 use serde_json::Value;
 
 use super::ExitStatus;
-use super::client::{self, Client, Failure, Payload, ServerArgs};
+use super::client::{self, Client, Failure, ServerArgs};
 
 #[derive(Debug, Args)]
 pub(super) struct PushArgs {
@@ -38,14 +38,7 @@ fn push(args: &PushArgs) -> Result<ExitStatus, Failure> {
     let bytes = std::fs::read(&file)
         .map_err(|err| Failure::environment(format!("cannot read {}: {err}", file.display())))?;
     let mut client = Client::connect(&args.server)?;
-    let installed = client.call(
-        "POST",
-        "/modules",
-        Payload::Wasm {
-            bytes: &bytes,
-            progress: true,
-        },
-    )?;
+    let installed = client.upload_module(&bytes, true)?;
     let name = installed["name"].as_str().unwrap_or_default().to_owned();
     let previous = previous_version(&mut client, &name, &installed)?;
     print!("{}", describe(&installed, previous.as_ref()));

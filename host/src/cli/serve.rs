@@ -37,6 +37,11 @@ pub(super) struct ServeArgs {
     /// flight wait for a CPU, and that wait does not count against their time limit.
     #[arg(long, env = "RUNCELL_CPU_GUESTS")]
     cpu_guests: Option<usize>,
+    /// Modules compiled at once; other uploads (and loads of modules this node has not
+    /// compiled yet) wait their turn. A compilation already uses every core, and a large
+    /// component's takes hundreds of MiB while it runs.
+    #[arg(long, env = "RUNCELL_MAX_COMPILATIONS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    max_compilations: u32,
     /// How many times a minute events may start each job (per node; a burst up to this
     /// many passes at once). Past it, an event does not start the job and says so; with
     /// the limit on how deep a chain of events may go, this keeps a pattern of events that
@@ -216,6 +221,7 @@ pub(super) fn run(args: ServeArgs) -> ExitStatus {
         capacity: Capacity {
             workers,
             cpu_guests,
+            compilations: args.max_compilations as usize,
         },
         examples: args.examples,
         event_triggers_per_minute: args.event_triggers_per_minute,

@@ -16,6 +16,7 @@ mod pool;
 pub(crate) mod retention;
 mod retry;
 mod run;
+pub(crate) mod upload;
 pub(crate) mod usage;
 pub(crate) mod window;
 

@@ -450,6 +450,17 @@ pub struct NodeHeartbeat {
     pub version: String,
 }
 
+impl NodeHeartbeat {
+    /// A node is called gone after this many missed heartbeats.
+    const MISSED_HEARTBEATS: Millis = 3;
+
+    /// Whether the node still reported itself recently at `now`.
+    pub(crate) fn is_alive(&self, now: Millis) -> bool {
+        let horizon = NODE_HEARTBEAT_EVERY.as_millis() as Millis * Self::MISSED_HEARTBEATS;
+        now - self.last_heartbeat_at <= horizon
+    }
+}
+
 /// A page of a listing and the cursor for the next one.
 #[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]

@@ -43,6 +43,12 @@ impl ArtifactCache {
         self.compilations.load(Ordering::Relaxed)
     }
 
+    /// Whether a compiled artifact of `content_hash` is on disk for this engine.
+    pub(crate) fn has_artifact(&self, content_hash: &str) -> bool {
+        self.artifact_path(content_hash)
+            .is_some_and(|path| path.exists())
+    }
+
     fn artifact_path(&self, content_hash: &str) -> Option<PathBuf> {
         self.dir
             .as_ref()

@@ -46,6 +46,10 @@ pub struct EngineSettings {
     /// Guests that run their code at once; the other runs in flight wait for a CPU (see
     /// `cpu_permits`). One per core by default.
     pub cpu_guests: usize,
+    /// Modules compiled at once; loads of code that needs compiling wait for a turn. One
+    /// by default: a compilation already uses every core, and each holds hundreds of MiB
+    /// at its peak for a large component.
+    pub compilations: usize,
 }
 
 impl Default for EngineSettings {
@@ -56,6 +60,7 @@ impl Default for EngineSettings {
             memory_ceiling_bytes: crate::domain::Limits::default_ceiling().memory_bytes,
             pooling: true,
             cpu_guests: super::cpu_permits::default_cpu_permits(),
+            compilations: 1,
         }
     }
 }

@@ -50,6 +50,7 @@ pub(crate) use incoming::ServedRequest;
 pub(crate) use logs::LogObserver;
 pub use redact::Redactor;
 pub use validate::ValidationError;
+pub(crate) use validate::check_header;
 
 use bindings::JobModulePre;
 use execution::ExecutionState;
@@ -158,6 +159,9 @@ struct Shared {
     guests: guests::GuestThreads,
     /// How many guests run their code at once, whatever the runs in flight.
     cpu: cpu_permits::CpuPermits,
+    /// Turns to compile: a compilation uses every core and, for a large component,
+    /// hundreds of MiB, so a burst of uploads takes turns instead of piling up.
+    compile_turns: tokio::sync::Semaphore,
 }
 
 impl std::fmt::Debug for Shared {
@@ -234,6 +238,7 @@ impl Runtime {
                 _ticker: ticker,
                 guests,
                 cpu: cpu_permits::CpuPermits::new(config.engine.cpu_guests),
+                compile_turns: tokio::sync::Semaphore::new(config.engine.compilations.max(1)),
             }),
         })
     }
@@ -272,7 +277,7 @@ impl Runtime {
     /// Validates, compiles (or maps from the cache) and describes a module. Loading the
     /// same bytes again returns the module already in memory.
     pub async fn load(&self, wasm: Arc<[u8]>) -> Result<Arc<LoadedModule>, LoadError> {
-        validate::check_header(&wasm)?;
+        check_header(&wasm)?;
         let hash = content_hash(&wasm);
         if let Some(module) = self.loaded_module(&hash) {
             return Ok(module);
@@ -291,6 +296,18 @@ impl Runtime {
         hash: String,
     ) -> Result<Arc<LoadedModule>, LoadError> {
         let started = Instant::now();
+        // Mapping a compiled artifact is cheap and needs no turn.
+        let turn = if self.shared.cache.has_artifact(&hash) {
+            None
+        } else {
+            Some(
+                self.shared
+                    .compile_turns
+                    .acquire()
+                    .await
+                    .map_err(|_| LoadError::Describe("the runtime is shutting down".into()))?,
+            )
+        };
         let shared = self.shared.clone();
         let compile_hash = hash.clone();
         // Compilation is CPU-bound for up to seconds: keep it off the async workers.
@@ -298,6 +315,7 @@ impl Runtime {
             tokio::task::spawn_blocking(move || shared.prepare(&wasm, &compile_hash))
                 .await
                 .map_err(|err| LoadError::Describe(format!("compilation task failed: {err}")))??;
+        drop(turn);
         let load_time = started.elapsed();
         let lanes = Arc::new(lanes);
         let runtime = self.clone();

@@ -20,6 +20,7 @@ pub(crate) mod routes;
 pub(crate) mod schedule;
 mod scrape;
 pub(crate) mod secrets;
+pub(crate) mod uploads;
 pub(crate) mod usage;
 
 use std::path::PathBuf;
@@ -181,6 +182,8 @@ pub struct ServiceSettings {
     pub event_triggers_per_minute: u32,
     /// The shortest interval an endpoint monitor may be checked at.
     pub endpoint_min_interval: std::time::Duration,
+    /// This node's id, as its heartbeats name it.
+    pub node_id: String,
 }
 
 impl Default for ServiceSettings {
@@ -194,6 +197,7 @@ impl Default for ServiceSettings {
             routes: RouteSettings::default(),
             event_triggers_per_minute: 600,
             endpoint_min_interval: std::time::Duration::from_secs(10),
+            node_id: "local".to_owned(),
         }
     }
 }
@@ -224,6 +228,9 @@ pub struct Services {
     pub outbound: Arc<OutboundSettings>,
     /// This node's metrics: whoever does something `/metrics` counts records it here.
     pub(crate) telemetry: Telemetry,
+    /// When these services started: work this node took on before (under the same node
+    /// id, in an earlier process) is not going on any more.
+    pub(crate) started_at: crate::domain::Millis,
 }
 
 /// How much work a node takes on at once.
@@ -235,14 +242,19 @@ pub struct Capacity {
     /// Guests running their code at once (CPU permits); the other runs in flight wait
     /// for one, their clocks stopped.
     pub cpu_guests: usize,
+    /// Modules compiled at once (uploads, and loads of code this node has not compiled
+    /// yet); the others wait their turn.
+    pub compilations: usize,
 }
 
 impl Capacity {
-    /// `workers` runs in flight, one guest per core on a CPU.
+    /// `workers` runs in flight, one guest per core on a CPU, one compilation at a time.
     pub fn with_workers(workers: usize) -> Self {
+        let engine = EngineSettings::default();
         Self {
             workers,
-            cpu_guests: EngineSettings::default().cpu_guests,
+            cpu_guests: engine.cpu_guests,
+            compilations: engine.compilations,
         }
     }
 }
@@ -279,6 +291,7 @@ impl Services {
                         + settings.routes.total_concurrency
                         + 8) as u32,
                     cpu_guests: capacity.cpu_guests,
+                    compilations: capacity.compilations,
                     ..EngineSettings::default()
                 },
                 cache_dir,
@@ -302,6 +315,7 @@ impl Services {
             secrets: None,
             outbound: outbound_rules,
             telemetry: Telemetry::new(),
+            started_at: crate::domain::now_millis(),
         })
     }
 }

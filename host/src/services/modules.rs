@@ -245,6 +245,23 @@ impl Services {
         .await
     }
 
+    /// Refuses at once what cannot be a module, before anything compiles: a file over the
+    /// size limit, or one that is not a component at all.
+    pub(crate) fn check_module_file(&self, wasm: &[u8]) -> Result<(), ServiceError> {
+        if wasm.len() > self.settings.max_module_bytes {
+            return Err(ServiceError::unprocessable(
+                "module",
+                format!(
+                    "the file is {} bytes, above the limit of {} bytes",
+                    wasm.len(),
+                    self.settings.max_module_bytes
+                ),
+            ));
+        }
+        crate::runtime::check_header(wasm)
+            .map_err(|err| ServiceError::InvalidModule(crate::runtime::LoadError::Invalid(err)))
+    }
+
     /// Validates and installs a module file; a new version of an existing module becomes
     /// its current version, the old ones stay listed. Its code is approved at once when
     /// the uploader is an admin, when the bytes were approved before, or when the upload
@@ -256,16 +273,7 @@ impl Services {
         wasm: Vec<u8>,
         upload: ModuleUpload,
     ) -> Result<ModuleRecord, ServiceError> {
-        if wasm.len() > self.settings.max_module_bytes {
-            return Err(ServiceError::unprocessable(
-                "module",
-                format!(
-                    "the file is {} bytes, above the limit of {} bytes",
-                    wasm.len(),
-                    self.settings.max_module_bytes
-                ),
-            ));
-        }
+        self.check_module_file(&wasm)?;
         let signature = upload
             .signature
             .as_deref()

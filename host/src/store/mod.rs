@@ -39,6 +39,7 @@ use crate::domain::budget::{Budget, BudgetCounter};
 use crate::domain::endpoint::{Endpoint, EndpointCheck, UptimeCount};
 use crate::domain::metrics::{MetricSeries, ModuleMetricsSummary, Rollup, SeriesAdmission};
 use crate::domain::retention::{PrunePlan, Pruned};
+use crate::domain::upload::{UploadOutcome, UploadRecord};
 use crate::domain::usage::{OutboundRow, RouteOutbound, UsageQuery, UsageRow};
 use crate::domain::{
     CodeApproval, Event, Execution, ExecutionResult, ExecutionStatus, Job, LogEntry, Manifest,
@@ -411,6 +412,18 @@ pub trait Store: Send + Sync + 'static {
 
     /// The jobs that use module `name`, by name.
     async fn jobs_using_module(&self, name: &str) -> Result<Vec<Job>, StoreError>;
+
+    // ---- uploads being followed -----------------------------------------------------
+
+    /// Records an upload as it arrives, and forgets those made longer ago than
+    /// [`crate::domain::upload::UPLOAD_KEPT_FOR_MS`].
+    async fn create_upload(&self, upload: &UploadRecord) -> Result<(), StoreError>;
+
+    /// Records how upload `id` ended; `false` if it is unknown or already finished.
+    async fn finish_upload(&self, id: &str, outcome: &UploadOutcome) -> Result<bool, StoreError>;
+
+    /// Upload `id`, if it is still remembered.
+    async fn get_upload(&self, id: &str) -> Result<Option<UploadRecord>, StoreError>;
 
     // ---- consumption budgets ---------------------------------------------------------
 

@@ -4359,6 +4359,58 @@ async fn module_with_budgets(store: &dyn Store, name: &str, budgets: &[Budget]) 
         .unwrap();
 }
 
+async fn an_upload_reads_back_compiling_then_finished_once_and_is_forgotten_after_a_day(
+    store: &dyn Store,
+) {
+    use crate::domain::upload::{UPLOAD_KEPT_FOR_MS, UploadOutcome, UploadRecord};
+    let upload = |id: &str, created_at| UploadRecord {
+        id: id.to_owned(),
+        content_hash: "ab".repeat(32),
+        size_bytes: 18_000_000,
+        uploaded_by: "ann".to_owned(),
+        node_id: "node-a".to_owned(),
+        created_at,
+        finished: None,
+    };
+    let start = 1_000_000_000;
+    store.create_upload(&upload("old", start)).await.unwrap();
+    let compiling = upload("new", start + 10);
+    store.create_upload(&compiling).await.unwrap();
+    assert_eq!(
+        store.get_upload("new").await.unwrap(),
+        Some(compiling.clone())
+    );
+    assert_eq!(store.get_upload("missing").await.unwrap(), None);
+
+    let refused = UploadOutcome {
+        at: start + 500,
+        http_status: 422,
+        body: json!({"error": {"code": "invalid_module", "message": "not a component"}}),
+    };
+    assert!(store.finish_upload("new", &refused).await.unwrap());
+    let installed = UploadOutcome {
+        at: start + 600,
+        http_status: 201,
+        body: json!({"name": "demo"}),
+    };
+    assert!(
+        !store.finish_upload("new", &installed).await.unwrap(),
+        "an upload ends once"
+    );
+    assert!(!store.finish_upload("missing", &installed).await.unwrap());
+    let finished = store.get_upload("new").await.unwrap().unwrap();
+    assert_eq!(finished.finished, Some(refused));
+
+    // The next upload a day later forgets both.
+    store
+        .create_upload(&upload("later", start + 11 + UPLOAD_KEPT_FOR_MS))
+        .await
+        .unwrap();
+    assert_eq!(store.get_upload("old").await.unwrap(), None);
+    assert_eq!(store.get_upload("new").await.unwrap(), None);
+    assert!(store.get_upload("later").await.unwrap().is_some());
+}
+
 async fn budgets_read_back_with_their_module_until_replaced(store: &dyn Store) {
     let budgets = vec![
         budget(BudgetMetric::Runs, None, BudgetPeriod::Hour, 2),
@@ -4888,6 +4940,7 @@ macro_rules! every_behaviour {
             $open,
             [
                 a_fresh_store_answers_pings,
+                an_upload_reads_back_compiling_then_finished_once_and_is_forgotten_after_a_day,
                 the_first_upload_creates_an_enabled_module,
                 a_new_version_becomes_current_and_old_ones_stay_listed_newest_first,
                 reuploading_known_bytes_makes_them_current_without_a_duplicate,

@@ -13,6 +13,7 @@ mod auth;
 mod budgets;
 mod endpoints;
 mod retention;
+mod uploads;
 pub(crate) mod usage;
 
 use usage::Counted;
@@ -44,6 +45,7 @@ use crate::domain::metrics::{
     rollup_start,
 };
 use crate::domain::retention::{PrunePlan, Pruned};
+use crate::domain::upload::{UploadOutcome, UploadRecord};
 use crate::domain::usage::{OutboundRow, RouteOutbound, UsageQuery, UsageRow};
 use crate::domain::window::DAY;
 use crate::domain::{
@@ -846,6 +848,20 @@ impl<B: Backend> Store for B {
         .iter()
         .map(job_from_row)
         .collect()
+    }
+
+    // ---- uploads being followed -----------------------------------------------------
+
+    async fn create_upload(&self, upload: &UploadRecord) -> Result<(), StoreError> {
+        uploads::create(self, upload).await
+    }
+
+    async fn finish_upload(&self, id: &str, outcome: &UploadOutcome) -> Result<bool, StoreError> {
+        uploads::finish(self, id, outcome).await
+    }
+
+    async fn get_upload(&self, id: &str) -> Result<Option<UploadRecord>, StoreError> {
+        uploads::get(self, id).await
     }
 
     // ---- consumption budgets ---------------------------------------------------------
