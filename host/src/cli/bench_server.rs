@@ -43,6 +43,11 @@ pub(super) struct ServerBenchArgs {
     /// Measure the I/O-bound executions only.
     #[arg(long)]
     io_only: bool,
+    /// Upload this module first (e.g. a large Python component) and measure the time to
+    /// the upload's answer and to its installation, and the server's resident memory
+    /// before, at its peak and after.
+    #[arg(long)]
+    upload_module: Option<PathBuf>,
     /// No-op executions for the throughput run; 0 skips the phase.
     #[arg(long, default_value_t = 50_000)]
     noop: u32,
@@ -406,6 +411,12 @@ fn bench(args: &ServerBenchArgs) -> BenchResult<()> {
     let bases: Vec<&str> = servers.iter().map(|s| s.base.as_str()).collect();
     println!("runcell bench server — {}", bases.join(", "));
 
+    if let Some(path) = &args.upload_module {
+        let wasm = std::fs::read(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        timed_upload(server, &wasm)?;
+    }
+
     // First, while the server's memory holds nothing of the other phases.
     if args.io > 0 {
         io_bound(server, args.io, args.io_wait)?;
@@ -738,6 +749,69 @@ fn slow_endpoint(delay: Duration) -> BenchResult<(u16, Arc<AtomicUsize>)> {
         }
     });
     Ok((port, most_seen))
+}
+
+/// Uploads `wasm` as `runcell push` does (`Prefer: respond-async`), follows it until it
+/// is installed, and prints the times and the server's resident memory: before, the
+/// most seen while it compiled, and a while after.
+fn timed_upload(server: &Server, wasm: &[u8]) -> BenchResult<()> {
+    let pid = server.child.id();
+    let before = resident_bytes(pid).unwrap_or(0);
+    let started = Instant::now();
+    let mut response = server
+        .agent
+        .post(&server.url("/modules?approve=true"))
+        .header("authorization", &server.authorization)
+        .header("content-type", "application/wasm")
+        .header("prefer", "respond-async")
+        .send(wasm)
+        .map_err(|e| e.to_string())?;
+    let answered = started.elapsed();
+    let status = response.status();
+    let body: Value = response
+        .body_mut()
+        .read_json()
+        .map_err(|e| format!("upload: {status}: {e}"))?;
+    let mut most = resident_bytes(pid).unwrap_or(0);
+    if status.as_u16() == 202 {
+        let id = body["id"].as_str().ok_or("202 without an upload id")?;
+        loop {
+            let upload = server.get(&format!("/module-uploads/{id}"))?;
+            most = most.max(resident_bytes(pid).unwrap_or(0));
+            match upload["status"].as_str() {
+                Some("INSTALLED") => break,
+                Some("COMPILING") => std::thread::sleep(Duration::from_millis(20)),
+                _ => return Err(format!("the upload failed: {upload}")),
+            }
+        }
+    } else if !status.is_success() {
+        return Err(format!("upload: {status}: {body}"));
+    }
+    let installed = started.elapsed();
+    let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
+    println!(
+        "upload of {:.1} MiB: answered {} in {:.0} ms, installed after {:.1} s",
+        mib(wasm.len() as u64),
+        status.as_u16(),
+        answered.as_secs_f64() * 1e3,
+        installed.as_secs_f64()
+    );
+    let mut after = Vec::new();
+    for wait in [1, 5, 30] {
+        let waited = started.elapsed().saturating_sub(installed);
+        std::thread::sleep(Duration::from_secs(wait).saturating_sub(waited));
+        after.push(format!(
+            "{wait} s after {:.0} MiB",
+            mib(resident_bytes(pid).unwrap_or(0))
+        ));
+    }
+    println!(
+        "  server RSS: before {:.0} MiB, most while compiling {:.0} MiB, {}",
+        mib(before),
+        mib(most),
+        after.join(", ")
+    );
+    Ok(())
 }
 
 /// The resident memory of process `pid` now, in bytes (Linux; `None` elsewhere).
