@@ -11,11 +11,11 @@ use clap::Args;
 use serde_json::{Value, json};
 
 use super::ExitStatus;
-use super::build::{cargo_build, check_toolchain};
 use super::client::{self, Client, Failure, ServerArgs};
 use super::dev_server::DevServer;
 use super::follow;
 use super::jobs::{find_job, json_argument};
+use super::project::Project;
 
 /// How often the sources are looked at.
 const POLL_INTERVAL: Duration = Duration::from_millis(400);
@@ -24,7 +24,8 @@ const SETTLE: Duration = Duration::from_millis(150);
 
 #[derive(Debug, Args)]
 pub(super) struct DevArgs {
-    /// The project's directory (the one holding its Cargo.toml) [default: .].
+    /// The project's directory (the one holding its Cargo.toml, pyproject.toml or
+    /// package.json) [default: .].
     #[arg(default_value = ".")]
     dir: PathBuf,
     /// The module's job to run [default: its first].
@@ -54,18 +55,20 @@ pub(super) fn run(args: DevArgs) -> ExitStatus {
 }
 
 fn dev(args: DevArgs) -> Result<ExitStatus, Failure> {
-    check_project(&args.dir)?;
-    check_toolchain(&args.dir).map_err(Failure::environment)?;
+    let project = check_project(&args.dir)?;
+    project
+        .check_toolchain(&args.dir)
+        .map_err(Failure::environment)?;
     let target = choose_target(&args.server)?;
     let own = match &target {
         Target::Own(server) => Some(server.clone()),
         Target::Given(_) => None,
     };
     stop_on_signal(own)?;
-    let watched = Sources::new(&args.dir, args.input.as_deref());
+    let watched = Sources::new(project.sources(&args.dir), args.input.as_deref());
     loop {
         let before = watched.snapshot();
-        if let Err(failure) = cycle(&args, &target) {
+        if let Err(failure) = cycle(&args, &project, &target) {
             eprintln!("runcell dev: {}", failure.message);
         }
         println!("watching {} for changes (Ctrl-C ends)", args.dir.display());
@@ -73,12 +76,17 @@ fn dev(args: DevArgs) -> Result<ExitStatus, Failure> {
     }
 }
 
-/// A module project: a Cargo.toml building a `cdylib` on `runcell-sdk`.
-fn check_project(dir: &Path) -> Result<(), Failure> {
-    let manifest = std::fs::read_to_string(dir.join("Cargo.toml")).map_err(|_| {
-        Failure::usage(format!(
-            "{} holds no Cargo.toml; run `runcell dev` in a module project (see `runcell new`)",
-            dir.display()
+/// A module project: Python or JavaScript as `runcell build` takes them, or a Cargo.toml
+/// building a `cdylib` on `runcell-sdk`.
+fn check_project(dir: &Path) -> Result<Project, Failure> {
+    let project = Project::detect(dir).map_err(Failure::usage)?;
+    if project != Project::Rust {
+        return Ok(project);
+    }
+    let manifest = std::fs::read_to_string(dir.join("Cargo.toml")).map_err(|err| {
+        Failure::environment(format!(
+            "cannot read {}: {err}",
+            dir.join("Cargo.toml").display()
         ))
     })?;
     if !manifest.contains("cdylib") || !manifest.contains("runcell-sdk") {
@@ -87,7 +95,7 @@ fn check_project(dir: &Path) -> Result<(), Failure> {
             dir.join("Cargo.toml").display()
         )));
     }
-    Ok(())
+    Ok(project)
 }
 
 /// The server named (flags, environment, stored login), else one started here.
@@ -146,13 +154,14 @@ fn stop_on_signal(own: Option<Arc<Mutex<Option<DevServer>>>>) -> Result<(), Fail
 }
 
 /// One turn of the loop: build, push, approve if allowed, run and follow.
-fn cycle(args: &DevArgs, target: &Target) -> Result<(), Failure> {
+fn cycle(args: &DevArgs, project: &Project, target: &Target) -> Result<(), Failure> {
     let started = Instant::now();
-    let wasm = cargo_build(&args.dir)
+    let wasm = project
+        .build(&args.dir)
         .map_err(|message| Failure::environment(format!("build failed: {message}")))?;
     println!(
         "built {} in {:.1} s",
-        package_label(&args.dir, &wasm),
+        project.label(&args.dir, &wasm),
         started.elapsed().as_secs_f64()
     );
     let input = args
@@ -296,51 +305,8 @@ fn outcome(execution: &Value) -> String {
     )
 }
 
-/// `name version` from the project's Cargo.toml, else the `.wasm` file's name.
-fn package_label(dir: &Path, wasm: &Path) -> String {
-    std::fs::read_to_string(dir.join("Cargo.toml"))
-        .ok()
-        .and_then(|manifest| package_name_and_version(&manifest))
-        .map(|(name, version)| format!("{name} {version}"))
-        .unwrap_or_else(|| {
-            wasm.file_name()
-                .unwrap_or_default()
-                .to_string_lossy()
-                .into_owned()
-        })
-}
-
-/// The `name` and `version` of a Cargo.toml's `[package]` table, when both are plain strings.
-fn package_name_and_version(manifest: &str) -> Option<(String, String)> {
-    let mut in_package = false;
-    let (mut name, mut version) = (None, None);
-    for line in manifest.lines().map(str::trim) {
-        if line.starts_with('[') {
-            in_package = line == "[package]";
-            continue;
-        }
-        if !in_package {
-            continue;
-        }
-        let Some((key, value)) = line.split_once('=') else {
-            continue;
-        };
-        let value = value.trim();
-        let text = value
-            .strip_prefix('"')
-            .and_then(|v| v.strip_suffix('"'))
-            .map(str::to_owned);
-        match key.trim() {
-            "name" => name = text,
-            "version" => version = text,
-            _ => {}
-        }
-    }
-    Some((name?, version?))
-}
-
-/// What the loop watches: the project's Cargo.toml, everything under src/, and an
-/// `--input @file`. Cargo.lock is left out, since the build itself writes it.
+/// What the loop watches: the project's sources (its manifest and everything under src/),
+/// and an `--input @file`. Cargo.lock is left out, since the build itself writes it.
 struct Sources {
     roots: Vec<PathBuf>,
 }
@@ -349,8 +315,7 @@ struct Sources {
 type Snapshot = Vec<(PathBuf, Option<SystemTime>, u64)>;
 
 impl Sources {
-    fn new(dir: &Path, input: Option<&str>) -> Self {
-        let mut roots = vec![dir.join("Cargo.toml"), dir.join("src")];
+    fn new(mut roots: Vec<PathBuf>, input: Option<&str>) -> Self {
         if let Some(file) = input.and_then(|input| input.strip_prefix('@')) {
             roots.push(PathBuf::from(file));
         }
@@ -383,6 +348,11 @@ fn collect(path: &Path, files: &mut Snapshot) {
         return;
     };
     if meta.is_dir() {
+        // Python writes its bytecode cache beside the sources during a build; watching it
+        // would make every build ask for the next.
+        if path.file_name().is_some_and(|name| name == "__pycache__") {
+            return;
+        }
         let Ok(entries) = std::fs::read_dir(path) else {
             return;
         };
@@ -399,25 +369,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_package_label_reads_the_package_table_only() {
-        let manifest = "[package]\nname = \"demo\"\nversion = \"0.1.0\"\nedition = \"2024\"\n\n[dependencies]\nname = \"not this\"\n";
-        assert_eq!(
-            package_name_and_version(manifest),
-            Some(("demo".to_owned(), "0.1.0".to_owned()))
-        );
-        assert_eq!(
-            package_name_and_version("[package]\nname = \"demo\"\nversion.workspace = true\n"),
-            None
-        );
-    }
-
-    #[test]
     fn a_change_under_src_or_to_the_manifest_is_seen_and_cargo_lock_is_not() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("src/nested")).unwrap();
         std::fs::write(dir.path().join("Cargo.toml"), "[package]\n").unwrap();
         std::fs::write(dir.path().join("src/lib.rs"), "").unwrap();
-        let sources = Sources::new(dir.path(), None);
+        let sources = Sources::new(Project::Rust.sources(dir.path()), None);
         let before = sources.snapshot();
         assert_eq!(before.len(), 2);
         std::fs::write(dir.path().join("Cargo.lock"), "written by cargo").unwrap();

@@ -16,6 +16,7 @@ mod lists;
 mod local;
 mod login;
 mod new;
+mod project;
 mod push;
 mod runs;
 mod serve;

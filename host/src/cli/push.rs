@@ -13,8 +13,8 @@ use super::client::{self, Client, Failure, ServerArgs};
 
 #[derive(Debug, Args)]
 pub(super) struct PushArgs {
-    /// The module's `.wasm` file (default: the only one in `.` or in
-    /// `target/wasm32-wasip2/release`).
+    /// The module's `.wasm` file (default: the only one in `.`, in
+    /// `target/wasm32-wasip2/release` or in `build`, where `runcell build` leaves it).
     file: Option<PathBuf>,
     /// Approve what the module asks for once it is uploaded (admins only); asks first.
     #[arg(long)]
@@ -76,7 +76,12 @@ fn push(args: &PushArgs) -> Result<ExitStatus, Failure> {
 
 /// The one `.wasm` file where a build leaves it, or a failure saying to name it.
 fn find_module() -> Result<PathBuf, Failure> {
-    for dir in [Path::new("."), Path::new("target/wasm32-wasip2/release")] {
+    let dirs = [
+        Path::new("."),
+        Path::new("target/wasm32-wasip2/release"),
+        Path::new(super::project::BUILD_DIR),
+    ];
+    for dir in dirs {
         let Ok(entries) = std::fs::read_dir(dir) else {
             continue;
         };
@@ -96,7 +101,8 @@ fn find_module() -> Result<PathBuf, Failure> {
         }
     }
     Err(Failure::usage(
-        "no .wasm file here or in target/wasm32-wasip2/release; name the one to push".to_owned(),
+        "no .wasm file here, in target/wasm32-wasip2/release or in build; name the one to push"
+            .to_owned(),
     ))
 }
 
