@@ -1,12 +1,15 @@
-//! `runcell new`: writes a ready module project from the templates in `templates/`. Owns
-//! the project's layout and the checks on its name and directory; building it is
-//! `runcell build`'s.
+//! `runcell new`: writes a ready module project from the templates in `templates/`: a
+//! Rust crate on `runcell-sdk`, or a Python or JavaScript package with Runcell's WIT (the
+//! copy compiled into this binary) in its `wit/`, so that it builds offline. Owns the
+//! project's layout and the checks on its name and directory; building it is `runcell
+//! build`'s.
 
 use std::path::{Path, PathBuf};
 
 use clap::{Args, ValueEnum};
 
 use super::ExitStatus;
+use super::project::{COMPONENTIZE_JS_VERSION, COMPONENTIZE_PY_VERSION};
 
 #[derive(Debug, Args)]
 pub(super) struct NewArgs {
@@ -16,11 +19,12 @@ pub(super) struct NewArgs {
     /// The language of the module.
     #[arg(long, value_enum, default_value_t = Language::Rust)]
     lang: Language,
-    /// `job`: one job. `routes`: the same job, and an HTTP route serving the same logic.
+    /// `job`: one job. `routes`: the same job, and an HTTP route serving the same logic
+    /// (Rust only).
     #[arg(long, value_enum, default_value_t = Template::Job)]
     template: Template,
     /// Depend on the SDK in this directory (e.g. `sdk/` of a Runcell checkout) instead of
-    /// the published `runcell-sdk`.
+    /// the published `runcell-sdk` (Rust; other languages use the WIT directly).
     #[arg(long, env = "RUNCELL_SDK_PATH")]
     sdk_path: Option<PathBuf>,
     /// Where to write the project [default: ./NAME].
@@ -45,6 +49,43 @@ enum Template {
 /// SDK of this release has this binary's version.
 const SDK_VERSION: &str = env!("CARGO_PKG_VERSION");
 
+/// Why `--template routes` is refused for Python and JavaScript (componentize-js 0.23,
+/// componentize-py 0.25).
+const ROUTES_RUST_ONLY: &str = "--template routes is Rust only: componentize-js serves fetch events only on wasi:http/incoming-handler@0.2.0 (Runcell's worlds export 0.2.12) and componentize-py has no request and response types, so a route would be written against the raw wasi:http resources; use --lang rust for a module with routes";
+
+/// Runcell's WIT as this binary was built with it, by path in a project.
+const WIT_FILES: &[(&str, &str)] = &[
+    ("wit/module.wit", include_str!("../../../wit/module.wit")),
+    (
+        "wit/deps/cli/cli.wit",
+        include_str!("../../../wit/deps/cli/cli.wit"),
+    ),
+    (
+        "wit/deps/clocks/clocks.wit",
+        include_str!("../../../wit/deps/clocks/clocks.wit"),
+    ),
+    (
+        "wit/deps/filesystem/filesystem.wit",
+        include_str!("../../../wit/deps/filesystem/filesystem.wit"),
+    ),
+    (
+        "wit/deps/http/http.wit",
+        include_str!("../../../wit/deps/http/http.wit"),
+    ),
+    (
+        "wit/deps/io/io.wit",
+        include_str!("../../../wit/deps/io/io.wit"),
+    ),
+    (
+        "wit/deps/random/random.wit",
+        include_str!("../../../wit/deps/random/random.wit"),
+    ),
+    (
+        "wit/deps/sockets/sockets.wit",
+        include_str!("../../../wit/deps/sockets/sockets.wit"),
+    ),
+];
+
 /// Longest module name a server accepts.
 const MAX_NAME_BYTES: usize = 64;
 
@@ -64,15 +105,8 @@ pub(super) fn run(args: NewArgs) -> ExitStatus {
 
 fn create(args: &NewArgs) -> Result<PathBuf, (ExitStatus, String)> {
     let usage = |message: String| (ExitStatus::Usage, message);
-    if args.lang != Language::Rust {
-        let lang = if args.lang == Language::Python {
-            "Python"
-        } else {
-            "JavaScript"
-        };
-        return Err(usage(format!(
-            "{lang} modules are not supported by `runcell new` yet; use --lang rust"
-        )));
+    if args.lang != Language::Rust && args.template == Template::Routes {
+        return Err(usage(ROUTES_RUST_ONLY.to_owned()));
     }
     if !is_valid_name(&args.name) {
         return Err(usage(format!(
@@ -91,11 +125,17 @@ fn create(args: &NewArgs) -> Result<PathBuf, (ExitStatus, String)> {
             dir.display()
         )));
     }
-    let sdk = match &args.sdk_path {
-        Some(path) => sdk_path_dependency(path).map_err(usage)?,
-        None => format!("\"{SDK_VERSION}\""),
+    let files = match args.lang {
+        Language::Rust => {
+            let sdk = match &args.sdk_path {
+                Some(path) => sdk_path_dependency(path).map_err(usage)?,
+                None => format!("\"{SDK_VERSION}\""),
+            };
+            project_files(&args.name, args.template, &sdk, args.sdk_path.is_some())
+        }
+        Language::Python => python_files(&args.name),
+        Language::Js => js_files(&args.name),
     };
-    let files = project_files(&args.name, args.template, &sdk, args.sdk_path.is_some());
     let environment = |err: std::io::Error| {
         (
             ExitStatus::Environment,
@@ -202,6 +242,64 @@ fn project_files(
     files
 }
 
+/// A Python project: componentize-py builds `src/app.py` against `wit/`.
+fn python_files(name: &str) -> Vec<(&'static str, String)> {
+    let fill = |template: &str| fill_package(template, name);
+    let mut files = vec![
+        (
+            "pyproject.toml",
+            fill(include_str!("templates/pyproject.toml.txt")),
+        ),
+        ("src/app.py", fill(include_str!("templates/app.py.txt"))),
+        (
+            "README.md",
+            fill(include_str!("templates/README-python.md.txt")),
+        ),
+        (
+            ".gitignore",
+            include_str!("templates/gitignore-python.txt").to_owned(),
+        ),
+    ];
+    files.extend(wit_files());
+    files
+}
+
+/// A JavaScript project: componentize-js builds `src/app.js` against `wit/`.
+fn js_files(name: &str) -> Vec<(&'static str, String)> {
+    let fill = |template: &str| fill_package(template, name);
+    let mut files = vec![
+        (
+            "package.json",
+            fill(include_str!("templates/package.json.txt")),
+        ),
+        ("src/app.js", fill(include_str!("templates/app.js.txt"))),
+        (
+            "README.md",
+            fill(include_str!("templates/README-js.md.txt")),
+        ),
+        (
+            ".gitignore",
+            include_str!("templates/gitignore-js.txt").to_owned(),
+        ),
+    ];
+    files.extend(wit_files());
+    files
+}
+
+fn fill_package(template: &str, name: &str) -> String {
+    template
+        .replace("{{name}}", name)
+        .replace("{{description}}", "Greets people and counts the greetings.")
+        .replace("{{componentize_py}}", COMPONENTIZE_PY_VERSION)
+        .replace("{{componentize_js}}", COMPONENTIZE_JS_VERSION)
+}
+
+fn wit_files() -> impl Iterator<Item = (&'static str, String)> {
+    WIT_FILES
+        .iter()
+        .map(|(path, text)| (*path, (*text).to_owned()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -230,6 +328,48 @@ mod tests {
             for (path, content) in project_files("my-mod", template, "\"0.1.0\"", false) {
                 assert!(!content.contains("{{"), "{path} of {template:?}");
             }
+        }
+    }
+
+    #[test]
+    fn every_placeholder_of_the_python_and_js_templates_is_filled() {
+        for files in [python_files("my-mod"), js_files("my-mod")] {
+            for (path, content) in files {
+                assert!(!content.contains("{{"), "{path}");
+            }
+        }
+    }
+
+    /// Every file of the repository's `wit/` is embedded, and nothing else.
+    #[test]
+    fn the_embedded_wit_is_the_whole_wit_directory() {
+        fn walk(dir: &Path, root: &Path, found: &mut Vec<String>) {
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    walk(&path, root, found);
+                } else {
+                    let relative = path.strip_prefix(root).unwrap();
+                    found.push(relative.to_string_lossy().into_owned());
+                }
+            }
+        }
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        let mut found = Vec::new();
+        walk(&root.join("wit"), root, &mut found);
+        found.sort();
+        let mut embedded: Vec<String> = WIT_FILES
+            .iter()
+            .map(|(path, _)| (*path).to_owned())
+            .collect();
+        embedded.sort();
+        assert_eq!(embedded, found);
+        for (path, text) in WIT_FILES {
+            assert_eq!(
+                std::fs::read_to_string(root.join(path)).unwrap(),
+                *text,
+                "{path}"
+            );
         }
     }
 
