@@ -412,8 +412,8 @@ fn bench(args: &ServerBenchArgs) -> BenchResult<()> {
     println!("runcell bench server — {}", bases.join(", "));
 
     if let Some(path) = &args.upload_module {
-        let wasm = std::fs::read(path)
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let wasm =
+            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         timed_upload(server, &wasm)?;
     }
 

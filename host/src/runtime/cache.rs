@@ -92,6 +92,21 @@ impl ArtifactCache {
         wasm: &[u8],
         content_hash: &str,
     ) -> wasmtime::Result<(Vec<Component>, LoadSource)> {
+        let compiled_before = self.compilations();
+        let loaded = self.load_into_each_engine(engines, wasm, content_hash);
+        // Also after a compilation that failed: it may have got far.
+        if self.compilations() != compiled_before {
+            release_compiler_memory();
+        }
+        loaded
+    }
+
+    fn load_into_each_engine(
+        &self,
+        engines: &[Engine],
+        wasm: &[u8],
+        content_hash: &str,
+    ) -> wasmtime::Result<(Vec<Component>, LoadSource)> {
         let (first, rest) = engines
             .split_first()
             .ok_or_else(|| wasmtime::format_err!("a runtime has at least one engine"))?;
@@ -119,6 +134,24 @@ impl ArtifactCache {
         }
         Ok((components, source))
     }
+}
+
+/// Hands what the compiler freed back to the system. Cranelift allocates hundreds of MiB
+/// for a large component on the compiling thread and the pool threads, and mimalloc keeps
+/// freed pages in each thread's heap for reuse: without this, the process stays that
+/// much larger for seconds to minutes after an upload.
+fn release_compiler_memory() {
+    #[expect(
+        unsafe_code,
+        reason = "`mi_collect` only walks the calling thread's own heap; it is safe to call \
+                  at any time, and a no-op where mimalloc is not the allocator in use"
+    )]
+    fn collect() {
+        // SAFETY: no arguments to uphold; see the reason above.
+        unsafe { libmimalloc_sys::mi_collect(true) }
+    }
+    rayon_core::broadcast(|_| collect());
+    collect();
 }
 
 fn store(component: &Component, path: &Path) -> wasmtime::Result<()> {
