@@ -405,14 +405,29 @@ impl Server {
     pub(crate) fn upload(&self, wasm: &Path) -> Value {
         let bytes = std::fs::read(wasm).expect("the guest is built");
         let reply = self.post_bytes("/api/v1/modules?approve=true", "application/wasm", &bytes);
-        assert_eq!(
-            reply.status,
-            201,
-            "upload of {}: {}",
-            wasm.display(),
-            reply.body
-        );
-        reply.body
+        match reply.status {
+            201 => reply.body,
+            // A large module (a Python or JavaScript one) on a loaded machine: it went on
+            // compiling; follow it as a client would.
+            202 => self.upload_installed(reply.body["id"].as_str().unwrap(), wasm),
+            status => panic!("upload of {}: {status} {}", wasm.display(), reply.body),
+        }
+    }
+
+    /// Follows upload `id` (answered `202`) until it is installed; its module record.
+    fn upload_installed(&self, id: &str, wasm: &Path) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(180);
+        loop {
+            let upload = self.get(&format!("/api/v1/module-uploads/{id}"));
+            assert_eq!(upload.status, 200, "{}", upload.body);
+            match upload.body["status"].as_str() {
+                Some("INSTALLED") => return upload.body["module"].clone(),
+                Some("COMPILING") if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                _ => panic!("upload of {}: {}", wasm.display(), upload.body),
+            }
+        }
     }
 
     /// Creates a job; returns it.

@@ -74,10 +74,14 @@ impl Project {
     /// Builds the component, the toolchain's output passed through to stderr, and answers
     /// its path.
     pub(super) fn build(&self, dir: &Path) -> Result<PathBuf, String> {
+        // Absolute: the toolchains run in the project's directory, where a path relative
+        // to ours (the output, a local `.venv/bin`) would point elsewhere.
+        let dir = std::fs::canonicalize(dir)
+            .map_err(|err| format!("cannot find {}: {err}", dir.display()))?;
         match self {
-            Self::Rust => cargo::build(dir),
-            Self::Python(package) => python::build(dir, package),
-            Self::Js(package) => js::build(dir, package),
+            Self::Rust => cargo::build(&dir),
+            Self::Python(package) => python::build(&dir, package),
+            Self::Js(package) => js::build(&dir, package),
         }
     }
 
