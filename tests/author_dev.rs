@@ -319,3 +319,69 @@ fn dev_on_a_given_server_pushes_and_runs_there_and_leaves_that_server_running() 
     assert_eq!(runs.len(), 1, "{runs:?}");
     assert_eq!(runs[0]["status"], "COMPLETED", "{runs:?}");
 }
+
+#[test]
+fn dev_on_a_given_server_approves_what_the_module_asks_for_only_when_told_to() {
+    let server = Server::start();
+    let work = tempfile::tempdir().unwrap();
+    let project = new_project(work.path(), "asking");
+    // Ask for the key-value store: something only an admin's approval grants.
+    change_greeting(
+        &project,
+        "    jobs: [",
+        "    capabilities: { key_value: true },\n    jobs: [",
+    );
+    let base = server.url("");
+    let given = |approve: bool| {
+        let mut args = vec!["--server", base.as_str(), "--token", server.token()];
+        if approve {
+            args.push("--approve");
+        }
+        args
+    };
+
+    let mut dev = Dev::start(&project, &work.path().join("config"), &given(false));
+    let waiting = dev.wait_for("the refusal to run", FIRST_RUN, |line| {
+        line.starts_with("awaiting approval: ")
+    });
+    assert!(waiting.contains("not run"), "{waiting}");
+    assert!(waiting.contains("--approve"), "{waiting}");
+    dev.interrupt();
+    assert!(
+        !dev.seen
+            .iter()
+            .any(|line| line.starts_with("completed in ")),
+        "it ran without an approval: {:?}",
+        dev.seen
+    );
+    let module = server.get("/api/v1/modules/asking");
+    assert!(
+        !module.body["awaitingApproval"]
+            .as_array()
+            .unwrap()
+            .is_empty(),
+        "{}",
+        module.body
+    );
+
+    let mut dev = Dev::start(&project, &work.path().join("config"), &given(true));
+    dev.wait_for("the approval", NEXT_RUN, |line| {
+        line.starts_with("approved: ")
+    });
+    dev.wait_for("the result", NEXT_RUN, |line| {
+        line.starts_with("completed in ") && line.ends_with(r#": {"greeting":"Hello, world!"}"#)
+    });
+    dev.interrupt();
+    let module = server.get("/api/v1/modules/asking");
+    assert_eq!(
+        module.body["awaitingApproval"],
+        serde_json::json!([]),
+        "{}",
+        module.body
+    );
+    assert_eq!(
+        module.body["approvedCapabilities"]["keyValue"], true,
+        "{}",
+        module.body
+    );
+}
