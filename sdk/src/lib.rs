@@ -110,7 +110,7 @@ pub use time::Timestamp;
 pub mod __bindings {
     wit_bindgen::generate!({
         world: "job-module-with-settings",
-        path: "../wit",
+        path: "wit",
         generate_all,
         pub_export_macro: true,
         default_bindings_module: "runcell_sdk::__bindings",
@@ -134,7 +134,7 @@ pub mod __bindings {
 pub mod __routes_bindings {
     wit_bindgen::generate!({
         world: "job-module-with-routes-and-settings",
-        path: "../wit",
+        path: "wit",
         with: {
             "runcell:module/types@0.1.1": crate::__bindings::runcell::module::types,
             "runcell:module/log@0.1.1": crate::__bindings::runcell::module::log,
