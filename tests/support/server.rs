@@ -423,7 +423,7 @@ impl Server {
             match upload.body["status"].as_str() {
                 Some("INSTALLED") => return upload.body["module"].clone(),
                 Some("COMPILING") if Instant::now() < deadline => {
-                    thread::sleep(Duration::from_millis(100));
+                    thread::sleep(POLL);
                 }
                 _ => panic!("upload of {}: {}", wasm.display(), upload.body),
             }
