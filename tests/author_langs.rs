@@ -1,7 +1,8 @@
 //! Modules in Python and JavaScript end to end: `runcell new --lang python|js`, `runcell
 //! build` with the real toolchains (componentize-py, componentize-js; `./dev test`
-//! installs them), a push to a real server and a followed run; the Python and JavaScript
-//! examples run on a server, the JavaScript one against an upstream on loopback.
+//! installs them), a push to a real server and a followed run, and the Python routes
+//! template served over HTTP; the Python and JavaScript examples run on a server, the
+//! JavaScript one against an upstream on loopback.
 
 #[path = "support/components.rs"]
 mod components;
@@ -243,23 +244,80 @@ fn build_names_the_toolchain_to_install_when_it_is_missing() {
 }
 
 #[test]
-fn routes_are_refused_for_python_and_js_in_one_line() {
+fn a_new_python_routes_project_serves_its_greeting_over_http_and_as_a_job() {
     let work = tempfile::tempdir().unwrap();
     let config = tempfile::tempdir().unwrap();
-    for lang in ["python", "js"] {
-        let refused = runcell(
-            work.path(),
-            config.path(),
-            &["new", "demo", "--lang", lang, "--template", "routes"],
-        );
-        assert_eq!(refused.status.code(), Some(2), "{refused:?}");
-        let stderr = text(&refused.stderr);
-        assert_eq!(stderr.lines().count(), 1, "{stderr}");
-        assert!(
-            stderr.contains("--template routes is Rust only"),
-            "{stderr}"
-        );
-    }
+    succeeded(&runcell(
+        work.path(),
+        config.path(),
+        &[
+            "new",
+            "greeter-routes",
+            "--lang",
+            "python",
+            "--template",
+            "routes",
+        ],
+    ));
+    let project = work.path().join("greeter-routes");
+    let built = succeeded(&runcell(&project, config.path(), &["build"]));
+    assert!(
+        built.contains("asks for: key-value, routes authenticated"),
+        "{built}"
+    );
+    let server = Server::start();
+    server.upload(&project.join("build/greeter-routes.wasm"));
+
+    let greeted = server.get("/m/greeter-routes/greet?name=Ada");
+    assert_eq!(greeted.status, 200, "{}", greeted.body);
+    assert_eq!(greeted.content_type, "application/json");
+    assert_eq!(greeted.body, json!({"greeting": "Hello, Ada!"}));
+    let by_default = server.get("/m/greeter-routes/greet");
+    assert_eq!(by_default.body, json!({"greeting": "Hello, world!"}));
+    let blank = server.get("/m/greeter-routes/greet?name=%20");
+    assert_eq!(blank.status, 400, "{}", blank.body);
+    assert_eq!(
+        blank.body["error"]["code"], "invalid_input",
+        "{}",
+        blank.body
+    );
+    assert_eq!(server.get("/m/greeter-routes/nothing").status, 404);
+    let posted = server.request("POST", "/m/greeter-routes/greet", None);
+    assert_eq!(posted.status, 405, "{}", posted.body);
+    let anonymous = server.request_as(None, "GET", "/m/greeter-routes/greet?name=Ada", None);
+    assert_eq!(anonymous.status, 401, "{}", anonymous.body);
+
+    let job = server.create_job(&json!({
+        "name": "greeter", "module": "greeter-routes", "job": "greet",
+    }));
+    let (done, _) = run_to_the_end(
+        &server,
+        job["id"].as_str().unwrap(),
+        Some(json!({"name": "Ada"})),
+    );
+    assert_eq!(done["status"], "COMPLETED", "{done}");
+    assert_eq!(
+        done["result"],
+        json!({"greeting": "Hello, Ada!", "count": 1})
+    );
+}
+
+#[test]
+fn routes_are_refused_for_js_in_one_line() {
+    let work = tempfile::tempdir().unwrap();
+    let config = tempfile::tempdir().unwrap();
+    let refused = runcell(
+        work.path(),
+        config.path(),
+        &["new", "demo", "--lang", "js", "--template", "routes"],
+    );
+    assert_eq!(refused.status.code(), Some(2), "{refused:?}");
+    let stderr = text(&refused.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with("error: --template routes is not available for JavaScript: componentize-js serves fetch events only on wasi:http/incoming-handler@0.2.0"),
+        "{stderr}"
+    );
     assert!(!work.path().join("demo").exists());
 }
 

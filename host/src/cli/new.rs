@@ -20,7 +20,7 @@ pub(super) struct NewArgs {
     #[arg(long, value_enum, default_value_t = Language::Rust)]
     lang: Language,
     /// `job`: one job. `routes`: the same job, and an HTTP route serving the same logic
-    /// (Rust only).
+    /// (Rust and Python).
     #[arg(long, value_enum, default_value_t = Template::Job)]
     template: Template,
     /// Depend on the SDK in this directory (e.g. `sdk/` of a Runcell checkout) instead of
@@ -49,9 +49,8 @@ enum Template {
 /// SDK of this release has this binary's version.
 const SDK_VERSION: &str = env!("CARGO_PKG_VERSION");
 
-/// Why `--template routes` is refused for Python and JavaScript (componentize-js 0.23,
-/// componentize-py 0.25).
-const ROUTES_RUST_ONLY: &str = "--template routes is Rust only: componentize-js serves fetch events only on wasi:http/incoming-handler@0.2.0 (Runcell's worlds export 0.2.12) and componentize-py has no request and response types, so a route would be written against the raw wasi:http resources; use --lang rust for a module with routes";
+/// Why `--template routes` is refused for JavaScript (componentize-js 0.23).
+const ROUTES_NOT_IN_JS: &str = "--template routes is not available for JavaScript: componentize-js serves fetch events only on wasi:http/incoming-handler@0.2.0 (Runcell's worlds export 0.2.12); use --lang python or --lang rust for a module with routes";
 
 /// Runcell's WIT as this binary was built with it, by path in a project.
 const WIT_FILES: &[(&str, &str)] = &[
@@ -105,8 +104,8 @@ pub(super) fn run(args: NewArgs) -> ExitStatus {
 
 fn create(args: &NewArgs) -> Result<PathBuf, (ExitStatus, String)> {
     let usage = |message: String| (ExitStatus::Usage, message);
-    if args.lang != Language::Rust && args.template == Template::Routes {
-        return Err(usage(ROUTES_RUST_ONLY.to_owned()));
+    if args.lang == Language::Js && args.template == Template::Routes {
+        return Err(usage(ROUTES_NOT_IN_JS.to_owned()));
     }
     if !is_valid_name(&args.name) {
         return Err(usage(format!(
@@ -133,7 +132,7 @@ fn create(args: &NewArgs) -> Result<PathBuf, (ExitStatus, String)> {
             };
             project_files(&args.name, args.template, &sdk, args.sdk_path.is_some())
         }
-        Language::Python => python_files(&args.name),
+        Language::Python => python_files(&args.name, args.template),
         Language::Js => js_files(&args.name),
     };
     let environment = |err: std::io::Error| {
@@ -242,9 +241,21 @@ fn project_files(
     files
 }
 
-/// A Python project: componentize-py builds `src/app.py` against `wit/`.
-fn python_files(name: &str) -> Vec<(&'static str, String)> {
-    let fill = |template: &str| fill_package(template, name);
+/// A Python project: componentize-py builds `src/app.py` against `wit/`; with routes,
+/// `src/app.py` also defines the `IncomingHandler` that serves them.
+fn python_files(name: &str, template: Template) -> Vec<(&'static str, String)> {
+    let routes = template == Template::Routes;
+    let fill = |text: &str| {
+        PYTHON_TEMPLATE_PARTS
+            .iter()
+            .fold(
+                fill_package(text, name),
+                |filled, (placeholder, job, with_routes)| {
+                    filled.replace(placeholder, if routes { with_routes } else { job })
+                },
+            )
+            .replace("{{name}}", name)
+    };
     let mut files = vec![
         (
             "pyproject.toml",
@@ -263,6 +274,44 @@ fn python_files(name: &str) -> Vec<(&'static str, String)> {
     files.extend(wit_files());
     files
 }
+
+/// What differs between Python's job and routes templates: each placeholder, its text
+/// in the job template, its text in the routes template.
+const PYTHON_TEMPLATE_PARTS: &[(&str, &str, &str)] = &[
+    (
+        "{{world}}",
+        "job-module-with-settings",
+        "job-module-with-routes-and-settings",
+    ),
+    ("{{route_access}}", "NONE", "AUTHENTICATED"),
+    (
+        "{{routes_stdlib}}",
+        "",
+        "\nfrom urllib.parse import parse_qs, urlsplit",
+    ),
+    ("{{routes_ok}}", "", ", Ok"),
+    ("{{routes_exports}}", "", "\nfrom wit_world import exports"),
+    ("{{routes_imports}}", "", PYTHON_ROUTES_IMPORTS),
+    ("{{routes_handler}}", "", PYTHON_ROUTES_HANDLER),
+    ("{{routes_readme}}", "", PYTHON_ROUTES_README),
+];
+
+/// What `src/app.py` of the routes template imports besides the job's imports.
+const PYTHON_ROUTES_IMPORTS: &str = "
+from wit_world.imports.wasi_http_types import (
+    Fields,
+    IncomingRequest,
+    Method_Get,
+    OutgoingBody,
+    OutgoingResponse,
+    ResponseOutparam,
+)";
+
+/// The routes template's handler, at the end of `src/app.py`.
+const PYTHON_ROUTES_HANDLER: &str = concat!("\n\n", include_str!("templates/routes.py.txt"));
+
+/// The routes template's README section on the route.
+const PYTHON_ROUTES_README: &str = include_str!("templates/README-python-routes.md.txt");
 
 /// A JavaScript project: componentize-js builds `src/app.js` against `wit/`.
 fn js_files(name: &str) -> Vec<(&'static str, String)> {
@@ -333,7 +382,8 @@ mod tests {
 
     #[test]
     fn every_placeholder_of_the_python_and_js_templates_is_filled() {
-        for files in [python_files("my-mod"), js_files("my-mod")] {
+        let python = [Template::Job, Template::Routes].map(|t| python_files("my-mod", t));
+        for files in python.into_iter().chain([js_files("my-mod")]) {
             for (path, content) in files {
                 assert!(!content.contains("{{"), "{path}");
             }
@@ -386,5 +436,29 @@ mod tests {
         assert!(files.iter().any(|(path, _)| *path == "src/routes.rs"));
         let job_only = project_files("demo", Template::Job, "\"0.1.0\"", false);
         assert!(!job_only.iter().any(|(path, _)| *path == "src/routes.rs"));
+    }
+
+    #[test]
+    fn the_python_routes_template_exports_the_handler_and_asks_for_routes() {
+        let file = |template, path| {
+            python_files("demo", template)
+                .into_iter()
+                .find(|(found, _)| *found == path)
+                .unwrap()
+                .1
+        };
+        let app = file(Template::Routes, "src/app.py");
+        assert!(app.contains("class IncomingHandler(exports.IncomingHandler):"));
+        assert!(app.contains("routes=RouteAccess.AUTHENTICATED"));
+        assert!(
+            file(Template::Routes, "pyproject.toml")
+                .contains("world = \"job-module-with-routes-and-settings\"")
+        );
+        let job_only = file(Template::Job, "src/app.py");
+        assert!(!job_only.contains("IncomingHandler"));
+        assert!(job_only.contains("routes=RouteAccess.NONE"));
+        assert!(
+            file(Template::Job, "pyproject.toml").contains("world = \"job-module-with-settings\"")
+        );
     }
 }
