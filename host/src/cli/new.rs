@@ -20,7 +20,7 @@ pub(super) struct NewArgs {
     #[arg(long, value_enum, default_value_t = Language::Rust)]
     lang: Language,
     /// `job`: one job. `routes`: the same job, and an HTTP route serving the same logic
-    /// (Rust and Python).
+    /// (Rust, Python and JavaScript).
     #[arg(long, value_enum, default_value_t = Template::Job)]
     template: Template,
     /// Depend on the SDK in this directory (e.g. `sdk/` of a Runcell checkout) instead of
@@ -48,9 +48,6 @@ enum Template {
 /// The SDK version a new project asks for: the workspace shares one version, so the
 /// SDK of this release has this binary's version.
 const SDK_VERSION: &str = env!("CARGO_PKG_VERSION");
-
-/// Why `--template routes` is refused for JavaScript (componentize-js 0.23).
-const ROUTES_NOT_IN_JS: &str = "--template routes is not available for JavaScript: componentize-js serves fetch events only on wasi:http/incoming-handler@0.2.0 (Runcell's worlds export 0.2.12); use --lang python or --lang rust for a module with routes";
 
 /// Runcell's WIT as this binary was built with it, by path in a project.
 const WIT_FILES: &[(&str, &str)] = &[
@@ -104,9 +101,6 @@ pub(super) fn run(args: NewArgs) -> ExitStatus {
 
 fn create(args: &NewArgs) -> Result<PathBuf, (ExitStatus, String)> {
     let usage = |message: String| (ExitStatus::Usage, message);
-    if args.lang == Language::Js && args.template == Template::Routes {
-        return Err(usage(ROUTES_NOT_IN_JS.to_owned()));
-    }
     if !is_valid_name(&args.name) {
         return Err(usage(format!(
             "`{}` is not a module name: use 1 to {MAX_NAME_BYTES} lowercase letters, digits and `-`, starting with a letter",
@@ -133,7 +127,7 @@ fn create(args: &NewArgs) -> Result<PathBuf, (ExitStatus, String)> {
             project_files(&args.name, args.template, &sdk, args.sdk_path.is_some())
         }
         Language::Python => python_files(&args.name, args.template),
-        Language::Js => js_files(&args.name),
+        Language::Js => js_files(&args.name, args.template),
     };
     let environment = |err: std::io::Error| {
         (
@@ -244,18 +238,7 @@ fn project_files(
 /// A Python project: componentize-py builds `src/app.py` against `wit/`; with routes,
 /// `src/app.py` also defines the `IncomingHandler` that serves them.
 fn python_files(name: &str, template: Template) -> Vec<(&'static str, String)> {
-    let routes = template == Template::Routes;
-    let fill = |text: &str| {
-        PYTHON_TEMPLATE_PARTS
-            .iter()
-            .fold(
-                fill_package(text, name),
-                |filled, (placeholder, job, with_routes)| {
-                    filled.replace(placeholder, if routes { with_routes } else { job })
-                },
-            )
-            .replace("{{name}}", name)
-    };
+    let fill = |text: &str| fill_package(text, name, PYTHON_TEMPLATE_PARTS, template);
     let mut files = vec![
         (
             "pyproject.toml",
@@ -313,9 +296,10 @@ const PYTHON_ROUTES_HANDLER: &str = concat!("\n\n", include_str!("templates/rout
 /// The routes template's README section on the route.
 const PYTHON_ROUTES_README: &str = include_str!("templates/README-python-routes.md.txt");
 
-/// A JavaScript project: componentize-js builds `src/app.js` against `wit/`.
-fn js_files(name: &str) -> Vec<(&'static str, String)> {
-    let fill = |template: &str| fill_package(template, name);
+/// A JavaScript project: componentize-js builds `src/app.js` against `wit/`; with routes,
+/// `src/app.js` also exports the `incomingHandler` that serves them.
+fn js_files(name: &str, template: Template) -> Vec<(&'static str, String)> {
+    let fill = |text: &str| fill_package(text, name, JS_TEMPLATE_PARTS, template);
     let mut files = vec![
         (
             "package.json",
@@ -335,8 +319,51 @@ fn js_files(name: &str) -> Vec<(&'static str, String)> {
     files
 }
 
-fn fill_package(template: &str, name: &str) -> String {
-    template
+/// What differs between JavaScript's job and routes templates, as for Python.
+const JS_TEMPLATE_PARTS: &[(&str, &str, &str)] = &[
+    (
+        "{{world}}",
+        "job-module-with-settings",
+        "job-module-with-routes-and-settings",
+    ),
+    ("{{route_access}}", "none", "authenticated"),
+    ("{{routes_imports}}", "", JS_ROUTES_IMPORTS),
+    ("{{routes_handler}}", "", JS_ROUTES_HANDLER),
+    ("{{routes_readme}}", "", JS_ROUTES_README),
+];
+
+/// What `src/app.js` of the routes template imports besides the job's imports.
+const JS_ROUTES_IMPORTS: &str = "
+import {
+  Fields,
+  OutgoingBody,
+  OutgoingResponse,
+  ResponseOutparam,
+} from 'wasi:http/types@0.2.12';";
+
+/// The routes template's handler, at the end of `src/app.js`.
+const JS_ROUTES_HANDLER: &str = concat!("\n", include_str!("templates/routes.js.txt"));
+
+/// The routes template's README section on the route.
+const JS_ROUTES_README: &str = include_str!("templates/README-js-routes.md.txt");
+
+/// Fills a Python or JavaScript template: each of `parts` with its text for `template`
+/// (the parts may hold the package's placeholders), then the package's placeholders.
+fn fill_package(
+    text: &str,
+    name: &str,
+    parts: &[(&str, &str, &str)],
+    template: Template,
+) -> String {
+    let routes = template == Template::Routes;
+    parts
+        .iter()
+        .fold(
+            text.to_owned(),
+            |filled, (placeholder, job, with_routes)| {
+                filled.replace(placeholder, if routes { with_routes } else { job })
+            },
+        )
         .replace("{{name}}", name)
         .replace("{{description}}", "Greets people and counts the greetings.")
         .replace("{{componentize_py}}", COMPONENTIZE_PY_VERSION)
@@ -383,7 +410,8 @@ mod tests {
     #[test]
     fn every_placeholder_of_the_python_and_js_templates_is_filled() {
         let python = [Template::Job, Template::Routes].map(|t| python_files("my-mod", t));
-        for files in python.into_iter().chain([js_files("my-mod")]) {
+        let js = [Template::Job, Template::Routes].map(|t| js_files("my-mod", t));
+        for files in python.into_iter().chain(js) {
             for (path, content) in files {
                 assert!(!content.contains("{{"), "{path}");
             }
@@ -460,5 +488,39 @@ mod tests {
         assert!(
             file(Template::Job, "pyproject.toml").contains("world = \"job-module-with-settings\"")
         );
+    }
+
+    #[test]
+    fn the_js_routes_template_exports_the_handler_and_asks_for_routes() {
+        let file = |template, path| {
+            js_files("demo", template)
+                .into_iter()
+                .find(|(found, _)| *found == path)
+                .unwrap()
+                .1
+        };
+        let app = file(Template::Routes, "src/app.js");
+        assert!(app.contains("export const incomingHandler = {"));
+        assert!(app.contains("from 'wasi:http/types@0.2.12';"));
+        assert!(app.contains("routes: 'authenticated'"));
+        let package: serde_json::Value =
+            serde_json::from_str(&file(Template::Routes, "package.json")).unwrap();
+        assert_eq!(
+            package["runcell"]["world"],
+            "job-module-with-routes-and-settings"
+        );
+        assert!(
+            package["scripts"]["build"]
+                .as_str()
+                .unwrap()
+                .contains("-n job-module-with-routes-and-settings ")
+        );
+        let job_only = file(Template::Job, "src/app.js");
+        assert!(!job_only.contains("incomingHandler"));
+        assert!(!job_only.contains("wasi:http"));
+        assert!(job_only.contains("routes: 'none'"));
+        let package: serde_json::Value =
+            serde_json::from_str(&file(Template::Job, "package.json")).unwrap();
+        assert_eq!(package["runcell"]["world"], "job-module-with-settings");
     }
 }
