@@ -294,6 +294,7 @@ struct VersionView {
         (status = 413, description = "The file is larger than the server accepts (`details.limitBytes`).", body = ErrorBody),
         (status = 415, description = "Not one of the accepted media types (`details.accepted`).", body = ErrorBody),
         (status = 422, description = "`invalid_module`: not a component Runcell can run; the message says why. `unprocessable` with `details.field` `signature`: the signature names a key pinned to the module but does not verify for this file.", body = ErrorBody),
+        (status = 429, description = "This node is installing as many uploads as it may (8); retry after `Retry-After` seconds.", body = ErrorBody),
         (status = 503, description = "The database is unavailable; retry later.", body = ErrorBody),
     ),
 )]
@@ -318,7 +319,7 @@ async fn upload(
         ));
     }
     state.services.check_module_file(&wasm)?;
-    let tracked = state
+    let (tracked, slot) = state
         .services
         .begin_upload(&wasm, &principal.actor())
         .await?;
@@ -345,6 +346,7 @@ async fn upload(
             .services
             .finish_upload(&upload_id, status.as_u16(), body)
             .await;
+        drop(slot);
         if let Err(Err(err)) = answer.send(outcome) {
             err.log_unanswered("module upload");
         }

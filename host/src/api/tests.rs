@@ -2059,6 +2059,33 @@ mod followed_uploads {
     }
 
     #[tokio::test]
+    async fn a_burst_of_uploads_past_what_a_node_installs_at_once_is_told_to_retry() {
+        let api = api().await;
+        let slots = crate::services::uploads::UPLOADS_IN_FLIGHT as u32;
+        let installing = api
+            .services
+            .upload_slots
+            .clone()
+            .try_acquire_many_owned(slots)
+            .unwrap();
+        let mut component = b"\0asm\x0d\0\x01\0".to_vec();
+        component.extend_from_slice(&[0xff; 64]);
+        let reply = upload_async(&api, component.clone()).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::TOO_MANY_REQUESTS,
+            "{}",
+            reply.body
+        );
+        assert_eq!(reply.headers[header::RETRY_AFTER], "5");
+        assert!(reply.message().contains("retry"), "{}", reply.message());
+
+        drop(installing);
+        let reply = upload_async(&api, component).await;
+        assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.body);
+    }
+
+    #[tokio::test]
     async fn an_unknown_upload_is_not_found() {
         let api = api().await;
         let reply = api.get("/api/v1/module-uploads/nope").await;

@@ -231,6 +231,8 @@ pub struct Services {
     /// When these services started: work this node took on before (under the same node
     /// id, in an earlier process) is not going on any more.
     pub(crate) started_at: crate::domain::Millis,
+    /// The uploads this node is installing (see [`uploads::UPLOADS_IN_FLIGHT`]).
+    pub(crate) upload_slots: Arc<tokio::sync::Semaphore>,
 }
 
 /// How much work a node takes on at once.
@@ -316,6 +318,7 @@ impl Services {
             outbound: outbound_rules,
             telemetry: Telemetry::new(),
             started_at: crate::domain::now_millis(),
+            upload_slots: uploads::upload_slots(),
         })
     }
 }

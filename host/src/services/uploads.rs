@@ -1,10 +1,27 @@
 //! Uploads followed from arrival to outcome: a large component compiles for seconds, so
 //! the API may answer before it is installed; the record lets any node say how it went.
 
+use std::sync::Arc;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
 use super::{ServiceError, Services};
 use crate::domain::upload::{UploadOutcome, UploadRecord};
 use crate::domain::{Millis, new_id, now_millis};
 use crate::runtime::content_hash;
+
+/// Uploads a node installs at once, compiling or waiting for their turn to: each holds its
+/// file (up to the size limit) in memory until it is installed, so a burst past this is
+/// told to retry rather than piling files up.
+pub(crate) const UPLOADS_IN_FLIGHT: usize = 8;
+
+/// How long a client told to retry an upload should wait.
+const RETRY_UPLOAD_AFTER_SECS: i64 = 5;
+
+/// The uploads a node is installing; see [`UPLOADS_IN_FLIGHT`].
+pub(crate) fn upload_slots() -> Arc<Semaphore> {
+    Arc::new(Semaphore::new(UPLOADS_IN_FLIGHT))
+}
 
 /// Where an upload stands.
 #[derive(Debug, Clone, PartialEq)]
@@ -18,12 +35,22 @@ pub(crate) enum UploadState {
 }
 
 impl Services {
-    /// Records the arrival of `wasm`, uploaded by `actor`, to be compiled on this node.
+    /// Records the arrival of `wasm`, uploaded by `actor`, to be compiled on this node; the
+    /// slot it holds until it is installed or refused. Refused when the node is installing
+    /// as many uploads as it may.
     pub(crate) async fn begin_upload(
         &self,
         wasm: &[u8],
         actor: &str,
-    ) -> Result<UploadRecord, ServiceError> {
+    ) -> Result<(UploadRecord, OwnedSemaphorePermit), ServiceError> {
+        let slot = self.upload_slots.clone().try_acquire_owned().map_err(|_| {
+            ServiceError::Throttled {
+                message: format!(
+                    "this node is installing {UPLOADS_IN_FLIGHT} uploads already; retry in a few seconds"
+                ),
+                retry_after_secs: RETRY_UPLOAD_AFTER_SECS,
+            }
+        })?;
         let upload = UploadRecord {
             id: new_id(),
             content_hash: content_hash(wasm),
@@ -34,7 +61,7 @@ impl Services {
             finished: None,
         };
         self.store.create_upload(&upload).await?;
-        Ok(upload)
+        Ok((upload, slot))
     }
 
     /// Records how upload `id` ended. A failure to record is logged, not returned: the
