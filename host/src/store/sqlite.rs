@@ -836,7 +836,10 @@ mod tests {
         let old = crate::domain::now_millis() - 40 * 86_400_000;
         let batch: Vec<NewExecution> = (0..3_000)
             .map(|i| NewExecution {
-                id: crate::domain::retention::first_id_at(old + i).replace("-8000-", "-8001-"),
+                // Just after the first id of its millisecond. The whole tail is matched: a
+                // millisecond whose low 16 bits are 0x8000 shows `-8000-` in its time too.
+                id: crate::domain::retention::first_id_at(old + i)
+                    .replace("-8000-000000000000", "-8001-000000000000"),
                 input: format!("{{\"padding\":\"{}\"}}", "x".repeat(900)),
                 ..super::super::tests::manual("job", old)
             })
