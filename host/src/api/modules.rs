@@ -8,6 +8,7 @@ use axum::extract::multipart::MultipartError;
 use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Path, Request, State};
 use axum::http::HeaderMap;
 use axum::http::HeaderName;
+use axum::http::HeaderValue;
 use axum::http::StatusCode;
 use axum::http::header::{LOCATION, RETRY_AFTER};
 use axum::response::{IntoResponse, Response};
@@ -370,16 +371,19 @@ async fn upload(
         None => {
             let location = format!("/api/v1/module-uploads/{}", tracked.id);
             let view = UploadView::of(tracked, UploadState::Compiling);
-            Ok((
+            let mut response = (
                 StatusCode::ACCEPTED,
-                [
-                    (LOCATION, location),
-                    (RETRY_AFTER, "1".to_owned()),
-                    (PREFERENCE_APPLIED, "respond-async".to_owned()),
-                ],
+                [(LOCATION, location), (RETRY_AFTER, "1".to_owned())],
                 Json(view),
             )
-                .into_response())
+                .into_response();
+            if wait.is_zero() {
+                response.headers_mut().insert(
+                    PREFERENCE_APPLIED,
+                    HeaderValue::from_static("respond-async"),
+                );
+            }
+            Ok(response)
         }
     }
 }
